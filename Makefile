@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?=
+
+.PHONY: setup sync lint test demo bench
+
+setup:
+	@./scripts/setup.sh
+
+sync: setup
+	@$(UV) sync --frozen --all-extras --quiet
+
+lint: sync
+	$(UV) run --frozen ruff check src tests bench
+	$(UV) run --frozen ruff format --check src tests bench
+	$(UV) run --frozen mypy src
+
+test: lint
+	@# pytest exits 5 when it collected no test: that is not a failure of the suite.
+	$(UV) run --frozen pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+demo: sync
+	$(UV) run --frozen conveyor demo
+
+bench: sync
+	$(UV) run --frozen python bench/pipeline_overhead.py

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make demo` need on a fresh machine:
+# Debian packages the tests drive for real, uv, and the locked Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(git)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} with apt-get" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1; then
+    echo "setup: installing uv with pip" >&2
+    python3 -m pip install --quiet uv
+fi

@@ -1,0 +1,3 @@
+"""conveyor: self-hosted continuous deployment."""
+
+__version__ = "0.1.0"

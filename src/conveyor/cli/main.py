@@ -1,0 +1,415 @@
+"""`conveyor`: the command line. Remote commands are thin clients of the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.follow import FINAL, follow_run, step_title
+from conveyor.config import ConfigError, config_json_schema, load_config, starter_config
+
+app = typer.Typer(
+    name="conveyor",
+    help="Self-hosted continuous deployment: from a push to production.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+apps_cli = typer.Typer(help="Register and list apps.", no_args_is_help=True)
+tokens_cli = typer.Typer(
+    help="API tokens with a role (viewer, deployer, admin).", no_args_is_help=True
+)
+secrets_cli = typer.Typer(
+    help="Secrets handed to steps and instances, masked in logs.", no_args_is_help=True
+)
+app.add_typer(apps_cli, name="app")
+app.add_typer(tokens_cli, name="token")
+app.add_typer(secrets_cli, name="secret")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# -- config ---------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="The config to check.")] = Path("conveyor.yml"),
+) -> None:
+    """Check a conveyor.yml; exit 1 with line-numbered errors."""
+    if not file.is_file():
+        fail(f"{file}: no such file", 2)
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]{line}[/red]")
+        err.print(f"[red]{file}: {len(exc.issues)} error(s)[/red]")
+        raise typer.Exit(1) from None
+    envs = ", ".join(config.environments) or "none"
+    out.print(f"[green]{file}: ok[/green] (app {config.app}, environments: {envs})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of conveyor.yml."""
+    _print_json(config_json_schema())
+
+
+@app.command()
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite an existing conveyor.yml.")] = False,
+    name: Annotated[str | None, typer.Option(help="App name (default: the directory's).")] = None,
+) -> None:
+    """Write a commented conveyor.yml for the repository you stand in."""
+    target = Path("conveyor.yml")
+    if target.exists() and not force:
+        fail("conveyor.yml already exists (use --force to overwrite)", 2)
+    app_name = name or re.sub(r"[^a-z0-9-]+", "-", Path.cwd().name.lower()).strip("-") or "app"
+    target.write_text(starter_config(app_name, Path.cwd()))
+    out.print(f"wrote {target}: edit it, then check it with `conveyor validate`")
+
+
+# -- server ---------------------------------------------------------------------
+
+
+@app.command()
+def server(
+    data: Annotated[Path, typer.Option(help="Data directory.")] = Path(".conveyor"),
+    listen: Annotated[str, typer.Option(help="ADDR:PORT to listen on.")] = "127.0.0.1:8420",
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLite path or postgresql:// URL (default: DATA/conveyor.db)."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Public URL of this server, for webhook URLs.")
+    ] = None,
+) -> None:
+    """Run the controller: API, webhooks, engine."""
+    from conveyor.server.serve import serve
+
+    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
+        fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
+    serve(data, listen, db, url)
+
+
+# -- apps -----------------------------------------------------------------------
+
+
+@apps_cli.command("add")
+def app_add(
+    name: str,
+    repo: Annotated[str, typer.Option(help="Any URL git can clone, local paths included.")],
+    branch: Annotated[str, typer.Option(help="The branch whose pushes start runs.")] = "main",
+    poll: Annotated[
+        int | None, typer.Option(help="Also poll the repository every N seconds.")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an app; prints its webhook URLs and secret."""
+    if re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
+        repo = str(Path(repo).expanduser().resolve())
+    created = Client(server, token).post(
+        "/api/apps", {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
+    )
+    if as_json:
+        _print_json(created)
+        return
+    out.print(
+        f"[green]app {created['name']} registered[/green] ({created['repo']}, branch {branch})"
+    )
+    out.print(f"webhook secret: {created['webhook_secret']}")
+    for provider, hook_url in created["webhooks"].items():
+        out.print(f"  {provider:7} {hook_url}")
+    out.print(f"bare repository on your server: `conveyor hook-script {name}` > hooks/post-receive")
+
+
+@apps_cli.command("list")
+def app_list(
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List apps."""
+    rows = Client(server, token).get("/api/apps")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("app", "repository", "branch", "polling")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["repo"],
+            row["branch"],
+            f"{row['poll_interval']}s" if row["poll_interval"] else "-",
+        )
+    out.print(table)
+
+
+@app.command("hook-script")
+def hook_script(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Print a git post-receive hook that triggers runs from a bare repository."""
+    sys.stdout.write(Client(server, token).text(f"/api/apps/{app_name}/hook-script"))
+
+
+# -- secrets and tokens ------------------------------------------------------------
+
+
+@secrets_cli.command("set")
+def secret_set(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    name: str,
+    value: Annotated[
+        str | None, typer.Argument(help="The value (default: read from stdin).")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Set a secret of an app (value from the argument or stdin)."""
+    secret = value if value is not None else sys.stdin.read().rstrip("\n")
+    Client(server, token).put(f"/api/apps/{app_name}/secrets/{name}", {"value": secret})
+    out.print(f"secret {name} of {app_name} set")
+
+
+@secrets_cli.command("list")
+def secret_list(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """List the names of an app's secrets."""
+    for name in Client(server, token).get(f"/api/apps/{app_name}/secrets"):
+        out.print(name)
+
+
+@tokens_cli.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="viewer, deployer or admin.")] = "viewer",
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token; it is printed once."""
+    created = Client(server, token).post("/api/tokens", {"name": name, "role": role})
+    if as_json:
+        _print_json(created)
+        return
+    out.print(f"token {created['id']} ({created['role']}): {created['token']}")
+
+
+@tokens_cli.command("list")
+def token_list(
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List API tokens."""
+    rows = Client(server, token).get("/api/tokens")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "name", "role", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["name"],
+            row["role"],
+            row["created_at"][:19],
+            "yes" if row["revoked"] else "",
+        )
+    out.print(table)
+
+
+@tokens_cli.command("revoke")
+def token_revoke(token_id: int, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Revoke an API token."""
+    Client(server, token).request("DELETE", f"/api/tokens/{token_id}")
+    out.print(f"token {token_id} revoked")
+
+
+# -- runs -----------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    sha: Annotated[
+        str | None, typer.Option(help="Commit to run (default: the branch head).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show progress until it ends.")
+    ] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a run for a commit: test, build, release."""
+    client = Client(server, token)
+    created = client.post(f"/api/apps/{app_name}/runs", {"sha": sha})
+    if not follow:
+        if as_json:
+            _print_json(created)
+        else:
+            out.print(f"run {created['id']} queued for {app_name}" + (f" at {sha}" if sha else ""))
+        return
+    console = err if as_json else out
+    console.print(f"run {created['id']} queued for {app_name}")
+    state = follow_run(client, created["id"], console)
+    if as_json:
+        _print_json(client.get(f"/api/runs/{created['id']}"))
+    raise typer.Exit(0 if state == "succeeded" else 1)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[int, typer.Argument(metavar="RUN")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
+    ] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The run's logs, step by step."""
+    client = Client(server, token)
+    if follow and not as_json:
+        state = follow_run(client, run_id, out)
+        raise typer.Exit(0 if state == "succeeded" else 1)
+    if follow:
+        while client.get(f"/api/runs/{run_id}")["state"] not in FINAL:
+            import time
+
+            time.sleep(0.5)
+    run_data = client.get(f"/api/runs/{run_id}")
+    chunks = {c["step"]: c["text"] for c in client.get(f"/api/runs/{run_id}/logs")}
+    if as_json:
+        for step in run_data["steps"]:
+            step["log"] = chunks.get(step["id"], "")
+        _print_json(run_data)
+        return
+    for step in run_data["steps"]:
+        out.print(f"[bold]── {step_title(step)} · {step['state']}[/bold]")
+        text = chunks.get(step["id"], "")
+        if text:
+            out.out(text, end="" if text.endswith("\n") else "\n", highlight=False)
+    out.print(
+        f"run {run_id}: {run_data['state']}"
+        + (f" ({run_data['reason']})" if run_data.get("reason") else "")
+    )
+
+
+STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
+
+
+def _state(state: str) -> str:
+    style = STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
+
+
+@app.command()
+def status(
+    app_name: Annotated[str | None, typer.Argument(metavar="[APP]")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What runs where: runs underway, the last run and release of each app."""
+    rows = Client(server, token).get("/api/status", params={"app": app_name} if app_name else None)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("no apps yet: `conveyor app add NAME --repo URL`")
+        return
+    table = Table("app", "branch", "underway", "last run", "last release")
+    for row in rows:
+        active = (
+            ", ".join(
+                f"#{r['id']} {_state(r['state'])} {_current_step(r)}".strip()
+                for r in row["active_runs"]
+            )
+            or "-"
+        )
+        last = row["last_run"]
+        last_text = f"#{last['id']} {_state(last['state'])} {last['sha'][:7]}" if last else "-"
+        release = row["last_release"]
+        table.add_row(
+            row["app"]["name"],
+            row["app"]["branch"],
+            active,
+            last_text,
+            release["id"] if release else "-",
+        )
+    out.print(table)
+
+
+def _current_step(run_data: dict[str, Any]) -> str:
+    running = [s for s in run_data.get("steps", []) if s["state"] == "running"]
+    return f"({step_title(running[-1])})" if running else ""
+
+
+@app.command()
+def history(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs of an app with result, duration and trigger."""
+    rows = Client(server, token).get("/api/runs", params={"app": app_name, "limit": limit})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("run", "commit", "state", "duration", "trigger", "by", "release", "started")
+    for r in rows:
+        took = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
+        table.add_row(
+            f"#{r['id']}",
+            (r["sha"] or "")[:7] or "(head)",
+            _state(r["state"]),
+            took,
+            r["trigger"],
+            r["triggered_by"],
+            r["release"] or "-",
+            (r["started_at"] or r["created_at"])[:19],
+        )
+    out.print(table)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[int, typer.Argument(metavar="RUN")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Stop a queued or running run."""
+    result = Client(server, token).post(f"/api/runs/{run_id}/cancel")
+    out.print(f"run {run_id}: {result['state']}")
+
+
+@app.command()
+def demo(
+    wait: Annotated[bool, typer.Option(help="Keep the server up until Ctrl-C.")] = True,
+    listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
+) -> None:
+    """The whole system on one machine, with a sample app run end to end."""
+    from conveyor.demo import run_demo
+
+    raise typer.Exit(run_demo(listen=listen, wait=wait))

@@ -1,0 +1,188 @@
+"""The `environments:` section of conveyor.yml: hosts, strategy, checks and policies."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from conveyor.config.base import KEY, Loc, Section, describe, invalid
+from conveyor.config.durations import Duration, Percent, PositiveDuration
+from conveyor.config.values import Batch, HttpProbe, NonEmptyStr, StatusCode, TrafficPercent
+from conveyor.config.window import Window
+
+Strategy = Literal["rolling", "blue-green", "canary"]
+HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_HOSTS_FORMS = (
+    "expected a list of agent names like [web-1, web-2], "
+    "or a mapping with a command that prints one name a line like {command: ./inventory.sh}"
+)
+
+
+def _check_host_name(value: str) -> str:
+    if not re.fullmatch(HOST_NAME_PATTERN, value):
+        raise ValueError(f"expected an agent name like web-1, got {describe(value)}")
+    return value
+
+
+HostName = Annotated[
+    str,
+    AfterValidator(_check_host_name),
+    WithJsonSchema({"type": "string", "pattern": HOST_NAME_PATTERN}),
+]
+
+
+class HostsCommand(Section):
+    """Hosts found at deploy time: a command that prints one agent name a line."""
+
+    command: NonEmptyStr
+
+
+def _hosts_form(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "hosts:list"
+    if isinstance(value, dict | HostsCommand):
+        return "hosts:command"
+    return None
+
+
+def _check_host_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise invalid([((), "expected at least one agent name, like [web-1]", value)])
+    seen: set[str] = set()
+    for i, name in enumerate(value):
+        if name in seen:
+            raise invalid([((i,), f"host {describe(name)} is listed twice", name)])
+        seen.add(name)
+    return value
+
+
+Hosts = Annotated[
+    Annotated[list[HostName], AfterValidator(_check_host_list), Tag("hosts:list")]
+    | Annotated[HostsCommand, Tag("hosts:command")],
+    Discriminator(
+        _hosts_form, custom_error_type="conveyor_hosts", custom_error_message=_HOSTS_FORMS
+    ),
+]
+"""Agent names, or a command that prints them."""
+
+
+class VerifyCheck(Section):
+    """A check after a deployment: an HTTP request or a command; failure rolls back."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["http"]}, {"required": ["run"]}]}
+    )
+
+    http: HttpProbe | None = None
+    run: NonEmptyStr | None = None
+    # 200 for http checks (set below); commands have no status.
+    expect: StatusCode | None = Field(default=None, json_schema_extra={"default": 200})
+    timeout: PositiveDuration = Field(default=10.0, json_schema_extra={"default": "10s"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_by_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "http" in data and "run" not in data:
+            return {"expect": 200, **data}
+        if "run" in data and "http" not in data:
+            # A smoke script needs longer than one HTTP request.
+            return {"timeout": "5m", **data}
+        return data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VerifyCheck:
+        if self.http is not None and self.run is not None:
+            raise invalid([((), "expected either http or run in a check, not both", None)])
+        if self.http is None and self.run is None:
+            raise invalid(
+                [((), "expected a check with http: (like GET /healthz) or run: (a command)", None)]
+            )
+        if self.run is not None and self.expect is not None:
+            raise invalid([(("expect", KEY), "expect only applies to http checks", None)])
+        return self
+
+
+class Analysis(Section):
+    """Ceilings that the new release must stay under, judged by the canary and the monitor."""
+
+    error_rate: Percent | None = None
+    p99: PositiveDuration | None = None
+    compare: Literal["baseline"] | None = None
+    min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
+    advance: Literal["early", "full"] = "full"
+
+    @model_validator(mode="after")
+    def _judges_something(self) -> Analysis:
+        if self.error_rate is None and self.p99 is None and self.compare is None:
+            raise invalid(
+                [((), "expected at least one of error_rate, p99 or compare in analysis", None)]
+            )
+        return self
+
+
+class Environment(Section):
+    """A named set of hosts with a strategy, checks and policies."""
+
+    hosts: Hosts
+    approval: Literal["required"] | None = None
+    window: Window | None = None
+    strategy: Strategy = "rolling"
+    steps: list[TrafficPercent] = Field(default_factory=lambda: [100])
+    step_pause: Duration = 60.0
+    # The schema shows the default as written, not as the dataclass's fields.
+    batch: Batch = Field(default=Batch(hosts=1), json_schema_extra={"default": 1})
+    analysis: Analysis | None = None
+    monitor: Duration = 0.0
+    verify: list[VerifyCheck] = Field(default_factory=list)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_climb_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps:
+            raise invalid([((), "expected a list of traffic percents ending at 100", steps)])
+        problems: list[tuple[Loc, str, object]] = []
+        for i in range(1, len(steps)):
+            if steps[i] <= steps[i - 1]:
+                message = f"expected steps to increase, got {steps[i]} after {steps[i - 1]}"
+                problems.append(((i,), message, steps[i]))
+        if not problems and steps[-1] != 100:
+            last = len(steps) - 1
+            problems.append(
+                ((last,), f"expected the last step to be 100, got {steps[-1]}", steps[-1])
+            )
+        if problems:
+            raise invalid(problems)
+        return steps
+
+    @model_validator(mode="after")
+    def _analysis_is_used(self) -> Environment:
+        # The canary judge and the post-deploy monitor are the only readers of analysis;
+        # thresholds nothing reads would give a false sense of safety.
+        if self.analysis is not None and self.strategy != "canary" and self.monitor == 0:
+            raise invalid(
+                [
+                    (
+                        ("analysis", KEY),
+                        "analysis is only used by strategy: canary or a monitor period; "
+                        "expected strategy: canary or monitor: (like 15m)",
+                        None,
+                    )
+                ]
+            )
+        return self

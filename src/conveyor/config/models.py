@@ -1,0 +1,224 @@
+"""The conveyor.yml models: what an app declares about testing, building and deploying."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from conveyor.config.base import KEY, Loc, Section, describe, invalid
+from conveyor.config.durations import Duration, PositiveDuration
+from conveyor.config.environment import Environment
+from conveyor.config.values import AppName, EnvironmentName, EnvMap, NonEmptyStr, Port, SecretName
+
+NotifyEvent = Literal["failure", "rollback", "approval", "success"]
+
+
+def _shorthand_schema(
+    handler: GetJsonSchemaHandler, schema: CoreSchema, key: str, description: str
+) -> JsonSchemaValue:
+    full = handler.resolve_ref_schema(handler(schema))
+    short = {"type": "string", "minLength": 1, "description": description}
+    return {"anyOf": [short, full], "description": f"{description}, or a mapping with {key}."}
+
+
+class Step(Section):
+    """A command of the test or build stage, run in the checkout of one commit."""
+
+    run: NonEmptyStr
+    timeout: PositiveDuration = 600.0
+    name: NonEmptyStr | None = None
+    env: EnvMap = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"run": data}
+        if not isinstance(data, dict | Step):
+            raise ValueError(
+                "expected a command, or a mapping with run: (and optionally timeout, name, "
+                f"env), got {describe(data)}"
+            )
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return _shorthand_schema(handler, schema, "run", "A shell command")
+
+
+def _inside_tree(path: str) -> str:
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith("/") or ".." in parts:
+        raise ValueError(
+            f"expected a path inside the repository (relative, without ..), got {describe(path)}"
+        )
+    return path
+
+
+TreePath = Annotated[str, AfterValidator(_inside_tree), WithJsonSchema({"type": "string"})]
+
+
+class Artifact(Section):
+    """Which files of the checkout, after the build, make up the release."""
+
+    include: list[TreePath] = Field(default_factory=lambda: ["."])
+    exclude: list[TreePath] = Field(default_factory=list)
+
+    @field_validator("include")
+    @classmethod
+    def _includes_something(cls, include: list[str]) -> list[str]:
+        if not include:
+            raise invalid([((), 'expected at least one path, like ["."]', include)])
+        return include
+
+
+def _url_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', like /healthz, got {describe(value)}")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(_url_path), WithJsonSchema({"type": "string"})]
+
+
+class HealthCheck(Section):
+    """How the router tells that an instance is ready: GET path, any 2xx is healthy."""
+
+    path: UrlPath = "/healthz"
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"path": data}
+        if not isinstance(data, dict | HealthCheck):
+            raise ValueError(
+                "expected a path like /healthz, or a mapping with path, interval and timeout, "
+                f"got {describe(data)}"
+            )
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return _shorthand_schema(handler, schema, "path", "A path like /healthz")
+
+
+class Service(Section):
+    """How a release runs on a host, from its release directory."""
+
+    start: NonEmptyStr
+    port: Port
+    health: HealthCheck = HealthCheck()
+    drain: Duration = 30.0
+    keep_warm: Duration = 600.0
+    env: EnvMap = Field(default_factory=dict)
+    secrets: list[SecretName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _secrets_are_distinct(self) -> Service:
+        problems: list[tuple[Loc, str, object]] = []
+        seen: set[str] = set()
+        for i, name in enumerate(self.secrets):
+            if name in seen:
+                problems.append((("secrets", i), f"secret {name!r} is listed twice", name))
+            elif name in self.env:
+                message = f"{name!r} is both in env and in secrets; expected it in only one"
+                problems.append((("secrets", i), message, name))
+            seen.add(name)
+        if problems:
+            raise invalid(problems)
+        return self
+
+
+class Hooks(Section):
+    """Commands run on the host, in the release directory; a non-zero exit fails the deploy."""
+
+    install: NonEmptyStr | None = None
+    migrate: NonEmptyStr | None = None
+
+
+def _apprise_url(value: str) -> str:
+    if "://" not in value:
+        raise ValueError(
+            "expected an Apprise URL like slack://..., json://host/path or mailto://..., "
+            f"got {describe(value)}"
+        )
+    return value
+
+
+def _default_events() -> list[NotifyEvent]:
+    return ["failure", "rollback"]
+
+
+class Notify(Section):
+    """A notification target (any Apprise URL) and the events it wants."""
+
+    url: Annotated[str, AfterValidator(_apprise_url), WithJsonSchema({"type": "string"})]
+    on: list[NotifyEvent] = Field(default_factory=_default_events)
+
+    @field_validator("on")
+    @classmethod
+    def _some_event(cls, on: list[str]) -> list[str]:
+        if not on:
+            raise invalid(
+                [((), "expected at least one of failure, rollback, approval, success", on)]
+            )
+        return on
+
+
+class Config(Section):
+    """A whole conveyor.yml."""
+
+    app: AppName
+    branch: NonEmptyStr = "main"
+    test: list[Step] = Field(default_factory=list)
+    build: list[Step] = Field(default_factory=list)
+    artifact: Artifact = Artifact()
+    service: Service | None = None
+    hooks: Hooks = Hooks()
+    # Insertion order is the promotion order.
+    environments: dict[EnvironmentName, Environment] = Field(default_factory=dict)
+    notify: list[Notify] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _deployable(self) -> Config:
+        problems: list[tuple[Loc, str, object]] = []
+        if self.environments and self.service is None:
+            message = (
+                "environments need a service section to deploy "
+                "(expected service: with start and port)"
+            )
+            problems.append((("environments", KEY), message, None))
+        # Each host's router listens on the app's one public port, so one host cannot
+        # serve two environments of the same app.
+        owner: dict[str, str] = {}
+        for env_name, env in self.environments.items():
+            if not isinstance(env.hosts, list):
+                continue
+            for i, host in enumerate(env.hosts):
+                if host in owner:
+                    message = (
+                        f"host {host!r} is already in environment {owner[host]!r}; expected "
+                        "each host in one environment (they share the app's port)"
+                    )
+                    problems.append((("environments", env_name, "hosts", i), message, host))
+                owner.setdefault(host, env_name)
+        if problems:
+            raise invalid(problems)
+        return self

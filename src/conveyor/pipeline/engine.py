@@ -1,0 +1,505 @@
+"""The pipeline engine: takes queued runs through checkout, test, build and artifact.
+
+Every state change is committed before the side effect it announces, so that a
+server killed at any moment restarts from a record that tells what was underway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.config import ConfigError, load_config
+from conveyor.pipeline import git
+from conveyor.pipeline.masking import Masker
+from conveyor.pipeline.process import (
+    STEP_MARKER,
+    find_step_processes,
+    format_duration,
+    kill_processes,
+    run_step,
+)
+from conveyor.pipeline.runs import enqueue_run, interrupted_steps, next_runnable, recover_runs
+from conveyor.releases.artifact import ArtifactError, build_artifact
+from conveyor.releases.store import ArtifactStore
+from conveyor.store.models import App, Release, Run, Step, utcnow
+
+log = logging.getLogger("conveyor.engine")
+
+SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
+CONFIG_FILE = "conveyor.yml"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the engine keeps its files under the server's data directory."""
+
+    data: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.data / "artifacts"
+
+    def mirror(self, app: str) -> Path:
+        return self.data / "repos" / f"{app}.git"
+
+    def workspace(self, run_id: int) -> Path:
+        return self.data / "work" / f"run-{run_id}"
+
+    def log_file(self, run_id: int, attempt: int, position: int, name: str) -> str:
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", name).strip("-")[:40] or "step"
+        return f"logs/run-{run_id}/{attempt}-{position:02d}-{slug}.log"
+
+
+class StepFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Engine:
+    """Schedules queued runs (one per app at a time) and polls repositories."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        data_dir: Path,
+        *,
+        parallel: int = 2,
+    ) -> None:
+        self.sessions = sessions
+        self.paths = Paths(data_dir)
+        self.store = ArtifactStore(self.paths.artifacts)
+        self.parallel = parallel
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._cancels: dict[int, asyncio.Event] = {}
+        self._polling: set[int] = set()
+        self._stopping = False
+
+    # -- scheduling ---------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, run_id: int) -> bool:
+        event = self._cancels.get(run_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def recover(self) -> None:
+        """Stop what a killed server left running, and requeue or fail its runs."""
+        with self.sessions() as session:
+            steps = interrupted_steps(session)
+            leftovers = find_step_processes({s.id for s in steps})
+            if leftovers:
+                log.warning("stopping processes of interrupted steps", extra={"pids": leftovers})
+                kill_processes(leftovers)
+            for run in recover_runs(session):
+                log.warning(
+                    "run interrupted by a server stop",
+                    extra={"run": run.id, "state": run.state, "attempt": run.attempt},
+                )
+            session.commit()
+
+    async def serve(self) -> None:
+        self.recover()
+        while not self._stopping:
+            try:
+                self._start_runnable()
+                await self._poll_due()
+            except Exception:
+                log.exception("engine loop error")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for run_id in list(self._cancels):
+            self._cancels[run_id].set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=10)
+
+    def _start_runnable(self) -> None:
+        free = self.parallel - len(self._tasks)
+        if free <= 0:
+            return
+        with self.sessions() as session:
+            runs = next_runnable(session, free)
+            for run in runs:
+                run.state = "running"
+                run.started_at = run.started_at or utcnow()
+            session.commit()
+            ids = [r.id for r in runs]
+        for run_id in ids:
+            self._cancels[run_id] = asyncio.Event()
+            task = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
+            self._tasks[run_id] = task
+            task.add_done_callback(functools.partial(self._finished, run_id))
+
+    def _finished(self, run_id: int, _task: object = None) -> None:
+        self._tasks.pop(run_id, None)
+        self._cancels.pop(run_id, None)
+        self._wake.set()
+
+    # -- polling fallback ---------------------------------------------------
+
+    async def _poll_due(self) -> None:
+        now = utcnow()
+        with self.sessions() as session:
+            apps = session.scalars(select(App).where(App.poll_interval.is_not(None))).all()
+            due = [
+                (a.id, a.name, a.repo_url, a.branch)
+                for a in apps
+                if a.poll_interval
+                and a.id not in self._polling
+                and (
+                    a.last_polled_at is None
+                    or a.last_polled_at + timedelta(seconds=a.poll_interval) <= now
+                )
+            ]
+        for app_id, name, url, branch in due:
+            self._polling.add(app_id)
+            task = asyncio.create_task(self._poll(app_id, name, url, branch))
+            task.add_done_callback(functools.partial(_discard, self._polling, app_id))
+
+    async def _poll(self, app_id: int, name: str, url: str, branch: str) -> None:
+        try:
+            head: str | None = await git.remote_head(url, branch)
+        except git.GitError as exc:
+            log.warning("poll failed", extra={"app": name, "error": str(exc)})
+            head = None
+        with self.sessions() as session:
+            app = session.get(App, app_id)
+            if app is None:
+                return
+            app.last_polled_at = utcnow()
+            if head and head != app.last_polled_sha:
+                known = session.scalar(
+                    select(func.count())
+                    .select_from(Run)
+                    .where(Run.app_id == app_id, Run.sha == head)
+                )
+                if not known:
+                    run = enqueue_run(
+                        session,
+                        app,
+                        head,
+                        ref=f"refs/heads/{branch}",
+                        trigger="poll",
+                        triggered_by="poller",
+                    )
+                    log.info(
+                        "poll found a new commit", extra={"app": name, "sha": head, "run": run.id}
+                    )
+                app.last_polled_sha = head
+            session.commit()
+        self._wake.set()
+
+    # -- one run ------------------------------------------------------------
+
+    async def _execute(self, run_id: int) -> None:
+        try:
+            await self._execute_run(run_id)
+        except Exception as exc:  # an engine bug must not leave a run running forever
+            log.exception("run crashed", extra={"run": run_id})
+            self._end_run(run_id, "failed", f"internal error: {exc}")
+        finally:
+            shutil.rmtree(self.paths.workspace(run_id), ignore_errors=True)
+
+    async def _execute_run(self, run_id: int) -> None:
+        cancel = self._cancels[run_id]
+        with self.sessions() as session:
+            run = session.get_one(Run, run_id)
+            app = run.app
+            ctx = _RunContext(
+                run_id=run.id,
+                attempt=run.attempt,
+                app=app.name,
+                repo_url=app.repo_url,
+                branch=app.branch,
+                sha=run.sha,
+                ref=run.ref or "",
+                secrets={s.name: s.value for s in app.secrets},
+            )
+        masker = Masker(ctx.secrets.values())
+        log.info("run started", extra={"run": run_id, "app": ctx.app, "sha": ctx.sha})
+        workspace = self.paths.workspace(run_id)
+
+        # checkout
+        step_id = self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
+        try:
+            sha = await self._checkout(ctx, workspace)
+            self._set_sha(run_id, sha)
+            ctx.sha = sha
+            config = load_config(workspace / CONFIG_FILE)
+        except (git.GitError, ConfigError, FileNotFoundError) as exc:
+            reason = (
+                f"{CONFIG_FILE} is invalid"
+                if isinstance(exc, ConfigError)
+                else f"{CONFIG_FILE} not found at the repository root"
+                if isinstance(exc, FileNotFoundError)
+                else "checkout failed"
+            )
+            self._append_log(step_id, masker(f"{exc}\n"))
+            self._end_step(step_id, "failed", reason)
+            self._end_run(run_id, "failed", reason)
+            return
+        self._append_log(step_id, f"checked out {ctx.sha}\n")
+        self._end_step(step_id, "succeeded")
+
+        # test and build steps, then the artifact, all recorded before any starts
+        planned: list[tuple[str, str, str, float, dict[str, str]]] = []
+        for kind, steps in (("test", config.test), ("build", config.build)):
+            for step in steps:
+                name = step.name or _short(step.run)
+                planned.append((kind, name, step.run, step.timeout, dict(step.env or {})))
+        step_ids = [
+            self._add_step(ctx, i + 1, kind, name, command, timeout)
+            for i, (kind, name, command, timeout, _) in enumerate(planned)
+        ]
+        artifact_step = self._add_step(ctx, len(planned) + 1, "artifact", "artifact", None, None)
+
+        wanted = set(config.service.secrets) if config.service else set()
+        secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
+        for index, (sid, (kind, name, command, timeout, extra)) in enumerate(
+            zip(step_ids, planned, strict=True)
+        ):
+            env = ctx.environment(sid) | extra | secret_env
+            self._mark_running(sid)
+            result = await run_step(
+                [*SHELL, command],
+                cwd=workspace,
+                env=env,
+                log_path=self.paths.data / self._log_path(sid),
+                masker=masker,
+                timeout=timeout,
+                on_start=functools.partial(self._record_pid, sid),
+                cancel=cancel,
+            )
+            if result.ok:
+                self._end_step(sid, "succeeded", exit_code=0)
+                continue
+            if result.cancelled and self._stopping:
+                # a graceful stop: leave the records as they are, the next start retries
+                return
+            if result.cancelled:
+                reason = f"{kind} step '{name}' cancelled"
+                state = "cancelled"
+            elif result.timed_out:
+                reason = f"{kind} step '{name}' timed out after {format_duration(timeout)}"
+                state = "failed"
+            else:
+                reason = f"{kind} step '{name}' failed (exit {result.exit_code})"
+                state = "failed"
+            self._end_step(sid, state, reason, exit_code=result.exit_code)
+            for later in [*step_ids[index + 1 :], artifact_step]:
+                self._end_step(later, "skipped")
+            self._end_run(run_id, state, reason)
+            return
+
+        # the artifact
+        self._mark_running(artifact_step)
+        try:
+            release_id = await self._build_release(
+                ctx, config.artifact.include, config.artifact.exclude, workspace, artifact_step
+            )
+        except (ArtifactError, OSError) as exc:
+            self._append_log(artifact_step, masker(f"{exc}\n"))
+            self._end_step(artifact_step, "failed", f"artifact failed: {exc}")
+            self._end_run(run_id, "failed", f"artifact failed: {exc}")
+            return
+        self._end_step(artifact_step, "succeeded")
+        self._end_run(run_id, "succeeded", None, release_id=release_id)
+
+    async def _checkout(self, ctx: _RunContext, workspace: Path) -> str:
+        mirror = self.paths.mirror(ctx.app)
+        await git.update_mirror(mirror, ctx.repo_url)
+        sha = await git.resolve(mirror, ctx.sha or f"refs/heads/{ctx.branch}")
+        await git.checkout(mirror, sha, workspace)
+        return sha
+
+    async def _build_release(
+        self,
+        ctx: _RunContext,
+        include: list[str],
+        exclude: list[str],
+        workspace: Path,
+        step_id: int,
+    ) -> str:
+        tmp = self.paths.artifacts / "tmp" / f"run-{ctx.run_id}.tar.gz"
+        built = await asyncio.to_thread(build_artifact, workspace, include, exclude, tmp)
+        await asyncio.to_thread(self.store.put, built.path, built.sha256)
+        with self.sessions() as session:
+            # a retry after a crash between this commit and the run's end reuses the release
+            existing = session.scalar(select(Release).where(Release.run_id == ctx.run_id))
+            if existing is not None:
+                return existing.id
+            count = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Release)
+                    .where(Release.app.has(App.name == ctx.app), Release.sha == ctx.sha)
+                )
+                or 0
+            )
+            run = session.get_one(Run, ctx.run_id)
+            release = Release(
+                id=f"{ctx.sha[:7]}-{count + 1}",
+                app_id=run.app_id,
+                sha=ctx.sha,
+                run_id=ctx.run_id,
+                sha256=built.sha256,
+                size=built.size,
+            )
+            session.add(release)
+            session.commit()
+            release_id = release.id
+        self._append_log(
+            step_id,
+            f"release {release_id}: {built.files} files, {built.size} bytes, "
+            f"sha256 {built.sha256}\n",
+        )
+        log.info(
+            "release built",
+            extra={"run": ctx.run_id, "release": release_id, "sha256": built.sha256},
+        )
+        return release_id
+
+    # -- record keeping (each a short transaction, committed before acting) -
+
+    def _add_step(
+        self,
+        ctx: _RunContext,
+        position: int,
+        kind: str,
+        name: str,
+        command: str | None,
+        timeout: float | None,
+        *,
+        state: str = "pending",
+    ) -> int:
+        with self.sessions() as session:
+            step = Step(
+                run_id=ctx.run_id,
+                attempt=ctx.attempt,
+                position=position,
+                kind=kind,
+                name=name,
+                command=command,
+                timeout=timeout,
+                state=state,
+                log_path=self.paths.log_file(
+                    ctx.run_id,
+                    ctx.attempt,
+                    position,
+                    f"{kind}-{name}" if kind in ("test", "build") else kind,
+                ),
+                started_at=utcnow() if state == "running" else None,
+            )
+            session.add(step)
+            session.commit()
+            (self.paths.data / str(step.log_path)).parent.mkdir(parents=True, exist_ok=True)
+            return step.id
+
+    def _log_path(self, step_id: int) -> str:
+        with self.sessions() as session:
+            return str(session.get_one(Step, step_id).log_path)
+
+    def _append_log(self, step_id: int, text: str) -> None:
+        path = self.paths.data / self._log_path(step_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+
+    def _mark_running(self, step_id: int) -> None:
+        with self.sessions() as session:
+            step = session.get_one(Step, step_id)
+            step.state = "running"
+            step.started_at = utcnow()
+            session.commit()
+
+    def _record_pid(self, step_id: int, pid: int) -> None:
+        with self.sessions() as session:
+            session.get_one(Step, step_id).pid = pid
+            session.commit()
+
+    def _end_step(
+        self, step_id: int, state: str, reason: str | None = None, *, exit_code: int | None = None
+    ) -> None:
+        with self.sessions() as session:
+            step = session.get_one(Step, step_id)
+            step.state = state
+            step.reason = reason
+            step.exit_code = exit_code
+            if state != "skipped":
+                step.finished_at = utcnow()
+            session.commit()
+
+    def _set_sha(self, run_id: int, sha: str) -> None:
+        with self.sessions() as session:
+            session.get_one(Run, run_id).sha = sha
+            session.commit()
+
+    def _end_run(
+        self, run_id: int, state: str, reason: str | None, *, release_id: str | None = None
+    ) -> None:
+        with self.sessions() as session:
+            run = session.get_one(Run, run_id)
+            run.state = state
+            run.reason = reason
+            run.release_id = release_id
+            run.finished_at = utcnow()
+            session.commit()
+        log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
+
+
+@dataclass
+class _RunContext:
+    run_id: int
+    attempt: int
+    app: str
+    repo_url: str
+    branch: str
+    sha: str
+    ref: str
+    secrets: dict[str, str]
+
+    def environment(self, step_id: int) -> dict[str, str]:
+        # the server's own CONVEYOR_* settings (its admin token) never reach a step
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        return base | {
+            "CI": "true",
+            "CONVEYOR": "true",
+            "CONVEYOR_APP": self.app,
+            "CONVEYOR_SHA": self.sha,
+            "CONVEYOR_SHORT_SHA": self.sha[:7],
+            "CONVEYOR_BRANCH": self.branch,
+            "CONVEYOR_REF": self.ref,
+            "CONVEYOR_RUN": str(self.run_id),
+            STEP_MARKER: str(step_id),
+        }
+
+
+def _discard(items: set[int], item: int, _task: object) -> None:
+    items.discard(item)
+
+
+def _short(command: str) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else "step"
+    return first if len(first) <= 60 else first[:57] + "..."

@@ -1,0 +1,95 @@
+"""Run records: queueing with supersession, and recovery after a crash.
+
+Pure database work; the engine (engine.py) does the side effects.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.store.models import App, Run, Step, utcnow
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "superseded", "cancelled")
+MAX_ATTEMPTS = 2
+INTERRUPTED = "interrupted"
+
+
+def enqueue_run(
+    session: Session,
+    app: App,
+    sha: str,
+    *,
+    ref: str | None,
+    trigger: str,
+    triggered_by: str = "",
+) -> Run:
+    """Queue a run; a run of the app's branch supersedes older queued runs of that branch."""
+    run = Run(app_id=app.id, sha=sha, ref=ref, trigger=trigger, triggered_by=triggered_by)
+    if ref == f"refs/heads/{app.branch}":
+        older = session.scalars(
+            select(Run).where(Run.app_id == app.id, Run.state == "queued", Run.ref == ref)
+        ).all()
+        for stale in older:
+            stale.state = "superseded"
+            stale.reason = f"superseded by a newer commit of {app.branch} ({sha[:7]})"
+            stale.finished_at = utcnow()
+    session.add(run)
+    session.flush()
+    return run
+
+
+def next_runnable(session: Session, limit: int) -> list[Run]:
+    """Queued runs that may start now: the oldest per app, and none for a busy app."""
+    busy = set(session.scalars(select(Run.app_id).where(Run.state == "running")).all())
+    picked: list[Run] = []
+    for run in session.scalars(select(Run).where(Run.state == "queued").order_by(Run.id)).all():
+        if len(picked) >= limit:
+            break
+        if run.app_id in busy:
+            continue
+        busy.add(run.app_id)
+        picked.append(run)
+    return picked
+
+
+def interrupted_steps(session: Session) -> list[Step]:
+    """Steps that a previous server process left in state running."""
+    return list(
+        session.scalars(
+            select(Step).join(Run).where(Run.state == "running", Step.state == "running")
+        ).all()
+    )
+
+
+def recover_runs(session: Session) -> list[Run]:
+    """After a crash: mark interrupted steps, then retry each run once or fail it.
+
+    Called with the leftover processes already stopped. A retry starts again
+    from a clean checkout, so no half-done step's effects are trusted.
+    """
+    recovered: list[Run] = []
+    now = utcnow()
+    for run in session.scalars(select(Run).where(Run.state == "running")).all():
+        for step in run.steps:
+            if step.attempt != run.attempt:
+                continue
+            if step.state == "running":
+                step.state = INTERRUPTED
+                step.reason = "interrupted: the server stopped while this step ran"
+                step.finished_at = now
+            elif step.state == "pending":
+                step.state = "skipped"
+        if run.attempt < MAX_ATTEMPTS:
+            run.attempt += 1
+            run.state = "queued"
+            run.reason = (
+                f"retrying from a clean workspace (attempt {run.attempt}) after an interruption"
+            )
+        else:
+            run.state = "failed"
+            run.reason = INTERRUPTED
+            run.finished_at = now
+        recovered.append(run)
+    return recovered

@@ -1,0 +1,1 @@
+"""The HTTP API under /api: every route declares the role it needs."""

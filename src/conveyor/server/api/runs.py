@@ -1,0 +1,117 @@
+"""Runs: start one, list them, read one with its steps and logs, cancel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import select
+
+from conveyor.pipeline.runs import ACTIVE, enqueue_run
+from conveyor.protocol import LogChunk, RunCreate, RunOut
+from conveyor.server.auth import Deployer, Viewer
+from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
+from conveyor.server.views import run_out
+from conveyor.store.models import Run, Step
+
+router = APIRouter(prefix="/api", tags=["runs"])
+MAX_LOG_CHUNK = 1 << 20
+
+
+@router.post("/apps/{name}/runs", status_code=201)
+def start_run(
+    name: str, body: RunCreate, request: Request, caller: Deployer, session: SessionDep
+) -> RunOut:
+    """Queue a run for a commit (default: the head of the app's branch, read at checkout)."""
+    app = get_app_or_404(session, name)
+    sha = (body.sha or "").lower()
+    run = enqueue_run(
+        session,
+        app,
+        sha,
+        ref=None if sha else f"refs/heads/{app.branch}",
+        trigger="manual",
+        triggered_by=caller.name,
+    )
+    session.commit()
+    request.app.state.engine.wake()
+    return run_out(run, steps=True)
+
+
+@router.get("/runs")
+def list_runs(
+    _: Viewer,
+    session: SessionDep,
+    app: str | None = None,
+    limit: int = Query(50, ge=1, le=1000),
+) -> list[RunOut]:
+    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if app is not None:
+        query = query.where(Run.app_id == get_app_or_404(session, app).id)
+    return [run_out(r) for r in session.scalars(query).all()]
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
+    return run_out(get_run_or_404(session, run_id), steps=True)
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: int, request: Request, _: Deployer, session: SessionDep) -> RunOut:
+    run = get_run_or_404(session, run_id)
+    if run.state not in ACTIVE:
+        raise HTTPException(409, f"run {run_id} already ended ({run.state})")
+    if run.state == "queued":
+        run.state = "cancelled"
+        run.reason = "cancelled before it started"
+        session.commit()
+    else:
+        request.app.state.engine.cancel(run_id)
+    return run_out(run, steps=True)
+
+
+@router.get("/runs/{run_id}/logs")
+def run_logs(run_id: int, request: Request, _: Viewer, session: SessionDep) -> list[LogChunk]:
+    run = get_run_or_404(session, run_id)
+    return [_chunk(request, step, 0) for step in run.steps]
+
+
+@router.get("/steps/{step_id}/log")
+def step_log(
+    step_id: int, request: Request, _: Viewer, session: SessionDep, offset: int = Query(0, ge=0)
+) -> LogChunk:
+    step = session.get(Step, step_id)
+    if step is None:
+        raise HTTPException(404, f"unknown step {step_id}")
+    return _chunk(request, step, offset)
+
+
+def _chunk(request: Request, step: Step, offset: int) -> LogChunk:
+    complete = step.state not in ("pending", "running")
+    data = b""
+    if step.log_path:
+        path = Path(request.app.state.settings.data_dir) / step.log_path
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(MAX_LOG_CHUNK)
+        except FileNotFoundError:
+            data = b""
+    # never split a UTF-8 character between two chunks
+    cut = len(data)
+    if len(data) == MAX_LOG_CHUNK:
+        complete = False
+        while cut > 0 and (data[cut - 1] & 0xC0) == 0x80:
+            cut -= 1
+        if cut > 0 and data[cut - 1] >= 0xC0:
+            cut -= 1
+    return LogChunk(
+        step=step.id,
+        offset=offset,
+        next_offset=offset + cut,
+        text=data[:cut].decode("utf-8", errors="replace"),
+        complete=complete,
+    )
+
+
+__all__ = ["router"]

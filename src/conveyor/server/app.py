@@ -1,0 +1,73 @@
+"""The controller's FastAPI application: API, webhooks, and the engine in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor import __version__
+from conveyor.pipeline.engine import Engine
+from conveyor.server.api import apps, releases, runs, status, tokens
+from conveyor.server.hooks import gitea, github, gitlab
+from conveyor.server.limits import BodyLimit
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    public_url: str
+    parallel_runs: int = 2
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
+    engine = Engine(sessions, settings.data_dir, parallel=settings.parallel_runs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(engine.serve(), name="engine")
+        try:
+            yield
+        finally:
+            await engine.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    api = FastAPI(
+        title="conveyor",
+        version=__version__,
+        description="Self-hosted continuous deployment. Every /api route needs "
+        "`Authorization: Bearer <token>` with the role named in its `x-role`.",
+        lifespan=lifespan,
+    )
+    api.state.settings = settings
+    api.state.sessions = sessions
+    api.state.engine = engine
+    for module in (apps, runs, releases, status, tokens, github, gitlab, gitea):
+        _document_roles(module.router)
+        api.include_router(module.router)
+
+    @api.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    api.add_middleware(BodyLimit)
+    return api
+
+
+def _document_roles(router: APIRouter) -> None:
+    """Name each route's role in OpenAPI (x-role), read from its require_* dependency."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        for dep in route.dependant.dependencies:
+            name = getattr(dep.call, "__name__", "")
+            if name.startswith("require_"):
+                route.openapi_extra = {**(route.openapi_extra or {}), "x-role": name[8:]}

@@ -1,0 +1,117 @@
+"""API tokens and roles: viewer < deployer < admin, checked on every /api route."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.store.models import Token
+
+ROLES = ("viewer", "deployer", "admin")
+TOKEN_PREFIX = "cvy_"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def role_at_least(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's name and role."""
+
+    token_id: int
+    name: str
+    role: str
+
+
+def ensure_admin_token(session: Session, token: str | None) -> str | None:
+    """Create the first admin token; returns it when it was newly generated (print once).
+
+    With CONVEYOR_ADMIN_TOKEN set, that token is registered (if it is not yet)
+    and nothing is printed.
+    """
+    if token:
+        digest = hash_token(token)
+        if session.scalar(select(Token).where(Token.token_hash == digest)) is None:
+            session.add(Token(name="admin (CONVEYOR_ADMIN_TOKEN)", role="admin", token_hash=digest))
+            session.commit()
+        return None
+    has_admin = session.scalar(
+        select(Token).where(Token.role == "admin", Token.revoked_at.is_(None)).limit(1)
+    )
+    if has_admin is not None:
+        return None
+    generated = new_token()
+    session.add(Token(name="admin", role="admin", token_hash=hash_token(generated)))
+    session.commit()
+    return generated
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def require(role: str) -> Callable[..., Caller]:
+    """A dependency that lets the request through only with a token of at least `role`."""
+    if role not in ROLES:
+        raise ValueError(role)
+
+    def check(request: Request) -> Caller:
+        token = _bearer(request)
+        if token is None:
+            raise HTTPException(
+                401,
+                "missing API token: pass 'Authorization: Bearer <token>' "
+                "(the CLI reads --token or CONVEYOR_TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        digest = hash_token(token)
+        sessions = request.app.state.sessions
+        with sessions() as session:
+            row = session.scalar(select(Token).where(Token.token_hash == digest))
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not hmac.compare_digest(row.token_hash, digest)
+        ):
+            raise HTTPException(
+                401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not role_at_least(row.role, role):
+            raise HTTPException(
+                403, f"this needs the {role} role; your token '{row.name}' has {row.role}"
+            )
+        return Caller(token_id=row.id, name=row.name, role=row.role)
+
+    check.__name__ = f"require_{role}"
+    return check
+
+
+def role_extra(role: str) -> dict[str, Any]:
+    """OpenAPI extension naming a route's role, so docs and tests can read it."""
+    return {"x-role": role}
+
+
+Viewer = Annotated[Caller, Depends(require("viewer"))]
+Deployer = Annotated[Caller, Depends(require("deployer"))]
+Admin = Annotated[Caller, Depends(require("admin"))]

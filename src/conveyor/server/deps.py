@@ -1,0 +1,41 @@
+"""Shared FastAPI dependencies: a database session, lookups that 404 clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.store.models import App, Release, Run
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_app_or_404(session: Session, name: str) -> App:
+    app = session.scalar(select(App).where(App.name == name))
+    if app is None:
+        raise HTTPException(404, f"unknown app {name!r}: see `conveyor app add`")
+    return app
+
+
+def get_run_or_404(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(404, f"unknown run {run_id}")
+    return run
+
+
+def get_release_or_404(session: Session, release_id: str) -> Release:
+    release = session.get(Release, release_id)
+    if release is None:
+        raise HTTPException(404, f"unknown release {release_id!r}")
+    return release

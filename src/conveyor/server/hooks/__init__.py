@@ -1,0 +1,1 @@
+"""Webhook receivers, one module per provider, over one shared push handler."""

@@ -1,0 +1,107 @@
+"""What every provider's webhook shares: app lookup, dedupe, and queueing a run."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conveyor.pipeline.runs import enqueue_run
+from conveyor.protocol import HookAccepted
+from conveyor.store.models import App, WebhookDelivery
+
+log = logging.getLogger("conveyor.hooks")
+ZERO_SHA = "0" * 40
+
+
+@dataclass(frozen=True)
+class Push:
+    """A push event, whatever the provider."""
+
+    ref: str
+    after: str
+    pusher: str
+
+
+def hmac_sha256(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_matches(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.strip().encode())
+
+
+def unauthorized(provider: str, what: str) -> HTTPException:
+    log.warning("webhook refused", extra={"provider": provider, "why": what})
+    return HTTPException(401, f"{provider} webhook refused: {what}")
+
+
+def find_app(session: Session, name: str) -> App:
+    app = session.scalar(select(App).where(App.name == name))
+    if app is None:
+        raise HTTPException(404, f"unknown app {name!r}")
+    return app
+
+
+def accepted(status: str, detail: str, run: int | None = None) -> JSONResponse:
+    body = HookAccepted(status=status, detail=detail, run=run)
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+def handle_push(
+    request: Request,
+    session: Session,
+    app: App,
+    *,
+    provider: str,
+    delivery: str,
+    push: Push,
+) -> JSONResponse:
+    """Record the delivery, then queue a run if this is a push to the app's branch."""
+    branch_ref = f"refs/heads/{app.branch}"
+    record = WebhookDelivery(provider=provider, delivery_id=delivery[:255], app_id=app.id)
+    session.add(record)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return accepted("duplicate", f"delivery {delivery} was already received; nothing to do")
+    if push.ref != branch_ref:
+        session.commit()
+        return accepted("ignored", f"push to {push.ref}; only {branch_ref} starts runs")
+    if push.after == ZERO_SHA or not push.after:
+        session.commit()
+        return accepted("ignored", f"{branch_ref} was deleted")
+    run = enqueue_run(
+        session, app, push.after.lower(), ref=push.ref, trigger=provider, triggered_by=push.pusher
+    )
+    record.run_id = run.id
+    session.commit()
+    request.app.state.engine.wake()
+    log.info("push queued a run", extra={"provider": provider, "app": app.name, "run": run.id})
+    return accepted("queued", f"run {run.id} queued for {push.after[:7]}", run.id)
+
+
+def body_digest(body: bytes) -> str:
+    """A stand-in delivery id for providers that send none: the same event body is the same."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The webhook body as a JSON object, or a 400 saying why not."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise HTTPException(400, f"webhook body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "webhook body must be a JSON object")
+    return data

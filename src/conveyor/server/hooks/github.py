@@ -1,0 +1,48 @@
+"""GitHub push webhooks: X-Hub-Signature-256, X-GitHub-Delivery."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from conveyor.server.deps import SessionDep
+from conveyor.server.hooks.common import (
+    Push,
+    accepted,
+    body_digest,
+    find_app,
+    handle_push,
+    hmac_sha256,
+    json_object,
+    signature_matches,
+    unauthorized,
+)
+from conveyor.server.hookscript import HOOK_AGENT
+
+router = APIRouter(prefix="/hooks", tags=["webhooks"])
+
+
+@router.post("/github/{name}", status_code=202)
+async def github(name: str, request: Request, session: SessionDep) -> JSONResponse:
+    body = await request.body()
+    app = find_app(session, name)
+    header = request.headers.get("x-hub-signature-256")
+    if header is None:
+        raise unauthorized("GitHub", "missing X-Hub-Signature-256 header")
+    if not signature_matches("sha256=" + hmac_sha256(app.webhook_secret, body), header):
+        raise unauthorized("GitHub", "X-Hub-Signature-256 does not match the app's secret")
+    event = request.headers.get("x-github-event", "push")
+    if event == "ping":
+        return JSONResponse({"status": "pong"}, status_code=200)
+    if event != "push":
+        return accepted("ignored", f"event {event!r} is not a push")
+    payload = json_object(body)
+    push = Push(
+        ref=str(payload.get("ref", "")),
+        after=str(payload.get("after", "")),
+        pusher=str((payload.get("pusher") or {}).get("name", "github")),
+    )
+    delivery = request.headers.get("x-github-delivery") or body_digest(body)
+    # the post-receive hook speaks GitHub's format; its runs say where they came from
+    provider = "git-hook" if request.headers.get("user-agent") == HOOK_AGENT else "github"
+    return handle_push(request, session, app, provider=provider, delivery=delivery, push=push)

@@ -1,0 +1,47 @@
+"""`conveyor server`: open the store, migrate it, make the first admin token, serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from conveyor.logs import setup_logging
+from conveyor.server.app import Settings, create_app
+from conveyor.server.auth import ensure_admin_token
+from conveyor.store.db import database_url, make_engine, migrate, session_factory
+
+log = logging.getLogger("conveyor.server")
+
+
+def serve(data_dir: Path, listen: str, db: str | None, public_url: str | None) -> None:
+    log_config = setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url(db, data_dir)
+    engine = make_engine(url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        generated = ensure_admin_token(session, os.environ.get("CONVEYOR_ADMIN_TOKEN"))
+    if generated:
+        # printed once, on stdout, never logged: it is not stored anywhere readable
+        print(f"conveyor: admin token (shown once, keep it safe): {generated}", flush=True)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    settings = Settings(data_dir=data_dir, public_url=public_url or f"http://{shown_host}:{port}")
+    app = create_app(settings, sessions)
+    log.info(
+        "server starting",
+        extra={
+            "listen": f"{host}:{port}",
+            "data": str(data_dir),
+            "db": engine.url.render_as_string(),
+        },
+    )
+    uvicorn.run(app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=10)
+    sys.stdout.flush()

@@ -1,0 +1,73 @@
+"""Database rows to wire models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from conveyor.protocol import AppOut, ReleaseOut, RunOut, StepOut
+from conveyor.store.models import App, Release, Run, Step
+
+
+def _duration(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def app_out(app: App) -> AppOut:
+    return AppOut(
+        name=app.name,
+        repo=app.repo_url,
+        branch=app.branch,
+        poll_interval=app.poll_interval,
+        created_at=app.created_at,
+    )
+
+
+def step_out(step: Step) -> StepOut:
+    return StepOut(
+        id=step.id,
+        attempt=step.attempt,
+        position=step.position,
+        kind=step.kind,
+        name=step.name,
+        command=step.command,
+        state=step.state,
+        exit_code=step.exit_code,
+        reason=step.reason,
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+        duration=_duration(step.started_at, step.finished_at),
+    )
+
+
+def run_out(run: Run, *, steps: bool = False) -> RunOut:
+    return RunOut(
+        id=run.id,
+        app=run.app.name,
+        sha=run.sha,
+        ref=run.ref,
+        trigger=run.trigger,
+        triggered_by=run.triggered_by,
+        state=run.state,
+        reason=run.reason,
+        attempt=run.attempt,
+        release=run.release_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        duration=_duration(run.started_at, run.finished_at),
+        steps=[step_out(s) for s in run.steps] if steps else [],
+    )
+
+
+def release_out(release: Release) -> ReleaseOut:
+    return ReleaseOut(
+        id=release.id,
+        app=release.app.name,
+        sha=release.sha,
+        run=release.run_id,
+        sha256=release.sha256,
+        size=release.size,
+        created_at=release.created_at,
+    )

@@ -1,0 +1,141 @@
+"""The server's durable state: SQLAlchemy models, one table per concept."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Token(Base):
+    """An API credential; only its sha256 is kept."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class App(Base):
+    """One repository with a conveyor.yml."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    repo_url: Mapped[str] = mapped_column(Text)
+    branch: Mapped[str] = mapped_column(String(255), default="main")
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    poll_interval: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_polled_sha: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_polled_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    secrets: Mapped[list[Secret]] = relationship(back_populates="app", cascade="all, delete-orphan")
+
+
+class Secret(Base):
+    """A value handed to steps and instances by name, masked in every log."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("app_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    app: Mapped[App] = relationship(back_populates="secrets")
+
+
+class Run(Base):
+    """One commit going through the pipeline."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    sha: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    trigger: Mapped[str] = mapped_column(String(20))
+    triggered_by: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    release_id: Mapped[str | None] = mapped_column(String(80), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    app: Mapped[App] = relationship()
+    steps: Mapped[list[Step]] = relationship(
+        back_populates="run", order_by="(Step.attempt, Step.position)", cascade="all, delete-orphan"
+    )
+
+
+class Step(Base):
+    """One subprocess of a run (checkout, a test or build command, the artifact)."""
+
+    __tablename__ = "steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(255))
+    command: Mapped[str | None] = mapped_column(Text, default=None)
+    timeout: Mapped[float | None] = mapped_column(default=None)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    log_path: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    run: Mapped[Run] = relationship(back_populates="steps")
+
+
+class Release(Base):
+    """The immutable artifact built once from a commit."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    sha: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    app: Mapped[App] = relationship()
+
+
+class WebhookDelivery(Base):
+    """A webhook event already seen, so that a redelivery runs nothing twice."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("provider", "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    delivery_id: Mapped[str] = mapped_column(String(255))
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

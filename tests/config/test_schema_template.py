@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conveyor.config import (
+    STARTER_CONFIG,
+    config_json_schema,
+    parse_config,
+    starter_config,
+    suggest_app_name,
+)
+
+
+def test_schema_is_json_with_the_top_level_keys() -> None:
+    schema = json.loads(json.dumps(config_json_schema()))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["app"]
+    assert set(schema["properties"]) == {
+        "app",
+        "branch",
+        "test",
+        "build",
+        "artifact",
+        "service",
+        "hooks",
+        "environments",
+        "notify",
+    }
+
+
+def test_schema_writes_durations_percents_and_windows_as_strings() -> None:
+    defs = config_json_schema()["$defs"]
+    environment = defs["Environment"]["properties"]
+    pause = environment["step_pause"]
+    duration = next(form for form in pause["anyOf"] if form["type"] == "string")
+    assert re.fullmatch(duration["pattern"], "1m30s")
+    assert not re.fullmatch(duration["pattern"], "ten minutes")
+    assert "duration" in pause["description"]
+    window = next(form for form in environment["window"]["anyOf"] if form.get("type") == "string")
+    assert re.search(window["pattern"], "Mon-Thu 09:00-16:00 Europe/Madrid")
+    rate = next(
+        form for form in defs["Analysis"]["properties"]["error_rate"]["anyOf"] if "pattern" in form
+    )
+    assert rate["type"] == "string" and re.fullmatch(rate["pattern"], "0.5%")
+    assert environment["batch"]["default"] == 1
+
+
+def test_starter_config_validates() -> None:
+    config = parse_config(STARTER_CONFIG)
+    assert config.app == "my-app"
+    assert list(config.environments) == ["staging", "production"]
+    assert config.test[0].run == "true"
+
+
+@pytest.mark.parametrize(
+    ("files", "test", "build", "start"),
+    [
+        (["pyproject.toml", "main.py"], "python -m pytest -q", "pip install .", "python main.py"),
+        (["requirements.txt"], "python -m pytest -q", "pip install -r requirements.txt", "python"),
+        (["package.json"], "npm test", "npm ci", "npm start"),
+        (["Makefile"], "make test", "make build", "./bin/start"),
+        ([], "true", "true", "./bin/start"),
+    ],
+)
+def test_starter_config_guesses_commands(
+    tmp_path: Path, files: list[str], test: str, build: str, start: str
+) -> None:
+    for name in files:
+        (tmp_path / name).write_text("")
+    config = parse_config(starter_config("shop", tmp_path))
+    assert config.app == "shop"
+    assert config.test[0].run == test
+    assert config.build[0].run.startswith(build)
+    assert config.service is not None and config.service.start.startswith(start)
+
+
+def test_starter_config_refuses_a_bad_app_name() -> None:
+    with pytest.raises(ValueError, match="expected an app name"):
+        starter_config("My App")
+
+
+@pytest.mark.parametrize(
+    ("directory", "name"),
+    [("My_Shop", "my-shop"), ("shop", "shop"), ("--x--", "x"), ("日本", "app")],
+)
+def test_suggest_app_name(tmp_path: Path, directory: str, name: str) -> None:
+    path = tmp_path / directory
+    path.mkdir()
+    assert suggest_app_name(path) == name

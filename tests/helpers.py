@@ -1,0 +1,202 @@
+"""Test helpers: a real `conveyor server` process, the CLI as a subprocess, git repos."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_TOKEN = "cvy_test_admin_token_0123456789"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """Poll until predicate returns something truthy; fail the test with a message otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+class ServerProcess:
+    """`conveyor server` as a real process on a loopback port, restartable."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ADMIN_TOKEN
+        self.log_path = data.parent / f"{data.name}-server.log"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": self.token, **self.extra_env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the process's exit
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "server",
+                "--data",
+                str(self.data),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(self._healthy, timeout=30)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited ({self.proc.returncode}):\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to tidy up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # API shortcuts, admin token
+    def get(self, path: str, **kw: Any) -> Any:
+        r = self.http.get(path, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        r = self.http.post(path, json=body if body is not None else {})
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    def add_app(self, name: str, repo: Path | str, **extra: Any) -> Any:
+        return self.post("/api/apps", {"name": name, "repo": str(repo), **extra})
+
+    def wait_run(self, run_id: int, timeout: float = 60) -> Any:
+        def finished() -> Any:
+            run = self.get(f"/api/runs/{run_id}")
+            return run if run["state"] not in ("queued", "running") else None
+
+        return wait_for(finished, timeout=timeout, interval=0.2)
+
+    def cli(
+        self, *args: str, input: str | None = None, token: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "CONVEYOR_SERVER": self.url,
+            "CONVEYOR_TOKEN": token or self.token,
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+        }
+        return run_cli(*args, env=env, input=input, timeout=timeout)
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        env=env or {**os.environ, "COLUMNS": "200"},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        env={**os.environ, **GIT_ENV},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str], *, executable: tuple[str, ...] = ()) -> str:
+    """A git repository on main with these files committed; returns the sha."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / ".git").exists():
+        git(path, "init", "-q", "-b", "main")
+    return commit(path, files, executable=executable)
+
+
+def commit(
+    path: Path, files: dict[str, str], *, message: str = "change", executable: tuple[str, ...] = ()
+) -> str:
+    for name, text in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if name in executable:
+            target.chmod(0o755)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "--allow-empty", "-m", message)
+    return git(path, "rev-parse", "HEAD")
+
+
+def config(app: str, test: list[str], build: list[str] | None = None, extra: str = "") -> str:
+    lines = [f"app: {app}", "test:"]
+    lines += [f"  - run: {cmd!r}" for cmd in test] or []
+    if not test:
+        lines[-1] = "test: []"
+    lines.append("build:" if build else "build: []")
+    lines += [f"  - run: {cmd!r}" for cmd in build or []]
+    return "\n".join(lines) + "\n" + extra
