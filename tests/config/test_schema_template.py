@@ -58,6 +58,22 @@ def test_starter_config_validates() -> None:
     assert config.test[0].run == "true"
 
 
+def test_starter_config_commented_keys_validate_when_uncommented() -> None:
+    # The canary block replaces the rolling lines; everything else is uncommented as is.
+    text = STARTER_CONFIG.replace("    strategy: rolling", "    #").replace("    batch: 1", "    #")
+    lines = []
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\s*)# (\s*(?:- )?[a-z_0-9]+:.*)", line)
+        lines.append(match.group(1) + match.group(2) if match else line)
+    config = parse_config("\n".join(lines))
+    production = config.environments["production"]
+    assert production.strategy == "canary"
+    assert production.approval == "required"
+    assert production.analysis is not None and production.monitor == 900.0
+    assert config.hooks.install == "./bin/install"
+    assert config.notify[0].on == ["failure", "rollback", "approval", "success"]
+
+
 @pytest.mark.parametrize(
     ("files", "test", "build", "start"),
     [

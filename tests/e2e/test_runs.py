@@ -114,7 +114,7 @@ def test_secrets_never_appear_in_any_stored_log(server: ServerProcess, tmp_path:
                 "app: vault\n"
                 "test:\n"
                 '  - run: echo "db is $DATABASE_URL"; echo "$DATABASE_URL" >&2\n'
-                "  - run: python3 -c \"import os,sys; "
+                '  - run: python3 -c "import os,sys; '
                 "sys.stdout.write(os.environ['DATABASE_URL'][::1])\"\n"
                 "build:\n"
                 '  - run: echo "prefix${DATABASE_URL}suffix"; exit 1\n'

@@ -14,7 +14,13 @@ from rich.table import Table
 
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
-from conveyor.config import ConfigError, config_json_schema, load_config, starter_config
+from conveyor.config import (
+    ConfigError,
+    config_json_schema,
+    load_config,
+    starter_config,
+    suggest_app_name,
+)
 
 app = typer.Typer(
     name="conveyor",
@@ -56,8 +62,8 @@ def validate(
         config = load_config(file)
     except ConfigError as exc:
         for line in str(exc).splitlines():
-            err.print(f"[red]{line}[/red]")
-        err.print(f"[red]{file}: {len(exc.issues)} error(s)[/red]")
+            err.print(line, style="red", soft_wrap=True, markup=False)
+        err.print(f"{file}: {len(exc.issues)} error(s)", style="red", soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
     envs = ", ".join(config.environments) or "none"
     out.print(f"[green]{file}: ok[/green] (app {config.app}, environments: {envs})")
@@ -78,7 +84,7 @@ def init(
     target = Path("conveyor.yml")
     if target.exists() and not force:
         fail("conveyor.yml already exists (use --force to overwrite)", 2)
-    app_name = name or re.sub(r"[^a-z0-9-]+", "-", Path.cwd().name.lower()).strip("-") or "app"
+    app_name = name or suggest_app_name(Path.cwd())
     target.write_text(starter_config(app_name, Path.cwd()))
     out.print(f"wrote {target}: edit it, then check it with `conveyor validate`")
 

@@ -90,8 +90,12 @@ class VerifyCheck(Section):
     http: HttpProbe | None = None
     run: NonEmptyStr | None = None
     # 200 for http checks (set below); commands have no status.
-    expect: StatusCode | None = Field(default=None, json_schema_extra={"default": 200})
-    timeout: PositiveDuration = Field(default=10.0, json_schema_extra={"default": "10s"})
+    expect: StatusCode | None = Field(
+        default=None, description="The status an http check expects. Default: 200."
+    )
+    timeout: PositiveDuration = Field(
+        default=10.0, description="Default: 10s for http checks, 5m for commands."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from ruamel.yaml import YAML
 from conveyor.config.base import describe
 from conveyor.config.values import APP_NAME_PATTERN
 
+_COMMENT_COLUMN = 32
 _PLAIN_SAFE = re.compile(r"[A-Za-z0-9./$_][A-Za-z0-9 ./$_=@+,-]*")
 
 
@@ -84,23 +85,28 @@ def starter_config(app: str, directory: Path | None = None) -> str:
         )
     commands = _guess(directory)
     return _TEMPLATE.format(
-        app=app,
-        test=_yaml_scalar(commands.test),
+        app=_padded(app, len("app: ")),
+        test=_padded(_yaml_scalar(commands.test), len("  - run: ")),
         build=_yaml_scalar(commands.build),
-        start=_yaml_scalar(commands.start),
+        start=_padded(_yaml_scalar(commands.start), len("  start: ")),
         note=commands.note,
     )
+
+
+def _padded(value: str, indent: int) -> str:
+    # Keeps the comments lined up; YAML needs at least one space before a '#'.
+    return value + " " * max(1, _COMMENT_COLUMN - indent - len(value))
 
 
 _TEMPLATE = """\
 # conveyor.yml: how conveyor tests, builds and deploys this app.
 # Check it with `conveyor validate`; `conveyor schema` prints every key it accepts.
 
-app: {app}                       # lowercase letters, digits and dashes
+app: {app}# lowercase letters, digits and dashes
 branch: main                    # only commits on this branch may reach the last environment
 
 test:                           # on every commit, in a clean checkout of exactly that commit
-  - run: {test}    # {note}
+  - run: {test}# {note}
     timeout: 10m
 build:                          # once per commit; produces the release artifact
   - run: {build}
@@ -109,7 +115,7 @@ artifact:
   exclude: ["tests/"]
 
 service:                        # how a release runs on a host, from its release directory
-  start: {start}                # must listen on $PORT
+  start: {start}# must listen on $PORT
   port: 8000                    # the public port the router listens on, on every host
   health: {{path: /healthz, interval: 1s, timeout: 30s}}   # any 2xx is healthy
   drain: 30s                    # longest wait for in-flight requests before an old instance stops
@@ -129,18 +135,19 @@ environments:                   # promotion order = this order
         expect: 200
   production:
     hosts: [web-1, web-2]
-    # approval: required        # uncomment for continuous delivery (a person approves)
+    # approval: required        # a person approves each deployment (continuous delivery)
     # window: "Mon-Thu 09:00-16:00 Europe/Madrid"   # deploys wait outside it
     strategy: rolling           # rolling | blue-green | canary
     batch: 1                    # rolling: hosts at a time, or "25%"
+    # A canary with automated analysis instead of the two lines above:
     # strategy: canary
-    # steps: [10, 50, 100]      # canary: percent of traffic on the new release per step
+    # steps: [10, 50, 100]      # percent of traffic on the new release per step
     # step_pause: 2m
     # analysis:
     #   error_rate: 1%          # ceiling for the new release
-    #   p99: 1s
+    #   p99: 1s                 # ceiling for the new release
     #   compare: baseline       # also fail when clearly worse than the release it replaces
-    monitor: 10m                # after 100%: health failures roll back automatically
+    # monitor: 15m              # after 100%: a breach rolls back automatically
 
 # notify:
 #   - url: "json://hooks.example.com/conveyor"   # any Apprise URL (slack://, mailto://, ...)

@@ -89,7 +89,8 @@ async def checkout(mirror: Path, sha: str, workspace: Path) -> None:
     await git(
         "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha, cwd=workspace
     )
-    await git("submodule", "update", "--init", "--recursive", "--quiet", cwd=workspace)
+    if (workspace / ".gitmodules").exists():
+        await git("submodule", "update", "--init", "--recursive", "--quiet", cwd=workspace)
 
 
 async def commit_info(workspace: Path) -> dict[str, str]:

@@ -1,0 +1,142 @@
+"""The CLI as users run it: a subprocess talking HTTP to a real server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, config, make_repo, run_cli
+
+
+def test_run_follow_streams_steps_and_exit_code_tells_the_result(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    make_repo(good, {"conveyor.yml": config("good", ["echo hello-from-tests"], ["echo built"])})
+    make_repo(bad, {"conveyor.yml": config("bad", ["echo about-to-fail; exit 7"])})
+    for name, repo in (("good", good), ("bad", bad)):
+        added = server.cli("app", "add", name, "--repo", str(repo), "--json")
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["webhooks"]["github"].endswith(f"/hooks/github/{name}")
+
+    ok = server.cli("run", "good", "--follow")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "hello-from-tests" in ok.stdout
+    assert "run 1 succeeded" in ok.stdout and "release" in ok.stdout
+
+    failed = server.cli("run", "bad", "--follow")
+    assert failed.returncode == 1
+    assert "about-to-fail" in failed.stdout
+    assert "failed (exit 7)" in failed.stdout
+
+    as_json = server.cli("run", "good", "--follow", "--json")
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout)["state"] == "succeeded"
+
+
+def test_logs_status_history_in_text_and_json(server: ServerProcess, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"conveyor.yml": config("shop", ["echo testing-now"])})
+    server.add_app("shop", repo)
+    run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"])
+
+    logs = server.cli("logs", str(run["id"]))
+    assert logs.returncode == 0 and "testing-now" in logs.stdout
+    logs_json = json.loads(server.cli("logs", str(run["id"]), "--json").stdout)
+    assert any("testing-now" in s["log"] for s in logs_json["steps"])
+    follow = server.cli("logs", str(run["id"]), "--follow")
+    assert follow.returncode == 0 and "testing-now" in follow.stdout
+
+    status = json.loads(server.cli("status", "--json").stdout)
+    assert status[0]["app"]["name"] == "shop"
+    assert status[0]["last_release"]["id"] == run["release"]
+    text = server.cli("status", "shop")
+    assert "shop" in text.stdout and run["release"] in text.stdout
+
+    history = json.loads(server.cli("history", "shop", "--json").stdout)
+    assert [h["sha"] for h in history] == [sha]
+    table = server.cli("history", "shop")
+    assert sha[:7] in table.stdout and "succeeded" in table.stdout
+
+
+def test_bad_usage_and_unknown_names_exit_2(server: ServerProcess) -> None:
+    unknown = server.cli("run", "nope")
+    assert unknown.returncode == 2 and "unknown app 'nope'" in unknown.stderr
+    assert server.cli("logs", "999").returncode == 2
+    viewer = server.post("/api/tokens", {"name": "v", "role": "viewer"})["token"]
+    denied = server.cli("app", "add", "x", "--repo", "/tmp", token=viewer)
+    assert denied.returncode == 2 and "admin role" in denied.stderr
+    bad_name = server.cli("app", "add", "Not_Valid", "--repo", "/tmp")
+    assert bad_name.returncode == 2
+    no_token = run_cli("status", env={"PATH": "/usr/bin:/bin", "CONVEYOR_SERVER": server.url})
+    assert no_token.returncode == 2 and "token" in no_token.stderr
+
+
+def test_unreachable_server_is_a_clear_failure() -> None:
+    done = run_cli("status", "--server", "http://127.0.0.1:9", "--token", "x")
+    assert done.returncode == 1
+    assert "cannot reach the conveyor server" in done.stderr
+
+
+BROKEN = [
+    ("app: shop\ntest:\n  - run: make\n   timeout: 5m\n", 4, 4),
+    ("app: shop\ntest:\n  - run: 'unclosed\n", 3, 10),
+    ("app: shop\nbuidl: []\n", 2, 1),
+    ("app: Shop\n", 1, 6),
+    ("test: []\n", 1, 1),
+    ("app: shop\nservice:\n  start: x\n  port: eighty\n", 4, 9),
+    ("app: shop\nservice:\n  start: x\n  port: 70000\n", 4, 9),
+    ("app: shop\ntest:\n  - run: make\n    timeout: ten minutes\n", 4, 14),
+    ("app: shop\napp: shop2\n", 2, 1),
+    (
+        "app: shop\nservice: {start: x, port: 80}\nenvironments:\n  prod:\n    hosts: [a]\n"
+        "    strategy: canary\n    steps: [50, 10, 100]\n",
+        7,
+        17,
+    ),
+    (
+        "app: shop\nservice: {start: x, port: 80}\nenvironments:\n  prod:\n    hosts: [a]\n"
+        "    window: 'Mon-Xyz 09:00-16:00 Europe/Madrid'\n",
+        6,
+        13,
+    ),
+    (
+        "app: shop\nservice: {start: x, port: 80}\nenvironments:\n  prod:\n    hosts: [a]\n"
+        "    stratgy: canary\n",
+        6,
+        5,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "column"), BROKEN)
+def test_validate_reports_line_and_column(
+    tmp_path: Path, text: str, line: int, column: int
+) -> None:
+    path = tmp_path / "conveyor.yml"
+    path.write_text(text)
+    done = run_cli("validate", str(path), env=_plain_env())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"conveyor.yml:{line}:{column}:" in done.stderr, done.stderr
+
+
+def _plain_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def test_validate_init_and_schema(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    made = run_cli("init", cwd=tmp_path, env=_plain_env())
+    assert made.returncode == 0, made.stderr
+    ok = run_cli("validate", str(tmp_path / "conveyor.yml"), env=_plain_env())
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    again = run_cli("init", cwd=tmp_path, env=_plain_env())
+    assert again.returncode == 2 and "already exists" in again.stderr
+    missing = run_cli("validate", str(tmp_path / "nope.yml"), env=_plain_env())
+    assert missing.returncode == 2
+    schema = json.loads(run_cli("schema", env=_plain_env()).stdout)
+    assert {"app", "test", "build", "environments"} <= set(schema["properties"])
