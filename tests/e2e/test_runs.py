@@ -185,3 +185,32 @@ def test_unknown_names_get_404_with_a_message(server: ServerProcess) -> None:
         assert "unknown" in r.json()["detail"]
     r = server.http.post("/api/apps/nope/runs", json={})
     assert r.status_code == 404
+
+
+def test_abort_stops_a_running_step_and_releases_nothing(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from conveyor.pipeline.process import find_step_processes
+
+    repo = tmp_path / "repo"
+    make_repo(repo, {"conveyor.yml": config("slow", ["sleep 300"], ["echo never"])})
+    server.add_app("slow", repo)
+    run_id = server.post("/api/apps/slow/runs", {})["id"]
+    step = wait_for(
+        lambda: next(
+            (
+                s
+                for s in server.get(f"/api/runs/{run_id}")["steps"]
+                if s["kind"] == "test" and s["state"] == "running"
+            ),
+            None,
+        )
+    )
+    aborted = server.cli("abort", str(run_id))
+    assert aborted.returncode == 0, aborted.stderr
+    run = server.wait_run(run_id, timeout=20)
+    assert run["state"] == "cancelled" and run["release"] is None
+    assert [s["state"] for s in run["steps"]] == ["succeeded", "cancelled", "skipped", "skipped"]
+    assert not find_step_processes({step["id"]})
+    again = server.cli("abort", str(run_id))
+    assert again.returncode == 2 and "already ended" in again.stderr

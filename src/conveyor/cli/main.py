@@ -400,13 +400,13 @@ def history(
 
 
 @app.command()
-def cancel(
+def abort(
     run_id: Annotated[int, typer.Argument(metavar="RUN")],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:
-    """Stop a queued or running run."""
-    result = Client(server, token).post(f"/api/runs/{run_id}/cancel")
+    """Stop a queued or running run (its running step is killed, nothing is released)."""
+    result = Client(server, token).post(f"/api/runs/{run_id}/abort")
     out.print(f"run {run_id}: {result['state']}")
 
 

@@ -282,6 +282,7 @@ class Engine:
         ):
             env = ctx.environment(sid) | extra | secret_env
             self._mark_running(sid)
+            self._append_log(sid, masker(f"$ {command}\n"))
             result = await run_step(
                 [*SHELL, command],
                 cwd=workspace,
@@ -299,7 +300,7 @@ class Engine:
                 # a graceful stop: leave the records as they are, the next start retries
                 return
             if result.cancelled:
-                reason = f"{kind} step '{name}' cancelled"
+                reason = f"{kind} step '{name}' aborted"
                 state = "cancelled"
             elif result.timed_out:
                 reason = f"{kind} step '{name}' timed out after {format_duration(timeout)}"
@@ -314,6 +315,10 @@ class Engine:
             return
 
         # the artifact
+        if cancel.is_set() and not self._stopping:
+            self._end_step(artifact_step, "skipped")
+            self._end_run(run_id, "cancelled", "aborted before the artifact was built")
+            return
         self._mark_running(artifact_step)
         try:
             release_id = await self._build_release(

@@ -1,4 +1,4 @@
-"""Runs: start one, list them, read one with its steps and logs, cancel."""
+"""Runs: start one, list them, read one with its steps and logs, abort."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conveyor.protocol import LogChunk, RunCreate, RunOut
 from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
 from conveyor.server.views import run_out
-from conveyor.store.models import Run, Step
+from conveyor.store.models import Run, Step, utcnow
 
 router = APIRouter(prefix="/api", tags=["runs"])
 MAX_LOG_CHUNK = 1 << 20
@@ -56,14 +56,16 @@ def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
     return run_out(get_run_or_404(session, run_id), steps=True)
 
 
-@router.post("/runs/{run_id}/cancel")
-def cancel_run(run_id: int, request: Request, _: Deployer, session: SessionDep) -> RunOut:
+@router.post("/runs/{run_id}/abort")
+def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
+    """Stop a queued or running run; its running step is killed, nothing is released."""
     run = get_run_or_404(session, run_id)
     if run.state not in ACTIVE:
         raise HTTPException(409, f"run {run_id} already ended ({run.state})")
     if run.state == "queued":
         run.state = "cancelled"
-        run.reason = "cancelled before it started"
+        run.reason = f"aborted by {caller.name} before it started"
+        run.finished_at = utcnow()
         session.commit()
     else:
         request.app.state.engine.cancel(run_id)
