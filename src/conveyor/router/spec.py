@@ -1,0 +1,107 @@
+"""What the agent tells a router, and what a router reports: the driver seam's data.
+
+Both backends (the embedded proxy and HAProxy) take a `RouteSpec` per app and
+report `RouterMetrics`; the agent never knows which one it is talking to.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Upper bounds (seconds) of the latency histogram buckets, shared by both backends;
+# +Inf is implied by the total count.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(Model):
+    """One instance of one release, reachable on loopback."""
+
+    release: str
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    weight: int = Field(ge=0, le=100, description="share of new requests; 0: no new requests")
+
+
+class RouteSpec(Model):
+    """The whole routing of one app on this host; applying it replaces the previous one.
+
+    A target absent from a new spec, or present with weight 0, gets no new request;
+    its in-flight requests finish (up to `drain_timeout`), and `in_flight` in the
+    metrics tells the agent when it is safe to stop the instance.
+    """
+
+    app: str
+    port: int = Field(ge=1, le=65535, description="the public port (service.port)")
+    bind: str = "0.0.0.0"
+    targets: list[Target] = []
+    sticky: bool = Field(default=False, description="pin a client to a release by cookie")
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+
+class ReleaseCounters(Model):
+    """Counters of one release on one host since the router started (monotonic)."""
+
+    requests: int = 0
+    errors_5xx: int = 0
+    connect_failures: int = 0
+    in_flight: int = 0
+    latency_buckets: list[int] = Field(
+        default_factory=lambda: [0] * len(LATENCY_BUCKETS),
+        description="cumulative counts of requests with latency <= each LATENCY_BUCKETS bound",
+    )
+    latency_sum: float = 0.0
+
+
+class AppMetrics(Model):
+    app: str
+    releases: dict[str, ReleaseCounters] = {}
+
+
+class RouterMetrics(Model):
+    backend: str
+    started_at: float = Field(description="unix time the router process started")
+    apps: dict[str, AppMetrics] = {}
+
+
+class Router(Protocol):
+    """The driver seam: the agent drives any router backend through these calls."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Make sure the router process runs (start it if needed, adopt it if it does)."""
+
+    async def alive(self) -> bool:
+        """Whether the router process answers on its admin interface."""
+
+    async def apply(self, spec: RouteSpec) -> None:
+        """Set the listener, targets and weights of one app, without dropping a request."""
+
+    async def remove(self, app: str) -> None:
+        """Stop serving an app (its listener closes after in-flight requests finish)."""
+
+    async def metrics(self) -> RouterMetrics:
+        """Counters per app and release."""
+
+    async def stop(self) -> None:
+        """Stop the router process (used by tests and `conveyor agent --stop-router`)."""
