@@ -47,6 +47,8 @@ def setup_logging(level: str = "info") -> dict[str, Any]:
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": True},
             "alembic": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
     logging.config.dictConfig(config)

@@ -6,7 +6,7 @@ The only module both wings import: what goes over HTTP is defined here once.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,3 +134,123 @@ class HookAccepted(Wire):
     status: Literal["queued", "ignored", "duplicate"]
     detail: str
     run: int | None = None
+
+
+# -- hosts and agents -------------------------------------------------------------
+
+HostState = Literal["pending", "enrolled", "revoked"]
+
+
+class HostCreate(Wire):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+
+
+class HostOut(Wire):
+    name: str
+    state: HostState
+    online: bool
+    last_seen: datetime | None
+    generation: int
+    applied_generation: int | None
+    observed: ObservedState | None = None
+
+
+class HostCreated(HostOut):
+    enrolment_token: str
+
+
+class Enrol(Wire):
+    name: str
+    token: str
+
+
+class Enrolled(Wire):
+    agent_token: str
+
+
+class ServiceSpec(Wire):
+    """How a release runs on a host: SPEC §2 `service`, with secret values resolved."""
+
+    start: str
+    port: int
+    health_path: str = "/healthz"
+    health_interval: float = 1.0
+    health_timeout: float = 30.0
+    drain: float = 30.0
+    keep_warm: float = 600.0
+    env: dict[str, str] = {}
+    install_hook: str | None = None
+
+
+class DesiredRelease(Wire):
+    release: str
+    sha256: str
+    artifact: str = Field(description="path on the server to download the artifact from")
+    weight: int = Field(ge=0, le=100)
+    service: ServiceSpec
+
+
+class DesiredApp(Wire):
+    app: str
+    releases: list[DesiredRelease]
+    sticky: bool = False
+
+
+class DesiredState(Wire):
+    """What the server wants a host to run; agents converge toward it."""
+
+    host: str
+    generation: int
+    apps: list[DesiredApp] = []
+
+
+class HostAppSet(Wire):
+    """Set the releases and weights of an app on one host (the reconciler's input)."""
+
+    releases: list[ReleaseWeight] = Field(min_length=0)
+    sticky: bool = False
+
+
+class ReleaseWeight(Wire):
+    release: str
+    weight: int = Field(ge=0, le=100)
+
+
+ReleasePhase = Literal["installing", "starting", "healthy", "failed", "draining", "warm", "stopped"]
+
+
+class ObservedRelease(Wire):
+    release: str
+    phase: ReleasePhase
+    weight: int = 0
+    instances: int = 0
+    port: int | None = None
+    pid: int | None = None
+    restarts: int = 0
+    error: str | None = None
+
+
+class ObservedApp(Wire):
+    app: str
+    current: str | None = None
+    releases: list[ObservedRelease] = []
+    routed: bool = Field(default=False, description="the router applies the desired weights")
+    error: str | None = None
+
+
+class ObservedState(Wire):
+    """What an agent reports: per app, each release's phase and share of traffic."""
+
+    host: str
+    generation: int = Field(description="the desired generation these observations converge to")
+    converged: bool = False
+    router: str = "embedded"
+    router_alive: bool = False
+    apps: list[ObservedApp] = []
+    errors: list[str] = []
+    metrics: dict[str, Any] | None = None
+
+
+HostAppSet.model_rebuild()
+HostOut.model_rebuild()
+HostCreated.model_rebuild()

@@ -36,7 +36,9 @@ tokens_cli = typer.Typer(
 secrets_cli = typer.Typer(
     help="Secrets handed to steps and instances, masked in logs.", no_args_is_help=True
 )
+hosts_cli = typer.Typer(help="Hosts running `conveyor agent`.", no_args_is_help=True)
 app.add_typer(apps_cli, name="app")
+app.add_typer(hosts_cli, name="host")
 app.add_typer(tokens_cli, name="token")
 app.add_typer(secrets_cli, name="secret")
 
@@ -173,6 +175,106 @@ def hook_script(
 ) -> None:
     """Print a git post-receive hook that triggers runs from a bare repository."""
     sys.stdout.write(Client(server, token).text(f"/api/apps/{app_name}/hook-script"))
+
+
+# -- hosts, agents and routers ----------------------------------------------------
+
+
+@hosts_cli.command("add")
+def host_add(
+    name: str,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a host; prints a one-time enrolment token for its agent."""
+    client = Client(server, token)
+    created = client.post("/api/hosts", {"name": name})
+    if as_json:
+        _print_json(created)
+        return
+    out.print(f"[green]host {name} registered[/green]; start its agent with:")
+    out.print(
+        f"  conveyor agent --server {client.server} --name {name} "
+        f"--token {created['enrolment_token']} --data /var/lib/conveyor-agent"
+    )
+    out.print("[dim]the token works once; the agent keeps its own credential after[/dim]")
+
+
+@hosts_cli.command("list")
+def host_list(
+    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List hosts with their state and what they run."""
+    rows = Client(server, token).get("/api/hosts")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("host", "state", "seen", "converged", "app", "releases (weight, phase)")
+    for row in rows:
+        state = (
+            row["state"]
+            if row["state"] != "enrolled"
+            else ("[green]online[/green]" if row["online"] else "[red]offline[/red]")
+        )
+        observed = row.get("observed") or {}
+        converged = "yes" if row["applied_generation"] == row["generation"] else "no"
+        seen = (row["last_seen"] or "-")[:19]
+        apps = observed.get("apps") or [None]
+        for i, app_obs in enumerate(apps):
+            releases = "-"
+            if app_obs:
+                releases = ", ".join(
+                    f"{r['release']} {r['weight']}% {r['phase']}" for r in app_obs["releases"]
+                )
+            table.add_row(
+                row["name"] if i == 0 else "",
+                state if i == 0 else "",
+                seen if i == 0 else "",
+                converged if i == 0 else "",
+                app_obs["app"] if app_obs else "-",
+                releases,
+            )
+    out.print(table)
+
+
+@hosts_cli.command("remove")
+def host_remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Revoke a host: its agent's credential stops working at once."""
+    Client(server, token).request("DELETE", f"/api/hosts/{name}")
+    out.print(f"host {name} revoked")
+
+
+@app.command()
+def agent(
+    server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
+    name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
+    token: Annotated[
+        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="One-time enrolment token.")
+    ] = None,
+    data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
+    router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
+    bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
+) -> None:
+    """The agent on a host: dials out to the server and converges toward its desired state."""
+    if router not in ("embedded", "haproxy"):
+        fail(f"--router {router!r}: expected embedded or haproxy", 2)
+    from conveyor.agent.main import run_agent
+
+    raise typer.Exit(
+        run_agent(server=server, name=name, token=token, data=data, router=router, bind=bind)
+    )
+
+
+@app.command("router")
+def router_cmd(
+    socket: Annotated[Path, typer.Option(help="Unix socket of the admin interface.")],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """The embedded router process (the agent starts it; rarely run by hand)."""
+    from conveyor.router.main import main as router_main
+
+    raise typer.Exit(router_main(["--socket", str(socket), "--log-level", log_level]))
 
 
 # -- secrets and tokens ------------------------------------------------------------

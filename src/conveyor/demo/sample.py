@@ -23,12 +23,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        status = 200
         if self.path == "/healthz":
+            status = int(os.environ.get("HEALTH_STATUS", "200"))
             body = b"ok\\n"
         else:
             release = os.environ.get("CONVEYOR_RELEASE", "dev")
             body = (json.dumps({"greeting": greeting(), "release": release}) + "\\n").encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -73,9 +75,12 @@ artifact:
   exclude: ["tests/"]
 
 service:
-  start: python3 app/server.py
-  port: 8000
-  health: {{path: /healthz, interval: 1s, timeout: 30s}}
+  start: {start}
+  port: {port}
+  health: {{path: /healthz, interval: 1s, timeout: {health_timeout}}}
+  drain: 10s
+  keep_warm: {keep_warm}
+  env: {env}
 """
 
 GIT_IDENTITY = {
@@ -94,7 +99,27 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def write_sample_app(repo: Path, app: str = "sample") -> str:
+def sample_config(
+    app: str = "sample",
+    *,
+    port: int = 8000,
+    start: str = "python3 app/server.py",
+    health_timeout: str = "30s",
+    keep_warm: str = "10m",
+    health_status: int = 200,
+) -> str:
+    """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts)."""
+    return CONVEYOR_YML.format(
+        app=app,
+        port=port,
+        start=start,
+        health_timeout=health_timeout,
+        keep_warm=keep_warm,
+        env=f"{{HEALTH_STATUS: '{health_status}'}}",
+    )
+
+
+def write_sample_app(repo: Path, app: str = "sample", *, port: int = 8000) -> str:
     """Create a git repository holding the sample app on `main`; returns the commit sha."""
     (repo / "app").mkdir(parents=True, exist_ok=True)
     (repo / "tests").mkdir(exist_ok=True)
@@ -102,7 +127,7 @@ def write_sample_app(repo: Path, app: str = "sample") -> str:
     (repo / "app" / "server.py").write_text(SERVER_PY)
     (repo / "tests" / "__init__.py").write_text("")
     (repo / "tests" / "test_server.py").write_text(TEST_PY)
-    (repo / "conveyor.yml").write_text(CONVEYOR_YML.format(app=app))
+    (repo / "conveyor.yml").write_text(sample_config(app, port=port))
     if not (repo / ".git").exists():
         git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")

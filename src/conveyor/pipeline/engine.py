@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.config import ConfigError, load_config
+from conveyor.config import Config, ConfigError, load_config
 from conveyor.pipeline import git
 from conveyor.pipeline.masking import Masker
 from conveyor.pipeline.process import (
@@ -321,9 +321,7 @@ class Engine:
             return
         self._mark_running(artifact_step)
         try:
-            release_id = await self._build_release(
-                ctx, config.artifact.include, config.artifact.exclude, workspace, artifact_step
-            )
+            release_id = await self._build_release(ctx, config, workspace, artifact_step)
         except (ArtifactError, OSError) as exc:
             self._append_log(artifact_step, masker(f"{exc}\n"))
             self._end_step(artifact_step, "failed", f"artifact failed: {exc}")
@@ -340,14 +338,10 @@ class Engine:
         return sha
 
     async def _build_release(
-        self,
-        ctx: _RunContext,
-        include: list[str],
-        exclude: list[str],
-        workspace: Path,
-        step_id: int,
+        self, ctx: _RunContext, config: Config, workspace: Path, step_id: int
     ) -> str:
         tmp = self.paths.artifacts / "tmp" / f"run-{ctx.run_id}.tar.gz"
+        include, exclude = list(config.artifact.include), list(config.artifact.exclude)
         built = await asyncio.to_thread(build_artifact, workspace, include, exclude, tmp)
         await asyncio.to_thread(self.store.put, built.path, built.sha256)
         with self.sessions() as session:
@@ -371,6 +365,7 @@ class Engine:
                 run_id=ctx.run_id,
                 sha256=built.sha256,
                 size=built.size,
+                config=config.model_dump_json(),
             )
             session.add(release)
             session.commit()

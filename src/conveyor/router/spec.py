@@ -83,6 +83,10 @@ class RouterMetrics(Model):
     apps: dict[str, AppMetrics] = {}
 
 
+class RouterError(Exception):
+    """A router refused an operation or cannot be reached; the message says why."""
+
+
 class Router(Protocol):
     """The driver seam: the agent drives any router backend through these calls."""
 

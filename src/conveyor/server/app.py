@@ -13,8 +13,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import __version__
+from conveyor.deploy.desired import Notifier
 from conveyor.pipeline.engine import Engine
-from conveyor.server.api import apps, releases, runs, status, tokens
+from conveyor.server.api import agents, apps, hosts, releases, runs, status, tokens
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
 
@@ -50,7 +51,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     api.state.settings = settings
     api.state.sessions = sessions
     api.state.engine = engine
-    for module in (apps, runs, releases, status, tokens, github, gitlab, gitea):
+    api.state.notifier = Notifier()
+    for module in (apps, runs, releases, status, tokens, hosts, agents, github, gitlab, gitea):
         _document_roles(module.router)
         api.include_router(module.router)
 

@@ -122,6 +122,7 @@ class Release(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    config: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     app: Mapped[App] = relationship()
@@ -139,3 +140,42 @@ class WebhookDelivery(Base):
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     run_id: Mapped[int | None] = mapped_column(Integer, default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Host(Base):
+    """A machine running `conveyor agent`, known by name."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    enrolment_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    applied_generation: Mapped[int | None] = mapped_column(Integer, default=None)
+    observed: Mapped[str | None] = mapped_column(Text, default=None)
+    last_seen: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    apps: Mapped[list[HostApp]] = relationship(
+        back_populates="host", cascade="all, delete-orphan", order_by="HostApp.id"
+    )
+
+
+class HostApp(Base):
+    """The desired releases and weights of one app on one host, written before agents act."""
+
+    __tablename__ = "host_apps"
+    __table_args__ = (UniqueConstraint("host_id", "app_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    releases: Mapped[str] = mapped_column(Text, default="[]")
+    sticky: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    host: Mapped[Host] = relationship(back_populates="apps")
+    app: Mapped[App] = relationship()

@@ -1,0 +1,98 @@
+"""The agent's line to the server: enrolment, long-polled desired state, reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import httpx
+
+from conveyor.protocol import DesiredState, Enrolled, ObservedState
+
+log = logging.getLogger("conveyor.agent")
+
+
+class EnrolmentError(Exception):
+    """The agent has no credential and could not get one."""
+
+
+class Revoked(Exception):
+    """The server no longer accepts this agent's credential."""
+
+
+class ServerLink:
+    """HTTP to the server with the agent's own credential (kept in <data>/credential.json)."""
+
+    def __init__(self, server: str, name: str, data: Path) -> None:
+        self.server = server.rstrip("/")
+        self.name = name
+        self.credential_path = data / "credential.json"
+        self.token: str | None = None
+        self.http = httpx.AsyncClient(base_url=self.server, timeout=httpx.Timeout(10, read=90))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def ensure_credential(self, enrolment_token: str | None) -> None:
+        if self.credential_path.exists():
+            saved = json.loads(self.credential_path.read_text())
+            if saved.get("name") == self.name and saved.get("server") == self.server:
+                self.token = saved["agent_token"]
+                return
+        if not enrolment_token:
+            raise EnrolmentError(
+                f"no credential in {self.credential_path} and no --token: "
+                "run `conveyor host add NAME` on the server side and pass its token"
+            )
+        try:
+            r = await self.http.post(
+                "/api/agent/enrol", json={"name": self.name, "token": enrolment_token}
+            )
+        except httpx.TransportError as exc:
+            raise EnrolmentError(f"cannot reach the server at {self.server}: {exc}") from None
+        if r.status_code != 200:
+            raise EnrolmentError(_detail(r))
+        self.token = Enrolled.model_validate(r.json()).agent_token
+        tmp = self.credential_path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"server": self.server, "name": self.name, "agent_token": self.token}, fh)
+        os.replace(tmp, self.credential_path)
+        log.info("enrolled", extra={"host": self.name})
+
+    async def desired(self, after: int, wait: float) -> DesiredState:
+        r = await self.http.get(
+            "/api/agent/desired", params={"after": after, "wait": wait}, headers=self.headers
+        )
+        self._check(r)
+        return DesiredState.model_validate(r.json())
+
+    async def report(self, observed: ObservedState) -> None:
+        r = await self.http.post(
+            "/api/agent/report",
+            content=observed.model_dump_json(),
+            headers={**self.headers, "Content-Type": "application/json"},
+        )
+        self._check(r)
+
+    def artifact_url(self, path: str) -> str:
+        return self.server + path
+
+    def _check(self, r: httpx.Response) -> None:
+        if r.status_code in (401, 403):
+            raise Revoked(_detail(r))
+        r.raise_for_status()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail", r.text))
+    except ValueError:
+        return r.text or r.reason_phrase

@@ -1,0 +1,151 @@
+"""`conveyor agent`: enrol, start the router, adopt instances, then converge forever."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+
+import httpx
+
+from conveyor.agent.installer import Installer
+from conveyor.agent.link import EnrolmentError, Revoked, ServerLink
+from conveyor.agent.loop import Reconciler
+from conveyor.agent.supervisor import Supervisor
+from conveyor.logs import setup_logging
+from conveyor.router.spec import Router
+
+log = logging.getLogger("conveyor.agent")
+
+LONG_POLL = 25.0
+REPORT_EVERY = 2.0
+
+
+def make_router(kind: str, data: Path) -> Router:
+    if kind == "haproxy":
+        from conveyor.router.haproxy import HAProxyRouter
+
+        return HAProxyRouter(data / "haproxy")
+    from conveyor.router.embedded import EmbeddedRouter
+
+    return EmbeddedRouter(data / "router.sock", data / "router.log")
+
+
+def run_agent(
+    *, server: str, name: str, token: str | None, data: Path, router: str, bind: str
+) -> int:
+    setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
+    data.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(_main(server, name, token, data.resolve(), router, bind))
+    except EnrolmentError as exc:
+        log.error("enrolment failed", extra={"error": str(exc)})
+        print(f"conveyor agent: {exc}", flush=True)
+        return 2
+
+
+async def _main(server: str, name: str, token: str | None, data: Path, kind: str, bind: str) -> int:
+    link = ServerLink(server, name, data)
+    await link.ensure_credential(token)
+    router = make_router(kind, data)
+    reconciler = Reconciler(
+        data=data,
+        name=name,
+        link=link,
+        router=router,
+        installer=Installer(data),
+        supervisor=Supervisor(data),
+        bind=bind,
+    )
+    reconciler.load_local()
+    await router.start()
+    # the router may have been restarted while the agent was away: give it its routes again
+    for spec in reconciler.applied.values():
+        await router.apply(spec)
+    await reconciler.adopt()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent started", extra={"host": name, "router": router.name, "data": str(data)})
+    tasks = [
+        asyncio.create_task(reconciler.run(stop), name="reconcile"),
+        asyncio.create_task(_fetch(link, reconciler, stop), name="fetch"),
+        asyncio.create_task(_report(link, reconciler, router, stop), name="report"),
+        asyncio.create_task(_watch_router(router, reconciler, stop), name="router-watch"),
+    ]
+    await stop.wait()
+    # instances and the router outlive the agent: an upgrade or restart changes nothing users see
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await reconciler.supervisor.close()
+    await link.close()
+    log.info("agent stopped; instances and router keep running")
+    return 0
+
+
+async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) -> None:
+    """Long-poll the desired state; losing the server keeps the last one in force."""
+    backoff = 1.0
+    while not stop.is_set():
+        after = reconciler.desired.generation if reconciler.desired else -1
+        try:
+            desired = await link.desired(after, LONG_POLL)
+            backoff = 1.0
+            if reconciler.desired is None or desired.generation != reconciler.desired.generation:
+                log.info("desired state", extra={"generation": desired.generation})
+                reconciler.set_desired(desired)
+        except Revoked as exc:
+            reconciler.errors = [f"server refused this agent: {exc}"]
+            log.error("credential refused", extra={"error": str(exc)})
+            await asyncio.sleep(5)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+
+async def _report(
+    link: ServerLink, reconciler: Reconciler, router: Router, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        alive = False
+        try:
+            alive = await router.alive()
+            if alive:
+                reconciler.metrics = await router.metrics()
+        except Exception as exc:
+            log.warning("router metrics unavailable", extra={"error": str(exc)})
+        reconciler.changed.clear()
+        try:
+            await link.report(reconciler.observed(alive))
+        except Revoked:
+            pass
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("report failed", extra={"error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reconciler.changed.wait(), timeout=REPORT_EVERY)
+
+
+async def _watch_router(router: Router, reconciler: Reconciler, stop: asyncio.Event) -> None:
+    """Restart a router that died (kill -9 included) and give it back its routes."""
+    while not stop.is_set():
+        await asyncio.sleep(0.5)
+        try:
+            if await router.alive():
+                continue
+            log.warning("router is down; restarting it")
+            await router.start()
+            for spec in list(reconciler.applied.values()):
+                await router.apply(spec)
+            log.info("router restarted with its routes")
+            reconciler.wake.set()
+        except Exception as exc:
+            log.error("router restart failed", extra={"error": str(exc)})

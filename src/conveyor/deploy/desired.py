@@ -1,0 +1,117 @@
+"""Desired state per host: written to the database first, then served to its agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+
+from sqlalchemy.orm import Session
+
+from conveyor.config import Config
+from conveyor.protocol import DesiredApp, DesiredRelease, DesiredState, ReleaseWeight, ServiceSpec
+from conveyor.store.models import App, Host, HostApp, Release
+
+
+class DesiredStateError(Exception):
+    """The requested state cannot be served (unknown release, no service section…)."""
+
+
+class Notifier:
+    """Wakes the long-polls of agents whose desired state changed (in this process)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def changed(self, host: str) -> None:
+        self._events[host].set()
+
+    async def wait(self, host: str, timeout: float) -> None:
+        event = self._events[host]
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout)
+        except TimeoutError:
+            return
+        finally:
+            event.clear()
+
+
+def service_spec(release: Release) -> ServiceSpec:
+    if not release.config:
+        raise DesiredStateError(f"release {release.id} has no recorded conveyor.yml")
+    config = Config.model_validate_json(release.config)
+    service = config.service
+    if service is None:
+        raise DesiredStateError(
+            f"release {release.id}: its conveyor.yml has no service section, so it cannot run"
+        )
+    secrets = {s.name: s.value for s in release.app.secrets}
+    missing = [name for name in service.secrets if name not in secrets]
+    if missing:
+        raise DesiredStateError(
+            f"release {release.id} needs secrets not set on the server: {', '.join(missing)} "
+            f"(conveyor secret set {release.app.name} NAME)"
+        )
+    env = dict(service.env) | {name: secrets[name] for name in service.secrets}
+    return ServiceSpec(
+        start=service.start,
+        port=service.port,
+        health_path=service.health.path,
+        health_interval=service.health.interval,
+        health_timeout=service.health.timeout,
+        drain=service.drain,
+        keep_warm=service.keep_warm,
+        env=env,
+        install_hook=config.hooks.install,
+    )
+
+
+def set_host_app(
+    session: Session, host: Host, app: App, releases: list[ReleaseWeight], sticky: bool
+) -> None:
+    """Record what one host should run for one app; bumps the host's generation."""
+    seen: set[str] = set()
+    for item in releases:
+        if item.release in seen:
+            raise DesiredStateError(f"release {item.release} is listed twice")
+        seen.add(item.release)
+        release = session.get(Release, item.release)
+        if release is None or release.app_id != app.id:
+            raise DesiredStateError(f"unknown release {item.release!r} of app {app.name!r}")
+        service_spec(release)  # refuse what an agent could not run, before writing anything
+    if releases and sum(r.weight for r in releases) == 0:
+        raise DesiredStateError("at least one release needs a weight above 0")
+    row = next((ha for ha in host.apps if ha.app_id == app.id), None)
+    payload = json.dumps([r.model_dump() for r in releases])
+    if row is None:
+        host.apps.append(HostApp(app_id=app.id, releases=payload, sticky=sticky))
+    else:
+        row.releases = payload
+        row.sticky = sticky
+    host.generation += 1
+
+
+def host_app_releases(row: HostApp) -> list[ReleaseWeight]:
+    return [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)]
+
+
+def desired_state(session: Session, host: Host) -> DesiredState:
+    apps = []
+    for row in host.apps:
+        items = host_app_releases(row)
+        releases = []
+        for item in items:
+            release = session.get(Release, item.release)
+            if release is None:
+                continue
+            releases.append(
+                DesiredRelease(
+                    release=release.id,
+                    sha256=release.sha256,
+                    artifact=f"/api/agent/artifacts/{release.id}",
+                    weight=item.weight,
+                    service=service_spec(release),
+                )
+            )
+        apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky))
+    return DesiredState(host=host.name, generation=host.generation, apps=apps)

@@ -1,0 +1,5 @@
+import sys
+
+from conveyor.router.main import main
+
+sys.exit(main())

@@ -1,0 +1,209 @@
+"""The router's admin interface: a tiny HTTP/1.1 JSON API on a unix socket (mode 0600).
+
+PUT    /apps/{app}          a RouteSpec: listener, targets, weights (400 bad input, 409 port in use)
+DELETE /apps/{app}          stop serving an app (404 if unknown)
+GET    /apps                {"apps": {app: RouteSpec}}
+GET    /metrics             RouterMetrics
+GET    /metrics/prometheus  the same counters in Prometheus text format
+GET    /healthz             {"status": "ok", "pid": ..., "started_at": ...}
+POST   /shutdown            stop the router (in-flight requests finish first)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h11
+from pydantic import ValidationError
+
+from conveyor.router.metrics import prometheus_text
+from conveyor.router.proxy import ApplyError, Proxy
+from conveyor.router.spec import RouteSpec
+
+log = logging.getLogger("conveyor.router")
+
+MAX_BODY = 1024 * 1024
+
+_JSON = "application/json"
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """A pydantic error as one readable line: where, and what was expected."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+    return "invalid route spec: " + "; ".join(parts)
+
+
+class _Reply:
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, status: int, body: Any, content_type: str = _JSON) -> None:
+        self.status = status
+        self.content_type = content_type
+        if content_type == _JSON:
+            self.body = json.dumps(body).encode()
+        else:
+            self.body = str(body).encode()
+
+
+def _error(status: int, message: str) -> _Reply:
+    return _Reply(status, {"error": message})
+
+
+class AdminServer:
+    """Serves the admin API for one Proxy on a unix socket."""
+
+    def __init__(self, proxy: Proxy, path: Path, on_shutdown: Callable[[], None]) -> None:
+        self.proxy = proxy
+        self.path = path
+        self.on_shutdown = on_shutdown
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created with no access for group and others: the umask leaves no window where
+        # another user could connect before a chmod.
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._inode = self.path.stat().st_ino
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Only remove the socket if it is still ours (not a newer router's).
+        with contextlib.suppress(OSError):
+            if self._inode is not None and self.path.stat().st_ino == self._inode:
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._read(conn, reader)
+                if request is None:
+                    break
+                method, target, body = request
+                try:
+                    reply = await self.dispatch(method, target, body)
+                except Exception as exc:
+                    log.exception("admin request failed", extra={"target": target})
+                    reply = _error(500, f"internal error: {exc}")
+                headers = [
+                    ("Content-Type", reply.content_type),
+                    ("Content-Length", str(len(reply.body))),
+                ]
+                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+                writer.write(conn.send(h11.Data(data=reply.body)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+        except (h11.ProtocolError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read(
+        self, conn: h11.Connection, reader: asyncio.StreamReader
+    ) -> tuple[str, str, bytes] | None:
+        method = target = ""
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                method = event.method.decode()
+                target = event.target.decode()
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise h11.RemoteProtocolError("request body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return method, target, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+
+    async def dispatch(self, method: str, target: str, body: bytes) -> _Reply:
+        path = target.split("?", 1)[0].rstrip("/") or "/"
+        proxy = self.proxy
+        if path == "/healthz" and method == "GET":
+            return _Reply(
+                200,
+                {
+                    "status": "ok",
+                    "pid": os.getpid(),
+                    "started_at": proxy.metrics.started_at,
+                    "apps": len(proxy.apps),
+                },
+            )
+        if path == "/metrics" and method == "GET":
+            return _Reply(200, proxy.metrics.snapshot().model_dump(mode="json"))
+        if path == "/metrics/prometheus" and method == "GET":
+            return _Reply(
+                200,
+                prometheus_text(proxy.metrics.snapshot()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        if path == "/apps" and method == "GET":
+            specs = {name: spec.model_dump(mode="json") for name, spec in proxy.specs().items()}
+            return _Reply(200, {"apps": specs})
+        if path == "/shutdown" and method == "POST":
+            asyncio.get_running_loop().call_soon(self.on_shutdown)
+            return _Reply(202, {"status": "stopping"})
+        if path.startswith("/apps/"):
+            name = path.removeprefix("/apps/")
+            if not name or "/" in name:
+                return _error(404, f"no such resource: {path}")
+            if method == "PUT":
+                return await self._put(name, body)
+            if method == "DELETE":
+                if await proxy.remove(name):
+                    return _Reply(200, {"removed": name})
+                return _error(404, f"no app named {name!r} on this router")
+            if method == "GET":
+                spec = proxy.specs().get(name)
+                if spec is None:
+                    return _error(404, f"no app named {name!r} on this router")
+                return _Reply(200, spec.model_dump(mode="json"))
+            return _error(405, f"{method} is not allowed on {path}")
+        return _error(404, f"no such resource: {method} {path}")
+
+    async def _put(self, name: str, body: bytes) -> _Reply:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, f"the body is not JSON: {exc}")
+        if not isinstance(data, dict):
+            return _error(400, "the body must be a JSON object (a RouteSpec)")
+        data.setdefault("app", name)
+        if data["app"] != name:
+            return _error(400, f"the body is for app {data['app']!r}, the path for {name!r}")
+        try:
+            spec = RouteSpec.model_validate(data)
+        except ValidationError as exc:
+            return _error(400, describe_validation(exc))
+        try:
+            await self.proxy.apply(spec)
+        except ApplyError as exc:
+            return _error(exc.status, exc.message)
+        return _Reply(200, spec.model_dump(mode="json"))

@@ -1,0 +1,407 @@
+"""A client's connection to an app's public port: parses requests, one exchange at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
+
+if TYPE_CHECKING:
+    from conveyor.router.backend import BackendConnection
+    from conveyor.router.proxy import App
+
+log = logging.getLogger("conveyor.router")
+
+MAX_HEADER_BYTES = 64 * 1024
+
+# Request headers the proxy looks at; the rest are relayed untouched.
+_HOST, _XFF, _XFP, _XFH, _COOKIE, _LENGTH, _TE, _CONNECTION, _UPGRADE, _HOP = range(10)
+_SPECIAL = {
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"cookie": _COOKIE,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+}
+_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+
+
+_PLAIN = -1
+# Header names as clients spell them -> their kind; grows with the spellings seen.
+_KINDS: dict[bytes, int] = {}
+
+
+def _kind(name: bytes) -> int:
+    kind = _SPECIAL.get(name.lower(), _PLAIN)
+    if len(_KINDS) < 4096:
+        _KINDS[name] = kind
+    return kind
+
+
+def _drop_listed(head: bytes, listed: list[bytes]) -> bytes:
+    """Drop the headers that the client's Connection header names as hop-by-hop."""
+    lines = head.split(b"\r\n")
+    kept = [
+        line for line in lines[1:] if line and line.split(b":", 1)[0].strip().lower() not in listed
+    ]
+    return b"\r\n".join([lines[0], *kept]) + b"\r\n\r\n"
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientConnection(asyncio.Protocol):
+    """Requests from one client connection (keep-alive, pipelining, Upgrade)."""
+
+    __slots__ = (
+        "app",
+        "backend_full",
+        "closed",
+        "closing",
+        "current",
+        "eof",
+        "header_bytes",
+        "headers",
+        "idle_ticks",
+        "last",
+        "parser",
+        "parsing",
+        "peer",
+        "queue",
+        "reading",
+        "transport",
+        "tunnel",
+        "upgrading",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = HttpRequestParser(self)
+        self.peer = b""
+        # The exchange being answered; requests pipelined behind it wait in `queue`.
+        self.current: Exchange | None = None
+        self.queue: deque[Exchange] | None = None
+        # The exchange whose request is being parsed (the current one, or a queued one).
+        self.parsing: Exchange | None = None
+        self.last: Exchange | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        # Bytes received while in a request head; -1 outside of one.
+        self.header_bytes = -1
+        self.write_paused = False
+        self.reading = True
+        self.backend_full = False
+        # Close once the current response is complete (the app is being removed).
+        self.closing = False
+        self.closed = False
+        self.eof = False
+        self.upgrading: Exchange | None = None
+        self.tunnel: BackendConnection | None = None
+        self.idle_ticks = 0
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = str(peer[0]).encode()
+        self.app.connections.add(self)
+        if self.app.removed:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.app.connection_lost(self)
+        ex = self.current
+        if ex is not None:
+            self.current = None
+            ex.client_gone()
+        if self.queue:
+            self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_ticks = 0
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.transport is not None:
+                tunnel.transport.write(data)
+            return
+        upgrading = self.upgrading
+        if upgrading is not None:
+            upgrading.body_raw(data)
+            return
+        if self.header_bytes >= 0:
+            # Counted per read, not per header: a head may overshoot by one read at most.
+            self.header_bytes += len(data)
+            if self.header_bytes > MAX_HEADER_BYTES:
+                self._refuse(431, "request headers too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            ex = self.last
+            if ex is None or ex.finished or not ex.upgrade:
+                self.close()
+                return
+            self.upgrading = ex
+            rest = data[exc.args[0] :]
+            if rest:
+                ex.body_raw(rest)
+        except HttpParserError as exc:
+            self._bad_request(exc)
+
+    def _bad_request(self, exc: HttpParserError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _Reject):
+            status, message = cause.status, str(cause)
+        elif isinstance(exc, HttpParserCallbackError):
+            log.error("proxy error", exc_info=cause or exc, extra={"app": self.app.name})
+            status, message = 500, "internal error in the router"
+        else:
+            status, message = 400, f"malformed request: {exc}"
+        self._refuse(status, message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request the router will not relay, and close."""
+        if self.current is None and not self.closed:
+            self.transport.write(error_response(status, message, False))
+        self.close()
+
+    def eof_received(self) -> bool | None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # Half-close: pass the end on, keep relaying the other way until it ends too.
+            self.eof = True
+            if tunnel.eof:
+                tunnel.close()
+                self.close()
+            elif tunnel.transport is not None and tunnel.transport.can_write_eof():
+                tunnel.transport.write_eof()
+            return True
+        if self.current is not None:
+            # A client that shut its side after sending a request still wants the answer.
+            self.closing = True
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        conn = self._backend()
+        if conn is not None:
+            conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.idle_ticks = 0
+        conn = self._backend()
+        if conn is not None:
+            conn.resume_reading()
+
+    def _backend(self) -> BackendConnection | None:
+        if self.tunnel is not None:
+            return self.tunnel
+        ex = self.current
+        return ex.backend if ex is not None else None
+
+    # -- what exchanges call -----------------------------------------------
+
+    def write(self, data: bytes | bytearray) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.transport.abort()
+
+    def set_backend_full(self, full: bool) -> None:
+        self.backend_full = full
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read from the client only when what it sends can go somewhere."""
+        if self.closed:
+            return
+        ex = self.current
+        want = not (
+            self.backend_full
+            or self.queue
+            or (ex is not None and ex.pending is not None and ex.pending_size > PENDING_MAX)
+        )
+        if want != self.reading:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if self.current is ex:
+            self.current = None
+        self.backend_full = False
+        if self.closed:
+            return
+        if not ex.keep_alive or self.closing or not ex.req_done:
+            self.close()
+            return
+        queue = self.queue
+        if queue:
+            nxt = self.current = queue.popleft()
+            nxt.begin()
+        self.update_reading()
+
+    def start_tunnel(self, conn: BackendConnection) -> None:
+        self.tunnel = conn
+        self.upgrading = None
+        if self.write_paused:
+            conn.pause_reading()
+
+    # -- httptools callbacks -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.header_bytes = -1
+        parser = self.parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported")
+        upgrade = parser.should_upgrade()
+        keep_alive = parser.should_keep_alive()
+        parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
+        host = xff = cookie = upgrade_to = None
+        xfp = xfh = chunked = has_body = connection = False
+        listed: list[bytes] | None = None
+        kinds = _KINDS
+        for name, value in self.headers:
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _kind(name)
+            if kind == _PLAIN:
+                parts += (name, b": ", value, b"\r\n")
+                continue
+            if kind == _HOP:
+                continue
+            if kind == _HOST:
+                host = value
+            elif kind == _LENGTH:
+                has_body = value.strip() != b"0"
+            elif kind == _TE:
+                chunked = has_body = True
+                continue
+            elif kind == _CONNECTION:
+                connection = True
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token not in _CONNECTION_TOKENS:
+                        listed = listed or []
+                        listed.append(token)
+                continue
+            elif kind == _UPGRADE:
+                upgrade_to = value
+                continue
+            elif kind == _XFF:
+                xff = value
+                continue
+            elif kind == _XFP:
+                xfp = True
+            elif kind == _XFH:
+                xfh = True
+            elif kind == _COOKIE:
+                cookie = value
+            parts += (name, b": ", value, b"\r\n")
+        peer = self.peer
+        if xff:
+            parts += (b"X-Forwarded-For: ", xff, b", ", peer, b"\r\n")
+        else:
+            parts += (b"X-Forwarded-For: ", peer, b"\r\n")
+        if not xfp:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if host is None:
+            parts.append(b"Host: localhost\r\n")
+        elif not xfh:
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if upgrade and upgrade_to is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade_to, b"\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if listed:
+            head = _drop_listed(head, listed)
+        # Only HTTP/1.1 keeps a connection alive without saying so: skip formatting the
+        # version in the common case.
+        http10 = (connection or not keep_alive) and parser.get_http_version() == "1.0"
+        app = self.app
+        cookie_release = None
+        if cookie is not None and app.sticky:
+            cookie_release = app.cookie_release(cookie)
+        ex = Exchange(
+            self,
+            method,
+            head,
+            keep_alive and not upgrade,
+            http10,
+            upgrade,
+            chunked,
+            has_body,
+            cookie_release,
+        )
+        self.parsing = self.last = ex
+        if self.current is None:
+            self.current = ex
+            ex.begin()
+        else:
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(ex)
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is not None:
+            self.parsing = None
+            ex.request_end()

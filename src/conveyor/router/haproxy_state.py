@@ -1,0 +1,309 @@
+"""What the HAProxy driver remembers between agent restarts, and the pure decisions on it.
+
+HAProxy knows servers, not releases. The driver gives every app a fixed set of
+server slots (`s1..sN`) and records which release, address and weight each slot
+carries; `plan_slots` decides that mapping for a new `RouteSpec`, and `credit`
+turns HAProxy's per-slot connection-failure counters (which restart at zero in
+every new worker) into per-release counters that only grow while the HAProxy
+master lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from conveyor.router.spec import LATENCY_BUCKETS, ReleaseCounters, RouterError, Target
+
+STATE_VERSION = 1
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Release ids travel in a cookie, a map file and a log line: keep them to a safe alphabet.
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Old releases whose counters are kept per app, beyond those a slot still carries.
+KEEP_RETIRED = 32
+
+SlotState = Literal["free", "ready", "drain", "maint"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Slot(_Model):
+    """One HAProxy server line of an app's backend.
+
+    free: never carried a release; ready: in load balancing with `weight`;
+    drain: no new request, in-flight ones finish (until `drain_until`);
+    maint: out of service, still remembered as `release` until reused.
+    """
+
+    name: str
+    state: SlotState = "free"
+    release: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 1
+    weight: int = 0
+    drain_until: float | None = None
+
+
+class AppState(_Model):
+    app: str
+    bind: str
+    port: int
+    sticky: bool = False
+    drain_timeout: float = 30.0
+    slots: list[Slot]
+
+    def slot(self, name: str) -> Slot | None:
+        return next((s for s in self.slots if s.name == name), None)
+
+
+class Totals(_Model):
+    """Counters of one release since the current HAProxy master started.
+
+    requests, errors_5xx and the latency histogram come from HAProxy's request logs,
+    so that the histogram's implied total (+Inf) is exactly `requests`; connection
+    failures come from the stats (failed attempts leave no log line of their own)."""
+
+    requests: int = 0
+    errors_5xx: int = 0
+    connect_failures: int = 0
+    # Requests per latency bucket, not cumulative (cheaper per request); the last one
+    # counts those above the largest bound.
+    latency_counts: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def cumulative(self) -> list[int]:
+        """Requests with latency <= each LATENCY_BUCKETS bound, as ReleaseCounters has them."""
+        out, total = [], 0
+        for count in self.latency_counts[: len(LATENCY_BUCKETS)]:
+            total += count
+            out.append(total)
+        return out
+
+
+class RouterState(_Model):
+    version: int = STATE_VERSION
+    master_pid: int | None = None
+    started_at: float = 0.0
+    # Where HAProxy sends request logs, and the secret that marks them as HAProxy's.
+    log_port: int = 0
+    log_token: str = Field(default_factory=lambda: secrets.token_hex(16))
+    apps: dict[str, AppState] = {}
+    # Connection failures last read per worker pid -> app -> slot.
+    seen: dict[str, dict[str, dict[str, int]]] = {}
+    # app -> release -> totals since `started_at`.
+    totals: dict[str, dict[str, Totals]] = {}
+
+    def reset_counters(self, master_pid: int | None, started_at: float) -> None:
+        """A new HAProxy master: its workers count from zero, so do we."""
+        self.master_pid = master_pid
+        self.started_at = started_at
+        self.seen = {}
+        self.totals = {}
+
+
+def load_state(path: Path) -> RouterState:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return RouterState()
+    try:
+        state = RouterState.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        raise RouterError(
+            f"{path}: unreadable HAProxy driver state ({exc.__class__.__name__}); "
+            "move it away to start from an empty router"
+        ) from exc
+    return state
+
+
+def save_state(path: Path, state: RouterState, *, durable: bool = False) -> None:
+    """Write atomically: a crash leaves the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the log token
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(state.model_dump_json())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def new_slots(count: int) -> list[Slot]:
+    return [Slot(name=f"s{i}") for i in range(1, count + 1)]
+
+
+def validate_targets(app: str, targets: Iterable[Target]) -> None:
+    if not APP_RE.match(app):
+        raise RouterError(f"app name {app!r}: expected lowercase letters, digits and '-'")
+    seen: dict[tuple[str, int], str] = {}
+    for t in targets:
+        if not RELEASE_RE.match(t.release):
+            raise RouterError(
+                f"app {app}: release id {t.release!r} has characters HAProxy cannot carry "
+                "(letters, digits, '.', '_' and '-' only)"
+            )
+        other = seen.get((t.host, t.port))
+        if other is not None:
+            raise RouterError(
+                f"app {app}: two targets on {t.host}:{t.port} ({other} and {t.release})"
+            )
+        seen[(t.host, t.port)] = t.release
+
+
+def plan_slots(
+    current: list[Slot],
+    targets: list[Target],
+    *,
+    busy: Mapping[str, int],
+    now: float,
+    drain_timeout: float,
+    app: str,
+) -> list[Slot]:
+    """The slots after applying `targets`: reuse a slot per (release, host, port), else take
+    a free or idle retired one; slots no longer wanted drain. Raises when slots run out."""
+    slots = [s.model_copy() for s in current]
+    by_key = {(s.release, s.host, s.port): s for s in slots if s.release is not None}
+    wanted: set[tuple[str | None, str, int]] = {
+        (t.release, t.host, t.port) for t in targets if t.weight > 0
+    }
+    kept: set[str] = set()
+    for t in targets:
+        slot = by_key.get((t.release, t.host, t.port))
+        if t.weight == 0:
+            if slot is not None:
+                kept.add(slot.name)
+            continue
+        if slot is None:
+            slot = _reusable(slots, kept, wanted, busy)
+            if slot is None:
+                live = sum(1 for s in slots if s.state in ("ready", "drain") or busy.get(s.name))
+                raise RouterError(
+                    f"app {app}: no free HAProxy slot for {t.release} on {t.host}:{t.port} "
+                    f"({len(slots)} slots, {live} serving or draining); wait for the "
+                    "draining instances to finish or start the router with more slots"
+                )
+            slot.release, slot.host, slot.port = t.release, t.host, t.port
+        slot.weight = t.weight
+        slot.state = "ready"
+        slot.drain_until = None
+        kept.add(slot.name)
+    for slot in slots:
+        if slot.state == "ready" and (slot.release, slot.host, slot.port) not in wanted:
+            slot.state = "drain"
+            slot.drain_until = now + drain_timeout
+    return slots
+
+
+def _reusable(
+    slots: list[Slot],
+    kept: set[str],
+    wanted: set[tuple[str | None, str, int]],
+    busy: Mapping[str, int],
+) -> Slot | None:
+    """A never used slot, else an idle retired one, else (last resort) the idle retired
+    slot of a warm release listed at weight 0: it gets a slot again when it needs one."""
+
+    def idle_retired(slot: Slot) -> bool:
+        key = (slot.release, slot.host, slot.port)
+        return slot.state == "maint" and key not in wanted and not busy.get(slot.name)
+
+    for candidates in (
+        (s for s in slots if s.state == "free" and s.name not in kept),
+        (s for s in slots if idle_retired(s) and s.name not in kept),
+        (s for s in slots if idle_retired(s)),
+    ):
+        for slot in candidates:
+            return slot
+    return None
+
+
+def pins(app: AppState, spread: int) -> list[tuple[str, str]]:
+    """Sticky routing: `<release>/<i>` -> a ready slot of that release, i in 0..spread-1.
+
+    HAProxy picks `i` at random per request, so a pinned client still spreads over
+    every instance of its release (exactly evenly for 1, 2, 3, 4 or 6 instances)."""
+    if not app.sticky:
+        return []
+    by_release: dict[str, list[str]] = {}
+    for s in app.slots:
+        if s.state == "ready" and s.release is not None:
+            by_release.setdefault(s.release, []).append(s.name)
+    entries = [("_sticky", "1")]
+    for release, names in sorted(by_release.items()):
+        entries += [(f"{release}/{i}", names[i % len(names)]) for i in range(spread)]
+    return entries
+
+
+def slot_releases(app: AppState) -> list[tuple[str, str]]:
+    return [(s.name, s.release) for s in app.slots if s.release is not None]
+
+
+def credit(state: RouterState, rows: Mapping[int, list[tuple[str, str, int]]]) -> None:
+    """Add the connection failures each worker counted since the last read to the release
+    its slot carries.
+
+    `rows` maps a live worker pid to (app, slot, failures) rows. A worker not seen
+    before counts from zero (a new worker after a reload); workers gone are forgotten,
+    their last reading already credited."""
+    seen: dict[str, dict[str, dict[str, int]]] = {}
+    for pid, worker_rows in rows.items():
+        before = state.seen.get(str(pid), {})
+        after: dict[str, dict[str, int]] = {}
+        for app_name, slot_name, failures in worker_rows:
+            last = before.get(app_name, {}).get(slot_name, 0)
+            delta = failures - last if failures >= last else failures
+            after.setdefault(app_name, {})[slot_name] = failures
+            app = state.apps.get(app_name)
+            slot = app.slot(slot_name) if app is not None else None
+            if slot is None or slot.release is None or not delta:
+                continue
+            totals = state.totals.setdefault(app_name, {}).setdefault(slot.release, Totals())
+            totals.connect_failures += delta
+        seen[str(pid)] = after
+    state.seen = seen
+
+
+def prune_totals(state: RouterState) -> None:
+    """Forget removed apps, and the oldest retired releases beyond KEEP_RETIRED per app."""
+    for app_name in list(state.totals):
+        app = state.apps.get(app_name)
+        if app is None:
+            del state.totals[app_name]
+            continue
+        carried = {s.release for s in app.slots if s.release is not None}
+        releases = state.totals[app_name]
+        retired = [r for r in releases if r not in carried]
+        for release in retired[: max(0, len(retired) - KEEP_RETIRED)]:
+            del releases[release]
+
+
+def release_counters(
+    app: AppState, totals: Mapping[str, Totals], busy: Mapping[str, int]
+) -> dict[str, ReleaseCounters]:
+    """What the agent sees of an app: every release a slot carries, with its counters and
+    its in-flight requests (summed over its slots, in every worker)."""
+    out: dict[str, ReleaseCounters] = {}
+    for slot in app.slots:
+        if slot.release is None:
+            continue
+        counters = out.get(slot.release)
+        if counters is None:
+            t = totals.get(slot.release, Totals())
+            counters = out[slot.release] = ReleaseCounters(
+                requests=t.requests,
+                errors_5xx=t.errors_5xx,
+                connect_failures=t.connect_failures,
+                latency_buckets=t.cumulative(),
+                latency_sum=t.latency_sum,
+            )
+        counters.in_flight += busy.get(slot.name, 0)
+    return out

@@ -1,0 +1,300 @@
+"""The embedded router's data plane: one listener per app, targets swapped atomically.
+
+The HTTP work happens in `client.py` (requests from clients), `exchange.py` (one
+request relayed to a target) and `backend.py` (the pooled connections to
+instances); this module owns the apps, their listeners and the periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections.abc import Iterator
+
+from conveyor.router.client import ClientConnection
+from conveyor.router.metrics import Counters, MetricsRegistry
+from conveyor.router.spec import RouteSpec
+from conveyor.router.upstream import Balancer, Upstream
+
+log = logging.getLogger("conveyor.router")
+
+# How often idle connections, silent instances and down marks are looked at.
+TICK = 0.25
+# Idle pooled connections to instances are closed after this long (below the keep-alive
+# timeout of common servers, so that the pool rarely holds a connection about to close).
+POOL_IDLE_TIMEOUT = 2.0
+
+
+class ApplyError(Exception):
+    """A spec that cannot be applied; `status` is the HTTP status the admin API answers."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class App:
+    """One app: its spec, listener, targets and client connections."""
+
+    def __init__(self, proxy: Proxy, spec: RouteSpec) -> None:
+        self.proxy = proxy
+        self.name = spec.app
+        self.spec = spec
+        self.server: asyncio.Server | None = None
+        self.upstreams: dict[tuple[str, str, int], Upstream] = {}
+        self.retired: set[Upstream] = set()
+        self.balancer = Balancer([])
+        self.connections: set[ClientConnection] = set()
+        self.sticky = spec.sticky
+        self.cookie_name = f"conveyor_release_{spec.app}"
+        self._cookie_key = self.cookie_name.encode() + b"="
+        self.removed = False
+        self.drained: asyncio.Event | None = None
+        self._counters: dict[str, Counters] = {}
+
+    def counters(self, release: str) -> Counters:
+        counters = self._counters.get(release)
+        if counters is None:
+            counters = self._counters[release] = self.proxy.metrics.counters(self.name, release)
+        return counters
+
+    def cookie_header(self, release: str) -> bytes:
+        return (
+            f"Set-Cookie: {self.cookie_name}={release}; Path=/; HttpOnly; SameSite=Lax\r\n"
+        ).encode()
+
+    def cookie_release(self, cookie: bytes) -> str | None:
+        key = self._cookie_key
+        start = 0
+        while True:
+            i = cookie.find(key, start)
+            if i < 0:
+                return None
+            if i == 0 or cookie[i - 1] in b" ;":
+                end = cookie.find(b";", i)
+                value = cookie[i + len(key) : end if end >= 0 else len(cookie)]
+                return value.strip().decode("latin-1")
+            start = i + 1
+
+    def all_upstreams(self) -> Iterator[Upstream]:
+        yield from self.upstreams.values()
+        yield from self.retired
+
+    def set_targets(self, spec: RouteSpec) -> None:
+        """Swap in the targets of a new spec; in-flight requests keep their connections."""
+        self.spec = spec
+        self.sticky = spec.sticky
+        fresh: dict[tuple[str, str, int], Upstream] = {}
+        for target in spec.targets:
+            key = (target.release, target.host, target.port)
+            up = self.upstreams.get(key)
+            if up is None:
+                # A target that comes back while draining keeps its connections.
+                up = next((u for u in self.retired if _key(u) == key), None)
+                if up is not None:
+                    self.retired.discard(up)
+                else:
+                    up = Upstream(target.release, target.host, target.port, target.weight)
+            up.weight = target.weight
+            if target.weight > 0:
+                up.activate()
+            else:
+                up.retire(spec.drain_timeout)
+            fresh[key] = up
+        for key, up in self.upstreams.items():
+            if key not in fresh:
+                up.retire(spec.drain_timeout)
+                self.retired.add(up)
+        self.upstreams = fresh
+        self.balancer = Balancer(list(fresh.values()))
+
+    def connection_lost(self, client: ClientConnection) -> None:
+        self.connections.discard(client)
+        if self.removed and not self.connections and self.drained is not None:
+            self.drained.set()
+
+
+def _key(up: Upstream) -> tuple[str, str, int]:
+    return (up.release, up.host, up.port)
+
+
+def _bind(bind: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ApplyError(400, f"cannot listen on {bind}:{port}: {exc}") from exc
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        status = 409 if exc.errno == errno.EADDRINUSE else 400
+        raise ApplyError(status, f"cannot listen on {bind}:{port}: {exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+class Proxy:
+    """All apps of this host; `apply` and `remove` are what the admin API calls."""
+
+    def __init__(self, *, backend_timeout: float = 60.0, client_timeout: float = 60.0) -> None:
+        self.backend_timeout = backend_timeout
+        self.client_timeout = client_timeout
+        self.metrics = MetricsRegistry(started_at=time.time())
+        self.apps: dict[str, App] = {}
+        self.draining: set[App] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    def specs(self) -> dict[str, RouteSpec]:
+        return {name: app.spec for name, app in self.apps.items()}
+
+    async def apply(self, spec: RouteSpec) -> None:
+        async with self._lock:
+            await self._apply(spec)
+
+    async def _apply(self, spec: RouteSpec) -> None:
+        seen: set[tuple[str, int]] = set()
+        for target in spec.targets:
+            if (target.host, target.port) in seen:
+                raise ApplyError(400, f"target {target.host}:{target.port} is listed twice")
+            seen.add((target.host, target.port))
+        for other in self.apps.values():
+            if other.name != spec.app and other.spec.port == spec.port:
+                raise ApplyError(409, f"port {spec.port} is already used by app {other.name}")
+        app = self.apps.get(spec.app)
+        old_server = None
+        if app is None or (app.spec.port, app.spec.bind) != (spec.port, spec.bind):
+            sock = _bind(spec.bind, spec.port)
+            new_app = app or App(self, spec)
+            loop = asyncio.get_running_loop()
+            try:
+                server = await loop.create_server(
+                    lambda: ClientConnection(new_app), sock=sock, backlog=1024
+                )
+            except OSError as exc:
+                sock.close()
+                raise ApplyError(409, f"cannot listen on {spec.bind}:{spec.port}: {exc}") from exc
+            if app is None:
+                app = self.apps[spec.app] = new_app
+            old_server, app.server = app.server, server
+        app.set_targets(spec)
+        if old_server is not None:
+            old_server.close()
+        log.info(
+            "app applied",
+            extra={
+                "app": spec.app,
+                "listen": f"{spec.bind}:{spec.port}",
+                "targets": [f"{t.release}@{t.host}:{t.port}={t.weight}" for t in spec.targets],
+                "sticky": spec.sticky,
+            },
+        )
+
+    async def remove(self, name: str) -> bool:
+        """Stop accepting connections for an app; in-flight requests finish (up to its drain)."""
+        async with self._lock:
+            app = self.apps.pop(name, None)
+        if app is None:
+            return False
+        app.removed = True
+        if app.server is not None:
+            app.server.close()
+        for up in list(app.upstreams.values()):
+            up.retire(app.spec.drain_timeout)
+            app.retired.add(up)
+        app.upstreams = {}
+        app.balancer = Balancer([])
+        for client in list(app.connections):
+            if client.current is None:
+                client.close()
+            else:
+                client.closing = True
+        log.info("app removed", extra={"app": name})
+        if app.connections:
+            app.drained = asyncio.Event()
+            self.draining.add(app)
+            task = asyncio.get_running_loop().create_task(self._drain(app))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _drain(self, app: App) -> None:
+        assert app.drained is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(app.spec.drain_timeout):
+                await app.drained.wait()
+        for client in list(app.connections):
+            client.abort()
+        self.draining.discard(app)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop every listener, let in-flight requests finish (up to `grace`), then cut."""
+        for name in list(self.apps):
+            app = self.apps[name]
+            app.spec = app.spec.model_copy(
+                update={"drain_timeout": min(grace, app.spec.drain_timeout)}
+            )
+            await self.remove(name)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace + 1)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def _all_apps(self) -> Iterator[App]:
+        yield from self.apps.values()
+        yield from self.draining
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._sweep_once()
+            except Exception:
+                log.exception("sweep failed")
+
+    def _sweep_once(self) -> None:
+        now = time.monotonic()
+        client_ticks = self.client_timeout / TICK
+        backend_ticks = self.backend_timeout / TICK
+        pool_ticks = POOL_IDLE_TIMEOUT / TICK
+        for app in list(self._all_apps()):
+            for client in list(app.connections):
+                ex = client.current
+                if ex is None:
+                    client.idle_ticks += 1
+                    if client.idle_ticks > client_ticks:
+                        client.close()
+                elif client.write_paused or (
+                    not ex.req_done and client.reading and client.tunnel is None
+                ):
+                    # A client that stopped reading its response, or sending its body.
+                    client.idle_ticks += 1
+                    if client.idle_ticks > client_ticks:
+                        client.abort()
+            for up in list(app.all_upstreams()):
+                if up.down and now >= up.down_until:
+                    up.down = False
+                for conn in list(up.conns):
+                    ex = conn.exchange
+                    if ex is None:
+                        conn.idle_ticks += 1
+                        if conn.idle_ticks > pool_ticks:
+                            conn.close()
+                    elif not conn.tunnel and not conn.read_paused and ex.req_done:
+                        conn.idle_ticks += 1
+                        if conn.idle_ticks > backend_ticks:
+                            conn.time_out()
+                if not up.active and not up.conns:
+                    app.retired.discard(up)

@@ -1,0 +1,112 @@
+"""The agents' side of the API: enrol, long-poll desired state, report, download artifacts."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from conveyor.deploy.desired import desired_state
+from conveyor.protocol import DesiredState, Enrol, Enrolled, ObservedState
+from conveyor.server.auth import _bearer, hash_token, new_token
+from conveyor.server.deps import SessionDep, get_release_or_404
+from conveyor.store.models import Host, Token, utcnow
+
+router = APIRouter(prefix="/api/agent", tags=["agents"])
+MAX_WAIT = 60.0
+
+
+def require_agent(request: Request) -> str:
+    """The caller must be an enrolled, unrevoked agent; returns its host name."""
+    token = _bearer(request)
+    if token is None:
+        raise HTTPException(401, "missing agent credential", headers={"WWW-Authenticate": "Bearer"})
+    digest = hash_token(token)
+    with request.app.state.sessions() as session:
+        host = session.scalar(select(Host).where(Host.agent_token_hash == digest))
+        if host is not None and host.state == "enrolled":
+            return str(host.name)
+        if session.scalar(select(Token).where(Token.token_hash == digest)) is not None:
+            raise HTTPException(403, "this route is for agents; user tokens cannot call it")
+    raise HTTPException(
+        401, "agent credential unknown or revoked: re-enrol with `conveyor host add`"
+    )
+
+
+AgentHost = Annotated[str, Depends(require_agent)]
+
+
+@router.post("/enrol", openapi_extra={"x-role": "enrolment"})
+def enrol(body: Enrol, session: SessionDep) -> Enrolled:
+    """Trade a one-time enrolment token for the agent's own credential."""
+    host = session.scalar(select(Host).where(Host.name == body.name))
+    digest = hash_token(body.token)
+    if (
+        host is None
+        or host.state == "revoked"
+        or host.enrolment_hash is None
+        or not hmac.compare_digest(host.enrolment_hash, digest)
+    ):
+        raise HTTPException(
+            401, f"enrolment refused for {body.name!r}: unknown host or token already used"
+        )
+    credential = new_token()
+    host.enrolment_hash = None
+    host.agent_token_hash = hash_token(credential)
+    host.state = "enrolled"
+    host.last_seen = utcnow()
+    session.commit()
+    return Enrolled(agent_token=credential)
+
+
+@router.get("/desired")
+async def get_desired(
+    request: Request,
+    host_name: AgentHost,
+    after: int = Query(-1, description="return at once if the generation is newer than this"),
+    wait: float = Query(0, ge=0, le=MAX_WAIT, description="long-poll up to this many seconds"),
+) -> DesiredState:
+    notifier = request.app.state.notifier
+    deadline = wait
+    while True:
+        with request.app.state.sessions() as session:
+            host = session.scalar(select(Host).where(Host.name == host_name))
+            if host is None or host.state != "enrolled":
+                raise HTTPException(401, "agent credential revoked")
+            host.last_seen = utcnow()
+            session.commit()
+            if host.generation > after or deadline <= 0:
+                return desired_state(session, host)
+        step = min(deadline, 1.0)  # re-read the database every second: another server may write
+        await notifier.wait(host_name, step)
+        deadline -= step
+
+
+@router.post("/report", status_code=204)
+def report(
+    body: ObservedState, request: Request, host_name: AgentHost, session: SessionDep
+) -> None:
+    if body.host != host_name:
+        raise HTTPException(
+            422, f"report for {body.host!r} sent with the credential of {host_name!r}"
+        )
+    host = session.scalar(select(Host).where(Host.name == host_name))
+    assert host is not None
+    host.observed = body.model_dump_json()
+    host.last_seen = utcnow()
+    if body.converged:
+        host.applied_generation = body.generation
+    session.commit()
+
+
+@router.get("/artifacts/{release_id}", response_class=FileResponse)
+def artifact(release_id: str, request: Request, _: AgentHost, session: SessionDep) -> FileResponse:
+    release = get_release_or_404(session, release_id)
+    return FileResponse(
+        request.app.state.engine.store.path_for(release.sha256),
+        media_type="application/gzip",
+        headers={"X-Content-SHA256": release.sha256},
+    )

@@ -1,0 +1,130 @@
+"""Bad input on a host: each is refused with a clear error and the previous release serving."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_host import World
+from tests.fleet import AgentProcess
+from tests.helpers import ServerProcess, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def world(server: ServerProcess, tmp_path: Path) -> Iterator[World]:
+    w = World(server, tmp_path, "embedded", "127.0.0.3")
+    try:
+        yield w
+    finally:
+        w.agent.stop_everything()
+
+
+def _failed(agent: AgentProcess, release: str) -> str:
+    found = wait_for(
+        lambda: (r := agent.release("sample", release)) and r["phase"] == "failed" and r,
+        timeout=40,
+    )
+    return str(found["error"])
+
+
+def test_tampered_artifact_is_refused(world: World) -> None:
+    v1 = world.build("v1")
+    v2 = world.build("v2")
+    agent = world.agent.start()
+    agent.set("sample", {v1: 100})
+    agent.wait_routed("sample", {v1: 100})
+    # flip bytes of v2's artifact in the server's store: its sha256 no longer matches
+    sha = world.server.get(f"/api/releases/{v2}")["sha256"]
+    stored = world.server.data / "artifacts" / "sha256" / sha[:2] / f"{sha}.tar.gz"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    agent.set("sample", {v2: 100})
+    error = _failed(agent, v2)
+    assert "checksum mismatch" in error
+    assert world.serving() == v1
+    assert not (agent.data / "sample" / "releases" / v2).exists()
+
+
+def test_public_port_taken_is_a_clear_error(world: World) -> None:
+    v1 = world.build("v1")
+    busy = free_port("127.0.0.3")
+    holder = socket.socket()
+    holder.bind(("127.0.0.3", busy))
+    holder.listen()
+    try:
+        v2 = world.build("v2-port", port_override=busy)
+        agent = world.agent.start()
+        agent.set("sample", {v1: 100})
+        agent.wait_routed("sample", {v1: 100})
+        agent.set("sample", {v2: 100})
+        wait_for(lambda: "in use" in str((agent.app("sample") or {}).get("error")), timeout=30)
+        assert world.serving() == v1
+    finally:
+        holder.close()
+
+
+def test_wrong_and_revoked_agent_tokens(world: World, tmp_path: Path) -> None:
+    server = world.server
+    server.post("/api/hosts", {"name": "intruder"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "agent",
+            "--server",
+            server.url,
+            "--name",
+            "intruder",
+            "--token",
+            "cvy_wrong",
+            "--data",
+            str(tmp_path / "intruder"),
+            "--bind",
+            "127.0.0.3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "enrolment refused" in done.stdout + done.stderr
+
+    v1 = world.build("v1")
+    agent = world.agent.start()
+    agent.set("sample", {v1: 100})
+    agent.wait_routed("sample", {v1: 100})
+    assert server.http.delete("/api/hosts/web-1").status_code == 200
+    credential = (agent.data / "credential.json").read_text()
+    token = __import__("json").loads(credential)["agent_token"]
+    refused = httpx.get(
+        f"{server.url}/api/agent/desired", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert refused.status_code == 401
+    # the host keeps serving what it had: losing the server's trust is not an outage
+    wait_for(lambda: "credential refused" in agent.log(), timeout=30)
+    assert world.serving() == v1
+
+
+def test_losing_the_server_keeps_serving_and_reconverges(world: World) -> None:
+    v1 = world.build("v1")
+    v2 = world.build("v2")
+    agent = world.agent.start()
+    agent.set("sample", {v1: 100})
+    agent.wait_routed("sample", {v1: 100})
+    world.server.kill()
+    for _ in range(20):
+        assert world.serving() == v1
+    world.server.start()
+    agent.set("sample", {v2: 100})
+    agent.wait_routed("sample", {v2: 100})
+    assert world.serving() == v2

@@ -1,0 +1,219 @@
+"""Fleet test harness: agents (each with its router) on 127.0.0.N, and a load generator."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers import ServerProcess, wait_for
+
+
+class AgentProcess:
+    """`conveyor agent` as a real process, with its router on its own loopback address."""
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        name: str,
+        data: Path,
+        *,
+        address: str,
+        router: str = "embedded",
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.data = data
+        self.address = address
+        self.router = router
+        self.log_path = data.parent / f"{name}-agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.enrolment: str | None = None
+
+    def start(self) -> AgentProcess:
+        if self.enrolment is None and not (self.data / "credential.json").exists():
+            self.enrolment = self.server.post("/api/hosts", {"name": self.name})["enrolment_token"]
+        args = [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "agent",
+            "--server",
+            self.server.url,
+            "--name",
+            self.name,
+            "--data",
+            str(self.data),
+            "--router",
+            self.router,
+            "--bind",
+            self.address,
+        ]
+        if self.enrolment:
+            args += ["--token", self.enrolment]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the process keeps it
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        wait_for(self._online, timeout=30)
+        return self
+
+    def _online(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent exited ({self.proc.returncode}):\n{self.log()}")
+        host = self.server.get(f"/api/hosts/{self.name}")
+        return bool(host["online"] and host["observed"] and host["observed"]["router_alive"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def observed(self) -> dict[str, Any]:
+        host = self.server.get(f"/api/hosts/{self.name}")
+        return host["observed"] or {}
+
+    def app(self, app: str) -> dict[str, Any] | None:
+        return next((a for a in self.observed().get("apps", []) if a["app"] == app), None)
+
+    def release(self, app: str, release: str) -> dict[str, Any] | None:
+        found = self.app(app)
+        if not found:
+            return None
+        return next((r for r in found["releases"] if r["release"] == release), None)
+
+    def set(self, app: str, weights: dict[str, int], sticky: bool = False) -> Any:
+        body = {
+            "releases": [{"release": r, "weight": w} for r, w in weights.items()],
+            "sticky": sticky,
+        }
+        r = self.server.http.put(f"/api/hosts/{self.name}/apps/{app}", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_routed(self, app: str, weights: dict[str, int], timeout: float = 60) -> None:
+        """Until the agent reports the app routed with exactly these weights."""
+
+        def ok() -> bool:
+            found = self.app(app)
+            if not found or not found["routed"]:
+                return False
+            live = {r["release"]: r["weight"] for r in found["releases"] if r["weight"] > 0}
+            return live == {k: v for k, v in weights.items() if v > 0}
+
+        try:
+            wait_for(ok, timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise AssertionError(
+                f"not routed as {weights}: {self.app(app)}\n{self.log()[-3000:]}"
+            ) from None
+
+    def stop_everything(self) -> None:
+        """Tear down the agent, its router and its instances (they outlive the agent)."""
+        self.stop()
+        for pid in _pids_with_env(str(self.data)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with_env(needle: str) -> list[int]:
+    """Processes whose command line or working directory mentions `needle` (a data dir)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if needle.encode() in cmd or cwd.startswith(needle):
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    releases: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failures(self) -> int:
+        return len(self.errors) + sum(n for s, n in self.statuses.items() if s >= 500)
+
+
+class LoadGenerator:
+    """N keep-alive clients hammering a URL until stopped; bounded by count and time."""
+
+    def __init__(
+        self, url: str, clients: int = 16, max_seconds: float = 300, max_requests: int = 2_000_000
+    ) -> None:
+        self.url = url
+        self.clients = clients
+        self.max_seconds = max_seconds
+        self.max_requests = max_requests
+        self.result = LoadResult()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> LoadGenerator:
+        for _ in range(self.clients):
+            t = threading.Thread(target=self._client, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        return self.result
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self.result.sent >= self.max_requests:
+                    return
+                try:
+                    r = client.get(self.url)
+                    release = r.json().get("release", "?") if r.status_code == 200 else ""
+                    with self._lock:
+                        self.result.sent += 1
+                        self.result.statuses[r.status_code] += 1
+                        if r.status_code == 200:
+                            self.result.ok += 1
+                            self.result.releases[release] += 1
+                except (httpx.HTTPError, ValueError) as exc:
+                    with self._lock:
+                        self.result.sent += 1
+                        self.result.errors.append(f"{type(exc).__name__}: {exc}")

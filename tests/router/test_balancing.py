@@ -1,0 +1,208 @@
+"""Weights, sticky sessions, and changes of targets under load: no request may fail."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+
+from conveyor.router.embedded import EmbeddedRouter
+from conveyor.router.spec import RouteSpec, Target
+from tests.router.backend import Backend
+from tests.router.support import Apps, client, release_metrics, run
+
+Instances = Callable[..., list[Backend]]
+
+
+def test_weighted_split_is_exact_over_small_windows(apps: Apps, instances: Instances) -> None:
+    a, b = instances("a", "b")
+    spec = apps.serve({"a": (a.port, 90), "b": (b.port, 10)})
+    with client(spec) as http:
+        releases = [http.get("/").text.strip() for _ in range(1000)]
+    assert Counter(releases) == {"a": 900, "b": 100}
+    # smooth: every window of 10 consecutive requests holds exactly one b
+    for start in range(0, 1000, 10):
+        assert releases[start : start + 10].count("b") == 1
+
+
+def test_sticky_cookie_pins_a_client_to_its_release(apps: Apps, instances: Instances) -> None:
+    a, b = instances("a", "b")
+    spec = apps.serve({"a": (a.port, 50), "b": (b.port, 50)}, sticky=True)
+    cookie = f"conveyor_release_{spec.app}"
+    firsts = []
+    for _ in range(20):
+        with client(spec) as http:
+            first = http.get("/")
+            assert cookie in first.headers["set-cookie"]
+            release = first.text.strip()
+            assert http.cookies[cookie] == release
+            firsts.append(release)
+            for _ in range(10):
+                again = http.get("/")
+                assert again.text.strip() == release
+                assert "set-cookie" not in again.headers
+    assert Counter(firsts) == {"a": 10, "b": 10}
+    # a release taken out of traffic releases its clients to the others
+    url = f"http://127.0.0.1:{spec.port}/"
+    pinned = {"Cookie": f"{cookie}=a"}
+    assert httpx.get(url, headers=pinned, trust_env=False).text == "a\n"
+    only_b = [
+        Target(release="b", port=b.port, weight=100),
+        Target(release="a", port=a.port, weight=0),
+    ]
+    apps.apply(spec.model_copy(update={"targets": only_b}))
+    moved = httpx.get(url, headers=pinned, trust_env=False)
+    assert moved.text == "b\n" and moved.cookies[cookie] == "b"
+
+
+def get_into(spec: RouteSpec, path: str, results: list[httpx.Response]) -> None:
+    with client(spec) as http:
+        results.append(http.get(path))
+
+
+class Load:
+    """16 keep-alive clients hammering an app from threads; every outcome is recorded."""
+
+    def __init__(self, spec: RouteSpec, clients: int = 16) -> None:
+        self.spec = spec
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses: Counter[int] = Counter()
+        self.releases: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._work) for _ in range(clients)]
+
+    def _work(self) -> None:
+        with client(self.spec, limits=httpx.Limits(max_connections=1)) as http:
+            while not self.stop.is_set():
+                try:
+                    answer = http.get("/")
+                except httpx.HTTPError as exc:
+                    with self.lock:
+                        self.errors.append(repr(exc))
+                    continue
+                with self.lock:
+                    self.statuses[answer.status_code] += 1
+                    self.releases[answer.text.strip()] += 1
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values()) + len(self.errors)
+
+    def wait_requests(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        target = self.total() + count
+        while self.total() < target:
+            assert time.monotonic() < deadline, "the load stalled"
+            time.sleep(0.01)
+
+
+def test_weight_changes_and_target_swaps_under_load_lose_nothing(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    a, b, c = instances("a", "b", "c")
+
+    def targets(**weights: int) -> list[Target]:
+        ports = {"a": a.port, "b": b.port, "c": c.port}
+        return [Target(release=r, port=ports[r], weight=w) for r, w in weights.items()]
+
+    spec = apps.serve(targets(a=100))
+    steps = [
+        targets(a=90, b=10),
+        targets(a=50, b=50),
+        targets(a=0, b=100),
+        targets(b=100),
+        targets(b=50, c=50),  # a target swap: a is gone, c is new
+        targets(c=100),
+        targets(a=10, c=90),  # a rollback-like return of a
+        targets(a=100),
+    ]
+    with Load(spec) as load:
+        load.wait_requests(200)
+        for step in steps:
+            spec = spec.model_copy(update={"targets": step})
+            apps.apply(spec)
+            load.wait_requests(300)
+        # The agent's way to retire an instance: wait for in_flight 0, then stop it.
+        deadline = time.monotonic() + 5
+        while release_metrics(router, spec.app)["c"].in_flight:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        c.stop()
+        load.wait_requests(300)
+    assert load.errors == []
+    assert set(load.statuses) == {200}, load.statuses
+    assert set(load.releases) == {"a", "b", "c"}
+    counters = release_metrics(router, spec.app)
+    assert sum(x.errors_5xx for x in counters.values()) == 0
+    assert sum(x.requests for x in counters.values()) == load.total()
+
+
+def test_draining_lets_in_flight_requests_finish(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    a, b = instances("a", "b")
+    spec = apps.serve({"a": (a.port, 100)})
+    results: list[httpx.Response] = []
+    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1", results))
+    slow.start()
+    time.sleep(0.3)
+    assert release_metrics(router, spec.app)["a"].in_flight == 1
+    apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
+    with client(spec) as http:
+        assert {http.get("/").text for _ in range(20)} == {"b\n"}
+    slow.join(timeout=5)
+    assert results[0].status_code == 200 and results[0].text == "a slow\n"
+    assert release_metrics(router, spec.app)["a"].in_flight == 0
+
+
+def test_drain_timeout_cuts_what_is_left(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    a, b = instances("a", "b")
+    spec = apps.serve({"a": (a.port, 100)}, drain_timeout=0.5)
+    results: list[httpx.Response] = []
+    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1.8", results))
+    slow.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
+    slow.join(timeout=5)
+    assert results[0].status_code == 502
+    assert time.monotonic() - started < 1.3
+    assert release_metrics(router, spec.app)["a"].in_flight == 0
+
+
+def test_removing_an_app_closes_its_listener_after_in_flight_requests(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    (a,) = instances("a")
+    spec = apps.serve({"a": (a.port, 100)})
+    results: list[httpx.Response] = []
+    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=0.8", results))
+    slow.start()
+    time.sleep(0.3)
+    run(router.remove(spec.app))
+    try:
+        get_into(spec, "/", [])
+    except httpx.ConnectError:
+        pass
+    else:
+        raise AssertionError("the listener of a removed app still accepts connections")
+    slow.join(timeout=5)
+    assert results[0].status_code == 200
+    assert release_metrics(router, spec.app)["a"].in_flight == 0
+    assert spec.app not in run(router.specs())

@@ -1,0 +1,96 @@
+"""Pure pieces of the router: the weighted choice, counters, cookies."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from conveyor.router.metrics import Counters, MetricsRegistry, prometheus_text
+from conveyor.router.proxy import App, Proxy
+from conveyor.router.spec import LATENCY_BUCKETS, RouteSpec
+from conveyor.router.upstream import Balancer, Upstream
+
+
+def ups(**weights: int) -> list[Upstream]:
+    return [Upstream(r, "127.0.0.1", 9000 + i, w) for i, (r, w) in enumerate(weights.items())]
+
+
+@pytest.mark.parametrize(
+    ("weights", "window", "expected"),
+    [
+        ({"a": 90, "b": 10}, 10, {"a": 9, "b": 1}),
+        ({"a": 1, "b": 1}, 2, {"a": 1, "b": 1}),
+        ({"a": 50, "b": 30, "c": 20}, 10, {"a": 5, "b": 3, "c": 2}),
+        ({"a": 100, "b": 0}, 7, {"a": 7}),
+        ({"a": 99, "b": 1}, 100, {"a": 99, "b": 1}),
+    ],
+)
+def test_smooth_weighted_round_robin(
+    weights: dict[str, int], window: int, expected: dict[str, int]
+) -> None:
+    balancer = Balancer(ups(**weights))
+    # every consecutive window (aligned) holds the exact shares
+    for _ in range(5):
+        picks = Counter(u.release for u in (balancer.pick() for _ in range(window)) if u)
+        assert picks == expected
+
+
+def test_choice_skips_down_targets_unless_all_are_down() -> None:
+    a, b = ups(a=50, b=50)
+    balancer = Balancer([a, b])
+    a.down = True
+    assert {balancer.pick() for _ in range(10)} == {b}
+    b.down = True
+    assert {balancer.pick() for _ in range(10)} == {a, b}
+    assert balancer.pick(exclude=[a, b]) is None
+    assert balancer.pick(exclude=[a]) is b
+
+
+def test_no_weight_no_choice() -> None:
+    assert Balancer(ups(a=0)).pick() is None
+    assert Balancer([]).pick() is None
+
+
+def test_sticky_pick_stays_in_the_release() -> None:
+    a1, a2, b = ups(a1=10, a2=10, b=80)
+    a2.release = a1.release = "a"
+    balancer = Balancer([a1, a2, b])
+    assert {balancer.pick_release("a") for _ in range(10)} == {a1, a2}
+    assert balancer.pick_release("gone") is None
+    a1.down = a2.down = True
+    assert balancer.pick_release("a") is None
+
+
+def test_counters_histogram_is_cumulative() -> None:
+    counters = Counters()
+    for latency, status in [(0.0005, 200), (0.001, 200), (0.3, 502), (60.0, 200)]:
+        counters.observe(status, latency)
+    snap = counters.snapshot()
+    assert snap.requests == 4 and snap.errors_5xx == 1
+    assert snap.latency_buckets[0] == 2  # <= 1 ms, bound included
+    assert snap.latency_buckets[LATENCY_BUCKETS.index(0.5)] == 3
+    assert snap.latency_buckets[-1] == 3  # 60 s only in +Inf (the total count)
+    assert snap.latency_sum == pytest.approx(60.3015)
+
+
+def test_prometheus_text_escapes_labels() -> None:
+    registry = MetricsRegistry(started_at=0.0)
+    registry.counters('we"ird', "r1").observe(200, 0.01)
+    text = prometheus_text(registry.snapshot())
+    assert 'conveyor_router_requests_total{app="we\\"ird",release="r1"} 1' in text
+
+
+@pytest.mark.parametrize(
+    ("cookie", "release"),
+    [
+        (b"conveyor_release_shop=abc-1", "abc-1"),
+        (b"a=1; conveyor_release_shop=abc-2; b=2", "abc-2"),
+        (b"xconveyor_release_shop=no; conveyor_release_shop=yes", "yes"),
+        (b"conveyor_release_shopping=no", None),
+        (b"other=1", None),
+    ],
+)
+def test_cookie_release(cookie: bytes, release: str | None) -> None:
+    app = App(Proxy(), RouteSpec(app="shop", port=8000, sticky=True))
+    assert app.cookie_release(cookie) == release
