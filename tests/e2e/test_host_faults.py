@@ -128,3 +128,49 @@ def test_losing_the_server_keeps_serving_and_reconverges(world: World) -> None:
     agent.set("sample", {v2: 100})
     agent.wait_routed("sample", {v2: 100})
     assert world.serving() == v2
+
+
+def test_host_commands_show_what_runs_where(world: World) -> None:
+    v1 = world.build("v1")
+    added = world.server.cli("host", "add", "web-9")
+    assert added.returncode == 0 and "--token cvy_" in added.stdout
+    again = world.server.cli("host", "add", "web-9")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    agent = world.agent.start()
+    agent.set("sample", {v1: 100})
+    agent.wait_routed("sample", {v1: 100})
+    listed = world.server.cli("host", "list")
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if "web-1" in line)
+    assert "online" in row and f"{v1} 100% healthy" in row
+    as_json = world.server.cli("host", "list", "--json")
+    hosts = {h["name"]: h for h in __import__("json").loads(as_json.stdout)}
+    assert hosts["web-9"]["state"] == "pending" and hosts["web-1"]["online"]
+    removed = world.server.cli("host", "remove", "web-9")
+    assert removed.returncode == 0
+    assert world.server.get("/api/hosts/web-9")["state"] == "revoked"
+    unknown = world.server.cli("host", "remove", "nope")
+    assert unknown.returncode == 2 and "unknown host" in unknown.stderr
+
+
+def test_desired_state_refuses_bad_input_and_changes_nothing(world: World) -> None:
+    server = world.server
+    v1 = world.build("v1")
+    server.post("/api/hosts", {"name": "web-1"})
+    ok = server.http.put(
+        "/api/hosts/web-1/apps/sample", json={"releases": [{"release": v1, "weight": 100}]}
+    )
+    assert ok.status_code == 200 and ok.json()["generation"] == 1
+    for body, message in (
+        ({"releases": [{"release": "abc1234-9", "weight": 100}]}, "unknown release"),
+        ({"releases": [{"release": v1, "weight": 0}]}, "weight above 0"),
+        ({"releases": [{"release": v1, "weight": 50}, {"release": v1, "weight": 50}]}, "twice"),
+        ({"releases": [{"release": v1, "weight": 101}]}, "less than or equal"),
+    ):
+        r = server.http.put("/api/hosts/web-1/apps/sample", json=body)
+        assert r.status_code == 422 and message in r.text, r.text
+    assert server.http.put("/api/hosts/nope/apps/sample", json={"releases": []}).status_code == 404
+    assert server.http.put("/api/hosts/web-1/apps/nope", json={"releases": []}).status_code == 404
+    assert server.get("/api/hosts/web-1")["generation"] == 1  # nothing changed
+    desired = server.get("/api/hosts/web-1/desired")
+    assert [r["release"] for r in desired["apps"][0]["releases"]] == [v1]

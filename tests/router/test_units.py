@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from conveyor.router.backend import _rewrite_head
 from conveyor.router.metrics import Counters, MetricsRegistry, prometheus_text
 from conveyor.router.proxy import App, Proxy
 from conveyor.router.spec import LATENCY_BUCKETS, RouteSpec
@@ -94,3 +95,32 @@ def test_prometheus_text_escapes_labels() -> None:
 def test_cookie_release(cookie: bytes, release: str | None) -> None:
     app = App(Proxy(), RouteSpec(app="shop", port=8000, sticky=True))
     assert app.cookie_release(cookie) == release
+
+
+@pytest.mark.parametrize(
+    ("block", "upgrade", "head", "chunked"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1",
+            False,
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n",
+            True,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5"
+            b"\r\nX-Hop: 1\r\nContent-Length: 2",
+            False,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+            False,
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade",
+            True,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n",
+            False,
+        ),
+    ],
+)
+def test_response_head_rewrite(block: bytes, upgrade: bool, head: bytes, chunked: bool) -> None:
+    rewritten, was_chunked = _rewrite_head(block, upgrade)
+    assert bytes(rewritten) == head and was_chunked == chunked

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.router")
 
 # Longest response head accepted from an instance.
-MAX_HEAD = 256 * 1024
+MAX_HEAD = 1024 * 1024
 
 # Response headers that describe one hop, not the message: never relayed as they are.
 _HOP_BY_HOP = frozenset(
@@ -109,9 +109,10 @@ class BackendConnection(asyncio.Protocol):
         self.cut = False
         self.timed_out = False
         self.out: list[bytes | bytearray] = []
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Forget the previous response (status 0 means: nothing to forget)."""
         self.status = 0
         self.raw: bytes | bytearray = b""
         self.got_bytes = False
@@ -186,10 +187,13 @@ class BackendConnection(asyncio.Protocol):
         if not self.head_out:
             # Keep the bytes of the head being received (usually one chunk, not copied).
             raw = self.raw
-            self.raw = raw = raw + data if raw else data
-            if len(raw) > MAX_HEAD:
-                self._broken(ex, ValueError(f"response head over {MAX_HEAD} bytes"))
-                return
+            if raw:
+                self.raw = raw = raw + data
+                if len(raw) > MAX_HEAD:
+                    self._broken(ex, ValueError(f"response head over {MAX_HEAD} bytes"))
+                    return
+            else:
+                self.raw = data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -224,11 +228,6 @@ class BackendConnection(asyncio.Protocol):
         ex.backend_lost(self)
 
     # -- what the exchange calls -------------------------------------------
-
-    def attach(self, ex: Exchange) -> None:
-        self.exchange = ex
-        self._reset()
-        self.idle_ticks = 0
 
     def close(self) -> None:
         if not self.closed:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.router")
 
 MAX_HEADER_BYTES = 64 * 1024
+# Seconds a refused client's connection is kept half-open so that it reads the answer.
+LINGER = 2.0
 
 # Request headers the proxy looks at; the rest are relayed untouched.
 _HOST, _XFF, _XFP, _XFH, _COOKIE, _LENGTH, _TE, _CONNECTION, _UPGRADE, _HOP = range(10)
@@ -85,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         "headers",
         "idle_ticks",
         "last",
+        "lingering",
         "parser",
         "parsing",
         "peer",
@@ -119,6 +122,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.eof = False
+        self.lingering = False
         self.upgrading: Exchange | None = None
         self.tunnel: BackendConnection | None = None
         self.idle_ticks = 0
@@ -145,6 +149,8 @@ class ClientConnection(asyncio.Protocol):
             self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         self.idle_ticks = 0
         tunnel = self.tunnel
         if tunnel is not None:
@@ -188,9 +194,17 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request the router will not relay, and close."""
-        if self.current is None and not self.closed:
-            self.transport.write(error_response(status, message, False))
-        self.close()
+        if self.current is not None or self.closed:
+            self.close()
+            return
+        self.transport.write(error_response(status, message, False))
+        # Closing with unread bytes would reset the connection, and the client might lose
+        # the answer: end our side, drop what still comes in, close a little later.
+        self.lingering = True
+        self.closed = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER, self.transport.close)
 
     def eof_received(self) -> bool | None:
         tunnel = self.tunnel
@@ -277,7 +291,9 @@ class ClientConnection(asyncio.Protocol):
         if queue:
             nxt = self.current = queue.popleft()
             nxt.begin()
-        self.update_reading()
+            self.update_reading()
+        elif not self.reading:
+            self.update_reading()
 
     def start_tunnel(self, conn: BackendConnection) -> None:
         self.tunnel = conn
@@ -404,4 +420,5 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is not None:
             self.parsing = None
-            ex.request_end()
+            if not ex.req_done:
+                ex.request_end()

@@ -140,7 +140,10 @@ class Exchange:
             if self.counters is not None:
                 self.counters.in_flight -= 1
             self.upstream = up
-            self.counters = counters = self.app.counters(up.release)
+            counters = up.counters
+            if counters is None:
+                counters = up.counters = self.app.counters(up.release)
+            self.counters = counters
             counters.in_flight += 1
         conn = up.take_idle()
         if conn is not None:
@@ -194,7 +197,10 @@ class Exchange:
 
     def _send(self, conn: BackendConnection) -> None:
         self.backend = conn
-        conn.attach(self)
+        conn.exchange = self
+        conn.idle_ticks = 0
+        if conn.status:
+            conn.reset()
         transport = conn.transport
         assert transport is not None
         client = self.client

@@ -99,7 +99,13 @@ class App:
                 if up is not None:
                     self.retired.discard(up)
                 else:
-                    up = Upstream(target.release, target.host, target.port, target.weight)
+                    up = Upstream(
+                        target.release,
+                        target.host,
+                        target.port,
+                        target.weight,
+                        self.counters(target.release),
+                    )
             up.weight = target.weight
             if target.weight > 0:
                 up.activate()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from conveyor.router.backend import BackendConnection
+    from conveyor.router.metrics import Counters
 
 # Most idle connections kept per target; more are closed when returned.
 MAX_IDLE = 512
@@ -21,6 +22,7 @@ class Upstream:
     __slots__ = (
         "active",
         "conns",
+        "counters",
         "down",
         "down_until",
         "drain_handle",
@@ -32,7 +34,9 @@ class Upstream:
         "weight",
     )
 
-    def __init__(self, release: str, host: str, port: int, weight: int) -> None:
+    def __init__(
+        self, release: str, host: str, port: int, weight: int, counters: Counters | None = None
+    ) -> None:
         self.release = release
         self.host = host
         self.port = port
@@ -47,6 +51,8 @@ class Upstream:
         # False once the target has weight 0 or left the spec: no new request, no pooling.
         self.active = True
         self.drain_handle: asyncio.TimerHandle | None = None
+        # The counters of this target's release in its app.
+        self.counters = counters
 
     def __repr__(self) -> str:
         return f"<Upstream {self.release} {self.host}:{self.port} w={self.weight}>"
