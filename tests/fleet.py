@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -16,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ManagedProcess, ServerProcess, wait_for
 
 
-class AgentProcess:
+class AgentProcess(ManagedProcess):
     """`conveyor agent` as a real process, with its router on its own loopback address."""
 
     def __init__(
@@ -37,7 +36,6 @@ class AgentProcess:
         self.address = address
         self.router = router
         self.log_path = data.parent / f"{name}-agent.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.enrolment: str | None = None
 
     def start(self) -> AgentProcess:
@@ -61,10 +59,8 @@ class AgentProcess:
         ]
         if self.enrolment:
             args += ["--token", self.enrolment]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the process keeps it
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        self.spawn(args, env)
         wait_for(self._online, timeout=30)
         return self
 
@@ -74,22 +70,6 @@ class AgentProcess:
             raise AssertionError(f"agent exited ({self.proc.returncode}):\n{self.log()}")
         host = self.server.get(f"/api/hosts/{self.name}")
         return bool(host["online"] and host["observed"] and host["observed"]["router_alive"])
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def observed(self) -> dict[str, Any]:
         host = self.server.get(f"/api/hosts/{self.name}")

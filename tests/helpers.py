@@ -35,57 +35,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
-class ServerProcess:
-    """`conveyor server` as a real process on a loopback port, restartable."""
+class ManagedProcess:
+    """A conveyor process started by a test: its log file, SIGKILL, graceful stop."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
-        self.data = data
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = ADMIN_TOKEN
-        self.log_path = data.parent / f"{data.name}-server.log"
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
-        )
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
-        env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": self.token, **self.extra_env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the process's exit
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "conveyor",
-                "server",
-                "--data",
-                str(self.data),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def spawn(self, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps its own copy
+        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_for(self._healthy, timeout=30)
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited ({self.proc.returncode}):\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL: the server gets no chance to tidy up."""
+        """SIGKILL: the process gets no chance to tidy up."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -97,6 +62,48 @@ class ServerProcess:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class ServerProcess(ManagedProcess):
+    """`conveyor server` as a real process on a loopback port, restartable."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ADMIN_TOKEN
+        self.log_path = data.parent / f"{data.name}-server.log"
+        self.extra_env = env or {}
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": self.token, **self.extra_env}
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "server",
+                "--data",
+                str(self.data),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            env,
+        )
+        wait_for(self._healthy, timeout=30)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited ({self.proc.returncode}):\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
 
     # API shortcuts, admin token
     def get(self, path: str, **kw: Any) -> Any:
