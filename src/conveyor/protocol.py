@@ -106,11 +106,23 @@ class ReleaseOut(Wire):
     created_at: datetime
 
 
+class Placement(Wire):
+    """One host's share of an app: what it should run and what its agent reports."""
+
+    host: str
+    online: bool
+    converged: bool
+    desired: list[ReleaseWeight]
+    observed: list[ObservedRelease]
+    error: str | None = None
+
+
 class AppStatus(Wire):
     app: AppOut
     active_runs: list[RunOut]
     last_run: RunOut | None
     last_release: ReleaseOut | None
+    hosts: list[Placement] = []
 
 
 class TokenCreate(Wire):
@@ -252,5 +264,7 @@ class ObservedState(Wire):
 
 
 HostAppSet.model_rebuild()
+Placement.model_rebuild()
+AppStatus.model_rebuild()
 HostOut.model_rebuild()
 HostCreated.model_rebuild()

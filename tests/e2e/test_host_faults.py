@@ -174,3 +174,19 @@ def test_desired_state_refuses_bad_input_and_changes_nothing(world: World) -> No
     assert server.get("/api/hosts/web-1")["generation"] == 1  # nothing changed
     desired = server.get("/api/hosts/web-1/desired")
     assert [r["release"] for r in desired["apps"][0]["releases"]] == [v1]
+
+
+def test_status_shows_release_weight_and_health_per_host(world: World) -> None:
+    v1 = world.build("v1")
+    v2 = world.build("v2")
+    agent = world.agent.start()
+    agent.set("sample", {v1: 90, v2: 10})
+    agent.wait_routed("sample", {v1: 90, v2: 10})
+    status = __import__("json").loads(world.server.cli("status", "sample", "--json").stdout)
+    place = status[0]["hosts"][0]
+    assert place["host"] == "web-1" and place["online"]
+    weights = {r["release"]: (r["weight"], r["phase"]) for r in place["observed"]}
+    assert weights == {v1: (90, "healthy"), v2: (10, "healthy")}
+    text = world.server.cli("status").stdout
+    row = next(line for line in text.splitlines() if "web-1" in line)
+    assert "online" in row and "90%" in row

@@ -422,7 +422,16 @@ def logs(
     )
 
 
-STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
+STATE_STYLE = {
+    "succeeded": "green",
+    "healthy": "green",
+    "failed": "red",
+    "running": "cyan",
+    "starting": "cyan",
+    "queued": "yellow",
+    "draining": "yellow",
+    "warm": "yellow",
+}
 
 
 def _state(state: str) -> str:
@@ -465,6 +474,27 @@ def status(
             release["id"] if release else "-",
         )
     out.print(table)
+    placed = Table("app", "host", "agent", "release", "weight", "phase", "desired", "note")
+    for row in rows:
+        for place in row["hosts"]:
+            agent_state = "[green]online[/green]" if place["online"] else "[red]offline[/red]"
+            if place["online"] and not place["converged"]:
+                agent_state = "[yellow]converging[/yellow]"
+            desired = ", ".join(f"{d['release']} {d['weight']}%" for d in place["desired"])
+            observed = place["observed"] or [None]
+            for i, rel in enumerate(observed):
+                placed.add_row(
+                    row["app"]["name"] if i == 0 else "",
+                    place["host"] if i == 0 else "",
+                    agent_state if i == 0 else "",
+                    rel["release"] if rel else "-",
+                    f"{rel['weight']}%" if rel else "-",
+                    _state(rel["phase"]) if rel else "-",
+                    desired if i == 0 else "",
+                    (rel.get("error") or "") if rel else (place.get("error") or ""),
+                )
+    if placed.row_count:
+        out.print(placed)
 
 
 def _current_step(run_data: dict[str, Any]) -> str:
