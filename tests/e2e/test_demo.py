@@ -19,3 +19,4 @@ def test_demo_runs_the_sample_app_through_the_pipeline() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "unit tests" in done.stdout and "test_greeting" in done.stdout
     assert "succeeded: release" in done.stdout
+    assert "serves on http://127.0.0.2:8000/" in done.stdout

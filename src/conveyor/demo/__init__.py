@@ -19,6 +19,8 @@ from conveyor.cli.follow import follow_run
 from conveyor.demo.sample import write_sample_app
 
 console = Console(highlight=False)
+HOST_ADDRESS = "127.0.0.2"
+APP_URL = f"http://{HOST_ADDRESS}:8000/"
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -47,6 +49,7 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
 
     log_file = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
+    agent: subprocess.Popen[bytes] | None = None
     server = subprocess.Popen(
         [
             sys.executable,
@@ -73,7 +76,9 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
         if state != "succeeded":
             console.print("[red]the demo run did not succeed[/red]")
             return 1
+        agent = start_host(client, url, root, run_id=run["id"])
         console.print()
+        console.print(f"the app:    {APP_URL}  (served by the router of host local-1)")
         console.print(f"API docs:   {url}/docs")
         console.print(f"try:        CONVEYOR_SERVER={url} CONVEYOR_TOKEN={token} conveyor status")
         if wait:
@@ -88,9 +93,89 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
         console.print(f"[red]demo failed: {exc}[/red]")
         return 1
     finally:
+        if agent is not None:
+            stop_host(agent, root)
         server.terminate()
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
         log_file.close()
+
+
+def start_host(client: Client, url: str, root: Path, *, run_id: int) -> subprocess.Popen[bytes]:
+    """One local host: an agent (and its router) on 127.0.0.2, given the new release."""
+    release = client.get(f"/api/runs/{run_id}")["release"]
+    token = client.post("/api/hosts", {"name": "local-1"})["enrolment_token"]
+    log_file = open(root / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "agent",
+            "--server",
+            url,
+            "--name",
+            "local-1",
+            "--token",
+            token,
+            "--data",
+            str(root / "agent"),
+            "--bind",
+            HOST_ADDRESS,
+        ],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    log_file.close()
+    console.print(
+        f"host [bold]local-1[/bold]: agent and router on {HOST_ADDRESS} "
+        f"(log: {root / 'agent.log'}); deploying {release}"
+    )
+    client.request(
+        "PUT",
+        "/api/hosts/local-1/apps/sample",
+        json={"releases": [{"release": release, "weight": 100}]},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited with code {agent.returncode}")
+        try:
+            answer = httpx.get(APP_URL, timeout=1)
+            if answer.status_code == 200 and answer.json().get("release") == release:
+                console.print(
+                    f"[green]{release} serves on {APP_URL}[/green]: {answer.text.strip()}"
+                )
+                return agent
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{release} did not come up on {APP_URL} within 60s (see agent.log)")
+
+
+def stop_host(agent: subprocess.Popen[bytes], root: Path) -> None:
+    """Stop the agent, then what outlives it by design: its instances and its router."""
+    import asyncio
+
+    from conveyor.agent.supervisor import Supervisor
+    from conveyor.router.embedded import EmbeddedRouter
+
+    agent.terminate()
+    try:
+        agent.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+    data = root / "agent"
+
+    async def teardown() -> None:
+        supervisor = Supervisor(data)
+        await supervisor.adopt()
+        await supervisor.stop_all(grace=5)
+        await supervisor.close()
+        await EmbeddedRouter(data / "router.sock", data / "router.log").stop()
+
+    asyncio.run(teardown())
