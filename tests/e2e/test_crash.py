@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.pipeline.process import find_step_processes
+from conveyor.pipeline.process import find_step_processes, step_marker
 from tests.helpers import ServerProcess, config, make_repo, wait_for
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_kill_during_a_test_step_retries_from_a_clean_workspace(
     server.add_app("crashy", repo)
     run_id = server.post("/api/apps/crashy/runs", {})["id"]
     step_row = wait_for(lambda: marker.exists() and _running_step(server, run_id, "test"))
-    orphans = wait_for(lambda: find_step_processes({int(step_row["id"])}))
+    orphans = wait_for(lambda: find_step_processes({step_marker(server.data, int(step_row["id"]))}))
     server.kill()
     assert all(os.path.exists(f"/proc/{pid}") for pid in orphans)  # left running by the crash
 
@@ -42,7 +42,9 @@ def test_kill_during_a_test_step_retries_from_a_clean_workspace(
     assert "interrupted" in first[1]["reason"]
     assert run["release"]
     # the orphaned step processes were stopped by the restarted server
-    wait_for(lambda: not find_step_processes({int(step_row["id"])}), timeout=10)
+    wait_for(
+        lambda: not find_step_processes({step_marker(server.data, int(step_row["id"]))}), timeout=10
+    )
 
 
 def test_a_run_interrupted_twice_fails_with_reason_interrupted(

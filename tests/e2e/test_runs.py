@@ -190,7 +190,7 @@ def test_unknown_names_get_404_with_a_message(server: ServerProcess) -> None:
 def test_abort_stops_a_running_step_and_releases_nothing(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    from conveyor.pipeline.process import find_step_processes
+    from conveyor.pipeline.process import find_step_processes, step_marker
 
     repo = tmp_path / "repo"
     make_repo(repo, {"conveyor.yml": config("slow", ["sleep 300"], ["echo never"])})
@@ -211,6 +211,6 @@ def test_abort_stops_a_running_step_and_releases_nothing(
     run = server.wait_run(run_id, timeout=20)
     assert run["state"] == "cancelled" and run["release"] is None
     assert [s["state"] for s in run["steps"]] == ["succeeded", "cancelled", "skipped", "skipped"]
-    assert not find_step_processes({step["id"]})
+    assert not find_step_processes({step_marker(server.data, step["id"])})
     again = server.cli("abort", str(run_id))
     assert again.returncode == 2 and "already ended" in again.stderr

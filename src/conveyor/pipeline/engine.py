@@ -29,6 +29,7 @@ from conveyor.pipeline.process import (
     format_duration,
     kill_processes,
     run_step,
+    step_marker,
 )
 from conveyor.pipeline.runs import enqueue_run, interrupted_steps, next_runnable, recover_runs
 from conveyor.releases.artifact import ArtifactError, build_artifact
@@ -104,7 +105,7 @@ class Engine:
         """Stop what a killed server left running, and requeue or fail its runs."""
         with self.sessions() as session:
             steps = interrupted_steps(session)
-            leftovers = find_step_processes({s.id for s in steps})
+            leftovers = find_step_processes({step_marker(self.paths.data, s.id) for s in steps})
             if leftovers:
                 log.warning("stopping processes of interrupted steps", extra={"pids": leftovers})
                 kill_processes(leftovers)
@@ -236,6 +237,7 @@ class Engine:
                 sha=run.sha,
                 ref=run.ref or "",
                 secrets={s.name: s.value for s in app.secrets},
+                data=self.paths.data,
             )
         masker = Masker(ctx.secrets.values())
         log.info("run started", extra={"run": run_id, "app": ctx.app, "sha": ctx.sha})
@@ -479,6 +481,7 @@ class _RunContext:
     sha: str
     ref: str
     secrets: dict[str, str]
+    data: Path
 
     def environment(self, step_id: int) -> dict[str, str]:
         # the server's own CONVEYOR_* settings (its admin token) never reach a step
@@ -492,7 +495,7 @@ class _RunContext:
             "CONVEYOR_BRANCH": self.branch,
             "CONVEYOR_REF": self.ref,
             "CONVEYOR_RUN": str(self.run_id),
-            STEP_MARKER: str(step_id),
+            STEP_MARKER: step_marker(self.data, step_id),
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import time
@@ -143,14 +144,21 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def find_step_processes(step_ids: set[int]) -> list[int]:
+def step_marker(data_dir: Path, step_id: int) -> str:
+    """The value of CONVEYOR_STEP_ID for a step: unique per server data directory,
+    so that two servers on one machine never take each other's processes for theirs."""
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return f"{key}-{step_id}"
+
+
+def find_step_processes(markers: set[str]) -> list[int]:
     """Pids of processes left behind by the given steps (found by the marker in their env).
 
     A server killed with SIGKILL leaves its step processes running; they carry
     CONVEYOR_STEP_ID in their environment, so a restarted server can find and
     stop them even when it died before recording their pid.
     """
-    wanted = {f"{STEP_MARKER}={i}".encode() for i in step_ids}
+    wanted = {f"{STEP_MARKER}={m}".encode() for m in markers}
     found: list[int] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
