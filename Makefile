@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 3
 
 .PHONY: setup sync lint test demo bench
 

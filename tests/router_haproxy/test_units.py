@@ -243,3 +243,13 @@ def test_long_workdirs_get_their_sockets_in_a_short_directory(tmp_path: Path) ->
     assert paths.workdir == deep.resolve() and paths.config.parent == deep.resolve()
     assert len(str(paths.master_sock)) <= 100
     assert Paths.for_workdir(deep).rundir == paths.rundir  # the same after a restart
+
+
+def test_long_workdirs_get_sockets_haproxy_can_bind(tmp_path: Path) -> None:
+    from conveyor.router.haproxy_config import MAX_SOCKET_PATH, Paths
+
+    short = Paths.for_workdir(tmp_path / "h")
+    assert short.rundir == (tmp_path / "h").resolve() or len(str(tmp_path)) > 70
+    deep = Paths.for_workdir(tmp_path / ("x" * 80) / "haproxy")
+    assert len(str(deep.master_sock)) <= MAX_SOCKET_PATH < 97
+    assert Paths.for_workdir(tmp_path / ("x" * 80) / "haproxy").rundir == deep.rundir

@@ -25,8 +25,9 @@ LOG_TAG = "cvy1"
 # from two `date(0,us)` readings (the frontend notes the first one).
 LOG_FIELDS = "%b %s %ST %Ta %[date(0,us),sub(txn.t0)]"
 PIN_SPREAD = 12
-# sockaddr_un.sun_path is 108 bytes with its NUL; keep a margin for ".tmp" names HAProxy uses.
-MAX_SOCKET_PATH = 100
+# sockaddr_un.sun_path is 108 bytes with its NUL, but HAProxy binds "<path>.<pid>.tmp" first
+# and refuses paths over 97 characters: keep under that, with room for the longest socket name.
+MAX_SOCKET_PATH = 90
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Paths:
     def for_workdir(cls, workdir: Path) -> Paths:
         workdir = workdir.resolve()
         rundir = workdir
-        if len(str(workdir / "master.sock")) > MAX_SOCKET_PATH:
+        longest = max(len(str(workdir / name)) for name in ("master.sock", "admin.sock"))
+        if longest > MAX_SOCKET_PATH:
             # Unix socket paths are short; a long data dir gets its sockets in a private
             # directory named after it, so that a restarted agent finds them again.
             digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
