@@ -87,27 +87,35 @@ def main() -> None:
             wait_for(lambda: _up(backend_port), timeout=10)
             e_port = asyncio.run(through(embedded, backend_port))
             h_port = asyncio.run(through(haproxy, backend_port))
-            results = {}
-            for name, port in (("direct", backend_port), ("haproxy", h_port), ("embedded", e_port)):
-                wrk(f"http://127.0.0.1:{port}/", 1, args.connections)  # warm up
-                results[name] = wrk(f"http://127.0.0.1:{port}/", args.seconds, args.connections)
-                time.sleep(0.5)
+            results: dict[int, dict[str, dict[str, float]]] = {}
+            for connections in (args.connections, 1):
+                results[connections] = {}
+                for name, port in (
+                    ("direct", backend_port),
+                    ("haproxy", h_port),
+                    ("embedded", e_port),
+                ):
+                    url = f"http://127.0.0.1:{port}/"
+                    wrk(url, 1, connections)  # warm up
+                    results[connections][name] = wrk(url, args.seconds, connections)
+                    time.sleep(0.5)
         finally:
             asyncio.run(embedded.stop())
             asyncio.run(haproxy.stop())
             backend.terminate()
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, same backend (uvloop+httptools):")
-    for name, r in results.items():
+    for connections, by_name in results.items():
+        print(f"wrk -t1 -c{connections} -d{args.seconds}s, same backend (uvloop+httptools):")
+        for name, r in by_name.items():
+            print(
+                f"  {name:9} {r['rps']:9.0f} req/s   p50 {r['p50']:6.2f} ms   "
+                f"p99 {r['p99']:6.2f} ms   non-2xx {int(r['non2xx'])}"
+            )
+        e, h, d = by_name["embedded"], by_name["haproxy"], by_name["direct"]
+        print(f"  embedded / haproxy requests/s: {e['rps'] / h['rps']:.2f}x   (goal >= 0.6x)")
         print(
-            f"  {name:9} {r['rps']:9.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms"
-            f"   non-2xx {int(r['non2xx'])}"
+            f"  added p99 over direct: embedded {e['p99'] - d['p99']:+.2f} ms, "
+            f"haproxy {h['p99'] - d['p99']:+.2f} ms   (goal < 1 ms)"
         )
-    e, h, d = results["embedded"], results["haproxy"], results["direct"]
-    print(f"embedded / haproxy requests/s: {e['rps'] / h['rps']:.2f}x   (goal >= 0.6x)")
-    print(
-        f"added p99 over direct: embedded {e['p99'] - d['p99']:+.2f} ms, "
-        f"haproxy {h['p99'] - d['p99']:+.2f} ms   (goal < 1 ms)"
-    )
 
 
 def _up(port: int) -> bool:
