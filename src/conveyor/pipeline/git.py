@@ -65,8 +65,17 @@ async def update_mirror(mirror: Path, repo_url: str) -> None:
         await git("clone", "--mirror", "--quiet", "--", repo_url, str(tmp))
         tmp.rename(mirror)
         return
-    await git("remote", "set-url", "origin", repo_url, cwd=mirror)
-    await git("fetch", "--prune", "--quiet", "origin", cwd=mirror)
+    # fetch from the URL itself (the app's repo may have moved): one git process, not two
+    await git(
+        "fetch",
+        "--prune",
+        "--quiet",
+        "--",
+        repo_url,
+        "+refs/heads/*:refs/heads/*",
+        "+refs/tags/*:refs/tags/*",
+        cwd=mirror,
+    )
 
 
 async def resolve(mirror: Path, rev: str) -> str:
