@@ -258,6 +258,11 @@ class ObservedState(Wire):
     converged: bool = False
     router: str = "embedded"
     router_alive: bool = False
+    address: str | None = Field(
+        default=None,
+        description="where clients reach this host's router: its --bind address, or the "
+        "address the server saw the report come from when the router binds every address",
+    )
     apps: list[ObservedApp] = []
     errors: list[str] = []
     metrics: dict[str, Any] | None = None

@@ -190,3 +190,8 @@ def test_status_shows_release_weight_and_health_per_host(world: World) -> None:
     text = world.server.cli("status").stdout
     row = next(line for line in text.splitlines() if "web-1" in line)
     assert "online" in row and "90%" in row
+
+
+def test_agent_reports_where_its_router_is_reached(world: World) -> None:
+    world.agent.start()
+    assert world.agent.observed()["address"] == "127.0.0.3"

@@ -433,6 +433,7 @@ class Reconciler:
             converged=converged,
             router=self.router.name,
             router_alive=router_alive,
+            address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics.model_dump() if self.metrics else None,

@@ -95,6 +95,8 @@ def report(
         )
     host = session.scalar(select(Host).where(Host.name == host_name))
     assert host is not None
+    if body.address is None and request.client is not None:
+        body.address = request.client.host
     host.observed = body.model_dump_json()
     host.last_seen = utcnow()
     if body.converged:
