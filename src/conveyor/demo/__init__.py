@@ -23,6 +23,16 @@ HOST_ADDRESS = "127.0.0.2"
 APP_URL = f"http://{HOST_ADDRESS}:8000/"
 
 
+def conveyor_process(
+    args: list[str], log_path: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`python -m conveyor ARGS` in the background, its output in log_path."""
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,23 +57,10 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
     sha = write_sample_app(repo)
     console.print(f"sample app repository: {repo} (main at {sha[:7]})")
 
-    log_file = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
     agent: subprocess.Popen[bytes] | None = None
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conveyor",
-            "server",
-            "--data",
-            str(root / "data"),
-            "--listen",
-            listen,
-        ],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+    server = conveyor_process(
+        ["server", "--data", str(root / "data"), "--listen", listen], root / "server.log", env
     )
     try:
         wait_healthy(url, server)
@@ -100,20 +97,15 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
-        log_file.close()
 
 
 def start_host(client: Client, url: str, root: Path, *, run_id: int) -> subprocess.Popen[bytes]:
     """One local host: an agent (and its router) on 127.0.0.2, given the new release."""
     release = client.get(f"/api/runs/{run_id}")["release"]
     token = client.post("/api/hosts", {"name": "local-1"})["enrolment_token"]
-    log_file = open(root / "agent.log", "wb")  # noqa: SIM115 - lives as long as the agent
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    agent = subprocess.Popen(
+    agent = conveyor_process(
         [
-            sys.executable,
-            "-m",
-            "conveyor",
             "agent",
             "--server",
             url,
@@ -126,11 +118,9 @@ def start_host(client: Client, url: str, root: Path, *, run_id: int) -> subproce
             "--bind",
             HOST_ADDRESS,
         ],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+        root / "agent.log",
+        env,
     )
-    log_file.close()
     console.print(
         f"host [bold]local-1[/bold]: agent and router on {HOST_ADDRESS} "
         f"(log: {root / 'agent.log'}); deploying {release}"
