@@ -12,6 +12,7 @@ import httpx
 from conveyor.protocol import DesiredState, Enrolled, ObservedState
 
 log = logging.getLogger("conveyor.agent")
+LONG_POLL_MAX = 25.0
 
 
 class EnrolmentError(Exception):
@@ -30,7 +31,11 @@ class ServerLink:
         self.name = name
         self.credential_path = data / "credential.json"
         self.token: str | None = None
-        self.http = httpx.AsyncClient(base_url=self.server, timeout=httpx.Timeout(10, read=90))
+        # a long-poll waits LONG_POLL_MAX at most: a read that takes much longer means the
+        # link went away silently (a cut cable sends no FIN), so give up and poll again
+        self.http = httpx.AsyncClient(
+            base_url=self.server, timeout=httpx.Timeout(10, read=LONG_POLL_MAX + 10)
+        )
 
     @property
     def headers(self) -> dict[str, str]:

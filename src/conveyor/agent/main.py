@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from conveyor.agent.installer import Installer
-from conveyor.agent.link import EnrolmentError, Revoked, ServerLink
+from conveyor.agent.link import LONG_POLL_MAX, EnrolmentError, Revoked, ServerLink
 from conveyor.agent.loop import Reconciler
 from conveyor.agent.supervisor import Supervisor
 from conveyor.logs import setup_logging
@@ -21,7 +21,7 @@ from conveyor.router.spec import Router
 
 log = logging.getLogger("conveyor.agent")
 
-LONG_POLL = 25.0
+LONG_POLL = LONG_POLL_MAX
 REPORT_EVERY = 2.0
 
 

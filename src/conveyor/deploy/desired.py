@@ -22,11 +22,20 @@ class Notifier:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.closed = False
 
     def changed(self, host: str) -> None:
         self._events[host].set()
 
+    def close(self) -> None:
+        """End every long-poll now (the server is stopping): agents simply poll again."""
+        self.closed = True
+        for event in self._events.values():
+            event.set()
+
     async def wait(self, host: str, timeout: float) -> None:
+        if self.closed:
+            return
         event = self._events[host]
         try:
             await asyncio.wait_for(event.wait(), timeout=timeout)

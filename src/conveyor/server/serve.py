@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
+from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
@@ -43,5 +46,24 @@ def serve(data_dir: Path, listen: str, db: str | None, public_url: str | None) -
             "db": engine.url.render_as_string(),
         },
     )
-    uvicorn.run(app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=10
+    )
+    _Server(config, app.state.notifier).run()
     sys.stdout.flush()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT, end the agents' long-polls before waiting for requests."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        super().__init__(config)
+        self._notifier = notifier
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(self._notifier.close)

@@ -71,14 +71,18 @@ async def get_desired(
 ) -> DesiredState:
     notifier = request.app.state.notifier
     deadline = wait
+    first = True
     while True:
         with request.app.state.sessions() as session:
             host = session.scalar(select(Host).where(Host.name == host_name))
             if host is None or host.state != "enrolled":
                 raise HTTPException(401, "agent credential revoked")
-            host.last_seen = utcnow()
-            session.commit()
-            if host.generation > after or deadline <= 0:
+            if first:
+                # seen when it asks, not while its poll waits: a cut-off host goes offline
+                host.last_seen = utcnow()
+                session.commit()
+                first = False
+            if host.generation > after or deadline <= 0 or notifier.closed:
                 return desired_state(session, host)
         step = min(deadline, 1.0)  # re-read the database every second: another server may write
         await notifier.wait(host_name, step)
