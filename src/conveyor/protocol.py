@@ -28,6 +28,16 @@ class AppCreate(Wire):
     poll_interval: int | None = Field(default=None, ge=1, description="seconds; none: no polling")
 
 
+class AppUpdate(Wire):
+    """Change an app's settings; fields left out stay as they are."""
+
+    repo: str | None = Field(default=None, min_length=1)
+    branch: str | None = Field(default=None, min_length=1, max_length=255)
+    poll_interval: int | None = Field(
+        default=None, ge=0, description="seconds; 0 turns polling off"
+    )
+
+
 class AppOut(Wire):
     name: str
     repo: str

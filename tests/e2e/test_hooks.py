@@ -230,3 +230,18 @@ def test_polling_fallback_notices_a_new_commit(server: ServerProcess, tmp_path: 
     )
     assert server.wait_run(latest[0]["id"])["state"] == "succeeded"
     assert len(server.get("/api/runs", params={"app": "polled"})) == 2
+
+
+def test_polling_can_be_turned_on_later_and_off(server: ServerProcess, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"conveyor.yml": config("later", ["true"])})
+    server.add_app("later", repo)
+    on = server.cli("app", "set", "later", "--poll", "1", "--json")
+    assert on.returncode == 0, on.stderr
+    assert json.loads(on.stdout)["poll_interval"] == 1
+    found = wait_for(lambda: server.get("/api/runs", params={"app": "later"}), timeout=20)
+    assert found[0]["sha"] == sha and found[0]["trigger"] == "poll"
+    off = server.cli("app", "set", "later", "--poll", "0")
+    assert off.returncode == 0 and "polling off" in off.stdout
+    assert server.cli("app", "set", "later").returncode == 2
+    assert server.cli("app", "set", "nope", "--poll", "5").returncode == 2

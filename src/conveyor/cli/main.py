@@ -147,6 +147,38 @@ def app_add(
     out.print(f"bare repository on your server: `conveyor hook-script {name}` > hooks/post-receive")
 
 
+@apps_cli.command("set")
+def app_set(
+    name: str,
+    repo: Annotated[str | None, typer.Option(help="A new repository URL.")] = None,
+    branch: Annotated[str | None, typer.Option(help="The branch whose pushes start runs.")] = None,
+    poll: Annotated[
+        int | None, typer.Option(help="Poll the repository every N seconds; 0 turns it off.")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an app's settings."""
+    if repo is None and branch is None and poll is None:
+        fail("nothing to change: give --repo, --branch or --poll", 2)
+    if repo and re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
+        repo = str(Path(repo).expanduser().resolve())
+    body = {"repo": repo, "branch": branch, "poll_interval": poll}
+    updated = (
+        Client(server, token)
+        .request(
+            "PATCH", f"/api/apps/{name}", json={k: v for k, v in body.items() if v is not None}
+        )
+        .json()
+    )
+    if as_json:
+        _print_json(updated)
+        return
+    polling = f"every {updated['poll_interval']}s" if updated["poll_interval"] else "off"
+    out.print(f"app {name}: {updated['repo']}, branch {updated['branch']}, polling {polling}")
+
+
 @apps_cli.command("list")
 def app_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from conveyor.protocol import AppCreate, AppCreated, AppOut, SecretSet, Webhooks
+from conveyor.protocol import AppCreate, AppCreated, AppOut, AppUpdate, SecretSet, Webhooks
 from conveyor.server.auth import Admin, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404
 from conveyor.server.hookscript import hook_script
@@ -57,6 +57,21 @@ def add_app(body: AppCreate, request: Request, caller: Admin, session: SessionDe
 @router.get("/{name}")
 def get_app(name: str, _: Viewer, session: SessionDep) -> AppOut:
     return app_out(get_app_or_404(session, name))
+
+
+@router.patch("/{name}")
+def update_app(name: str, body: AppUpdate, _: Admin, session: SessionDep) -> AppOut:
+    """Change the repository, branch or polling interval of an app."""
+    app = get_app_or_404(session, name)
+    if body.repo is not None:
+        app.repo_url = body.repo
+    if body.branch is not None:
+        app.branch = body.branch
+    if body.poll_interval is not None:
+        app.poll_interval = body.poll_interval or None
+        app.last_polled_at = None
+    session.commit()
+    return app_out(app)
 
 
 @router.get("/{name}/webhook")
