@@ -195,3 +195,16 @@ def test_status_shows_release_weight_and_health_per_host(world: World) -> None:
 def test_agent_reports_where_its_router_is_reached(world: World) -> None:
     world.agent.start()
     assert world.agent.observed()["address"] == "127.0.0.3"
+
+
+def test_a_release_withdrawn_before_it_was_healthy_is_stopped_not_kept_warm(world: World) -> None:
+    v1 = world.build("v1")
+    slow = world.build("slow", start="sleep 5 && python3 app/server.py")
+    agent = world.agent.start()
+    agent.set("sample", {v1: 100})
+    agent.wait_routed("sample", {v1: 100})
+    agent.set("sample", {slow: 100})
+    wait_for(lambda: (agent.release("sample", slow) or {}).get("phase") == "starting")
+    agent.set("sample", {v1: 100})  # changed our mind before its health check passed
+    wait_for(lambda: agent.release("sample", slow) is None, timeout=20)
+    assert world.serving() == v1

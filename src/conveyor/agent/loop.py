@@ -49,6 +49,7 @@ class ReleaseRuntime:
     error: str | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     failed_generation: int | None = None
+    verified: bool = False  # passed a health check since it started
     drain_started: float | None = None
     warm_until: float | None = None
 
@@ -122,6 +123,7 @@ class Reconciler:
                 release=instance.release,
                 spec=spec,
                 phase="healthy" if serving else "starting",
+                verified=serving,
                 instance=instance,
             )
             self.runtimes[key] = rt
@@ -178,7 +180,12 @@ class Reconciler:
             rt.phase, rt.error = "installing", None
         if rt.phase in ("draining", "warm"):
             rt.drain_started = rt.warm_until = None
-            rt.phase = "healthy" if self._alive(rt) else "installing"
+            # back from draining or warm: only an instance that passed its health check
+            # may take traffic again without a new one
+            if not self._alive(rt):
+                rt.phase = "installing"
+            else:
+                rt.phase = "healthy" if rt.verified else "starting"
             self._changed()
         if rt.phase == "healthy" and not self._alive(rt) and rt.instance is None:
             rt.phase = "installing"
@@ -220,7 +227,7 @@ class Reconciler:
                     f"release {rt.release} never became healthy on "
                     f"{service.health_path}: {result.detail}"
                 )
-            rt.phase, rt.error = "healthy", None
+            rt.phase, rt.error, rt.verified = "healthy", None, True
             log.info("release healthy", extra={"app": rt.app, "release": rt.release})
         except asyncio.CancelledError:
             raise
@@ -339,7 +346,9 @@ class Reconciler:
                 continue  # still serving until the new routing can be applied
             if rt.task is not None and not rt.task.done():
                 rt.task.cancel()
-            if rt.phase in ("healthy", "starting", "installing") and rt.instance is not None:
+            if rt.phase in ("starting", "installing") and not rt.verified:
+                rt.phase = "stopped"  # never healthy: nothing worth keeping warm
+            if rt.phase == "healthy" and rt.instance is not None:
                 rt.phase, rt.drain_started = "draining", now
                 self._changed()
             if rt.phase == "draining":
