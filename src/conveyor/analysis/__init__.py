@@ -1,0 +1,1 @@
+"""Metric sources and the judge: is the new release within its ceilings?"""
