@@ -10,6 +10,7 @@ SERVER_PY = '''\
 """The sample app: says hello, tells its release, answers /healthz."""
 import json
 import os
+import random
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GREETING = "hello from sample"
@@ -28,6 +29,8 @@ class Handler(BaseHTTPRequestHandler):
             status = int(os.environ.get("HEALTH_STATUS", "200"))
             body = b"ok\\n"
         else:
+            if random.random() < float(os.environ.get("ERROR_RATE", "0")):
+                status = 500
             release = os.environ.get("CONVEYOR_RELEASE", "dev")
             body = (json.dumps({"greeting": greeting(), "release": release}) + "\\n").encode()
         self.send_response(status)
@@ -107,6 +110,7 @@ def sample_config(
     health_timeout: str = "30s",
     keep_warm: str = "10m",
     health_status: int = 200,
+    error_rate: float = 0.0,
 ) -> str:
     """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts)."""
     return CONVEYOR_YML.format(
@@ -115,7 +119,7 @@ def sample_config(
         start=start,
         health_timeout=health_timeout,
         keep_warm=keep_warm,
-        env=f"{{HEALTH_STATUS: '{health_status}'}}",
+        env=f"{{HEALTH_STATUS: '{health_status}', ERROR_RATE: '{error_rate}'}}",
     )
 
 
