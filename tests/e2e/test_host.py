@@ -6,6 +6,7 @@ concurrent keep-alive load lose no request, with both router backends.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,15 +49,22 @@ class World:
         return str(httpx.get(self.url, timeout=5).json()["release"])
 
 
-@pytest.fixture(params=["embedded", "haproxy"])
-def world(request: pytest.FixtureRequest, server: ServerProcess, tmp_path: Path) -> Iterator[World]:
-    if request.param == "haproxy" and shutil.which("haproxy") is None:
+@contextlib.contextmanager
+def world_on(router: str, server: ServerProcess, tmp_path: Path, address: str) -> Iterator[World]:
+    """A World whose agent runs `router` on `address`; everything torn down after."""
+    if router == "haproxy" and shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (scripts/setup.sh installs it)")
-    w = World(server, tmp_path, request.param, "127.0.0.2")
+    w = World(server, tmp_path, router, address)
     try:
         yield w
     finally:
         w.agent.stop_everything()
+
+
+@pytest.fixture(params=["embedded", "haproxy"])
+def world(request: pytest.FixtureRequest, server: ServerProcess, tmp_path: Path) -> Iterator[World]:
+    with world_on(request.param, server, tmp_path, "127.0.0.2") as w:
+        yield w
 
 
 def test_deploy_rollback_and_failed_deploys_lose_no_request(world: World) -> None:

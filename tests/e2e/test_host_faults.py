@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_host import World
+from tests.e2e.test_host import World, world_on
 from tests.fleet import AgentProcess
 from tests.helpers import ServerProcess, free_port, wait_for
 
@@ -20,11 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def world(server: ServerProcess, tmp_path: Path) -> Iterator[World]:
-    w = World(server, tmp_path, "embedded", "127.0.0.3")
-    try:
+    with world_on("embedded", server, tmp_path, "127.0.0.3") as w:
         yield w
-    finally:
-        w.agent.stop_everything()
 
 
 def _failed(agent: AgentProcess, release: str) -> str:

@@ -6,7 +6,6 @@ host's router (each backend): the judge fails the bad one and passes the good on
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from conveyor.analysis.judge import Verdict, judge
 from conveyor.analysis.window import delta
 from conveyor.config import Analysis
 from conveyor.router.spec import ReleaseCounters, RouterMetrics
-from tests.e2e.test_host import World
+from tests.e2e.test_host import World, world_on
 from tests.fleet import LoadGenerator
 from tests.helpers import ServerProcess, wait_for
 
@@ -25,13 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(params=["embedded", "haproxy"])
 def world(request: pytest.FixtureRequest, server: ServerProcess, tmp_path: Path) -> Iterator[World]:
-    if request.param == "haproxy" and shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (scripts/setup.sh installs it)")
-    w = World(server, tmp_path, request.param, "127.0.0.4")
-    try:
+    with world_on(request.param, server, tmp_path, "127.0.0.4") as w:
         yield w
-    finally:
-        w.agent.stop_everything()
 
 
 def _counters(world: World, release: str) -> ReleaseCounters | None:
