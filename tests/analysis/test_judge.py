@@ -7,7 +7,7 @@ import pytest
 from conveyor.analysis.judge import Verdict, judge
 from conveyor.analysis.window import combine, delta, quantile
 from conveyor.config import Analysis
-from conveyor.router.spec import LATENCY_BUCKETS, ReleaseCounters
+from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 
 def counters(requests: int, errors: int = 0, latency: float = 0.004) -> ReleaseCounters:

@@ -445,7 +445,7 @@ class Reconciler:
             address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
             apps=list(apps.values()),
             errors=list(self.errors),
-            metrics=self.metrics.model_dump() if self.metrics else None,
+            metrics=self.metrics,
         )
 
 

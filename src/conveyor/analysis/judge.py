@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from conveyor.analysis.window import error_rate, quantile
 from conveyor.config import Analysis
-from conveyor.router.spec import ReleaseCounters
+from conveyor.protocol import ReleaseCounters
 
 
 class Verdict(enum.StrEnum):

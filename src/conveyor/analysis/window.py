@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from conveyor.router.spec import LATENCY_BUCKETS, ReleaseCounters
+from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 
 def delta(before: ReleaseCounters | None, after: ReleaseCounters) -> ReleaseCounters:
