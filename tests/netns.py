@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from conveyor.router.haproxy_runtime import pid_alive
 from tests.fleet import AgentProcess
 from tests.helpers import ServerProcess, free_port, wait_for
 
@@ -314,22 +315,12 @@ def _owner_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _reap_orphans() -> None:
     """Tear down namespaces whose owning test process died without closing them."""
     for owner in STATE_DIR.glob(PREFIX + "*"):
         record = _owner_record(owner)
         pid = record.get("pid")
-        if isinstance(pid, int) and _alive(pid):
+        if isinstance(pid, int) and pid_alive(pid):
             continue
         _teardown(owner.name, str(record.get("veth", "")), int(record.get("index", -1)))
 

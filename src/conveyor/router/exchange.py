@@ -303,17 +303,21 @@ class Exchange:
         """Answer with an error of the router's own (nothing has been sent to the client)."""
         if self.finished:
             return
-        conn = self.backend
-        if conn is not None:
-            self.backend = None
-            conn.exchange = None
-            conn.close()
+        self._close_backend()
         client = self.client
         keep = self.keep_alive and self.req_done and not client.closing
         if not keep:
             self.keep_alive = False
         client.write(error_response(status, message, keep))
         self._finish(status)
+
+    def _close_backend(self) -> None:
+        """Let go of the backend connection mid-exchange: it cannot be reused."""
+        conn = self.backend
+        if conn is not None:
+            self.backend = None
+            conn.exchange = None
+            conn.close()
 
     def _finish(self, status: int) -> None:
         if self.finished:
@@ -333,11 +337,7 @@ class Exchange:
         """The client closed its connection before the response was complete."""
         if self.finished:
             return
-        conn = self.backend
-        if conn is not None:
-            self.backend = None
-            conn.exchange = None
-            conn.close()
+        self._close_backend()
         self.finished = True
         counters = self.counters
         if counters is None:
