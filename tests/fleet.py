@@ -141,6 +141,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     releases: Counter[str] = field(default_factory=Counter)
+    failed_releases: Counter[str] = field(default_factory=Counter)  # 5xx answers by release
 
     @property
     def failures(self) -> int:
@@ -151,9 +152,13 @@ class LoadGenerator:
     """N keep-alive clients hammering a URL until stopped; bounded by count and time."""
 
     def __init__(
-        self, url: str, clients: int = 16, max_seconds: float = 300, max_requests: int = 2_000_000
+        self,
+        url: str | list[str],
+        clients: int = 16,
+        max_seconds: float = 300,
+        max_requests: int = 2_000_000,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
         self.clients = clients
         self.max_seconds = max_seconds
         self.max_requests = max_requests
@@ -161,6 +166,7 @@ class LoadGenerator:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._started: list[str] = []
 
     def __enter__(self) -> LoadGenerator:
         for _ in range(self.clients):
@@ -180,20 +186,101 @@ class LoadGenerator:
 
     def _client(self) -> None:
         deadline = time.monotonic() + self.max_seconds
+        with self._lock:
+            url = self.urls[len(self._started) % len(self.urls)]
+            self._started.append(url)
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 if self.result.sent >= self.max_requests:
                     return
                 try:
-                    r = client.get(self.url)
-                    release = r.json().get("release", "?") if r.status_code == 200 else ""
+                    r = client.get(url)
+                    try:
+                        release = str(r.json().get("release", "?"))
+                    except ValueError:
+                        release = "?"
                     with self._lock:
                         self.result.sent += 1
                         self.result.statuses[r.status_code] += 1
                         if r.status_code == 200:
                             self.result.ok += 1
                             self.result.releases[release] += 1
+                        elif r.status_code >= 500:
+                            self.result.failed_releases[release] += 1
                 except (httpx.HTTPError, ValueError) as exc:
                     with self._lock:
                         self.result.sent += 1
                         self.result.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+class Fleet:
+    """The sample app on a server and N hosts: an agent and its router per loopback address."""
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        tmp: Path,
+        hosts: dict[str, str],
+        *,
+        router: str = "embedded",
+        app: str = "sample",
+    ) -> None:
+        from conveyor.demo.sample import write_sample_app
+
+        self.server = server
+        self.app = app
+        self.port = _port_free_on(list(hosts.values()))
+        self.repo = tmp / app
+        write_sample_app(self.repo, app, port=self.port)
+        server.add_app(app, self.repo)
+        self.agents = {
+            name: AgentProcess(server, name, tmp / name, address=address, router=router)
+            for name, address in hosts.items()
+        }
+
+    def start(self) -> Fleet:
+        for agent in self.agents.values():
+            agent.start()
+        return self
+
+    def commit(self, label: str, environments: str, **config: Any) -> str:
+        """A new commit of the sample app with these environments (and config knobs)."""
+        from conveyor.demo.sample import sample_config
+        from tests.helpers import commit
+
+        text = sample_config(self.app, port=self.port, extra=environments, **config)
+        return commit(self.repo, {"conveyor.yml": text, "VERSION": label})
+
+    def url(self, host: str) -> str:
+        return f"http://{self.agents[host].address}:{self.port}/"
+
+    def urls(self, *hosts: str) -> list[str]:
+        return [self.url(h) for h in hosts or self.agents]
+
+    def serving(self, host: str) -> str:
+        return str(httpx.get(self.url(host), timeout=5).json()["release"])
+
+    def routed(self, host: str) -> dict[str, int]:
+        found = self.agents[host].app(self.app) or {}
+        return {r["release"]: r["weight"] for r in found.get("releases", []) if r["weight"] > 0}
+
+    def stop_everything(self) -> None:
+        for agent in self.agents.values():
+            agent.stop_everything()
+
+
+def _port_free_on(addresses: list[str]) -> int:
+    import socket
+
+    from tests.helpers import free_port
+
+    for _ in range(50):
+        port = free_port(addresses[0])
+        try:
+            for address in addresses:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {addresses}")

@@ -133,6 +133,94 @@ class AppStatus(Wire):
     last_run: RunOut | None
     last_release: ReleaseOut | None
     hosts: list[Placement] = []
+    environments: list[EnvironmentStatus] = []
+
+
+DeploymentState = Literal[
+    "queued",
+    "waiting",
+    "running",
+    "rolling_back",
+    "aborting",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "superseded",
+]
+
+
+class Judgement(Wire):
+    """The analysis' last word on a canary step."""
+
+    verdict: Literal["pass", "fail", "inconclusive"]
+    requests: int
+    error_rate: float | None
+    p99: float | None
+    reasons: list[str] = []
+
+
+class DeploymentStepOut(Wire):
+    id: int
+    position: int
+    kind: str
+    name: str
+    weight: int | None
+    state: Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+    reason: str | None
+    hosts: list[str]
+    targets: dict[str, list[ReleaseWeight]]
+    judgement: Judgement | None = None
+    log: str = ""
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+
+
+class DeploymentOut(Wire):
+    id: int
+    app: str
+    environment: str
+    release: str
+    previous_release: str | None
+    run: int | None
+    kind: Literal["deploy", "rollback"]
+    strategy: str
+    state: DeploymentState
+    reason: str | None
+    trigger: str
+    triggered_by: str
+    approved_by: str | None
+    approved_at: datetime | None
+    forced_by: str | None
+    force_reason: str | None
+    hosts: list[str]
+    step: str | None = Field(description="the step underway, if any")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    steps: list[DeploymentStepOut] = []
+
+
+class DeployRequest(Wire):
+    release: str | None = Field(
+        default=None, description="default: the newest release that passes the gates"
+    )
+    force: bool = Field(default=False, description="start outside the window (admin only)")
+    reason: str | None = Field(default=None, description="why the window is forced (required)")
+
+
+class RollbackRequest(Wire):
+    to: str | None = Field(default=None, description="default: the release served before")
+
+
+class EnvironmentStatus(Wire):
+    name: str
+    strategy: str
+    release: str | None = Field(description="the release the record says serves it")
+    hosts: list[Placement] = []
+    deployment: DeploymentOut | None = Field(description="the deployment underway or queued")
+    last: DeploymentOut | None = Field(description="the last deployment that ended")
 
 
 class TokenCreate(Wire):
@@ -282,6 +370,10 @@ class HostAppSet(Wire):
 class ReleaseWeight(Wire):
     release: str
     weight: int = Field(ge=0, le=100)
+    migrate: str | None = Field(
+        default=None,
+        description="a migration id: run hooks.migrate once for it before this release starts",
+    )
 
 
 ReleasePhase = Literal["installing", "starting", "healthy", "failed", "draining", "warm", "stopped"]
@@ -327,5 +419,7 @@ class ObservedState(Wire):
 HostAppSet.model_rebuild()
 Placement.model_rebuild()
 AppStatus.model_rebuild()
+DeploymentStepOut.model_rebuild()
+EnvironmentStatus.model_rebuild()
 HostOut.model_rebuild()
 HostCreated.model_rebuild()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 
 SERVER_PY = '''\
@@ -111,8 +112,12 @@ def sample_config(
     keep_warm: str = "10m",
     health_status: int = 200,
     error_rate: float = 0.0,
+    extra: str = "",
 ) -> str:
-    """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts)."""
+    """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts).
+
+    `extra` is YAML appended as it is: environments, hooks…
+    """
     return CONVEYOR_YML.format(
         app=app,
         port=port,
@@ -120,7 +125,7 @@ def sample_config(
         health_timeout=health_timeout,
         keep_warm=keep_warm,
         env=f"{{HEALTH_STATUS: '{health_status}', ERROR_RATE: '{error_rate}'}}",
-    )
+    ) + textwrap.dedent(extra)
 
 
 def write_sample_app(repo: Path, app: str = "sample", *, port: int = 8000) -> str:

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -78,8 +79,12 @@ class Engine:
         data_dir: Path,
         *,
         parallel: int = 2,
+        on_release: Callable[[Session, Run], None] | None = None,
     ) -> None:
         self.sessions = sessions
+        # called in the transaction that ends a run with a release: the promotion starts
+        # in the same commit, so a crash cannot lose it
+        self.on_release = on_release
         self.paths = Paths(data_dir)
         self.store = ArtifactStore(self.paths.artifacts)
         self.parallel = parallel
@@ -467,6 +472,8 @@ class Engine:
             run.reason = reason
             run.release_id = release_id
             run.finished_at = utcnow()
+            if state == "succeeded" and release_id is not None and self.on_release is not None:
+                self.on_release(session, run)
             session.commit()
         log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
 

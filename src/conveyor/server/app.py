@@ -14,10 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import __version__
 from conveyor.deploy.desired import Notifier
+from conveyor.deploy.orchestrator import DeployEngine
+from conveyor.deploy.records import start_chain
 from conveyor.pipeline.engine import Engine
-from conveyor.server.api import agents, apps, hosts, releases, runs, status, tokens
+from conveyor.server.api import agents, apps, deployments, hosts, releases, runs, status, tokens
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
+from conveyor.store.models import Run
 
 
 @dataclass(frozen=True)
@@ -28,18 +31,35 @@ class Settings:
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
-    engine = Engine(sessions, settings.data_dir, parallel=settings.parallel_runs)
+    notifier = Notifier()
+
+    def promote(session: Session, run: Run) -> None:
+        deployment = start_chain(session, run, engine.paths.mirror(run.app.name))
+        if deployment is not None:
+            deployer.wake()
+
+    engine = Engine(
+        sessions, settings.data_dir, parallel=settings.parallel_runs, on_release=promote
+    )
+    deployer = DeployEngine(
+        sessions, settings.data_dir, notifier, engine.store, engine.paths.mirror
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(engine.serve(), name="engine")
+        tasks = [
+            asyncio.create_task(engine.serve(), name="engine"),
+            asyncio.create_task(deployer.serve(), name="deployer"),
+        ]
         try:
             yield
         finally:
+            await deployer.stop()
             await engine.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     api = FastAPI(
         title="conveyor",
@@ -51,8 +71,21 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     api.state.settings = settings
     api.state.sessions = sessions
     api.state.engine = engine
-    api.state.notifier = Notifier()
-    for module in (apps, runs, releases, status, tokens, hosts, agents, github, gitlab, gitea):
+    api.state.deployer = deployer
+    api.state.notifier = notifier
+    for module in (
+        apps,
+        runs,
+        releases,
+        deployments,
+        status,
+        tokens,
+        hosts,
+        agents,
+        github,
+        gitlab,
+        gitea,
+    ):
         _document_roles(module.router)
         api.include_router(module.router)
 

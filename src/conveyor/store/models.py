@@ -179,3 +179,67 @@ class HostApp(Base):
 
     host: Mapped[Host] = relationship(back_populates="apps")
     app: Mapped[App] = relationship()
+
+
+class Deployment(Base):
+    """One release going onto one environment: an ordered list of persisted steps."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    environment: Mapped[str] = mapped_column(String(100))
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id"))
+    run_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="deploy")
+    strategy: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    trigger: Mapped[str] = mapped_column(String(20))
+    triggered_by: Mapped[str] = mapped_column(String(255), default="")
+    approved_by: Mapped[str | None] = mapped_column(String(255), default=None)
+    approved_at: Mapped[datetime | None] = mapped_column(default=None)
+    forced_by: Mapped[str | None] = mapped_column(String(255), default=None)
+    force_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # JSON: {host: [{release, weight}]} before the deployment touched anything
+    previous: Mapped[str | None] = mapped_column(Text, default=None)
+    previous_release: Mapped[str | None] = mapped_column(String(80), default=None)
+    # JSON: the hosts this deployment touched (to roll back), in order
+    touched: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    app: Mapped[App] = relationship()
+    release: Mapped[Release] = relationship()
+    steps: Mapped[list[DeploymentStep]] = relationship(
+        back_populates="deployment",
+        order_by="DeploymentStep.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class DeploymentStep(Base):
+    """One persisted step of a deployment: migrate, a batch, a weight, verify, rollback."""
+
+    __tablename__ = "deployment_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(255))
+    # JSON: {host: [{release, weight}]} this step writes as the hosts' desired state
+    targets: Mapped[str] = mapped_column(Text, default="{}")
+    weight: Mapped[int | None] = mapped_column(Integer, default=None)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # JSON: what the step needs to resume after a crash (generations written, metric baselines…)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    log: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="steps")

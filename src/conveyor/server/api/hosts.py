@@ -6,8 +6,14 @@ from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from conveyor.deploy.desired import DesiredStateError, desired_state, set_host_app
+from conveyor.deploy.desired import (
+    DesiredStateError,
+    desired_state,
+    host_app_releases,
+    set_host_app,
+)
 from conveyor.protocol import (
     DesiredState,
     HostAppSet,
@@ -15,10 +21,11 @@ from conveyor.protocol import (
     HostCreated,
     HostOut,
     ObservedState,
+    Placement,
 )
 from conveyor.server.auth import Admin, Deployer, Viewer, hash_token, new_token
 from conveyor.server.deps import SessionDep, get_app_or_404
-from conveyor.store.models import Host, utcnow
+from conveyor.store.models import App, Host, HostApp, utcnow
 
 router = APIRouter(prefix="/api/hosts", tags=["hosts"])
 OFFLINE_AFTER = timedelta(seconds=15)
@@ -119,3 +126,27 @@ def set_host_app_route(
 
 
 __all__ = ["host_out", "router"]
+
+
+def placements(session: Session, app: App) -> list[Placement]:
+    """Every host that runs the app: desired weights beside what its agent reports."""
+    rows = session.scalars(
+        select(HostApp).join(Host).where(HostApp.app_id == app.id).order_by(Host.name)
+    ).all()
+    found = []
+    for row in rows:
+        host = host_out(row.host)
+        observed = next(
+            (a for a in (host.observed.apps if host.observed else []) if a.app == app.name), None
+        )
+        found.append(
+            Placement(
+                host=host.name,
+                online=host.online,
+                converged=host.applied_generation == host.generation,
+                desired=host_app_releases(row),
+                observed=observed.releases if observed else [],
+                error=observed.error if observed else None,
+            )
+        )
+    return found

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
 from conveyor.protocol import LogChunk, RunCreate, RunOut
+from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
 from conveyor.server.views import run_out
@@ -58,11 +59,18 @@ def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
 
 @router.post("/runs/{run_id}/abort")
 def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
-    """Stop a queued or running run; its running step is killed, nothing is released."""
+    """Stop a run: its running step is killed, or its deployments roll back what they changed."""
     run = get_run_or_404(session, run_id)
+    aborted = [d for d in run_deployments(session, run_id) if abort(d, caller)]
+    if aborted:
+        session.commit()
+        request.app.state.deployer.wake()
     if run.state not in ACTIVE:
-        raise HTTPException(409, f"run {run_id} already ended ({run.state})")
-    if run.state == "queued":
+        if not aborted:
+            raise HTTPException(
+                409, f"run {run_id} already ended ({run.state}), nothing deploys it"
+            )
+    elif run.state == "queued":
         run.state = "cancelled"
         run.reason = f"aborted by {caller.name} before it started"
         run.finished_at = utcnow()

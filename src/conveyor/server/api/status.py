@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from conveyor.deploy.desired import host_app_releases
 from conveyor.pipeline.runs import ACTIVE
-from conveyor.protocol import AppStatus, Placement
-from conveyor.server.api.hosts import host_out
+from conveyor.protocol import AppStatus
+from conveyor.server.api.deployments import environment_statuses
+from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404
 from conveyor.server.views import app_out, release_out, run_out
-from conveyor.store.models import App, Host, HostApp, Release, Run
+from conveyor.store.models import App, Release, Run
 
 router = APIRouter(prefix="/api", tags=["status"])
 
@@ -49,33 +48,10 @@ def status(_: Viewer, session: SessionDep, app: str | None = None) -> list[AppSt
                 last_run=run_out(last) if last else None,
                 last_release=release_out(release) if release else None,
                 hosts=placements(session, a),
+                environments=environment_statuses(session, a),
             )
         )
     return out
-
-
-def placements(session: Session, app: App) -> list[Placement]:
-    """Every host that runs the app: desired weights beside what its agent reports."""
-    rows = session.scalars(
-        select(HostApp).join(Host).where(HostApp.app_id == app.id).order_by(Host.name)
-    ).all()
-    found = []
-    for row in rows:
-        host = host_out(row.host)
-        observed = next(
-            (a for a in (host.observed.apps if host.observed else []) if a.app == app.name), None
-        )
-        found.append(
-            Placement(
-                host=host.name,
-                online=host.online,
-                converged=host.applied_generation == host.generation,
-                desired=host_app_releases(row),
-                observed=observed.releases if observed else [],
-                error=observed.error if observed else None,
-            )
-        )
-    return found
 
 
 @router.get("/whoami")

@@ -1,0 +1,717 @@
+"""The deployment engine: starts queued deployments under their gates and drives their steps.
+
+Each state change is committed before the action it announces: a step's desired
+state is written (and its generation per host recorded) before any agent is
+woken, so a server killed at any moment restarts with a record that says what
+each host was asked to run, and continues from there or rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.analysis.judge import Verdict, judge
+from conveyor.analysis.window import combine, delta
+from conveyor.config import Config, Environment
+from conveyor.config.environment import HostsCommand
+from conveyor.deploy import bluegreen, canary, checks, rolling
+from conveyor.deploy.desired import Notifier, set_host_app
+from conveyor.deploy.gates import GateError, environment, waiting_for
+from conveyor.deploy.plan import Context, PlannedStep, Targets, rollback_targets
+from conveyor.deploy.progress import HostView, Progress, host_progress
+from conveyor.deploy.records import ACTING, PENDING, continue_chain
+from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight
+from conveyor.releases.store import ArtifactStore
+from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
+
+log = logging.getLogger("conveyor.deploy")
+
+STRATEGIES: dict[str, Callable[[Context], list[PlannedStep]]] = {
+    "rolling": rolling.plan,
+    "blue-green": bluegreen.plan,
+    "canary": canary.plan,
+}
+TICK = 0.25
+OFFLINE_AFTER = 15.0  # seconds without a word from an agent (as /api/hosts says)
+CONVERGE_MARGIN = 120.0  # on top of the health timeout: download, unpack, install hook
+ROLLBACK_WAIT = 120.0  # how long a rollback waits for hosts before recording what it reached
+FAILURE_CONFIRM = 1.0  # a failure must still be reported this much later (not a stale report)
+INCONCLUSIVE_LIMIT = 3  # step_pause multiples a canary step waits for enough traffic
+CRASH_ENV = "CONVEYOR_CRASH_AFTER_STEPS"  # tests: SIGKILL the server after N persisted changes
+
+
+class DeployEngine:
+    """Schedules deployments (one per environment) and drives each as an asyncio task."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        data_dir: Path,
+        notifier: Notifier,
+        store: ArtifactStore,
+        mirror: Callable[[str], Path],
+    ) -> None:
+        self.sessions = sessions
+        self.data = data_dir
+        self.notifier = notifier
+        self.store = store
+        self.mirror = mirror
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._failures_seen: dict[tuple[int, str], float] = {}
+        crash = os.environ.get(CRASH_ENV)
+        self._crash_after = int(crash) if crash and crash.isdigit() else None
+        self._persisted = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def serve(self) -> None:
+        while not self._stopping:
+            try:
+                await self._schedule()
+            except Exception:
+                log.exception("deployment scheduler error")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks.values():
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=10)
+
+    def _committed(self, what: str, **extra: Any) -> None:
+        """After each persisted change; a test may ask the server to die right here."""
+        self._persisted += 1
+        log.info(what, extra=extra | {"persisted": self._persisted})
+        if self._crash_after is not None and self._persisted >= self._crash_after:
+            log.warning("crashing on purpose", extra={"after": self._persisted})
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- scheduling ---------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        starting: list[int] = []
+        with self.sessions() as session:
+            acting = session.scalars(select(Deployment).where(Deployment.state.in_(ACTING))).all()
+            busy = {(d.app_id, d.environment) for d in acting}
+            ids = [d.id for d in acting]
+            pending = session.scalars(
+                select(Deployment).where(Deployment.state.in_(PENDING)).order_by(Deployment.id)
+            ).all()
+            for d in pending:
+                key = (d.app_id, d.environment)
+                if key in busy:
+                    if d.state != "queued" or d.reason is None:
+                        d.state, d.reason = "queued", "waiting for the deployment in progress"
+                    continue
+                busy.add(key)
+                try:
+                    _, env = environment(d.release, d.environment)
+                except GateError as exc:
+                    self._end(d, "failed", str(exc))
+                    continue
+                why = waiting_for(d, env, datetime.now(UTC))
+                if why is not None:
+                    if d.state != "waiting" or d.reason != why:
+                        d.state, d.reason = "waiting", why
+                    continue
+                starting.append(d.id)
+            session.commit()
+        for deployment_id in starting:
+            await self._start(deployment_id)
+            ids.append(deployment_id)
+        for deployment_id in ids:
+            if deployment_id not in self._tasks and not self._stopping:
+                task = asyncio.create_task(
+                    self._drive(deployment_id), name=f"deploy-{deployment_id}"
+                )
+                self._tasks[deployment_id] = task
+                task.add_done_callback(functools.partial(self._finished, deployment_id))
+
+    def _finished(self, deployment_id: int, _task: object = None) -> None:
+        self._tasks.pop(deployment_id, None)
+        self._wake.set()
+
+    async def _start(self, deployment_id: int) -> None:
+        """Resolve the hosts, record what they run now, plan the steps: all before acting."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            release = d.release
+            config, env = environment(release, d.environment)
+        problem: str | None = None
+        try:
+            names = await self._inventory(env, release, deployment_id)
+        except GateError as exc:
+            names, problem = [], str(exc)
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state not in PENDING:
+                return
+            if problem is None:
+                problem = self._hosts_problem(session, names)
+            if problem is not None:
+                self._end(d, "failed", problem)
+                session.commit()
+                self._committed("deployment refused", deployment=d.id, reason=problem)
+                return
+            hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+            previous: Targets = {}
+            for name in names:
+                row = next((r for r in hosts[name].apps if r.app_id == d.app_id), None)
+                previous[name] = (
+                    [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)]
+                    if row
+                    else []
+                )
+            ctx = _context(d, names, previous, config, env)
+            planned = (
+                [
+                    PlannedStep(
+                        "switch",
+                        f"switch {len(names)} router(s) to {d.release_id}",
+                        {h: ctx.only_new() for h in names},
+                        weight=100,
+                    )
+                ]
+                if d.kind == "rollback"
+                else STRATEGIES[env.strategy](ctx)
+            )
+            d.previous = json.dumps(
+                {h: [r.model_dump() for r in items] for h, items in previous.items()}
+            )
+            d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
+            for i, step in enumerate(planned):
+                d.steps.append(
+                    DeploymentStep(
+                        position=i,
+                        kind=step.kind,
+                        name=step.name,
+                        targets=_dump_targets(step.targets),
+                        weight=step.weight,
+                        detail=json.dumps({"options": step.options()}),
+                    )
+                )
+            d.state, d.reason, d.started_at = "running", None, utcnow()
+            session.commit()
+            self._committed(
+                "deployment started",
+                deployment=d.id,
+                environment=d.environment,
+                release=d.release_id,
+                steps=len(planned),
+            )
+
+    async def _inventory(self, env: Environment, release: Release, deployment_id: int) -> list[str]:
+        if isinstance(env.hosts, list):
+            return list(env.hosts)
+        command = env.hosts
+        assert isinstance(command, HostsCommand)
+        cwd = await self._release_files(release, deployment_id)
+        result = await checks.run_script(command.command, cwd, {}, 60, [])
+        if not result.ok:
+            raise GateError(f"the hosts command failed, nothing changed: {result.line}")
+        lines = result.line.split("\n", 1)[1].splitlines() if "\n" in result.line else []
+        names = [line.strip() for line in lines if line.strip()]
+        if not names:
+            raise GateError(f"the hosts command {command.command!r} printed no host names")
+        return list(dict.fromkeys(names))
+
+    def _hosts_problem(self, session: Session, names: list[str]) -> str | None:
+        rows = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+        unknown = [n for n in names if n not in rows or rows[n].state == "revoked"]
+        if unknown:
+            return (
+                f"unknown host(s) {', '.join(unknown)}: register them with `conveyor host add`; "
+                "nothing changed"
+            )
+        now = utcnow()
+        offline = [
+            n
+            for n in names
+            if rows[n].state != "enrolled"
+            or (seen := rows[n].last_seen) is None
+            or (now - seen).total_seconds() > OFFLINE_AFTER
+        ]
+        if offline:
+            return f"host(s) not connected: {', '.join(offline)}; nothing changed"
+        return None
+
+    async def _release_files(self, release: Release, deployment_id: int) -> Path:
+        into = self.data / "work" / f"deploy-{deployment_id}"
+        archive = self.store.path_for(release.sha256)
+        return await asyncio.to_thread(checks.unpack_release, archive, into)
+
+    # -- driving one deployment --------------------------------------------
+
+    async def _drive(self, deployment_id: int) -> None:
+        try:
+            while not self._stopping:
+                done = await self._advance(deployment_id)
+                if done:
+                    break
+                await asyncio.sleep(TICK)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave hosts half-way: roll back
+            log.exception("deployment crashed", extra={"deployment": deployment_id})
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                if d.state == "running":
+                    step = next((s for s in d.steps if s.state in ("pending", "running")), None)
+                    self._fail(session, d, step, f"internal error: {exc}")
+                    session.commit()
+        finally:
+            if self._deployment_ended(deployment_id):
+                shutil.rmtree(self.data / "work" / f"deploy-{deployment_id}", ignore_errors=True)
+
+    def _deployment_ended(self, deployment_id: int) -> bool:
+        with self.sessions() as session:
+            d = session.get(Deployment, deployment_id)
+            return d is None or d.state not in ACTING
+
+    async def _advance(self, deployment_id: int) -> bool:
+        """One look at a deployment; acts at most once. True when it has ended."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state not in ACTING:
+                return True
+            if d.state == "aborting":
+                step = next((s for s in d.steps if s.state in ("pending", "running")), None)
+                self._fail(session, d, step, d.reason or "aborted", final="cancelled")
+                session.commit()
+                self._committed("deployment aborting", deployment=d.id)
+                return False
+            step = next((s for s in d.steps if s.state in ("pending", "running")), None)
+            if step is None:
+                return self._succeed(session, d)
+            _, env = environment(d.release, d.environment)
+            if step.state == "pending":
+                return self._begin_step(session, d, step)
+            kind = step.kind
+            step_id = step.id
+        if kind == "verify":
+            await self._verify(deployment_id, step_id, env)
+            return False
+        await self._watch(deployment_id, step_id, env)
+        return False
+
+    def _begin_step(self, session: Session, d: Deployment, step: DeploymentStep) -> bool:
+        targets = _load_targets(step.targets)
+        detail = json.loads(step.detail)
+        generations: dict[str, int] = {}
+        app = session.get_one(App, d.app_id)
+        for name, releases in targets.items():
+            host = session.scalar(select(Host).where(Host.name == name))
+            if host is None:
+                self._fail(session, d, step, f"host {name} was removed during the deployment")
+                session.commit()
+                return False
+            set_host_app(session, host, app, releases, sticky=False)
+            generations[name] = host.generation
+        touched = json.loads(d.touched)
+        touched += [h for h in targets if h not in touched]
+        d.touched = json.dumps(touched)
+        detail["generations"] = generations
+        step.detail = json.dumps(detail)
+        step.state, step.started_at = "running", utcnow()
+        session.commit()
+        for name in targets:
+            self.notifier.changed(name)
+        self._committed("step started", deployment=d.id, step=step.name)
+        return False
+
+    async def _watch(self, deployment_id: int, step_id: int, env: Environment) -> None:
+        """A step that wrote desired state: wait for the hosts, then checks and pause."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            step = session.get_one(DeploymentStep, step_id)
+            detail = json.loads(step.detail)
+            options = detail.get("options", {})
+            targets = _load_targets(step.targets)
+            generations: dict[str, int] = detail.get("generations", {})
+            views = _views(session, list(targets))
+            app_name = d.app.name
+            release = d.release_id
+            config = Config.model_validate_json(d.release.config or "{}")
+            rollback = step.kind == "rollback"
+            started = step.started_at or utcnow()
+            elapsed = (utcnow() - started).total_seconds()
+        assert config.service is not None
+        states = {
+            name: host_progress(views[name], app_name, generations.get(name, 0), items)
+            for name, items in targets.items()
+        }
+        if rollback:
+            await self._watch_rollback(deployment_id, step_id, states, elapsed)
+            return
+        for name, (progress, message) in states.items():
+            if progress == Progress.FAILED and self._confirmed_failure(step_id, name):
+                self._fail_now(deployment_id, step_id, message or f"failed on {name}")
+                return
+            if progress == Progress.OFFLINE:
+                self._fail_now(
+                    deployment_id,
+                    step_id,
+                    f"host {name} lost its connection to the server during {step.name!r}",
+                )
+                return
+        waiting = [n for n, (p, _) in states.items() if p != Progress.CONVERGED]
+        if waiting:
+            limit = config.service.health.timeout + CONVERGE_MARGIN
+            if elapsed > limit:
+                errors = _host_errors(views, waiting, app_name)
+                self._fail_now(
+                    deployment_id,
+                    step_id,
+                    f"host(s) {', '.join(waiting)} did not reach {step.name!r} within "
+                    f"{limit:g} s" + (f": {errors}" if errors else ""),
+                )
+            return
+        if options.get("checks") and not detail.get("checked"):
+            urls = {n: u for n in targets if (u := views[n].url(config.service.port))}
+            results = await checks.http_checks(
+                env.verify, urls, preview=release if options.get("preview") else None
+            )
+            failed = [r.line for r in results if not r.ok]
+            self._log(step_id, [r.line for r in results])
+            if failed:
+                self._fail_now(deployment_id, step_id, "check failed: " + "; ".join(failed))
+                return
+            self._update_detail(step_id, checked=True)
+        pause = float(options.get("pause") or 0)
+        if pause > 0 and not self._watch_pause(
+            deployment_id, step_id, env, views, app_name, release, pause
+        ):
+            return
+        self._end_step(deployment_id, step_id)
+
+    def _watch_pause(
+        self,
+        deployment_id: int,
+        step_id: int,
+        env: Environment,
+        views: dict[str, HostView],
+        app: str,
+        release: str,
+        pause: float,
+    ) -> bool:
+        """A canary step's pause with its analysis; True once the step may end."""
+        now = time.time()
+        with self.sessions() as session:
+            step = session.get_one(DeploymentStep, step_id)
+            detail = json.loads(step.detail)
+        counters = {name: _counters(view, app, release) for name, view in views.items()}
+        if "watch_from" not in detail:
+            self._update_detail(
+                step_id,
+                watch_from=now,
+                baseline={n: c.model_dump() if c else None for n, c in counters.items()},
+            )
+            return False
+        elapsed = now - float(detail["watch_from"])
+        analysis = env.analysis
+        if not detail.get("options", {}).get("analyse") or analysis is None:
+            return elapsed >= pause
+        before = detail.get("baseline", {})
+        window = combine(
+            delta(
+                ReleaseCounters.model_validate(before[n]) if before.get(n) else None,
+                c,
+            )
+            for n, c in counters.items()
+            if c is not None
+        )
+        verdict = judge(window, analysis)
+        judgement = {
+            "verdict": str(verdict.verdict),
+            "requests": verdict.requests,
+            "error_rate": verdict.error_rate,
+            "p99": verdict.p99,
+            "reasons": verdict.reasons,
+            "at": now,
+        }
+        if detail.get("judgement", {}).get("verdict") != judgement["verdict"]:
+            self._log(
+                step_id,
+                [
+                    f"analysis: {judgement['verdict']} after {verdict.requests} "
+                    f"requests" + (f": {'; '.join(verdict.reasons)}" if verdict.reasons else "")
+                ],
+            )
+        self._update_detail(step_id, judgement=judgement)
+        if verdict.verdict == Verdict.FAIL:
+            self._fail_now(deployment_id, step_id, "analysis failed: " + "; ".join(verdict.reasons))
+            return False
+        if verdict.verdict == Verdict.PASS:
+            return analysis.advance == "early" or elapsed >= pause
+        if elapsed >= pause * INCONCLUSIVE_LIMIT:
+            self._fail_now(
+                deployment_id,
+                step_id,
+                "not enough traffic to judge the release: " + "; ".join(verdict.reasons),
+            )
+        return False
+
+    async def _watch_rollback(
+        self,
+        deployment_id: int,
+        step_id: int,
+        states: dict[str, tuple[Progress, str | None]],
+        elapsed: float,
+    ) -> None:
+        pending = [n for n, (p, _) in states.items() if p in (Progress.WAITING,)]
+        if pending and elapsed < ROLLBACK_WAIT:
+            return
+        offline = [n for n, (p, _) in states.items() if p == Progress.OFFLINE]
+        failed = [f"{n}: {m}" for n, (p, m) in states.items() if p == Progress.FAILED]
+        notes = []
+        if offline:
+            notes.append(
+                f"{', '.join(offline)} not connected: the previous release is written as their "
+                "desired state and they return to it when they reconnect"
+            )
+        if pending:
+            notes.append(f"{', '.join(pending)} had not confirmed after {ROLLBACK_WAIT:g} s")
+        if failed:
+            notes.append("; ".join(failed))
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            step = session.get_one(DeploymentStep, step_id)
+            detail = json.loads(step.detail)
+            step.state = "succeeded" if not (pending or failed) else "failed"
+            step.reason = "; ".join(notes) or None
+            step.finished_at = utcnow()
+            final = detail.get("final", "failed")
+            if notes:
+                d.reason = f"{d.reason}; {'; '.join(notes)}"
+            self._end(d, final, d.reason)
+            session.commit()
+            self._committed("deployment rolled back", deployment=d.id, state=final)
+
+    async def _verify(self, deployment_id: int, step_id: int, env: Environment) -> None:
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            step = session.get_one(DeploymentStep, step_id)
+            if step.state == "pending":
+                step.state, step.started_at = "running", utcnow()
+                session.commit()
+            hosts = json.loads(d.touched)
+            views = _views(session, hosts)
+            release = d.release
+            config = Config.model_validate_json(release.config or "{}")
+            secrets = [s.value for s in d.app.secrets]
+            meta = {
+                "CONVEYOR_APP": d.app.name,
+                "CONVEYOR_ENVIRONMENT": d.environment,
+                "CONVEYOR_RELEASE": release.id,
+                "CONVEYOR_SHA": release.sha,
+                "CONVEYOR_DEPLOYMENT": str(d.id),
+            }
+        assert config.service is not None
+        urls = {n: u for n in hosts if (u := views[n].url(config.service.port))}
+        lines: list[str] = []
+        failed: list[str] = []
+        results = await checks.http_checks(env.verify, urls)
+        lines += [r.line for r in results]
+        failed += [r.line for r in results if not r.ok]
+        scripts = [c for c in env.verify if c.run is not None]
+        if scripts and not failed:
+            cwd = await self._release_files(release, deployment_id)
+            first = next(iter(urls.values()), "")
+            env_vars = meta | {"CONVEYOR_URL": first, "CONVEYOR_URLS": " ".join(urls.values())}
+            for check in scripts:
+                assert check.run is not None
+                result = await checks.run_script(check.run, cwd, env_vars, check.timeout, secrets)
+                lines.append(result.line)
+                if not result.ok:
+                    failed.append(result.line.split("\n", 1)[0])
+                    break
+        self._log(step_id, lines)
+        if failed:
+            self._fail_now(deployment_id, step_id, "verify failed: " + "; ".join(failed))
+            return
+        self._end_step(deployment_id, step_id)
+
+    # -- record keeping -----------------------------------------------------
+
+    def _confirmed_failure(self, step_id: int, host: str) -> bool:
+        key = (step_id, host)
+        first = self._failures_seen.setdefault(key, time.monotonic())
+        return time.monotonic() - first >= FAILURE_CONFIRM
+
+    def _update_detail(self, step_id: int, **values: Any) -> None:
+        with self.sessions() as session:
+            step = session.get_one(DeploymentStep, step_id)
+            detail = json.loads(step.detail)
+            detail.update(values)
+            step.detail = json.dumps(detail)
+            session.commit()
+
+    def _log(self, step_id: int, lines: list[str]) -> None:
+        if not lines:
+            return
+        with self.sessions() as session:
+            step = session.get_one(DeploymentStep, step_id)
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            step.log = (step.log + "".join(f"{stamp} {line}\n" for line in lines))[-64000:]
+            session.commit()
+
+    def _end_step(self, deployment_id: int, step_id: int) -> None:
+        with self.sessions() as session:
+            step = session.get_one(DeploymentStep, step_id)
+            step.state, step.finished_at = "succeeded", utcnow()
+            session.commit()
+            self._committed("step succeeded", deployment=deployment_id, step=step.name)
+
+    def _fail_now(self, deployment_id: int, step_id: int, reason: str) -> None:
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state != "running":
+                return
+            self._fail(session, d, session.get_one(DeploymentStep, step_id), reason)
+            session.commit()
+            self._committed("deployment failed", deployment=d.id, reason=reason)
+
+    def _fail(
+        self,
+        session: Session,
+        d: Deployment,
+        step: DeploymentStep | None,
+        reason: str,
+        *,
+        final: str = "failed",
+    ) -> None:
+        """Stop here and send every touched host back to what it ran before."""
+        now = utcnow()
+        if step is not None and step.state in ("pending", "running"):
+            step.state = "failed" if final == "failed" else "cancelled"
+            step.reason = reason
+            step.finished_at = now
+        for later in d.steps:
+            if later.state == "pending":
+                later.state = "skipped"
+        touched = json.loads(d.touched)
+        back = rollback_targets(_load_targets(d.previous or "{}"), touched)
+        if not back:
+            self._end(d, final, reason if final == "failed" else d.reason or reason)
+            return
+        d.steps.append(
+            DeploymentStep(
+                position=len(d.steps),
+                kind="rollback",
+                name=f"roll back {len(back)} host(s) to {d.previous_release or 'nothing'}",
+                targets=_dump_targets(back),
+                detail=json.dumps({"final": final, "options": {}}),
+            )
+        )
+        d.state = "rolling_back"
+        d.reason = reason
+
+    def _succeed(self, session: Session, d: Deployment) -> bool:
+        if d.state == "rolling_back":
+            # every step ended but the rollback step: nothing left, record as is
+            self._end(d, "failed", d.reason)
+            session.commit()
+            return True
+        self._end(d, "succeeded", None)
+        nxt = continue_chain(session, d, self.mirror(d.app.name))
+        session.commit()
+        self._committed(
+            "deployment succeeded",
+            deployment=d.id,
+            environment=d.environment,
+            next=nxt.id if nxt else None,
+        )
+        self._wake.set()
+        return True
+
+    def _end(self, d: Deployment, state: str, reason: str | None) -> None:
+        d.state, d.reason, d.finished_at = state, reason, utcnow()
+        log.info(
+            "deployment ended",
+            extra={"deployment": d.id, "state": state, "reason": reason},
+        )
+
+
+def _context(
+    d: Deployment, hosts: list[str], previous: Targets, config: Config, env: Environment
+) -> Context:
+    return Context(
+        release=d.release_id,
+        hosts=hosts,
+        previous=previous,
+        batch_size=env.batch.size(len(hosts)),
+        steps=tuple(env.steps),
+        step_pause=env.step_pause,
+        analyse=env.analysis is not None,
+        migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
+    )
+
+
+def _dump_targets(targets: Targets) -> str:
+    return json.dumps({h: [r.model_dump() for r in items] for h, items in targets.items()})
+
+
+def _load_targets(text: str) -> Targets:
+    return {
+        h: [ReleaseWeight.model_validate(r) for r in items] for h, items in json.loads(text).items()
+    }
+
+
+def _views(session: Session, names: list[str]) -> dict[str, HostView]:
+    now = utcnow()
+    rows = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+    views = {}
+    for name in names:
+        host = rows.get(name)
+        if host is None:
+            views[name] = HostView(name, False, None, None)
+            continue
+        online = (
+            host.state == "enrolled"
+            and host.last_seen is not None
+            and (now - host.last_seen).total_seconds() <= OFFLINE_AFTER
+        )
+        observed = ObservedState.model_validate_json(host.observed) if host.observed else None
+        views[name] = HostView(name, online, host.applied_generation, observed)
+    return views
+
+
+def _counters(view: HostView, app: str, release: str) -> ReleaseCounters | None:
+    metrics = view.observed.metrics if view.observed else None
+    if metrics is None or app not in metrics.apps:
+        return None
+    return metrics.apps[app].releases.get(release)
+
+
+def _host_errors(views: dict[str, HostView], names: list[str], app: str) -> str:
+    errors = []
+    for name in names:
+        found = views[name].app(app)
+        if found is None:
+            continue
+        if found.error:
+            errors.append(f"{name}: {found.error}")
+        errors += [f"{name}: {r.release} {r.error}" for r in found.releases if r.error]
+    return "; ".join(errors)

@@ -1,0 +1,97 @@
+"""A deployment's steps, planned once when it starts: a pure function of the environment.
+
+Every step that moves traffic carries the whole desired state of the hosts it
+touches (`targets`), computed here from what each host ran before. Executing a
+step is then only "write these targets, wait until the hosts report them", the
+same for every strategy, and a server restarted mid-step writes the same thing
+again. The strategy modules (rolling.py, bluegreen.py, canary.py) each say which
+steps their environment gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conveyor.protocol import ReleaseWeight
+
+Targets = dict[str, list[ReleaseWeight]]
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step before it is stored: what it writes to which hosts and what it waits for."""
+
+    kind: str  # migrate | batch | preview | switch | weight | verify | rollback
+    name: str
+    targets: Targets = field(default_factory=dict)
+    weight: int | None = None
+    checks: bool = False  # run the environment's http checks on these hosts once converged
+    preview: bool = False  # ... addressed to the new release through the preview header
+    pause: float = 0.0  # canary: watch this long once converged
+    analyse: bool = False  # canary: judge the new release's counters during the pause
+
+    def options(self) -> dict[str, object]:
+        return {
+            "checks": self.checks,
+            "preview": self.preview,
+            "pause": self.pause,
+            "analyse": self.analyse,
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a strategy plans from: the environment, its hosts and what each serves now."""
+
+    release: str
+    hosts: list[str]
+    previous: Targets
+    batch_size: int = 1
+    steps: tuple[int, ...] = (100,)
+    step_pause: float = 0.0
+    analyse: bool = False
+    migration: str | None = None  # the id hooks.migrate runs under, if the app has one
+
+    def serving(self, host: str) -> str | None:
+        """The release taking most traffic on a host before the deployment, if any."""
+        items = [r for r in self.previous.get(host, []) if r.weight > 0]
+        if not items:
+            return None
+        return max(items, key=lambda r: r.weight).release
+
+    def only_new(self) -> list[ReleaseWeight]:
+        return [ReleaseWeight(release=self.release, weight=100)]
+
+    def split(self, host: str, weight: int) -> list[ReleaseWeight]:
+        """The new release at `weight` beside the one the host served (all of it if none)."""
+        old = self.serving(host)
+        if old is None or old == self.release or weight >= 100:
+            return self.only_new()
+        return [
+            ReleaseWeight(release=old, weight=100 - weight),
+            ReleaseWeight(release=self.release, weight=weight),
+        ]
+
+    def migrate_step(self) -> list[PlannedStep]:
+        """hooks.migrate on the first host: the new release installed beside the old, no traffic."""
+        if self.migration is None:
+            return []
+        first = self.hosts[0]
+        targets = self.split(first, 0)
+        targets = [
+            r.model_copy(update={"migrate": self.migration}) if r.release == self.release else r
+            for r in targets
+        ]
+        return [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
+
+    def verify_step(self) -> PlannedStep:
+        return PlannedStep("verify", "verify", {})
+
+
+def rollback_targets(previous: Targets, touched: list[str]) -> Targets:
+    """What the touched hosts go back to: exactly what they ran before."""
+    return {host: list(previous.get(host, [])) for host in touched}
+
+
+def chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

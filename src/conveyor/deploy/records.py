@@ -1,0 +1,208 @@
+"""Deployment records: creating them under the gates, the promotion chain, queries.
+
+Pure database work inside the caller's transaction; orchestrator.py acts on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.deploy.gates import GateError, check_hard_gates, environment, release_config
+from conveyor.store.models import App, Deployment, Release, Run, utcnow
+
+# queued: waiting for its environment; waiting: for approval or the window;
+# running / rolling_back: acting on hosts; aborting: asked to stop, rolls back next.
+PENDING = ("queued", "waiting")
+ACTING = ("running", "rolling_back", "aborting")
+ACTIVE = (*PENDING, *ACTING)
+ENDED = ("succeeded", "failed", "rolled_back", "cancelled", "superseded")
+
+
+def active_in(session: Session, app_id: int, env: str) -> list[Deployment]:
+    return list(
+        session.scalars(
+            select(Deployment)
+            .where(
+                Deployment.app_id == app_id,
+                Deployment.environment == env,
+                Deployment.state.in_(ACTIVE),
+            )
+            .order_by(Deployment.id)
+        ).all()
+    )
+
+
+def serving_release(session: Session, app_id: int, env: str) -> str | None:
+    """The release the environment's record says serves it: the last one to finish in place."""
+    last = session.scalar(
+        select(Deployment)
+        .where(
+            Deployment.app_id == app_id,
+            Deployment.environment == env,
+            Deployment.state == "succeeded",
+        )
+        .order_by(Deployment.finished_at.desc(), Deployment.id.desc())
+        .limit(1)
+    )
+    return last.release_id if last else None
+
+
+def create_deployment(
+    session: Session,
+    release: Release,
+    env_name: str,
+    *,
+    mirror: Path,
+    trigger: str,
+    triggered_by: str,
+    run_id: int | None = None,
+    forced_by: str | None = None,
+    force_reason: str | None = None,
+) -> Deployment:
+    """Queue a release for an environment after its hard gates; supersede older queued ones."""
+    _, env = check_hard_gates(session, release, env_name, mirror)
+    for older in active_in(session, release.app_id, env_name):
+        if older.state in PENDING and older.kind == "deploy":
+            older.state = "superseded"
+            older.reason = f"superseded by release {release.id}"
+            older.finished_at = utcnow()
+    deployment = Deployment(
+        app_id=release.app_id,
+        environment=env_name,
+        release_id=release.id,
+        run_id=run_id if run_id is not None else release.run_id,
+        kind="deploy",
+        strategy=env.strategy,
+        trigger=trigger,
+        triggered_by=triggered_by,
+        forced_by=forced_by,
+        force_reason=force_reason,
+    )
+    session.add(deployment)
+    session.flush()
+    return deployment
+
+
+def create_rollback(
+    session: Session, app: App, env_name: str, target: Release, *, triggered_by: str
+) -> Deployment:
+    """Back to a release the environment ran before: no gate waits, it only switches."""
+    environment(target, env_name)
+    ran_here = session.scalar(
+        select(Deployment.id).where(
+            Deployment.app_id == app.id,
+            Deployment.environment == env_name,
+            Deployment.release_id == target.id,
+            Deployment.state == "succeeded",
+        )
+    )
+    if ran_here is None:
+        raise GateError(
+            f"release {target.id} never served {env_name}; roll back only to a release that "
+            f"did, or deploy it: conveyor deploy {app.name} {env_name} --release {target.id}"
+        )
+    for other in active_in(session, app.id, env_name):
+        if other.state in PENDING:
+            other.state = "cancelled"
+            other.reason = f"cancelled by a rollback to {target.id}"
+            other.finished_at = utcnow()
+        elif other.state == "running":
+            other.state = "aborting"
+            other.reason = f"aborted by {triggered_by}: rollback to {target.id}"
+    deployment = Deployment(
+        app_id=app.id,
+        environment=env_name,
+        release_id=target.id,
+        run_id=target.run_id,
+        kind="rollback",
+        strategy="switch",
+        trigger="rollback",
+        triggered_by=triggered_by,
+    )
+    session.add(deployment)
+    session.flush()
+    return deployment
+
+
+def rollback_target(session: Session, app: App, env_name: str) -> Release:
+    """The release to go back to: the one served before the current one."""
+    done = session.scalars(
+        select(Deployment)
+        .where(
+            Deployment.app_id == app.id,
+            Deployment.environment == env_name,
+            Deployment.state == "succeeded",
+        )
+        .order_by(Deployment.finished_at.desc(), Deployment.id.desc())
+    ).all()
+    running = next((d for d in active_in(session, app.id, env_name) if d.state in ACTING), None)
+    current = done[0].release_id if done else None
+    if running is not None and current is not None:
+        # mid-deployment: back to what served before it began
+        release = session.get(Release, current)
+        assert release is not None
+        return release
+    for d in done:
+        if d.release_id != current:
+            return d.release
+    raise GateError(
+        f"{env_name} of {app.name} has no earlier release to roll back to"
+        if current
+        else f"nothing was deployed to {env_name} of {app.name} yet"
+    )
+
+
+def start_chain(session: Session, run: Run, mirror: Path) -> Deployment | None:
+    """A run built a release: queue it for the first environment (in the caller's transaction)."""
+    if run.release_id is None:
+        return None
+    release = session.get(Release, run.release_id)
+    if release is None:
+        return None
+    envs = list(release_config(release).environments)
+    if not envs:
+        return None
+    return _chain_to(session, release, envs[0], mirror, f"run {run.id}")
+
+
+def continue_chain(session: Session, done: Deployment, mirror: Path) -> Deployment | None:
+    """A pipeline deployment succeeded: queue the same release for the next environment."""
+    if done.kind != "deploy" or done.trigger != "pipeline":
+        return None
+    envs = list(release_config(done.release).environments)
+    if done.environment not in envs:
+        return None
+    index = envs.index(done.environment)
+    if index + 1 >= len(envs):
+        return None
+    return _chain_to(session, done.release, envs[index + 1], mirror, done.triggered_by)
+
+
+def _chain_to(
+    session: Session, release: Release, env: str, mirror: Path, triggered_by: str
+) -> Deployment:
+    try:
+        return create_deployment(
+            session, release, env, mirror=mirror, trigger="pipeline", triggered_by=triggered_by
+        )
+    except GateError as exc:
+        # e.g. a commit not on the branch: the chain ends here, and the record says why
+        refused = Deployment(
+            app_id=release.app_id,
+            environment=env,
+            release_id=release.id,
+            run_id=release.run_id,
+            kind="deploy",
+            strategy="-",
+            state="failed",
+            reason=f"refused: {exc}",
+            trigger="pipeline",
+            triggered_by=triggered_by,
+            finished_at=utcnow(),
+        )
+        session.add(refused)
+        session.flush()
+        return refused

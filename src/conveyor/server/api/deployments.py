@@ -1,0 +1,339 @@
+"""Deployments: deploy and roll back an environment, approve, abort, read them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.deploy.gates import GateError, check_hard_gates, release_config
+from conveyor.deploy.records import (
+    ACTIVE,
+    PENDING,
+    active_in,
+    create_deployment,
+    create_rollback,
+    rollback_target,
+    serving_release,
+)
+from conveyor.protocol import (
+    DeploymentOut,
+    DeploymentStepOut,
+    DeployRequest,
+    EnvironmentStatus,
+    Judgement,
+    ReleaseWeight,
+    RollbackRequest,
+)
+from conveyor.server.api.hosts import placements
+from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
+from conveyor.server.deps import SessionDep, get_app_or_404, get_release_or_404, get_run_or_404
+from conveyor.server.views import _duration
+from conveyor.store.models import App, Deployment, DeploymentStep, Release, utcnow
+
+router = APIRouter(prefix="/api", tags=["deployments"])
+
+
+def step_out(step: DeploymentStep) -> DeploymentStepOut:
+    targets = {
+        h: [ReleaseWeight.model_validate(r) for r in items]
+        for h, items in json.loads(step.targets).items()
+    }
+    detail = json.loads(step.detail)
+    judgement = detail.get("judgement")
+    return DeploymentStepOut(
+        id=step.id,
+        position=step.position,
+        kind=step.kind,
+        name=step.name,
+        weight=step.weight,
+        state=step.state,
+        reason=step.reason,
+        hosts=list(targets),
+        targets=targets,
+        judgement=Judgement.model_validate(judgement) if judgement else None,
+        log=step.log,
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+        duration=_duration(step.started_at, step.finished_at),
+    )
+
+
+def deployment_out(d: Deployment, *, steps: bool = False) -> DeploymentOut:
+    current = next((s for s in d.steps if s.state == "running"), None) or next(
+        (s for s in d.steps if s.state == "pending"), None
+    )
+    hosts = list(json.loads(d.previous)) if d.previous else []
+    return DeploymentOut(
+        id=d.id,
+        app=d.app.name,
+        environment=d.environment,
+        release=d.release_id,
+        previous_release=d.previous_release,
+        run=d.run_id,
+        kind=d.kind,
+        strategy=d.strategy,
+        state=d.state,
+        reason=d.reason,
+        trigger=d.trigger,
+        triggered_by=d.triggered_by,
+        approved_by=d.approved_by,
+        approved_at=d.approved_at,
+        forced_by=d.forced_by,
+        force_reason=d.force_reason,
+        hosts=hosts,
+        step=current.name if current is not None and d.state in ACTIVE else None,
+        created_at=d.created_at,
+        started_at=d.started_at,
+        finished_at=d.finished_at,
+        duration=_duration(d.started_at, d.finished_at),
+        steps=[step_out(s) for s in d.steps] if steps else [],
+    )
+
+
+def get_deployment_or_404(session: Session, deployment_id: int) -> Deployment:
+    d = session.get(Deployment, deployment_id)
+    if d is None:
+        raise HTTPException(404, f"unknown deployment {deployment_id}")
+    return d
+
+
+def _environments(app: App, session: Session) -> list[str]:
+    """The app's environments as its newest release declares them."""
+    release = session.scalar(
+        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
+    )
+    if release is None or not release.config:
+        return []
+    return list(release_config(release).environments)
+
+
+def _check_environment(app: App, env: str, session: Session) -> None:
+    known = _environments(app, session)
+    if env not in known:
+        raise HTTPException(
+            404,
+            f"unknown environment {env!r} of {app.name} (its conveyor.yml has: "
+            f"{', '.join(known) or 'none'})",
+        )
+
+
+@router.post("/apps/{name}/environments/{env}/deploy", status_code=201)
+def deploy(
+    name: str,
+    env: str,
+    body: DeployRequest,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+) -> DeploymentOut:
+    """Deploy a release to an environment under every gate (default: the newest that passes)."""
+    app = get_app_or_404(session, name)
+    _check_environment(app, env, session)
+    if body.force:
+        if not role_at_least(caller.role, "admin"):
+            raise HTTPException(403, "forcing a deployment outside its window needs an admin token")
+        if not (body.reason or "").strip():
+            raise HTTPException(422, "forcing a deployment needs a reason (--reason)")
+    mirror = request.app.state.engine.paths.mirror(app.name)
+    if body.release is not None:
+        release = get_release_or_404(session, body.release)
+        if release.app_id != app.id:
+            raise HTTPException(404, f"unknown release {body.release!r} of app {app.name!r}")
+    else:
+        release = _newest_passing(session, app, env, mirror)
+    try:
+        d = create_deployment(
+            session,
+            release,
+            env,
+            mirror=mirror,
+            trigger="api",
+            triggered_by=caller.name,
+            forced_by=caller.name if body.force else None,
+            force_reason=body.reason if body.force else None,
+        )
+    except GateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    session.commit()
+    request.app.state.deployer.wake()
+    return deployment_out(d, steps=True)
+
+
+def _newest_passing(session: Session, app: App, env: str, mirror: Path) -> Release:
+    releases = session.scalars(
+        select(Release)
+        .where(Release.app_id == app.id)
+        .order_by(Release.created_at.desc())
+        .limit(50)
+    ).all()
+    if not releases:
+        raise HTTPException(409, f"{app.name} has no release yet: `conveyor run {app.name}`")
+    first_error = None
+    for release in releases:
+        try:
+            check_hard_gates(session, release, env, mirror)
+        except GateError as exc:
+            first_error = first_error or str(exc)
+            continue
+        return release
+    raise HTTPException(409, f"no release of {app.name} may go to {env}: {first_error}")
+
+
+@router.post("/apps/{name}/environments/{env}/rollback", status_code=201)
+def rollback(
+    name: str,
+    env: str,
+    body: RollbackRequest,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+) -> DeploymentOut:
+    """Back to the release served before (or the one named); aborts a deployment underway."""
+    app = get_app_or_404(session, name)
+    _check_environment(app, env, session)
+    try:
+        if body.to is not None:
+            target = get_release_or_404(session, body.to)
+            if target.app_id != app.id:
+                raise HTTPException(404, f"unknown release {body.to!r} of app {app.name!r}")
+        else:
+            target = rollback_target(session, app, env)
+        d = create_rollback(session, app, env, target, triggered_by=caller.name)
+    except GateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    session.commit()
+    request.app.state.deployer.wake()
+    return deployment_out(d, steps=True)
+
+
+@router.get("/apps/{name}/environments")
+def environments(name: str, _: Viewer, session: SessionDep) -> list[EnvironmentStatus]:
+    app = get_app_or_404(session, name)
+    return environment_statuses(session, app)
+
+
+def environment_statuses(session: Session, app: App) -> list[EnvironmentStatus]:
+    out = []
+    release = session.scalar(
+        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
+    )
+    config = release_config(release) if release is not None and release.config else None
+    everywhere = placements(session, app)
+    for env_name, env in (config.environments if config else {}).items():
+        active = active_in(session, app.id, env_name)
+        acting = next((d for d in active if d.state not in PENDING), None)
+        current = acting or (active[0] if active else None)
+        last = session.scalar(
+            select(Deployment)
+            .where(
+                Deployment.app_id == app.id,
+                Deployment.environment == env_name,
+                Deployment.state.not_in(ACTIVE),
+            )
+            .order_by(Deployment.id.desc())
+            .limit(1)
+        )
+        names = set(env.hosts) if isinstance(env.hosts, list) else None
+        if names is None and current is not None and current.previous:
+            names = set(json.loads(current.previous))
+        if names is None and last is not None and last.previous:
+            names = set(json.loads(last.previous))
+        out.append(
+            EnvironmentStatus(
+                name=env_name,
+                strategy=env.strategy,
+                release=serving_release(session, app.id, env_name),
+                hosts=[p for p in everywhere if names is not None and p.host in names],
+                deployment=deployment_out(current, steps=True) if current else None,
+                last=deployment_out(last) if last else None,
+            )
+        )
+    return out
+
+
+@router.get("/deployments")
+def list_deployments(
+    _: Viewer,
+    session: SessionDep,
+    app: str | None = None,
+    environment: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> list[DeploymentOut]:
+    query = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
+    if app is not None:
+        query = query.where(Deployment.app_id == get_app_or_404(session, app).id)
+    if environment is not None:
+        query = query.where(Deployment.environment == environment)
+    return [deployment_out(d) for d in session.scalars(query).all()]
+
+
+@router.get("/deployments/{deployment_id}")
+def get_deployment(deployment_id: int, _: Viewer, session: SessionDep) -> DeploymentOut:
+    return deployment_out(get_deployment_or_404(session, deployment_id), steps=True)
+
+
+@router.post("/deployments/{deployment_id}/abort")
+def abort_deployment(
+    deployment_id: int, request: Request, caller: Deployer, session: SessionDep
+) -> DeploymentOut:
+    """Stop a deployment; what it changed goes back to the previous release."""
+    d = get_deployment_or_404(session, deployment_id)
+    if not abort(d, caller):
+        raise HTTPException(409, f"deployment {d.id} already ended ({d.state})")
+    session.commit()
+    request.app.state.deployer.wake()
+    return deployment_out(d, steps=True)
+
+
+def abort(d: Deployment, caller: Caller) -> bool:
+    if d.state in PENDING:
+        d.state = "cancelled"
+        d.reason = f"aborted by {caller.name} before it started"
+        d.finished_at = utcnow()
+        return True
+    if d.state == "running":
+        d.state = "aborting"
+        d.reason = f"aborted by {caller.name}"
+        return True
+    return d.state in ("aborting", "rolling_back")
+
+
+@router.post("/runs/{run_id}/approve")
+def approve(
+    run_id: int, request: Request, caller: Deployer, session: SessionDep
+) -> list[DeploymentOut]:
+    """Answer the approval gate of the run's release: who and when are recorded."""
+    run = get_run_or_404(session, run_id)
+    waiting = session.scalars(
+        select(Deployment).where(
+            Deployment.run_id == run.id,
+            Deployment.state.in_(PENDING),
+            Deployment.approved_by.is_(None),
+        )
+    ).all()
+    needing = []
+    for d in waiting:
+        env = release_config(d.release).environments.get(d.environment)
+        if env is not None and env.approval == "required":
+            needing.append(d)
+    if not needing:
+        raise HTTPException(409, f"nothing of run {run_id} is waiting for approval")
+    for d in needing:
+        d.approved_by, d.approved_at = caller.name, utcnow()
+    session.commit()
+    request.app.state.deployer.wake()
+    return [deployment_out(d) for d in needing]
+
+
+def run_deployments(session: Session, run_id: int) -> list[Deployment]:
+    return list(
+        session.scalars(
+            select(Deployment)
+            .where(Deployment.run_id == run_id, Deployment.state.in_(ACTIVE))
+            .order_by(Deployment.id)
+        ).all()
+    )

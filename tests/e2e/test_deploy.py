@@ -1,0 +1,111 @@
+"""The promotion chain for real: a commit goes test → build → staging → verify → production."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleet import Fleet, LoadGenerator
+from tests.helpers import ServerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+HOSTS = {"stage-1": "127.0.0.11", "web-1": "127.0.0.12", "web-2": "127.0.0.13"}
+
+ENVIRONMENTS = """
+environments:
+  staging:
+    hosts: [stage-1]
+    verify:
+      - http: GET /healthz
+      - run: python3 -c "import os, urllib.request as u; u.urlopen(os.environ['CONVEYOR_URL'])"
+  production:
+    hosts: [web-1, web-2]
+    strategy: canary
+    steps: [50, 100]
+    step_pause: 2s
+    analysis: {{error_rate: 5%, min_requests: 20, advance: early}}
+    verify:
+      - http: GET /
+{approval}
+"""
+
+
+@pytest.fixture
+def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(server, tmp_path, HOSTS)
+    try:
+        yield f.start()
+    finally:
+        f.stop_everything()
+
+
+def deployments(server: ServerProcess, run: int) -> list[dict[str, Any]]:
+    return [d for d in server.get("/api/deployments?app=sample") if d["run"] == run]
+
+
+def wait_deployed(server: ServerProcess, run: int, env: str, timeout: float = 90) -> Any:
+    def ended() -> Any:
+        found = [d for d in deployments(server, run) if d["environment"] == env]
+        if found and found[0]["state"] not in (
+            "queued",
+            "waiting",
+            "running",
+            "rolling_back",
+            "aborting",
+        ):
+            return server.get(f"/api/deployments/{found[0]['id']}")
+        return None
+
+    return wait_for(ended, timeout=timeout, interval=0.3)
+
+
+def push(fleet: Fleet, label: str, approval: str = "") -> int:
+    fleet.commit(label, ENVIRONMENTS.format(approval=approval))
+    run = fleet.server.post("/api/apps/sample/runs", {})
+    return int(run["id"])
+
+
+def test_a_commit_reaches_production_through_staging_with_no_human_step(fleet: Fleet) -> None:
+    server = fleet.server
+    first = push(fleet, "v1")
+    assert wait_deployed(server, first, "production")["state"] == "succeeded"
+    v1 = server.get(f"/api/runs/{first}")["release"]
+    assert {fleet.serving(h) for h in HOSTS} == {v1}
+
+    second = push(fleet, "v2")
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=8) as load:
+        staging = wait_deployed(server, second, "staging")
+        production = wait_deployed(server, second, "production")
+    assert staging["state"] == "succeeded", staging
+    assert production["state"] == "succeeded", production
+    v2 = production["release"]
+    kinds = [s["kind"] for s in production["steps"]]
+    assert kinds == ["preview", "weight", "weight", "verify"], kinds
+    assert production["steps"][1]["judgement"]["verdict"] == "pass"
+    assert {fleet.serving(h) for h in HOSTS} == {v2}
+    assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+    assert load.result.releases[v1] > 0 and load.result.releases[v2] > 0
+
+
+def test_approval_required_waits_until_approved(fleet: Fleet) -> None:
+    server = fleet.server
+    run = push(fleet, "v1", approval="    approval: required")
+    staging = wait_deployed(server, run, "staging")
+    assert staging["state"] == "succeeded"
+
+    def waiting() -> Any:
+        found = [d for d in deployments(server, run) if d["environment"] == "production"]
+        return found and found[0]["state"] == "waiting" and found[0]
+
+    held = wait_for(waiting, timeout=30)
+    assert f"conveyor approve {run}" in held["reason"]
+    assert fleet.agents["web-1"].app("sample") is None  # nothing moved on production
+    approved = server.post(f"/api/runs/{run}/approve")
+    assert approved[0]["approved_by"]
+    production = wait_deployed(server, run, "production")
+    assert production["state"] == "succeeded", production
+    assert production["approved_by"] == approved[0]["approved_by"]
