@@ -32,7 +32,7 @@ from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
 from conveyor.server.deps import SessionDep, get_app_or_404, get_release_or_404, get_run_or_404
 from conveyor.server.views import _duration
-from conveyor.store.models import App, Deployment, DeploymentStep, Release, utcnow
+from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run, utcnow
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -140,9 +140,7 @@ def deploy(
             raise HTTPException(422, "forcing a deployment needs a reason (--reason)")
     mirror = request.app.state.engine.paths.mirror(app.name)
     if body.release is not None:
-        release = get_release_or_404(session, body.release)
-        if release.app_id != app.id:
-            raise HTTPException(404, f"unknown release {body.release!r} of app {app.name!r}")
+        release = _release_or_commit(session, app, body.release)
     else:
         release = _newest_passing(session, app, env, mirror)
     try:
@@ -161,6 +159,37 @@ def deploy(
     session.commit()
     request.app.state.deployer.wake()
     return deployment_out(d, steps=True)
+
+
+def _release_or_commit(session: Session, app: App, name: str) -> Release:
+    """A release by id, or by the commit it was built from (which says why there is none)."""
+    release = session.get(Release, name)
+    if release is not None and release.app_id == app.id:
+        return release
+    if len(name) >= 7 and all(c in "0123456789abcdef" for c in name.lower()):
+        prefix = name.lower()
+        built = session.scalar(
+            select(Release)
+            .where(Release.app_id == app.id, Release.sha.startswith(prefix))
+            .order_by(Release.created_at.desc())
+            .limit(1)
+        )
+        if built is not None:
+            return built
+        run = session.scalar(
+            select(Run)
+            .where(Run.app_id == app.id, Run.sha.startswith(prefix))
+            .order_by(Run.id.desc())
+            .limit(1)
+        )
+        if run is not None:
+            why = run.reason or run.state
+            raise HTTPException(
+                409,
+                f"commit {run.sha[:7]} has no release: run {run.id} {run.state} ({why}); "
+                "only a release whose tests passed may be deployed",
+            )
+    raise HTTPException(404, f"unknown release {name!r} of app {app.name!r}")
 
 
 def _newest_passing(session: Session, app: App, env: str, mirror: Path) -> Release:
