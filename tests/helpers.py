@@ -93,7 +93,7 @@ class ServerProcess(ManagedProcess):
             ],
             env,
         )
-        wait_for(self._healthy, timeout=30)
+        wait_for(self._healthy, timeout=60)  # a loaded 2-core machine can be that slow
         return self
 
     def _healthy(self) -> bool:

@@ -109,7 +109,7 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
             await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, 5.0)  # a restarted server sees its agents again soon
 
 
 async def _report(

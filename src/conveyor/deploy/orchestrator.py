@@ -48,6 +48,9 @@ STRATEGIES: dict[str, Callable[[Context], list[PlannedStep]]] = {
 }
 TICK = 0.25
 OFFLINE_AFTER = 15.0  # seconds without a word from an agent (as /api/hosts says)
+# how long a host may stay unreachable, counted from when this server process first saw
+# it so, before a deployment gives up on it (a restarted server gives agents time to return)
+OFFLINE_GRACE = float(os.environ.get("CONVEYOR_OFFLINE_GRACE", "20"))
 CONVERGE_MARGIN = 120.0  # on top of the health timeout: download, unpack, install hook
 ROLLBACK_WAIT = 120.0  # how long a rollback waits for hosts before recording what it reached
 FAILURE_CONFIRM = 1.0  # a failure must still be reported this much later (not a stale report)
@@ -75,6 +78,7 @@ class DeployEngine:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
         self._failures_seen: dict[tuple[int, str], float] = {}
+        self._offline_seen: dict[tuple[int, str], float] = {}
         crash = os.environ.get(CRASH_ENV)
         self._crash_after = int(crash) if crash and crash.isdigit() else None
         self._persisted = 0
@@ -169,7 +173,13 @@ class DeployEngine:
             if d.state not in PENDING:
                 return
             if problem is None:
-                problem = self._hosts_problem(session, names)
+                problem, offline = self._hosts_problem(session, names)
+                if offline and not all(self._gone(d.id, h) for h in offline):
+                    why = f"waiting for host(s) {', '.join(offline)} to connect"
+                    if d.reason != why:
+                        d.reason = why
+                        session.commit()
+                    return
             if problem is not None:
                 self._end(d, "failed", problem)
                 session.commit()
@@ -237,14 +247,23 @@ class DeployEngine:
             raise GateError(f"the hosts command {command.command!r} printed no host names")
         return list(dict.fromkeys(names))
 
-    def _hosts_problem(self, session: Session, names: list[str]) -> str | None:
+    def _gone(self, deployment_id: int, host: str) -> bool:
+        """Whether a host seen unreachable has stayed so for longer than the grace."""
+        first = self._offline_seen.setdefault((deployment_id, host), time.monotonic())
+        return time.monotonic() - first >= OFFLINE_GRACE
+
+    def _back(self, deployment_id: int, host: str) -> None:
+        self._offline_seen.pop((deployment_id, host), None)
+
+    def _hosts_problem(self, session: Session, names: list[str]) -> tuple[str | None, list[str]]:
+        """What stops these hosts from taking a deployment, and which are not connected."""
         rows = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
         unknown = [n for n in names if n not in rows or rows[n].state == "revoked"]
         if unknown:
             return (
                 f"unknown host(s) {', '.join(unknown)}: register them with `conveyor host add`; "
                 "nothing changed"
-            )
+            ), []
         now = utcnow()
         offline = [
             n
@@ -254,8 +273,11 @@ class DeployEngine:
             or (now - seen).total_seconds() > OFFLINE_AFTER
         ]
         if offline:
-            return f"host(s) not connected: {', '.join(offline)}; nothing changed"
-        return None
+            return (
+                f"host(s) not connected for {OFFLINE_GRACE:g} s: {', '.join(offline)}; "
+                "nothing changed"
+            ), offline
+        return None, []
 
     async def _release_files(self, release: Release, deployment_id: int) -> Path:
         into = self.data / "work" / f"deploy-{deployment_id}"
@@ -355,6 +377,7 @@ class DeployEngine:
             release = d.release_id
             config = Config.model_validate_json(d.release.config or "{}")
             rollback = step.kind == "rollback"
+            step_name = step.name
             started = step.started_at or utcnow()
             elapsed = (utcnow() - started).total_seconds()
         assert config.service is not None
@@ -362,6 +385,11 @@ class DeployEngine:
             name: host_progress(views[name], app_name, generations.get(name, 0), items)
             for name, items in targets.items()
         }
+        for name, (progress, _) in states.items():
+            if progress != Progress.OFFLINE:
+                self._back(deployment_id, name)
+            elif not self._gone(deployment_id, name):
+                states[name] = (Progress.WAITING, None)  # within the grace: wait for it
         if rollback:
             await self._watch_rollback(deployment_id, step_id, states, elapsed)
             return
@@ -373,7 +401,8 @@ class DeployEngine:
                 self._fail_now(
                     deployment_id,
                     step_id,
-                    f"host {name} lost its connection to the server during {step.name!r}",
+                    f"host {name} lost its connection to the server during {step_name!r} "
+                    f"(unreachable for {OFFLINE_GRACE:g} s)",
                 )
                 return
         waiting = [n for n, (p, _) in states.items() if p != Progress.CONVERGED]
@@ -384,7 +413,7 @@ class DeployEngine:
                 self._fail_now(
                     deployment_id,
                     step_id,
-                    f"host(s) {', '.join(waiting)} did not reach {step.name!r} within "
+                    f"host(s) {', '.join(waiting)} did not reach {step_name!r} within "
                     f"{limit:g} s" + (f": {errors}" if errors else ""),
                 )
             return

@@ -1,0 +1,102 @@
+"""The strategies' plans, as tables: which steps, which hosts, which weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.deploy import bluegreen, canary, rolling
+from conveyor.deploy.plan import Context, PlannedStep, chunks, rollback_targets
+from conveyor.protocol import ReleaseWeight
+
+OLD, NEW = "aaaaaaa-1", "bbbbbbb-1"
+
+
+def rw(**weights: int) -> list[ReleaseWeight]:
+    names = {"old": OLD, "new": NEW}
+    return [ReleaseWeight(release=names[k], weight=v) for k, v in weights.items()]
+
+
+def ctx(hosts: int = 4, *, first: bool = False, **kw: object) -> Context:
+    names = [f"web-{i}" for i in range(1, hosts + 1)]
+    previous = {h: [] if first else rw(old=100) for h in names}
+    return Context(release=NEW, hosts=names, previous=previous, **kw)  # type: ignore[arg-type]
+
+
+def shape(steps: list[PlannedStep]) -> list[tuple[str, list[str], int | None]]:
+    return [(s.kind, list(s.targets), s.weight) for s in steps]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "batch", "expected"),
+    [
+        (4, 1, [["web-1"], ["web-2"], ["web-3"], ["web-4"]]),
+        (4, 2, [["web-1", "web-2"], ["web-3", "web-4"]]),
+        (5, 2, [["web-1", "web-2"], ["web-3", "web-4"], ["web-5"]]),
+        (3, 5, [["web-1", "web-2", "web-3"]]),
+    ],
+)
+def test_rolling_batches(hosts: int, batch: int, expected: list[list[str]]) -> None:
+    steps = rolling.plan(ctx(hosts, batch_size=batch))
+    assert [list(s.targets) for s in steps if s.kind == "batch"] == expected
+    assert all(s.checks for s in steps if s.kind == "batch")
+    assert all(t == rw(new=100) for s in steps for t in s.targets.values())
+    assert steps[-1].kind == "verify"
+
+
+def test_blue_green_starts_beside_then_switches_every_host_at_once() -> None:
+    steps = bluegreen.plan(ctx(3))
+    assert shape(steps) == [
+        ("preview", ["web-1", "web-2", "web-3"], 0),
+        ("switch", ["web-1", "web-2", "web-3"], 100),
+        ("verify", [], None),
+    ]
+    assert steps[0].targets["web-1"] == rw(old=100, new=0)
+    assert steps[0].preview and steps[0].checks
+    assert steps[1].targets["web-2"] == rw(new=100)
+
+
+@pytest.mark.parametrize(
+    ("weights", "pauses"),
+    [((10, 50, 100), [30.0, 30.0, 0.0]), ((100,), [0.0]), ((25, 100), [30.0, 0.0])],
+)
+def test_canary_sets_each_weight_and_pauses_before_100(
+    weights: tuple[int, ...], pauses: list[float]
+) -> None:
+    steps = canary.plan(ctx(2, steps=weights, step_pause=30.0, analyse=True))
+    weighted = [s for s in steps if s.kind == "weight"]
+    assert [s.weight for s in weighted] == list(weights)
+    assert [s.pause for s in weighted] == pauses
+    assert [s.analyse for s in weighted] == [p > 0 for p in pauses]
+    for s in weighted:
+        expected = rw(new=100) if s.weight == 100 else rw(old=100 - (s.weight or 0), new=s.weight)
+        assert s.targets["web-1"] == expected
+
+
+def test_a_first_canary_has_nothing_to_compare_and_goes_straight_to_100() -> None:
+    steps = canary.plan(ctx(2, first=True, steps=(10, 100), step_pause=30.0, analyse=True))
+    assert shape(steps) == [("weight", ["web-1", "web-2"], 100), ("verify", [], None)]
+    assert steps[0].pause == 0
+
+
+def test_migrate_runs_first_on_the_first_host_beside_the_old_release() -> None:
+    for plan in (rolling.plan, bluegreen.plan, canary.plan):
+        steps = plan(ctx(3, migration="deployment-7"))
+        assert steps[0].kind == "migrate"
+        assert list(steps[0].targets) == ["web-1"]
+        assert steps[0].targets["web-1"] == [
+            ReleaseWeight(release=OLD, weight=100),
+            ReleaseWeight(release=NEW, weight=0, migrate="deployment-7"),
+        ]
+        assert sum(s.kind == "migrate" for s in steps) == 1
+
+
+def test_rollback_restores_exactly_what_touched_hosts_ran() -> None:
+    previous = {"web-1": rw(old=100), "web-2": rw(old=70, new=30), "web-3": []}
+    assert rollback_targets(previous, ["web-2", "web-3"]) == {
+        "web-2": rw(old=70, new=30),
+        "web-3": [],
+    }
+
+
+def test_chunks() -> None:
+    assert chunks(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
