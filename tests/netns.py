@@ -250,7 +250,7 @@ class ServerOnAddress(ServerProcess):
         listen = f"{self.address}:{self.port}"
         args = [sys.executable, "-m", "conveyor", "server", "--data", str(self.data)]
         self.spawn([*args, "--listen", listen], env)
-        wait_for(self._healthy, timeout=30)
+        wait_for(self._healthy, timeout=60)
         return self
 
 

@@ -187,3 +187,83 @@ def test_host_cut_off_mid_deployment_keeps_serving_then_reconverges(
     finally:
         agent.stop_everything()
     wait_for(lambda: ns.pids() == [], timeout=10)  # agent, router and instances all ended
+
+
+ROLLING_ENVIRONMENTS = """
+environments:
+  production:
+    hosts: [web-1, web-2, web-3]
+    strategy: rolling
+    batch: 1
+    verify:
+      - http: GET /healthz
+"""
+
+
+@pytest.mark.timeout(300)
+def test_host_cut_off_during_a_rolling_deploy_fails_it_and_rejoins_on_the_old_release(
+    ns: NetNamespace, tmp_path: Path
+) -> None:
+    """Documented behaviour: a host unreachable for 15 s (then a grace, 20 s by default,
+    CONVEYOR_OFFLINE_GRACE) fails the rolling deployment; every touched host goes back to
+    the previous release, and the cut-off one returns to it when its link comes back."""
+    from tests.fleet import Fleet, LoadGenerator
+
+    server = ServerOnAddress(
+        tmp_path / "data", ns.gateway_address, env={"CONVEYOR_OFFLINE_GRACE": "3"}
+    ).start()
+    fleet = Fleet(server, tmp_path, {"web-1": "127.0.0.16", "web-3": "127.0.0.17"})
+    fleet.agents["web-2"] = NamespacedAgent(server, "web-2", tmp_path / "web-2", netns=ns)
+    fleet.agents = dict(sorted(fleet.agents.items()))
+    ended = ("succeeded", "failed")
+
+    def deploy(label: str) -> Any:
+        fleet.commit(label, ROLLING_ENVIRONMENTS)
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        return wait_for(
+            lambda: next(
+                (d for d in server.get("/api/deployments?app=sample") if d["run"] == run["id"]),
+                None,
+            ),
+            timeout=30,
+        )
+
+    def finished(deployment: int) -> Any:
+        d = server.get(f"/api/deployments/{deployment}")
+        return d if d["state"] in ended else None
+
+    try:
+        fleet.start()
+        first = deploy("v1")
+        v1 = wait_for(lambda: finished(first["id"]), timeout=90)
+        assert v1["state"] == "succeeded", v1
+        with LoadGenerator(fleet.urls("web-1", "web-3"), clients=6) as load:
+            second = deploy("v2")
+            ns.cut()  # web-2, second in line, will never hear of v2
+            record = wait_for(lambda: finished(second["id"]), timeout=120, interval=0.5)
+            assert record["state"] == "failed", record
+            assert "web-2" in record["reason"] and "connection" in record["reason"], record
+            rollback = record["steps"][-1]
+            assert rollback["kind"] == "rollback" and set(rollback["hosts"]) == {"web-1", "web-2"}
+            assert fleet.routed("web-1") == {v1["release"]: 100}
+            assert fleet.routed("web-3") == {v1["release"]: 100}  # never touched
+
+            ns.restore()
+
+            def rejoined() -> bool:
+                h = server.get("/api/hosts/web-2")
+                return bool(
+                    h["online"]
+                    and h["observed"]["converged"]
+                    and h["applied_generation"] == h["generation"]
+                )
+
+            wait_for(rejoined, timeout=60, interval=0.5)
+        assert fleet.routed("web-2") == {v1["release"]: 100}
+        assert _release(ns.fetch(fleet.url("web-2"))) == v1["release"]
+        assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+    finally:
+        fleet.stop_everything()
+        server.stop()
+        server.http.close()
