@@ -338,12 +338,33 @@ class ServiceSpec(Wire):
     install_hook: str | None = None
 
 
+class MigrateRequest(Wire):
+    """Run hooks.migrate once for one deployment, after install and before the instance starts."""
+
+    id: str = Field(
+        description="unique per deployment, e.g. 'deployment-12'; the agent runs each id once"
+    )
+    command: str
+    timeout: float = 600.0
+
+
+class MigrationResult(Wire):
+    id: str
+    state: Literal["running", "succeeded", "failed"]
+    exit_code: int | None = None
+    output: str = Field(
+        default="", description="the last 4000 characters of the hook's stdout+stderr"
+    )
+    finished_at: float | None = None  # unix time
+
+
 class DesiredRelease(Wire):
     release: str
     sha256: str
     artifact: str = Field(description="path on the server to download the artifact from")
     weight: int = Field(ge=0, le=100)
     service: ServiceSpec
+    migrate: MigrateRequest | None = None
 
 
 class DesiredApp(Wire):
@@ -388,6 +409,7 @@ class ObservedRelease(Wire):
     pid: int | None = None
     restarts: int = 0
     error: str | None = None
+    migration: MigrationResult | None = None
 
 
 class ObservedApp(Wire):

@@ -365,7 +365,12 @@ def test_prune_keeps_five_and_those_in_use(data: Path, good_tarball: Path) -> No
         installer.archive_path("shop", name).write_bytes(b"x")
         logs = data / "shop" / "logs"
         logs.mkdir(exist_ok=True)
-        for log_name in (f"{name}-install.log", f"{name}-20001.log", f"{name}-x-2.log"):
+        for log_name in (
+            f"{name}-install.log",
+            f"{name}-20001.log",
+            f"{name}-migrate-deployment-7.log",
+            f"{name}-x-2.log",
+        ):
             (logs / log_name).write_text("log")
         time.sleep(0.002)
     assert installer.releases("shop") == names[::-1]
@@ -377,6 +382,7 @@ def test_prune_keeps_five_and_those_in_use(data: Path, good_tarball: Path) -> No
     assert installer.archive_path("shop", "r3").exists()
     assert not (data / "shop" / "logs" / "r2-install.log").exists()
     assert not (data / "shop" / "logs" / "r2-20001.log").exists()
+    assert not (data / "shop" / "logs" / "r2-migrate-deployment-7.log").exists()
     assert (data / "shop" / "logs" / "r2-x-2.log").exists()  # another release's
     assert (data / "shop" / "logs" / "r3-20001.log").exists()
     state = json.loads((data / STATE_FILE).read_text())

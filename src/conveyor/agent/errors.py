@@ -13,3 +13,7 @@ class InstallError(AgentError):
 
 class StartError(AgentError):
     """An instance could not be started, or exited as soon as it was started."""
+
+
+class MigrationFailed(AgentError):
+    """A release's migrate hook failed, timed out or was interrupted (now or on an earlier run)."""

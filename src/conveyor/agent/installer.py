@@ -8,6 +8,7 @@ Layout (Capistrano's, simplest form):
     <data>/<app>/current -> releases/<release>   replaced by an atomic rename
     <data>/<app>/downloads/<release>.tar.gz      the downloaded artifact (see archive_path)
     <data>/<app>/logs/<release>-<port>.log        instance output (supervisor.py), hook logs
+    <data>/<app>/migrations.json                  migrations run on this host (migrations.py)
 
 Every step either completes or leaves nothing behind: downloads and unpacks go to
 temporary names beside their destination and are renamed into place at the end.
@@ -26,7 +27,8 @@ import secrets
 import signal
 import tempfile
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,7 +39,14 @@ from conveyor.agent.records import AgentState, ReleaseRecord, StateFile, fsync_d
 from conveyor.agent.spawn import indent, log_tail, process_env
 from conveyor.agent.unpack import extract, remove_tree
 
-__all__ = ["KEEP_RELEASES", "InstallError", "Installer", "check_name", "file_sha256"]
+__all__ = [
+    "KEEP_RELEASES",
+    "HookExit",
+    "InstallError",
+    "Installer",
+    "check_name",
+    "file_sha256",
+]
 
 log = logging.getLogger("conveyor.agent.installer")
 
@@ -51,6 +60,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNPACK_PREFIX = ".unpack-"
 _TRASH_PREFIX = ".trash-"
+
+
+@dataclass(frozen=True)
+class HookExit:
+    """How a hook ended."""
+
+    code: int | None  # its exit status (negative: killed by that signal); None: timed out
+    since: int  # where its output starts in its log file
 
 
 def check_name(kind: str, value: str) -> str:
@@ -257,6 +274,39 @@ class Installer:
         name: str = "install",
     ) -> None:
         """Run a hook with bash in the release directory; raise InstallError unless it exits 0."""
+        done = await self.exec_hook(command, release_dir, env, log_path, timeout, name)
+        tail = indent(log_tail(log_path, since=done.since))
+        if done.code is None:
+            raise InstallError(
+                f"{name} hook `{command}` timed out after {timeout:g}s in {release_dir} and was "
+                f"killed; last lines of {log_path}:\n{tail}"
+            )
+        if done.code != 0:
+            how = (
+                f"was killed by signal {-done.code}"
+                if done.code < 0
+                else f"exited with code {done.code}"
+            )
+            raise InstallError(
+                f"{name} hook `{command}` {how} in {release_dir}; last lines of {log_path}:\n{tail}"
+            )
+
+    async def exec_hook(
+        self,
+        command: str,
+        release_dir: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        timeout: float,
+        name: str = "install",
+        on_start: Callable[[int, int], None] | None = None,
+    ) -> HookExit:
+        """Run a hook with bash in the release directory, its output appended to log_path.
+
+        Returns how it ended; raises InstallError only if it could not start. It runs in a
+        session of its own (pid = process group), and on_start(pid, offset) is called as
+        soon as it runs. Cancelling the call kills the whole group.
+        """
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             out.write(f"--- conveyor: {name} hook: {command}\n".encode())
@@ -279,23 +329,17 @@ class Installer:
                     f"{name} hook `{command}` could not start in {release_dir}: {exc}"
                 ) from exc
         try:
+            if on_start is not None:
+                on_start(proc.pid, since)
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             await _end_group(proc)
-            raise InstallError(
-                f"{name} hook `{command}` timed out after {timeout:g}s in {release_dir} and was "
-                f"killed; last lines of {log_path}:\n{indent(log_tail(log_path, since=since))}"
-            ) from None
+            return HookExit(code=None, since=since)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            raise InstallError(
-                f"{name} hook `{command}` {how} in {release_dir}; "
-                f"last lines of {log_path}:\n{indent(log_tail(log_path, since=since))}"
-            )
+        return HookExit(code=code, since=since)
 
     # -- current ------------------------------------------------------------------------
 
@@ -363,8 +407,9 @@ class Installer:
             self.archive_path(app, name).unlink(missing_ok=True)
             logs = self.app_dir(app) / "logs"
             if logs.is_dir():
-                # the release's hook logs and its instances' logs (<release>-<port>.log)
-                mine = re.compile(rf"^{re.escape(name)}-([a-z]+|[0-9]+)\.log$")
+                # the release's hook logs (<release>-install.log, <release>-migrate-<id>.log)
+                # and its instances' logs (<release>-<port>.log)
+                mine = re.compile(rf"^{re.escape(name)}-([a-z]+|[0-9]+|migrate-[^/]+)\.log$")
                 for path in logs.iterdir():
                     if mine.match(path.name):
                         path.unlink(missing_ok=True)

@@ -5,6 +5,12 @@ background; the router gets the desired weights only once every release that
 should take traffic is healthy (so a release that never gets healthy changes
 nothing users see); a release no longer desired is drained, kept warm for
 `keep_warm` (a rollback to it is then a weight switch), then stopped.
+
+A release whose desired state asks for a migration (`migrate`) runs it once, after
+it is installed and before its instance starts (see migrations.py); a failed one
+fails the release, so nothing is routed to it. A migration asked for a release that
+already runs is run too (once), before the release counts as healthy again; if it
+fails, the instance is left running (it may be serving) but the release is failed.
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor.agent.errors import MigrationFailed
 from conveyor.agent.health import wait_healthy
 from conveyor.agent.installer import Installer, InstallError
 from conveyor.agent.link import ServerLink
+from conveyor.agent.migrations import Migrations
 from conveyor.agent.supervisor import Instance, Supervisor
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
     DesiredState,
+    MigrationResult,
     ObservedApp,
     ObservedRelease,
     ObservedState,
@@ -72,6 +81,7 @@ class Reconciler:
         self.router = router
         self.installer = installer
         self.supervisor = supervisor
+        self.migrations = Migrations(installer)
         self.bind = bind
         self.desired: DesiredState | None = None
         self.runtimes: dict[tuple[str, str], ReleaseRuntime] = {}
@@ -109,6 +119,7 @@ class Reconciler:
 
     async def adopt(self) -> None:
         """Re-attach to instances left running by a previous agent process."""
+        self.migrations.recover()
         for instance in await self.supervisor.adopt():
             key = (instance.app, instance.release)
             spec = self._desired_release(*key)
@@ -189,11 +200,21 @@ class Reconciler:
             self._changed()
         if rt.phase == "healthy" and not self._alive(rt) and rt.instance is None:
             rt.phase = "installing"
+        if rt.phase == "healthy" and self._migration_due(rt):
+            rt.phase = "starting"  # healthy again once its migration ran and it passes a check
+            self._changed()
         if rt.phase in ("installing", "starting") and (rt.task is None or rt.task.done()):
             rt.task = asyncio.create_task(self._bring_up(rt, generation))
 
     def _alive(self, rt: ReleaseRuntime) -> bool:
         return rt.instance is not None and self.supervisor.is_running(rt.instance)
+
+    def _migration_due(self, rt: ReleaseRuntime) -> bool:
+        """Whether the desired migration of a release has not (successfully) run."""
+        if rt.spec is None or rt.spec.migrate is None:
+            return False
+        result = self.migrations.result(rt.app, rt.spec.migrate.id)
+        return result is None or result.state != "succeeded"
 
     async def _bring_up(self, rt: ReleaseRuntime, generation: int) -> None:
         spec = rt.spec
@@ -204,6 +225,7 @@ class Reconciler:
                 rt.phase = "installing"
                 self._changed()
                 release_dir = await self._install(rt.app, spec)
+                await self._migrate(rt, spec, release_dir)
                 rt.phase = "starting"
                 self._changed()
                 env = dict(service.env) | {
@@ -213,6 +235,9 @@ class Reconciler:
                 rt.instance = await self.supervisor.start(
                     rt.app, rt.release, release_dir, service.start, env
                 )
+            elif self._migration_due(rt):
+                release_dir = self.installer.release_dir(rt.app, rt.release)
+                await self._migrate(rt, spec, release_dir)
             instance = rt.instance
             result = await wait_healthy(
                 "127.0.0.1",
@@ -236,11 +261,30 @@ class Reconciler:
             log.warning(
                 "release failed", extra={"app": rt.app, "release": rt.release, "error": str(exc)}
             )
-            if rt.instance is not None:
+            # an instance that ran before its migration failed may be serving: the router
+            # keeps the previous routing, and the instance stops once it is not desired
+            if rt.instance is not None and not isinstance(exc, MigrationFailed):
                 await self.supervisor.stop(rt.instance, grace=5)
                 rt.instance = None
         finally:
             self._changed()
+
+    async def _migrate(self, rt: ReleaseRuntime, spec: DesiredRelease, release_dir: Path) -> None:
+        """Run the release's desired migration unless it ran; raise MigrationFailed if it failed."""
+        request = spec.migrate
+        if request is None:
+            return
+        self._changed()
+        env = dict(spec.service.env) | {"CONVEYOR_APP": rt.app, "CONVEYOR_RELEASE": rt.release}
+        try:
+            result = await self.migrations.run(rt.app, rt.release, request, release_dir, env)
+        finally:
+            self._changed()
+        if result.state != "succeeded":
+            raise MigrationFailed(
+                self.migrations.failure(rt.app, request.id)
+                or f"migration {request.id} is {result.state} (for another release)"
+            )
 
     async def _install(self, app: str, spec: DesiredRelease) -> Path:
         release_dir = self.installer.release_dir(app, spec.release)
@@ -399,6 +443,13 @@ class Reconciler:
 
     # -- what is reported ------------------------------------------------------
 
+    def _migration(self, app: str, release: str) -> MigrationResult | None:
+        """The migration the desired state asks of a release; None when it asks for none."""
+        spec = self._desired_release(app, release)
+        if spec is None or spec.migrate is None:
+            return None
+        return self.migrations.result(app, spec.migrate.id)
+
     def observed(self, router_alive: bool) -> ObservedState:
         desired = self.desired
         apps: dict[str, ObservedApp] = {}
@@ -418,6 +469,7 @@ class Reconciler:
                     pid=rt.instance.pid if rt.instance else None,
                     restarts=rt.instance.restarts if rt.instance else 0,
                     error=rt.error,
+                    migration=self._migration(app, release),
                 )
             )
         for app, obs in apps.items():
