@@ -109,3 +109,54 @@ def test_approval_required_waits_until_approved(fleet: Fleet) -> None:
     production = wait_deployed(server, run, "production")
     assert production["state"] == "succeeded", production
     assert production["approved_by"] == approved[0]["approved_by"]
+
+
+MIGRATING = """
+hooks:
+  migrate: ./bin/migrate
+environments:
+  production:
+    hosts: [web-1, web-2]
+    strategy: rolling
+"""
+
+
+def test_migrate_runs_once_on_the_first_host_before_traffic_and_its_failure_stops_all(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    from tests.helpers import commit
+
+    server = fleet.server
+    ledger = tmp_path / "migrations.log"
+
+    def push_migrating(label: str, script: str) -> Any:
+        commit(fleet.repo, {"bin/migrate": script}, executable=("bin/migrate",))
+        fleet.commit(label, MIGRATING)
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        return wait_deployed(server, run["id"], "production")
+
+    good = f'#!/bin/sh\necho "$CONVEYOR_MIGRATION $PWD" >> {ledger}\necho migrated\n'
+    v1 = push_migrating("v1", good)
+    assert v1["state"] == "succeeded", v1
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6) as load:
+        v2 = push_migrating("v2", good)
+        assert v2["state"] == "succeeded", v2
+        assert [s["kind"] for s in v2["steps"]][:2] == ["migrate", "batch"]
+        lines = ledger.read_text().splitlines()
+        # once per deployment, on the first host only
+        assert [line.split()[0] for line in lines] == [
+            f"deployment-{v1['id']}",
+            f"deployment-{v2['id']}",
+        ]
+        assert "/web-1/" in lines[1] and v2["release"] in lines[1]
+
+        bad = "#!/bin/sh\necho 'column shop.price already exists' >&2\nexit 4\n"
+        v3 = push_migrating("v3", bad)
+    assert v3["state"] == "failed", v3
+    assert "hooks.migrate failed on web-1 (exit 4)" in v3["reason"], v3["reason"]
+    assert "column shop.price already exists" in v3["reason"]
+    assert [s["kind"] for s in v3["steps"] if s["state"] != "skipped"] == ["migrate", "rollback"]
+    assert {fleet.serving(h) for h in ("web-1", "web-2")} == {v2["release"]}
+    assert v3["release"] not in load.result.releases  # no traffic ever moved to it
+    assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)

@@ -9,7 +9,14 @@ from collections import defaultdict
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
-from conveyor.protocol import DesiredApp, DesiredRelease, DesiredState, ReleaseWeight, ServiceSpec
+from conveyor.protocol import (
+    DesiredApp,
+    DesiredRelease,
+    DesiredState,
+    MigrateRequest,
+    ReleaseWeight,
+    ServiceSpec,
+)
 from conveyor.store.models import App, Host, HostApp, Release
 
 
@@ -75,6 +82,14 @@ def service_spec(release: Release) -> ServiceSpec:
     )
 
 
+def migrate_request(release: Release, migration: str | None) -> MigrateRequest | None:
+    """hooks.migrate of the release, to run once under this id (None: nothing to run)."""
+    if migration is None or not release.config:
+        return None
+    command = Config.model_validate_json(release.config).hooks.migrate
+    return MigrateRequest(id=migration, command=command) if command else None
+
+
 def set_host_app(
     session: Session, host: Host, app: App, releases: list[ReleaseWeight], sticky: bool
 ) -> None:
@@ -120,6 +135,7 @@ def desired_state(session: Session, host: Host) -> DesiredState:
                     artifact=f"/api/agent/artifacts/{release.id}",
                     weight=item.weight,
                     service=service_spec(release),
+                    migrate=migrate_request(release, item.migrate),
                 )
             )
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky))

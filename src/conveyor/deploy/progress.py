@@ -53,7 +53,7 @@ def host_progress(
             release = next((r for r in found.releases if r.release == target.release), None)
             if release is None:
                 continue
-            migration = getattr(release, "migration", None)  # agents before migrations lack it
+            migration = release.migration
             if (
                 target.migrate
                 and migration is not None
