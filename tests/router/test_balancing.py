@@ -10,9 +10,9 @@ from collections.abc import Callable
 import httpx
 
 from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.spec import RouteSpec, Target
+from conveyor.router.spec import PREVIEW_HEADER, RouteSpec, Target
 from tests.router.backend import Backend
-from tests.router.support import Apps, client, release_metrics, run
+from tests.router.support import Apps, client, dead_port, release_metrics, run
 
 Instances = Callable[..., list[Backend]]
 
@@ -58,9 +58,72 @@ def test_sticky_cookie_pins_a_client_to_its_release(apps: Apps, instances: Insta
     assert moved.text == "b\n" and moved.cookies[cookie] == "b"
 
 
-def get_into(spec: RouteSpec, path: str, results: list[httpx.Response]) -> None:
+def test_preview_header_reaches_a_release_at_weight_0(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    a, b = instances("a", "b")
+    targets = [
+        Target(release="a", port=a.port, weight=100),
+        Target(release="b", port=b.port, weight=0),
+        Target(release="down", port=dead_port(), weight=0),
+    ]
+    spec = apps.serve(targets, sticky=True)
+    cookie = f"conveyor_release_{spec.app}"
     with client(spec) as http:
-        results.append(http.get(path))
+        plain = [http.get("/") for _ in range(20)]
+        assert {(r.status_code, r.text) for r in plain} == {(200, "a\n")}
+        assert http.cookies[cookie] == "a"
+        # the header wins over the sticky cookie (sent along here), and sets none
+        previews = [http.get("/", headers={PREVIEW_HEADER: "b"}) for _ in range(10)]
+        assert {(r.status_code, r.text) for r in previews} == {(200, "b\n")}
+        assert all("set-cookie" not in r.headers for r in previews)
+        assert http.cookies[cookie] == "a"
+        # never another release: an unknown one, or one whose instance is down, is a 503
+        for release in ("nope", "down", "down"):
+            refused = http.get("/", headers={PREVIEW_HEADER: release})
+            assert refused.status_code == 503
+            assert refused.text.startswith(f"release {release} is not available on this host")
+        assert http.get("/").text == "a\n"  # the connection stays usable
+    assert (a.requests, b.requests) == (21, 10)
+    counters = release_metrics(router, spec.app)
+    assert (counters["a"].requests, counters["b"].requests) == (21, 10)
+    assert counters["b"].errors_5xx == 0 and counters["b"].in_flight == 0
+    assert counters["down"].connect_failures == 1
+
+
+def test_preview_follows_the_targets_not_the_weights(
+    apps: Apps, instances: Instances, router: EmbeddedRouter
+) -> None:
+    a, b = instances("a", "b")
+
+    def targets(**weights: int) -> list[Target]:
+        ports = {"a": a.port, "b": b.port}
+        return [Target(release=r, port=ports[r], weight=w) for r, w in weights.items()]
+
+    preview_a = {PREVIEW_HEADER: "a"}
+    spec = apps.serve(targets(a=100, b=0), drain_timeout=0.5)
+    apps.apply(spec.model_copy(update={"targets": targets(a=0, b=100)}))
+    results: list[httpx.Response] = []
+    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1", results, preview_a))
+    slow.start()
+    with client(spec) as http:
+        assert {http.get("/").text for _ in range(10)} == {"b\n"}
+        assert {http.get("/", headers=preview_a).text for _ in range(5)} == {"a\n"}
+    # a's drain timeout cuts what it was serving when it left rotation, not a later preview
+    slow.join(timeout=5)
+    assert results[0].status_code == 200 and results[0].text == "a slow\n"
+    assert release_metrics(router, spec.app)["a"].requests == 6
+    # a release that is no target any more is not reachable
+    apps.apply(spec.model_copy(update={"targets": targets(b=100)}))
+    with client(spec) as http:
+        assert http.get("/", headers=preview_a).status_code == 503
+
+
+def get_into(
+    spec: RouteSpec, path: str, results: list[httpx.Response], headers: dict[str, str] | None = None
+) -> None:
+    with client(spec) as http:
+        results.append(http.get(path, headers=headers))
 
 
 class Load:

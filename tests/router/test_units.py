@@ -63,6 +63,19 @@ def test_sticky_pick_stays_in_the_release() -> None:
     assert balancer.pick_release("a") is None
 
 
+def test_preview_pick_takes_any_weight_and_never_another_release() -> None:
+    a, b1, b2 = ups(a=100, b1=0, b2=0)
+    b1.release = b2.release = "b"
+    balancer = Balancer([a, b1, b2])
+    assert balancer.pick_preview("b") is b1 and balancer.pick_preview("b") is b2  # in turns
+    assert balancer.pick_preview("a") is a
+    assert balancer.pick_preview("gone") is None
+    b1.down = True
+    assert {balancer.pick_preview("b") for _ in range(4)} == {b2}
+    assert balancer.pick_preview("b", exclude=[b2]) is None
+    assert {balancer.pick() for _ in range(4)} == {a}  # weight 0 still takes no ordinary request
+
+
 def test_counters_histogram_is_cumulative() -> None:
     counters = Counters()
     for latency, status in [(0.0005, 200), (0.001, 200), (0.3, 502), (60.0, 200)]:

@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.router.haproxy import HAProxyRouter
 from conveyor.router.haproxy_state import AppState, new_slots
-from conveyor.router.spec import LATENCY_BUCKETS, RouterError
+from conveyor.router.spec import LATENCY_BUCKETS, PREVIEW_HEADER, RouterError
 from tests.helpers import free_port, wait_for
 from tests.router_haproxy.backend import Backend
 from tests.router_haproxy.conftest import MakeRouter
@@ -208,6 +208,61 @@ def test_sticky_sessions_pin_a_release(
     # stickiness can be switched off at runtime too
     loop.run(router.apply(spec("shop", port, ("rel-b", b1, 100))))
     assert get(port)[2]["Set-Cookie"] is None
+
+
+def test_preview_header_reaches_a_release_at_weight_0(
+    loop: LoopThread, router: HAProxyRouter, instances: Instances
+) -> None:
+    port, dead = free_port(), free_port()
+    a1, b1, b2 = instances["a1"].port, instances["b1"].port, instances["b2"].port
+    targets = [("rel-a", a1, 100), ("rel-b", b1, 0), ("rel-b", b2, 0), ("rel-down", dead, 0)]
+    loop.run(router.apply(spec("shop", port, *targets, sticky=True)))
+    plain = [get(port) for _ in range(20)]
+    assert {(status, body) for status, body, _ in plain} == {(200, "rel-a")}
+    preview_b = {PREVIEW_HEADER: "rel-b"}
+    previews = [get(port, headers=preview_b) for _ in range(30)]
+    assert {(status, body) for status, body, _ in previews} == {(200, "rel-b")}
+    assert {h["X-Instance"] for _, _, h in previews} == {"b1", "b2"}
+    assert all(h["Set-Cookie"] is None for _, _, h in previews)
+    # the header wins over a sticky cookie
+    pinned = {"Cookie": "conveyor_release=rel-a", **preview_b}
+    status, body, headers = get(port, headers=pinned)
+    assert (status, body, headers["Set-Cookie"]) == (200, "rel-b", None)
+    # never another release: an unknown one, or one whose instance is down, is a 503
+    status, body, _ = get(port, headers={PREVIEW_HEADER: "rel-x"})
+    assert (status, body) == (503, "release rel-x is not available on this host\n")
+    status, body, _ = get(port, headers={PREVIEW_HEADER: "rel-down"})
+    assert status == 503 and "rel-a" not in body
+    wait_for(
+        lambda: _requests(loop, router) == {"rel-a": 20, "rel-b": 31, "rel-down": 1}, timeout=5
+    )
+    releases = loop.run(router.metrics()).apps["shop"].releases
+    assert releases["rel-b"].errors_5xx == 0 and releases["rel-b"].latency_buckets[-1] == 31
+    assert releases["rel-down"].connect_failures >= 1
+    assert releases["rel-a"].connect_failures == 0
+
+
+def test_preview_follows_the_targets_across_runtime_updates_and_reloads(
+    loop: LoopThread, router: HAProxyRouter, instances: Instances
+) -> None:
+    port = free_port()
+    a1, b1 = instances["a1"].port, instances["b1"].port
+    preview_a, preview_b = {PREVIEW_HEADER: "rel-a"}, {PREVIEW_HEADER: "rel-b"}
+    loop.run(router.apply(spec("shop", port, ("rel-a", a1, 100), ("rel-b", b1, 0))))
+    before = proc(loop, router)
+    assert get(port, headers=preview_b)[:2] == (200, "rel-b")
+    loop.run(router.apply(spec("shop", port, ("rel-a", a1, 0), ("rel-b", b1, 100))))
+    assert {get(port)[1] for _ in range(10)} == {"rel-b"}
+    assert {get(port, headers=preview_a)[1] for _ in range(10)} == {"rel-a"}
+    assert proc(loop, router).reloads == before.reloads  # through the Runtime API alone
+    # a reload (another app) starts a worker from the files: it routes previews the same
+    loop.run(router.apply(spec("blog", free_port(), ("rel-b", b1, 100))))
+    assert proc(loop, router).reloads == before.reloads + 1
+    assert {get(port, headers=preview_a)[1] for _ in range(10)} == {"rel-a"}
+    assert {get(port)[1] for _ in range(10)} == {"rel-b"}
+    # a release that is no target any more is not reachable
+    loop.run(router.apply(spec("shop", port, ("rel-b", b1, 100))))
+    assert get(port, headers=preview_a)[0] == 503
 
 
 def test_a_restarted_driver_adopts_the_running_haproxy(

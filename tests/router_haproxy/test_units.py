@@ -18,6 +18,8 @@ from conveyor.router.haproxy_state import (
     new_slots,
     pins,
     plan_slots,
+    previews,
+    previews_meanwhile,
 )
 from conveyor.router.spec import LATENCY_BUCKETS, RouterError, Target
 
@@ -65,12 +67,39 @@ PLANS = [
         {},
         ["ready:a:9001:50", "ready:b:9002:50", "free"],
     ),
-    # weight 0 and absent targets drain
+    # absent targets drain; one at weight 0 stays ready at weight 0, for previews
     (
         ["ready:a:9001:90", "ready:b:9002:10", "free"],
         ["a:9001:0", "c:9003:100"],
         {},
-        ["drain:a:9001:90", "drain:b:9002:10", "ready:c:9003:100"],
+        ["ready:a:9001:0", "drain:b:9002:10", "ready:c:9003:100"],
+    ),
+    # a new target at weight 0 (blue-green) takes a free slot, at weight 0
+    (
+        ["ready:a:9001:100", "free", "free"],
+        ["a:9001:100", "b:9002:0"],
+        {},
+        ["ready:a:9001:100", "ready:b:9002:0", "free"],
+    ),
+    # a weight-0 target back from maintenance is ready again; a weight change keeps its slot
+    (
+        ["maint:a:9001:0", "ready:b:9002:100"],
+        ["a:9001:0", "b:9002:100"],
+        {},
+        ["ready:a:9001:0", "ready:b:9002:100"],
+    ),
+    (
+        ["ready:a:9001:0", "ready:b:9002:100"],
+        ["a:9001:100", "b:9002:0"],
+        {},
+        ["ready:a:9001:100", "ready:b:9002:0"],
+    ),
+    # a weight-0 target without a slot to spare goes without (no error, no preview)
+    (
+        ["ready:a:9001:100", "maint:b:9002:0"],
+        ["a:9001:100", "c:9003:0"],
+        {"s2": 1},
+        ["ready:a:9001:100", "maint:b:9002:0"],
     ),
     # a retired idle slot is reused; a busy one is not
     (
@@ -86,12 +115,18 @@ PLANS = [
         {"s1": 1},
         ["ready:a:9001:100", "drain:b:9002:100"],
     ),
-    # out of slots, a warm release at weight 0 gives up its idle one
+    # out of slots, a warm release at weight 0 gives up its idle one; a busy one keeps it
     (
         ["maint:a:9001:0", "ready:b:9002:100"],
         ["a:9001:0", "b:9002:50", "c:9003:50"],
         {},
         ["ready:c:9003:50", "ready:b:9002:50"],
+    ),
+    (
+        ["ready:a:9001:0", "ready:b:9002:100", "ready:d:9004:0"],
+        ["a:9001:0", "b:9002:50", "c:9003:50", "d:9004:0"],
+        {"s1": 1},
+        ["ready:a:9001:0", "ready:b:9002:50", "ready:c:9003:50"],
     ),
     # the same port now carries another release: a new slot, the old one drains
     (
@@ -132,13 +167,39 @@ def test_pins_spread_over_the_instances_of_a_release() -> None:
         bind="0.0.0.0",
         port=8000,
         sticky=True,
-        slots=_slots("ready:a:9001:25", "ready:a:9002:25", "ready:b:9003:50", "drain:c:9004:0"),
+        slots=_slots(
+            "ready:a:9001:25",
+            "ready:a:9002:25",
+            "ready:b:9003:50",
+            "drain:c:9004:0",
+            "ready:d:9005:0",
+        ),
     )
     entries = dict(pins(app, PIN_SPREAD))
     assert entries.pop("_sticky") == "1"
-    assert sorted(set(entries.values())) == ["s1", "s2", "s3"]  # never the draining slot
+    # never the draining slot, nor one at weight 0
+    assert sorted(set(entries.values())) == ["s1", "s2", "s3"]
     assert [entries[f"a/{i}"] for i in range(4)] == ["s1", "s2", "s1", "s2"]
     assert pins(app.model_copy(update={"sticky": False}), PIN_SPREAD) == []
+    # previews reach every ready slot, weight 0 included, sticky or not
+    for sticky in (True, False):
+        found = dict(previews(app.model_copy(update={"sticky": sticky}), PIN_SPREAD))
+        assert sorted(set(found.values())) == ["s1", "s2", "s3", "s5"]
+        assert {found[f"d/{i}"] for i in range(PIN_SPREAD)} == {"s5"}
+        assert "c/0" not in found
+
+
+def test_previews_meanwhile_drop_slots_that_change_release() -> None:
+    def app(*slots: str) -> AppState:
+        return AppState(app="shop", bind="0.0.0.0", port=8000, slots=_slots(*slots))
+
+    # s1 (a, weight 0) is taken by c; s2 moves from one instance of b to another
+    old = app("ready:a:9001:0", "ready:b:9002:100", "ready:b:9003:0")
+    new = app("ready:c:9004:100", "ready:b:9005:100", "ready:b:9003:0")
+    meanwhile = previews_meanwhile(old, new, PIN_SPREAD)
+    assert {slot for _, slot in meanwhile} == {"s2", "s3"}
+    assert not any(key.startswith("a/") for key, _ in meanwhile)
+    assert previews_meanwhile(new, new, PIN_SPREAD) == previews(new, PIN_SPREAD)
 
 
 def test_credit_survives_new_workers_and_slot_reuse() -> None:

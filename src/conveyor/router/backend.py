@@ -81,6 +81,7 @@ class BackendConnection(asyncio.Protocol):
         "keep_alive",
         "out",
         "parser",
+        "preview",
         "raw",
         "read_paused",
         "reset_parser",
@@ -93,8 +94,10 @@ class BackendConnection(asyncio.Protocol):
         "upstream",
     )
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, *, preview: bool = False) -> None:
         self.upstream = upstream
+        # Carries a preview request (see PREVIEW_HEADER): a drain timeout leaves it alone.
+        self.preview = preview
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.exchange: Exchange | None = None

@@ -15,6 +15,7 @@ from httptools import (
 )
 
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
+from conveyor.router.spec import PREVIEW_HEADER
 
 if TYPE_CHECKING:
     from conveyor.router.backend import BackendConnection
@@ -27,7 +28,7 @@ MAX_HEADER_BYTES = 64 * 1024
 LINGER = 2.0
 
 # Request headers the proxy looks at; the rest are relayed untouched.
-_HOST, _XFF, _XFP, _XFH, _COOKIE, _LENGTH, _TE, _CONNECTION, _UPGRADE, _HOP = range(10)
+_HOST, _XFF, _XFP, _XFH, _COOKIE, _LENGTH, _TE, _CONNECTION, _UPGRADE, _HOP, _PREVIEW = range(11)
 _SPECIAL = {
     b"host": _HOST,
     b"x-forwarded-for": _XFF,
@@ -42,6 +43,7 @@ _SPECIAL = {
     b"proxy-connection": _HOP,
     b"te": _HOP,
     b"trailer": _HOP,
+    PREVIEW_HEADER.lower().encode(): _PREVIEW,
 }
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
@@ -323,7 +325,7 @@ class ClientConnection(asyncio.Protocol):
         upgrade = parser.should_upgrade()
         keep_alive = parser.should_keep_alive()
         parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
-        host = xff = cookie = upgrade_to = None
+        host = xff = cookie = upgrade_to = preview = None
         xfp = xfh = chunked = has_body = connection = False
         listed: list[bytes] | None = None
         kinds = _KINDS
@@ -363,6 +365,8 @@ class ClientConnection(asyncio.Protocol):
                 xfh = True
             elif kind == _COOKIE:
                 cookie = value
+            elif kind == _PREVIEW:
+                preview = value  # the last one counts, as with HAProxy's req.fhdr
             parts += (name, b": ", value, b"\r\n")
         peer = self.peer
         if xff:
@@ -400,6 +404,7 @@ class ClientConnection(asyncio.Protocol):
             chunked,
             has_body,
             cookie_release,
+            None if preview is None else preview.strip().decode("latin-1"),
         )
         self.parsing = self.last = ex
         if self.current is None:

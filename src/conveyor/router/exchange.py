@@ -66,6 +66,7 @@ class Exchange:
         "keep_alive",
         "pending",
         "pending_size",
+        "preview",
         "req_done",
         "retried",
         "sent",
@@ -89,6 +90,7 @@ class Exchange:
         chunked: bool,
         has_body: bool,
         cookie_release: str | None,
+        preview: str | None = None,
     ) -> None:
         self.client = client
         self.app: App = client.app
@@ -101,6 +103,8 @@ class Exchange:
         self.chunked = chunked
         self.req_done = not has_body
         self.cookie_release = cookie_release
+        # The release named in PREVIEW_HEADER: only it may answer, whatever its weight.
+        self.preview = preview
         self.set_cookie = b""
         # Frames not yet sent (no backend connection yet); None once streaming directly.
         self.pending: list[bytes] | None = []
@@ -123,6 +127,14 @@ class Exchange:
     def begin(self) -> None:
         app = self.app
         balancer = app.balancer
+        if self.preview is not None:
+            # A verification must not pass by reaching another release: no fallback, no cookie.
+            up = balancer.pick_preview(self.preview)
+            if up is None:
+                self.fail(503, f"release {self.preview} is not available on this host")
+            else:
+                self._use(up)
+            return
         up = None
         if app.sticky and self.cookie_release is not None:
             up = balancer.pick_release(self.cookie_release)
@@ -159,7 +171,9 @@ class Exchange:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(
-                    lambda: BackendConnection(up), up.host, up.port
+                    lambda: BackendConnection(up, preview=self.preview is not None),
+                    up.host,
+                    up.port,
                 )
         except Exception as exc:  # OSError, TimeoutError, or anything else: not connected
             self.connect_task = None
@@ -189,15 +203,26 @@ class Exchange:
         if tried is None:
             tried = self.tried = []
         tried.append(up)
-        nxt = self.app.balancer.pick(exclude=tried)
-        if nxt is None:
-            self.fail(502, f"no instance of app {self.app.name} accepted a connection")
+        if self.preview is not None:
+            nxt = self.app.balancer.pick_preview(self.preview, exclude=tried)
+            if nxt is None:
+                self.fail(
+                    503,
+                    f"release {self.preview} is not available on this host: "
+                    "its instance refused the connection",
+                )
+                return
         else:
-            self._use(nxt)
+            nxt = self.app.balancer.pick(exclude=tried)
+            if nxt is None:
+                self.fail(502, f"no instance of app {self.app.name} accepted a connection")
+                return
+        self._use(nxt)
 
     def _send(self, conn: BackendConnection) -> None:
         self.backend = conn
         conn.exchange = self
+        conn.preview = self.preview is not None
         conn.idle_ticks = 0
         if conn.status:
             conn.reset()

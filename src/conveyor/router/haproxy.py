@@ -59,6 +59,8 @@ from conveyor.router.haproxy_state import (
     new_slots,
     pins,
     plan_slots,
+    previews,
+    previews_meanwhile,
     prune_totals,
     release_counters,
     save_state,
@@ -282,14 +284,24 @@ class HAProxyRouter:
 
     async def _steer(self, old: AppState, new: AppState) -> None:
         """Bring an app's slots from `old` to `new` through the Runtime API, in an order that
-        never leaves a request without a server: new targets up, maps, then old ones down."""
+        never leaves a request without a server: new targets up, maps, then old ones down.
+
+        A preview must never reach another release than the one it names: entries naming
+        a slot that will carry another release go first, before the slot is re-pointed."""
         up, down = runtime_commands(old, new)
+        previews_map = self.paths.previews_map(new.app)
+        before, after = previews(old, PIN_SPREAD), previews(new, PIN_SPREAD)
+        meanwhile = previews_meanwhile(old, new, PIN_SPREAD)
+        if meanwhile != before:
+            await replace_map(self.paths, previews_map, meanwhile)
         if slot_releases(old) != slot_releases(new):
             await replace_map(self.paths, self.paths.slots_map(new.app), slot_releases(new))
         for command in up:
             await runtime(self.paths, command)
         if pins(old, PIN_SPREAD) != pins(new, PIN_SPREAD):
             await replace_map(self.paths, self.paths.pins_map(new.app), pins(new, PIN_SPREAD))
+        if after != meanwhile:
+            await replace_map(self.paths, previews_map, after)
         for command in down:
             await runtime(self.paths, command)
 

@@ -1,4 +1,4 @@
-"""The files HAProxy reads: haproxy.cfg and two map files per app, rendered from driver state.
+"""The files HAProxy reads: haproxy.cfg and three map files per app, rendered from driver state.
 
 The configuration always describes the whole current state (every app, every slot
 with its address, weight and state), so that a reload starts the new worker exactly
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.router.haproxy_state import AppState, Slot, pins, slot_releases
-from conveyor.router.spec import RouterError
+from conveyor.router.haproxy_state import AppState, Slot, pins, previews, slot_releases
+from conveyor.router.spec import PREVIEW_HEADER, RouterError
 
 COOKIE = "conveyor_release"
 LOG_TAG = "cvy1"
@@ -91,6 +91,9 @@ class Paths:
 
     def pins_map(self, app: str) -> Path:
         return self.maps / f"{app}.pins"
+
+    def previews_map(self, app: str) -> Path:
+        return self.maps / f"{app}.previews"
 
 
 def ip_literal(value: str, what: str) -> str:
@@ -169,20 +172,33 @@ def _frontend(app: AppState) -> list[str]:
 def _backend(app: AppState, paths: Paths) -> list[str]:
     pins_map = paths.pins_map(app.app)
     slots_map = paths.slots_map(app.app)
+    previews_map = paths.previews_map(app.app)
+    header = PREVIEW_HEADER.lower()
     changed = "{ var(txn.served) -m found } !{ var(txn.ck),strcmp(txn.served) eq 0 }"
     return [
         f"backend {backend_name(app.app)}",
         "    balance roundrobin",
         # METH_GET is GET and HEAD; other methods may not be idempotent.
         "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS",
+        # Previews: the named release's slot whatever its weight, else a 503. Never another
+        # release: force-persist keeps a failed connection from being redispatched.
+        f"    acl preview req.fhdr({header}) -m found",
+        "    force-persist if preview",
         # Stickiness per release, switched on and fed at runtime through the maps.
         f"    acl sticky str(_sticky),map({pins_map}) -m found",
-        f"    http-request set-var(txn.ck) req.cook({COOKIE}) if sticky",
-        f"    http-request set-var(txn.rnd) rand({PIN_SPREAD}) if sticky",
+        f"    http-request set-var(txn.rnd) rand({PIN_SPREAD}) if sticky || preview",
+        f"    http-request set-var(txn.preview) req.fhdr({header}),concat(/,txn.rnd),"
+        f"map({previews_map}) if preview",
+        '    http-request return status 503 content-type "text/plain; charset=utf-8"'
+        f' lf-string "release %[req.fhdr({header})] is not available on this host\\n"'
+        " if preview !{ var(txn.preview) -m found }",
+        "    use-server %[var(txn.preview)] if { var(txn.preview) -m found }",
+        f"    http-request set-var(txn.ck) req.cook({COOKIE}) if sticky !preview",
         "    http-request set-var(txn.pin) var(txn.ck),concat(/,txn.rnd),"
-        f"map({pins_map}) if sticky",
+        f"map({pins_map}) if sticky !preview",
         "    use-server %[var(txn.pin)] if { var(txn.pin) -m found }",
-        f"    http-response set-var(txn.served) srv_name,map({slots_map}) if sticky",
+        f"    http-response set-var(txn.served) srv_name,map({slots_map}) if sticky"
+        " !{ var(txn.preview) -m found }",
         f'    http-response add-header Set-Cookie "{COOKIE}=%[var(txn.served)]; Path=/; HttpOnly"'
         f" if {changed}",
         f"    http-response add-header Cache-Control private if {changed}",
@@ -253,10 +269,11 @@ def map_lines(entries: Iterable[tuple[str, str]]) -> str:
 def write_maps(app: AppState, paths: Paths) -> None:
     write_atomic(paths.slots_map(app.app), map_lines(slot_releases(app)))
     write_atomic(paths.pins_map(app.app), map_lines(pins(app, PIN_SPREAD)))
+    write_atomic(paths.previews_map(app.app), map_lines(previews(app, PIN_SPREAD)))
 
 
 def remove_maps(app: str, paths: Paths) -> None:
-    for path in (paths.slots_map(app), paths.pins_map(app)):
+    for path in (paths.slots_map(app), paths.pins_map(app), paths.previews_map(app)):
         path.unlink(missing_ok=True)
 
 

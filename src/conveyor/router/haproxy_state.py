@@ -169,21 +169,27 @@ def plan_slots(
     app: str,
 ) -> list[Slot]:
     """The slots after applying `targets`: reuse a slot per (release, host, port), else take
-    a free or idle retired one; slots no longer wanted drain. Raises when slots run out."""
+    a free or idle retired one; slots no longer wanted drain. Raises when slots run out.
+
+    A target at weight 0 keeps a ready slot at weight 0: HAProxy balances no request to
+    it, but a preview (PREVIEW_HEADER) reaches it. It takes only a slot nobody needs,
+    and gives its slot up, when idle, to a weighted target that finds no other."""
     slots = [s.model_copy() for s in current]
     by_key = {(s.release, s.host, s.port): s for s in slots if s.release is not None}
-    wanted: set[tuple[str | None, str, int]] = {
-        (t.release, t.host, t.port) for t in targets if t.weight > 0
-    }
-    kept: set[str] = set()
+    listed = {(t.release, t.host, t.port) for t in targets}
+    standby = {(t.release, t.host, t.port) for t in targets if t.weight == 0}
+    homeless = []
     for t in targets:
         slot = by_key.get((t.release, t.host, t.port))
-        if t.weight == 0:
-            if slot is not None:
-                kept.add(slot.name)
-            continue
         if slot is None:
-            slot = _reusable(slots, kept, wanted, busy)
+            homeless.append(t)
+        else:
+            _place(slot, t)
+    # weighted targets first: they must have a slot, one at weight 0 only may
+    for t in sorted(homeless, key=lambda t: t.weight == 0):
+        slot = _reusable(slots, listed, busy)
+        if slot is None and t.weight > 0:
+            slot = _spare(slots, standby, busy)
             if slot is None:
                 live = sum(1 for s in slots if s.state in ("ready", "drain") or busy.get(s.name))
                 raise RouterError(
@@ -191,53 +197,80 @@ def plan_slots(
                     f"({len(slots)} slots, {live} serving or draining); wait for the "
                     "draining instances to finish or start the router with more slots"
                 )
+        if slot is not None:
             slot.release, slot.host, slot.port = t.release, t.host, t.port
-        slot.weight = t.weight
-        slot.state = "ready"
-        slot.drain_until = None
-        kept.add(slot.name)
+            _place(slot, t)
     for slot in slots:
-        if slot.state == "ready" and (slot.release, slot.host, slot.port) not in wanted:
+        if slot.state == "ready" and (slot.release, slot.host, slot.port) not in listed:
             slot.state = "drain"
             slot.drain_until = now + drain_timeout
     return slots
 
 
+def _place(slot: Slot, target: Target) -> None:
+    slot.weight = target.weight
+    slot.state = "ready"
+    slot.drain_until = None
+
+
 def _reusable(
-    slots: list[Slot],
-    kept: set[str],
-    wanted: set[tuple[str | None, str, int]],
-    busy: Mapping[str, int],
+    slots: list[Slot], listed: set[tuple[str, str, int]], busy: Mapping[str, int]
 ) -> Slot | None:
-    """A never used slot, else an idle retired one, else (last resort) the idle retired
-    slot of a warm release listed at weight 0: it gets a slot again when it needs one."""
-
-    def idle_retired(slot: Slot) -> bool:
+    """A never used slot, else an idle retired one (of a release no target lists)."""
+    for slot in slots:
+        if slot.state == "free":
+            return slot
+    for slot in slots:
         key = (slot.release, slot.host, slot.port)
-        return slot.state == "maint" and key not in wanted and not busy.get(slot.name)
+        if slot.state == "maint" and key not in listed and not busy.get(slot.name):
+            return slot
+    return None
 
-    for candidates in (
-        (s for s in slots if s.state == "free" and s.name not in kept),
-        (s for s in slots if idle_retired(s) and s.name not in kept),
-        (s for s in slots if idle_retired(s)),
-    ):
-        for slot in candidates:
+
+def _spare(
+    slots: list[Slot], standby: set[tuple[str, str, int]], busy: Mapping[str, int]
+) -> Slot | None:
+    """The idle slot of a target at weight 0, which then has no slot (its previews get a
+    503 until one frees up)."""
+    for slot in slots:
+        key = (slot.release, slot.host, slot.port)
+        if slot.weight == 0 and key in standby and not busy.get(slot.name):
             return slot
     return None
 
 
 def pins(app: AppState, spread: int) -> list[tuple[str, str]]:
-    """Sticky routing: `<release>/<i>` -> a ready slot of that release, i in 0..spread-1.
+    """Sticky routing: `<release>/<i>` -> a ready slot of that release with weight > 0,
+    i in 0..spread-1.
 
     HAProxy picks `i` at random per request, so a pinned client still spreads over
     every instance of its release (exactly evenly for 1, 2, 3, 4 or 6 instances)."""
     if not app.sticky:
         return []
+    ready = [s for s in app.slots if s.state == "ready" and s.weight > 0]
+    return [("_sticky", "1"), *_spread(ready, spread)]
+
+
+def previews(app: AppState, spread: int) -> list[tuple[str, str]]:
+    """Preview routing (PREVIEW_HEADER): `<release>/<i>` -> a ready slot of that release,
+    whatever its weight, i in 0..spread-1, spread like the pins."""
+    return _spread([s for s in app.slots if s.state == "ready"], spread)
+
+
+def previews_meanwhile(old: AppState, new: AppState, spread: int) -> list[tuple[str, str]]:
+    """The preview entries that stay true while slots move from `old` to `new`: those of
+    `old` whose slot carries the same release in both. Loaded before any slot is
+    re-pointed, they keep a preview from reaching a release it does not name."""
+    was, will = dict(slot_releases(old)), dict(slot_releases(new))
+    return [(key, slot) for key, slot in previews(old, spread) if was[slot] == will.get(slot)]
+
+
+def _spread(slots: Iterable[Slot], spread: int) -> list[tuple[str, str]]:
     by_release: dict[str, list[str]] = {}
-    for s in app.slots:
-        if s.state == "ready" and s.release is not None:
+    for s in slots:
+        if s.release is not None:
             by_release.setdefault(s.release, []).append(s.name)
-    entries = [("_sticky", "1")]
+    entries = []
     for release, names in sorted(by_release.items()):
         entries += [(f"{release}/{i}", names[i % len(names)]) for i in range(spread)]
     return entries

@@ -15,6 +15,7 @@ from conveyor.protocol import LATENCY_BUCKETS, AppMetrics, ReleaseCounters, Rout
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "PREVIEW_HEADER",
     "AppMetrics",
     "ReleaseCounters",
     "RouteSpec",
@@ -23,6 +24,11 @@ __all__ = [
     "RouterMetrics",
     "Target",
 ]
+
+# A request naming a release in this header goes to that release's instance whatever its
+# weight (0 included): the controller verifies a blue-green release through the router
+# before any user request reaches it. An unknown release is a 503, never another release.
+PREVIEW_HEADER = "X-Conveyor-Release"
 
 
 class Model(BaseModel):
@@ -35,7 +41,9 @@ class Target(Model):
     release: str
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
-    weight: int = Field(ge=0, le=100, description="share of new requests; 0: no new requests")
+    weight: int = Field(
+        ge=0, le=100, description="share of new requests; 0: none but previews (PREVIEW_HEADER)"
+    )
 
 
 class RouteSpec(Model):
@@ -43,7 +51,8 @@ class RouteSpec(Model):
 
     A target absent from a new spec, or present with weight 0, gets no new request;
     its in-flight requests finish (up to `drain_timeout`), and `in_flight` in the
-    metrics tells the agent when it is safe to stop the instance.
+    metrics tells the agent when it is safe to stop the instance. A target of any
+    weight still answers the requests that name its release in `PREVIEW_HEADER`.
     """
 
     app: str

@@ -104,7 +104,9 @@ class Upstream:
         if self.active:
             return
         for conn in list(self.conns):
-            conn.drain_expired()
+            # A preview reaches a target out of rotation on purpose: the drain does not cut it.
+            if not conn.preview:
+                conn.drain_expired()
 
 
 class Balancer:
@@ -114,13 +116,18 @@ class Balancer:
     a 10% canary sees 10% of the traffic even at a handful of requests per second.
     """
 
-    __slots__ = ("_by_release", "current", "releases", "upstreams")
+    __slots__ = ("_by_release", "_listed", "_turns", "current", "releases", "upstreams")
 
     def __init__(self, upstreams: list[Upstream]) -> None:
         self.upstreams = [u for u in upstreams if u.weight > 0]
         self.current = [0] * len(self.upstreams)
         self.releases = frozenset(u.release for u in self.upstreams)
         self._by_release: dict[str, Balancer] = {}
+        # Every target of the spec per release, weight 0 included: what previews may reach.
+        self._listed: dict[str, list[Upstream]] = {}
+        for u in upstreams:
+            self._listed.setdefault(u.release, []).append(u)
+        self._turns: dict[str, int] = {}
 
     def pick(self, exclude: list[Upstream] | None = None) -> Upstream | None:
         """The next target; skips targets that just refused connections unless all did."""
@@ -159,3 +166,18 @@ class Balancer:
         if all(u.down for u in sub.upstreams):
             return None
         return sub.pick()
+
+    def pick_preview(self, release: str, exclude: list[Upstream] | None = None) -> Upstream | None:
+        """The next target of `release` whatever its weight (a preview request), taking
+        turns; None when the release has no target that is up and not in `exclude`."""
+        listed = self._listed.get(release)
+        if not listed:
+            return None
+        turn = self._turns.get(release, 0)
+        n = len(listed)
+        for i in range(n):
+            u = listed[(turn + i) % n]
+            if not u.down and (exclude is None or u not in exclude):
+                self._turns[release] = (turn + i + 1) % n
+                return u
+        return None
