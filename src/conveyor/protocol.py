@@ -17,6 +17,13 @@ StepState = Literal[
 ]
 
 
+# A request naming a release in this header reaches that release's instance on a host's
+# router whatever its weight (0 included): how a deployment checks a release before users
+# see it. The controller sends it, both router backends honour it; an unknown release is a
+# 503, never another release.
+PREVIEW_HEADER = "X-Conveyor-Release"
+
+
 class Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from conveyor.config.environment import VerifyCheck
+from conveyor.protocol import PREVIEW_HEADER
 
-PREVIEW_HEADER = "X-Conveyor-Release"
 OUTPUT_LIMIT = 8000
 
 

@@ -11,7 +11,13 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 # what a router reports travels on to the server: those are wire models, defined once there
-from conveyor.protocol import LATENCY_BUCKETS, AppMetrics, ReleaseCounters, RouterMetrics
+from conveyor.protocol import (
+    LATENCY_BUCKETS,
+    PREVIEW_HEADER,
+    AppMetrics,
+    ReleaseCounters,
+    RouterMetrics,
+)
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -24,12 +30,6 @@ __all__ = [
     "RouterMetrics",
     "Target",
 ]
-
-# A request naming a release in this header goes to that release's instance whatever its
-# weight (0 included): the controller verifies a blue-green release through the router
-# before any user request reaches it. An unknown release is a 503, never another release.
-PREVIEW_HEADER = "X-Conveyor-Release"
-
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
