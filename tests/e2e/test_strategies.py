@@ -120,6 +120,15 @@ def test_blue_green_previews_then_switches_every_host(fleet: Fleet) -> None:
     assert v1["state"] == "succeeded", v1
     with LoadGenerator(fleet.urls(), clients=8) as load:
         v2 = release(fleet, "v2", BLUE_GREEN)
+        # healthy, but every page is a 500: the preview check catches it before users do
+        broken = release(fleet, "broken", BLUE_GREEN, error_rate=1.0)
+    assert broken["state"] == "failed", broken
+    assert [s["kind"] for s in broken["steps"] if s["state"] != "skipped"] == [
+        "preview",
+        "rollback",
+    ]
+    assert "expected 200, got 500" in broken["reason"], broken["reason"]
+    assert broken["release"] not in load.result.failed_releases
     assert v2["state"] == "succeeded", v2
     assert [s["kind"] for s in v2["steps"]] == ["preview", "switch", "verify"]
     preview = v2["steps"][0]
@@ -127,6 +136,8 @@ def test_blue_green_previews_then_switches_every_host(fleet: Fleet) -> None:
         {t["release"]: t["weight"] for t in targets} == {v1["release"]: 100, v2["release"]: 0}
         for targets in preview["targets"].values()
     ), preview["targets"]
+    # checked through each router's preview route, before any user request reached it
+    assert preview["log"].count(f"(preview of {v2['release']}): 200 as expected") == len(HOSTS)
     serving_everywhere(fleet, v2["release"])
     for host in HOSTS:  # the old release stays warm for an instant rollback
         old = fleet.agents[host].release("sample", v1["release"])
