@@ -160,3 +160,68 @@ def test_migrate_runs_once_on_the_first_host_before_traffic_and_its_failure_stop
     assert {fleet.serving(h) for h in ("web-1", "web-2")} == {v2["release"]}
     assert v3["release"] not in load.result.releases  # no traffic ever moved to it
     assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+
+
+SLOW_CANARY = """
+environments:
+  production:
+    hosts: [web-1, web-2]
+    strategy: canary
+    steps: [50, 100]
+    step_pause: 5m
+"""
+
+
+def test_abort_and_rollback_in_the_middle_of_a_canary_send_traffic_back_at_once(
+    fleet: Fleet,
+) -> None:
+    import time
+
+    server = fleet.server
+
+    def push_slow(label: str) -> Any:
+        fleet.commit(label, SLOW_CANARY)
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        return run
+
+    def halfway(run: Any) -> Any:
+        """Until both hosts serve the canary at 50% (the step's 5-minute pause has begun)."""
+        for host in ("web-1", "web-2"):
+            wait_for(lambda h=host: sorted(fleet.routed(h).values()) == [50, 50], timeout=60)
+        return deployments(server, run["id"])[0]
+
+    v1 = push_slow("v1")
+    assert wait_deployed(server, v1["id"], "production")["state"] == "succeeded"
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6) as load:
+        v2 = push_slow("v2")
+        halfway(v2)
+        started = time.monotonic()
+        server.post(f"/api/runs/{v2['id']}/abort")
+        aborted = wait_deployed(server, v2["id"], "production")
+        for host in ("web-1", "web-2"):
+            wait_for(lambda h=host: fleet.routed(h) == {v1["release"]: 100}, timeout=30)
+        abort_seconds = time.monotonic() - started
+        assert aborted["state"] == "cancelled", aborted
+        assert aborted["steps"][-1]["kind"] == "rollback"
+
+        v3 = push_slow("v3")
+        d3 = halfway(v3)
+        started = time.monotonic()
+        back = server.post("/api/apps/sample/environments/production/rollback", {})
+        assert back["release"] == v1["release"] and back["kind"] == "rollback"
+
+        def rolled_back() -> Any:
+            d = server.get(f"/api/deployments/{back['id']}")
+            return d if d["state"] in ("succeeded", "failed") else None
+
+        done = wait_for(rolled_back, timeout=60)
+        rollback_seconds = time.monotonic() - started
+        assert done["state"] == "succeeded", done
+        assert server.get(f"/api/deployments/{d3['id']}")["state"] == "cancelled"
+    assert {fleet.serving(h) for h in ("web-1", "web-2")} == {v1["release"]}
+    assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+    print(
+        f"abort mid-canary → all traffic on the old release in {abort_seconds:.2f} s; "
+        f"rollback mid-canary → done in {rollback_seconds:.2f} s"
+    )

@@ -138,3 +138,35 @@ def test_production_refuses_what_failed_its_tests_or_did_not_pass_staging(fleet:
     assert fleet.agents["web-1"].app("sample") is None
     active = [d for d in server.get("/api/deployments?app=sample") if d["state"] in ACTIVE]
     assert all(d["environment"] == "production" and d["state"] == "waiting" for d in active)
+
+
+def test_hosts_from_an_inventory_command_and_a_missing_host_fails_before_anything_changes(
+    fleet: Fleet,
+) -> None:
+    server = fleet.server
+    inventory = """
+environments:
+  production:
+    hosts: {command: ./inventory.sh}
+"""
+    script = "#!/bin/sh\ncat hosts.txt\n"
+    commit(
+        fleet.repo,
+        {"inventory.sh": script, "hosts.txt": "stage-1\nweb-1\n"},
+        executable=("inventory.sh",),
+    )
+    fleet.commit("v1", inventory)
+    run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+    done = deployment_of(server, run["id"], "production", ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done
+    assert done["hosts"] == ["stage-1", "web-1"]
+    assert {fleet.serving(h) for h in HOSTS} == {run["release"]}
+
+    # the inventory now names a host that was never registered: refused, nothing moves
+    commit(fleet.repo, {"hosts.txt": "stage-1\nweb-1\nweb-9\n"})
+    fleet.commit("v2", inventory)
+    run2 = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+    refused = deployment_of(server, run2["id"], "production", ("failed",))
+    assert "web-9" in refused["reason"] and "nothing changed" in refused["reason"], refused
+    assert refused["steps"] == []
+    assert {fleet.serving(h) for h in HOSTS} == {run["release"]}
