@@ -93,7 +93,11 @@ class ServerProcess(ManagedProcess):
             ],
             env,
         )
-        wait_for(self._healthy, timeout=30)
+        try:
+            wait_for(self._healthy, timeout=30)
+        except BaseException:
+            self.kill()  # the fixture never yields, so nobody else would stop it
+            raise
         return self
 
     def _healthy(self) -> bool:
