@@ -93,7 +93,11 @@ class ServerProcess(ManagedProcess):
             ],
             env,
         )
-        wait_for(self._healthy, timeout=60)  # a loaded 2-core machine can be that slow
+        try:
+            wait_for(self._healthy, timeout=60)  # a loaded 2-core machine can be that slow
+        except BaseException:
+            self.kill()  # the fixture never yields, so nobody else would stop it
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from conveyor.cli import deploy, status
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
+from conveyor.cli.render import err, out, print_json
 from conveyor.config import (
     ConfigError,
     config_json_schema,
@@ -42,14 +42,6 @@ app.add_typer(hosts_cli, name="host")
 app.add_typer(tokens_cli, name="token")
 app.add_typer(secrets_cli, name="secret")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
 # -- config ---------------------------------------------------------------------
 
 
@@ -74,7 +66,7 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of conveyor.yml."""
-    _print_json(config_json_schema())
+    print_json(config_json_schema())
 
 
 @app.command()
@@ -136,7 +128,7 @@ def app_add(
         "/api/apps", {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
     )
     if as_json:
-        _print_json(created)
+        print_json(created)
         return
     out.print(
         f"[green]app {created['name']} registered[/green] ({created['repo']}, branch {branch})"
@@ -173,7 +165,7 @@ def app_set(
         .json()
     )
     if as_json:
-        _print_json(updated)
+        print_json(updated)
         return
     polling = f"every {updated['poll_interval']}s" if updated["poll_interval"] else "off"
     out.print(f"app {name}: {updated['repo']}, branch {updated['branch']}, polling {polling}")
@@ -186,7 +178,7 @@ def app_list(
     """List apps."""
     rows = Client(server, token).get("/api/apps")
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("app", "repository", "branch", "polling")
     for row in rows:
@@ -223,7 +215,7 @@ def host_add(
     client = Client(server, token)
     created = client.post("/api/hosts", {"name": name})
     if as_json:
-        _print_json(created)
+        print_json(created)
         return
     out.print(f"[green]host {name} registered[/green]; start its agent with:")
     out.print(
@@ -240,7 +232,7 @@ def host_list(
     """List hosts with their state and what they run."""
     rows = Client(server, token).get("/api/hosts")
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("host", "state", "seen", "converged", "app", "releases (weight, phase)")
     for row in rows:
@@ -350,7 +342,7 @@ def token_create(
     """Create an API token; it is printed once."""
     created = Client(server, token).post("/api/tokens", {"name": name, "role": role})
     if as_json:
-        _print_json(created)
+        print_json(created)
         return
     out.print(f"token {created['id']} ({created['role']}): {created['token']}")
 
@@ -362,7 +354,7 @@ def token_list(
     """List API tokens."""
     rows = Client(server, token).get("/api/tokens")
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("id", "name", "role", "created", "revoked")
     for row in rows:
@@ -404,7 +396,7 @@ def run(
     created = client.post(f"/api/apps/{app_name}/runs", {"sha": sha})
     if not follow:
         if as_json:
-            _print_json(created)
+            print_json(created)
         else:
             out.print(f"run {created['id']} queued for {app_name}" + (f" at {sha}" if sha else ""))
         return
@@ -412,7 +404,7 @@ def run(
     console.print(f"run {created['id']} queued for {app_name}")
     state = follow_run(client, created["id"], console)
     if as_json:
-        _print_json(client.get(f"/api/runs/{created['id']}"))
+        print_json(client.get(f"/api/runs/{created['id']}"))
     raise typer.Exit(0 if state == "succeeded" else 1)
 
 
@@ -441,7 +433,7 @@ def logs(
     if as_json:
         for step in run_data["steps"]:
             step["log"] = chunks.get(step["id"], "")
-        _print_json(run_data)
+        print_json(run_data)
         return
     for step in run_data["steps"]:
         out.print(f"[bold]── {step_title(step)} · {step['state']}[/bold]")
@@ -454,124 +446,8 @@ def logs(
     )
 
 
-STATE_STYLE = {
-    "succeeded": "green",
-    "healthy": "green",
-    "failed": "red",
-    "running": "cyan",
-    "starting": "cyan",
-    "queued": "yellow",
-    "draining": "yellow",
-    "warm": "yellow",
-}
-
-
-def _state(state: str) -> str:
-    style = STATE_STYLE.get(state)
-    return f"[{style}]{state}[/{style}]" if style else state
-
-
-@app.command()
-def status(
-    app_name: Annotated[str | None, typer.Argument(metavar="[APP]")] = None,
-    server: ServerOpt = DEFAULT_SERVER,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """What runs where: runs underway, the last run and release of each app."""
-    rows = Client(server, token).get("/api/status", params={"app": app_name} if app_name else None)
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
-        out.print("no apps yet: `conveyor app add NAME --repo URL`")
-        return
-    table = Table("app", "branch", "underway", "last run", "last release")
-    for row in rows:
-        active = (
-            ", ".join(
-                f"#{r['id']} {_state(r['state'])} {_current_step(r)}".strip()
-                for r in row["active_runs"]
-            )
-            or "-"
-        )
-        last = row["last_run"]
-        last_text = f"#{last['id']} {_state(last['state'])} {last['sha'][:7]}" if last else "-"
-        release = row["last_release"]
-        table.add_row(
-            row["app"]["name"],
-            row["app"]["branch"],
-            active,
-            last_text,
-            release["id"] if release else "-",
-        )
-    out.print(table)
-    placed = Table("app", "host", "agent", "release", "weight", "phase", "desired", "note")
-    for row in rows:
-        for place in row["hosts"]:
-            agent_state = "[green]online[/green]" if place["online"] else "[red]offline[/red]"
-            if place["online"] and not place["converged"]:
-                agent_state = "[yellow]converging[/yellow]"
-            desired = ", ".join(f"{d['release']} {d['weight']}%" for d in place["desired"])
-            observed = place["observed"] or [None]
-            for i, rel in enumerate(observed):
-                placed.add_row(
-                    row["app"]["name"] if i == 0 else "",
-                    place["host"] if i == 0 else "",
-                    agent_state if i == 0 else "",
-                    rel["release"] if rel else "-",
-                    f"{rel['weight']}%" if rel else "-",
-                    _state(rel["phase"]) if rel else "-",
-                    desired if i == 0 else "",
-                    (rel.get("error") or "") if rel else (place.get("error") or ""),
-                )
-    if placed.row_count:
-        out.print(placed)
-
-
-def _current_step(run_data: dict[str, Any]) -> str:
-    running = [s for s in run_data.get("steps", []) if s["state"] == "running"]
-    return f"({step_title(running[-1])})" if running else ""
-
-
-@app.command()
-def history(
-    app_name: Annotated[str, typer.Argument(metavar="APP")],
-    limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
-    server: ServerOpt = DEFAULT_SERVER,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Runs of an app with result, duration and trigger."""
-    rows = Client(server, token).get("/api/runs", params={"app": app_name, "limit": limit})
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table("run", "commit", "state", "duration", "trigger", "by", "release", "started")
-    for r in rows:
-        took = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
-        table.add_row(
-            f"#{r['id']}",
-            (r["sha"] or "")[:7] or "(head)",
-            _state(r["state"]),
-            took,
-            r["trigger"],
-            r["triggered_by"],
-            r["release"] or "-",
-            (r["started_at"] or r["created_at"])[:19],
-        )
-    out.print(table)
-
-
-@app.command()
-def abort(
-    run_id: Annotated[int, typer.Argument(metavar="RUN")],
-    server: ServerOpt = DEFAULT_SERVER,
-    token: TokenOpt = None,
-) -> None:
-    """Stop a queued or running run (its running step is killed, nothing is released)."""
-    result = Client(server, token).post(f"/api/runs/{run_id}/abort")
-    out.print(f"run {run_id}: {result['state']}")
+deploy.register(app)
+status.register(app)
 
 
 @app.command()

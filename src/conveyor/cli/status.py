@@ -1,0 +1,94 @@
+"""`conveyor status` and `conveyor history`: what runs where, and what happened before."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.render import history_table, out, print_json, runs_table, status_view
+from conveyor.cli.watch import follow_status
+
+
+def status(
+    app_name: Annotated[str | None, typer.Argument(metavar="APP")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep it up to date until Ctrl-C (with --json: one JSON line per change).",
+        ),
+    ] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What runs where: releases, weights and health per host, deployments and runs underway.
+
+    Per environment: the release serving it, the deployment underway and its step, the last
+    one that ended. Per host: each release's desired and observed weight, its phase, the agent.
+    """
+    client = Client(server, token)
+    params = {"app": app_name} if app_name else None
+    if follow:
+        follow_status(client, params, out, as_json=as_json)
+        return
+    rows = client.get("/api/status", params=params)
+    if as_json:
+        print_json(rows)
+        return
+    out.print(status_view(rows))
+
+
+def history(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    env: Annotated[
+        str | None, typer.Argument(metavar="ENV", help="Only this environment's deployments.")
+    ] = None,
+    runs: Annotated[
+        bool | None,
+        typer.Option(
+            "--runs/--deployments",
+            help="Show runs (test, build) or deployments. Default: deployments, or runs for "
+            "an app that never deployed; scripts should say which.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deployments with result, duration, trigger, approver, release and the one before.
+
+    An app that never deployed shows its runs instead; --runs or --deployments chooses.
+    """
+    if env is not None and runs:
+        fail("ENV selects deployments; leave it out to list runs with --runs", 2)
+    client = Client(server, token)
+    if not runs:
+        params: dict[str, str | int] = {"app": app_name, "limit": limit}
+        if env is not None:
+            params["environment"] = env
+        rows = client.get("/api/deployments", params=params)
+        if rows or runs is False or env is not None:
+            if as_json:
+                print_json(rows)
+            elif rows:
+                out.print(history_table(rows))
+            else:
+                where = f" to {env}" if env else ""
+                out.print(f"no deployments of {app_name}{where} yet")
+            return
+    rows = client.get("/api/runs", params={"app": app_name, "limit": limit})
+    if as_json:
+        print_json(rows)
+        return
+    out.print(runs_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(status)
+    app.command()(history)

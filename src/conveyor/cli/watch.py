@@ -1,0 +1,269 @@
+"""Watching things change: a deployment until it ends, and `status --follow` until Ctrl-C.
+
+A deployment prints one line per event (state, step started or ended, host done,
+log line), so a log file or CI job reads like a terminal; on a terminal a live
+panel below the lines shows the step underway, its hosts and the judge's word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.padding import Padding
+from rich.spinner import Spinner
+from rich.table import Table
+
+from conveyor.cli.client import Client
+from conveyor.cli.render import (
+    ICONS,
+    Record,
+    agent_state,
+    deployment_title,
+    judgement_text,
+    state,
+    status_view,
+    step_label,
+    took,
+)
+
+ENDED = ("succeeded", "failed", "cancelled", "superseded")
+PENDING = ("queued", "waiting")
+
+
+def follow_deployment(
+    client: Client, deployment_id: int, console: Console, *, interval: float = 0.5
+) -> Record:
+    """Print a deployment's progress until it ends; returns its final record."""
+    follower = _Follower(client, console)
+    live = (
+        Live(console=console, transient=True, refresh_per_second=8) if console.is_terminal else None
+    )
+    with live if live is not None else contextlib.nullcontext():
+        while True:
+            d: Record = client.get(f"/api/deployments/{deployment_id}")
+            places = follower.placements(d)
+            follower.events(d, places)
+            if d["state"] in ENDED:
+                break
+            if live is not None:
+                live.update(panel(d, places))
+            time.sleep(interval)
+    summary(d, console)
+    return d
+
+
+class _Follower:
+    """What was already printed of one deployment, so each event is printed once."""
+
+    def __init__(self, client: Client, console: Console) -> None:
+        self.client = client
+        self.console = console
+        self.seen_state: tuple[str, str | None] | None = None
+        self.announced: set[int] = set()
+        self.closed: set[int] = set()
+        self.offsets: dict[int, int] = {}
+        self.hosts_done: dict[int, set[str]] = {}
+
+    def placements(self, d: Record) -> dict[str, Record]:
+        """Each host of the environment as its agent reports it, while a step acts on hosts."""
+        if not any(s["state"] == "running" and s["hosts"] for s in d["steps"]):
+            return {}
+        envs = self.client.get(f"/api/apps/{d['app']}/environments")
+        env = next((e for e in envs if e["name"] == d["environment"]), None)
+        return {p["host"]: p for p in env["hosts"]} if env else {}
+
+    def events(self, d: Record, places: dict[str, Record]) -> None:
+        def print_(text: str) -> None:  # one line per event, however long: logs stay greppable
+            self.console.print(text, soft_wrap=True)
+
+        now = (d["state"], d.get("reason"))
+        if now != self.seen_state and d["state"] not in ENDED:
+            self.seen_state = now
+            reason = d.get("reason") or ""
+            if d["state"] in PENDING:
+                text = reason if reason.startswith(d["state"]) else f"{d['state']}: {reason}"
+                print_(f"[yellow]⏸ {escape(text.rstrip(': '))}[/yellow]")
+            elif d["state"] == "running":
+                hosts = ", ".join(d["hosts"]) or "no hosts"
+                before = d.get("previous_release")
+                print_(
+                    f"started on {hosts}"
+                    + (f" (serving {before} before)" if before else " (first deployment)")
+                )
+            elif d["state"] == "aborting":
+                # a rollback's own step says where it goes; an abort says who asked
+                print_(f"[magenta]↩ aborting: {escape(reason)}[/magenta]")
+        total = len([s for s in d["steps"] if s["kind"] != "rollback"])
+        for step in d["steps"]:
+            sid = step["id"]
+            if step["state"] in ("pending", "skipped") or sid in self.closed:
+                continue
+            if sid not in self.announced:
+                self.announced.add(sid)
+                mark = "↩" if step["kind"] == "rollback" else "▶"
+                label = step["name"] if step["kind"] == "rollback" else step_label(step, total)
+                print_(f"[bold]{mark} {escape(label)}[/bold]")
+            self._log(step)
+            self._hosts(step, places)
+            if step["state"] != "running":
+                self.closed.add(sid)
+                print_(step_line(step))
+
+    def _log(self, step: Record) -> None:
+        log = step.get("log") or ""
+        offset = self.offsets.get(step["id"], 0)
+        if offset > len(log):  # the server keeps only the tail of a long log
+            offset = 0
+        end = log.rfind("\n") + 1  # whole lines only: the rest comes with the next look
+        for line in log[offset:end].splitlines():
+            self.console.print(f"    [dim]{escape(line)}[/dim]", soft_wrap=True)
+        self.offsets[step["id"]] = max(offset, end)
+
+    def _hosts(self, step: Record, places: dict[str, Record]) -> None:
+        if step["state"] not in ("running", "succeeded") or step["kind"] == "verify":
+            return
+        done = self.hosts_done.setdefault(step["id"], set())
+        for host in step["hosts"]:
+            place = places.get(host)
+            if host in done:
+                continue
+            # a step succeeds only once all its hosts converged, maybe between two looks
+            if step["state"] == "succeeded" or (
+                place is not None and host_done(place, step["targets"][host])
+            ):
+                done.add(host)
+                self.console.print(
+                    f"    [green]✓[/green] {host}: {weights(step['targets'][host])} "
+                    f"({len(done)}/{len(step['hosts'])} hosts)"
+                )
+
+
+def host_done(place: Record, targets: list[Record]) -> bool:
+    """The host's agent applied what the step wrote and routes exactly its weights."""
+    if not (place["online"] and place["converged"]):
+        return False
+    if {r["release"]: r["weight"] for r in place["desired"]} != {
+        t["release"]: t["weight"] for t in targets
+    }:
+        return False
+    routed = {r["release"]: r["weight"] for r in place["observed"] if r["weight"] > 0}
+    return routed == {t["release"]: t["weight"] for t in targets if t["weight"] > 0}
+
+
+def weights(items: list[Record]) -> str:
+    return ", ".join(f"{r['release']} {r['weight']}%" for r in items) or "nothing"
+
+
+def step_line(step: Record) -> str:
+    icon = ICONS.get(step["state"], "·")
+    after = f" in {took(step['duration'])}" if step.get("duration") is not None else ""
+    why = f": {escape(step['reason'])}" if step.get("reason") else ""
+    judged = f" — {judgement_text(step['judgement'])}" if step.get("judgement") else ""
+    return f"{icon} {escape(step['name'])} {step['state']}{after}{why}{judged}"
+
+
+def panel(d: Record, places: dict[str, Record]) -> RenderableType:
+    """The live part on a terminal: the deployment's state, its step underway and its hosts."""
+    since = _since(d.get("started_at") or d["created_at"])
+    head = Spinner("dots", text=f"{deployment_title(d)} · {state(d['state'])} · {since}")
+    parts: list[RenderableType] = [head]
+    if d["state"] in PENDING:
+        parts.append(f"  [yellow]{escape(d.get('reason') or d['state'])}[/yellow]")
+    total = len([s for s in d["steps"] if s["kind"] != "rollback"])
+    step = next((s for s in d["steps"] if s["state"] == "running"), None)
+    if step is not None:
+        label = step["name"] if step["kind"] == "rollback" else step_label(step, total)
+        parts.append(f"  [bold]{escape(label)}[/bold]")
+        if step["hosts"]:
+            table = Table("host", "agent", "step wants", "desired", "observed", "done", box=None)
+            for host in step["hosts"]:
+                place = places.get(host)
+                want = step["targets"][host]
+                table.add_row(
+                    host,
+                    agent_state(place) if place else "-",
+                    weights(want),
+                    weights(place["desired"]) if place else "-",
+                    ", ".join(
+                        f"{r['release']} {r['weight']}% {state(r['phase'])}"
+                        for r in place["observed"]
+                    )
+                    if place
+                    else "-",
+                    "[green]✓[/green]" if place and host_done(place, want) else "…",
+                )
+            parts.append(Padding(table, (0, 0, 0, 2), expand=False))
+        if step.get("judgement"):
+            parts.append(f"  {judgement_text(step['judgement'])}")
+    return Group(*parts)
+
+
+def _since(stamp: str) -> str:
+    try:
+        start = datetime.fromisoformat(stamp)
+    except ValueError:
+        return ""
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return took(max(0.0, (datetime.now(UTC) - start).total_seconds()))
+
+
+def summary(d: Record, console: Console) -> None:
+    what = "rollback" if d["kind"] == "rollback" else "deployment"
+    if d["state"] == "succeeded":
+        console.print(
+            f"[green bold]✓ {what} #{d['id']} succeeded[/green bold] in {took(d['duration'])}: "
+            f"{d['environment']} of {d['app']} serves [bold]{d['release']}[/bold]",
+            soft_wrap=True,
+        )
+        return
+    reason = f": {escape(d['reason'])}" if d.get("reason") else ""
+    style = "red" if d["state"] == "failed" else "yellow"
+    console.print(
+        f"[{style} bold]✗ {what} #{d['id']} {d['state']}[/{style} bold]{reason}", soft_wrap=True
+    )
+    back = next((s for s in reversed(d["steps"]) if s["kind"] == "rollback"), None)
+    if back is not None:
+        outcome = "done" if back["state"] == "succeeded" else back["state"]
+        note = f" ({escape(back['reason'])})" if back.get("reason") else ""
+        console.print(f"↩ {escape(back['name'])}: {outcome}{note}", soft_wrap=True)
+
+
+def follow_status(
+    client: Client,
+    params: dict[str, str] | None,
+    console: Console,
+    *,
+    as_json: bool,
+    interval: float = 1.0,
+) -> None:
+    """Redraw `conveyor status` until Ctrl-C (a new JSON line per change with --json)."""
+    last = None
+    try:
+        if console.is_terminal and not as_json:
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(status_view(client.get("/api/status", params=params)))
+                    live.refresh()
+                    time.sleep(interval)
+        while True:
+            rows: Any = client.get("/api/status", params=params)
+            text = json.dumps(rows, default=str, sort_keys=True)
+            if text != last:
+                last = text
+                if as_json:
+                    print(text, flush=True)
+                else:
+                    console.rule(datetime.now().strftime("%H:%M:%S"))
+                    console.print(status_view(rows))
+                    console.file.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
