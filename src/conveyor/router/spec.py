@@ -31,6 +31,7 @@ __all__ = [
     "Target",
 ]
 
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
