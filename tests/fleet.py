@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,16 @@ class Fleet:
     def stop_everything(self) -> None:
         for agent in self.agents.values():
             agent.stop_everything()
+
+
+@contextlib.contextmanager
+def running_fleet(server: ServerProcess, tmp: Path, hosts: dict[str, str]) -> Iterator[Fleet]:
+    """A started Fleet, its agents, routers and instances all stopped afterwards."""
+    fleet = Fleet(server, tmp, hosts)
+    try:
+        yield fleet.start()
+    finally:
+        fleet.stop_everything()
 
 
 def _port_free_on(addresses: list[str]) -> int:

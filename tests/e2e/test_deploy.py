@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import Fleet, LoadGenerator
+from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -36,11 +36,8 @@ environments:
 
 @pytest.fixture
 def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(server, tmp_path, HOSTS)
-    try:
-        yield f.start()
-    finally:
-        f.stop_everything()
+    with running_fleet(server, tmp_path, HOSTS) as f:
+        yield f
 
 
 def deployments(server: ServerProcess, run: int) -> list[dict[str, Any]]:

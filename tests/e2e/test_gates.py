@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fleet import Fleet
+from tests.fleet import Fleet, running_fleet
 from tests.helpers import ServerProcess, commit, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,11 +39,8 @@ environments:
 
 @pytest.fixture
 def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(server, tmp_path, HOSTS)
-    try:
-        yield f.start()
-    finally:
-        f.stop_everything()
+    with running_fleet(server, tmp_path, HOSTS) as f:
+        yield f
 
 
 def push(fleet: Fleet, label: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conveyor.deploy.orchestrator import CRASH_ENV
-from tests.fleet import Fleet, LoadGenerator
+from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -38,11 +38,8 @@ ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 @pytest.fixture
 def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(server, tmp_path, HOSTS)
-    try:
-        yield f.start()
-    finally:
-        f.stop_everything()
+    with running_fleet(server, tmp_path, HOSTS) as f:
+        yield f
 
 
 def build(fleet: Fleet, label: str) -> str:

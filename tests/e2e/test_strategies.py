@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import Fleet, LoadGenerator
+from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 
 pytestmark = pytest.mark.slow
@@ -52,11 +52,8 @@ SICK_ON_WEB_3 = (
 
 @pytest.fixture
 def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(server, tmp_path, HOSTS)
-    try:
-        yield f.start()
-    finally:
-        f.stop_everything()
+    with running_fleet(server, tmp_path, HOSTS) as f:
+        yield f
 
 
 def release(fleet: Fleet, label: str, strategy: str, **config: Any) -> dict[str, Any]:

@@ -8,16 +8,7 @@ from conveyor.deploy.plan import Context, PlannedStep
 
 def plan(ctx: Context) -> list[PlannedStep]:
     steps = ctx.migrate_step()
-    steps.append(
-        PlannedStep(
-            "preview",
-            f"start {ctx.release} beside the old release on {len(ctx.hosts)} host(s)",
-            {h: ctx.split(h, 0) for h in ctx.hosts},
-            weight=0,
-            checks=True,
-            preview=True,
-        )
-    )
+    steps.append(ctx.preview_step())
     steps.append(
         PlannedStep(
             "switch",

@@ -20,16 +20,7 @@ def plan(ctx: Context) -> list[PlannedStep]:
         )
         steps.append(ctx.verify_step())
         return steps
-    steps.append(
-        PlannedStep(
-            "preview",
-            f"start {ctx.release} beside the old release on {len(ctx.hosts)} host(s)",
-            {h: ctx.split(h, 0) for h in ctx.hosts},
-            weight=0,
-            checks=True,
-            preview=True,
-        )
-    )
+    steps.append(ctx.preview_step())
     for weight in ctx.steps:
         last = weight >= 100
         steps.append(

@@ -84,6 +84,17 @@ class Context:
         ]
         return [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
 
+    def preview_step(self) -> PlannedStep:
+        """The new release started beside the old on every host, checked by preview only."""
+        return PlannedStep(
+            "preview",
+            f"start {self.release} beside the old release on {len(self.hosts)} host(s)",
+            {h: self.split(h, 0) for h in self.hosts},
+            weight=0,
+            checks=True,
+            preview=True,
+        )
+
     def verify_step(self) -> PlannedStep:
         return PlannedStep("verify", "verify", {})
 
