@@ -452,10 +452,12 @@ status.register(app)
 
 @app.command()
 def demo(
-    wait: Annotated[bool, typer.Option(help="Keep the server up until Ctrl-C.")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="Keep everything up until Ctrl-C (--no-wait: stop at once).")
+    ] = True,
     listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
 ) -> None:
-    """The whole system on one machine, with a sample app run end to end."""
+    """The whole system on one machine: a server, three hosts, a sample app pushed twice."""
     from conveyor.demo import run_demo
 
     raise typer.Exit(run_demo(listen=listen, wait=wait))

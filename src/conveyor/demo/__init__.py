@@ -1,4 +1,11 @@
-"""`conveyor demo`: a server on a temporary data directory and a sample app run end to end."""
+"""`conveyor demo`: the whole system on one machine, a sample app pushed to production twice.
+
+A server on a temporary data directory; three local hosts (an agent and its
+embedded router each, on 127.0.0.2-4); the sample app in a bare git repository
+whose post-receive hook tells the server of each push. The first push (v1) climbs
+staging → production; the second (v2) does it again under a little load, so that
+production's canary has traffic to judge.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +17,65 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from conveyor.cli.client import Client
 from conveyor.cli.follow import follow_run
-from conveyor.demo.sample import write_sample_app
+from conveyor.demo.hosts import (
+    LocalHost,
+    check_ports_free,
+    conveyor_process,
+    start_agents,
+    stop_hosts,
+)
+from conveyor.demo.sample import git, sample_server, write_sample_app
+from conveyor.demo.traffic import Traffic
+from conveyor.demo.watch import ChainWatcher
 
 console = Console(highlight=False)
-HOST_ADDRESS = "127.0.0.2"
-APP_URL = f"http://{HOST_ADDRESS}:8000/"
+APP = "sample"
+HOSTS = (  # name, environment, address
+    ("stage-1", "staging", "127.0.0.2"),
+    ("web-1", "production", "127.0.0.3"),
+    ("web-2", "production", "127.0.0.4"),
+)
+# min_requests suits the load generator: 60 requests a second give a 25% canary
+# about 45 of its own in a 3 s step.
+ENVIRONMENTS = """
+environments:
+  staging:
+    hosts: [stage-1]
+    verify:
+      - http: GET /healthz
+        expect: 200
+      - run: python3 scripts/smoke.py
+  production:
+    hosts: [web-1, web-2]
+    strategy: canary
+    steps: [25, 50, 100]
+    step_pause: 3s
+    analysis: {error_rate: 5%, min_requests: 20}
+    verify:
+      - http: GET /
+"""
+SMOKE_PY = '''\
+"""Smoke test of a deployed release: its page answers, from the release just deployed."""
+import json
+import os
+import urllib.request
 
-
-def conveyor_process(
-    args: list[str], log_path: Path, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    """`python -m conveyor ARGS` in the background, its output in log_path."""
-    with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "conveyor", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+url = os.environ["CONVEYOR_URL"]
+with urllib.request.urlopen(url, timeout=10) as answer:
+    page = json.loads(answer.read())
+assert page["greeting"].startswith("hello"), page
+assert page["release"] == os.environ["CONVEYOR_RELEASE"], page
+print(f"smoke: {url} says {page['greeting']!r} from {page['release']}")
+'''
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -48,124 +93,201 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
 
 
 def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
+    """Run the demo; with `wait`, keep it up until SIGINT/SIGTERM. Returns the exit code."""
     root = Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
     token = "cvy_demo_" + secrets.token_urlsafe(16)
     url = f"http://{listen}"
+    hosts = [LocalHost(name, env, address, root) for name, env, address in HOSTS]
     console.print(f"[bold]conveyor demo[/bold] in {root}")
-    repo = root / "sample-app"
-    repo.mkdir()
-    sha = write_sample_app(repo)
-    console.print(f"sample app repository: {repo} (main at {sha[:7]})")
-
-    env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
-    agent: subprocess.Popen[bytes] | None = None
-    server = conveyor_process(
-        ["server", "--data", str(root / "data"), "--listen", listen], root / "server.log", env
-    )
+    server: subprocess.Popen[bytes] | None = None
     try:
+        check_ports_free(hosts)
+        env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
+        server = conveyor_process(
+            ["server", "--data", str(root / "data"), "--listen", listen], root / "server.log", env
+        )
         wait_healthy(url, server)
         console.print(f"server up at {url} (log: {root / 'server.log'})")
         client = Client(url, token)
-        client.post("/api/apps", {"name": "sample", "repo": str(repo)})
-        console.print("app [bold]sample[/bold] registered; starting a run of main")
-        run = client.post("/api/apps/sample/runs", {})
-        state = follow_run(client, run["id"], console)
-        if state != "succeeded":
-            console.print("[red]the demo run did not succeed[/red]")
+        start_agents(client, url, hosts)
+        for host in hosts:
+            console.print(
+                f"host [bold]{host.name}[/bold] ({host.environment}): agent and router "
+                f"on {host.address} (log: {host.log})"
+            )
+        work = make_repositories(client, root)
+        if not pipeline(client, work, hosts):
             return 1
-        agent = start_host(client, url, root, run_id=run["id"])
-        console.print()
-        console.print(f"the app:    {APP_URL}  (served by the router of host local-1)")
-        console.print(f"API docs:   {url}/docs")
-        console.print(f"try:        CONVEYOR_SERVER={url} CONVEYOR_TOKEN={token} conveyor status")
+        print_urls(url, token, hosts, work, root)
         if wait:
-            console.print("[dim]the server keeps running; Ctrl-C to stop[/dim]")
+            console.print("[dim]everything keeps running; Ctrl-C to stop and clean up[/dim]")
             stop = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop)
             signal.sigwait(stop)
+            console.print("stopping the hosts, their instances and routers, and the server…")
         return 0
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:
-        console.print(f"[red]demo failed: {exc}[/red]")
+        console.print(f"[red]demo failed: {escape(str(exc))}[/red]")
         return 1
     finally:
-        if agent is not None:
-            stop_host(agent, root)
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_hosts(hosts)
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
-def start_host(client: Client, url: str, root: Path, *, run_id: int) -> subprocess.Popen[bytes]:
-    """One local host: an agent (and its router) on 127.0.0.2, given the new release."""
-    release = client.get(f"/api/runs/{run_id}")["release"]
-    token = client.post("/api/hosts", {"name": "local-1"})["enrolment_token"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    agent = conveyor_process(
-        [
-            "agent",
-            "--server",
-            url,
-            "--name",
-            "local-1",
-            "--token",
-            token,
-            "--data",
-            str(root / "agent"),
-            "--bind",
-            HOST_ADDRESS,
-        ],
-        root / "agent.log",
-        env,
+def make_repositories(client: Client, root: Path) -> Path:
+    """The app's bare repository (with conveyor's post-receive hook) and a working copy.
+
+    The app is registered from the bare repository; the demo commits in the working
+    copy and pushes, as a developer would. Returns the working copy.
+    """
+    bare = root / f"{APP}.git"
+    subprocess.run(
+        ["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True, capture_output=True
     )
+    client.post("/api/apps", {"name": APP, "repo": str(bare)})
+    hook = bare / "hooks" / "post-receive"
+    hook.write_text(client.text(f"/api/apps/{APP}/hook-script"))
+    hook.chmod(0o755)
+    work = root / f"{APP}-app"
+    (work / "scripts").mkdir(parents=True)
+    (work / "scripts" / "smoke.py").write_text(SMOKE_PY)
+    write_sample_app(work, APP, extra=ENVIRONMENTS)
+    git(work, "remote", "add", "origin", str(bare))
     console.print(
-        f"host [bold]local-1[/bold]: agent and router on {HOST_ADDRESS} "
-        f"(log: {root / 'agent.log'}); deploying {release}"
+        f"app [bold]{APP}[/bold] registered from {bare} (its post-receive hook tells the server "
+        f"of each push); working copy: {work}"
     )
-    client.request(
-        "PUT",
-        "/api/hosts/local-1/apps/sample",
-        json={"releases": [{"release": release, "weight": 100}]},
+    return work
+
+
+def pipeline(client: Client, work: Path, hosts: list[LocalHost]) -> bool:
+    """Push v1 and see it reach production, then v2 under load; True if both got there."""
+    environments = list(dict.fromkeys(h.environment for h in hosts))
+    labels: dict[str, str] = {}
+    watcher = ChainWatcher(client, console, APP, environments, labels=labels)
+
+    console.rule("[bold]v1: the first push[/bold]")
+    v1 = push(client, work)
+    if not climb(client, watcher, v1, labels, "v1"):
+        return False
+    show_serving(hosts, {h.name: v1["release"] for h in hosts})
+
+    console.rule("[bold]v2: a change, pushed while production takes traffic[/bold]")
+    production = [h for h in hosts if h.environment == environments[-1]]
+    with Traffic([h.url for h in production]) as traffic:
+        console.print(
+            f"load generator: about 60 requests a second to {', '.join(h.url for h in production)}"
+        )
+        (work / "app" / "server.py").write_text(sample_server("hello from sample, v2"))
+        git(work, "commit", "-q", "-am", "Say hello from v2")
+        v2 = push(client, work)
+        watcher.traffic = traffic
+        reached = climb(client, watcher, v2, labels, "v2")
+    result = traffic.result
+    by_release = ", ".join(f"{n} by {labels.get(r, r)}" for r, n in sorted(result.releases.items()))
+    style = "green" if result.failed == 0 else "red bold"
+    console.print(
+        f"[{style}]load generator: {result.sent} requests during the deployment, "
+        f"{result.failed} failed[/{style}]; answered {by_release or 'by none'}"
     )
-    deadline = time.monotonic() + 60
+    for error in result.errors[:5]:
+        console.print(f"  [red]{escape(error)}[/red]")
+    if not reached:
+        return False
+    show_serving(hosts, {h.name: v2["release"] for h in hosts})
+    return True
+
+
+def push(client: Client, work: Path) -> dict[str, Any]:
+    """`git push origin main` from the working copy; the run the hook started."""
+    sha = git(work, "rev-parse", "HEAD")
+    subject = git(work, "log", "-1", "--format=%s")
+    console.print(f"[bold]$ git push origin main[/bold]  [dim]({sha[:7]} {escape(subject)})[/dim]")
+    done = subprocess.run(
+        ["git", "push", "origin", "main"], cwd=work, capture_output=True, text=True, check=False
+    )
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.startswith("remote:"):
+            console.print(f"  [dim]{escape(line)}[/dim]")
+    if done.returncode != 0:
+        raise RuntimeError(f"git push failed: {done.stderr.strip()}")
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise RuntimeError(f"the agent exited with code {agent.returncode}")
-        try:
-            answer = httpx.get(APP_URL, timeout=1)
-            if answer.status_code == 200 and answer.json().get("release") == release:
-                console.print(
-                    f"[green]{release} serves on {APP_URL}[/green]: {answer.text.strip()}"
-                )
-                return agent
-        except (httpx.HTTPError, ValueError):
-            pass
+        runs = client.get("/api/runs", params={"app": APP, "limit": 10})
+        found = next((r for r in runs if r["sha"] == sha), None)
+        if found is not None:
+            return dict(found)
         time.sleep(0.2)
-    raise RuntimeError(f"{release} did not come up on {APP_URL} within 60s (see agent.log)")
+    raise RuntimeError(f"the push of {sha[:7]} started no run (see server.log)")
 
 
-def stop_host(agent: subprocess.Popen[bytes], root: Path) -> None:
-    """Stop the agent, then what outlives it by design: its instances and its router."""
-    import asyncio
+def climb(
+    client: Client, watcher: ChainWatcher, run: dict[str, Any], labels: dict[str, str], label: str
+) -> bool:
+    """Follow the run (tests, build), then its release up every environment."""
+    state = follow_run(client, run["id"], console)
+    if state != "succeeded":
+        console.print(f"[red]the run of {label} did not succeed[/red]")
+        return False
+    run.update(client.get(f"/api/runs/{run['id']}"))
+    labels[run["release"]] = label
+    ended = watcher.follow(run["id"])
+    last = ended.get(watcher.environments[-1])
+    if last is None or last["state"] != "succeeded":
+        console.print(f"[red]{label} did not reach {watcher.environments[-1]}[/red]")
+        return False
+    return True
 
-    from conveyor.agent.supervisor import Supervisor
-    from conveyor.router.embedded import EmbeddedRouter
 
-    agent.terminate()
-    try:
-        agent.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        agent.kill()
-    data = root / "agent"
+def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:
+    """Ask every host's router what it serves: each must answer with the expected release."""
+    table = Table("environment", "host", "url", "release", "greeting")
+    for host in hosts:
+        page: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while page.get("release") != expected[host.name] and time.monotonic() < deadline:
+            try:
+                page = httpx.get(host.url, timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.2)
+        if page.get("release") != expected[host.name]:
+            raise RuntimeError(
+                f"{host.url} answers {page or 'nothing'}, not release {expected[host.name]}"
+            )
+        table.add_row(host.environment, host.name, host.url, page["release"], page["greeting"])
+    console.print(table)
 
-    async def teardown() -> None:
-        supervisor = Supervisor(data)
-        await supervisor.adopt()
-        await supervisor.stop_all(grace=5)
-        await supervisor.close()
-        await EmbeddedRouter(data / "router.sock", data / "router.log").stop()
 
-    asyncio.run(teardown())
+def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: Path) -> None:
+    console.rule("[bold green]conveyor demo is up[/bold green]")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("server (API)", url)
+    grid.add_row("API docs", f"{url}/docs")
+    grid.add_row("dashboard", "not built yet: the API docs above list every route")
+    grid.add_row("admin token", token)
+    for host in hosts:
+        grid.add_row(f"{host.environment} {host.name}", host.url)
+    grid.add_row("logs", f"{root}/*.log")
+    console.print(grid)
+    exe = Path(sys.executable).parent / "conveyor"
+    console.print("\ntry, in another shell:")
+    lines = [f"export CONVEYOR_SERVER={url} CONVEYOR_TOKEN={token}"]
+    if exe.exists() and sys.prefix != sys.base_prefix:
+        # a virtualenv (`make demo` runs in one): another shell may not have it active
+        lines.append(f"alias conveyor={exe}")
+    lines += [
+        f"conveyor status {APP}                    # which release serves where, weights, health",
+        f"conveyor history {APP}                   # runs and deployments",
+        f"conveyor rollback {APP} production       # back to v1: a router switch",
+        f"cd {work} && $EDITOR app/server.py && git commit -qam change && git push",
+    ]
+    for line in lines:
+        console.print(f"  {escape(line)}")

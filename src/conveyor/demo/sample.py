@@ -128,15 +128,23 @@ def sample_config(
     ) + textwrap.dedent(extra)
 
 
-def write_sample_app(repo: Path, app: str = "sample", *, port: int = 8000) -> str:
-    """Create a git repository holding the sample app on `main`; returns the commit sha."""
+def sample_server(greeting: str = "hello from sample") -> str:
+    """The sample app's app/server.py, saying `greeting` (a new one makes a visible change)."""
+    return SERVER_PY.replace('GREETING = "hello from sample"', f"GREETING = {greeting!r}")
+
+
+def write_sample_app(repo: Path, app: str = "sample", *, port: int = 8000, extra: str = "") -> str:
+    """Create a git repository holding the sample app on `main`; returns the commit sha.
+
+    Files already in `repo` are committed with it; `extra` is appended to its conveyor.yml.
+    """
     (repo / "app").mkdir(parents=True, exist_ok=True)
     (repo / "tests").mkdir(exist_ok=True)
     (repo / "app" / "__init__.py").write_text("")
     (repo / "app" / "server.py").write_text(SERVER_PY)
     (repo / "tests" / "__init__.py").write_text("")
     (repo / "tests" / "test_server.py").write_text(TEST_PY)
-    (repo / "conveyor.yml").write_text(sample_config(app, port=port))
+    (repo / "conveyor.yml").write_text(sample_config(app, port=port, extra=extra))
     if not (repo / ".git").exists():
         git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")

@@ -1,0 +1,136 @@
+"""The demo's local hosts: an agent with its embedded router per loopback address."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor.cli.client import Client
+
+APP_PORT = 8000  # the sample app's public port, on every host's router
+
+
+@dataclass
+class LocalHost:
+    """One host of the demo: its name, environment, address and agent process."""
+
+    name: str
+    environment: str
+    address: str
+    root: Path
+    agent: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"{self.name}-agent.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{APP_PORT}/"
+
+
+def conveyor_process(
+    args: list[str], log_path: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`python -m conveyor ARGS` in the background, its output in log_path."""
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def check_ports_free(hosts: list[LocalHost]) -> None:
+    """Fail early, and say why, if a router could not listen (an earlier demo still up?)."""
+    for host in hosts:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host.address, APP_PORT))
+            except OSError as exc:
+                raise RuntimeError(
+                    f"{host.address}:{APP_PORT} is taken ({exc.strerror}): the router of "
+                    f"{host.name} must listen there; is another conveyor demo still running?"
+                ) from None
+
+
+def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> None:
+    """Register each host, start its agent (which starts its router); wait until all are up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    for host in hosts:
+        token = client.post("/api/hosts", {"name": host.name})["enrolment_token"]
+        host.agent = conveyor_process(
+            [
+                "agent",
+                "--server",
+                server_url,
+                "--name",
+                host.name,
+                "--token",
+                token,
+                "--data",
+                str(host.data),
+                "--router",
+                "embedded",
+                "--bind",
+                host.address,
+            ],
+            host.log,
+            env,
+        )
+    deadline = time.monotonic() + 60
+    waiting = list(hosts)
+    while waiting:
+        for host in list(waiting):
+            assert host.agent is not None
+            if host.agent.poll() is not None:
+                raise RuntimeError(
+                    f"the agent of {host.name} exited with code {host.agent.returncode} "
+                    f"(see {host.log})"
+                )
+            observed = client.get(f"/api/hosts/{host.name}")
+            if observed["online"] and (observed["observed"] or {}).get("router_alive"):
+                waiting.remove(host)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(h.name for h in waiting)
+            raise RuntimeError(f"host(s) {names} did not come online within 60s (see their logs)")
+        time.sleep(0.2)
+
+
+def stop_hosts(hosts: list[LocalHost]) -> None:
+    """Stop the agents, then what outlives them by design: their instances and routers."""
+    from conveyor.agent.supervisor import Supervisor
+    from conveyor.router.embedded import EmbeddedRouter
+
+    started = [h for h in hosts if h.agent is not None]
+    for host in started:
+        assert host.agent is not None
+        host.agent.terminate()
+    for host in started:
+        assert host.agent is not None
+        try:
+            host.agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            host.agent.kill()
+            host.agent.wait()
+
+    async def teardown(data: Path) -> None:
+        supervisor = Supervisor(data)
+        await supervisor.adopt()
+        await supervisor.stop_all(grace=5)
+        await supervisor.close()
+        await EmbeddedRouter(data / "router.sock", data / "router.log").stop()
+
+    async def all_hosts() -> None:
+        await asyncio.gather(*(teardown(h.data) for h in started if h.data.exists()))
+
+    asyncio.run(all_hosts())
