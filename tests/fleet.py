@@ -38,7 +38,7 @@ class AgentProcess(ManagedProcess):
         self.log_path = data.parent / f"{name}-agent.log"
         self.enrolment: str | None = None
 
-    def start(self) -> AgentProcess:
+    def start(self, timeout: float = 30) -> AgentProcess:
         if self.enrolment is None and not (self.data / "credential.json").exists():
             self.enrolment = self.server.post("/api/hosts", {"name": self.name})["enrolment_token"]
         args = [
@@ -61,7 +61,7 @@ class AgentProcess(ManagedProcess):
             args += ["--token", self.enrolment]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         self.spawn(args, env)
-        wait_for(self._online, timeout=30)
+        wait_for(self._online, timeout=timeout)
         return self
 
     def _online(self) -> bool:
