@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import KINDS, CpuMeter, memory
 from tests.fleet import AgentProcess, Fleet, _pids_with_env
 from tests.helpers import ServerProcess, wait_for
 
 ENDED = ("succeeded", "failed", "rolled_back", "cancelled", "superseded")
+ENVS = ("single", "fleet")
 SUBNET = "127.0.1."  # nothing else on this machine listens there
 # what an agent logs on the way from a new desired state to serving it, in order
 MILESTONES = (
@@ -96,10 +99,22 @@ def build(fleet: Fleet, label: str, environments: str) -> tuple[int, str]:
     return int(run["id"]), str(run["release"])
 
 
-def deploy(
-    server: ServerProcess, root: Path, run: int, env: str, timeout: float
-) -> tuple[dict[str, Any], float, dict[str, float]]:
-    """Approve the run's deployment to `env` once it waits: the ended record, wall time, CPU."""
+@dataclass
+class Measured:
+    """One deployment: its ended record, the wall time from the API call, CPU, poll latencies."""
+
+    record: dict[str, Any]
+    wall: float
+    cpu: dict[str, float]
+    polls: list[float] = field(default_factory=list)  # seconds the API took to answer a poll
+
+    @property
+    def duration(self) -> float:
+        return float(self.record["duration"])
+
+
+def deploy(server: ServerProcess, root: Path, run: int, env: str, timeout: float) -> Measured:
+    """Approve the run's deployment to `env` once it waits, then poll it until it ends."""
 
     def held() -> Any:
         found = [
@@ -110,24 +125,26 @@ def deploy(
         return found and found[0]["state"] == "waiting" and found[0]
 
     deployment = wait_for(held, timeout=60, interval=0.1)
+    polls: list[float] = []
     cpu = CpuMeter(root)
     started = time.perf_counter()
     server.post(f"/api/runs/{run}/approve")
 
     def ended() -> Any:
+        asked = time.perf_counter()
         d = server.get(f"/api/deployments/{deployment['id']}")
+        polls.append(time.perf_counter() - asked)
         return d if d["state"] in ENDED else None
 
     done = wait_for(ended, timeout=timeout, interval=0.1)
-    wall = time.perf_counter() - started
-    used = cpu.stop()
+    measured = Measured(done, time.perf_counter() - started, cpu.stop(), polls)
     if done["state"] != "succeeded":
         failed = [f"{s['name']}: {s['reason']}" for s in done["steps"] if s["reason"]]
         raise SystemExit(
             f"deployment {done['id']} to {env} {done['state']}: {done['reason']}\n"
             + "\n".join(failed)
         )
-    return done, wall, used
+    return measured
 
 
 def stamp(text: str) -> float:
@@ -207,90 +224,6 @@ def batch_figures(
     return durations, gaps, phases, confirm
 
 
-def processes(root: Path) -> dict[int, str]:
-    """The processes started from the temp dir, by pid, with their kind."""
-    found = {}
-    for pid in _pids_with_env(str(root)):
-        try:
-            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"conveyor server" in line:
-            found[pid] = "server"
-        elif b"conveyor agent" in line:
-            found[pid] = "agents"
-        elif b"conveyor.router" in line:
-            found[pid] = "routers"
-        else:
-            found[pid] = "instances"
-    return found
-
-
-def memory(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Processes under the temp dir by kind: (count, RSS kB, PSS kB)."""
-    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for pid, kind in processes(root).items():
-        try:
-            rss = _kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS:")
-            pss = _kb(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss:")
-        except OSError:
-            continue
-        found = kinds[kind]
-        found[0] += 1
-        found[1] += rss
-        found[2] += pss
-    return {k: (v[0], v[1], v[2]) for k, v in kinds.items()}
-
-
-class CpuMeter:
-    """CPU seconds used by our processes (by kind) and by the whole machine over a span."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.started = time.perf_counter()
-        self.before = self._ours()
-        self.machine = self._machine()
-
-    def stop(self) -> dict[str, float]:
-        """Cores used on average, by kind, plus 'machine' (everything, other users included)."""
-        elapsed = time.perf_counter() - self.started
-        after = self._ours()
-        used: dict[str, float] = defaultdict(float)
-        for pid, (kind, seconds) in after.items():
-            # a process that started during the span counts from zero; one that ended is lost
-            used[kind] += seconds - self.before.get(pid, (kind, 0.0))[1]
-        busy, total = (a - b for a, b in zip(self._machine(), self.machine, strict=True))
-        cores = os.cpu_count() or 1
-        out = {kind: seconds / elapsed for kind, seconds in used.items()}
-        out["machine"] = cores * busy / total if total else 0.0
-        return out
-
-    def _ours(self) -> dict[int, tuple[str, float]]:
-        tick = os.sysconf("SC_CLK_TCK")
-        found = {}
-        for pid, kind in processes(self.root).items():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            found[pid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
-        return found
-
-    @staticmethod
-    def _machine() -> tuple[int, int]:
-        """(busy, total) jiffies of all CPUs since boot."""
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = values[3] + values[4]
-        return sum(values) - idle, sum(values)
-
-
-def _kb(text: str, key: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-
-
 def teardown(server: ServerProcess, agents: list[AgentProcess], root: Path) -> None:
     """Agents, then the server, then whatever still runs from the temp dir (routers, instances)."""
     for agent in agents:
@@ -353,38 +286,25 @@ def main() -> None:
             agents = list(fleet.agents.values())
             boot = start_agents(server, agents)
             print(f"{len(agents)} agents with their routers online in {boot:.1f} s", flush=True)
-            rounds: list[dict[str, Any]] = []
+            rounds: list[dict[str, Measured]] = []
             idle: dict[str, float] = {}
-            labels = [chr(ord("A") + i) for i in range(args.rounds + 1)]
-            for label in labels:
+            for label in [chr(ord("A") + i) for i in range(args.rounds + 1)]:
                 run, release = build(fleet, label, environments)
-                one, one_wall, one_cpu = deploy(server, root, run, "single", timeout=300)
-                many, many_wall, many_cpu = deploy(
-                    server, root, run, "fleet", timeout=300 + 30 * args.hosts
-                )
+                one = deploy(server, root, run, "single", timeout=300)
+                many = deploy(server, root, run, "fleet", timeout=300 + 30 * args.hosts)
                 print(
-                    f"release {label} ({release}): single {one['duration']:.2f} s, "
-                    f"fleet {many['duration']:.2f} s"
+                    f"release {label} ({release}): single {one.duration:.2f} s, "
+                    f"fleet {many.duration:.2f} s"
                     + ("  (warm-up, not measured)" if label == "A" else ""),
                     flush=True,
                 )
                 if label != "A":
-                    rounds.append(
-                        {
-                            "label": label,
-                            "single": one,
-                            "single_wall": one_wall,
-                            "fleet": many,
-                            "fleet_wall": many_wall,
-                            "single_cpu": one_cpu,
-                            "fleet_cpu": many_cpu,
-                        }
-                    )
-                else:
-                    time.sleep(5)  # let the warm-up settle, then the fleet at rest
-                    meter = CpuMeter(root)
-                    time.sleep(args.idle)
-                    idle = meter.stop()
+                    rounds.append({"single": one, "fleet": many})
+                    continue
+                time.sleep(5)  # let the warm-up settle, then watch the fleet at rest
+                meter = CpuMeter(root)
+                time.sleep(args.idle)
+                idle = meter.stop()
             mem = memory(root)
             report(args, rounds, fleet.agents, mem, idle, load)
         finally:
@@ -397,21 +317,21 @@ def main() -> None:
 
 def report(
     args: argparse.Namespace,
-    rounds: list[dict[str, Any]],
+    rounds: list[dict[str, Measured]],
     agents: dict[str, AgentProcess],
     mem: dict[str, tuple[int, int, int]],
     idle: dict[str, float],
     load_before: tuple[float, float, float],
 ) -> None:
-    first = rounds[0]["fleet"]
-    sizes = [len(s["hosts"]) for s in first["steps"] if s["kind"] == "batch"]
+    steps = rounds[0]["fleet"].record["steps"]
+    sizes = [len(s["hosts"]) for s in steps if s["kind"] == "batch"]
     n_batches = len(sizes)
     print()
     print(
         f"hosts {args.hosts}, batch {args.batch} -> {sizes[0]} host(s) a batch, "
-        f"{n_batches} batches ({'+'.join(map(str, sizes))}); "
-        f"load average before start {load_before[0]:.1f} on {os.cpu_count()} cores "
-        f"(shared machine: other test suites may run)"
+        f"{n_batches} batches ({'+'.join(map(str, sizes))}); load average before start "
+        f"{load_before[0]:.1f} on {os.cpu_count()} cores (shared machine: other test suites "
+        "may run)"
     )
     header = (
         f"{'release':<8}{'single':>9}{'fleet':>9}{'ratio':>7}{'batch med':>11}"
@@ -419,37 +339,36 @@ def report(
     )
     print(header)
     print("-" * len(header))
+    seen: dict[str, dict[str, list[float]]] = {env: defaultdict(list) for env in ENVS}
+    phases: dict[str, list[dict[str, float]]] = {env: [] for env in ENVS}
     rows = []
-    seen: dict[str, dict[str, list[float]]] = {
-        env: defaultdict(list) for env in ("single", "fleet")
-    }
-    phases: dict[str, list[dict[str, float]]] = {"single": [], "fleet": []}
-    for r in rounds:
-        for env in ("single", "fleet"):
-            batches, gaps, host, confirm = batch_figures(r[env], agents)
+    for label, r in zip("BCDEFGHIJKLMNOPQRSTUVWXYZ", rounds, strict=False):
+        for env in ENVS:
+            batches, gaps, host, confirm = batch_figures(r[env].record, agents)
             seen[env]["batches"] += batches
             seen[env]["outside"].append(sum(gaps))
             seen[env]["gaps"] += gaps
             seen[env]["confirm"] += confirm
+            seen[env]["polls"] += r[env].polls
             seen[env]["verify"] += [
-                float(s["duration"]) for s in r[env]["steps"] if s["kind"] == "verify"
+                float(s["duration"]) for s in r[env].record["steps"] if s["kind"] == "verify"
             ]
             phases[env] += host
-        t_one, t_many = float(r["single"]["duration"]), float(r["fleet"]["duration"])
-        batches = seen["fleet"]["batches"][-n_batches:]
+        one, many = r["single"], r["fleet"]
+        floor = n_batches * one.duration
         row = (
-            t_one,
-            t_many,
-            t_many / t_one,
-            med(batches),
-            n_batches * t_one,
-            t_many / (n_batches * t_one),
-            r["single_wall"],
-            r["fleet_wall"],
-            r["fleet_wall"] / r["single_wall"],
+            one.duration,
+            many.duration,
+            many.duration / one.duration,
+            med(seen["fleet"]["batches"][-n_batches:]),
+            floor,
+            many.duration / floor,
+            one.wall,
+            many.wall,
+            many.wall / one.wall,
         )
         rows.append(row)
-        print(_row(r["label"], row))
+        print(_row(label, row))
     if len(rows) > 1:
         print(_row("median", tuple(med([row[i] for row in rows]) for i in range(len(rows[0])))))
     print(
@@ -457,20 +376,20 @@ def report(
         "approve API call until the API reports the end, s; floor: batches x single)"
     )
     print()
-    many, one = seen["fleet"], seen["single"]
+    many_seen, one_seen = seen["fleet"], seen["single"]
+    batch, single_batch = med(many_seen["batches"]), med(one_seen["batches"])
     print(
-        f"batch steps: fleet median {med(many['batches']):.2f} s "
-        f"(min {min(many['batches']):.2f}, max {max(many['batches']):.2f}, "
-        f"over {len(many['batches'])}) against {med(one['batches']):.2f} s for the single "
-        f"host: a batch of {sizes[0]} costs {med(many['batches']) / med(one['batches']):.1f}x "
-        "one host"
+        f"batch steps: fleet median {batch:.2f} s (min {min(many_seen['batches']):.2f}, "
+        f"max {max(many_seen['batches']):.2f}, over {len(many_seen['batches'])}) against "
+        f"{single_batch:.2f} s for the single host: a batch of {sizes[0]} costs "
+        f"{batch / single_batch:.1f}x one host"
     )
     print(
-        f"outside batch steps (start -> first step, between steps, verify, last -> end): "
-        f"single {med(one['outside']) + med(one['verify']):.2f} s, "
-        f"fleet {med(many['outside']) + med(many['verify']):.2f} s "
-        f"({len(many['gaps']) // len(rounds)} gaps, median {med(many['gaps']) * 1000:.0f} ms; "
-        f"verify step {med(many['verify']) * 1000:.0f} ms)"
+        "outside batch steps (start -> first step, between steps, verify, last -> end): "
+        f"single {med(one_seen['outside']):.2f} s, fleet {med(many_seen['outside']):.2f} s "
+        f"+ verify {med(many_seen['verify']):.2f} s "
+        f"({len(many_seen['gaps']) // len(rounds)} gaps, median "
+        f"{med(many_seen['gaps']) * 1000:.0f} ms; the engine ticks every 250 ms)"
     )
     names = [p for _, p in MILESTONES] + ["routed"]
     print(
@@ -479,35 +398,41 @@ def report(
         "to the step's end: agent report + engine tick):"
     )
     print(f"{'':<14}" + "".join(f"{n:>10}" for n in [*names, "confirm"]))
-    for env in ("single", "fleet"):
+    for env in ENVS:
         cells = [med([p[n] for p in phases[env] if n in p]) for n in names]
-        label = "single host" if env == "single" else "fleet hosts"
-        print(f"{label:<14}" + "".join(f"{c:>10.2f}" for c in [*cells, med(seen[env]["confirm"])]))
+        cells.append(med(seen[env]["confirm"]))
+        print(f"{env + ' host(s)':<14}" + "".join(f"{c:>10.2f}" for c in cells))
     health = [p["health"] for p in phases["fleet"] if "health" in p]
-    late = sum(1 for h in health if h > 0.5)
     print(
-        f"  {late}/{len(health)} fleet hosts needed a second health check "
-        "(interval 1 s: healthy > 0.5 s after the instance started)"
+        f"  {sum(1 for h in health if h > 0.5)}/{len(health)} fleet hosts needed a second "
+        "health check (interval 1 s: healthy > 0.5 s after the instance started)"
+    )
+    polls = {env: sorted(seen[env]["polls"]) for env in ENVS}
+    print(
+        "the API answered this benchmark's polls (GET /api/deployments/ID) in median "
+        + ", ".join(
+            f"{med(polls[env]) * 1000:.0f} ms (p90 {_p90(polls[env]) * 1000:.0f}) during {env}"
+            for env in ENVS
+        )
     )
     print()
-    kinds = ("server", "agents", "routers", "instances")
     print(
         f"CPU, in cores used on average ({os.cpu_count()} on this machine; 'machine' "
         "counts every process, other users' included):"
     )
-    print(f"{'':<22}" + "".join(f"{k:>10}" for k in (*kinds, "conveyor", "machine")))
+    print(f"{'':<22}" + "".join(f"{k:>10}" for k in (*KINDS, "conveyor", "machine")))
     spans = [("fleet at rest", [idle])] + [
-        (f"{env} deployment", [r[f"{env}_cpu"] for r in rounds]) for env in ("single", "fleet")
+        (f"{env} deployment", [r[env].cpu for r in rounds]) for env in ENVS
     ]
     for label, samples in spans:
-        cells = [med([c.get(k, 0.0) for c in samples]) for k in kinds]
-        cells.append(med([sum(c.get(k, 0.0) for k in kinds) for c in samples]))
+        cells = [med([c.get(k, 0.0) for c in samples]) for k in KINDS]
+        cells.append(med([sum(c.get(k, 0.0) for k in KINDS) for c in samples]))
         cells.append(med([c["machine"] for c in samples]))
         print(f"{label:<22}" + "".join(f"{c:>10.2f}" for c in cells))
     print()
-    print("memory at the end (each fleet host keeps the previous release warm):")
+    print("memory at the end (each fleet host keeps its previous releases warm, keep_warm 10m):")
     total_rss = total_pss = 0
-    for kind in ("server", "agents", "routers", "instances"):
+    for kind in KINDS:
         count, rss, pss = mem.get(kind, (0, 0, 0))
         total_rss += rss
         total_pss += pss
@@ -516,12 +441,16 @@ def report(
             f"  {kind:<10} {count:>4} process(es)  RSS {rss / 1024:8.0f} MiB{each}  "
             f"PSS {pss / 1024:8.0f} MiB"
         )
-    host_rss = sum(mem.get(k, (0, 0, 0))[1] for k in ("agents", "routers", "instances"))
+    host_rss = sum(mem.get(k, (0, 0, 0))[1] for k in KINDS[1:])
     print(
         f"  total RSS {total_rss / 1024:.0f} MiB (PSS {total_pss / 1024:.0f} MiB); "
         f"agents+routers+instances {host_rss / 1024:.0f} MiB, "
         f"{host_rss / 1024 / len(agents):.0f} MiB per host"
     )
+
+
+def _p90(values: list[float]) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))] if values else float("nan")
 
 
 def _row(label: str, row: tuple[float, ...]) -> str:
