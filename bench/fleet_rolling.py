@@ -125,6 +125,8 @@ def deploy(server: ServerProcess, root: Path, run: int, env: str, timeout: float
         return found and found[0]["state"] == "waiting" and found[0]
 
     deployment = wait_for(held, timeout=60, interval=0.1)
+    # a busy machine can leave a host's last report stale: start from a settled fleet
+    wait_for(lambda: all(h["online"] for h in server.get("/api/hosts")), timeout=300, interval=1)
     polls: list[float] = []
     cpu = CpuMeter(root)
     started = time.perf_counter()
