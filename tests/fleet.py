@@ -39,7 +39,13 @@ class AgentProcess(ManagedProcess):
         self.log_path = data.parent / f"{name}-agent.log"
         self.enrolment: str | None = None
 
-    def start(self) -> AgentProcess:
+    def start(self, timeout: float = 30) -> AgentProcess:
+        self.launch()
+        wait_for(self._online, timeout=timeout)
+        return self
+
+    def launch(self) -> AgentProcess:
+        """Enrol if needed and spawn the agent, without waiting for it to come online."""
         if self.enrolment is None and not (self.data / "credential.json").exists():
             self.enrolment = self.server.post("/api/hosts", {"name": self.name})["enrolment_token"]
         args = [
@@ -62,14 +68,15 @@ class AgentProcess(ManagedProcess):
             args += ["--token", self.enrolment]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         self.spawn(args, env)
-        wait_for(self._online, timeout=30)
         return self
 
-    def _online(self) -> bool:
+    def _online(self, host: dict[str, Any] | None = None) -> bool:
+        """Connected with its router up (`host`: this host as GET /api/hosts listed it)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"agent exited ({self.proc.returncode}):\n{self.log()}")
-        host = self.server.get(f"/api/hosts/{self.name}")
+        if host is None:
+            host = self.server.get(f"/api/hosts/{self.name}")
         return bool(host["online"] and host["observed"] and host["observed"]["router_alive"])
 
     def observed(self) -> dict[str, Any]:

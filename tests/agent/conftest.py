@@ -100,6 +100,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     require: dict[str, str] = field(default_factory=dict)  # request headers that must match
     truncate_to: int | None = None  # send only this many body bytes, then close
+    hang_up: bool = False  # close the connection without answering (a stale keep-alive)
 
 
 @dataclass
@@ -127,6 +128,9 @@ def http_server() -> Iterator[HttpServer]:
             route = found() if callable(found) else found
             if route is None:
                 route = Route(status=404, body=b"not found")
+            if route.hang_up:
+                self.close_connection = True
+                return
             if any(self.headers.get(k) != v for k, v in route.require.items()):
                 route = Route(status=401, body=b"unauthorized")
             self.send_response(route.status)

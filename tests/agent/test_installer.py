@@ -79,6 +79,23 @@ async def test_download_refuses_a_truncated_body(
     assert listing(dest.parent) == []
 
 
+async def test_download_tries_again_when_the_server_hangs_up_before_answering(
+    data: Path, tmp_path: Path, http_server: HttpServer
+) -> None:
+    body = os.urandom(100_000)
+    answers = iter([Route(hang_up=True), Route(hang_up=True), Route(body=body)])
+    http_server.routes["/a.tar.gz"] = lambda: next(answers)
+    dest = tmp_path / "dl" / "a.tar.gz"
+    await Installer(data).download(http_server.url("/a.tar.gz"), {}, dest, sha(body))
+    assert dest.read_bytes() == body
+    assert http_server.hits == ["/a.tar.gz"] * 3
+
+    http_server.routes["/gone.tar.gz"] = Route(hang_up=True)
+    with pytest.raises(InstallError, match=r"failed after 0 bytes: RemoteProtocolError"):
+        await Installer(data).download(http_server.url("/gone.tar.gz"), {}, dest, sha(body))
+    assert http_server.hits.count("/gone.tar.gz") == 3
+
+
 async def test_download_reports_http_errors(
     data: Path, tmp_path: Path, http_server: HttpServer
 ) -> None:

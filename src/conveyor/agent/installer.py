@@ -52,6 +52,9 @@ log = logging.getLogger("conveyor.agent.installer")
 
 KEEP_RELEASES = 5
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+DOWNLOAD_ATTEMPTS = 3
+# what a connection closed by the server under our feet looks like, before any answer
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 HOOK_KILL_GRACE = 5.0
 SHARED_LINK = "shared"
 _CHUNK = 1 << 16
@@ -142,29 +145,43 @@ class Installer:
         try:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
-                try:
-                    async with http.stream("GET", url, headers=dict(headers)) as response:
-                        if response.status_code != 200:
-                            raise InstallError(
-                                f"download of {url} failed: HTTP {response.status_code} "
-                                f"{response.reason_phrase}".rstrip()
+                for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                    try:
+                        async with http.stream("GET", url, headers=dict(headers)) as response:
+                            if response.status_code != 200:
+                                raise InstallError(
+                                    f"download of {url} failed: HTTP {response.status_code} "
+                                    f"{response.reason_phrase}".rstrip()
+                                )
+                            # with a content-encoding the length counts encoded bytes: httpx
+                            # itself notices a short body then
+                            declared = (
+                                None
+                                if response.headers.get("content-encoding")
+                                else response.headers.get("content-length")
                             )
-                        # with a content-encoding the length counts encoded bytes: httpx
-                        # itself notices a short body then
-                        declared = (
-                            None
-                            if response.headers.get("content-encoding")
-                            else response.headers.get("content-length")
+                            async for chunk in response.aiter_bytes(_CHUNK):
+                                out.write(chunk)
+                                digest.update(chunk)
+                                received += len(chunk)
+                        break
+                    except _STALE as exc:
+                        # a pooled keep-alive connection the server was closing as idle fails
+                        # before any byte: the GET is idempotent and nothing was written
+                        if received > 0 or attempt == DOWNLOAD_ATTEMPTS:
+                            raise InstallError(
+                                f"download of {url} failed after {received} bytes: "
+                                f"{type(exc).__name__}: {exc}"
+                            ) from exc
+                        log.warning(
+                            "download retried",
+                            extra={"url": url, "attempt": attempt, "error": repr(exc)},
                         )
-                        async for chunk in response.aiter_bytes(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                except httpx.HTTPError as exc:
-                    raise InstallError(
-                        f"download of {url} failed after {received} bytes: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                    except httpx.HTTPError as exc:
+                        raise InstallError(
+                            f"download of {url} failed after {received} bytes: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
                 if declared is not None and declared.isdigit() and received != int(declared):
                     raise InstallError(
                         f"download of {url} is truncated: got {received} of {declared} bytes"
