@@ -19,7 +19,7 @@ from rich.status import Status
 from conveyor.cli.client import Client
 from conveyor.demo.traffic import Traffic
 
-ENDED = ("succeeded", "failed", "rolled_back", "cancelled", "superseded")
+ENDED = ("succeeded", "failed", "cancelled", "superseded")
 ICONS = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "skipped": "[dim]–[/dim]"}
 
 

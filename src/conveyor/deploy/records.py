@@ -18,7 +18,7 @@ from conveyor.store.models import App, Deployment, Release, Run, utcnow
 PENDING = ("queued", "waiting")
 ACTING = ("running", "rolling_back", "aborting")
 ACTIVE = (*PENDING, *ACTING)
-ENDED = ("succeeded", "failed", "rolled_back", "cancelled", "superseded")
+ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 
 def active_in(session: Session, app_id: int, env: str) -> list[Deployment]:
