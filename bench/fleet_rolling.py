@@ -83,6 +83,13 @@ def start_agents(server: ServerProcess, agents: list[AgentProcess], group: int =
         def online(batch: list[AgentProcess] = batch) -> bool:
             # one listing a poll: per-host polls would load the server we measure
             hosts = {h["name"]: h for h in server.get("/api/hosts")}
+            for a in batch:
+                if a.proc is not None and a.proc.poll() == 2 and not hosts[a.name]["online"]:
+                    # a starved server let its enrolment time out (exit 2): try it once more
+                    if getattr(a, "relaunched", False):
+                        raise SystemExit(f"agent {a.name} could not enrol:\n{a.log()}")
+                    a.relaunched = True  # type: ignore[attr-defined]
+                    a.launch()
             return all(a._online(hosts[a.name]) for a in batch)
 
         # a loaded machine starts a Python process slowly: be patient, not flaky
