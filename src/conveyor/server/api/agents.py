@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -17,6 +18,7 @@ from conveyor.store.models import Host, Token, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["agents"])
 MAX_WAIT = 60.0
+REREAD = 5.0
 
 
 def require_agent(request: Request) -> str:
@@ -70,7 +72,7 @@ async def get_desired(
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="long-poll up to this many seconds"),
 ) -> DesiredState:
     notifier = request.app.state.notifier
-    deadline = wait
+    deadline = time.monotonic() + wait
     first = True
     while True:
         with request.app.state.sessions() as session:
@@ -82,11 +84,13 @@ async def get_desired(
                 host.last_seen = utcnow()
                 session.commit()
                 first = False
-            if host.generation > after or deadline <= 0 or notifier.closed:
+            left = deadline - time.monotonic()
+            if host.generation > after or left <= 0 or notifier.closed:
                 return desired_state(session, host)
-        step = min(deadline, 1.0)  # re-read the database every second: another server may write
-        await notifier.wait(host_name, step)
-        deadline -= step
+        # this process's writes wake the waiter at once; re-reading the database now and
+        # then only catches another server's writes, so it need not be often (each read
+        # blocks the event loop for every other agent)
+        await notifier.wait(host_name, min(left, REREAD))
 
 
 @router.post("/report", status_code=204)
