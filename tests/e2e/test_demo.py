@@ -68,8 +68,10 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up() -> None:
     try:
         wait_for(lambda: proc.poll() is not None or "Ctrl-C" in "".join(lines), timeout=300)
         out = "".join(lines)
+        printed = re.search(r"conveyor demo in (\S+)", out)
+        root = Path(printed[1]) if printed else None  # removed at the end, whatever happens
         assert proc.poll() is None, out
-        root = Path(found(r"conveyor demo in (\S+)", out))
+        assert root is not None
         token = found(r"CONVEYOR_TOKEN=(\S+)", out)
 
         # the pipeline as printed: tests, both environments, the canary's analysis, no lost request
