@@ -55,6 +55,7 @@ CONVERGE_MARGIN = 120.0  # on top of the health timeout: download, unpack, insta
 ROLLBACK_WAIT = 120.0  # how long a rollback waits for hosts before recording what it reached
 FAILURE_CONFIRM = 1.0  # a failure must still be reported this much later (not a stale report)
 INCONCLUSIVE_LIMIT = 3  # step_pause multiples a canary step waits for enough traffic
+INCONCLUSIVE_FLOOR = 15.0  # ... and at least this many seconds past the pause
 CRASH_ENV = "CONVEYOR_CRASH_AFTER_STEPS"  # tests: SIGKILL the server after N persisted changes
 
 
@@ -494,7 +495,9 @@ class DeployEngine:
             return False
         if verdict.verdict == Verdict.PASS:
             return analysis.advance == "early" or elapsed >= pause
-        if elapsed >= pause * INCONCLUSIVE_LIMIT:
+        # counters arrive with agents' reports (every 2 s, later on a busy host): never give
+        # up on traffic before several reports had their chance
+        if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
             self._fail_now(
                 deployment_id,
                 step_id,
