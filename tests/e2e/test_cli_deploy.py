@@ -17,7 +17,8 @@ import pytest
 from tests.fleet import Fleet
 from tests.helpers import ServerProcess, wait_for
 
-pytestmark = pytest.mark.slow
+# several deployments each: generous on a starved machine, still a hang detector
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ACTIVE = ("queued", "waiting", "running", "rolling_back", "aborting")
 

@@ -11,7 +11,8 @@ import pytest
 from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 
-pytestmark = pytest.mark.slow
+# several deployments each: generous on a starved machine, still a hang detector
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HOSTS = {"stage-1": "127.0.0.11", "web-1": "127.0.0.12", "web-2": "127.0.0.13"}
 

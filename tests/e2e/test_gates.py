@@ -13,7 +13,8 @@ import pytest
 from tests.fleet import Fleet, running_fleet
 from tests.helpers import ServerProcess, commit, wait_for
 
-pytestmark = pytest.mark.slow
+# several deployments each: generous on a starved machine, still a hang detector
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HOSTS = {"stage-1": "127.0.0.14", "web-1": "127.0.0.15"}
 ACTIVE = ("queued", "waiting", "running", "rolling_back", "aborting")

@@ -15,7 +15,8 @@ import pytest
 from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 
-pytestmark = pytest.mark.slow
+# several deployments each: generous on a starved machine, still a hang detector
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HOSTS = {f"web-{i}": f"127.0.0.{20 + i}" for i in range(1, 5)}
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
