@@ -9,13 +9,6 @@ from conveyor.deploy.plan import Context, PlannedStep
 def plan(ctx: Context) -> list[PlannedStep]:
     steps = ctx.migrate_step()
     steps.append(ctx.preview_step())
-    steps.append(
-        PlannedStep(
-            "switch",
-            f"switch {len(ctx.hosts)} router(s) to {ctx.release}",
-            {h: ctx.only_new() for h in ctx.hosts},
-            weight=100,
-        )
-    )
+    steps.append(ctx.switch_step())
     steps.append(ctx.verify_step())
     return steps

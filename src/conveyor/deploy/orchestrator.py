@@ -196,18 +196,7 @@ class DeployEngine:
                     else []
                 )
             ctx = _context(d, names, previous, config, env)
-            planned = (
-                [
-                    PlannedStep(
-                        "switch",
-                        f"switch {len(names)} router(s) to {d.release_id}",
-                        {h: ctx.only_new() for h in names},
-                        weight=100,
-                    )
-                ]
-                if d.kind == "rollback"
-                else STRATEGIES[env.strategy](ctx)
-            )
+            planned = [ctx.switch_step()] if d.kind == "rollback" else STRATEGIES[env.strategy](ctx)
             d.previous = json.dumps(
                 {h: [r.model_dump() for r in items] for h, items in previous.items()}
             )

@@ -95,6 +95,15 @@ class Context:
             preview=True,
         )
 
+    def switch_step(self) -> PlannedStep:
+        """Every host to the new release alone, in one write."""
+        return PlannedStep(
+            "switch",
+            f"switch {len(self.hosts)} router(s) to {self.release}",
+            {h: self.only_new() for h in self.hosts},
+            weight=100,
+        )
+
     def verify_step(self) -> PlannedStep:
         return PlannedStep("verify", "verify", {})
 
