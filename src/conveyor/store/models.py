@@ -77,6 +77,8 @@ class Run(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     release_id: Mapped[str | None] = mapped_column(String(80), default=None)
+    # the commit's committer time, read at checkout: lead time for changes starts here
+    committed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -243,3 +245,26 @@ class DeploymentStep(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     deployment: Mapped[Deployment] = relationship(back_populates="steps")
+
+
+class Notification(Base):
+    """One message for one notify target, kept until delivered (or given up on)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int | None] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), default=None
+    )
+    event: Mapped[str] = mapped_column(String(20))  # failure | rollback | approval | success
+    run_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    deployment_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    target: Mapped[str] = mapped_column(Text)  # the Apprise URL
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
