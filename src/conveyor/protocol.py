@@ -156,14 +156,33 @@ DeploymentState = Literal[
 ]
 
 
+class Evidence(Wire):
+    """One check of the judge at one look: what it counted and how it decided."""
+
+    check: str  # error_rate ceiling | p99 ceiling | errors vs baseline | latency vs baseline | …
+    verdict: Literal["pass", "fail", "inconclusive"]
+    summary: str
+    canary_requests: int = 0
+    canary_events: int | None = None  # errors, or requests slower than the latency bound
+    canary_rate: float | None = None
+    baseline_requests: int | None = None
+    baseline_events: int | None = None
+    baseline_rate: float | None = None
+    statistic: float | None = None  # observed rate / p99, or the test's e-value
+    threshold: float | None = None  # the ceiling, or the e-value at which the test rejects
+    bound: float | None = None  # latency tests: the latency (s) a request counts as slow above
+
+
 class Judgement(Wire):
-    """The analysis' last word on a canary step."""
+    """The analysis' last word on a canary step or a watch window, with its evidence."""
 
     verdict: Literal["pass", "fail", "inconclusive"]
     requests: int
     error_rate: float | None
     p99: float | None
     reasons: list[str] = []
+    evidence: list[Evidence] = []
+    at: float | None = None
 
 
 class DeploymentStepOut(Wire):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conveyor.analysis.judge import Verdict, judge
+from conveyor.analysis.judge import Settings, Verdict, judge_window
 from conveyor.analysis.window import combine, delta, quantile
 from conveyor.config import Analysis
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
@@ -40,16 +40,16 @@ ANALYSIS = Analysis.model_validate({"error_rate": "1%", "p99": "100ms", "min_req
     ],
 )
 def test_judge(window: ReleaseCounters, verdict: Verdict, reason: str) -> None:
-    result = judge(window, ANALYSIS)
+    result = judge_window(window, Settings.of(ANALYSIS))
     assert result.verdict == verdict, result
     assert reason in " ".join(result.reasons)
 
 
 def test_only_the_ceilings_given_are_judged() -> None:
     only_errors = Analysis.model_validate({"error_rate": "5%", "min_requests": 0})
-    assert judge(counters(100, latency=30), only_errors).verdict == Verdict.PASS
+    assert judge_window(counters(100, latency=30), Settings.of(only_errors)).verdict == Verdict.PASS
     only_p99 = Analysis.model_validate({"p99": "1s", "min_requests": 10})
-    assert judge(counters(100, errors=100), only_p99).verdict == Verdict.PASS
+    assert judge_window(counters(100, errors=100), Settings.of(only_p99)).verdict == Verdict.PASS
 
 
 def test_delta_combine_and_quantile() -> None:

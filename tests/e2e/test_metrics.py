@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.analysis.judge import Verdict, judge
+from conveyor.analysis.judge import Settings, Verdict, judge_window
 from conveyor.analysis.window import delta
 from conveyor.config import Analysis
 from conveyor.router.spec import ReleaseCounters, RouterMetrics
@@ -56,8 +56,8 @@ def test_reported_counters_fail_a_release_answering_5xx(world: World) -> None:
 
     windows = wait_for(reported, timeout=30, interval=0.5)
     analysis = Analysis.model_validate({"error_rate": "1%", "p99": "2s", "min_requests": 200})
-    assert judge(windows[good], analysis).verdict == Verdict.PASS
-    verdict = judge(windows[bad], analysis)
+    assert judge_window(windows[good], Settings.of(analysis)).verdict == Verdict.PASS
+    verdict = judge_window(windows[bad], Settings.of(analysis))
     assert verdict.verdict == Verdict.FAIL and "error rate" in verdict.reasons[0]
     assert 0.02 < (verdict.error_rate or 0) < 0.10
     # the load generator saw the same 5xx the router counted for the bad release

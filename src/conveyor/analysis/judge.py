@@ -1,62 +1,437 @@
-"""The ceiling judge: pass, fail or inconclusive for one release over one window.
+"""The canary judge: pass, fail or inconclusive, with its evidence.
 
-A pure function of counters and the `analysis` section, so that the canary
-strategy and the post-deploy monitor share it and tests read as tables.
+A pure API over *looks*: cumulative counters of the canary (the new release) and
+of the baseline (the release it replaces, serving at the same time), as a metric
+source reports them. Feed looks one by one with `observe` and ask `decide` at
+any moment, or replay a recorded stream with `replay` / `judge`:
+
+    from conveyor.analysis.judge import Look, Settings, judge
+    settings = Settings(error_rate=0.01, p99=1.0, compare=True, min_requests=200)
+    verdict = judge([Look(at=t, canary=c, baseline=b) for t, c, b in recorded], settings)
+    print(verdict.verdict, [e.summary for e in verdict.evidence])
+
+It decides on:
+- the absolute ceilings of `analysis` (`error_rate`, `p99`) over the current
+  window (the step, and its last minute) — with `min_requests` below which it
+  says inconclusive, except that errors already past the ceiling however many
+  requests still come fail at once;
+- with `compare: baseline`, two sequential tests (see sequential.py): more 5xx on
+  the canary than on the baseline by `margin` (default 0.5 percentage point), and
+  more canary requests above the baseline's p99 than the baseline has (twice as
+  many is the worsening it is tuned to). Each may fail at any look, however
+  often one looks, with a false-alarm rate of at most 1% over the deployment.
+
+The state is a plain pydantic model, stored between looks (the orchestrator keeps
+it in the step's record, so a restarted server continues the same tests).
 """
 
 from __future__ import annotations
 
-import enum
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from conveyor.analysis.window import error_rate, quantile
+from pydantic import BaseModel, Field
+
+from conveyor.analysis.sequential import ALPHA, ALPHA_HISTORY, EProcess, Tally
+from conveyor.analysis.window import delta, error_rate, quantile
 from conveyor.config import Analysis
-from conveyor.protocol import ReleaseCounters
+from conveyor.protocol import LATENCY_BUCKETS, Evidence, Judgement, ReleaseCounters
+
+EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
+MIN_BASELINE = 200  # requests of the baseline before its p99 or its rate mean anything
+LATENCY_RATIO = 2.0  # the latency test is tuned to twice the baseline's share of slow requests
+SLOW_SHARE = 0.01  # slow = above the baseline's p99: the bucket bound with >= 1% above it
 
 
-class Verdict(enum.StrEnum):
+class Verdict:
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
 
 
 @dataclass(frozen=True)
-class Judgement:
-    verdict: Verdict
-    requests: int
-    error_rate: float | None
-    p99: float | None
-    reasons: list[str] = field(default_factory=list)
+class Settings:
+    """What the judge checks; `Settings.of(analysis)` reads a conveyor.yml `analysis`."""
+
+    error_rate: float | None = None
+    p99: float | None = None
+    compare: bool = False
+    margin: float = 0.005
+    min_requests: int = 100
+
+    @classmethod
+    def of(cls, analysis: Analysis) -> Settings:
+        return cls(
+            error_rate=analysis.error_rate,
+            p99=analysis.p99,
+            compare=analysis.compare == "baseline",
+            margin=analysis.margin,
+            min_requests=analysis.min_requests,
+        )
+
+
+class Look(BaseModel):
+    """Cumulative counters of both releases, read at one moment (unix time `at`)."""
+
+    at: float
+    canary: ReleaseCounters
+    baseline: ReleaseCounters | None = None
+
+
+def _zero() -> ReleaseCounters:
+    return ReleaseCounters()
+
+
+class JudgeState(BaseModel):
+    """Everything the judge remembers between looks."""
+
+    looks: int = 0
+    canary_last: ReleaseCounters | None = None
+    baseline_last: ReleaseCounters | None = None
+    window_start: ReleaseCounters | None = None  # canary when the window (step) began
+    epoch_start: ReleaseCounters | None = None  # canary when the epoch began
+    epoch_at: float | None = None
+    history: ReleaseCounters | None = None  # the baseline before the first look
+    baseline_seen: ReleaseCounters = Field(default_factory=_zero)  # ... and since, side by side
+    canary_epoch: ReleaseCounters = Field(default_factory=_zero)  # canary batches this epoch
+    canary_seen: ReleaseCounters = Field(default_factory=_zero)  # ... and since the first look
+    # the budget of 1% false alarms, shared: errors matter most, latency shifts show sooner
+    errors: EProcess = Field(default_factory=lambda: EProcess(alpha=ALPHA * 0.75))
+    latency: EProcess = Field(default_factory=lambda: EProcess(alpha=ALPHA * 0.25))
+    bound: float | None = None  # the latency bound of the last batch
+    new_window: bool = True
+
+
+def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:
+    return ReleaseCounters(
+        requests=a.requests + b.requests,
+        errors_5xx=a.errors_5xx + b.errors_5xx,
+        connect_failures=a.connect_failures + b.connect_failures,
+        latency_buckets=[x + y for x, y in zip(a.latency_buckets, b.latency_buckets, strict=True)],
+        latency_sum=a.latency_sum + b.latency_sum,
+    )
+
+
+def errors(c: ReleaseCounters) -> Tally:
+    return Tally(requests=c.requests, events=c.errors_5xx)
+
+
+def slow(c: ReleaseCounters, bound: float) -> Tally:
+    """Requests slower than `bound` (a LATENCY_BUCKETS bound)."""
+    within = c.latency_buckets[LATENCY_BUCKETS.index(bound)]
+    return Tally(requests=c.requests, events=max(0, c.requests - within))
+
+
+def slow_bound(baseline: ReleaseCounters) -> float | None:
+    """The highest bucket bound that at least 1% of the baseline's requests exceed.
+
+    That is the baseline's p99 as closely as the histogram can say it, rounded
+    down so that slow requests are not too rare to count.
+    """
+    if baseline.requests < MIN_BASELINE:
+        return None
+    chosen = None
+    for bound, within in zip(LATENCY_BUCKETS, baseline.latency_buckets, strict=True):
+        if baseline.requests - within >= SLOW_SHARE * baseline.requests:
+            chosen = bound
+    return chosen
+
+
+def start_window(state: JudgeState) -> JudgeState:
+    """A new step: the ceilings count again from the next look; the tests go on."""
+    return state.model_copy(update={"new_window": True})
+
+
+def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
+    """Fold one look into the state."""
+    s = state.model_copy(deep=True)
+    s.looks += 1
+    canary, baseline = look.canary, look.baseline
+    if s.history is None and baseline is not None:
+        s.history = baseline
+    if s.canary_last is not None and s.baseline_last is not None and baseline is not None:
+        batch_c = delta(s.canary_last, canary)
+        batch_b = delta(s.baseline_last, baseline)
+        if settings.compare:
+            _test(s, batch_c, batch_b, settings.margin)
+        s.baseline_seen = add(s.baseline_seen, batch_b)
+        s.canary_epoch = add(s.canary_epoch, batch_c)
+        s.canary_seen = add(s.canary_seen, batch_c)
+    if s.new_window or s.epoch_at is None or look.at - s.epoch_at >= EPOCH:
+        if s.new_window:
+            s.window_start = canary
+            s.new_window = False
+        s.epoch_start, s.epoch_at = canary, look.at
+        s.canary_epoch = _zero()
+        s.errors = s.errors.begin_epoch()
+        s.latency = s.latency.begin_epoch()
+    s.canary_last = canary
+    s.baseline_last = baseline if baseline is not None else s.baseline_last
+    return s
+
+
+def _worse(recent: Tally, whole: Tally) -> Tally:
+    """The canary's estimate for the plug-in: this epoch's if it is worse (a release that
+    turned bad late), else the whole judge's (steadier)."""
+    return recent if recent.smoothed() > whole.smoothed() else whole
+
+
+def _baseline_all(s: JudgeState) -> ReleaseCounters:
+    return add(s.history or _zero(), s.baseline_seen)
+
+
+def _test(
+    s: JudgeState, batch_c: ReleaseCounters, batch_b: ReleaseCounters, margin_e: float
+) -> None:
+    known = _baseline_all(s)
+    if batch_b.requests > 0:
+        s.errors = s.errors.two_sample(
+            errors(batch_c),
+            errors(batch_b),
+            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
+            errors(known),
+            margin=margin_e,
+            ratio=1.0,
+        )
+    elif known.requests >= MIN_BASELINE:
+        s.errors = s.errors.one_sample(
+            errors(batch_c),
+            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
+            errors(known).upper(ALPHA_HISTORY),
+            margin=margin_e,
+            ratio=1.0,
+        )
+    bound = slow_bound(known)
+    s.bound = bound
+    if bound is None:
+        return
+    if batch_b.requests > 0:
+        s.latency = s.latency.two_sample(
+            slow(batch_c, bound),
+            slow(batch_b, bound),
+            _worse(slow(s.canary_epoch, bound), slow(s.canary_seen, bound)),
+            slow(known, bound),
+            margin=0.0,
+            ratio=LATENCY_RATIO,
+        )
+    else:
+        s.latency = s.latency.one_sample(
+            slow(batch_c, bound),
+            _worse(slow(s.canary_epoch, bound), slow(s.canary_seen, bound)),
+            slow(known, bound).upper(ALPHA_HISTORY),
+            margin=0.0,
+            ratio=LATENCY_RATIO,
+        )
+
+
+def decide(state: JudgeState, settings: Settings, at: float | None = None) -> Judgement:
+    """The verdict at this moment, with one piece of evidence per check."""
+    canary = state.canary_last or _zero()
+    window = delta(state.window_start, canary) if state.window_start else _zero()
+    epoch = delta(state.epoch_start, canary) if state.epoch_start else _zero()
+    evidence: list[Evidence] = []
+    evidence += _ceilings(window, settings, "window")
+    if epoch.requests < window.requests:
+        evidence += [e for e in _ceilings(epoch, settings, "last minute") if e.verdict == "fail"]
+    if settings.compare:
+        evidence += _comparisons(state, settings)
+    failed = [e for e in evidence if e.verdict == Verdict.FAIL]
+    rate, p99 = error_rate(window), quantile(window, 0.99)
+    if failed:
+        verdict = Verdict.FAIL
+        reasons = [e.summary for e in failed]
+    elif window.requests < settings.min_requests:
+        verdict = Verdict.INCONCLUSIVE
+        reasons = [f"{window.requests} of the {settings.min_requests} requests needed to judge"]
+    else:
+        verdict, reasons = Verdict.PASS, []
+    return Judgement(
+        verdict=verdict,
+        requests=window.requests,
+        error_rate=rate,
+        p99=p99,
+        reasons=reasons,
+        evidence=evidence,
+        at=at,
+    )
 
 
 def _ms(seconds: float) -> str:
     return "over 10 s" if math.isinf(seconds) else f"{seconds * 1000:g} ms"
 
 
-def judge(window: ReleaseCounters, analysis: Analysis) -> Judgement:
-    """Judge a release's window against the error-rate and p99 ceilings."""
+def _ceilings(window: ReleaseCounters, settings: Settings, label: str) -> list[Evidence]:
+    out: list[Evidence] = []
     rate = error_rate(window)
-    p99 = quantile(window, 0.99)
-    reasons: list[str] = []
-    if analysis.error_rate is not None:
+    enough = window.requests >= settings.min_requests
+    if settings.error_rate is not None:
         # errors that break the ceiling even if every request still to come succeeds
         # fail at once: waiting for min_requests would only serve more errors
-        floor = max(window.requests, analysis.min_requests)
-        if window.errors_5xx > analysis.error_rate * floor:
-            reasons.append(
-                f"error rate {window.errors_5xx}/{window.requests} "
-                f"({(rate or 0) * 100:.2f}%) is over the {analysis.error_rate * 100:g}% ceiling"
+        floor = max(window.requests, settings.min_requests)
+        over = window.errors_5xx > settings.error_rate * floor
+        verdict = Verdict.FAIL if over else (Verdict.PASS if enough else Verdict.INCONCLUSIVE)
+        what = "is over" if over else "is within"
+        out.append(
+            Evidence(
+                check="error_rate ceiling",
+                verdict=verdict,
+                summary=(
+                    f"error rate {window.errors_5xx}/{window.requests} "
+                    f"({(rate or 0) * 100:.2f}%) {what} the {settings.error_rate * 100:g}% "
+                    f"ceiling ({label})"
+                ),
+                canary_requests=window.requests,
+                canary_events=window.errors_5xx,
+                canary_rate=rate,
+                statistic=rate,
+                threshold=settings.error_rate,
             )
-    if window.requests < analysis.min_requests and not reasons:
-        return Judgement(
-            Verdict.INCONCLUSIVE,
-            window.requests,
-            rate,
-            p99,
-            [f"{window.requests} of the {analysis.min_requests} requests needed to judge"],
         )
-    if analysis.p99 is not None and p99 is not None and p99 > analysis.p99:
-        reasons.append(f"p99 latency {_ms(p99)} is over the {_ms(analysis.p99)} ceiling")
-    verdict = Verdict.FAIL if reasons else Verdict.PASS
-    return Judgement(verdict, window.requests, rate, p99, reasons)
+    p99 = quantile(window, 0.99)
+    if settings.p99 is not None:
+        over = enough and p99 is not None and p99 > settings.p99
+        verdict = Verdict.FAIL if over else (Verdict.PASS if enough else Verdict.INCONCLUSIVE)
+        shown = _ms(p99) if p99 is not None else "unknown"
+        out.append(
+            Evidence(
+                check="p99 ceiling",
+                verdict=verdict,
+                summary=(
+                    f"p99 latency {shown} is {'over' if over else 'within'} the "
+                    f"{_ms(settings.p99)} ceiling ({label}, {window.requests} requests)"
+                ),
+                canary_requests=window.requests,
+                statistic=p99 if p99 is None or not math.isinf(p99) else None,
+                threshold=settings.p99,
+            )
+        )
+    return out
+
+
+def _e(log_e: float | None) -> float:
+    if log_e is None:
+        return 0.0
+    return math.exp(min(log_e, 700.0))
+
+
+def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
+    known = _baseline_all(state)
+    window = (
+        delta(state.window_start, state.canary_last)
+        if state.window_start and state.canary_last
+        else _zero()
+    )
+    if known.requests == 0 and state.baseline_seen.requests == 0:
+        return [
+            Evidence(
+                check="compare with baseline",
+                verdict=Verdict.PASS,
+                summary="no baseline to compare with (no release served before): ceilings only",
+            )
+        ]
+    out = []
+    test = state.errors
+    threshold = test.threshold
+    b_rate = known.errors_5xx / known.requests if known.requests else None
+    c_rate = error_rate(window)
+    fail = test.rejected
+    e_value = _e(test.peak if fail else test.log_e)
+    out.append(
+        Evidence(
+            check="errors vs baseline",
+            verdict=Verdict.FAIL if fail else Verdict.PASS,
+            summary=(
+                f"5xx: canary {window.errors_5xx}/{window.requests} "
+                f"({(c_rate or 0) * 100:.2f}%) vs baseline {known.errors_5xx}/{known.requests} "
+                f"({(b_rate or 0) * 100:.2f}%): evidence "
+                f"{e_value:.3g} {'≥' if fail else '<'} {threshold:.0f} "
+                f"for a worsening of {settings.margin * 100:g} pp or more"
+            ),
+            canary_requests=window.requests,
+            canary_events=window.errors_5xx,
+            canary_rate=c_rate,
+            baseline_requests=known.requests,
+            baseline_events=known.errors_5xx,
+            baseline_rate=b_rate,
+            statistic=e_value,
+            threshold=threshold,
+        )
+    )
+    bound = state.bound
+    if bound is None:
+        out.append(
+            Evidence(
+                check="latency vs baseline",
+                verdict=Verdict.INCONCLUSIVE,
+                summary=f"the baseline has {known.requests} requests: "
+                f"{MIN_BASELINE} needed to know its p99",
+                baseline_requests=known.requests,
+            )
+        )
+        return out
+    lat = state.latency
+    threshold = lat.threshold
+    c_slow, b_slow = slow(window, bound), slow(known, bound)
+    fail = lat.rejected
+    out.append(
+        Evidence(
+            check="latency vs baseline",
+            verdict=Verdict.FAIL if fail else Verdict.PASS,
+            summary=(
+                f"slower than {_ms(bound)} (the baseline's p99): canary {c_slow.events}/"
+                f"{c_slow.requests} ({(c_slow.rate() or 0) * 100:.2f}%) vs baseline "
+                f"{b_slow.events}/{b_slow.requests} ({(b_slow.rate() or 0) * 100:.2f}%): "
+                f"evidence {_e(lat.peak if fail else lat.log_e):.3g} "
+                f"{'≥' if fail else '<'} {threshold:.0f}"
+            ),
+            canary_requests=c_slow.requests,
+            canary_events=c_slow.events,
+            canary_rate=c_slow.rate(),
+            baseline_requests=b_slow.requests,
+            baseline_events=b_slow.events,
+            baseline_rate=b_slow.rate(),
+            statistic=_e(lat.peak if fail else lat.log_e),
+            threshold=threshold,
+            bound=bound,
+        )
+    )
+    return out
+
+
+def judge_window(window: ReleaseCounters, settings: Settings) -> Judgement:
+    """One window of the canary's counters alone, judged by the ceilings (no comparison)."""
+    looks = [Look(at=0.0, canary=ReleaseCounters()), Look(at=0.0, canary=window)]
+    return judge(looks, Settings(**{**settings.__dict__, "compare": False}))
+
+
+def replay(looks: Iterable[Look], settings: Settings) -> Iterator[Judgement]:
+    """The judgement after each look of a recorded stream."""
+    state = JudgeState()
+    for look in looks:
+        state = observe(state, look, settings)
+        yield decide(state, settings, look.at)
+
+
+def judge(looks: Iterable[Look], settings: Settings) -> Judgement:
+    """The judgement of a whole recorded stream: the first fail if any, else the last word."""
+    last = Judgement(verdict="inconclusive", requests=0, error_rate=None, p99=None)
+    for judgement in replay(looks, settings):
+        if judgement.verdict == Verdict.FAIL:
+            return judgement
+        last = judgement
+    return last
+
+
+__all__ = [
+    "JudgeState",
+    "Look",
+    "Settings",
+    "Verdict",
+    "decide",
+    "judge",
+    "judge_window",
+    "observe",
+    "replay",
+    "start_window",
+]

@@ -128,6 +128,8 @@ class Analysis(Section):
     error_rate: Percent | None = None
     p99: PositiveDuration | None = None
     compare: Literal["baseline"] | None = None
+    # compare: the worsening of the 5xx rate (percentage points) the sequential test looks for
+    margin: Percent = 0.005
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
 

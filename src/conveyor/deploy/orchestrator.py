@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.analysis.judge import Verdict, judge
+from conveyor.analysis.judge import Settings, Verdict, judge_window
 from conveyor.analysis.window import combine, delta
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
@@ -461,7 +461,7 @@ class DeployEngine:
             for n, c in counters.items()
             if c is not None
         )
-        verdict = judge(window, analysis)
+        verdict = judge_window(window, Settings.of(analysis))
         judgement = {
             "verdict": str(verdict.verdict),
             "requests": verdict.requests,
