@@ -182,6 +182,9 @@ class Judgement(Wire):
     p99: float | None
     reasons: list[str] = []
     evidence: list[Evidence] = []
+    # a pass that may advance a step early: each comparison saw enough requests to rule
+    # out the worsening it looks for (a plain pass only says nothing objected)
+    conclusive: bool = False
     at: float | None = None
 
 

@@ -41,7 +41,7 @@ from conveyor.protocol import LATENCY_BUCKETS, Evidence, Judgement, ReleaseCount
 EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
 MIN_BASELINE = 200  # requests of the baseline before its p99 or its rate mean anything
 LATENCY_RATIO = 2.0  # the latency test is tuned to twice the baseline's share of slow requests
-SLOW_SHARE = 0.01  # slow = above the baseline's p99: the bucket bound with >= 1% above it
+SLOW_SHARE = 0.01  # slow = above the baseline's p99
 
 
 class Verdict:
@@ -124,18 +124,34 @@ def slow(c: ReleaseCounters, bound: float) -> Tally:
 
 
 def slow_bound(baseline: ReleaseCounters) -> float | None:
-    """The highest bucket bound that at least 1% of the baseline's requests exceed.
+    """The bucket bound that stands for the baseline's p99: slow requests are those above it.
 
-    That is the baseline's p99 as closely as the histogram can say it, rounded
-    down so that slow requests are not too rare to count.
+    The histogram is coarse (bounds 2 to 2.5 times apart), so the bound is the one
+    whose share of the baseline above it is closest to 1% (on a log scale) among
+    those between 0.1% and 20%; failing that, the one just above the p99.
     """
     if baseline.requests < MIN_BASELINE:
         return None
-    chosen = None
+    best: tuple[float, float] | None = None
     for bound, within in zip(LATENCY_BUCKETS, baseline.latency_buckets, strict=True):
-        if baseline.requests - within >= SLOW_SHARE * baseline.requests:
-            chosen = bound
-    return chosen
+        share = (baseline.requests - within) / baseline.requests
+        if SLOW_SHARE / 10 <= share <= 0.2:
+            distance = abs(math.log(share / SLOW_SHARE))
+            if best is None or distance < best[0]:
+                best = (distance, bound)
+    if best is not None:
+        return best[1]
+    p99 = quantile(baseline, 1 - SLOW_SHARE)
+    return None if p99 is None or math.isinf(p99) else p99
+
+
+def needed(baseline_rate: float, margin: float, ratio: float, alpha: float) -> int:
+    """Canary requests after which a worsening to (rate·ratio + margin) would most likely
+    have been caught: log(1/alpha) over the information one request carries about it."""
+    p0 = min(max(baseline_rate, 1e-6), 0.5)
+    p1 = min(p0 * ratio + margin, 0.999)
+    kl = p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+    return math.ceil(math.log(1 / alpha) / kl) if kl > 0 else 0
 
 
 def start_window(state: JudgeState) -> JudgeState:
@@ -253,6 +269,7 @@ def decide(state: JudgeState, settings: Settings, at: float | None = None) -> Ju
         p99=p99,
         reasons=reasons,
         evidence=evidence,
+        conclusive=verdict == Verdict.PASS and all(e.verdict == Verdict.PASS for e in evidence),
         at=at,
     )
 
@@ -322,7 +339,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
         if state.window_start and state.canary_last
         else _zero()
     )
-    if known.requests == 0 and state.baseline_seen.requests == 0:
+    if known.requests == 0:
         return [
             Evidence(
                 check="compare with baseline",
@@ -330,23 +347,25 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
                 summary="no baseline to compare with (no release served before): ceilings only",
             )
         ]
+    seen = state.canary_seen.requests
     out = []
     test = state.errors
-    threshold = test.threshold
-    b_rate = known.errors_5xx / known.requests if known.requests else None
+    b_rate = known.errors_5xx / known.requests
     c_rate = error_rate(window)
     fail = test.rejected
     e_value = _e(test.peak if fail else test.log_e)
+    need = needed(errors(known).smoothed(), settings.margin, 1.0, 1 / test.threshold)
+    verdict = Verdict.FAIL if fail else (Verdict.PASS if seen >= need else Verdict.INCONCLUSIVE)
     out.append(
         Evidence(
             check="errors vs baseline",
-            verdict=Verdict.FAIL if fail else Verdict.PASS,
+            verdict=verdict,
             summary=(
                 f"5xx: canary {window.errors_5xx}/{window.requests} "
                 f"({(c_rate or 0) * 100:.2f}%) vs baseline {known.errors_5xx}/{known.requests} "
-                f"({(b_rate or 0) * 100:.2f}%): evidence "
-                f"{e_value:.3g} {'≥' if fail else '<'} {threshold:.0f} "
-                f"for a worsening of {settings.margin * 100:g} pp or more"
+                f"({b_rate * 100:.2f}%): evidence {e_value:.3g} {'≥' if fail else '<'} "
+                f"{test.threshold:.0f} for a worsening of {settings.margin * 100:g} pp or more"
+                + _progress(verdict, seen, need)
             ),
             canary_requests=window.requests,
             canary_events=window.errors_5xx,
@@ -355,7 +374,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             baseline_events=known.errors_5xx,
             baseline_rate=b_rate,
             statistic=e_value,
-            threshold=threshold,
+            threshold=test.threshold,
         )
     )
     bound = state.bound
@@ -371,19 +390,21 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
         )
         return out
     lat = state.latency
-    threshold = lat.threshold
     c_slow, b_slow = slow(window, bound), slow(known, bound)
     fail = lat.rejected
+    e_value = _e(lat.peak if fail else lat.log_e)
+    need = needed(b_slow.smoothed(), 0.0, LATENCY_RATIO, 1 / lat.threshold)
+    verdict = Verdict.FAIL if fail else (Verdict.PASS if seen >= need else Verdict.INCONCLUSIVE)
     out.append(
         Evidence(
             check="latency vs baseline",
-            verdict=Verdict.FAIL if fail else Verdict.PASS,
+            verdict=verdict,
             summary=(
                 f"slower than {_ms(bound)} (the baseline's p99): canary {c_slow.events}/"
                 f"{c_slow.requests} ({(c_slow.rate() or 0) * 100:.2f}%) vs baseline "
                 f"{b_slow.events}/{b_slow.requests} ({(b_slow.rate() or 0) * 100:.2f}%): "
-                f"evidence {_e(lat.peak if fail else lat.log_e):.3g} "
-                f"{'≥' if fail else '<'} {threshold:.0f}"
+                f"evidence {e_value:.3g} {'≥' if fail else '<'} {lat.threshold:.0f}"
+                + _progress(verdict, seen, need)
             ),
             canary_requests=c_slow.requests,
             canary_events=c_slow.events,
@@ -391,12 +412,18 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             baseline_requests=b_slow.requests,
             baseline_events=b_slow.events,
             baseline_rate=b_slow.rate(),
-            statistic=_e(lat.peak if fail else lat.log_e),
-            threshold=threshold,
+            statistic=e_value,
+            threshold=lat.threshold,
             bound=bound,
         )
     )
     return out
+
+
+def _progress(verdict: str, seen: int, need: int) -> str:
+    if verdict == Verdict.INCONCLUSIVE:
+        return f"; {seen} of the {need} canary requests needed to rule it out"
+    return ""
 
 
 def judge_window(window: ReleaseCounters, settings: Settings) -> Judgement:

@@ -17,6 +17,10 @@ from conveyor.analysis.window import combine
 from conveyor.protocol import ReleaseCounters, RouterMetrics
 
 
+class SourceError(Exception):
+    """A source could not answer (unreachable, bad query): said in the step's log."""
+
+
 class MetricSource(Protocol):
     """Cumulative counters per release, summed over the given hosts."""
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -234,6 +235,24 @@ def status_view(rows: list[Record]) -> RenderableType:
     if envs.row_count:
         parts.append(envs)
 
+    judged = Table("app", "environment", "deployment", "judge and its evidence")
+    for row in rows:
+        for env in row.get("environments", []):
+            found = next(
+                (f for d in (env.get("deployment"), env.get("last")) if (f := _judged(d))), None
+            )
+            if found is None:
+                continue
+            d, step = found
+            judged.add_row(
+                row["app"]["name"],
+                env["name"],
+                f"#{d['id']} {escape(step['name'])}",
+                "\n".join([judgement_text(step["judgement"]), *evidence_lines(step["judgement"])]),
+            )
+    if judged.row_count:
+        parts.append(judged)
+
     hosts = Table(
         "app", "environment", "host", "agent", "release", "desired", "observed", "phase", "note"
     )
@@ -256,6 +275,26 @@ def status_view(rows: list[Record]) -> RenderableType:
     if hosts.row_count:
         parts.append(hosts)
     return Group(*parts)
+
+
+def _judged(d: Record | None) -> tuple[Record, Record] | None:
+    """A deployment's latest step with a judgement, if any."""
+    if not d:
+        return None
+    steps = [s for s in d.get("steps", []) if s.get("judgement")]
+    return (d, steps[-1]) if steps else None
+
+
+def evidence_lines(j: Record | None) -> list[str]:
+    """One line per check of the judge: what it counted, the statistic and its threshold."""
+    if not j:
+        return []
+    colour = {"pass": "green", "fail": "red"}
+    return [
+        f"  [{colour.get(e['verdict'], 'yellow')}]{e['verdict']}[/] {escape(e['check'])}: "
+        f"{escape(e['summary'])}"
+        for e in j.get("evidence") or []
+    ]
 
 
 def _running_step(run: Record) -> str:

@@ -26,6 +26,7 @@ from conveyor.cli.render import (
     Record,
     agent_state,
     deployment_title,
+    evidence_lines,
     judgement_text,
     state,
     status_view,
@@ -202,6 +203,7 @@ def panel(d: Record, places: dict[str, Record]) -> RenderableType:
             parts.append(Padding(table, (0, 0, 0, 2), expand=False))
         if step.get("judgement"):
             parts.append(f"  {judgement_text(step['judgement'])}")
+            parts += [f"  {line}" for line in evidence_lines(step["judgement"])]
     return Group(*parts)
 
 

@@ -21,6 +21,16 @@ def greeting() -> str:
     return GREETING
 
 
+def error_rate() -> float:
+    """ERROR_RATE, or what the file ERROR_RATE_FILE says once it exists (a release
+    that turns bad while it runs)."""
+    path = os.environ.get("ERROR_RATE_FILE")
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return float(f.read().strip() or 0)
+    return float(os.environ.get("ERROR_RATE", "0"))
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -30,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
             status = int(os.environ.get("HEALTH_STATUS", "200"))
             body = b"ok\\n"
         else:
-            if random.random() < float(os.environ.get("ERROR_RATE", "0")):
+            if random.random() < error_rate():
                 status = 500
             release = os.environ.get("CONVEYOR_RELEASE", "dev")
             body = (json.dumps({"greeting": greeting(), "release": release}) + "\\n").encode()
@@ -112,6 +122,7 @@ def sample_config(
     keep_warm: str = "10m",
     health_status: int = 200,
     error_rate: float = 0.0,
+    error_rate_file: str = "",
     extra: str = "",
 ) -> str:
     """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts).
@@ -124,7 +135,9 @@ def sample_config(
         start=start,
         health_timeout=health_timeout,
         keep_warm=keep_warm,
-        env=f"{{HEALTH_STATUS: '{health_status}', ERROR_RATE: '{error_rate}'}}",
+        env=f"{{HEALTH_STATUS: '{health_status}', ERROR_RATE: '{error_rate}'"
+        + (f", ERROR_RATE_FILE: '{error_rate_file}'" if error_rate_file else "")
+        + "}",
     ) + textwrap.dedent(extra)
 
 

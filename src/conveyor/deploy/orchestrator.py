@@ -25,9 +25,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.analysis.judge import Settings, Verdict, judge_window
-from conveyor.analysis.window import combine, delta
-from conveyor.config import Config, Environment
+from conveyor.analysis.judge import (
+    JudgeState,
+    Look,
+    Settings,
+    Verdict,
+    decide,
+    observe,
+    start_window,
+)
+from conveyor.analysis.sources import MetricSource, RouterSource, SourceError
+from conveyor.config import Analysis, Config, Environment
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling
 from conveyor.deploy.desired import Notifier, set_host_app
@@ -35,7 +43,7 @@ from conveyor.deploy.gates import GateError, environment, waiting_for
 from conveyor.deploy.plan import Context, PlannedStep, Targets, rollback_targets
 from conveyor.deploy.progress import HostView, Progress, host_progress
 from conveyor.deploy.records import ACTING, PENDING, continue_chain
-from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight
+from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
 
@@ -56,6 +64,7 @@ ROLLBACK_WAIT = 120.0  # how long a rollback waits for hosts before recording wh
 FAILURE_CONFIRM = 1.0  # a failure must still be reported this much later (not a stale report)
 INCONCLUSIVE_LIMIT = 3  # step_pause multiples a canary step waits for enough traffic
 INCONCLUSIVE_FLOOR = 15.0  # ... and at least this many seconds past the pause
+LOOK_EVERY = 1.0  # seconds between two looks of the judge at a step's counters
 CRASH_ENV = "CONVEYOR_CRASH_AFTER_STEPS"  # tests: SIGKILL the server after N persisted changes
 
 
@@ -83,6 +92,16 @@ class DeployEngine:
         crash = os.environ.get(CRASH_ENV)
         self._crash_after = int(crash) if crash and crash.isdigit() else None
         self._persisted = 0
+        self.router_source = RouterSource(self._router_metrics)
+
+    def metric_source(self, analysis: Analysis) -> MetricSource:
+        """Where the judge reads the counters of an environment's releases."""
+        return self.router_source
+
+    def _router_metrics(self, hosts: list[str]) -> dict[str, RouterMetrics | None]:
+        with self.sessions() as session:
+            views = _views(session, hosts)
+        return {n: v.observed.metrics if v.observed else None for n, v in views.items()}
 
     def wake(self) -> None:
         self._wake.set()
@@ -196,7 +215,11 @@ class DeployEngine:
                     else []
                 )
             ctx = _context(d, names, previous, config, env)
-            planned = [ctx.switch_step()] if d.kind == "rollback" else STRATEGIES[env.strategy](ctx)
+            planned = (
+                [ctx.switch_step()]
+                if d.kind == "rollback"
+                else STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
+            )
             d.previous = json.dumps(
                 {h: [r.model_dump() for r in items] for h, items in previous.items()}
             )
@@ -419,71 +442,92 @@ class DeployEngine:
                 return
             self._update_detail(step_id, checked=True)
         pause = float(options.get("pause") or 0)
-        if pause > 0 and not self._watch_pause(
-            deployment_id, step_id, env, views, app_name, release, pause
+        if pause > 0 and not await self._watch_pause(
+            deployment_id, step_id, env, list(targets), app_name, release, pause
         ):
             return
         self._end_step(deployment_id, step_id)
 
-    def _watch_pause(
+    async def _watch_pause(
         self,
         deployment_id: int,
         step_id: int,
         env: Environment,
-        views: dict[str, HostView],
+        hosts: list[str],
         app: str,
         release: str,
         pause: float,
     ) -> bool:
-        """A canary step's pause with its analysis; True once the step may end."""
+        """A canary step's pause or the watch window, judged; True once the step may end."""
         now = time.time()
         with self.sessions() as session:
             step = session.get_one(DeploymentStep, step_id)
+            d = session.get_one(Deployment, deployment_id)
             detail = json.loads(step.detail)
-        counters = {name: _counters(view, app, release) for name, view in views.items()}
+            monitor = step.kind == "monitor"
+            baseline = d.previous_release if d.previous_release != release else None
+            carried = _carried_judge(d, step)
         if "watch_from" not in detail:
-            self._update_detail(
-                step_id,
-                watch_from=now,
-                baseline={n: c.model_dump() if c else None for n, c in counters.items()},
-            )
+            self._update_detail(step_id, watch_from=now)
             return False
         elapsed = now - float(detail["watch_from"])
         analysis = env.analysis
         if not detail.get("options", {}).get("analyse") or analysis is None:
             return elapsed >= pause
-        before = detail.get("baseline", {})
-        window = combine(
-            delta(
-                ReleaseCounters.model_validate(before[n]) if before.get(n) else None,
-                c,
+        last = detail.get("judgement") or {}
+        if now - float(last.get("at") or 0) < LOOK_EVERY:
+            # between looks: the last word stands (sources change with agents' reports)
+            verdict = last.get("verdict")
+            return verdict != "fail" and (
+                elapsed >= pause
+                or (
+                    verdict == "pass"
+                    and bool(last.get("conclusive"))
+                    and analysis.advance == "early"
+                    and not monitor
+                )
             )
-            for n, c in counters.items()
-            if c is not None
+        settings = Settings.of(analysis)
+        releases = [release] + ([baseline] if baseline else [])
+        try:
+            counters = await self.metric_source(analysis).read(app, releases, hosts)
+        except SourceError as exc:
+            if detail.get("source_error") != str(exc):
+                self._log(step_id, [f"metrics: {exc}"])
+                self._update_detail(step_id, source_error=str(exc))
+            if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
+                self._fail_now(deployment_id, step_id, f"metrics unavailable: {exc}")
+            return False
+        if "judge" in detail:
+            state = JudgeState.model_validate(detail["judge"])
+        else:
+            state = start_window(carried) if carried else JudgeState()
+        look = Look(
+            at=now,
+            canary=counters.get(release) or ReleaseCounters(),
+            baseline=counters.get(baseline) if baseline else None,
         )
-        verdict = judge_window(window, Settings.of(analysis))
-        judgement = {
-            "verdict": str(verdict.verdict),
-            "requests": verdict.requests,
-            "error_rate": verdict.error_rate,
-            "p99": verdict.p99,
-            "reasons": verdict.reasons,
-            "at": now,
-        }
-        if detail.get("judgement", {}).get("verdict") != judgement["verdict"]:
+        state = observe(state, look, settings)
+        verdict = decide(state, settings, now)
+        judgement = verdict.model_dump(mode="json")
+        if last.get("verdict") != verdict.verdict:
             self._log(
                 step_id,
                 [
-                    f"analysis: {judgement['verdict']} after {verdict.requests} "
-                    f"requests" + (f": {'; '.join(verdict.reasons)}" if verdict.reasons else "")
-                ],
+                    f"analysis: {verdict.verdict} after {verdict.requests} requests"
+                    + (f": {'; '.join(verdict.reasons)}" if verdict.reasons else "")
+                ]
+                + [f"  {e.check}: {e.summary}" for e in verdict.evidence],
             )
-        self._update_detail(step_id, judgement=judgement)
+        self._update_detail(step_id, judge=state.model_dump(mode="json"), judgement=judgement)
         if verdict.verdict == Verdict.FAIL:
-            self._fail_now(deployment_id, step_id, "analysis failed: " + "; ".join(verdict.reasons))
+            what = "monitor" if monitor else "analysis"
+            self._fail_now(deployment_id, step_id, f"{what} failed: " + "; ".join(verdict.reasons))
             return False
+        if monitor:
+            return elapsed >= pause
         if verdict.verdict == Verdict.PASS:
-            return analysis.advance == "early" or elapsed >= pause
+            return (analysis.advance == "early" and verdict.conclusive) or elapsed >= pause
         # counters arrive with agents' reports (every 2 s, later on a busy host): never give
         # up on traffic before several reports had their chance
         if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
@@ -687,6 +731,7 @@ def _context(
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
         migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
+        monitor=env.monitor,
     )
 
 
@@ -719,11 +764,15 @@ def _views(session: Session, names: list[str]) -> dict[str, HostView]:
     return views
 
 
-def _counters(view: HostView, app: str, release: str) -> ReleaseCounters | None:
-    metrics = view.observed.metrics if view.observed else None
-    if metrics is None or app not in metrics.apps:
-        return None
-    return metrics.apps[app].releases.get(release)
+def _carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
+    """The judge of the deployment's last judged step: its tests go on in the next one."""
+    for earlier in sorted(d.steps, key=lambda s: s.position, reverse=True):
+        if earlier.position >= step.position:
+            continue
+        found = json.loads(earlier.detail).get("judge")
+        if found:
+            return JudgeState.model_validate(found)
+    return None
 
 
 def _host_errors(views: dict[str, HostView], names: list[str], app: str) -> str:

@@ -21,7 +21,7 @@ Targets = dict[str, list[ReleaseWeight]]
 class PlannedStep:
     """One step before it is stored: what it writes to which hosts and what it waits for."""
 
-    kind: str  # migrate | batch | preview | switch | weight | verify | rollback
+    kind: str  # migrate | batch | preview | switch | weight | verify | monitor | rollback
     name: str
     targets: Targets = field(default_factory=dict)
     weight: int | None = None
@@ -51,6 +51,7 @@ class Context:
     step_pause: float = 0.0
     analyse: bool = False
     migration: str | None = None  # the id hooks.migrate runs under, if the app has one
+    monitor: float = 0.0  # the watch window after 100%
 
     def serving(self, host: str) -> str | None:
         """The release taking most traffic on a host before the deployment, if any."""
@@ -106,6 +107,22 @@ class Context:
 
     def verify_step(self) -> PlannedStep:
         return PlannedStep("verify", "verify", {})
+
+    def monitor_steps(self) -> list[PlannedStep]:
+        """The watch window: every host on the new release alone (as the last step left
+        them, the old one warm) while the judge and the ceilings keep looking."""
+        if self.monitor <= 0:
+            return []
+        return [
+            PlannedStep(
+                "monitor",
+                f"watch {self.release} for {self.monitor:g} s",
+                {h: self.only_new() for h in self.hosts},
+                weight=100,
+                pause=self.monitor,
+                analyse=self.analyse,
+            )
+        ]
 
 
 def rollback_targets(previous: Targets, touched: list[str]) -> Targets:
