@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor.store.db import database_url, make_engine, migrate, session_factory
 from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run, utcnow
 from tests.deploy.dora_history import COMMITS, HISTORY, WHOLE, P, S
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, config, make_repo
 
 DAYS = 30
 
@@ -227,3 +227,21 @@ def test_metrics_api_and_cli_agree_with_the_hand_computed_figures(
     assert "1 lead time(s) counted from the run's start" in table.stdout
     refused = recorded.cli("status", "--dora", "--follow")
     assert refused.returncode == 2
+
+
+def test_a_run_records_its_commits_committer_time(
+    server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed = 1700000000  # what the commit says, not when the test runs
+    monkeypatch.setenv("GIT_COMMITTER_DATE", f"{committed} +0200")
+    make_repo(tmp_path / "repo", {"conveyor.yml": config("shop", ["true"])})
+    server.add_app("shop", tmp_path / "repo")
+    run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"])
+    assert run["state"] == "succeeded", run
+    engine = make_engine(database_url(None, server.data))
+    try:
+        with session_factory(engine)() as session:
+            stored = session.get_one(Run, run["id"]).committed_at
+    finally:
+        engine.dispose()
+    assert stored == datetime.fromtimestamp(committed, UTC).replace(tzinfo=None)
