@@ -154,6 +154,8 @@ def test_metrics_api_and_cli_agree_with_the_hand_computed_figures(
     assert [e["environment"] for e in only["environments"]] == [P]
     assert only["environments"][0] == _expected(P)
     assert recorded.http.get("/api/apps/nope/dora").status_code == 404
+    typo = recorded.http.get("/api/apps/shop/dora", params={"environment": "prod"})
+    assert typo.status_code == 404 and "staging, production" in typo.json()["detail"]
 
     # /metrics: no token, the Prometheus text format
     response = httpx.get(f"{recorded.url}/metrics", timeout=30)

@@ -92,16 +92,12 @@ def window(days: float, until: datetime | None = None) -> tuple[datetime, dateti
 
 
 def app_dora(
-    session: Session,
-    app: App,
-    days: float,
-    environments: list[str],
-    only: str | None = None,
+    session: Session, app: App, days: float, environments: list[str]
 ) -> tuple[datetime, datetime, list[EnvironmentDora]]:
-    """One app's figures over the last `days` days: the window and one entry per environment."""
+    """One app's figures over the last `days` days, and the window they cover.
+
+    One entry per environment: those named, then any other that saw a deployment.
+    """
     since, until = window(days)
     records = deployment_records(session, app.id).get(app.name, [])
-    if only is not None:
-        records = [r for r in records if r.environment == only]
-        environments = [only]
     return since, until, dora(records, since, until, environments)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from conveyor.deploy.history import app_dora
 from conveyor.protocol import DoraEnvironment, DoraReport
@@ -27,7 +27,16 @@ def app_dora_report(
     then any other that saw deployments; only `environment` when it is given.
     """
     app = get_app_or_404(session, name)
-    since, until, figures = app_dora(session, app, days, _environments(app, session), environment)
+    since, until, figures = app_dora(session, app, days, _environments(app, session))
+    if environment is not None:
+        known = [f.environment for f in figures]
+        figures = [f for f in figures if f.environment == environment]
+        if not figures:
+            raise HTTPException(
+                404,
+                f"unknown environment {environment!r} of {app.name} (known: "
+                f"{', '.join(known) or 'none yet'})",
+            )
     return DoraReport(
         app=app.name,
         since=since,
