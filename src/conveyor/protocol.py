@@ -252,6 +252,33 @@ class EnvironmentStatus(Wire):
     last: DeploymentOut | None = Field(description="the last deployment that ended")
 
 
+class DoraEnvironment(Wire):
+    """The four delivery metrics of one environment (definitions: conveyor.deploy.dora)."""
+
+    environment: str
+    deployments: int = Field(description="successful deployments of a change in the window")
+    deployment_frequency: float | None = Field(description="successful deployments per day")
+    lead_time: float | None = Field(description="median seconds from commit to deployed")
+    lead_time_p90: float | None = Field(description="90th percentile of the lead time, seconds")
+    lead_time_from_run: int = Field(
+        description="lead times counted from the run's creation: the commit time was unknown"
+    )
+    changes: int = Field(description="deployments of a change that succeeded or failed")
+    failed_changes: int = Field(description="of those, failed or later undone by a rollback")
+    change_failure_rate: float | None
+    failures: int = Field(description="failures in the window (failed or undone changes)")
+    restored: int = Field(description="of those, how many a healthy release replaced since")
+    time_to_restore: float | None = Field(description="median seconds to restore")
+
+
+class DoraReport(Wire):
+    app: str
+    since: datetime
+    until: datetime
+    days: float
+    environments: list[DoraEnvironment]
+
+
 class TokenCreate(Wire):
     name: str = Field(min_length=1, max_length=100)
     role: Role

@@ -300,3 +300,50 @@ def evidence_lines(j: Record | None) -> list[str]:
 def _running_step(run: Record) -> str:
     running = [s for s in run.get("steps", []) if s["state"] == "running"]
     return f"({step_title(running[-1])})" if running else ""
+
+
+# -- delivery metrics ------------------------------------------------------------------
+
+
+def dora_view(reports: list[Record]) -> RenderableType:
+    """`conveyor status --dora`: the four delivery metrics per app and environment."""
+    if not reports:
+        return Text("no apps yet: `conveyor app add NAME --repo URL`")
+    days = reports[0]["days"]
+    table = Table(
+        "app",
+        "environment",
+        "deploys",
+        "frequency",
+        "lead time",
+        "lead time p90",
+        "change failure rate",
+        "time to restore",
+        title=f"delivery metrics over the last {days:g} days",
+    )
+    from_run = 0
+    for report in reports:
+        for env in report["environments"]:
+            from_run += env["lead_time_from_run"]
+            mark = "*" if env["lead_time_from_run"] else ""
+            rate = env["change_failure_rate"]
+            failed = f"{env['failed_changes']}/{env['changes']}"
+            restored = f"{env['restored']}/{env['failures']} restored"
+            freq = env["deployment_frequency"]
+            table.add_row(
+                report["app"],
+                env["environment"],
+                str(env["deployments"]),
+                "-" if freq is None else f"{freq:.2f}/day",
+                took(env["lead_time"]) + mark,
+                took(env["lead_time_p90"]) + mark,
+                "-" if rate is None else f"{rate * 100:.0f}% ({failed})",
+                took(env["time_to_restore"]) + (f" ({restored})" if env["failures"] else ""),
+            )
+    if not from_run:
+        return table
+    note = Text(
+        f"* {from_run} lead time(s) counted from the run's start: the commit time was unknown",
+        style="dim",
+    )
+    return Group(table, note)

@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
-from conveyor.cli.render import history_table, out, print_json, runs_table, status_view
+from conveyor.cli.render import (
+    dora_view,
+    history_table,
+    out,
+    print_json,
+    runs_table,
+    status_view,
+)
 from conveyor.cli.watch import follow_status
 
 
@@ -21,6 +28,17 @@ def status(
             help="Keep it up to date until Ctrl-C (with --json: one JSON line per change).",
         ),
     ] = False,
+    dora: Annotated[
+        bool,
+        typer.Option(
+            "--dora",
+            help="The four delivery metrics per environment instead: deployment frequency, "
+            "lead time for changes, change failure rate, time to restore.",
+        ),
+    ] = False,
+    days: Annotated[
+        float, typer.Option(help="With --dora: the window, this many days up to now.", min=0.01)
+    ] = 30,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -29,8 +47,19 @@ def status(
 
     Per environment: the release serving it, the deployment underway and its step, the last
     one that ended. Per host: each release's desired and observed weight, its phase, the agent.
+    With --dora: how well delivery goes, per app and environment (--json: a list of reports).
     """
+    if dora and follow:
+        fail("--dora and --follow do not go together", 2)
     client = Client(server, token)
+    if dora:
+        names = [app_name] if app_name else [a["name"] for a in client.get("/api/apps")]
+        reports = [client.get(f"/api/apps/{n}/dora", params={"days": days}) for n in names]
+        if as_json:
+            print_json(reports)
+        else:
+            out.print(dora_view(reports))
+        return
     params = {"app": app_name} if app_name else None
     if follow:
         follow_status(client, params, out, as_json=as_json)

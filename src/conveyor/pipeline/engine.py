@@ -15,7 +15,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -252,7 +252,7 @@ class Engine:
         step_id = self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
         try:
             sha = await self._checkout(ctx, workspace)
-            self._set_sha(run_id, sha)
+            self._set_sha(run_id, sha, await git.commit_time(workspace, sha))
             ctx.sha = sha
             config = load_config(workspace / CONFIG_FILE)
         except (git.GitError, ConfigError, FileNotFoundError) as exc:
@@ -458,9 +458,10 @@ class Engine:
                 step.finished_at = utcnow()
             session.commit()
 
-    def _set_sha(self, run_id: int, sha: str) -> None:
+    def _set_sha(self, run_id: int, sha: str, committed_at: datetime | None) -> None:
         with self.sessions() as session:
-            session.get_one(Run, run_id).sha = sha
+            run = session.get_one(Run, run_id)
+            run.sha, run.committed_at = sha, committed_at
             session.commit()
 
     def _end_run(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
@@ -106,3 +107,16 @@ async def commit_info(workspace: Path) -> dict[str, str]:
     out = await git("log", "-1", "--format=%H%n%an%n%s", cwd=workspace)
     sha, author, subject = [*out.splitlines(), "", "", ""][:3]
     return {"sha": sha, "author": author, "subject": subject}
+
+
+async def commit_time(repo: Path, sha: str) -> datetime | None:
+    """The committer time of a commit (naive UTC, as the store keeps times); None if unknown.
+
+    Lead time for changes starts here; a missing time only makes that figure fall back to
+    the run's creation, so it never fails a checkout.
+    """
+    try:
+        out = await git("show", "-s", "--format=%ct", sha, cwd=repo, timeout=60)
+        return datetime.fromtimestamp(int(out.strip()), UTC).replace(tzinfo=None)
+    except (GitError, ValueError, OverflowError, OSError):
+        return None

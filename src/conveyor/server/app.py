@@ -17,7 +17,18 @@ from conveyor.deploy.desired import Notifier
 from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.pipeline.engine import Engine
-from conveyor.server.api import agents, apps, deployments, hosts, releases, runs, status, tokens
+from conveyor.server import metrics
+from conveyor.server.api import (
+    agents,
+    apps,
+    deployments,
+    dora,
+    hosts,
+    releases,
+    runs,
+    status,
+    tokens,
+)
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
 from conveyor.store.models import Run
@@ -78,6 +89,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         runs,
         releases,
         deployments,
+        dora,
         status,
         tokens,
         hosts,
@@ -85,6 +97,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         github,
         gitlab,
         gitea,
+        metrics,
     ):
         _document_roles(module.router)
         api.include_router(module.router)
