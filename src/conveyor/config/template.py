@@ -147,6 +147,9 @@ environments:                   # promotion order = this order
     #   error_rate: 1%          # ceiling for the new release
     #   p99: 1s                 # ceiling for the new release
     #   compare: baseline       # also fail when clearly worse than the release it replaces
+    #   margin: 0.5%            # ... by this many more 5xx (percentage points)
+    #   min_requests: 200       # inconclusive below this; the step waits longer
+    #   advance: early          # move on once the judge is sure (default: the whole step_pause)
     # monitor: 15m              # after 100%: a breach rolls back automatically
 
 # notify:

@@ -478,14 +478,10 @@ class DeployEngine:
         if now - float(last.get("at") or 0) < LOOK_EVERY:
             # between looks: the last word stands (sources change with agents' reports)
             verdict = last.get("verdict")
-            return verdict != "fail" and (
-                elapsed >= pause
-                or (
-                    verdict == "pass"
-                    and bool(last.get("conclusive"))
-                    and analysis.advance == "early"
-                    and not monitor
-                )
+            if monitor:
+                return verdict != "fail" and elapsed >= pause
+            return verdict == "pass" and (
+                elapsed >= pause or (bool(last.get("conclusive")) and analysis.advance == "early")
             )
         settings = Settings.of(analysis)
         releases = [release] + ([baseline] if baseline else [])
