@@ -251,17 +251,22 @@ class _ThreadLog(logging.Handler):
 
 
 _CAPTURE = _ThreadLog()
+_PREPARING = threading.Lock()
 
 
 def _prepare_apprise() -> None:
-    import apprise  # noqa: F401 - warm the import
+    import apprise
 
     logger = logging.getLogger("apprise")
-    if _CAPTURE not in logger.handlers:
+    with _PREPARING:
+        if _CAPTURE in logger.handlers:
+            return
+        # Apprise loads its plugins on first use (a second or two): before the first message
+        apprise.Apprise.instantiate("json://localhost")
         # its records become the `error` of our own log lines, not lines of their own
-        logger.addHandler(_CAPTURE)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
+        logger.addHandler(_CAPTURE)
 
 
 def send_apprise(url: str, title: str, body: str, kind: str, timeout: float) -> str | None:
