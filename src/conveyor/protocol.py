@@ -123,6 +123,26 @@ class ReleaseOut(Wire):
     created_at: datetime
 
 
+class NotificationOut(Wire):
+    """One message to one notify target, and how its delivery went."""
+
+    id: int
+    app: str | None
+    event: str = Field(description="the kinds it carries, comma-separated")
+    kinds: list[str]
+    run: int | None
+    deployment: int | None
+    target: str = Field(description="the Apprise URL, secrets hidden")
+    title: str
+    body: str
+    state: str = Field(description="pending | sent | failed")
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+
+
 class Placement(Wire):
     """One host's share of an app: what it should run and what its agent reports."""
 

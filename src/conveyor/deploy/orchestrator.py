@@ -43,6 +43,7 @@ from conveyor.deploy.gates import GateError, environment, waiting_for
 from conveyor.deploy.plan import Context, PlannedStep, Targets, rollback_targets
 from conveyor.deploy.progress import HostView, Progress, host_progress
 from conveyor.deploy.records import ACTING, PENDING, continue_chain
+from conveyor.notify import Announcer
 from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
@@ -78,8 +79,11 @@ class DeployEngine:
         notifier: Notifier,
         store: ArtifactStore,
         mirror: Callable[[str], Path],
+        announcer: Announcer | None = None,
     ) -> None:
         self.sessions = sessions
+        # queues notifications in the transaction of the change (self.notifier wakes agents)
+        self.announcer = announcer
         self.data = data_dir
         self.notifier = notifier
         self.store = store
@@ -159,6 +163,8 @@ class DeployEngine:
                 if why is not None:
                     if d.state != "waiting" or d.reason != why:
                         d.state, d.reason = "waiting", why
+                        if self.announcer is not None:
+                            self.announcer.deployment_waiting(d)
                     continue
                 starting.append(d.id)
             session.commit()
@@ -697,6 +703,8 @@ class DeployEngine:
             return True
         self._end(d, "succeeded", None)
         nxt = continue_chain(session, d, self.mirror(d.app.name))
+        if nxt is not None and nxt.state == "failed" and self.announcer is not None:
+            self.announcer.deployment_ended(nxt)  # refused at once (e.g. not on the branch)
         session.commit()
         self._committed(
             "deployment succeeded",
@@ -713,6 +721,8 @@ class DeployEngine:
             "deployment ended",
             extra={"deployment": d.id, "state": state, "reason": reason},
         )
+        if self.announcer is not None:
+            self.announcer.deployment_ended(d)
 
 
 def _context(

@@ -80,11 +80,14 @@ class Engine:
         *,
         parallel: int = 2,
         on_release: Callable[[Session, Run], None] | None = None,
+        on_end: Callable[[Session, Run], None] | None = None,
     ) -> None:
         self.sessions = sessions
         # called in the transaction that ends a run with a release: the promotion starts
         # in the same commit, so a crash cannot lose it
         self.on_release = on_release
+        # called in the transaction that ends any run (notifications are queued there)
+        self.on_end = on_end
         self.paths = Paths(data_dir)
         self.store = ArtifactStore(self.paths.artifacts)
         self.parallel = parallel
@@ -119,6 +122,8 @@ class Engine:
                     "run interrupted by a server stop",
                     extra={"run": run.id, "state": run.state, "attempt": run.attempt},
                 )
+                if run.state == "failed" and self.on_end is not None:
+                    self.on_end(session, run)
             session.commit()
 
     async def serve(self) -> None:
@@ -475,6 +480,8 @@ class Engine:
             run.finished_at = utcnow()
             if state == "succeeded" and release_id is not None and self.on_release is not None:
                 self.on_release(session, run)
+            if self.on_end is not None:
+                self.on_end(session, run)
             session.commit()
         log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
 

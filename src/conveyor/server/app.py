@@ -16,6 +16,7 @@ from conveyor import __version__
 from conveyor.deploy.desired import Notifier
 from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
+from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
 from conveyor.server import metrics
 from conveyor.server.api import (
@@ -24,6 +25,7 @@ from conveyor.server.api import (
     deployments,
     dora,
     hosts,
+    notifications,
     releases,
     runs,
     status,
@@ -47,13 +49,22 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     def promote(session: Session, run: Run) -> None:
         deployment = start_chain(session, run, engine.paths.mirror(run.app.name))
         if deployment is not None:
+            if deployment.state == "failed":  # refused at once (e.g. not on the branch)
+                announcer.deployment_ended(deployment)
             deployer.wake()
 
     engine = Engine(
-        sessions, settings.data_dir, parallel=settings.parallel_runs, on_release=promote
+        sessions,
+        settings.data_dir,
+        parallel=settings.parallel_runs,
+        on_release=promote,
+        on_end=lambda session, run: announcer.run_ended(session, run),
     )
+    announcer = Announcer(settings.public_url, settings.data_dir, engine.paths.workspace)
+    courier = Courier(sessions)
+    announcer.on_queued = courier.wake
     deployer = DeployEngine(
-        sessions, settings.data_dir, notifier, engine.store, engine.paths.mirror
+        sessions, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
     )
 
     @contextlib.asynccontextmanager
@@ -61,12 +72,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
+            asyncio.create_task(courier.serve(), name="courier"),
         ]
         try:
             yield
         finally:
             await deployer.stop()
             await engine.stop()
+            await courier.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -84,12 +97,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     api.state.engine = engine
     api.state.deployer = deployer
     api.state.notifier = notifier
+    api.state.courier = courier
     for module in (
         apps,
         runs,
         releases,
         deployments,
         dora,
+        notifications,
         status,
         tokens,
         hosts,

@@ -256,7 +256,10 @@ class Notification(Base):
     app_id: Mapped[int | None] = mapped_column(
         ForeignKey("apps.id", ondelete="CASCADE"), default=None
     )
-    event: Mapped[str] = mapped_column(String(20))  # failure | rollback | approval | success
+    # one message per target per happening: e.g. "deployment:12:end", "run:5:1:end"
+    key: Mapped[str] = mapped_column(String(120), index=True)
+    # the kinds it carries, comma-separated: failure, rollback, approval, success
+    event: Mapped[str] = mapped_column(String(40))
     run_id: Mapped[int | None] = mapped_column(Integer, default=None)
     deployment_id: Mapped[int | None] = mapped_column(Integer, default=None)
     target: Mapped[str] = mapped_column(Text)  # the Apprise URL

@@ -23,7 +23,8 @@ def upgrade() -> None:
         "notifications",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("app_id", sa.Integer(), nullable=True),
-        sa.Column("event", sa.String(length=20), nullable=False),
+        sa.Column("key", sa.String(length=120), nullable=False),
+        sa.Column("event", sa.String(length=40), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=True),
         sa.Column("deployment_id", sa.Integer(), nullable=True),
         sa.Column("target", sa.Text(), nullable=False),
@@ -38,11 +39,13 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["app_id"], ["apps.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_index("ix_notifications_key", "notifications", ["key"])
     op.create_index("ix_notifications_state", "notifications", ["state"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_notifications_state", table_name="notifications")
+    op.drop_index("ix_notifications_key", table_name="notifications")
     op.drop_table("notifications")
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("committed_at")
