@@ -40,6 +40,7 @@ from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling
 from conveyor.deploy.desired import Notifier, set_host_app
 from conveyor.deploy.gates import GateError, environment, waiting_for
+from conveyor.deploy.judging import carried_judge, series_point
 from conveyor.deploy.plan import Context, PlannedStep, Targets, rollback_targets
 from conveyor.deploy.progress import HostView, Progress, host_progress
 from conveyor.deploy.records import ACTING, PENDING, continue_chain
@@ -472,7 +473,7 @@ class DeployEngine:
             detail = json.loads(step.detail)
             monitor = step.kind == "monitor"
             baseline = d.previous_release if d.previous_release != release else None
-            carried = _carried_judge(d, step)
+            carried = carried_judge(d, step)
         if "watch_from" not in detail:
             self._update_detail(step_id, watch_from=now)
             return False
@@ -521,7 +522,10 @@ class DeployEngine:
                 ]
                 + [f"  {e.check}: {e.summary}" for e in verdict.evidence],
             )
-        self._update_detail(step_id, judge=state.model_dump(mode="json"), judgement=judgement)
+        series = series_point(detail, look, verdict.verdict)
+        self._update_detail(
+            step_id, judge=state.model_dump(mode="json"), judgement=judgement, **series
+        )
         if verdict.verdict == Verdict.FAIL:
             what = "monitor" if monitor else "analysis"
             self._fail_now(deployment_id, step_id, f"{what} failed: " + "; ".join(verdict.reasons))
@@ -768,17 +772,6 @@ def _views(session: Session, names: list[str]) -> dict[str, HostView]:
         observed = ObservedState.model_validate_json(host.observed) if host.observed else None
         views[name] = HostView(name, online, host.applied_generation, observed)
     return views
-
-
-def _carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
-    """The judge of the deployment's last judged step: its tests go on in the next one."""
-    for earlier in sorted(d.steps, key=lambda s: s.position, reverse=True):
-        if earlier.position >= step.position:
-            continue
-        found = json.loads(earlier.detail).get("judge")
-        if found:
-            return JudgeState.model_validate(found)
-    return None
 
 
 def _host_errors(views: dict[str, HostView], names: list[str], app: str) -> str:

@@ -1,0 +1,59 @@
+"""The judge's records in a deployment step: its state carried across steps, chart points."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from conveyor.analysis.judge import JudgeState, Look
+from conveyor.analysis.window import delta, error_rate, quantile
+from conveyor.protocol import ReleaseCounters
+from conveyor.store.models import Deployment, DeploymentStep
+
+SERIES_EVERY = 5.0  # seconds between two points of a step's chart series
+SERIES_MAX = 720  # points kept per step (an hour)
+
+
+def series_point(detail: dict[str, Any], look: Look, verdict: str) -> dict[str, Any]:
+    """Every SERIES_EVERY seconds, the interval's rates and latencies of both releases
+    (for charts of the canary against its baseline), with the judge's word then."""
+    last = detail.get("series_last")
+    points: list[dict[str, Any]] = detail.get("series", [])
+    if last and look.at - float(last["at"]) < SERIES_EVERY and points[-1]["verdict"] == verdict:
+        return {}
+    point: dict[str, Any] = {"at": look.at, "verdict": verdict}
+    for name in ("canary", "baseline"):
+        now = getattr(look, name)
+        before = last.get(name) if last else None
+        if now is None:
+            point[name] = None
+            continue
+        grown = delta(ReleaseCounters.model_validate(before) if before else now, now)
+        point[name] = {
+            "requests": grown.requests,
+            "error_rate": error_rate(grown),
+            "p50": _finite(quantile(grown, 0.5)),
+            "p99": _finite(quantile(grown, 0.99)),
+        }
+    snapshot = {
+        "at": look.at,
+        "canary": look.canary.model_dump(),
+        "baseline": look.baseline.model_dump() if look.baseline else None,
+    }
+    return {"series": [*points, point][-SERIES_MAX:], "series_last": snapshot}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else value
+
+
+def carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
+    """The judge of the deployment's last judged step: its tests go on in the next one."""
+    for earlier in sorted(d.steps, key=lambda s: s.position, reverse=True):
+        if earlier.position >= step.position:
+            continue
+        found = json.loads(earlier.detail).get("judge")
+        if found:
+            return JudgeState.model_validate(found)
+    return None
