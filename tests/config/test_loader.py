@@ -176,6 +176,13 @@ BROKEN = [
         "between 0% and 100%, got '150%'",
     ),
     (
+        "no margin to look for",
+        BASE + "    analysis:\n      compare: baseline\n      margin: 0%\n",
+        14,
+        15,
+        "expected a margin above 0%",
+    ),
+    (
         "duration in words",
         BASE + "    step_pause: ten minutes\n",
         12,

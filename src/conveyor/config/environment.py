@@ -133,6 +133,15 @@ class Analysis(Section):
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
 
+    @field_validator("margin")
+    @classmethod
+    def _margin_above_zero(cls, margin: float) -> float:
+        if margin <= 0:
+            raise invalid(
+                [((), "expected a margin above 0% (the worsening to look for, like 0.5%)", margin)]
+            )
+        return margin
+
     @model_validator(mode="after")
     def _judges_something(self) -> Analysis:
         if self.error_rate is None and self.p99 is None and self.compare is None:
