@@ -33,6 +33,7 @@ from conveyor.server.api import (
 )
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
+from conveyor.server.web import pages as web
 from conveyor.store.models import Run
 
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    web.install(api)
     api.add_middleware(BodyLimit)
     return api
 

@@ -29,6 +29,18 @@ class Token(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class WebSession(Base):
+    """A dashboard sign-in: a random id in an HttpOnly cookie, bound to the API token used."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie value
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 class App(Base):
     """One repository with a conveyor.yml."""
 
@@ -42,6 +54,8 @@ class App(Base):
     poll_interval: Mapped[int | None] = mapped_column(Integer, default=None)
     last_polled_sha: Mapped[str | None] = mapped_column(String(64), default=None)
     last_polled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # opt-in: a read-only page at /status/<app> that anyone may read, without a token
+    public_status: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     secrets: Mapped[list[Secret]] = relationship(back_populates="app", cascade="all, delete-orphan")
