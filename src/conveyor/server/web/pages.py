@@ -107,6 +107,7 @@ def apps_events(request: Request, caller: PageViewer) -> Response:
 def install(api: FastAPI) -> None:
     """Mount the dashboard's pages, its static files and the sign-in redirect."""
     api.include_router(router)
+    # each page's module adds its router here, one line each
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def to_login(request: Request, exc: Exception) -> Response:
