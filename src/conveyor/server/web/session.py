@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.routing import APIRoute
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -128,11 +127,12 @@ async def check_csrf(request: Request, caller: WebCaller) -> None:
 
 def api_role(request: Request, method: str, path: str) -> str:
     """The role the API asks for `method path` (its x-role): the dashboard asks the same."""
-    for route in request.app.routes:
-        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
-            role = (route.openapi_extra or {}).get("x-role")
-            if isinstance(role, str):
-                return role
+    # read from the OpenAPI document (built once, then cached): FastAPI nests included
+    # routers in app.routes, so walking those finds no API route at all
+    operation = request.app.openapi().get("paths", {}).get(path, {}).get(method.lower(), {})
+    role = operation.get("x-role")
+    if isinstance(role, str):
+        return role
     raise LookupError(f"no API route {method} {path} with a role")
 
 
