@@ -1,0 +1,395 @@
+"""The Environment, Canary analysis and Delivery pages in a real browser, on a real fleet.
+
+One server and two hosts for the module (staging on web-1, production on web-2,
+127.0.0.101-102), the sample app under load on production. The tests run in
+order and tell one story: a canary that a deployer approves while a viewer
+watches the page (opened once) update by itself; the viewer refused when it
+posts anyway; the deployer rolling back and promoting again from the page; then
+the analysis of that canary and the delivery metrics of it all.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fleet import Fleet, LoadGenerator, running_fleet
+from tests.helpers import ServerProcess, wait_for
+from tests.web.browser import Visitor, make_token
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+HOSTS = {"web-1": "127.0.0.101", "web-2": "127.0.0.102"}
+PRODUCTION = "/apps/sample/environments/production"
+STAGING = "/apps/sample/environments/staging"
+
+# the first release goes straight through; the second is a canary judged against it
+FIRST = """
+environments:
+  staging:
+    hosts: [web-1]
+  production:
+    hosts: [web-2]
+"""
+CANARY = """
+environments:
+  staging:
+    hosts: [web-1]
+  production:
+    hosts: [web-2]
+    approval: required
+    strategy: canary
+    steps: [50, 100]
+    step_pause: 20s
+    analysis: {compare: baseline, min_requests: 50}
+    monitor: 10s
+"""
+
+# every change of the hosts' weights on screen, with the browser's clock (ms since epoch)
+WATCH_WEIGHTS = """
+window.__loaded = Date.now();
+window.__weights = [];
+const read = () => {
+  const out = {};
+  for (const h of document.querySelectorAll('[data-host]')) {
+    const rows = {};
+    for (const r of h.querySelectorAll('tr[data-release]'))
+      rows[r.dataset.release] = +r.dataset.observed;
+    out[h.dataset.host] = rows;
+  }
+  return out;
+};
+window.__weights.push([Date.now(), read()]);
+new MutationObserver(() => {
+  const now = read(), last = window.__weights[window.__weights.length - 1][1];
+  if (JSON.stringify(now) !== JSON.stringify(last)) window.__weights.push([Date.now(), now]);
+}).observe(document.getElementById('hosts'), {childList: true, subtree: true});
+"""
+
+
+@dataclass
+class Story:
+    """What the earlier tests left for the later ones."""
+
+    v1: str = ""
+    v2: str = ""
+    canary: int = 0  # the canary deployment's id
+    rollback: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("web-envs") / "data").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        proc.http.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with running_fleet(server, tmp_path_factory.mktemp("fleet"), HOSTS) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def story(fleet: Fleet) -> Story:
+    """The first release served by staging and production."""
+    run = push(fleet, "v1", FIRST)
+    wait_ended(fleet.server, run, "production")
+    v1 = fleet.server.get(f"/api/runs/{run}")["release"]
+    assert fleet.routed("web-2") == {v1: 100}
+    return Story(v1=v1)
+
+
+def push(fleet: Fleet, label: str, environments: str) -> int:
+    fleet.commit(label, environments)
+    return int(fleet.server.post("/api/apps/sample/runs", {})["id"])
+
+
+def deployment(server: ServerProcess, run: int, env: str) -> dict[str, Any] | None:
+    found = [
+        d
+        for d in server.get("/api/deployments?app=sample")
+        if d["run"] == run and d["environment"] == env and d["kind"] == "deploy"
+    ]
+    return server.get(f"/api/deployments/{found[0]['id']}") if found else None
+
+
+def wait_ended(server: ServerProcess, run: int, env: str, timeout: float = 240) -> Any:
+    def ended() -> Any:
+        d = deployment(server, run, env)
+        return d if d and d["state"] in ("succeeded", "failed", "cancelled") else None
+
+    found = wait_for(ended, timeout=timeout, interval=0.5)
+    assert found["state"] == "succeeded", found
+    return found
+
+
+def csrf_of(visitor: Visitor) -> str:
+    value: str = visitor.page.locator("input[name=csrf]").first.get_attribute("value")
+    return value
+
+
+def session_cookie(visitor: Visitor) -> str:
+    (value,) = [c["value"] for c in visitor.cookies() if c["name"] == "conveyor_session"]
+    return value
+
+
+def action_forms(visitor: Visitor) -> list[str]:
+    found: list[str] = visitor.page.eval_on_selector_all(
+        "form[data-action]", "forms => forms.map(f => f.dataset.action)"
+    )
+    return found
+
+
+class ApiWatch:
+    """When the API first reported each weight of a release on a host (time.time())."""
+
+    def __init__(self, server: ServerProcess, host: str, release: str) -> None:
+        self.server, self.host, self.release = server, host, release
+        self.first: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ApiWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.server.url, headers=dict(self.server.http.headers)) as h:
+            while not self._stop.is_set():
+                try:
+                    observed = h.get(f"/api/hosts/{self.host}", timeout=10).json()["observed"]
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    observed = None
+                now = time.time()
+                for app in (observed or {}).get("apps", []):
+                    for r in app["releases"]:
+                        if r["release"] == self.release:
+                            self.first.setdefault(r["weight"], now)
+                time.sleep(0.05)
+
+
+def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    server = fleet.server
+    viewer = Visitor(browser, server).sign_in(make_token(server, "vera", "viewer"))
+    deployer = Visitor(browser, server).sign_in(make_token(server, "dan", "deployer"))
+    deployer.page.on("dialog", lambda d: d.accept())
+    try:
+        viewer.goto(PRODUCTION)
+        viewer.page.wait_for_selector("[data-host=web-2] tr[data-release]")
+        viewer.page.evaluate(WATCH_WEIGHTS)
+        deployer.goto(PRODUCTION)
+        with LoadGenerator(fleet.urls("web-2"), clients=4) as load:
+            run = push(fleet, "v2", CANARY)
+            # the page shows the deployment waiting for approval; only the deployer may answer
+            deployer.page.wait_for_selector("form[data-action=approve]", timeout=120_000)
+            d = deployment(server, run, "production")
+            assert d is not None and d["state"] == "waiting", d
+            story.v2, story.canary = d["release"], d["id"]
+            viewer.page.wait_for_selector(f"[data-deployment='{d['id']}'][data-state=waiting]")
+            assert action_forms(viewer) == []
+            # production served only v1 so far: nothing earlier to roll back to
+            assert sorted(action_forms(deployer)) == ["abort", "approve"]
+            confirm = deployer.page.get_attribute("form[data-action=approve]", "hx-confirm")
+            assert confirm and f"run #{run}" in confirm and story.v2 in confirm, confirm
+            assert "canary 50% → 100%" in confirm, confirm
+            deployer.shoot("environment-waiting-desktop")
+
+            with ApiWatch(server, "web-2", story.v2) as api:
+                deployer.page.click("form[data-action=approve] button")
+                deployer.page.wait_for_selector("#flash .ok", timeout=30_000)
+                assert "Approved by dan" in deployer.page.inner_text("#flash")
+                # the viewer's page, never reloaded, shows the canary's weights as they move
+                viewer.page.wait_for_function(
+                    f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
+                    "?.dataset.observed === '50'",
+                    timeout=120_000,
+                )
+                viewer.page.wait_for_selector(
+                    ".step[data-kind=weight] .judgement[data-verdict]", timeout=60_000
+                )
+                viewer.shoot("environment-canary-desktop")
+                phone = Visitor(browser, server, phone=True).sign_in(
+                    make_token(server, "dan-phone", "deployer")
+                )
+                phone.goto(PRODUCTION)
+                phone.page.wait_for_selector(".judgement[data-verdict]")
+                phone.shoot("environment-canary-phone")
+                assert phone.outside_requests() == [] and phone.errors == []
+                phone.close()
+                viewer.page.wait_for_selector(
+                    ".step[data-kind=weight] .judgement[data-verdict=pass]", timeout=60_000
+                )
+                viewer.page.wait_for_function(
+                    f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
+                    "?.dataset.observed === '100'",
+                    timeout=120_000,
+                )
+                ended = wait_ended(server, run, "production")
+                viewer.page.wait_for_selector(
+                    f"[data-deployment='{d['id']}'][data-state=succeeded]"
+                )
+        assert not load.result.errors, load.result.errors[:5]
+        viewer.shoot("environment-after-canary-desktop")
+
+        # opened once: the marker set at load is still there, no reload happened
+        assert viewer.page.evaluate("typeof window.__loaded") == "number"
+        changes = viewer.page.evaluate("window.__weights")
+        on_screen: dict[int, float] = {}
+        for at, hosts in changes:
+            weight = hosts.get("web-2", {}).get(story.v2)
+            if weight is not None:
+                on_screen.setdefault(weight, at / 1000)
+        assert [w for w in (0, 50, 100) if w in on_screen] == [0, 50, 100], changes
+        delays = {w: on_screen[w] - api.first[w] for w in (0, 50, 100) if w in api.first}
+        story.notes.append(
+            "weights of the new release on screen after the API reported them: "
+            + ", ".join(f"{w}%: {s:+.2f} s" for w, s in delays.items())
+        )
+        for w, s in delays.items():
+            assert s < 5, (w, s, changes)  # live means seconds, not a reload away
+
+        judged = [s for s in ended["steps"] if s.get("judgement")]
+        assert judged and judged[0]["judgement"]["verdict"] == "pass", ended["steps"]
+        text = viewer.page.inner_text("#deployment")
+        assert "errors vs baseline" in text
+        assert action_forms(viewer) == []
+        for v in (viewer, deployer):
+            assert v.outside_requests() == [], v.outside_requests()
+            assert v.errors == [], v.errors
+    finally:
+        viewer.close()
+        deployer.close()
+    print("\n".join(story.notes))
+
+
+def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    if not story.canary:
+        pytest.skip("needs the canary of the test before")
+    server = fleet.server
+    viewer = Visitor(browser, server).sign_in(make_token(server, "vic", "viewer"))
+    deployer = Visitor(browser, server).sign_in(make_token(server, "dora", "deployer"))
+    deployer.page.on("dialog", lambda d: d.accept())
+    try:
+        viewer.goto(PRODUCTION)
+        assert action_forms(viewer) == []
+        cookie, csrf = session_cookie(viewer), csrf_of(viewer)
+        with httpx.Client(base_url=server.url, cookies={"conveyor_session": cookie}) as h:
+            for action, fields in (
+                ("rollback", {"to": story.v1}),
+                ("abort", {"deployment": str(story.canary)}),
+                ("promote", {"release": story.v1, "environment": "production"}),
+            ):
+                page = STAGING if action == "promote" else PRODUCTION
+                r = h.post(f"{page}/{action}", data={"csrf": csrf, **fields})
+                assert r.status_code == 403, (action, r.status_code, r.text)
+                assert "needs the deployer role" in r.text and "viewer" in r.text
+            r = h.post(f"{STAGING}/approve", data={"csrf": csrf, "run": "1"})
+            assert r.status_code == 403
+        assert fleet.routed("web-2") == {story.v2: 100}  # nothing changed
+
+        deployer.goto(PRODUCTION)
+        form = deployer.page.locator("form[data-action=rollback]")
+        confirm = form.get_attribute("hx-confirm")
+        assert confirm == (f"Roll production back from {story.v2} to {story.v1} on web-2?"), confirm
+        deployer.shoot("environment-deployer-desktop")
+        started = time.monotonic()
+        form.locator("button").click()
+        deployer.page.wait_for_selector("#flash .ok")
+        assert "Rollback #" in deployer.page.inner_text("#flash")
+        wait_for(lambda: fleet.routed("web-2") == {story.v1: 100}, timeout=60, interval=0.1)
+        switched = time.monotonic() - started
+        deployer.page.wait_for_function(
+            f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v1}']\")"
+            "?.dataset.observed === '100'"
+        )
+        shown = time.monotonic() - started
+        rollback = wait_for(
+            lambda: next(
+                (
+                    d
+                    for d in server.get("/api/deployments?app=sample&environment=production")
+                    if d["kind"] == "rollback" and d["state"] == "succeeded"
+                ),
+                None,
+            ),
+            timeout=60,
+        )
+        story.rollback = rollback["id"]
+        deployer.page.wait_for_selector(f"[data-deployment='{rollback['id']}']")
+        deployer.shoot("environment-rolled-back-desktop")
+        story.notes.append(
+            f"rollback from the page: routed on web-2 {switched:.2f} s after the click, "
+            f"on screen {shown:.2f} s after it"
+        )
+        assert deployer.outside_requests() == [] and deployer.errors == []
+    finally:
+        viewer.close()
+        deployer.close()
+    print("\n".join(story.notes))
+
+
+def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    if not story.rollback:
+        pytest.skip("needs the rollback of the test before")
+    server = fleet.server
+    deployer = Visitor(browser, server, phone=True).sign_in(make_token(server, "pat", "deployer"))
+    deployer.page.on("dialog", lambda d: d.accept())
+    try:
+        deployer.goto(STAGING)
+        assert sorted(action_forms(deployer)) == ["promote", "rollback"]
+        form = deployer.page.locator("form[data-action=promote]")
+        confirm = form.get_attribute("hx-confirm")
+        assert confirm == (
+            f"Deploy {story.v2} from staging to production "
+            "(canary 50% → 100%, then a watch window, after approval)?"
+        ), confirm
+        deployer.shoot("environment-staging-phone")
+        form.locator("button").click()
+        deployer.page.wait_for_selector("#flash .ok")
+        message = deployer.page.inner_text("#flash")
+        assert re.search(rf"Deployment #\d+ of {story.v2} to production queued", message), message
+
+        deployer.goto(PRODUCTION)
+        deployer.page.wait_for_selector("[data-deployment][data-state=waiting]")
+        assert sorted(action_forms(deployer)) == ["abort", "approve", "rollback"]
+        deployer.shoot("environment-waiting-phone")
+        deployer.page.click("form[data-action=abort] button")
+        deployer.page.wait_for_selector("#flash .ok")
+        assert "cancelled before it started" in deployer.page.inner_text("#flash")
+        deployer.page.wait_for_selector("[data-deployment][data-state=cancelled]")
+        # a second answer to the same (now ended) deployment: the API's 409, in its words
+        cookie, csrf = session_cookie(deployer), csrf_of(deployer)
+        d = server.get("/api/deployments?app=sample&environment=production")[0]
+        with httpx.Client(base_url=server.url, cookies={"conveyor_session": cookie}) as h:
+            r = h.post(
+                f"{PRODUCTION}/abort",
+                data={"csrf": csrf, "deployment": str(d["id"])},
+                headers={"HX-Request": "true"},
+            )
+            assert r.status_code == 409 and "already ended (cancelled)" in r.text, r.text
+        assert fleet.routed("web-2") == {story.v1: 100}
+        assert deployer.outside_requests() == [] and deployer.errors == []
+    finally:
+        deployer.close()
