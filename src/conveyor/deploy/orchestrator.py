@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
@@ -491,6 +492,9 @@ class DeployEngine:
                 elapsed >= pause or (bool(last.get("conclusive")) and analysis.advance == "early")
             )
         settings = Settings.of(analysis)
+        # the judge's statistics need scipy, seconds to import: in a thread, not on the
+        # event loop, and only in servers that judge something (a no-op once loaded)
+        await asyncio.to_thread(importlib.import_module, "scipy.special")
         releases = [release] + ([baseline] if baseline else [])
         try:
             counters = await self.metric_source(analysis).read(app, releases, hosts)
