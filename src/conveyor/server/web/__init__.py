@@ -1,0 +1,1 @@
+"""The web dashboard: server-rendered pages made live with htmx and server-sent events."""
