@@ -9,8 +9,10 @@ through both sources and judged: they must say the same.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +242,70 @@ def test_prometheus_and_the_routers_judge_the_same_traffic_alike(
         assert verdicts[(source, bad)][0].verdict == Verdict.FAIL, verdicts
         assert verdicts[(source, good)][0].verdict == Verdict.PASS, verdicts
     assert max(gaps) <= max(rate * 5, 50), gaps  # a report every 2 s, a scrape every 1 s
+
+
+def router_pid(fleet: Fleet, host: str) -> int | None:
+    """The pid of the host's router process (None while there is none)."""
+    socket = str(fleet.agents[host].data / "router.sock").encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"conveyor.router" in cmd and socket in cmd:
+            return int(entry.name)
+    return None
+
+
+def test_a_router_restart_sends_the_sum_back_but_not_the_source(
+    fleet: Fleet, prometheus: PrometheusProcess
+) -> None:
+    v1 = build(fleet, "v1")
+    for agent in fleet.agents.values():
+        agent.set("sample", {v1: 100})
+    for agent in fleet.agents.values():
+        agent.wait_routed("sample", {v1: 100})
+    routers, prom = router_source(fleet), PrometheusSource(prometheus.url)
+    plain = f'sum(conveyor_router_requests_total{{app="sample",release="{v1}"}})'
+    seen: list[tuple[int, int, float]] = []  # router source, Prometheus source, plain sum
+
+    def look() -> None:
+        r, p = asyncio.run(_both(routers, prom, [v1]))
+        answer = httpx.get(f"{prometheus.url}/api/v1/query", params={"query": plain}).json()
+        result = answer["data"]["result"]
+        seen.append((r[v1].requests, p[v1].requests, float(result[0]["value"][1]) if result else 0))
+
+    old_pid = router_pid(fleet, "web-1")
+    assert old_pid is not None
+    with LoadGenerator(fleet.urls(), clients=4, max_seconds=60) as load:
+        for _ in range(5):
+            time.sleep(1.0)
+            look()
+        before = seen[-1]
+        os.kill(old_pid, signal.SIGKILL)  # the agent starts a new one, from zero
+        wait_for(lambda: router_pid(fleet, "web-1") not in (None, old_pid), timeout=20)
+        fleet.agents["web-1"].wait_routed("sample", {v1: 100})
+        for _ in range(6):
+            time.sleep(1.0)
+            look()
+    result = load.result
+    answered = result.ok + sum(n for status, n in result.statuses.items() if status >= 500)
+    wait_for(lambda: look() or (seen[-1][:2] == seen[-2][:2]), timeout=20, interval=1.0)
+    routed, counted, _ = seen[-1]
+    dips = [s[2] for s in seen if s[2] < before[2]]
+    print(
+        f"\nrouter on web-1 killed after {before[1]} requests; {answered} answered, "
+        f"{len(result.errors)} connection errors during its restart\n"
+        f"plain sum: {[int(s[2]) for s in seen]}\n"
+        f"prometheus source: {[s[1] for s in seen]}\nrouter source: {[s[0] for s in seen]}"
+    )
+    assert dips, "the plain sum never went back: the router did not restart from zero?"
+    assert all(b[1] >= a[1] for a, b in itertools.pairwise(seen)), seen
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(seen)), seen
+    # both lose only what web-1 counted after their last look at it before the kill
+    rate = answered / 12.0
+    assert answered - 3 * rate <= counted <= answered, (counted, answered)
+    assert answered - 3 * rate <= routed <= answered, (routed, answered)
 
 
 CANARY = """
