@@ -292,13 +292,18 @@ class Fleet:
 
 @contextlib.contextmanager
 def running_fleet(
-    server: ServerProcess, tmp: Path, hosts: dict[str, str], *, metrics: bool = False
+    server: ServerProcess,
+    tmp: Path,
+    hosts: dict[str, str],
+    *,
+    router: str = "embedded",
+    metrics: bool = False,
 ) -> Iterator[Fleet]:
     """A started Fleet, its agents, routers and instances all stopped afterwards.
 
     With `metrics`, each agent serves its router's counters for Prometheus (--metrics).
     """
-    fleet = Fleet(server, tmp, hosts, metrics=metrics)
+    fleet = Fleet(server, tmp, hosts, router=router, metrics=metrics)
     try:
         yield fleet.start()
     finally:

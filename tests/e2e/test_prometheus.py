@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -106,8 +107,17 @@ class PrometheusProcess(ManagedProcess):
 
 
 @pytest.fixture
-def fleet(server: ServerProcess, tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(server, tmp_path, HOSTS, metrics=True) as f:
+def router(request: pytest.FixtureRequest) -> str:
+    """The router backend: embedded, unless a test is parametrized with another."""
+    kind = str(getattr(request, "param", "embedded"))
+    if kind == "haproxy" and shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (scripts/setup.sh installs it)")
+    return kind
+
+
+@pytest.fixture
+def fleet(server: ServerProcess, tmp_path: Path, router: str) -> Iterator[Fleet]:
+    with running_fleet(server, tmp_path, HOSTS, router=router, metrics=True) as f:
         yield f
 
 
@@ -159,8 +169,9 @@ def figures(c: ReleaseCounters) -> str:
     return f"{c.errors_5xx}/{c.requests} 5xx"
 
 
+@pytest.mark.parametrize("router", ["embedded", "haproxy"], indirect=True)
 def test_prometheus_and_the_routers_judge_the_same_traffic_alike(
-    fleet: Fleet, prometheus: PrometheusProcess
+    fleet: Fleet, prometheus: PrometheusProcess, router: str
 ) -> None:
     good = build(fleet, "good")
     bad = build(fleet, "bad", error_rate=0.05)
@@ -225,7 +236,8 @@ def test_prometheus_and_the_routers_judge_the_same_traffic_alike(
         for rel in releases
     ]
     print(
-        f"\nload: {result.sent} requests, {sum(result.failed_releases.values())} 5xx, "
+        f"\n{router} routers, load: {result.sent} requests, "
+        f"{sum(result.failed_releases.values())} 5xx, "
         f"{rate:.0f}/s over {len(looks['router'])} looks; largest gap between the sources "
         f"at one look: {max(gaps)} requests ({max(gaps) / max(rate, 1):.1f} s of traffic)"
     )
