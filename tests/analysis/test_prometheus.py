@@ -287,6 +287,7 @@ def answering(response: httpx.Response | Exception) -> httpx.MockTransport:
             "failed (bad_data: parse error)",
         ),
         (answering(httpx.Response(502, text="<html>Bad Gateway</html>")), "got HTTP 502, not a"),
+        (answering(httpx.ReadTimeout("slow")), "Prometheus did not answer within 5 s"),
     ],
 )
 def test_errors_name_the_query_and_the_server(transport: httpx.MockTransport, message: str) -> None:

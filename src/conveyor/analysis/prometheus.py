@@ -201,6 +201,8 @@ class PrometheusSource:
     ) -> dict[Labels, float]:
         try:
             r = await http.get(f"{self.url}/api/v1/query", params={"query": query, "time": at})
+        except httpx.TimeoutException as exc:
+            raise SourceError(f"{what}: Prometheus did not answer within {TIMEOUT:g} s") from exc
         except httpx.HTTPError as exc:
             raise SourceError(
                 f"{what}: Prometheus is unreachable ({type(exc).__name__}: {exc})"
@@ -222,3 +224,14 @@ class PrometheusSource:
                 self._totals.popitem(last=False)
         self._totals.move_to_end(key)
         return found
+
+
+__all__ = [
+    "Labels",
+    "PrometheusSource",
+    "RunningTotals",
+    "buckets",
+    "counters",
+    "parse_vector",
+    "render",
+]
