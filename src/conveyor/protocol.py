@@ -208,6 +208,36 @@ class Judgement(Wire):
     at: float | None = None
 
 
+class SeriesSide(Wire):
+    """One release over one interval of a judged step's chart (latencies in seconds)."""
+
+    requests: int
+    error_rate: float | None
+    p50: float | None
+    p99: float | None
+
+
+class SeriesPoint(Wire):
+    """A chart point: the interval ending at `at` (unix time) and the judge's word then."""
+
+    at: float
+    verdict: Literal["pass", "fail", "inconclusive"]
+    canary: SeriesSide | None = None
+    baseline: SeriesSide | None = None
+
+
+class StepSeries(Wire):
+    """A judged step (a canary step or the watch window) with its chart points, oldest first."""
+
+    step: int = Field(description="the step's id")
+    position: int
+    kind: str
+    name: str
+    weight: int | None
+    state: str
+    points: list[SeriesPoint]
+
+
 class DeploymentStepOut(Wire):
     id: int
     position: int

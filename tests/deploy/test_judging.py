@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from conveyor.analysis.judge import Look
-from conveyor.deploy.judging import SERIES_EVERY, series_point
+from conveyor.deploy.judging import SERIES_EVERY, judged_series, series_point
 from conveyor.protocol import ReleaseCounters
+from conveyor.store.models import Deployment, DeploymentStep
 
 
 def look(at: float, canary: tuple[int, int], baseline: tuple[int, int] | None) -> Look:
@@ -35,3 +37,34 @@ def test_points_hold_each_interval_s_rates_and_the_verdict() -> None:
     detail.update(series_point(detail, look(2 + SERIES_EVERY, (300, 11), None), "fail"))
     assert detail["series"][-1]["baseline"] is None
     assert len(detail["series"]) == 3
+
+
+def test_judged_series_lists_the_steps_with_points_in_their_order() -> None:
+    detail: dict[str, Any] = {}
+    detail.update(series_point(detail, look(0, (100, 1), (300, 3)), "inconclusive"))
+    detail.update(series_point(detail, look(SERIES_EVERY, (200, 1), (600, 3)), "pass"))
+
+    def step(id_: int, position: int, kind: str, detail: dict[str, Any]) -> DeploymentStep:
+        return DeploymentStep(
+            id=id_,
+            position=position,
+            kind=kind,
+            name=kind,
+            weight=50 if kind == "weight" else None,
+            state="succeeded",
+            detail=json.dumps(detail),
+        )
+
+    d = Deployment(
+        steps=[
+            step(3, 2, "monitor", {"series": detail["series"][:1]}),
+            step(1, 0, "preview", {}),
+            step(2, 1, "weight", detail),
+        ]
+    )
+    found = judged_series(d)
+    assert [(s.step, s.kind, len(s.points)) for s in found] == [(2, "weight", 2), (3, "monitor", 1)]
+    second = found[0].points[1]
+    assert second.verdict == "pass" and second.at == SERIES_EVERY
+    assert second.canary is not None and second.canary.requests == 100
+    assert second.baseline is not None and second.baseline.error_rate == 0.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from conveyor.analysis.judge import JudgeState, Look
 from conveyor.analysis.window import delta, error_rate, quantile
-from conveyor.protocol import ReleaseCounters
+from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries
 from conveyor.store.models import Deployment, DeploymentStep
 
 SERIES_EVERY = 5.0  # seconds between two points of a step's chart series
@@ -57,3 +57,24 @@ def carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
         if found:
             return JudgeState.model_validate(found)
     return None
+
+
+def judged_series(d: Deployment) -> list[StepSeries]:
+    """The chart points of the deployment's judged steps, in the order the steps run."""
+    out = []
+    for step in sorted(d.steps, key=lambda s: s.position):
+        points = json.loads(step.detail).get("series")
+        if not points:
+            continue
+        out.append(
+            StepSeries(
+                step=step.id,
+                position=step.position,
+                kind=step.kind,
+                name=step.name,
+                weight=step.weight,
+                state=step.state,
+                points=[SeriesPoint.model_validate(p) for p in points],
+            )
+        )
+    return out

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
+from conveyor.deploy.judging import judged_series
 from conveyor.deploy.records import (
     ACTIVE,
     PENDING,
@@ -27,6 +28,7 @@ from conveyor.protocol import (
     Judgement,
     ReleaseWeight,
     RollbackRequest,
+    StepSeries,
 )
 from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
@@ -303,6 +305,12 @@ def list_deployments(
 @router.get("/deployments/{deployment_id}")
 def get_deployment(deployment_id: int, _: Viewer, session: SessionDep) -> DeploymentOut:
     return deployment_out(get_deployment_or_404(session, deployment_id), steps=True)
+
+
+@router.get("/deployments/{deployment_id}/series")
+def deployment_series(deployment_id: int, _: Viewer, session: SessionDep) -> list[StepSeries]:
+    """Chart points of the judged steps: canary and baseline every 5 s, with the verdict."""
+    return judged_series(get_deployment_or_404(session, deployment_id))
 
 
 @router.post("/deployments/{deployment_id}/abort")
