@@ -125,6 +125,15 @@ def test_y_ticks_are_3_to_5_nice_numbers_covering_the_values(
     assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
 
 
+def test_y_max_is_the_least_the_axis_reaches() -> None:
+    # no error at all: a scale of 0 to 1%, not 0 to 100%
+    root = svg(line_chart("t", [series(0.0, 0.0)], y_max=0.01, y_format=percent))
+    assert tick_labels(root, "y")[-1] == "1%"
+    # values above it: they set the scale
+    root = svg(line_chart("t", [series(0.0, 0.04)], y_max=0.01, y_format=percent))
+    assert tick_labels(root, "y")[-1] == "4%"
+
+
 def test_y_labels_use_the_format() -> None:
     root = svg(line_chart("t", [series(0.01, 0.04)], y_format=percent, y_label="errors"))
     assert tick_labels(root, "y") == ["0%", "1%", "2%", "3%", "4%"]

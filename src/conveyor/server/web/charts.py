@@ -179,13 +179,15 @@ def line_chart(
     width: int = 640,
     height: int = 220,
     y_min: float | None = 0.0,
+    y_max: float | None = None,
 ) -> str:
     """A line chart of the series as an `<svg>`; "no data yet" when there is no point.
 
     x is a unix time unless `x_format` and `x_ticks` say otherwise (`nice_ticks` suits
     plain numbers). The y axis starts at `y_min` (None: at the lowest value) and ends at
-    the tick `y_ticks` puts at or above the highest (`duration_ticks` for y in seconds). A
-    lone point between gaps is drawn as a dot.
+    the tick `y_ticks` puts at or above the highest value, or above `y_max` when that is
+    higher: no error at all then reads 0 of 1%, not 0 of 100% (`duration_ticks` suits y
+    in seconds). A lone point between gaps is drawn as a dot.
     """
     runs = [(s, _runs(s.points)) for s in series]
     values = [y for _, rs in runs for r in rs for _, y in r]
@@ -193,7 +195,8 @@ def line_chart(
         return _empty(title, width, height)
     xs = [x for _, rs in runs for r in rs for x, _ in r]
     xs += [m.x for m in markers if math.isfinite(m.x)]
-    frame = _Frame(width, height, _y_domain(values, y_min, y_ticks), y_format, y_label)
+    reach = [y_max] if y_max is not None and math.isfinite(y_max) else []
+    frame = _Frame(width, height, _y_domain(values + reach, y_min, y_ticks), y_format, y_label)
     x0, x1 = min(xs), max(xs)
 
     def sx(x: float) -> float:
