@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.config.environment import Environment
 from conveyor.deploy.gates import GateError, release_config
+from conveyor.deploy.judging import judged_series
 from conveyor.deploy.records import ACTING, PENDING, rollback_target
 from conveyor.protocol import (
     DeploymentOut,
@@ -39,6 +40,9 @@ from conveyor.server.api.deployments import (
 )
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web import live
+from conveyor.server.web.answers import refused
+from conveyor.server.web.charts import CHART_CSS
+from conveyor.server.web.deployments import step_charts
 from conveyor.server.web.render import fragment, page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
 from conveyor.store.models import Deployment, Release, utcnow
@@ -121,6 +125,8 @@ class EnvironmentView:
     actions: list[Action]
     no_rollback: str | None  # why there is no rollback button, when there is none
     now: datetime
+    charts: list[str] = field(default_factory=list)  # the judged step underway, if any
+    charts_of: str | None = None  # ... its name
 
     @property
     def judged(self) -> bool:
@@ -150,6 +156,13 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         index = chain.index(env)
         following = chain[index + 1] if index + 1 < len(chain) else None
         actions, no_rollback = _actions(request, session, caller, app, status, following)
+        # the step the judge watches now, charted on this page too (all of them: /deployments)
+        judged = None
+        if status.deployment is not None:
+            row = session.get(Deployment, status.deployment.id)
+            judged = next(reversed(judged_series(row)), None) if row is not None else None
+            if judged and not any(p.canary and p.canary.requests for p in judged.points):
+                judged = None  # nothing to draw yet
     return EnvironmentView(
         app=app,
         status=status,
@@ -161,6 +174,8 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         actions=actions,
         no_rollback=no_rollback,
         now=utcnow(),
+        charts=step_charts(judged, which=("error_rate", "p99")) if judged else [],
+        charts_of=judged.name if judged else None,
     )
 
 
@@ -172,74 +187,97 @@ def _actions(
     status: EnvironmentStatus,
     following: str | None,
 ) -> tuple[list[Action], str | None]:
-    """The buttons that fit the environment's state, of those the caller's role allows."""
-    out: list[Action] = []
+    """The buttons that fit the environment's state, of those the caller's role allows.
+
+    A rollback underway gets no button: stopping it, or rolling it back, would only
+    leave the environment between two releases again.
+    """
     d = status.deployment
+    if d is not None and d.kind == "rollback" and d.state in ACTING:
+        return [], None
     hosts = ", ".join(p.host for p in status.hosts) or "no host"
-    row = session.get(Deployment, d.id) if d is not None else None
-    if d is not None and row is not None and caller.may(api_role(request, *APPROVE)):
-        env = _config(row.release, status.name)
-        if (
-            d.state in PENDING
-            and d.run is not None
-            and d.approved_by is None
-            and env is not None
-            and env.approval == "required"
-        ):
-            out.append(
-                Action(
-                    "approve",
-                    "Approve",
-                    f"Approve run #{d.run}: deploy {d.release} to {status.name} "
-                    f"({_plan(env)}) on {hosts}?",
-                    {"run": str(d.run), "deployment": str(d.id)},
-                )
-            )
-    if d is not None and d.state in (*PENDING, "running") and caller.may(api_role(request, *ABORT)):
-        if d.state in PENDING:
-            what = f"Cancel deployment #{d.id} of {d.release} to {status.name} before it starts?"
-        else:
-            back = d.previous_release or "the previous release"
-            what = (
-                f"Abort deployment #{d.id} of {d.release} to {status.name}? "
-                f"What it changed on {hosts} goes back to {back}."
-            )
-        out.append(Action("abort", "Abort", what, {"deployment": str(d.id)}, danger=True))
+    found: list[Action | None] = []
+    if d is not None and caller.may(api_role(request, *APPROVE)):
+        found.append(_approve(session, status, d, hosts))
+    if following is not None and caller.may(api_role(request, *PROMOTE)):
+        found.append(_promote(session, status, following))
+    if d is not None and caller.may(api_role(request, *ABORT)):
+        found.append(_abort(status, d, hosts))
     no_rollback = None
     if caller.may(api_role(request, *ROLLBACK)):
-        app_row = get_app_or_404(session, app)
         try:
-            target = rollback_target(session, app_row, status.name).id
+            found.append(_rollback(session, app, status, d, hosts))
         except GateError as exc:
             no_rollback = str(exc)
-        else:
-            acting = d if d is not None and d.state in ACTING else None
-            current = acting.release if acting is not None else status.release
-            if target != current:
-                stop = f" (stopping deployment #{acting.id})" if acting is not None else ""
-                out.append(
-                    Action(
-                        "rollback",
-                        f"Roll back to {target}",
-                        f"Roll {status.name} back from {current} to {target} on {hosts}{stop}?",
-                        {"to": target},
-                        danger=True,
-                    )
-                )
-    if following is not None and status.release and caller.may(api_role(request, *PROMOTE)):
-        release = session.get(Release, status.release)
-        env = _config(release, following) if release is not None else None
-        if env is not None:
-            how = _plan(env) + (", after approval" if env.approval == "required" else "")
-            out.append(
-                Action(
-                    "promote",
-                    f"Promote to {following}",
-                    f"Deploy {status.release} from {status.name} to {following} ({how})?",
-                    {"release": status.release, "environment": following},
-                )
-            )
-    return out, no_rollback
+    return [a for a in found if a is not None], no_rollback
+
+
+def _approve(
+    session: Session, status: EnvironmentStatus, d: DeploymentOut, hosts: str
+) -> Action | None:
+    row = session.get(Deployment, d.id)
+    env = _config(row.release, status.name) if row is not None else None
+    if (
+        d.state not in PENDING
+        or d.run is None
+        or d.approved_by is not None
+        or env is None
+        or env.approval != "required"
+    ):
+        return None
+    return Action(
+        "approve",
+        "Approve",
+        f"Approve run #{d.run}: deploy {d.release} to {status.name} ({_plan(env)}) on {hosts}?",
+        {"run": str(d.run), "deployment": str(d.id)},
+    )
+
+
+def _promote(session: Session, status: EnvironmentStatus, following: str) -> Action | None:
+    release = session.get(Release, status.release) if status.release else None
+    env = _config(release, following) if release is not None else None
+    if release is None or env is None:
+        return None
+    how = _plan(env) + (", after approval" if env.approval == "required" else "")
+    return Action(
+        "promote",
+        f"Promote to {following}",
+        f"Deploy {release.id} from {status.name} to {following} ({how})?",
+        {"release": release.id, "environment": following},
+    )
+
+
+def _abort(status: EnvironmentStatus, d: DeploymentOut, hosts: str) -> Action | None:
+    if d.state in PENDING:
+        what = f"Cancel deployment #{d.id} of {d.release} to {status.name} before it starts?"
+    elif d.state == "running":
+        back = d.previous_release or "the previous release"
+        what = (
+            f"Abort deployment #{d.id} of {d.release} to {status.name}? "
+            f"What it changed on {hosts} goes back to {back}."
+        )
+    else:
+        return None
+    return Action("abort", "Abort", what, {"deployment": str(d.id)}, danger=True)
+
+
+def _rollback(
+    session: Session, app: str, status: EnvironmentStatus, d: DeploymentOut | None, hosts: str
+) -> Action | None:
+    """Back to what `conveyor rollback` would pick; GateError when there is nothing."""
+    target = rollback_target(session, get_app_or_404(session, app), status.name).id
+    acting = d if d is not None and d.state in ACTING else None
+    current = acting.release if acting is not None else status.release
+    if target == current:
+        return None
+    stop = f" (stopping deployment #{acting.id})" if acting is not None else ""
+    return Action(
+        "rollback",
+        f"Roll back to {target}",
+        f"Roll {status.name} back from {current} to {target} on {hosts}{stop}?",
+        {"to": target},
+        danger=True,
+    )
 
 
 def _config(release: Release, env: str) -> Environment | None:
@@ -285,6 +323,7 @@ def environment_page(request: Request, caller: PageViewer, app: str, env: str) -
         title=f"{env} · {app}",
         breadcrumbs=[("Apps", "/"), (app, f"/#app-{app}"), (env, None)],
         v=view,
+        chart_css=CHART_CSS,
         fragments=render(request, caller, app, env),
     )
 
@@ -292,25 +331,6 @@ def environment_page(request: Request, caller: PageViewer, app: str, env: str) -
 @router.get("/ui/apps/{app}/environments/{env}/events")
 def environment_events(request: Request, caller: PageViewer, app: str, env: str) -> Response:
     return live.stream(request, lambda: render(request, caller, app, env))
-
-
-def refused(
-    request: Request, caller: WebCaller | None, exc: HTTPException, back: str = "/"
-) -> Response:
-    """What a page or a refused action shows: the API's own words, with its status code."""
-    if request.headers.get("hx-request"):
-        return HTMLResponse(
-            fragment("_flash.html", ok=False, message=exc.detail), status_code=exc.status_code
-        )
-    return page(
-        request,
-        "message.html",
-        status_code=exc.status_code,
-        caller=caller,
-        title="Refused" if exc.status_code in (401, 403, 409) else "Not found",
-        message=exc.detail,
-        back=back,
-    )
 
 
 async def act(
