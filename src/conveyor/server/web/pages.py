@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import deployments, environments, live
+from conveyor.server.web import delivery, deployments, environments, live
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -110,6 +110,7 @@ def install(api: FastAPI) -> None:
     # each page's module adds its router here, one line each
     api.include_router(environments.router)
     api.include_router(deployments.router)
+    api.include_router(delivery.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def to_login(request: Request, exc: Exception) -> Response:
