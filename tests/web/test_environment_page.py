@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -82,7 +82,6 @@ class Story:
     v2: str = ""
     canary: int = 0  # the canary deployment's id
     rollback: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +205,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
             viewer.page.wait_for_selector(f"[data-deployment='{d['id']}'][data-state=waiting]")
             assert action_forms(viewer) == []
             # production served only v1 so far: nothing earlier to roll back to
-            assert sorted(action_forms(deployer)) == ["abort", "approve"]
+            assert action_forms(deployer) == ["approve", "abort"]
             confirm = deployer.page.get_attribute("form[data-action=approve]", "hx-confirm")
             assert confirm and f"run #{run}" in confirm and story.v2 in confirm, confirm
             assert "canary 50% → 100%" in confirm, confirm
@@ -225,18 +224,36 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 viewer.page.wait_for_selector(
                     ".step[data-kind=weight] .judgement[data-verdict]", timeout=60_000
                 )
-                viewer.shoot("environment-canary-desktop")
                 phone = Visitor(browser, server, phone=True).sign_in(
                     make_token(server, "dan-phone", "deployer")
                 )
                 phone.goto(PRODUCTION)
                 phone.page.wait_for_selector(".judgement[data-verdict]")
+                # mid-canary a deployer may stop it or go back; the viewer still may not
+                assert action_forms(phone) == ["abort", "rollback"]
+                assert action_forms(viewer) == []
                 phone.shoot("environment-canary-phone")
+                # the analysis of the step underway grows a point every 5 s, by itself
+                phone.goto(f"/deployments/{d['id']}")
+                judged = "section.judged[data-kind=weight]"
+                phone.page.wait_for_selector(f"{judged} svg.chart .series.canary", state="attached")
+                points = int(phone.page.get_attribute(judged, "data-points") or 0)
+                phone.page.evaluate("window.__loaded = Date.now()")
+                phone.page.wait_for_function(
+                    f"+document.querySelector('{judged}').dataset.points > {points}"
+                )
+                assert phone.page.evaluate("typeof window.__loaded") == "number"
+                phone.shoot("analysis-running-phone")
                 assert phone.outside_requests() == [] and phone.errors == []
                 phone.close()
                 viewer.page.wait_for_selector(
                     ".step[data-kind=weight] .judgement[data-verdict=pass]", timeout=60_000
                 )
+                # still at 50% (the step waits out its pause): the judged step charted here too
+                viewer.page.wait_for_selector(
+                    "#deployment svg.chart .series.canary .line", state="attached"
+                )
+                viewer.shoot("environment-canary-desktop")
                 viewer.page.wait_for_function(
                     f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
                     "?.dataset.observed === '100'",
@@ -259,7 +276,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 on_screen.setdefault(weight, at / 1000)
         assert [w for w in (0, 50, 100) if w in on_screen] == [0, 50, 100], changes
         delays = {w: on_screen[w] - api.first[w] for w in (0, 50, 100) if w in api.first}
-        story.notes.append(
+        print(
             "weights of the new release on screen after the API reported them: "
             + ", ".join(f"{w}%: {s:+.2f} s" for w, s in delays.items())
         )
@@ -277,7 +294,6 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
     finally:
         viewer.close()
         deployer.close()
-    print("\n".join(story.notes))
 
 
 def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
@@ -310,7 +326,14 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
         deployer.goto(PRODUCTION)
         form = deployer.page.locator("form[data-action=rollback]")
         confirm = form.get_attribute("hx-confirm")
-        assert confirm == (f"Roll production back from {story.v2} to {story.v1} on web-2?"), confirm
+        assert confirm == f"Roll production back from {story.v2} to {story.v1} on web-2?", confirm
+        # a deployer's post without the session's CSRF secret is refused all the same
+        with httpx.Client(
+            base_url=server.url, cookies={"conveyor_session": session_cookie(deployer)}
+        ) as h:
+            r = h.post(f"{PRODUCTION}/rollback", data={"csrf": "wrong", "to": story.v1})
+            assert r.status_code == 403 and "CSRF" in r.text, r.text
+        assert fleet.routed("web-2") == {story.v2: 100}
         deployer.shoot("environment-deployer-desktop")
         started = time.monotonic()
         form.locator("button").click()
@@ -335,9 +358,11 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
             timeout=60,
         )
         story.rollback = rollback["id"]
-        deployer.page.wait_for_selector(f"[data-deployment='{rollback['id']}']")
+        deployer.page.wait_for_selector(
+            f"[data-deployment='{rollback['id']}'][data-state=succeeded]"
+        )
         deployer.shoot("environment-rolled-back-desktop")
-        story.notes.append(
+        print(
             f"rollback from the page: routed on web-2 {switched:.2f} s after the click, "
             f"on screen {shown:.2f} s after it"
         )
@@ -345,7 +370,6 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
     finally:
         viewer.close()
         deployer.close()
-    print("\n".join(story.notes))
 
 
 def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
@@ -358,7 +382,7 @@ def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
     deployer.page.on("dialog", lambda d: d.accept())
     try:
         deployer.goto(STAGING)
-        assert sorted(action_forms(deployer)) == ["promote", "rollback"]
+        assert action_forms(deployer) == ["promote", "rollback"]
         form = deployer.page.locator("form[data-action=promote]")
         confirm = form.get_attribute("hx-confirm")
         assert confirm == (
@@ -373,7 +397,7 @@ def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
 
         deployer.goto(PRODUCTION)
         deployer.page.wait_for_selector("[data-deployment][data-state=waiting]")
-        assert sorted(action_forms(deployer)) == ["abort", "approve", "rollback"]
+        assert action_forms(deployer) == ["approve", "abort", "rollback"]
         deployer.shoot("environment-waiting-phone")
         deployer.page.click("form[data-action=abort] button")
         deployer.page.wait_for_selector("#flash .ok")
@@ -393,3 +417,87 @@ def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
         assert deployer.outside_requests() == [] and deployer.errors == []
     finally:
         deployer.close()
+
+
+def test_the_canary_analysis_charts_canary_against_baseline_with_the_verdicts(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    if not story.canary:
+        pytest.skip("needs the canary of the first test")
+    server = fleet.server
+    token = make_token(server, "ana", "viewer")
+    for phone in (False, True):
+        visitor = Visitor(browser, server, phone=phone).sign_in(token)
+        try:
+            visitor.goto(f"/deployments/{story.canary}")
+            page = visitor.page
+            judged = page.locator("section.judged")
+            # the 50% step and the watch window after 100%
+            assert judged.count() == 2, page.inner_text("main")
+            assert [judged.nth(i).get_attribute("data-kind") for i in range(2)] == [
+                "weight",
+                "monitor",
+            ]
+            for i in range(2):
+                section = judged.nth(i)
+                charts = section.locator("svg.chart")
+                assert charts.count() == 3
+                titles = [charts.nth(k).get_attribute("aria-label") for k in range(3)]
+                assert titles == ["5xx error rate", "p50 latency", "p99 latency"]
+                for k in range(3):
+                    chart = charts.nth(k)
+                    assert chart.locator(".series.canary .line").count() >= 1
+                    if i == 0:  # at 100% (the watch window) the baseline has no traffic
+                        assert chart.locator(".series.baseline .line").count() >= 1
+                    assert chart.locator(".marker").count() >= 1
+                row = section.locator("tbody[data-check='errors vs baseline']")
+                assert row.get_attribute("data-verdict") == "pass"
+            # the judge's changes of mind are marked: from inconclusive to pass on the 50% step
+            first = judged.nth(0).locator("svg.chart").first
+            assert first.locator(".marker-pass").count() >= 1
+            assert visitor.outside_requests() == [] and visitor.errors == []
+            visitor.shoot(f"analysis-{'phone' if phone else 'desktop'}")
+        finally:
+            visitor.close()
+
+
+def test_the_delivery_page_charts_the_four_figures_per_environment(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    if not story.rollback:
+        pytest.skip("needs the deployments of the tests before")
+    server = fleet.server
+    token = make_token(server, "del", "viewer")
+    api = {e["environment"]: e for e in server.get("/api/apps/sample/dora")["environments"]}
+    for phone in (False, True):
+        visitor = Visitor(browser, server, phone=phone).sign_in(token)
+        try:
+            visitor.goto("/apps/sample/delivery")
+            page = visitor.page
+            sections = page.locator("section.delivery-env")
+            assert [sections.nth(i).get_attribute("data-environment") for i in range(2)] == [
+                "staging",
+                "production",
+            ]
+            # v1 and v2 deployed; v2 undone by the rollback: 1 of 2 changes failed
+            assert api["production"]["changes"] == 2 and api["production"]["failed_changes"] == 1
+            failure = page.inner_text(
+                "section[data-environment=production] [data-metric=change_failure_rate]"
+            )
+            assert "50%" in failure and "1 of 2 changes" in failure, failure
+            restore = page.inner_text(
+                "section[data-environment=production] [data-metric=time_to_restore]"
+            )
+            assert "1 of 1 failure restored" in restore, restore
+            for env in ("staging", "production"):
+                charts = page.locator(f"section.delivery-env[data-environment={env}] svg.chart")
+                assert charts.count() == 4
+                assert charts.nth(0).locator(".bar rect").count() >= 1  # this week's
+            assert visitor.outside_requests() == [] and visitor.errors == []
+            visitor.shoot(f"delivery-{'phone' if phone else 'desktop'}")
+            if not phone:
+                visitor.goto("/apps/sample/delivery?period=day")
+                assert page.locator("svg.chart").count() == 8
+                visitor.shoot("delivery-daily-desktop")
+        finally:
+            visitor.close()
