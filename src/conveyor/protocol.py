@@ -103,6 +103,10 @@ class RunOut(Wire):
     finished_at: datetime | None
     duration: float | None
     steps: list[StepOut] = []
+    # the commit as read at checkout (none before it, nor for runs made before 0006)
+    committed_at: datetime | None = None
+    commit_author: str | None = Field(default=None, description='"Name <email>"')
+    commit_message: str | None = None
 
 
 class LogChunk(Wire):
