@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.deploy.dora import DeploymentRecord, dora, median, percentile
+from conveyor.deploy.dora import DeploymentRecord, dora, dora_over_time, median, percentile
 from tests.deploy.dora_history import WHOLE, P, S, at, records
 
 T0 = datetime(2024, 3, 4, 9, 0)  # any day zero: only differences matter
@@ -277,3 +277,160 @@ def test_a_rollback_aborted_by_a_person_undoes_nothing(state: str, undone: int) 
     )
     [env] = dora([change, rollback], T0, T0 + at(1))
     assert (env.changes, env.failed_changes, env.failures) == (1, undone, undone)
+
+
+# Four periods of three days ending at d11: [d-1, d2), [d2, d5), [d5, d8), [d8, d11).
+# Worked out by hand from the history (dora_history.py); the sums over the periods give
+# the whole history's counts (production: 6 deploys, 8 changes, 4 failed, 4 failures).
+OVER_TIME: list[tuple[int, str, dict[str, Any]]] = [
+    # production [d-1, d2): #7 #8 #9, leads 4800 5400 9000 (p90 the ⌈2.7⌉ = 3rd); #9 undone
+    # by #10 at d1 03:00, restored at 03:01
+    (
+        0,
+        P,
+        {
+            "deployments": 3,
+            "lead_time": 5400.0,
+            "lead_time_p90": 9000.0,
+            "lead_time_from_run": 0,
+            "changes": 3,
+            "failed_changes": 1,
+            "change_failure_rate": 1 / 3,
+            "failures": 1,
+            "restored": 1,
+            "time_to_restore": 60.0,
+        },
+    ),
+    # production [d2, d5): #13 (7200 s from its run); changes #12 (failed) #13, #11 was
+    # cancelled; #12 failed d3 02:10, its rollback failed, #13 restored at d4 02:10
+    (
+        1,
+        P,
+        {
+            "deployments": 1,
+            "lead_time": 7200.0,
+            "lead_time_p90": 7200.0,
+            "lead_time_from_run": 1,
+            "changes": 2,
+            "failed_changes": 1,
+            "change_failure_rate": 0.5,
+            "failures": 1,
+            "restored": 1,
+            "time_to_restore": 86400.0,
+        },
+    ),
+    # production [d5, d8): #15 (12600 s); changes #15 (undone by #17 at d7 01:00, #18 undoes
+    # nothing new) and #16 (failed): both failed; restores 0 s (#16) and 3720 s (#15)
+    (
+        2,
+        P,
+        {
+            "deployments": 1,
+            "lead_time": 12600.0,
+            "lead_time_p90": 12600.0,
+            "lead_time_from_run": 0,
+            "changes": 2,
+            "failed_changes": 2,
+            "change_failure_rate": 1.0,
+            "failures": 2,
+            "restored": 2,
+            "time_to_restore": 1860.0,
+        },
+    ),
+    # production [d8, d11): #19 (3600 s), nothing failed
+    (
+        3,
+        P,
+        {
+            **NOTHING,
+            "deployments": 1,
+            "lead_time": 3600.0,
+            "lead_time_p90": 3600.0,
+            "changes": 1,
+            "change_failure_rate": 0.0,
+        },
+    ),
+    # staging [d-1, d2): #1 #2, leads 1200 1800: median 1500, p90 the 2nd
+    (
+        0,
+        S,
+        {
+            **NOTHING,
+            "deployments": 2,
+            "lead_time": 1500.0,
+            "lead_time_p90": 1800.0,
+            "changes": 2,
+            "change_failure_rate": 0.0,
+        },
+    ),
+    # staging [d2, d5): #3 failed (rolled back by itself in 120 s), #4 (2400 s); #5
+    # superseded and #6 cancelled count nowhere
+    (
+        1,
+        S,
+        {
+            "deployments": 1,
+            "lead_time": 2400.0,
+            "lead_time_p90": 2400.0,
+            "lead_time_from_run": 0,
+            "changes": 2,
+            "failed_changes": 1,
+            "change_failure_rate": 0.5,
+            "failures": 1,
+            "restored": 1,
+            "time_to_restore": 120.0,
+        },
+    ),
+    # staging after d5: nothing at all, but still a period with its (empty) figures
+    (2, S, {**NOTHING, "deployments": 0}),
+    (3, S, {**NOTHING, "deployments": 0}),
+]
+
+
+@pytest.mark.parametrize(("period", "env", "expected"), OVER_TIME)
+def test_figures_over_time_match_the_hand_computed_ones(
+    period: int, env: str, expected: dict[str, Any]
+) -> None:
+    series = dora_over_time(HISTORY, until=T0 + at(11), periods=4, period_days=3)
+    figures = {f.environment: asdict(f) for f in series[period].environments}[env]
+    assert figures.pop("deployment_frequency") == pytest.approx(expected["deployments"] / 3)
+    figures.pop("environment")
+    assert figures == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("periods", "period_days", "bounds"),
+    [
+        (4, 3, [(at(-1), at(2)), (at(2), at(5)), (at(5), at(8)), (at(8), at(11))]),
+        (1, 13, [(at(-2), at(11))]),
+        (3, 0.5, [(at(9, 12), at(10)), (at(10), at(10, 12)), (at(10, 12), at(11))]),
+        (0, 7, []),
+    ],
+)
+def test_periods_are_consecutive_and_end_at_until(
+    periods: int, period_days: float, bounds: list[tuple[timedelta, timedelta]]
+) -> None:
+    series = dora_over_time(HISTORY, until=T0 + at(11), periods=periods, period_days=period_days)
+    assert [(p.since - T0, p.until - T0) for p in series] == bounds
+
+
+def test_every_period_lists_the_same_environments() -> None:
+    # staging has no deployment after d4, qa none at all: both still in every period
+    series = dora_over_time(
+        HISTORY, until=T0 + at(11), periods=4, period_days=3, environments=["production", "qa"]
+    )
+    for period in series:
+        assert [f.environment for f in period.environments] == ["production", "qa", "staging"]
+
+
+def test_past_periods_do_not_change_as_history_grows() -> None:
+    then = [r for r in HISTORY if r.created_at < T0 + at(8)]  # before #19 existed
+    earlier = dora_over_time(then, until=T0 + at(8), periods=3, period_days=3)
+    later = dora_over_time(HISTORY, until=T0 + at(11), periods=4, period_days=3)
+    assert earlier == later[:3]
+
+
+@pytest.mark.parametrize(("periods", "period_days"), [(-1, 7), (4, 0), (4, -1)])
+def test_periods_must_make_sense(periods: int, period_days: float) -> None:
+    with pytest.raises(ValueError, match="periods >= 0 and period_days > 0"):
+        dora_over_time(HISTORY, until=T0, periods=periods, period_days=period_days)

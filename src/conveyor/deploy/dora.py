@@ -1,7 +1,8 @@
 """The four delivery (DORA) metrics of one app, per environment, from its deployment history.
 
 A pure function of plain records and a window; the API, `conveyor status --dora` and the
-server's /metrics all call it, so they agree. The definitions below are the contract.
+server's /metrics all call it, so they agree; `dora_over_time` calls it once a period, for
+the dashboard's charts. The definitions below are the contract.
 
 **Window.** W = [since, until). A deployment *ends in W* when its `finished_at` lies in W.
 The records are those of one app; every figure is per environment, and a deployment only
@@ -55,7 +56,20 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+__all__ = [
+    "DAY",
+    "DeploymentRecord",
+    "EnvironmentDora",
+    "PeriodDora",
+    "dora",
+    "dora_over_time",
+    "environment_dora",
+    "median",
+    "percentile",
+]
 
 DAY = 86400.0
 
@@ -96,6 +110,15 @@ class EnvironmentDora:
     failures: int
     restored: int
     time_to_restore: float | None  # median
+
+
+@dataclass(frozen=True)
+class PeriodDora:
+    """The figures of every environment over one period of a series (for charts over time)."""
+
+    since: datetime
+    until: datetime
+    environments: list[EnvironmentDora]
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -220,3 +243,34 @@ def environment_dora(
         restored=len(restores),
         time_to_restore=median(restores),
     )
+
+
+def dora_over_time(
+    records: Iterable[DeploymentRecord],
+    *,
+    until: datetime,
+    periods: int,
+    period_days: float,
+    environments: Sequence[str] = (),
+) -> list[PeriodDora]:
+    """The figures of consecutive periods of `period_days` ending at `until`, oldest first.
+
+    Each period is a window of `dora` (so the definitions are the same ones), given every
+    record: the records before a period are its context, and those after it `dora` ignores.
+    Every period lists the same environments in the same order (those named, then any other
+    seen in the records), so a chart has a value, or None, for each one.
+    """
+    if periods < 0 or period_days <= 0:
+        raise ValueError(
+            f"dora_over_time needs periods >= 0 and period_days > 0, got {periods} and "
+            f"{period_days}"
+        )
+    rows = list(records)
+    span = timedelta(days=period_days)
+    # boundaries from `until` by multiplication, not by adding spans up, so no rounding
+    # error accumulates and the last period ends exactly at `until`
+    bounds = [until - span * (periods - i) for i in range(periods + 1)]
+    return [
+        PeriodDora(since, end, dora(rows, since, end, environments))
+        for since, end in pairwise(bounds)
+    ]
