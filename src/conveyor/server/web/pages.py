@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import live
+from conveyor.server.web import live, runs
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -108,6 +108,7 @@ def install(api: FastAPI) -> None:
     """Mount the dashboard's pages, its static files and the sign-in redirect."""
     api.include_router(router)
     # each page's module adds its router here, one line each
+    api.include_router(runs.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def to_login(request: Request, exc: Exception) -> Response:
