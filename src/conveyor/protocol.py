@@ -43,6 +43,9 @@ class AppUpdate(Wire):
     poll_interval: int | None = Field(
         default=None, ge=0, description="seconds; 0 turns polling off"
     )
+    public_status: bool | None = Field(
+        default=None, description="a read-only page at /status/NAME that needs no token"
+    )
 
 
 class AppOut(Wire):
@@ -51,6 +54,7 @@ class AppOut(Wire):
     branch: str
     poll_interval: int | None
     created_at: datetime
+    public_status: bool = False
 
 
 class Webhooks(Wire):

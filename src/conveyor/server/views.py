@@ -21,6 +21,7 @@ def app_out(app: App) -> AppOut:
         branch=app.branch,
         poll_interval=app.poll_interval,
         created_at=app.created_at,
+        public_status=app.public_status,
     )
 
 
