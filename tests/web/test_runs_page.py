@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import ServerProcess, commit, make_repo, wait_for
 from tests.web.browser import Visitor, make_token
+from tests.web.checks import no_overflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -53,11 +54,6 @@ def yml(app: str, test: list[str], build: list[str]) -> str:
     lines = [f"app: {app}", "test:", *[f"  - run: {c!r}" for c in test], "build:"]
     lines += [f"  - run: {c!r}" for c in build]
     return "\n".join(lines) + "\n" + SERVICE
-
-
-def no_overflow(visitor: Visitor) -> None:
-    width = visitor.page.evaluate("document.documentElement.scrollWidth")
-    assert width <= visitor.page.viewport_size["width"], f"page is {width}px wide"
 
 
 def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
@@ -109,6 +105,7 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         # streamed live, the long log came whole: no page was skipped
         rows = re.findall(r"^row (\d+)$", page.inner_text("#steps"), re.M)
         assert rows == [str(i) for i in range(1, ROWS + 1)]
+        no_overflow(visitor)
         visitor.shoot("run-desktop")
 
         # loaded afresh, a long log shows its last page, and earlier pages on request
@@ -216,6 +213,7 @@ def test_a_reconnecting_page_resumes_where_it_was_and_a_deployer_aborts_the_run(
         assert f"Abort run #{run_id} of slow" in text
         assert "Its running step (test 'for i in $(seq 1 300)" in text
         assert "no release is built" in text
+        no_overflow(deployer)
         deployer.shoot("run-abort-phone")
         with page.expect_navigation():
             page.click("dialog.confirm button[type=submit].danger")
@@ -225,6 +223,10 @@ def test_a_reconnecting_page_resumes_where_it_was_and_a_deployer_aborts_the_run(
         # the viewer's page learns it live, and its stream then closes
         viewer.page.wait_for_selector("#run .state-cancelled", timeout=30_000)
         viewer.page.wait_for_selector("#steps summary .state-cancelled")
+        # its log followed the step to its last line, which says why it stopped
+        log = viewer.page.locator("details.step", has_text="tick-").locator("pre.log")
+        assert "conveyor: step cancelled; stopping its processes" in log.inner_text()
+        assert log.evaluate("el => el.scrollTop + el.clientHeight >= el.scrollHeight - 8")
         viewer.shoot("run-cancelled-desktop")
         for v in (viewer, deployer):
             assert v.outside_requests() == []

@@ -6,10 +6,11 @@ files), so the page and `conveyor logs` can never disagree.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -145,22 +146,29 @@ def _live(run: RunOut, deployments_active: bool) -> bool:
     return run.state in ACTIVE or deployments_active
 
 
+def digest(html: str) -> str:
+    """A short name for a fragment's content, to tell whether a page already has it."""
+    return hashlib.sha256(html.encode()).hexdigest()[:16]
+
+
 class RunFeed:
     """One page's stream: the run's head and step heads as they change, logs as they grow.
 
     One per connection; it remembers which fragments it sent, so an unchanged one is
     not sent again. The cursor (what the page has of each log) comes with each call.
+    `seen`: the digest of the run's head as the page was rendered with it: sending the
+    same again would close an abort dialog the reader may have just opened.
     """
 
-    def __init__(self, request: Request, caller: WebCaller, run_id: int) -> None:
+    def __init__(self, request: Request, caller: WebCaller, run_id: int, seen: str = "") -> None:
         self.request = request
         self.caller = caller
         self.run_id = run_id
-        self.sent: dict[str, str] = {}
+        self.sent: dict[str, str] = {"run": seen} if seen else {}
 
     def _replace(self, out: list[live.Message], name: str, html: str) -> None:
-        if self.sent.get(name) != html:
-            self.sent[name] = html
+        if self.sent.get(name) != (key := digest(html)):
+            self.sent[name] = key
             out.append(live.Message(name, html))
 
     def __call__(self, cursor: str) -> live.Batch:
@@ -178,7 +186,7 @@ class RunFeed:
                 if s.id not in offsets:
                     start, end, html = logs.tail(self.request, row)
                     offsets[s.id] = end
-                    self.sent[f"step-{s.id}"] = _step_head(s)
+                    self.sent[f"step-{s.id}"] = digest(_step_head(s))
                     out.append(
                         live.Message(
                             "steps",
@@ -234,7 +242,8 @@ def run_page_response(
         run_html=head,
         steps_html="".join(steps),
         live=_live(run, deploying),
-        events_url=f"/ui/runs/{run.id}/events?at={quote(logs.format_cursor(offsets))}",
+        events_url=f"/ui/runs/{run.id}/events?"
+        + urlencode({"at": logs.format_cursor(offsets), "seen": digest(head)}),
         ansi_css=ANSI_CSS,
         error=error,
     )
@@ -246,10 +255,12 @@ def run_page(run_id: int, request: Request, caller: PageViewer) -> Response:
 
 
 @router.get("/ui/runs/{run_id}/events")
-def run_events(run_id: int, request: Request, caller: PageViewer, at: str = "") -> Response:
+def run_events(
+    run_id: int, request: Request, caller: PageViewer, at: str = "", seen: str = ""
+) -> Response:
     with request.app.state.sessions() as session:
         get_run(run_id, caller, session)  # a 404 for an unknown run, before streaming
-    return live.appender(request, RunFeed(request, caller, run_id), at)
+    return live.appender(request, RunFeed(request, caller, run_id, seen), at)
 
 
 @router.get("/ui/steps/{step_id}/log", response_class=HTMLResponse)
