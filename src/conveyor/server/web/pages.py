@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import live, runs
+from conveyor.server.web import history, live, public, runs
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -109,6 +109,8 @@ def install(api: FastAPI) -> None:
     api.include_router(router)
     # each page's module adds its router here, one line each
     api.include_router(runs.router)
+    api.include_router(history.router)
+    api.include_router(public.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def to_login(request: Request, exc: Exception) -> Response:
