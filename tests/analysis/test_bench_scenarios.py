@@ -102,6 +102,11 @@ def test_looks_start_at_the_step_with_the_baselines_history() -> None:
     assert seen[0].canary.requests == 0
     assert seen[0].baseline is not None
     assert seen[0].baseline.requests == stream.history.requests.sum() > 100 * HISTORY
+    # the history is one multinomial reading of the same lognormal: 5.4% above 100 ms
+    above = (
+        1 - seen[0].baseline.latency_buckets[list(BOUNDS).index(0.1)] / seen[0].baseline.requests
+    )
+    assert above == pytest.approx(0.054, abs=0.003)
     assert seen[-1].canary.requests == stream.canary.requests[:STEP].sum()
     assert all(a.canary.requests <= b.canary.requests for a, b in itertools.pairwise(seen))
 
