@@ -30,12 +30,14 @@ class AgentProcess(ManagedProcess):
         *,
         address: str,
         router: str = "embedded",
+        metrics: str | None = None,
     ) -> None:
         self.server = server
         self.name = name
         self.data = data
         self.address = address
         self.router = router
+        self.metrics = metrics  # ADDR:PORT of its Prometheus exporter (--metrics), if any
         self.log_path = data.parent / f"{name}-agent.log"
         self.enrolment: str | None = None
 
@@ -66,6 +68,8 @@ class AgentProcess(ManagedProcess):
         ]
         if self.enrolment:
             args += ["--token", self.enrolment]
+        if self.metrics:
+            args += ["--metrics", self.metrics]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         self.spawn(args, env)
         return self
@@ -232,8 +236,10 @@ class Fleet:
         *,
         router: str = "embedded",
         app: str = "sample",
+        metrics: bool = False,
     ) -> None:
         from conveyor.demo.sample import write_sample_app
+        from tests.helpers import free_port
 
         self.server = server
         self.app = app
@@ -242,7 +248,14 @@ class Fleet:
         write_sample_app(self.repo, app, port=self.port)
         server.add_app(app, self.repo)
         self.agents = {
-            name: AgentProcess(server, name, tmp / name, address=address, router=router)
+            name: AgentProcess(
+                server,
+                name,
+                tmp / name,
+                address=address,
+                router=router,
+                metrics=f"{address}:{free_port(address)}" if metrics else None,
+            )
             for name, address in hosts.items()
         }
 
@@ -278,9 +291,19 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(server: ServerProcess, tmp: Path, hosts: dict[str, str]) -> Iterator[Fleet]:
-    """A started Fleet, its agents, routers and instances all stopped afterwards."""
-    fleet = Fleet(server, tmp, hosts)
+def running_fleet(
+    server: ServerProcess,
+    tmp: Path,
+    hosts: dict[str, str],
+    *,
+    router: str = "embedded",
+    metrics: bool = False,
+) -> Iterator[Fleet]:
+    """A started Fleet, its agents, routers and instances all stopped afterwards.
+
+    With `metrics`, each agent serves its router's counters for Prometheus (--metrics).
+    """
+    fleet = Fleet(server, tmp, hosts, router=router, metrics=metrics)
     try:
         yield fleet.start()
     finally:

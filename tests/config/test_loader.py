@@ -13,6 +13,7 @@ from conveyor.config import (
     load_config,
     parse_config,
 )
+from conveyor.config.metric_source import DEFAULT_LATENCY, DEFAULT_REQUESTS, Prometheus
 
 SPEC_EXAMPLE = Path(__file__).parent / "fixtures" / "spec_example.yml"
 
@@ -95,6 +96,22 @@ def test_hosts_command_and_env_values() -> None:
     assert config.environments["staging"].hosts == HostsCommand(command="./inventory.sh")
     assert config.service is not None
     assert config.service.env == {"WORKERS": "4", "DEBUG": "true"}
+
+
+def test_analysis_source() -> None:
+    analysis = BASE + "    analysis:\n      p99: 1s\n"
+    found = parse_config(analysis).environments["production"].analysis
+    assert found is not None and found.source == "router"
+    text = analysis + (
+        "      source:\n        prometheus: https://mon.example.com/prometheus\n"
+        "        queries: {errors: 'sum by (release) (http_5xx{job=\"$app\"})'}\n"
+    )
+    found = parse_config(text).environments["production"].analysis
+    assert found is not None and isinstance(found.source, Prometheus)
+    assert found.source.prometheus == "https://mon.example.com/prometheus"
+    assert found.source.queries.errors == 'sum by (release) (http_5xx{job="$app"})'
+    assert found.source.queries.requests == DEFAULT_REQUESTS
+    assert "$releases" in DEFAULT_REQUESTS and "$hosts" in DEFAULT_LATENCY
 
 
 def test_dump_round_trips() -> None:
@@ -271,6 +288,54 @@ BROKEN = [
     ),
     ("empty analysis", BASE + "    analysis: {}\n", 12, 15, "at least one of error_rate, p99"),
     ("environment name", BASE.replace("staging:", "Staging:"), 6, 3, "an environment name"),
+    (
+        "source by a bare name",
+        BASE + "    analysis:\n      p99: 1s\n      source: prometheus\n",
+        14,
+        15,
+        "expected router, or a mapping with the URL of a Prometheus server",
+    ),
+    (
+        "prometheus without a scheme",
+        BASE + "    analysis:\n      p99: 1s\n      source: {prometheus: 'localhost:9090'}\n",
+        14,
+        28,
+        "the URL of a Prometheus server like http://127.0.0.1:9090, got 'localhost:9090'",
+    ),
+    (
+        "source without its URL",
+        BASE + "    analysis:\n      p99: 1s\n      source: {queries: {}}\n",
+        14,
+        15,
+        "missing required key 'prometheus'",
+    ),
+    (
+        "unknown query",
+        BASE
+        + "    analysis:\n      p99: 1s\n      source:\n        prometheus: http://p:9090\n"
+        + "        queries: {request: up}\n",
+        16,
+        19,
+        "unknown key 'request', did you mean 'requests'?",
+    ),
+    (
+        "unknown placeholder",
+        BASE
+        + "    analysis:\n      p99: 1s\n      source:\n        prometheus: http://p:9090\n"
+        + '        queries:\n          errors: sum(x{app="$application"})\n',
+        17,
+        19,
+        "unknown placeholder $application in the query: expected $app, $releases or $hosts",
+    ),
+    (
+        "empty query",
+        BASE
+        + "    analysis:\n      p99: 1s\n      source:\n        prometheus: http://p:9090\n"
+        + "        queries: {latency: ' '}\n",
+        16,
+        28,
+        "expected a PromQL query",
+    ),
     (
         "strategy",
         BASE.replace("canary", "linear"),

@@ -51,6 +51,17 @@ def test_schema_writes_durations_percents_and_windows_as_strings() -> None:
     assert environment["batch"]["default"] == 1
 
 
+def test_schema_offers_both_metric_sources_with_the_default_queries() -> None:
+    defs = config_json_schema()["$defs"]
+    source = defs["Analysis"]["properties"]["source"]
+    assert source["default"] == "router"
+    assert {"const": "router", "type": "string"} in source["oneOf"]
+    assert {"$ref": "#/$defs/Prometheus"} in source["oneOf"]
+    assert defs["Prometheus"]["required"] == ["prometheus"]
+    queries = defs["PrometheusQueries"]["properties"]
+    assert queries["requests"]["default"].startswith("sum by (release, host) (conveyor_router_")
+
+
 def test_starter_config_validates() -> None:
     config = parse_config(STARTER_CONFIG)
     assert config.app == "my-app"

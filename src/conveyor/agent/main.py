@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from conveyor.agent.exporter import ExporterError, MetricsExporter
 from conveyor.agent.installer import Installer
 from conveyor.agent.link import LONG_POLL_MAX, EnrolmentError, Revoked, ServerLink
 from conveyor.agent.loop import Reconciler
@@ -36,22 +37,41 @@ def make_router(kind: str, data: Path) -> Router:
 
 
 def run_agent(
-    *, server: str, name: str, token: str | None, data: Path, router: str, bind: str
+    *,
+    server: str,
+    name: str,
+    token: str | None,
+    data: Path,
+    router: str,
+    bind: str,
+    metrics: str | None = None,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_main(server, name, token, data.resolve(), router, bind))
-    except EnrolmentError as exc:
-        log.error("enrolment failed", extra={"error": str(exc)})
+        return asyncio.run(_main(server, name, token, data.resolve(), router, bind, metrics))
+    except (EnrolmentError, ExporterError) as exc:
+        what = "enrolment failed" if isinstance(exc, EnrolmentError) else "metrics exporter failed"
+        log.error(what, extra={"error": str(exc)})
         print(f"conveyor agent: {exc}", flush=True)
         return 2
 
 
-async def _main(server: str, name: str, token: str | None, data: Path, kind: str, bind: str) -> int:
+async def _main(
+    server: str,
+    name: str,
+    token: str | None,
+    data: Path,
+    kind: str,
+    bind: str,
+    metrics: str | None,
+) -> int:
     link = ServerLink(server, name, data)
     await link.ensure_credential(token)
     router = make_router(kind, data)
+    exporter = MetricsExporter(router, name, metrics) if metrics else None
+    if exporter is not None:
+        await exporter.start()  # a busy port stops the agent before it touches anything
     reconciler = Reconciler(
         data=data,
         name=name,
@@ -85,6 +105,8 @@ async def _main(server: str, name: str, token: str | None, data: Path, kind: str
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+    if exporter is not None:
+        await exporter.close()
     await reconciler.supervisor.close()
     await link.close()
     log.info("agent stopped; instances and router keep running")

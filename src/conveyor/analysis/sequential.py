@@ -36,14 +36,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from pydantic import BaseModel
-from scipy.stats import beta
 
 ALPHA = 0.01  # the false-alarm budget of the judge's comparisons over a whole deployment
 ALPHA_HISTORY = 0.0005  # of each test's share, what the baseline's upper bound may be wrong by
 FIRST_EPOCH = 0.75  # the weight of the first epoch; later ones share the rest
 _CAP = 0.999  # rates are kept below 1: one event must never make a ratio infinite
+
+
+def _logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without overflow."""
+    high, low = max(a, b), min(a, b)
+    return high + math.log1p(math.exp(low - high))
 
 
 class Tally(BaseModel):
@@ -61,8 +65,11 @@ class Tally(BaseModel):
 
     def upper(self, alpha: float) -> float:
         """Jeffreys' upper confidence bound on the rate, at level 1 - alpha."""
+        # imported here: scipy takes seconds to import, and every server start would pay
+        from scipy.special import betaincinv
+
         failures = self.requests - self.events
-        return float(beta.ppf(1 - alpha, self.events + 0.5, failures + 0.5))
+        return float(betaincinv(self.events + 0.5, failures + 0.5, 1 - alpha))
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(requests=self.requests + other.requests, events=self.events + other.events)
@@ -99,7 +106,7 @@ class EProcess(BaseModel):
     def begin_epoch(self) -> EProcess:
         k = self.epochs
         w = FIRST_EPOCH if k == 0 else (1 - FIRST_EPOCH) / (k * (k + 1))
-        log_e = math.log(w) if self.log_e is None else float(np.logaddexp(self.log_e, math.log(w)))
+        log_e = math.log(w) if self.log_e is None else _logaddexp(self.log_e, math.log(w))
         peak = log_e if self.peak is None else max(self.peak, log_e)
         return self.model_copy(update={"log_e": log_e, "peak": peak, "epochs": k + 1})
 

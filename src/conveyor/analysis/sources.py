@@ -6,6 +6,9 @@ judge (judge.py) works on the growth between two readings, so a source need not
 start from zero; it must only keep its figures from going backwards when a router
 restarts (or say so by going backwards as a whole, which the judge reads as "all
 of this is new", see window.delta).
+
+Two sources: RouterSource (below) and PrometheusSource (prometheus.py); the
+environment's `analysis.source` picks one (DeployEngine.metric_source).
 """
 
 from __future__ import annotations

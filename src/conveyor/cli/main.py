@@ -295,14 +295,36 @@ def agent(
     data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
     router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
     bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR:PORT",
+            help="Serve the router's counters for Prometheus on GET http://ADDR:PORT/metrics "
+            "(labels app, release, host = --name). Off by default.",
+        ),
+    ] = None,
 ) -> None:
     """The agent on a host: dials out to the server and converges toward its desired state."""
     if router not in ("embedded", "haproxy"):
         fail(f"--router {router!r}: expected embedded or haproxy", 2)
+    from conveyor.agent.exporter import ExporterError, parse_address
     from conveyor.agent.main import run_agent
 
+    if metrics is not None:
+        try:
+            parse_address(metrics)
+        except ExporterError as exc:
+            fail(str(exc), 2)
     raise typer.Exit(
-        run_agent(server=server, name=name, token=token, data=data, router=router, bind=bind)
+        run_agent(
+            server=server,
+            name=name,
+            token=token,
+            data=data,
+            router=router,
+            bind=bind,
+            metrics=metrics,
+        )
     )
 
 

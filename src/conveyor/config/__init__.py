@@ -19,6 +19,7 @@ from conveyor.config.environment import (
 )
 from conveyor.config.errors import ConfigError, ConfigIssue
 from conveyor.config.loader import CONFIG_FILENAME, load_config, parse_config
+from conveyor.config.metric_source import MetricSourceSetting, Prometheus, PrometheusQueries
 from conveyor.config.models import (
     Artifact,
     Config,
@@ -50,10 +51,13 @@ __all__ = [
     "Hosts",
     "HostsCommand",
     "HttpProbe",
+    "MetricSourceSetting",
     "Notify",
     "NotifyEvent",
     "Percent",
     "PositiveDuration",
+    "Prometheus",
+    "PrometheusQueries",
     "Service",
     "Step",
     "Strategy",

@@ -19,6 +19,7 @@ from pydantic import (
 
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
+from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.values import Batch, HttpProbe, NonEmptyStr, StatusCode, TrafficPercent
 from conveyor.config.window import Window
 
@@ -132,6 +133,7 @@ class Analysis(Section):
     margin: Percent = 0.005
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
+    source: MetricSourceSetting = "router"
 
     @field_validator("margin")
     @classmethod

@@ -110,7 +110,7 @@ def _message(error: ErrorDetails) -> str:
         return "expected a non-empty string"
     if kind == "too_short":
         return f"expected at least {ctx.get('min_length', 1)} item(s), got {got}"
-    if kind == "conveyor_hosts":
+    if kind in ("conveyor_hosts", "conveyor_source"):
         return f"{error['msg']}, got {got}"
     return error["msg"]
 

@@ -150,6 +150,7 @@ environments:                   # promotion order = this order
     #   margin: 0.5%            # ... by this many more 5xx (percentage points)
     #   min_requests: 200       # inconclusive below this; the step waits longer
     #   advance: early          # move on once the judge is sure (default: the whole step_pause)
+    #   source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
     # monitor: 15m              # after 100%: a breach rolls back automatically
 
 # notify:

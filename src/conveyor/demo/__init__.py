@@ -274,7 +274,8 @@ def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: P
     grid = Table.grid(padding=(0, 2))
     grid.add_row("server (API)", url)
     grid.add_row("API docs", f"{url}/docs")
-    grid.add_row("dashboard", "not built yet: the API docs above list every route")
+    grid.add_row("dashboard", f"{url}/  (sign in with the admin token below)")
+    grid.add_row("environment", f"{url}/apps/{APP}/environments/production")
     grid.add_row("admin token", token)
     for host in hosts:
         grid.add_row(f"{host.environment} {host.name}", host.url)

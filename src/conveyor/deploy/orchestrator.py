@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
@@ -34,8 +35,9 @@ from conveyor.analysis.judge import (
     observe,
     start_window,
 )
+from conveyor.analysis.prometheus import PrometheusSource
 from conveyor.analysis.sources import MetricSource, RouterSource, SourceError
-from conveyor.config import Analysis, Config, Environment
+from conveyor.config import Analysis, Config, Environment, Prometheus
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling
 from conveyor.deploy.desired import Notifier, set_host_app
@@ -98,10 +100,19 @@ class DeployEngine:
         self._crash_after = int(crash) if crash and crash.isdigit() else None
         self._persisted = 0
         self.router_source = RouterSource(self._router_metrics)
+        # one per server and queries: each keeps running totals across router restarts
+        self._prometheus: dict[Prometheus, PrometheusSource] = {}
 
     def metric_source(self, analysis: Analysis) -> MetricSource:
         """Where the judge reads the counters of an environment's releases."""
-        return self.router_source
+        setting = analysis.source
+        if not isinstance(setting, Prometheus):
+            return self.router_source
+        found = self._prometheus.get(setting)
+        if found is None:
+            queries = setting.queries.model_dump()
+            found = self._prometheus[setting] = PrometheusSource(setting.prometheus, queries)
+        return found
 
     def _router_metrics(self, hosts: list[str]) -> dict[str, RouterMetrics | None]:
         with self.sessions() as session:
@@ -491,6 +502,9 @@ class DeployEngine:
                 elapsed >= pause or (bool(last.get("conclusive")) and analysis.advance == "early")
             )
         settings = Settings.of(analysis)
+        # the judge's statistics need scipy, seconds to import: in a thread, not on the
+        # event loop, and only in servers that judge something (a no-op once loaded)
+        await asyncio.to_thread(importlib.import_module, "scipy.special")
         releases = [release] + ([baseline] if baseline else [])
         try:
             counters = await self.metric_source(analysis).read(app, releases, hosts)

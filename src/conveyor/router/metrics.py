@@ -92,8 +92,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(metrics: RouterMetrics) -> str:
-    """The metrics in the Prometheus text exposition format (version 0.0.4)."""
+def prometheus_text(metrics: RouterMetrics, host: str | None = None) -> str:
+    """The metrics in the Prometheus text exposition format (version 0.0.4).
+
+    With `host` (the agent's name), every sample also carries a `host` label, so
+    that a query can pick an environment's hosts by the names conveyor.yml uses.
+    """
+    extra = f',host="{_label(host)}"' if host is not None else ""
     families: list[tuple[str, str, str, list[str]]] = [
         ("conveyor_router_requests_total", "counter", "Requests answered", []),
         ("conveyor_router_errors_5xx_total", "counter", "Responses with status >= 500", []),
@@ -113,7 +118,7 @@ def prometheus_text(metrics: RouterMetrics) -> str:
     ]
     for app in metrics.apps.values():
         for release, c in app.releases.items():
-            labels = f'app="{_label(app.app)}",release="{_label(release)}"'
+            labels = f'app="{_label(app.app)}",release="{_label(release)}"{extra}'
             families[0][3].append(f"conveyor_router_requests_total{{{labels}}} {c.requests}")
             families[1][3].append(f"conveyor_router_errors_5xx_total{{{labels}}} {c.errors_5xx}")
             families[2][3].append(
