@@ -166,6 +166,8 @@ def test_history_filters_and_redeploys_a_release_that_passed_its_gates(
         assert v1 in rows(deployer)[0] and f"api by {DEPLOYER}" in rows(deployer)[0]
         offered = page.locator("tr:has(button:text-is('Redeploy'))").all_inner_texts()
         assert len(offered) == 1 and v2 in offered[0], offered
+        missing = deployer.goto("/apps/no-such-app/history")
+        assert missing.status == 404 and "unknown app" in page.inner_text("main")
         for v in (deployer, viewer):
             assert v.outside_requests() == []
             assert v.errors == []

@@ -124,6 +124,8 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         assert clicks >= 3
         print(f"long log: {ROWS} lines, the first page and {clicks} earlier pages")
 
+        missing = phone.goto("/runs/99999")
+        assert missing.status == 404 and "unknown run 99999" in phone.page.inner_text("main")
         phone.goto(f"/runs/{run['id']}")
         phone.page.wait_for_selector("#run .state-succeeded")
         no_overflow(phone)
