@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -n 3
 
-.PHONY: setup sync lint test demo bench bench-fleet
+.PHONY: setup sync lint test demo bench bench-judge bench-fleet
 
 setup:
 	@./scripts/setup.sh
@@ -26,6 +26,10 @@ demo: sync
 
 bench: sync
 	$(UV) run --frozen python bench/pipeline_overhead.py
+
+# minutes on one core: the canary judge against Flagger- and Kayenta-style judges
+bench-judge: sync
+	$(UV) run --frozen python bench/judge.py
 
 # minutes, 51 agents with their routers and ~6 GiB: apart from `bench` (HOSTS=10 is quicker)
 HOSTS ?= 50

@@ -43,6 +43,9 @@ class AppUpdate(Wire):
     poll_interval: int | None = Field(
         default=None, ge=0, description="seconds; 0 turns polling off"
     )
+    public_status: bool | None = Field(
+        default=None, description="a read-only page at /status/NAME that needs no token"
+    )
 
 
 class AppOut(Wire):
@@ -51,6 +54,7 @@ class AppOut(Wire):
     branch: str
     poll_interval: int | None
     created_at: datetime
+    public_status: bool = False
 
 
 class Webhooks(Wire):
@@ -103,6 +107,10 @@ class RunOut(Wire):
     finished_at: datetime | None
     duration: float | None
     steps: list[StepOut] = []
+    # the commit as read at checkout (none before it, nor for runs made before 0006)
+    committed_at: datetime | None = None
+    commit_author: str | None = Field(default=None, description='"Name <email>"')
+    commit_message: str | None = None
 
 
 class LogChunk(Wire):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.pipeline import git
-from tests.helpers import make_repo
+from tests.helpers import commit, make_repo
 
 
 def test_commit_time_is_the_committer_time_in_utc(
@@ -26,3 +26,29 @@ def test_commit_time_is_the_committer_time_in_utc(
 def test_an_unknown_commit_has_no_time(tmp_path: Path) -> None:
     make_repo(tmp_path / "repo", {"a.txt": "a"})
     assert asyncio.run(git.commit_time(tmp_path / "repo", "0" * 40)) is None
+
+
+def test_commit_details_are_the_author_the_whole_message_and_the_committer_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000000 +0200")
+    repo = tmp_path / "repo"
+    make_repo(repo, {"a.txt": "a"})
+    message = "Fix the cart: <totals> & taxes\n\nA body line\nwith ünïcode"
+    sha = commit(repo, {"a.txt": "b"}, message=message)
+    found = asyncio.run(git.commit_details(repo, sha))
+    assert found == git.Commit(
+        author="Test <t@example.com>",
+        message=message,
+        committed_at=datetime.fromtimestamp(1700000000, UTC).replace(tzinfo=None),
+    )
+    assert asyncio.run(git.commit_details(repo, "0" * 40)) is None
+
+
+def test_a_huge_commit_message_is_cut(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {"a.txt": "a"})
+    sha = commit(repo, {"a.txt": "b"}, message="x" * 10_000)
+    found = asyncio.run(git.commit_details(repo, sha))
+    assert found is not None and len(found.message) == git.MAX_MESSAGE
+    assert found.message.endswith("…")

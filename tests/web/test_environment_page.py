@@ -23,6 +23,7 @@ import pytest
 from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, wait_for
 from tests.web.browser import Visitor, make_token
+from tests.web.checks import no_overflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -134,6 +135,12 @@ def wait_ended(server: ServerProcess, run: int, env: str, timeout: float = 240) 
     return found
 
 
+def shoot(visitor: Visitor, name: str) -> None:
+    """A screenshot, once nothing on the page is wider than its screen (a phone's above all)."""
+    no_overflow(visitor)
+    visitor.shoot(name)
+
+
 def csrf_of(visitor: Visitor) -> str:
     value: str = visitor.page.locator("input[name=csrf]").first.get_attribute("value")
     return value
@@ -209,7 +216,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
             confirm = deployer.page.get_attribute("form[data-action=approve]", "hx-confirm")
             assert confirm and f"run #{run}" in confirm and story.v2 in confirm, confirm
             assert "canary 50% → 100%" in confirm, confirm
-            deployer.shoot("environment-waiting-desktop")
+            shoot(deployer, "environment-waiting-desktop")
 
             with ApiWatch(server, "web-2", story.v2) as api:
                 deployer.page.click("form[data-action=approve] button")
@@ -232,7 +239,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 # mid-canary a deployer may stop it or go back; the viewer still may not
                 assert action_forms(phone) == ["abort", "rollback"]
                 assert action_forms(viewer) == []
-                phone.shoot("environment-canary-phone")
+                shoot(phone, "environment-canary-phone")
                 # the analysis of the step underway grows a point every 5 s, by itself
                 phone.goto(f"/deployments/{d['id']}")
                 judged = "section.judged[data-kind=weight]"
@@ -243,7 +250,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                     f"+document.querySelector('{judged}').dataset.points > {points}"
                 )
                 assert phone.page.evaluate("typeof window.__loaded") == "number"
-                phone.shoot("analysis-running-phone")
+                shoot(phone, "analysis-running-phone")
                 assert phone.outside_requests() == [] and phone.errors == []
                 phone.close()
                 viewer.page.wait_for_selector(
@@ -253,7 +260,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 viewer.page.wait_for_selector(
                     "#deployment svg.chart .series.canary .line", state="attached"
                 )
-                viewer.shoot("environment-canary-desktop")
+                shoot(viewer, "environment-canary-desktop")
                 viewer.page.wait_for_function(
                     f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
                     "?.dataset.observed === '100'",
@@ -264,7 +271,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                     f"[data-deployment='{d['id']}'][data-state=succeeded]"
                 )
         assert not load.result.errors, load.result.errors[:5]
-        viewer.shoot("environment-after-canary-desktop")
+        shoot(viewer, "environment-after-canary-desktop")
 
         # opened once: the marker set at load is still there, no reload happened
         assert viewer.page.evaluate("typeof window.__loaded") == "number"
@@ -334,7 +341,7 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
             r = h.post(f"{PRODUCTION}/rollback", data={"csrf": "wrong", "to": story.v1})
             assert r.status_code == 403 and "CSRF" in r.text, r.text
         assert fleet.routed("web-2") == {story.v2: 100}
-        deployer.shoot("environment-deployer-desktop")
+        shoot(deployer, "environment-deployer-desktop")
         started = time.monotonic()
         form.locator("button").click()
         deployer.page.wait_for_selector("#flash .ok")
@@ -361,7 +368,7 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
         deployer.page.wait_for_selector(
             f"[data-deployment='{rollback['id']}'][data-state=succeeded]"
         )
-        deployer.shoot("environment-rolled-back-desktop")
+        shoot(deployer, "environment-rolled-back-desktop")
         print(
             f"rollback from the page: routed on web-2 {switched:.2f} s after the click, "
             f"on screen {shown:.2f} s after it"
@@ -389,7 +396,7 @@ def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
             f"Deploy {story.v2} from staging to production "
             "(canary 50% → 100%, then a watch window, after approval)?"
         ), confirm
-        deployer.shoot("environment-staging-phone")
+        shoot(deployer, "environment-staging-phone")
         form.locator("button").click()
         deployer.page.wait_for_selector("#flash .ok")
         message = deployer.page.inner_text("#flash")
@@ -398,7 +405,7 @@ def test_a_deployer_promotes_from_staging_and_cancels_it_from_production(
         deployer.goto(PRODUCTION)
         deployer.page.wait_for_selector("[data-deployment][data-state=waiting]")
         assert action_forms(deployer) == ["approve", "abort", "rollback"]
-        deployer.shoot("environment-waiting-phone")
+        shoot(deployer, "environment-waiting-phone")
         deployer.page.click("form[data-action=abort] button")
         deployer.page.wait_for_selector("#flash .ok")
         assert "cancelled before it started" in deployer.page.inner_text("#flash")
@@ -456,7 +463,7 @@ def test_the_canary_analysis_charts_canary_against_baseline_with_the_verdicts(
             first = judged.nth(0).locator("svg.chart").first
             assert first.locator(".marker-pass").count() >= 1
             assert visitor.outside_requests() == [] and visitor.errors == []
-            visitor.shoot(f"analysis-{'phone' if phone else 'desktop'}")
+            shoot(visitor, f"analysis-{'phone' if phone else 'desktop'}")
         finally:
             visitor.close()
 
@@ -494,10 +501,10 @@ def test_the_delivery_page_charts_the_four_figures_per_environment(
                 assert charts.count() == 4
                 assert charts.nth(0).locator(".bar rect").count() >= 1  # this week's
             assert visitor.outside_requests() == [] and visitor.errors == []
-            visitor.shoot(f"delivery-{'phone' if phone else 'desktop'}")
+            shoot(visitor, f"delivery-{'phone' if phone else 'desktop'}")
             if not phone:
                 visitor.goto("/apps/sample/delivery?period=day")
                 assert page.locator("svg.chart").count() == 8
-                visitor.shoot("delivery-daily-desktop")
+                shoot(visitor, "delivery-daily-desktop")
         finally:
             visitor.close()

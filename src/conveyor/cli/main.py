@@ -147,16 +147,29 @@ def app_set(
     poll: Annotated[
         int | None, typer.Option(help="Poll the repository every N seconds; 0 turns it off.")
     ] = None,
+    public_status: Annotated[
+        bool | None,
+        typer.Option(
+            "--public-status/--no-public-status",
+            help="A read-only status page at /status/NAME that anyone may read, with no "
+            "token: releases and results, never hosts, logs or secrets.",
+        ),
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an app's settings."""
-    if repo is None and branch is None and poll is None:
-        fail("nothing to change: give --repo, --branch or --poll", 2)
+    if repo is None and branch is None and poll is None and public_status is None:
+        fail("nothing to change: give --repo, --branch, --poll or --[no-]public-status", 2)
     if repo and re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
         repo = str(Path(repo).expanduser().resolve())
-    body = {"repo": repo, "branch": branch, "poll_interval": poll}
+    body = {
+        "repo": repo,
+        "branch": branch,
+        "poll_interval": poll,
+        "public_status": public_status,
+    }
     updated = (
         Client(server, token)
         .request(
@@ -168,7 +181,10 @@ def app_set(
         print_json(updated)
         return
     polling = f"every {updated['poll_interval']}s" if updated["poll_interval"] else "off"
-    out.print(f"app {name}: {updated['repo']}, branch {updated['branch']}, polling {polling}")
+    public = "public status page /status/" + name if updated["public_status"] else "no public page"
+    out.print(
+        f"app {name}: {updated['repo']}, branch {updated['branch']}, polling {polling}, {public}"
+    )
 
 
 @apps_cli.command("list")

@@ -15,7 +15,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -257,7 +257,7 @@ class Engine:
         step_id = self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
         try:
             sha = await self._checkout(ctx, workspace)
-            self._set_sha(run_id, sha, await git.commit_time(workspace, sha))
+            self._set_commit(run_id, sha, await git.commit_details(workspace, sha))
             ctx.sha = sha
             config = load_config(workspace / CONFIG_FILE)
         except (git.GitError, ConfigError, FileNotFoundError) as exc:
@@ -463,10 +463,14 @@ class Engine:
                 step.finished_at = utcnow()
             session.commit()
 
-    def _set_sha(self, run_id: int, sha: str, committed_at: datetime | None) -> None:
+    def _set_commit(self, run_id: int, sha: str, commit: git.Commit | None) -> None:
         with self.sessions() as session:
             run = session.get_one(Run, run_id)
-            run.sha, run.committed_at = sha, committed_at
+            run.sha = sha
+            if commit is not None:
+                run.committed_at = commit.committed_at
+                run.commit_author = commit.author[:255] or None
+                run.commit_message = commit.message or None
             session.commit()
 
     def _end_run(

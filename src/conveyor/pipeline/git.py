@@ -6,10 +6,14 @@ import asyncio
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
+# a commit message is shown, not archived: past this it is cut (a generated changelog
+# pasted into a commit would otherwise fill the run's row)
+MAX_MESSAGE = 4000
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "/bin/true",
@@ -103,20 +107,45 @@ async def checkout(mirror: Path, sha: str, workspace: Path) -> None:
         await git("submodule", "update", "--init", "--recursive", "--quiet", cwd=workspace)
 
 
-async def commit_info(workspace: Path) -> dict[str, str]:
-    out = await git("log", "-1", "--format=%H%n%an%n%s", cwd=workspace)
-    sha, author, subject = [*out.splitlines(), "", "", ""][:3]
-    return {"sha": sha, "author": author, "subject": subject}
-
-
 async def commit_time(repo: Path, sha: str) -> datetime | None:
     """The committer time of a commit (naive UTC, as the store keeps times); None if unknown.
 
     Lead time for changes starts here; a missing time only makes that figure fall back to
     the run's creation, so it never fails a checkout.
     """
+    details = await commit_details(repo, sha)
+    return details.committed_at if details is not None else None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What the dashboard shows of a commit: who wrote it, what it says, when it was made."""
+
+    author: str  # "Name <email>"
+    message: str
+    committed_at: datetime | None
+
+
+async def commit_details(repo: Path, sha: str) -> Commit | None:
+    """A commit's author, message and committer time (naive UTC); None if unknown.
+
+    Like the committer time, these only describe the run: a commit git cannot show
+    never fails a checkout.
+    """
     try:
-        out = await git("show", "-s", "--format=%ct", sha, cwd=repo, timeout=60)
-        return datetime.fromtimestamp(int(out.strip()), UTC).replace(tzinfo=None)
-    except (GitError, ValueError, OverflowError, OSError):
+        # NUL-separated: a message may hold any other character, newlines included
+        out = await git("show", "-s", "--format=%an <%ae>%x00%ct%x00%B", sha, cwd=repo, timeout=60)
+    except (GitError, OSError):
         return None
+    author, _, rest = out.partition("\0")
+    stamp, _, message = rest.partition("\0")
+    try:
+        committed: datetime | None = datetime.fromtimestamp(int(stamp.strip()), UTC).replace(
+            tzinfo=None
+        )
+    except (ValueError, OverflowError, OSError):
+        committed = None
+    message = message.strip()
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1].rstrip() + "…"
+    return Commit(author=author.strip(), message=message, committed_at=committed)

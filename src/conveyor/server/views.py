@@ -21,6 +21,7 @@ def app_out(app: App) -> AppOut:
         branch=app.branch,
         poll_interval=app.poll_interval,
         created_at=app.created_at,
+        public_status=app.public_status,
     )
 
 
@@ -58,6 +59,9 @@ def run_out(run: Run, *, steps: bool = False) -> RunOut:
         finished_at=run.finished_at,
         duration=_duration(run.started_at, run.finished_at),
         steps=[step_out(s) for s in run.steps] if steps else [],
+        committed_at=run.committed_at,
+        commit_author=run.commit_author,
+        commit_message=run.commit_message,
     )
 
 

@@ -93,6 +93,9 @@ class Run(Base):
     release_id: Mapped[str | None] = mapped_column(String(80), default=None)
     # the commit's committer time, read at checkout: lead time for changes starts here
     committed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # read at checkout too, for the dashboard: "Name <email>", and the whole message
+    commit_author: Mapped[str | None] = mapped_column(String(255), default=None)
+    commit_message: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -61,7 +61,7 @@ def get_app(name: str, _: Viewer, session: SessionDep) -> AppOut:
 
 @router.patch("/{name}")
 def update_app(name: str, body: AppUpdate, _: Admin, session: SessionDep) -> AppOut:
-    """Change the repository, branch or polling interval of an app."""
+    """Change the repository, branch, polling interval or public status page of an app."""
     app = get_app_or_404(session, name)
     if body.repo is not None:
         app.repo_url = body.repo
@@ -70,6 +70,8 @@ def update_app(name: str, body: AppUpdate, _: Admin, session: SessionDep) -> App
     if body.poll_interval is not None:
         app.poll_interval = body.poll_interval or None
         app.last_polled_at = None
+    if body.public_status is not None:
+        app.public_status = body.public_status
     session.commit()
     return app_out(app)
 

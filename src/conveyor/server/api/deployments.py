@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from conveyor.deploy.records import (
 )
 from conveyor.protocol import (
     DeploymentOut,
+    DeploymentState,
     DeploymentStepOut,
     DeployRequest,
     EnvironmentStatus,
@@ -292,13 +294,26 @@ def list_deployments(
     session: SessionDep,
     app: str | None = None,
     environment: str | None = None,
-    limit: int = Query(50, ge=1, le=500),
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    state: DeploymentState | None = None,
+    trigger: Annotated[str | None, Query(description="pipeline | api | rollback")] = None,
+    kind: Literal["deploy", "rollback"] | None = None,
 ) -> list[DeploymentOut]:
+    """Deployments, newest first, of an app, an environment, a result, a trigger, a kind.
+
+    (Defaults are plain values, not `Query(...)`: the dashboard calls this function too.)
+    """
     query = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
     if app is not None:
         query = query.where(Deployment.app_id == get_app_or_404(session, app).id)
     if environment is not None:
         query = query.where(Deployment.environment == environment)
+    if state is not None:
+        query = query.where(Deployment.state == state)
+    if trigger is not None:
+        query = query.where(Deployment.trigger == trigger)
+    if kind is not None:
+        query = query.where(Deployment.kind == kind)
     return [deployment_out(d) for d in session.scalars(query).all()]
 
 

@@ -96,17 +96,29 @@ def step_log(
     return _chunk(request, step, offset)
 
 
+def log_file(request: Request, step: Step) -> Path | None:
+    """Where a step's log is (already masked: secrets are replaced as it is written)."""
+    if not step.log_path:
+        return None
+    return Path(request.app.state.settings.data_dir) / step.log_path
+
+
+def read_log(request: Request, step: Step, offset: int, limit: int) -> bytes:
+    """Up to `limit` bytes of a step's log from `offset`; nothing if it has none yet."""
+    path = log_file(request, step)
+    if path is None:
+        return b""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
 def _chunk(request: Request, step: Step, offset: int) -> LogChunk:
     complete = step.state not in ("pending", "running")
-    data = b""
-    if step.log_path:
-        path = Path(request.app.state.settings.data_dir) / step.log_path
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(MAX_LOG_CHUNK)
-        except FileNotFoundError:
-            data = b""
+    data = read_log(request, step, offset, MAX_LOG_CHUNK)
     # never split a UTF-8 character between two chunks
     cut = len(data)
     if len(data) == MAX_LOG_CHUNK:
@@ -124,4 +136,4 @@ def _chunk(request: Request, step: Step, offset: int) -> LogChunk:
     )
 
 
-__all__ = ["router"]
+__all__ = ["log_file", "read_log", "router"]

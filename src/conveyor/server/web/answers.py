@@ -10,7 +10,11 @@ from conveyor.server.web.session import WebCaller
 
 
 def refused(
-    request: Request, caller: WebCaller | None, exc: HTTPException, back: str = "/"
+    request: Request,
+    caller: WebCaller | None,
+    exc: HTTPException,
+    back: str = "/",
+    back_label: str | None = None,
 ) -> Response:
     """A message page, or (to htmx) the fragment that goes where the action's answer goes."""
     if request.headers.get("hx-request"):
@@ -25,6 +29,7 @@ def refused(
         title="Not found" if exc.status_code == 404 else "Refused",
         message=exc.detail,
         back=back,
+        back_label=back_label,
     )
 
 

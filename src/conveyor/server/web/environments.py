@@ -351,7 +351,7 @@ async def act(
 
         message = await run_in_threadpool(run)
     except HTTPException as exc:
-        return refused(request, caller, exc, back)
+        return refused(request, caller, exc, back, "Back to the environment")
     if request.headers.get("hx-request"):
         return HTMLResponse(fragment("_flash.html", ok=True, message=message))
     return RedirectResponse(back, status_code=303)

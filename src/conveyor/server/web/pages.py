@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import delivery, deployments, environments, live
+from conveyor.server.web import delivery, deployments, environments, history, live, public, runs
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -108,6 +108,9 @@ def install(api: FastAPI) -> None:
     """Mount the dashboard's pages, its static files and the sign-in redirect."""
     api.include_router(router)
     # each page's module adds its router here, one line each
+    api.include_router(runs.router)
+    api.include_router(history.router)
+    api.include_router(public.router)
     api.include_router(environments.router)
     api.include_router(deployments.router)
     api.include_router(delivery.router)

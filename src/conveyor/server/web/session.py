@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -127,12 +128,14 @@ async def check_csrf(request: Request, caller: WebCaller) -> None:
 
 def api_role(request: Request, method: str, path: str) -> str:
     """The role the API asks for `method path` (its x-role): the dashboard asks the same."""
-    # read from the OpenAPI document (built once, then cached): FastAPI nests included
-    # routers in app.routes, so walking those finds no API route at all
-    operation = request.app.openapi().get("paths", {}).get(path, {}).get(method.lower(), {})
-    role = operation.get("x-role")
-    if isinstance(role, str):
-        return role
+    # FastAPI keeps included routers as branches: walk their effective routes (paths
+    # with the prefixes applied), as OpenAPI does
+    for found in iter_route_contexts(request.app.routes):
+        route = found.original_route
+        if isinstance(route, APIRoute) and found.path == path and method in (route.methods or ()):
+            role = (route.openapi_extra or {}).get("x-role")
+            if isinstance(role, str):
+                return role
     raise LookupError(f"no API route {method} {path} with a role")
 
 
