@@ -302,6 +302,10 @@ def render(request: Request, caller: WebCaller, app: str, env: str) -> dict[str,
         view = read_view(request, caller, app, env)
     except HTTPException as exc:
         return {"hosts": fragment("_flash.html", ok=False, message=exc.detail)}
+    return fragments(view, caller)
+
+
+def fragments(view: EnvironmentView, caller: WebCaller) -> dict[str, str]:
     context: dict[str, Any] = {"v": view, "caller": caller}
     return {
         "hosts": fragment("_env_hosts.html", **context),
@@ -324,7 +328,7 @@ def environment_page(request: Request, caller: PageViewer, app: str, env: str) -
         breadcrumbs=[("Apps", "/"), (app, f"/#app-{app}"), (env, None)],
         v=view,
         chart_css=CHART_CSS,
-        fragments=render(request, caller, app, env),
+        fragments=fragments(view, caller),
     )
 
 
