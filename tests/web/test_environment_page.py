@@ -508,3 +508,28 @@ def test_the_delivery_page_charts_the_four_figures_per_environment(
                 shoot(visitor, "delivery-daily-desktop")
         finally:
             visitor.close()
+
+
+def test_the_apps_page_shows_each_environments_release_health_and_deployment(
+    fleet: Fleet, story: Story, browser: Any
+) -> None:
+    server = fleet.server
+    token = make_token(server, "amy", "viewer")
+    status = {e["name"]: e for e in server.get("/api/status?app=sample")[0]["environments"]}
+    for phone in (False, True):
+        visitor = Visitor(browser, server, phone=phone).sign_in(token)
+        try:
+            page = visitor.page
+            for env in ("staging", "production"):
+                row = page.locator(f"#app-sample tr[data-environment={env}]")
+                text = row.inner_text()
+                # the page says what the API says: the release serving, and health
+                assert str(status[env]["release"]) in text, (env, text)
+                assert "healthy 1/1" in text, (env, text)
+            page.click("#app-sample tr[data-environment=production] td a")
+            page.wait_for_url(server.url + "/apps/sample/environments/production")
+            visitor.goto("/")
+            assert visitor.outside_requests() == [] and visitor.errors == []
+            shoot(visitor, f"apps-{'phone' if phone else 'desktop'}")
+        finally:
+            visitor.close()
