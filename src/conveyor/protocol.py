@@ -187,7 +187,7 @@ DeploymentState = Literal[
 class Evidence(Wire):
     """One check of the judge at one look: what it counted and how it decided."""
 
-    check: str  # error_rate ceiling | p99 ceiling | errors vs baseline | latency vs baseline | …
+    check: str  # error_rate ceiling | p99 ceiling | errors vs baseline | p99 latency vs baseline…
     verdict: Literal["pass", "fail", "inconclusive"]
     summary: str
     canary_requests: int = 0

@@ -7,8 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from conveyor.analysis.judge import JudgeState, Look, Settings, Verdict, decide, observe, replay
-from conveyor.analysis.sequential import EProcess, Tally
+from conveyor.analysis.judge import (
+    LATENCY_ALPHA,
+    P95_SHARE,
+    JudgeState,
+    Look,
+    Settings,
+    Verdict,
+    decide,
+    observe,
+    replay,
+    slow_bound,
+)
+from conveyor.analysis.sequential import ALPHA, EProcess, Tally
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 BOUNDS = np.array(LATENCY_BUCKETS)
@@ -31,6 +42,8 @@ def stream(
     base_errors: float = 0.01,
     canary_errors: float = 0.01,
     slower: float = 1.0,
+    tail: bool = False,
+    spread: float = 0.4,
     share: float = 0.1,
     rps: int = 100,
     seconds: int = 300,
@@ -39,12 +52,20 @@ def stream(
 ) -> list[Look]:
     """One look a second at a canary taking `share` of `rps` requests beside its baseline.
 
-    `alone_after`: from that second on the canary takes all the traffic (a watch window).
+    Latencies are lognormal (median 50 ms, sigma `spread`); the canary's are `slower`
+    times the baseline's, or with `tail` only those above the p95 are stretched so that
+    the p99 is. `alone_after`: from that second on the canary takes all the traffic (a
+    watch window).
     """
     rng = np.random.default_rng(seed)
+    p95, p99 = (0.05 * math.exp(spread * z) for z in (1.6449, 2.3263))
 
     def latencies(n: int, factor: float) -> np.ndarray:
-        return rng.lognormal(math.log(0.05 * factor), 0.4, n)
+        x = rng.lognormal(math.log(0.05), spread, n)
+        if not tail:
+            return x * factor
+        stretch = (factor * p99 - p95) / (p99 - p95)
+        return np.where(x > p95, p95 + (x - p95) * stretch, x)
 
     base = grow(
         ReleaseCounters(), history, int(rng.binomial(history, base_errors)), latencies(history, 1)
@@ -76,11 +97,15 @@ def first_fail(looks: list[Look], settings: Settings = COMPARE) -> tuple[int, li
         ("+2 pp over 1%", {"canary_errors": 0.03}, True, "5xx: canary"),
         ("+1 pp over 0.1%", {"base_errors": 0.001, "canary_errors": 0.011}, True, "5xx"),
         ("p99 +50%", {"slower": 1.5}, True, "the baseline's p99"),
+        # wider spread: the p99's bound is 250 ms and the p95's 100 ms
+        ("spread, identical", {"spread": 0.75}, False, ""),
+        ("spread, p99 +30%", {"spread": 0.75, "slower": 1.3}, True, "the baseline's p95"),
+        ("spread, p99 ×2, tail only", {"spread": 0.75, "slower": 2, "tail": True}, True, "p99)"),
         ("+0.1 pp: under the margin", {"base_errors": 0.01, "canary_errors": 0.011}, False, ""),
         ("no history, +2 pp", {"canary_errors": 0.03, "history": 0}, True, "5xx"),
     ],
 )
-def test_comparisons(case: str, kwargs: dict[str, float], fails: bool, reason: str) -> None:
+def test_comparisons(case: str, kwargs: dict[str, float | bool], fails: bool, reason: str) -> None:
     failed = first_fail(stream(7, **kwargs))  # type: ignore[arg-type]
     assert (failed is not None) == fails, (case, failed)
     if failed:
@@ -136,3 +161,65 @@ def test_the_e_process_never_reaches_its_threshold_more_often_than_alpha() -> No
             seen_c, seen_b = seen_c + c, seen_b + b
         crossed += e.rejected
     assert crossed <= 20  # at most 1%
+
+
+def above(shares: list[float], requests: int = 100_000) -> ReleaseCounters:
+    """A baseline with `shares[i]` of its requests above LATENCY_BUCKETS[i] (later: 0)."""
+    shares = shares + [0.0] * (len(LATENCY_BUCKETS) - len(shares))
+    within = [requests - round(share * requests) for share in shares]
+    return ReleaseCounters(requests=requests, latency_buckets=within)
+
+
+def lognormal(median: float, sigma: float) -> list[float]:
+    return [0.5 * math.erfc(math.log(b / median) / sigma / math.sqrt(2)) for b in LATENCY_BUCKETS]
+
+
+@pytest.mark.parametrize(
+    ("case", "baseline", "p99", "p95"),
+    [
+        # the benchmark's: 0.24% above 250 ms, 5.4% above 100 ms
+        ("median 30 ms, sigma 0.75", above(lognormal(0.03, 0.75)), 0.25, 0.1),
+        # 4.2% above 100 ms, and 50% above 50 ms: no bound below stands for the p95
+        ("median 50 ms, sigma 0.4", above(lognormal(0.05, 0.4)), 0.1, None),
+        ("on the nose", above([1, 1, 1, 1, 0.2, 0.06, 0.01, 0.001]), 0.1, 0.05),
+        ("fastest bucket", above([0.01]), 0.001, None),
+        ("too few", above(lognormal(0.03, 0.75), requests=100), None, None),
+    ],
+)
+def test_latency_bounds_stand_for_the_baselines_p99_and_p95(
+    case: str, baseline: ReleaseCounters, p99: float | None, p95: float | None
+) -> None:
+    assert slow_bound(baseline) == p99, case
+    if p99 is not None:  # a p95 bound is only looked for below the p99's
+        assert slow_bound(baseline, P95_SHARE, below=p99) == p95, case
+
+
+def test_the_latency_tests_share_a_quarter_of_the_budget_and_report_both_bounds() -> None:
+    state = JudgeState()
+    total = state.errors.alpha + state.latency.alpha + state.latency_p95.alpha
+    assert total == pytest.approx(ALPHA)
+    judgements = list(replay(stream(2, spread=0.75), COMPARE))
+    checks = {e.check: e for e in judgements[-1].evidence}
+    assert checks["p99 latency vs baseline"].bound == 0.25
+    assert checks["p95 latency vs baseline"].bound == 0.1
+    assert "(the baseline's p95)" in checks["p95 latency vs baseline"].summary
+
+
+def test_a_state_stored_with_one_latency_test_keeps_within_the_budget() -> None:
+    stored = JudgeState().model_dump(mode="json")
+    del stored["latency_p95"], stored["bound_p95"]
+    stored["latency"]["alpha"] = ALPHA * 0.25  # the single latency test's share, then
+    state = JudgeState.model_validate(stored)
+    assert state.latency.alpha == state.latency_p95.alpha == LATENCY_ALPHA
+    assert JudgeState.model_validate(state.model_dump(mode="json")) == state
+
+
+def test_observe_leaves_the_state_it_was_given_as_it_was() -> None:
+    looks = stream(4, canary_errors=0.03, spread=0.75, seconds=30)
+    state = JudgeState()
+    for look in looks:
+        before = state.model_dump()
+        following = observe(state, look, COMPARE)
+        assert state.model_dump() == before
+        state = following
+    assert state.errors.batches > 0 and state.latency_p95.batches > 0

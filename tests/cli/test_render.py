@@ -23,7 +23,7 @@ def test_status_shows_the_judgement_and_each_check_s_evidence() -> None:
                 "summary": "5xx: canary 21/1028 (2.04%) vs baseline 18/3974 (0.45%): "
                 "evidence 204 ≥ 143",
             },
-            {"check": "latency vs baseline", "verdict": "pass", "summary": "slower than 50 ms"},
+            {"check": "p99 latency vs baseline", "verdict": "pass", "summary": "slower than 50 ms"},
         ],
     }
     deployment = {
@@ -65,5 +65,5 @@ def test_status_shows_the_judgement_and_each_check_s_evidence() -> None:
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "judge: fail, 1028 requests" in text
     assert "fail errors vs baseline: 5xx: canary 21/1028 (2.04%)" in text
-    assert "pass latency vs baseline" in text
+    assert "pass p99 latency vs baseline" in text
     assert "#7 50% of traffic to abc1234-1" in text
