@@ -148,10 +148,11 @@ def test_few_requests_are_inconclusive_and_no_baseline_is_said() -> None:
 
 
 def test_the_e_process_never_reaches_its_threshold_more_often_than_alpha() -> None:
-    # 2,000 identical streams of conditional batches, looked at after every batch
+    # 600 identical streams of conditional batches, looked at after every batch (seeded;
+    # bench/judge.py measures the false alarms of the whole judge on many more)
     rng = np.random.default_rng(1)
     crossed = 0
-    for _ in range(2000):
+    for _ in range(600):
         e = EProcess(alpha=0.01).begin_epoch()
         seen_c, seen_b = Tally(), Tally()
         for _ in range(200):
@@ -160,7 +161,7 @@ def test_the_e_process_never_reaches_its_threshold_more_often_than_alpha() -> No
             e = e.two_sample(c, b, seen_c, seen_b, margin=0.005, ratio=1.0)
             seen_c, seen_b = seen_c + c, seen_b + b
         crossed += e.rejected
-    assert crossed <= 20  # at most 1%
+    assert crossed <= 6  # at most 1%
 
 
 def above(shares: list[float], requests: int = 100_000) -> ReleaseCounters:

@@ -457,8 +457,10 @@ def test_the_canary_analysis_charts_canary_against_baseline_with_the_verdicts(
                     if i == 0:  # at 100% (the watch window) the baseline has no traffic
                         assert chart.locator(".series.baseline .line").count() >= 1
                     assert chart.locator(".marker").count() >= 1
+                # the step passed; the comparison may still be short of the requests
+                # that rule a worsening out (inconclusive): never a fail
                 row = section.locator("tbody[data-check='errors vs baseline']")
-                assert row.get_attribute("data-verdict") == "pass"
+                assert row.get_attribute("data-verdict") in ("pass", "inconclusive")
             # the judge's changes of mind are marked: from inconclusive to pass on the 50% step
             first = judged.nth(0).locator("svg.chart").first
             assert first.locator(".marker-pass").count() >= 1
