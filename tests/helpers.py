@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,17 @@ class ServerProcess(ManagedProcess):
             "NO_COLOR": "1",
         }
         return run_cli(*args, env=env, input=input, timeout=timeout)
+
+
+@contextmanager
+def running_server(data: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A started `conveyor server` on `data`, stopped (and its client closed) afterwards."""
+    proc = ServerProcess(data, env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        proc.http.close()
 
 
 def run_cli(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fleet import Fleet, running_fleet
-from tests.helpers import ServerProcess, commit, wait_for
+from tests.helpers import ServerProcess, commit, running_server, wait_for
 from tests.notify.receivers import Blackhole, Receiver, refusing_url
 
 # several deployments each: generous on a starved machine, still a hang detector
@@ -38,12 +38,8 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """The server, with three attempts a second apart, each hanging up to 8 s on an
     endpoint that never answers: a dead target is being tried for about 25 s."""
     env = {"CONVEYOR_NOTIFY_TIMEOUT": "16", "CONVEYOR_NOTIFY_RETRY": "1,1"}
-    proc = ServerProcess(tmp_path / "data", env=env).start()
-    try:
+    with running_server(tmp_path / "data", env=env) as proc:
         yield proc
-    finally:
-        proc.stop()
-        proc.http.close()
 
 
 @pytest.fixture
@@ -262,7 +258,9 @@ def test_a_dead_endpoint_delays_no_rollback_and_no_other_target(fleet: Fleet) ->
         f"rollback alone {rollback_alone:.2f} s, "
         f"during dead-endpoint retries {rollback_during:.2f} s"
     )
-    assert rollback_during <= 3 * rollback_alone, (rollback_alone, rollback_during)
+    # one hung attempt holds a send for 8 s: a rollback waiting on it would be that much
+    # slower (a ratio of two sub-second rollbacks is only noise on a loaded machine)
+    assert rollback_during < rollback_alone + 4.0, (rollback_alone, rollback_during)
 
     # queued with the deployment's end, not after a delivery: the rollback's record
     # was never held back by a send

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.fleet import Fleet, LoadGenerator, running_fleet
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, running_server, wait_for
 from tests.web.browser import Visitor, make_token
 from tests.web.checks import no_overflow
 
@@ -87,12 +87,8 @@ class Story:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("web-envs") / "data").start()
-    try:
+    with running_server(tmp_path_factory.mktemp("web-envs") / "data") as proc:
         yield proc
-    finally:
-        proc.stop()
-        proc.http.close()
 
 
 @pytest.fixture(scope="module")

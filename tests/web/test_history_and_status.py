@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fleet import Fleet, running_fleet
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, running_server, wait_for
 from tests.web.browser import Visitor, anonymous, make_token
 from tests.web.checks import no_overflow
 
@@ -35,12 +35,8 @@ ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("history") / "data").start()
-    try:
+    with running_server(tmp_path_factory.mktemp("history") / "data") as proc:
         yield proc
-    finally:
-        proc.stop()
-        proc.http.close()
 
 
 @pytest.fixture(scope="module")

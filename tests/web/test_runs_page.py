@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, commit, make_repo, wait_for
+from tests.helpers import ServerProcess, commit, make_repo, running_server, wait_for
 from tests.web.browser import Visitor, make_token
 from tests.web.checks import no_overflow
 
@@ -42,12 +42,8 @@ new MutationObserver(() => {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module: its runs are independent, each app its own."""
-    proc = ServerProcess(tmp_path_factory.mktemp("runs-page") / "data").start()
-    try:
+    with running_server(tmp_path_factory.mktemp("runs-page") / "data") as proc:
         yield proc
-    finally:
-        proc.stop()
-        proc.http.close()
 
 
 def yml(app: str, test: list[str], build: list[str]) -> str:

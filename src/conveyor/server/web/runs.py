@@ -24,6 +24,7 @@ from conveyor.server.api.deployments import deployment_out
 from conveyor.server.api.runs import abort_run, get_run
 from conveyor.server.web import live, logs
 from conveyor.server.web.ansi import ANSI_CSS
+from conveyor.server.web.answers import refused
 from conveyor.server.web.render import fragment, page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
 from conveyor.store.models import Deployment, Run, Step
@@ -204,17 +205,6 @@ class RunFeed:
         return live.Batch(out, done=complete and not _live(run, deploying))
 
 
-def _problem(request: Request, caller: WebCaller | None, exc: HTTPException) -> Response:
-    return page(
-        request,
-        "message.html",
-        status_code=exc.status_code,
-        caller=caller,
-        title="Not found" if exc.status_code == 404 else "Refused",
-        message=exc.detail,
-    )
-
-
 def run_page_response(
     request: Request, caller: WebCaller, run_id: int, *, error: str | None = None, status: int = 200
 ) -> Response:
@@ -222,7 +212,7 @@ def run_page_response(
         try:
             run = get_run(run_id, caller, session)
         except HTTPException as exc:
-            return _problem(request, caller, exc)
+            return refused(request, caller, exc)
         offsets: dict[int, int] = {}
         steps = []
         for s in run.steps:
