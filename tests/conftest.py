@@ -17,8 +17,9 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests first, those allowed the longest (their timeout) before the others:
-    xdist hands files out in this order, and a long module that starts last keeps one
-    worker busy while the others sit idle."""
+    xdist hands files out in this order (given --no-loadscope-reorder: by default it sorts
+    files by their number of tests), and a long module that starts last keeps one worker
+    busy while the others sit idle."""
 
     def order(item: pytest.Item) -> tuple[int, float]:
         timeout = item.get_closest_marker("timeout")
