@@ -15,11 +15,21 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield proc
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests first, those allowed the longest (their timeout) before the others:
-    xdist hands files out in this order (given --no-loadscope-reorder: by default it sorts
-    files by their number of tests), and a long module that starts last keeps one worker
-    busy while the others sit idle."""
+    """Each file's tests on one worker, slow files first, those allowed the longest
+    (their timeout) before the others.
+
+    Under `--dist loadgroup` a test's xdist_group names its worker's share: by default
+    its file, so a module's fleet is set up once; a test marked with a group of its own
+    (the halves of kill-anywhere) runs beside the rest of its file. xdist hands the
+    groups out in this order (given --no-loadscope-reorder: by default it sorts them by
+    their number of tests), and a long one that starts last keeps one worker busy while
+    the others sit idle.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
     def order(item: pytest.Item) -> tuple[int, float]:
         timeout = item.get_closest_marker("timeout")

@@ -98,7 +98,12 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         assert "on two lines." in head.inner_text()
         assert head.locator(f"[title='{sha}']").inner_text() == sha[:7]
         assert "Test" in head.inner_text() and "deployer" not in head.inner_text()
-        # streamed live, the long log came whole: no page was skipped
+        # streamed live, the long log came whole: no page was skipped (the run may end
+        # before its last lines reach the page: a beat sends at most LIVE_MAX of a log)
+        page.wait_for_function(
+            f"/^row {ROWS}$/m.test(document.querySelector('#steps').innerText)",
+            timeout=30_000,
+        )
         rows = re.findall(r"^row (\d+)$", page.inner_text("#steps"), re.M)
         assert rows == [str(i) for i in range(1, ROWS + 1)]
         no_overflow(visitor)

@@ -24,6 +24,8 @@ log = logging.getLogger("conveyor.agent")
 
 LONG_POLL = LONG_POLL_MAX
 REPORT_EVERY = 2.0
+RETRY_FIRST = 0.5  # seconds before the first retry of a lost server, then doubled
+RETRY_MAX = 5.0
 
 
 def make_router(kind: str, data: Path) -> Router:
@@ -114,13 +116,18 @@ async def _main(
 
 
 async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) -> None:
-    """Long-poll the desired state; losing the server keeps the last one in force."""
-    backoff = 1.0
+    """Long-poll the desired state; losing the server keeps the last one in force.
+
+    A lost server is retried soon, then less often (jittered, at most every 5 s): a
+    restart is usually over within a second or two, and the deployment it resumes waits
+    on what its agents report.
+    """
+    backoff = RETRY_FIRST
     while not stop.is_set():
         after = reconciler.desired.generation if reconciler.desired else -1
         try:
             desired = await link.desired(after, LONG_POLL)
-            backoff = 1.0
+            backoff = RETRY_FIRST
             if reconciler.desired is None or desired.generation != reconciler.desired.generation:
                 log.info("desired state", extra={"generation": desired.generation})
                 reconciler.set_desired(desired)
@@ -131,12 +138,15 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
             await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)  # a restarted server sees its agents again soon
+            backoff = min(backoff * 2, RETRY_MAX)
 
 
 async def _report(
     link: ServerLink, reconciler: Reconciler, router: Router, stop: asyncio.Event
 ) -> None:
+    """Report every REPORT_EVERY or on a change; a report that failed is sent again
+    sooner (from RETRY_FIRST, doubling), so a restarted server hears of its hosts soon."""
+    failures = 0
     while not stop.is_set():
         alive = False
         try:
@@ -148,12 +158,15 @@ async def _report(
         reconciler.changed.clear()
         try:
             await link.report(reconciler.observed(alive))
+            failures = 0
         except Revoked:
-            pass
+            failures = 0
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("report failed", extra={"error": str(exc)})
+            failures += 1
+        wait = min(RETRY_FIRST * 2 ** (failures - 1), REPORT_EVERY) if failures else REPORT_EVERY
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reconciler.changed.wait(), timeout=REPORT_EVERY)
+            await asyncio.wait_for(reconciler.changed.wait(), timeout=wait)
 
 
 async def _watch_router(router: Router, reconciler: Reconciler, stop: asyncio.Event) -> None:
