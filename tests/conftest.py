@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,21 +16,34 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield proc
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each file's tests on one worker, slow files first, those allowed the longest
-    (their timeout) before the others.
+# Files whose tests each set up their own world and may run on different workers at
+# once (the halves of kill-anywhere); the tests of any other file share one worker.
+SPREAD_FILES = {"tests/e2e/test_kill_anywhere.py"}
 
-    Under `--dist loadgroup` a test's xdist_group names its worker's share: by default
-    its file, so a module's fleet is set up once; a test marked with a group of its own
-    (the halves of kill-anywhere) runs beside the rest of its file. xdist hands the
-    groups out in this order (given --no-loadscope-reorder: by default it sorts them by
-    their number of tests), and a long one that starts last keeps one worker busy while
-    the others sit idle.
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but a file of SPREAD_FILES is shared out test by test.
+
+    (xdist's own `loadgroup` cannot do it under pytest 9: it renames items through an
+    attribute pytest no longer reads.)
     """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return nodeid if file in SPREAD_FILES else file
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first, those allowed the longest (their timeout) before the others:
+    xdist hands files out in this order (given --no-loadscope-reorder: by default it sorts
+    files by their number of tests), and a long file that starts last keeps one worker
+    busy while the others sit idle."""
 
     def order(item: pytest.Item) -> tuple[int, float]:
         timeout = item.get_closest_marker("timeout")

@@ -6,7 +6,8 @@ again without it. Every time, every host must end on one release, the record
 must say which, and the load generator must see no failed request.
 
 The crash points are shared out between two fleets that run side by side (the
-odd ones and the even ones), each with its own server and hosts.
+odd ones and the even ones), each with its own server and hosts
+(tests/conftest.py's SPREAD_FILES lets xdist run them on two workers).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def consistent(fleet: Fleet, record: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     "first",
     [
-        pytest.param(1, id="odd", marks=pytest.mark.xdist_group("kill-anywhere-odd")),
-        pytest.param(2, id="even", marks=pytest.mark.xdist_group("kill-anywhere-even")),
+        pytest.param(1, id="odd"),
+        pytest.param(2, id="even"),
     ],
 )
 def test_the_server_killed_after_each_persisted_step_ends_consistent(
