@@ -34,25 +34,26 @@ def test_every_api_route_checks_its_token_and_role(server: ServerProcess) -> Non
     routes = _routes(server)
     assert len(routes) >= 15
     tokens = {role: _token(server, role) for role in ROLES}
-    for method, path, needed in routes:
-        url = f"{server.url}{_concrete(path)}"
-        if needed == "enrolment":  # authenticated by the one-time token in its body
-            r = httpx.post(url, json={"name": "x", "token": "cvy_wrong"})
-            assert r.status_code == 401, (method, path, r.text)
-            continue
-        missing = httpx.request(method, url, json={})
-        assert missing.status_code == 401, (method, path, missing.text)
-        bad = httpx.request(method, url, json={}, headers={"Authorization": "Bearer cvy_nope"})
-        assert bad.status_code == 401, (method, path)
-        for role in ROLES:
-            r = httpx.request(
-                method, url, json={}, headers={"Authorization": f"Bearer {tokens[role]}"}
-            )
-            if needed == "agent" or ROLES.index(role) < ROLES.index(needed):
-                assert r.status_code == 403, (method, path, role, r.text)
-                assert needed in r.json()["detail"], r.text
-            else:
-                assert r.status_code not in (401, 403), (method, path, role, r.text)
+    with httpx.Client(base_url=server.url) as http:  # one client: each costs a TLS context
+        for method, path, needed in routes:
+            url = _concrete(path)
+            if needed == "enrolment":  # authenticated by the one-time token in its body
+                r = http.post(url, json={"name": "x", "token": "cvy_wrong"})
+                assert r.status_code == 401, (method, path, r.text)
+                continue
+            missing = http.request(method, url, json={})
+            assert missing.status_code == 401, (method, path, missing.text)
+            bad = http.request(method, url, json={}, headers={"Authorization": "Bearer cvy_nope"})
+            assert bad.status_code == 401, (method, path)
+            for role in ROLES:
+                r = http.request(
+                    method, url, json={}, headers={"Authorization": f"Bearer {tokens[role]}"}
+                )
+                if needed == "agent" or ROLES.index(role) < ROLES.index(needed):
+                    assert r.status_code == 403, (method, path, role, r.text)
+                    assert needed in r.json()["detail"], r.text
+                else:
+                    assert r.status_code not in (401, 403), (method, path, role, r.text)
 
 
 def test_revoked_token_is_refused(server: ServerProcess) -> None:
@@ -82,3 +83,4 @@ def test_first_start_prints_an_admin_token_once(tmp_path) -> None:  # type: igno
         assert r.json() == {"name": "admin", "role": "admin"}
     finally:
         first.stop()
+        first.http.close()

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor.store.db import database_url, make_engine, migrate, session_factory
 from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run, utcnow
 from tests.deploy.dora_history import COMMITS, HISTORY, WHOLE, P, S
-from tests.helpers import ServerProcess, config, make_repo
+from tests.helpers import ServerProcess, config, make_repo, running_server
 
 DAYS = 30
 
@@ -112,12 +112,8 @@ def recorded(tmp_path: Path) -> Iterator[ServerProcess]:
     data = tmp_path / "data"
     data.mkdir()
     _record(data)
-    server = ServerProcess(data).start()
-    try:
+    with running_server(data) as server:
         yield server
-    finally:
-        server.stop()
-        server.http.close()
 
 
 def _expected(env: str) -> dict[str, Any]:

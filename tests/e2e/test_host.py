@@ -17,7 +17,7 @@ import pytest
 
 from conveyor.demo.sample import sample_config, write_sample_app
 from tests.fleet import AgentProcess, LoadGenerator
-from tests.helpers import ServerProcess, commit, free_port, wait_for
+from tests.helpers import ServerProcess, commit, free_port, plain_http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ class World:
         return str(run["release"])
 
     def serving(self) -> str:
-        return str(httpx.get(self.url, timeout=5).json()["release"])
+        return str(plain_http.get(self.url, timeout=5).json()["release"])
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from conveyor.demo.sample import write_sample_app
-from tests.helpers import ServerProcess, commit, free_port, wait_for
+from tests.helpers import ServerProcess, commit, free_port, plain_http, wait_for
 from tests.netns import NamespacedAgent, NetNamespace, ServerOnAddress, netns_available
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def _left_behind(ns: NetNamespace) -> list[str]:
 
 def _reachable(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return plain_http.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False
 

@@ -27,7 +27,7 @@ from conveyor.analysis.prometheus import PrometheusSource
 from conveyor.analysis.sources import RouterSource
 from conveyor.protocol import ReleaseCounters, RouterMetrics
 from tests.fleet import Fleet, LoadGenerator, running_fleet
-from tests.helpers import ManagedProcess, ServerProcess, free_port, wait_for
+from tests.helpers import ManagedProcess, ServerProcess, free_port, plain_http, wait_for
 
 PROMETHEUS = "/usr/bin/prometheus"
 pytestmark = [
@@ -88,7 +88,7 @@ class PrometheusProcess(ManagedProcess):
         if self.proc.poll() is not None:
             raise AssertionError(f"prometheus exited ({self.proc.returncode}):\n{self.log()}")
         try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            return plain_http.get(f"{self.url}/-/ready", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from conveyor.tls import client_tls
+
 __all__ = ["HealthResult", "ProbeResult", "probe", "wait_healthy"]
 
 PROBE_TIMEOUT = 5.0
@@ -79,7 +81,7 @@ async def probe(
     url = health_url(host, port, path)
     started = time.monotonic()
     # loopback: proxies from the environment must not apply
-    http = client or httpx.AsyncClient(trust_env=False)
+    http = client or httpx.AsyncClient(trust_env=False, verify=client_tls())
     try:
         response = await http.get(url, timeout=timeout, follow_redirects=False)
         status = response.status_code
@@ -111,7 +113,7 @@ async def wait_healthy(
     url = health_url(host, port, path)
     started = time.monotonic()
     deadline = started + timeout
-    http = client or httpx.AsyncClient(trust_env=False)
+    http = client or httpx.AsyncClient(trust_env=False, verify=client_tls())
     attempts = 0
     last: ProbeResult | None = None
 

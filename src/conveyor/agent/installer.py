@@ -38,6 +38,7 @@ from conveyor.agent.errors import InstallError
 from conveyor.agent.records import AgentState, ReleaseRecord, StateFile, fsync_dir
 from conveyor.agent.spawn import indent, log_tail, process_env
 from conveyor.agent.unpack import extract, remove_tree
+from conveyor.tls import client_tls
 
 __all__ = [
     "KEEP_RELEASES",
@@ -140,7 +141,9 @@ class Installer:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
-        http = client or httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True)
+        http = client or httpx.AsyncClient(
+            timeout=DOWNLOAD_TIMEOUT, follow_redirects=True, verify=client_tls()
+        )
         received = 0
         try:
             digest = hashlib.sha256()

@@ -29,6 +29,7 @@ import httpx
 from conveyor.analysis.sources import SourceError
 from conveyor.config.metric_source import DEFAULT_ERRORS, DEFAULT_LATENCY, DEFAULT_REQUESTS
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
+from conveyor.tls import client_tls
 
 KINDS = ("requests", "errors", "latency")
 TIMEOUT = 5.0  # seconds per query: a step waits for the next look rather than hang
@@ -189,7 +190,9 @@ class PrometheusSource:
             for kind, q in rendered.items()
         }
         at = time.time()  # one moment for the three, so they read the same scrapes
-        async with httpx.AsyncClient(timeout=TIMEOUT, transport=self._transport) as http:
+        async with httpx.AsyncClient(
+            timeout=TIMEOUT, transport=self._transport, verify=client_tls()
+        ) as http:
             answers = {
                 kind: await self._query(http, rendered[kind], at, what[kind]) for kind in KINDS
             }

@@ -13,6 +13,7 @@ import httpx
 
 from conveyor.config.environment import VerifyCheck
 from conveyor.protocol import PREVIEW_HEADER
+from conveyor.tls import client_tls
 
 OUTPUT_LIMIT = 8000
 
@@ -60,7 +61,7 @@ async def http_checks(
     wanted = [c for c in checks if c.http is not None]
     if not wanted:
         return []
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=client_tls()) as client:
         return list(
             await asyncio.gather(
                 *(
