@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import logging
 
-import h11
-
 from conveyor.router.metrics import prometheus_text
 from conveyor.router.spec import Router
+from conveyor.router.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.agent")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTER_TIMEOUT = 5.0  # seconds: a scrape fails rather than hangs on a stuck router
+MAX_BODY = 64 * 1024  # a scrape sends none; a client that sends more is cut off
 
 
 class ExporterError(Exception):
@@ -80,44 +80,8 @@ class MetricsExporter:
         return 200, prometheus_text(metrics, host=self.host_name)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await _request(conn, reader)
-                if request is None:
-                    break
-                status, text = await self.answer(*request)
-                body = text.encode()
-                headers = [
-                    ("Content-Type", CONTENT_TYPE if status == 200 else "text/plain"),
-                    ("Content-Length", str(len(body))),
-                ]
-                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-                if request[0] != "HEAD":
-                    writer.write(conn.send(h11.Data(data=body)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break
-                conn.start_next_cycle()
-        except (h11.ProtocolError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await serve_connection(reader, writer, self._reply, MAX_BODY)
 
-
-async def _request(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[str, str] | None:
-    """The method and target of the next request (its body, if any, is read and ignored)."""
-    method = target = ""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            method, target = event.method.decode(), event.target.decode()
-        elif isinstance(event, h11.EndOfMessage):
-            return method, target
-        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return None
+    async def _reply(self, request: Request) -> Reply:
+        status, text = await self.answer(request.method, request.target)
+        return Reply(status, text.encode(), CONTENT_TYPE if status == 200 else "text/plain")

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import h11
 from pydantic import ValidationError
 
 from conveyor.router.metrics import prometheus_text
 from conveyor.router.proxy import ApplyError, Proxy
 from conveyor.router.spec import RouteSpec
+from conveyor.router.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.router")
 
@@ -90,58 +90,15 @@ class AdminServer:
                 self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await self._read(conn, reader)
-                if request is None:
-                    break
-                method, target, body = request
-                try:
-                    reply = await self.dispatch(method, target, body)
-                except Exception as exc:
-                    log.exception("admin request failed", extra={"target": target})
-                    reply = _error(500, f"internal error: {exc}")
-                headers = [
-                    ("Content-Type", reply.content_type),
-                    ("Content-Length", str(len(reply.body))),
-                ]
-                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=reply.body)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break
-                conn.start_next_cycle()
-        except (h11.ProtocolError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await serve_connection(reader, writer, self._answer, MAX_BODY)
 
-    async def _read(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[str, str, bytes] | None:
-        method = target = ""
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                method = event.method.decode()
-                target = event.target.decode()
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_BODY:
-                    raise h11.RemoteProtocolError("request body too large")
-            elif isinstance(event, h11.EndOfMessage):
-                return method, target, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
+    async def _answer(self, request: Request) -> Reply:
+        try:
+            reply = await self.dispatch(request.method, request.target, request.body)
+        except Exception as exc:
+            log.exception("admin request failed", extra={"target": request.target})
+            reply = _error(500, f"internal error: {exc}")
+        return Reply(reply.status, reply.body, reply.content_type)
 
     async def dispatch(self, method: str, target: str, body: bytes) -> _Reply:
         path = target.split("?", 1)[0].rstrip("/") or "/"
