@@ -160,3 +160,23 @@ def test_time_ticks_edges(lo: float, hi: float, ticks: list[float]) -> None:
 )
 def test_formats(format: Callable[[float], str], value: float, text: str) -> None:
     assert format(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0, "0"),
+        (0.25, "0.25"),
+        (12.5, "12.5"),
+        (1333.3, "1.33k"),
+        (2_500_000, "2.5M"),
+        (0.0243, "0.0243"),
+        (3.13e-20, "3.13e-20"),
+        (4.1e15, "4.1e+15"),
+        (-0.5, "-0.5"),
+    ],
+)
+def test_number_reads_short_near_1_and_in_scientific_notation_far_from_it(
+    value: float, shown: str
+) -> None:
+    assert number(value) == shown

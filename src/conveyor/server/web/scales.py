@@ -100,7 +100,10 @@ def _significant(v: float, digits: int = 3) -> str:
 
 
 def number(v: float) -> str:
-    """A count or a rate in 3 significant digits: 0.25, 12.5, 2.5k, 1.2M."""
+    """A count or a rate in 3 significant digits: 0.25, 12.5, 2.5k, 1.2M; and in
+    scientific notation far from 1 (a test's evidence can be 3.13e-20 or 4.1e+15)."""
+    if v != 0 and math.isfinite(v) and not 1e-3 <= abs(v) < 1e12:
+        return f"{v:.3g}"
     for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= limit:
             return _significant(v / limit) + suffix
