@@ -43,20 +43,14 @@ def describe_validation(exc: ValidationError) -> str:
     return "invalid route spec: " + "; ".join(parts)
 
 
-class _Reply:
-    __slots__ = ("body", "content_type", "status")
-
-    def __init__(self, status: int, body: Any, content_type: str = _JSON) -> None:
-        self.status = status
-        self.content_type = content_type
-        if content_type == _JSON:
-            self.body = json.dumps(body).encode()
-        else:
-            self.body = str(body).encode()
+def _reply(status: int, body: Any, content_type: str = _JSON) -> Reply:
+    """A reply whose body is JSON (or, with another content type, the text of `body`)."""
+    data = json.dumps(body) if content_type == _JSON else str(body)
+    return Reply(status, data.encode(), content_type)
 
 
-def _error(status: int, message: str) -> _Reply:
-    return _Reply(status, {"error": message})
+def _error(status: int, message: str) -> Reply:
+    return _reply(status, {"error": message})
 
 
 class AdminServer:
@@ -98,13 +92,13 @@ class AdminServer:
         except Exception as exc:
             log.exception("admin request failed", extra={"target": request.target})
             reply = _error(500, f"internal error: {exc}")
-        return Reply(reply.status, reply.body, reply.content_type)
+        return reply
 
-    async def dispatch(self, method: str, target: str, body: bytes) -> _Reply:
+    async def dispatch(self, method: str, target: str, body: bytes) -> Reply:
         path = target.split("?", 1)[0].rstrip("/") or "/"
         proxy = self.proxy
         if path == "/healthz" and method == "GET":
-            return _Reply(
+            return _reply(
                 200,
                 {
                     "status": "ok",
@@ -114,19 +108,19 @@ class AdminServer:
                 },
             )
         if path == "/metrics" and method == "GET":
-            return _Reply(200, proxy.metrics.snapshot().model_dump(mode="json"))
+            return _reply(200, proxy.metrics.snapshot().model_dump(mode="json"))
         if path == "/metrics/prometheus" and method == "GET":
-            return _Reply(
+            return _reply(
                 200,
                 prometheus_text(proxy.metrics.snapshot()),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/apps" and method == "GET":
             specs = {name: spec.model_dump(mode="json") for name, spec in proxy.specs().items()}
-            return _Reply(200, {"apps": specs})
+            return _reply(200, {"apps": specs})
         if path == "/shutdown" and method == "POST":
             asyncio.get_running_loop().call_soon(self.on_shutdown)
-            return _Reply(202, {"status": "stopping"})
+            return _reply(202, {"status": "stopping"})
         if path.startswith("/apps/"):
             name = path.removeprefix("/apps/")
             if not name or "/" in name:
@@ -135,17 +129,17 @@ class AdminServer:
                 return await self._put(name, body)
             if method == "DELETE":
                 if await proxy.remove(name):
-                    return _Reply(200, {"removed": name})
+                    return _reply(200, {"removed": name})
                 return _error(404, f"no app named {name!r} on this router")
             if method == "GET":
                 spec = proxy.specs().get(name)
                 if spec is None:
                     return _error(404, f"no app named {name!r} on this router")
-                return _Reply(200, spec.model_dump(mode="json"))
+                return _reply(200, spec.model_dump(mode="json"))
             return _error(405, f"{method} is not allowed on {path}")
         return _error(404, f"no such resource: {method} {path}")
 
-    async def _put(self, name: str, body: bytes) -> _Reply:
+    async def _put(self, name: str, body: bytes) -> Reply:
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -163,4 +157,4 @@ class AdminServer:
             await self.proxy.apply(spec)
         except ApplyError as exc:
             return _error(exc.status, exc.message)
-        return _Reply(200, spec.model_dump(mode="json"))
+        return _reply(200, spec.model_dump(mode="json"))
