@@ -54,10 +54,10 @@ async def test_stops_early_when_the_process_died(data: Path, app_dir: Path) -> N
         inst = await sup.start("shop", "r1", app_dir, "sleep 1.5; echo dying; exit 7", {})
         started = time.monotonic()
         result = await wait_healthy(
-            "127.0.0.1", inst.port, "/healthz", 0.1, 30, should_abort=lambda: sup.exit_reason(inst)
+            "127.0.0.1", inst.port, "/healthz", 0.1, 20, should_abort=lambda: sup.exit_reason(inst)
         )
-        # stopped by the death, far before the 30 s the wait allowed
-        assert time.monotonic() - started < 15
+        # stopped by the death (at 1.5 s), long before the 20 s the wait allowed
+        assert time.monotonic() - started < 4
         assert not result.ok
         assert result.aborted is not None and "exit code 7" in result.aborted
         assert result.attempts >= 1 and "ConnectError" in result.detail

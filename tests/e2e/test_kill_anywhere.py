@@ -139,11 +139,12 @@ def test_the_server_killed_after_each_persisted_step_ends_consistent(
             k += 2
     for outcome in outcomes:
         print(outcome)
-    # every other step of the canary was a crash point: 8 or more of them between the two
-    assert len(outcomes) >= 4, outcomes
+    # every other persisted step of the canary was a crash point: the server died at 4 or
+    # more of them in each half, so at 8 or more between the two (as many as in one run)
+    assert sum(died for _, died, _, _ in outcomes) >= 4, outcomes
     # the load never stopped, so every canary step could be judged and the deployment
     # ran through wherever the server died
     assert all(state == "succeeded" for _, _, state, _ in outcomes), outcomes
     result = load.result
-    assert result.sent > 250
+    assert result.sent > 500
     assert result.failures == 0, (result.errors[:5], result.statuses)
