@@ -18,6 +18,7 @@ from typing import Protocol
 
 from conveyor.analysis.window import combine
 from conveyor.protocol import ReleaseCounters, RouterMetrics
+from conveyor.threads import in_thread
 
 
 class SourceError(Exception):
@@ -52,7 +53,7 @@ class RouterSource:
     async def read(
         self, app: str, releases: list[str], hosts: list[str]
     ) -> dict[str, ReleaseCounters]:
-        reports = self._observe(hosts)
+        reports = await in_thread(self._observe, hosts)  # it reads the database
         out: dict[str, ReleaseCounters] = {}
         for release in releases:
             totals = []

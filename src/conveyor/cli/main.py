@@ -97,13 +97,37 @@ def server(
     url: Annotated[
         str | None, typer.Option(help="Public URL of this server, for webhook URLs.")
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, envvar="CONVEYOR_THREADS", help="Requests served at once by threads."
+        ),
+    ] = 40,
+    db_pool: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1000,
+            envvar="CONVEYOR_DB_POOL",
+            help="Database connections for requests (default: threads + 4).",
+        ),
+    ] = None,
+    db_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            max=300,
+            envvar="CONVEYOR_DB_WAIT",
+            help="Seconds a request waits for a connection or a lock before 503.",
+        ),
+    ] = 5.0,
 ) -> None:
     """Run the controller: API, webhooks, engine."""
     from conveyor.server.serve import serve
 
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
         fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
-    serve(data, listen, db, url)
+    serve(data, listen, db, url, threads=threads, db_pool=db_pool, db_wait=db_wait)
 
 
 # -- apps -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from conveyor.protocol import (
     ServiceSpec,
 )
 from conveyor.store.models import App, Host, HostApp, Release
+from conveyor.threads import call_on_loop
 
 
 class DesiredStateError(Exception):
@@ -29,10 +30,15 @@ class Notifier:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
+    def bind(self) -> None:
+        """Remember the server's loop: `changed` may then be called from any thread."""
+        self._loop = asyncio.get_running_loop()
+
     def changed(self, host: str) -> None:
-        self._events[host].set()
+        call_on_loop(self._loop, self._events[host].set)
 
     def close(self) -> None:
         """End every long-poll now (the server is stopping): agents simply poll again."""
@@ -41,6 +47,7 @@ class Notifier:
             event.set()
 
     async def wait(self, host: str, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.closed:
             return
         event = self._events[host]

@@ -19,6 +19,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from conveyor.notify import Announcer
 from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
+from conveyor.threads import Wakeup, in_thread, offloaded
 
 log = logging.getLogger("conveyor.deploy")
 
@@ -91,7 +93,7 @@ class DeployEngine:
         self.notifier = notifier
         self.store = store
         self.mirror = mirror
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()  # set from request threads and the engines' threads
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
         self._failures_seen: dict[tuple[int, str], float] = {}
@@ -123,6 +125,7 @@ class DeployEngine:
         self._wake.set()
 
     async def serve(self) -> None:
+        self._wake.bind()
         while not self._stopping:
             try:
                 await self._schedule()
@@ -151,6 +154,20 @@ class DeployEngine:
     # -- scheduling ---------------------------------------------------------
 
     async def _schedule(self) -> None:
+        starting, ids = await in_thread(self._pending)
+        for deployment_id in starting:
+            await self._start(deployment_id)
+            ids.append(deployment_id)
+        for deployment_id in ids:
+            if deployment_id not in self._tasks and not self._stopping:
+                task = asyncio.create_task(
+                    self._drive(deployment_id), name=f"deploy-{deployment_id}"
+                )
+                self._tasks[deployment_id] = task
+                task.add_done_callback(functools.partial(self._finished, deployment_id))
+
+    def _pending(self) -> tuple[list[int], list[int]]:
+        """Gate the pending deployments: (the ids that may start, the ids acting)."""
         starting: list[int] = []
         with self.sessions() as session:
             acting = session.scalars(select(Deployment).where(Deployment.state.in_(ACTING))).all()
@@ -180,16 +197,7 @@ class DeployEngine:
                     continue
                 starting.append(d.id)
             session.commit()
-        for deployment_id in starting:
-            await self._start(deployment_id)
-            ids.append(deployment_id)
-        for deployment_id in ids:
-            if deployment_id not in self._tasks and not self._stopping:
-                task = asyncio.create_task(
-                    self._drive(deployment_id), name=f"deploy-{deployment_id}"
-                )
-                self._tasks[deployment_id] = task
-                task.add_done_callback(functools.partial(self._finished, deployment_id))
+        return starting, ids
 
     def _finished(self, deployment_id: int, _task: object = None) -> None:
         self._tasks.pop(deployment_id, None)
@@ -197,15 +205,29 @@ class DeployEngine:
 
     async def _start(self, deployment_id: int) -> None:
         """Resolve the hosts, record what they run now, plan the steps: all before acting."""
-        with self.sessions() as session:
-            d = session.get_one(Deployment, deployment_id)
-            release = d.release
-            config, env = environment(release, d.environment)
+
+        def read() -> tuple[Release, Config, Environment]:
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                release = d.release
+                return (release, *environment(release, d.environment))
+
+        release, config, env = await in_thread(read)
         problem: str | None = None
         try:
             names = await self._inventory(env, release, deployment_id)
         except GateError as exc:
             names, problem = [], str(exc)
+        await in_thread(self._plan, deployment_id, names, problem, config, env)
+
+    def _plan(
+        self,
+        deployment_id: int,
+        names: list[str],
+        problem: str | None,
+        config: Config,
+        env: Environment,
+    ) -> None:
         with self.sessions() as session:
             d = session.get_one(Deployment, deployment_id)
             if d.state not in PENDING:
@@ -328,23 +350,39 @@ class DeployEngine:
             raise
         except Exception as exc:  # a bug must not leave hosts half-way: roll back
             log.exception("deployment crashed", extra={"deployment": deployment_id})
-            with self.sessions() as session:
-                d = session.get_one(Deployment, deployment_id)
-                if d.state == "running":
-                    step = next((s for s in d.steps if s.state in ("pending", "running")), None)
-                    self._fail(session, d, step, f"internal error: {exc}")
-                    session.commit()
+            await in_thread(self._crashed, deployment_id, exc)
         finally:
-            if self._deployment_ended(deployment_id):
-                shutil.rmtree(self.data / "work" / f"deploy-{deployment_id}", ignore_errors=True)
+            await in_thread(self._clean_up, deployment_id)
 
-    def _deployment_ended(self, deployment_id: int) -> bool:
+    def _crashed(self, deployment_id: int, exc: Exception) -> None:
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state == "running":
+                step = next((s for s in d.steps if s.state in ("pending", "running")), None)
+                self._fail(session, d, step, f"internal error: {exc}")
+                session.commit()
+
+    def _clean_up(self, deployment_id: int) -> None:
         with self.sessions() as session:
             d = session.get(Deployment, deployment_id)
-            return d is None or d.state not in ACTING
+            ended = d is None or d.state not in ACTING
+        if ended:
+            shutil.rmtree(self.data / "work" / f"deploy-{deployment_id}", ignore_errors=True)
 
     async def _advance(self, deployment_id: int) -> bool:
         """One look at a deployment; acts at most once. True when it has ended."""
+        look = await in_thread(self._look, deployment_id)
+        if isinstance(look, bool):
+            return look
+        kind, step_id, env = look
+        if kind == "verify":
+            await self._verify(deployment_id, step_id, env)
+            return False
+        await self._watch(deployment_id, step_id, env)
+        return False
+
+    def _look(self, deployment_id: int) -> bool | tuple[str, int, Environment]:
+        """The records' part of a look: ended (True), acted (False), or the step to watch."""
         with self.sessions() as session:
             d = session.get_one(Deployment, deployment_id)
             if d.state not in ACTING:
@@ -361,13 +399,7 @@ class DeployEngine:
             _, env = environment(d.release, d.environment)
             if step.state == "pending":
                 return self._begin_step(session, d, step)
-            kind = step.kind
-            step_id = step.id
-        if kind == "verify":
-            await self._verify(deployment_id, step_id, env)
-            return False
-        await self._watch(deployment_id, step_id, env)
-        return False
+            return step.kind, step.id, env
 
     def _begin_step(self, session: Session, d: Deployment, step: DeploymentStep) -> bool:
         targets = _load_targets(step.targets)
@@ -396,21 +428,38 @@ class DeployEngine:
 
     async def _watch(self, deployment_id: int, step_id: int, env: Environment) -> None:
         """A step that wrote desired state: wait for the hosts, then checks and pause."""
-        with self.sessions() as session:
-            d = session.get_one(Deployment, deployment_id)
-            step = session.get_one(DeploymentStep, step_id)
-            detail = json.loads(step.detail)
-            options = detail.get("options", {})
-            targets = _load_targets(step.targets)
-            generations: dict[str, int] = detail.get("generations", {})
-            views = _views(session, list(targets))
-            app_name = d.app.name
-            release = d.release_id
-            config = Config.model_validate_json(d.release.config or "{}")
-            rollback = step.kind == "rollback"
-            step_name = step.name
-            started = step.started_at or utcnow()
-            elapsed = (utcnow() - started).total_seconds()
+
+        def read() -> _Watched:
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                step = session.get_one(DeploymentStep, step_id)
+                detail = json.loads(step.detail)
+                targets = _load_targets(step.targets)
+                started = step.started_at or utcnow()
+                return _Watched(
+                    detail=detail,
+                    targets=targets,
+                    views=_views(session, list(targets)),
+                    app_name=d.app.name,
+                    release=d.release_id,
+                    config=Config.model_validate_json(d.release.config or "{}"),
+                    rollback=step.kind == "rollback",
+                    step_name=step.name,
+                    elapsed=(utcnow() - started).total_seconds(),
+                )
+
+        w = await in_thread(read)
+        detail, targets, views, app_name, release, config = (
+            w.detail,
+            w.targets,
+            w.views,
+            w.app_name,
+            w.release,
+            w.config,
+        )
+        options = detail.get("options", {})
+        generations: dict[str, int] = detail.get("generations", {})
+        rollback, step_name, elapsed = w.rollback, w.step_name, w.elapsed
         assert config.service is not None
         states = {
             name: host_progress(views[name], app_name, generations.get(name, 0), items)
@@ -426,10 +475,10 @@ class DeployEngine:
             return
         for name, (progress, message) in states.items():
             if progress == Progress.FAILED and self._confirmed_failure(step_id, name):
-                self._fail_now(deployment_id, step_id, message or f"failed on {name}")
+                await self._fail_now(deployment_id, step_id, message or f"failed on {name}")
                 return
             if progress == Progress.OFFLINE:
-                self._fail_now(
+                await self._fail_now(
                     deployment_id,
                     step_id,
                     f"host {name} lost its connection to the server during {step_name!r} "
@@ -441,7 +490,7 @@ class DeployEngine:
             limit = config.service.health.timeout + CONVERGE_MARGIN
             if elapsed > limit:
                 errors = _host_errors(views, waiting, app_name)
-                self._fail_now(
+                await self._fail_now(
                     deployment_id,
                     step_id,
                     f"host(s) {', '.join(waiting)} did not reach {step_name!r} within "
@@ -454,17 +503,17 @@ class DeployEngine:
                 env.verify, urls, preview=release if options.get("preview") else None
             )
             failed = [r.line for r in results if not r.ok]
-            self._log(step_id, [r.line for r in results])
+            await self._log(step_id, [r.line for r in results])
             if failed:
-                self._fail_now(deployment_id, step_id, "check failed: " + "; ".join(failed))
+                await self._fail_now(deployment_id, step_id, "check failed: " + "; ".join(failed))
                 return
-            self._update_detail(step_id, checked=True)
+            await self._update_detail(step_id, checked=True)
         pause = float(options.get("pause") or 0)
         if pause > 0 and not await self._watch_pause(
             deployment_id, step_id, env, list(targets), app_name, release, pause
         ):
             return
-        self._end_step(deployment_id, step_id)
+        await self._end_step(deployment_id, step_id)
 
     async def _watch_pause(
         self,
@@ -478,15 +527,22 @@ class DeployEngine:
     ) -> bool:
         """A canary step's pause or the watch window, judged; True once the step may end."""
         now = time.time()
-        with self.sessions() as session:
-            step = session.get_one(DeploymentStep, step_id)
-            d = session.get_one(Deployment, deployment_id)
-            detail = json.loads(step.detail)
-            monitor = step.kind == "monitor"
-            baseline = d.previous_release if d.previous_release != release else None
-            carried = carried_judge(d, step)
+
+        def read() -> tuple[dict[str, Any], bool, str | None, JudgeState | None]:
+            with self.sessions() as session:
+                step = session.get_one(DeploymentStep, step_id)
+                d = session.get_one(Deployment, deployment_id)
+                baseline = d.previous_release if d.previous_release != release else None
+                return (
+                    json.loads(step.detail),
+                    step.kind == "monitor",
+                    baseline,
+                    carried_judge(d, step),
+                )
+
+        detail, monitor, baseline, carried = await in_thread(read)
         if "watch_from" not in detail:
-            self._update_detail(step_id, watch_from=now)
+            await self._update_detail(step_id, watch_from=now)
             return False
         elapsed = now - float(detail["watch_from"])
         analysis = env.analysis
@@ -510,10 +566,10 @@ class DeployEngine:
             counters = await self.metric_source(analysis).read(app, releases, hosts)
         except SourceError as exc:
             if detail.get("source_error") != str(exc):
-                self._log(step_id, [f"metrics: {exc}"])
-                self._update_detail(step_id, source_error=str(exc))
+                await self._log(step_id, [f"metrics: {exc}"])
+                await self._update_detail(step_id, source_error=str(exc))
             if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
-                self._fail_now(deployment_id, step_id, f"metrics unavailable: {exc}")
+                await self._fail_now(deployment_id, step_id, f"metrics unavailable: {exc}")
             return False
         if "judge" in detail:
             state = JudgeState.model_validate(detail["judge"])
@@ -528,7 +584,7 @@ class DeployEngine:
         verdict = decide(state, settings, now)
         judgement = verdict.model_dump(mode="json")
         if last.get("verdict") != verdict.verdict:
-            self._log(
+            await self._log(
                 step_id,
                 [
                     f"analysis: {verdict.verdict} after {verdict.requests} requests"
@@ -537,12 +593,14 @@ class DeployEngine:
                 + [f"  {e.check}: {e.summary}" for e in verdict.evidence],
             )
         series = series_point(detail, look, verdict.verdict)
-        self._update_detail(
+        await self._update_detail(
             step_id, judge=state.model_dump(mode="json"), judgement=judgement, **series
         )
         if verdict.verdict == Verdict.FAIL:
             what = "monitor" if monitor else "analysis"
-            self._fail_now(deployment_id, step_id, f"{what} failed: " + "; ".join(verdict.reasons))
+            await self._fail_now(
+                deployment_id, step_id, f"{what} failed: " + "; ".join(verdict.reasons)
+            )
             return False
         if monitor:
             return elapsed >= pause
@@ -551,7 +609,7 @@ class DeployEngine:
         # counters arrive with agents' reports (every 2 s, later on a busy host): never give
         # up on traffic before several reports had their chance
         if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
-            self._fail_now(
+            await self._fail_now(
                 deployment_id,
                 step_id,
                 "not enough traffic to judge the release: " + "; ".join(verdict.reasons),
@@ -580,6 +638,16 @@ class DeployEngine:
             notes.append(f"{', '.join(pending)} had not confirmed after {ROLLBACK_WAIT:g} s")
         if failed:
             notes.append("; ".join(failed))
+        await in_thread(self._rolled_back, deployment_id, step_id, pending, failed, notes)
+
+    def _rolled_back(
+        self,
+        deployment_id: int,
+        step_id: int,
+        pending: list[str],
+        failed: list[str],
+        notes: list[str],
+    ) -> None:
         with self.sessions() as session:
             d = session.get_one(Deployment, deployment_id)
             step = session.get_one(DeploymentStep, step_id)
@@ -595,24 +663,27 @@ class DeployEngine:
             self._committed("deployment rolled back", deployment=d.id, state=final)
 
     async def _verify(self, deployment_id: int, step_id: int, env: Environment) -> None:
-        with self.sessions() as session:
-            d = session.get_one(Deployment, deployment_id)
-            step = session.get_one(DeploymentStep, step_id)
-            if step.state == "pending":
-                step.state, step.started_at = "running", utcnow()
-                session.commit()
-            hosts = json.loads(d.touched)
-            views = _views(session, hosts)
-            release = d.release
-            config = Config.model_validate_json(release.config or "{}")
-            secrets = [s.value for s in d.app.secrets]
-            meta = {
-                "CONVEYOR_APP": d.app.name,
-                "CONVEYOR_ENVIRONMENT": d.environment,
-                "CONVEYOR_RELEASE": release.id,
-                "CONVEYOR_SHA": release.sha,
-                "CONVEYOR_DEPLOYMENT": str(d.id),
-            }
+        def read() -> tuple[list[str], dict[str, HostView], Release, list[str], dict[str, str]]:
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                step = session.get_one(DeploymentStep, step_id)
+                if step.state == "pending":
+                    step.state, step.started_at = "running", utcnow()
+                    session.commit()
+                hosts = json.loads(d.touched)
+                release = d.release
+                meta = {
+                    "CONVEYOR_APP": d.app.name,
+                    "CONVEYOR_ENVIRONMENT": d.environment,
+                    "CONVEYOR_RELEASE": release.id,
+                    "CONVEYOR_SHA": release.sha,
+                    "CONVEYOR_DEPLOYMENT": str(d.id),
+                }
+                secrets = [s.value for s in d.app.secrets]
+                return hosts, _views(session, hosts), release, secrets, meta
+
+        hosts, views, release, secrets, meta = await in_thread(read)
+        config = Config.model_validate_json(release.config or "{}")
         assert config.service is not None
         urls = {n: u for n in hosts if (u := views[n].url(config.service.port))}
         lines: list[str] = []
@@ -632,11 +703,11 @@ class DeployEngine:
                 if not result.ok:
                     failed.append(result.line.split("\n", 1)[0])
                     break
-        self._log(step_id, lines)
+        await self._log(step_id, lines)
         if failed:
-            self._fail_now(deployment_id, step_id, "verify failed: " + "; ".join(failed))
+            await self._fail_now(deployment_id, step_id, "verify failed: " + "; ".join(failed))
             return
-        self._end_step(deployment_id, step_id)
+        await self._end_step(deployment_id, step_id)
 
     # -- record keeping -----------------------------------------------------
 
@@ -645,6 +716,7 @@ class DeployEngine:
         first = self._failures_seen.setdefault(key, time.monotonic())
         return time.monotonic() - first >= FAILURE_CONFIRM
 
+    @offloaded
     def _update_detail(self, step_id: int, **values: Any) -> None:
         with self.sessions() as session:
             step = session.get_one(DeploymentStep, step_id)
@@ -653,6 +725,7 @@ class DeployEngine:
             step.detail = json.dumps(detail)
             session.commit()
 
+    @offloaded
     def _log(self, step_id: int, lines: list[str]) -> None:
         if not lines:
             return
@@ -662,6 +735,7 @@ class DeployEngine:
             step.log = (step.log + "".join(f"{stamp} {line}\n" for line in lines))[-64000:]
             session.commit()
 
+    @offloaded
     def _end_step(self, deployment_id: int, step_id: int) -> None:
         with self.sessions() as session:
             step = session.get_one(DeploymentStep, step_id)
@@ -669,6 +743,7 @@ class DeployEngine:
             session.commit()
             self._committed("step succeeded", deployment=deployment_id, step=step.name)
 
+    @offloaded
     def _fail_now(self, deployment_id: int, step_id: int, reason: str) -> None:
         with self.sessions() as session:
             d = session.get_one(Deployment, deployment_id)
@@ -741,6 +816,21 @@ class DeployEngine:
         )
         if self.announcer is not None:
             self.announcer.deployment_ended(d)
+
+
+@dataclass(frozen=True)
+class _Watched:
+    """What a look at a step that wrote desired state reads from the records."""
+
+    detail: dict[str, Any]
+    targets: Targets
+    views: dict[str, HostView]
+    app_name: str
+    release: str
+    config: Config
+    rollback: bool
+    step_name: str
+    elapsed: float
 
 
 def _context(

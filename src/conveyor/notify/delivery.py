@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.pipeline.masking import Masker
 from conveyor.store.models import Notification, utcnow
+from conveyor.threads import in_thread
 
 log = logging.getLogger("conveyor.notify")
 
@@ -119,7 +120,7 @@ class Courier:
         await asyncio.to_thread(_prepare_apprise)
         while not self._stopping:
             try:
-                self._start_due()
+                await self._start_due()
             except Exception:
                 log.exception("notification courier error")
             self._wake.clear()
@@ -135,29 +136,34 @@ class Courier:
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
 
-    def _start_due(self) -> None:
+    async def _start_due(self) -> None:
         free = IN_FLIGHT - len(self._tasks)
         if free <= 0:
             return
-        now = utcnow()
-        with self.sessions() as session:
-            ids = session.scalars(
-                select(Notification.id)
-                .where(
-                    Notification.state == "pending",
-                    or_(
-                        Notification.next_attempt_at.is_(None),
-                        Notification.next_attempt_at <= now,
-                    ),
-                    Notification.id.not_in(list(self._tasks)),
-                )
-                .order_by(Notification.id)
-                .limit(free)
-            ).all()
-        for row_id in ids:
+        for row_id in await in_thread(self._due, free, list(self._tasks)):
             task = asyncio.create_task(self._deliver(row_id), name=f"notify-{row_id}")
             self._tasks[row_id] = task
             task.add_done_callback(functools.partial(self._done, row_id))
+
+    def _due(self, free: int, busy: list[int]) -> list[int]:
+        """The pending rows whose attempt is due, not being sent already."""
+        now = utcnow()
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(Notification.id)
+                    .where(
+                        Notification.state == "pending",
+                        or_(
+                            Notification.next_attempt_at.is_(None),
+                            Notification.next_attempt_at <= now,
+                        ),
+                        Notification.id.not_in(busy),
+                    )
+                    .order_by(Notification.id)
+                    .limit(free)
+                ).all()
+            )
 
     def _done(self, row_id: int, _task: object = None) -> None:
         self._tasks.pop(row_id, None)
@@ -167,20 +173,34 @@ class Courier:
     async def _deliver(self, row_id: int) -> None:
         policy = self.policy
         deadline = policy.timeout + 1.0  # Apprise's own socket timeouts come first
+        leased = await in_thread(self._lease, row_id, deadline)
+        if leased is None:
+            return
+        url, title, body, event, attempt = leased
+        shown = shown_url(url)
+        error = await self._attempt(url, title, body, notify_type(event), deadline)
+        await in_thread(self._record, row_id, shown, event, attempt, url, error)
+
+    def _lease(self, row_id: int, deadline: float) -> tuple[str, str, str, str, int] | None:
+        """Count the attempt before making it: (url, title, body, event, attempt), or None."""
+        policy = self.policy
         with self.sessions() as session:
             row = session.get(Notification, row_id)
             if row is None or row.state != "pending":
-                return
+                return None
             row.attempts += 1
             # the lease: if this process dies during the attempt, the next one retries then
             row.next_attempt_at = utcnow() + timedelta(
                 seconds=deadline + (policy.retry_after(row.attempts) or 0)
             )
             session.commit()
-            url, title, body, event = row.target, row.title, row.body, row.event
-            attempt = row.attempts
-        shown = shown_url(url)
-        error = await self._attempt(url, title, body, notify_type(event), deadline)
+            return row.target, row.title, row.body, row.event, row.attempts
+
+    def _record(
+        self, row_id: int, shown: str, event: str, attempt: int, url: str, error: str | None
+    ) -> None:
+        """What the attempt came to: sent, retried later, or given up."""
+        policy = self.policy
         with self.sessions() as session:
             row = session.get(Notification, row_id)
             if row is None:

@@ -33,9 +33,10 @@ from conveyor.pipeline.process import (
     step_marker,
 )
 from conveyor.pipeline.runs import enqueue_run, interrupted_steps, next_runnable, recover_runs
-from conveyor.releases.artifact import ArtifactError, build_artifact
+from conveyor.releases.artifact import ArtifactError, BuiltArtifact, build_artifact
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.models import App, Release, Run, Step, utcnow
+from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
 log = logging.getLogger("conveyor.engine")
 
@@ -91,7 +92,8 @@ class Engine:
         self.paths = Paths(data_dir)
         self.store = ArtifactStore(self.paths.artifacts)
         self.parallel = parallel
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()  # set from request threads and the background threads
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancels: dict[int, asyncio.Event] = {}
         self._polling: set[int] = set()
@@ -103,10 +105,11 @@ class Engine:
         self._wake.set()
 
     def cancel(self, run_id: int) -> bool:
+        """Abort a run underway (callable from any thread)."""
         event = self._cancels.get(run_id)
         if event is None:
             return False
-        event.set()
+        call_on_loop(self._loop, event.set)
         return True
 
     def recover(self) -> None:
@@ -127,10 +130,12 @@ class Engine:
             session.commit()
 
     async def serve(self) -> None:
-        self.recover()
+        self._loop = asyncio.get_running_loop()
+        self._wake.bind()
+        await in_thread(self.recover)
         while not self._stopping:
             try:
-                self._start_runnable()
+                await self._start_runnable()
                 await self._poll_due()
             except Exception:
                 log.exception("engine loop error")
@@ -146,22 +151,25 @@ class Engine:
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=10)
 
-    def _start_runnable(self) -> None:
+    async def _start_runnable(self) -> None:
         free = self.parallel - len(self._tasks)
         if free <= 0:
             return
+        for run_id in await in_thread(self._take_runnable, free):
+            self._cancels[run_id] = asyncio.Event()
+            task = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
+            self._tasks[run_id] = task
+            task.add_done_callback(functools.partial(self._finished, run_id))
+
+    def _take_runnable(self, free: int) -> list[int]:
+        """Mark up to `free` queued runs running; their ids."""
         with self.sessions() as session:
             runs = next_runnable(session, free)
             for run in runs:
                 run.state = "running"
                 run.started_at = run.started_at or utcnow()
             session.commit()
-            ids = [r.id for r in runs]
-        for run_id in ids:
-            self._cancels[run_id] = asyncio.Event()
-            task = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
-            self._tasks[run_id] = task
-            task.add_done_callback(functools.partial(self._finished, run_id))
+            return [r.id for r in runs]
 
     def _finished(self, run_id: int, _task: object = None) -> None:
         self._tasks.pop(run_id, None)
@@ -171,23 +179,25 @@ class Engine:
     # -- polling fallback ---------------------------------------------------
 
     async def _poll_due(self) -> None:
+        for app_id, name, url, branch in await in_thread(self._due_polls, set(self._polling)):
+            self._polling.add(app_id)
+            task = asyncio.create_task(self._poll(app_id, name, url, branch))
+            task.add_done_callback(functools.partial(_discard, self._polling, app_id))
+
+    def _due_polls(self, polling: set[int]) -> list[tuple[int, str, str, str]]:
         now = utcnow()
         with self.sessions() as session:
             apps = session.scalars(select(App).where(App.poll_interval.is_not(None))).all()
-            due = [
+            return [
                 (a.id, a.name, a.repo_url, a.branch)
                 for a in apps
                 if a.poll_interval
-                and a.id not in self._polling
+                and a.id not in polling
                 and (
                     a.last_polled_at is None
                     or a.last_polled_at + timedelta(seconds=a.poll_interval) <= now
                 )
             ]
-        for app_id, name, url, branch in due:
-            self._polling.add(app_id)
-            task = asyncio.create_task(self._poll(app_id, name, url, branch))
-            task.add_done_callback(functools.partial(_discard, self._polling, app_id))
 
     async def _poll(self, app_id: int, name: str, url: str, branch: str) -> None:
         try:
@@ -195,6 +205,12 @@ class Engine:
         except git.GitError as exc:
             log.warning("poll failed", extra={"app": name, "error": str(exc)})
             head = None
+        await self._polled(app_id, name, branch, head)
+        self._wake.set()
+
+    @offloaded
+    def _polled(self, app_id: int, name: str, branch: str, head: str | None) -> None:
+        """Record a poll, and queue a run for a new head."""
         with self.sessions() as session:
             app = session.get(App, app_id)
             if app is None:
@@ -220,7 +236,6 @@ class Engine:
                     )
                 app.last_polled_sha = head
             session.commit()
-        self._wake.set()
 
     # -- one run ------------------------------------------------------------
 
@@ -229,35 +244,22 @@ class Engine:
             await self._execute_run(run_id)
         except Exception as exc:  # an engine bug must not leave a run running forever
             log.exception("run crashed", extra={"run": run_id})
-            self._end_run(run_id, "failed", f"internal error: {exc}")
+            await self._end_run(run_id, "failed", f"internal error: {exc}")
         finally:
-            shutil.rmtree(self.paths.workspace(run_id), ignore_errors=True)
+            await in_thread(shutil.rmtree, self.paths.workspace(run_id), ignore_errors=True)
 
     async def _execute_run(self, run_id: int) -> None:
         cancel = self._cancels[run_id]
-        with self.sessions() as session:
-            run = session.get_one(Run, run_id)
-            app = run.app
-            ctx = _RunContext(
-                run_id=run.id,
-                attempt=run.attempt,
-                app=app.name,
-                repo_url=app.repo_url,
-                branch=app.branch,
-                sha=run.sha,
-                ref=run.ref or "",
-                secrets={s.name: s.value for s in app.secrets},
-                data=self.paths.data,
-            )
+        ctx = await self._context(run_id)
         masker = Masker(ctx.secrets.values())
         log.info("run started", extra={"run": run_id, "app": ctx.app, "sha": ctx.sha})
         workspace = self.paths.workspace(run_id)
 
         # checkout
-        step_id = self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
+        step_id = await self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
         try:
             sha = await self._checkout(ctx, workspace)
-            self._set_commit(run_id, sha, await git.commit_details(workspace, sha))
+            await self._set_commit(run_id, sha, await git.commit_details(workspace, sha))
             ctx.sha = sha
             config = load_config(workspace / CONFIG_FILE)
         except (git.GitError, ConfigError, FileNotFoundError) as exc:
@@ -268,12 +270,12 @@ class Engine:
                 if isinstance(exc, FileNotFoundError)
                 else "checkout failed"
             )
-            self._append_log(step_id, masker(f"{exc}\n"))
-            self._end_step(step_id, "failed", reason)
-            self._end_run(run_id, "failed", reason)
+            await self._append_log(step_id, masker(f"{exc}\n"))
+            await self._end_step(step_id, "failed", reason)
+            await self._end_run(run_id, "failed", reason)
             return
-        self._append_log(step_id, f"checked out {ctx.sha}\n")
-        self._end_step(step_id, "succeeded")
+        await self._append_log(step_id, f"checked out {ctx.sha}\n")
+        await self._end_step(step_id, "succeeded")
 
         # test and build steps, then the artifact, all recorded before any starts
         planned: list[tuple[str, str, str, float, dict[str, str]]] = []
@@ -282,10 +284,12 @@ class Engine:
                 name = step.name or _short(step.run)
                 planned.append((kind, name, step.run, step.timeout, dict(step.env or {})))
         step_ids = [
-            self._add_step(ctx, i + 1, kind, name, command, timeout)
+            await self._add_step(ctx, i + 1, kind, name, command, timeout)
             for i, (kind, name, command, timeout, _) in enumerate(planned)
         ]
-        artifact_step = self._add_step(ctx, len(planned) + 1, "artifact", "artifact", None, None)
+        artifact_step = await self._add_step(
+            ctx, len(planned) + 1, "artifact", "artifact", None, None
+        )
 
         wanted = set(config.service.secrets) if config.service else set()
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
@@ -293,20 +297,20 @@ class Engine:
             zip(step_ids, planned, strict=True)
         ):
             env = ctx.environment(sid) | extra | secret_env
-            self._mark_running(sid)
-            self._append_log(sid, masker(f"$ {command}\n"))
+            await self._mark_running(sid)
+            await self._append_log(sid, masker(f"$ {command}\n"))
             result = await run_step(
                 [*SHELL, command],
                 cwd=workspace,
                 env=env,
-                log_path=self.paths.data / self._log_path(sid),
+                log_path=self.paths.data / await in_thread(self._step_log, sid),
                 masker=masker,
                 timeout=timeout,
                 on_start=functools.partial(self._record_pid, sid),
                 cancel=cancel,
             )
             if result.ok:
-                self._end_step(sid, "succeeded", exit_code=0)
+                await self._end_step(sid, "succeeded", exit_code=0)
                 continue
             if result.cancelled and self._stopping:
                 # a graceful stop: leave the records as they are, the next start retries
@@ -320,27 +324,44 @@ class Engine:
             else:
                 reason = f"{kind} step '{name}' failed (exit {result.exit_code})"
                 state = "failed"
-            self._end_step(sid, state, reason, exit_code=result.exit_code)
+            await self._end_step(sid, state, reason, exit_code=result.exit_code)
             for later in [*step_ids[index + 1 :], artifact_step]:
-                self._end_step(later, "skipped")
-            self._end_run(run_id, state, reason)
+                await self._end_step(later, "skipped")
+            await self._end_run(run_id, state, reason)
             return
 
         # the artifact
         if cancel.is_set() and not self._stopping:
-            self._end_step(artifact_step, "skipped")
-            self._end_run(run_id, "cancelled", "aborted before the artifact was built")
+            await self._end_step(artifact_step, "skipped")
+            await self._end_run(run_id, "cancelled", "aborted before the artifact was built")
             return
-        self._mark_running(artifact_step)
+        await self._mark_running(artifact_step)
         try:
             release_id = await self._build_release(ctx, config, workspace, artifact_step)
         except (ArtifactError, OSError) as exc:
-            self._append_log(artifact_step, masker(f"{exc}\n"))
-            self._end_step(artifact_step, "failed", f"artifact failed: {exc}")
-            self._end_run(run_id, "failed", f"artifact failed: {exc}")
+            await self._append_log(artifact_step, masker(f"{exc}\n"))
+            await self._end_step(artifact_step, "failed", f"artifact failed: {exc}")
+            await self._end_run(run_id, "failed", f"artifact failed: {exc}")
             return
-        self._end_step(artifact_step, "succeeded")
-        self._end_run(run_id, "succeeded", None, release_id=release_id)
+        await self._end_step(artifact_step, "succeeded")
+        await self._end_run(run_id, "succeeded", None, release_id=release_id)
+
+    @offloaded
+    def _context(self, run_id: int) -> _RunContext:
+        with self.sessions() as session:
+            run = session.get_one(Run, run_id)
+            app = run.app
+            return _RunContext(
+                run_id=run.id,
+                attempt=run.attempt,
+                app=app.name,
+                repo_url=app.repo_url,
+                branch=app.branch,
+                sha=run.sha,
+                ref=run.ref or "",
+                secrets={s.name: s.value for s in app.secrets},
+                data=self.paths.data,
+            )
 
     async def _checkout(self, ctx: _RunContext, workspace: Path) -> str:
         mirror = self.paths.mirror(ctx.app)
@@ -356,6 +377,20 @@ class Engine:
         include, exclude = list(config.artifact.include), list(config.artifact.exclude)
         built = await asyncio.to_thread(build_artifact, workspace, include, exclude, tmp)
         await asyncio.to_thread(self.store.put, built.path, built.sha256)
+        release_id = await self._record_release(ctx, config, built)
+        await self._append_log(
+            step_id,
+            f"release {release_id}: {built.files} files, {built.size} bytes, "
+            f"sha256 {built.sha256}\n",
+        )
+        log.info(
+            "release built",
+            extra={"run": ctx.run_id, "release": release_id, "sha256": built.sha256},
+        )
+        return release_id
+
+    @offloaded
+    def _record_release(self, ctx: _RunContext, config: Config, built: BuiltArtifact) -> str:
         with self.sessions() as session:
             # a retry after a crash between this commit and the run's end reuses the release
             existing = session.scalar(select(Release).where(Release.run_id == ctx.run_id))
@@ -381,20 +416,11 @@ class Engine:
             )
             session.add(release)
             session.commit()
-            release_id = release.id
-        self._append_log(
-            step_id,
-            f"release {release_id}: {built.files} files, {built.size} bytes, "
-            f"sha256 {built.sha256}\n",
-        )
-        log.info(
-            "release built",
-            extra={"run": ctx.run_id, "release": release_id, "sha256": built.sha256},
-        )
-        return release_id
+            return release.id
 
     # -- record keeping (each a short transaction, committed before acting) -
 
+    @offloaded
     def _add_step(
         self,
         ctx: _RunContext,
@@ -429,16 +455,18 @@ class Engine:
             (self.paths.data / str(step.log_path)).parent.mkdir(parents=True, exist_ok=True)
             return step.id
 
-    def _log_path(self, step_id: int) -> str:
+    def _step_log(self, step_id: int) -> str:
         with self.sessions() as session:
             return str(session.get_one(Step, step_id).log_path)
 
+    @offloaded
     def _append_log(self, step_id: int, text: str) -> None:
-        path = self.paths.data / self._log_path(step_id)
+        path = self.paths.data / self._step_log(step_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(text)
 
+    @offloaded
     def _mark_running(self, step_id: int) -> None:
         with self.sessions() as session:
             step = session.get_one(Step, step_id)
@@ -446,11 +474,13 @@ class Engine:
             step.started_at = utcnow()
             session.commit()
 
+    @offloaded
     def _record_pid(self, step_id: int, pid: int) -> None:
         with self.sessions() as session:
             session.get_one(Step, step_id).pid = pid
             session.commit()
 
+    @offloaded
     def _end_step(
         self, step_id: int, state: str, reason: str | None = None, *, exit_code: int | None = None
     ) -> None:
@@ -463,6 +493,7 @@ class Engine:
                 step.finished_at = utcnow()
             session.commit()
 
+    @offloaded
     def _set_commit(self, run_id: int, sha: str, commit: git.Commit | None) -> None:
         with self.sessions() as session:
             run = session.get_one(Run, run_id)
@@ -473,6 +504,7 @@ class Engine:
                 run.commit_message = commit.message or None
             session.commit()
 
+    @offloaded
     def _end_run(
         self, run_id: int, state: str, reason: str | None, *, release_id: str | None = None
     ) -> None:

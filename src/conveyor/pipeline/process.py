@@ -8,7 +8,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ async def run_step(
     log_path: Path,
     masker: Masker,
     timeout: float | None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int], Awaitable[None]] | None = None,
     cancel: asyncio.Event | None = None,
 ) -> StepResult:
     """Run argv in its own session; append its masked output to log_path line by line."""
@@ -68,7 +68,7 @@ async def run_step(
             log.write(masker(f"conveyor: cannot start {argv[0]!r}: {exc}\n"))
             return StepResult(127, False, False, time.monotonic() - started)
         if on_start is not None:
-            on_start(proc.pid)
+            await on_start(proc.pid)
         assert proc.stdout is not None
         pump = asyncio.create_task(_pump(proc.stdout, log, masker))
         waiter = asyncio.create_task(proc.wait())

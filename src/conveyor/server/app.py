@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +19,7 @@ from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
-from conveyor.server import metrics
+from conveyor.server import busy, metrics
 from conveyor.server.api import (
     agents,
     apps,
@@ -42,10 +43,18 @@ class Settings:
     data_dir: Path
     public_url: str
     parallel_runs: int = 2
+    threads: int = 40  # anyio's limiter: sync routes and page renders at once
+    retry_after: int = 5  # seconds a 503 for a busy database asks the client to wait
 
 
-def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    background: sessionmaker[Session] | None = None,
+) -> FastAPI:
+    """The application; `background` is the engines' own pool (default: `sessions`)."""
     notifier = Notifier()
+    background = background or sessions
 
     def promote(session: Session, run: Run) -> None:
         deployment = start_chain(session, run, engine.paths.mirror(run.app.name))
@@ -55,21 +64,24 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
             deployer.wake()
 
     engine = Engine(
-        sessions,
+        background,
         settings.data_dir,
         parallel=settings.parallel_runs,
         on_release=promote,
         on_end=lambda session, run: announcer.run_ended(session, run),
     )
     announcer = Announcer(settings.public_url, settings.data_dir, engine.paths.workspace)
-    courier = Courier(sessions)
+    courier = Courier(background)
     announcer.on_queued = courier.wake
     deployer = DeployEngine(
-        sessions, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
+        background, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # as many request threads as the request pool has connections for (serve.py)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        notifier.bind()
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
@@ -119,10 +131,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         api.include_router(module.router)
 
     @api.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        # on the event loop, no database, no thread: it answers while both are busy
         return {"status": "ok", "version": __version__}
 
     web.install(api)
+    busy.install(api, settings.retry_after)
     api.add_middleware(BodyLimit)
     return api
 

@@ -15,35 +15,64 @@ from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
-from conveyor.store.db import database_url, make_engine, migrate, session_factory
+from conveyor.store.db import Pool, database_url, make_engine, migrate, session_factory
+from conveyor.threads import BACKGROUND_THREADS
 
 log = logging.getLogger("conveyor.server")
 
 
-def serve(data_dir: Path, listen: str, db: str | None, public_url: str | None) -> None:
+REQUEST_THREADS = 40  # sync routes and page renders at once (anyio's default)
+SPARE_CONNECTIONS = 4  # sessions closing after their response, beside the request threads
+
+
+def serve(
+    data_dir: Path,
+    listen: str,
+    db: str | None,
+    public_url: str | None,
+    *,
+    threads: int = REQUEST_THREADS,
+    db_pool: int | None = None,
+    db_wait: float = 5.0,
+) -> None:
     log_config = setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_text)
     data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(db, data_dir)
-    engine = make_engine(url)
+    # requests and the engines' background threads each get a pool as large as their
+    # threads: neither can take the other's connections, and a request that finds none
+    # free within db_wait gets 503 (store.db.Pool)
+    request_pool = Pool(
+        size=db_pool or threads + SPARE_CONNECTIONS, timeout=db_wait, lock_wait=db_wait
+    )
+    engine = make_engine(url, request_pool)
     migrate(engine)
     sessions = session_factory(engine)
+    background = session_factory(make_engine(url, Pool(size=BACKGROUND_THREADS + 2)))
     with sessions() as session:
         generated = ensure_admin_token(session, os.environ.get("CONVEYOR_ADMIN_TOKEN"))
     if generated:
         # printed once, on stdout, never logged: it is not stored anywhere readable
         print(f"conveyor: admin token (shown once, keep it safe): {generated}", flush=True)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    settings = Settings(data_dir=data_dir, public_url=public_url or f"http://{shown_host}:{port}")
-    app = create_app(settings, sessions)
+    settings = Settings(
+        data_dir=data_dir,
+        public_url=public_url or f"http://{shown_host}:{port}",
+        threads=threads,
+        retry_after=max(1, round(db_wait)),
+    )
+    app = create_app(settings, sessions, background)
     log.info(
         "server starting",
         extra={
             "listen": f"{host}:{port}",
             "data": str(data_dir),
             "db": engine.url.render_as_string(),
+            "threads": threads,
+            "db_pool": request_pool.size,
+            "db_wait": db_wait,
         },
     )
     config = uvicorn.Config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,22 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+LOCK_WAIT = 30.0  # seconds the engines wait for SQLite's write lock (they would rather wait)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A connection pool's size and how long a checkout (or a SQLite lock) may be waited for.
+
+    The server has two: one for requests, as large as the threads that serve them (so a
+    request thread always finds a connection; `size` smaller makes excess requests wait
+    `timeout` and get 503), and one for the engines' background threads
+    (conveyor.threads), so neither can starve the other.
+    """
+
+    size: int = 5
+    timeout: float = 30.0
+    lock_wait: float = LOCK_WAIT
 
 
 def database_url(db: str | None, data_dir: Path) -> str:
@@ -24,9 +41,15 @@ def database_url(db: str | None, data_dir: Path) -> str:
     return f"sqlite:///{Path(db).resolve()}"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool: Pool | None = None) -> Engine:
+    sized: dict[str, Any] = {}
+    if pool is not None:
+        sized = {"pool_size": pool.size, "max_overflow": 0, "pool_timeout": pool.timeout}
+    lock_wait = pool.lock_wait if pool is not None else LOCK_WAIT
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": lock_wait}, **sized
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -34,11 +57,11 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(lock_wait * 1000)}")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **sized)
 
 
 def migrate(engine: Engine) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from conveyor.deploy.desired import desired_state
 from conveyor.protocol import DesiredState, Enrol, Enrolled, ObservedState
@@ -73,8 +74,9 @@ async def get_desired(
 ) -> DesiredState:
     notifier = request.app.state.notifier
     deadline = time.monotonic() + wait
-    first = True
-    while True:
+
+    def look(first: bool) -> DesiredState | None:
+        """The desired state if it is newer than `after` or the wait is over, else None."""
         with request.app.state.sessions() as session:
             host = session.scalar(select(Host).where(Host.name == host_name))
             if host is None or host.state != "enrolled":
@@ -83,13 +85,21 @@ async def get_desired(
                 # seen when it asks, not while its poll waits: a cut-off host goes offline
                 host.last_seen = utcnow()
                 session.commit()
-                first = False
             left = deadline - time.monotonic()
             if host.generation > after or left <= 0 or notifier.closed:
                 return desired_state(session, host)
+        return None
+
+    first = True
+    while True:
+        # in a request thread: the long-poll waits on the loop, it reads off it
+        found = await run_in_threadpool(look, first)
+        if found is not None:
+            return found
+        first = False
         # this process's writes wake the waiter at once; re-reading the database now and
-        # then only catches another server's writes, so it need not be often (each read
-        # blocks the event loop for every other agent)
+        # then only catches another server's writes, so it need not be often
+        left = max(0.0, deadline - time.monotonic())
         await notifier.wait(host_name, min(left, REREAD))
 
 

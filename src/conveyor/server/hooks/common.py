@@ -7,9 +7,9 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,14 @@ class Push:
     ref: str
     after: str
     pusher: str
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request's body, read on the loop (the route itself then runs in a thread)."""
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
 
 
 def hmac_sha256(secret: str, body: bytes) -> str:

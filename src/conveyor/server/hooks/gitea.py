@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from conveyor.server.deps import SessionDep
 from conveyor.server.hooks.common import (
     Push,
+    RawBody,
     accepted,
     body_digest,
     find_app,
@@ -22,8 +23,7 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 
 @router.post("/gitea/{name}", status_code=202)
-async def gitea(name: str, request: Request, session: SessionDep) -> JSONResponse:
-    body = await request.body()
+def gitea(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
     app = find_app(session, name)
     signature = request.headers.get("x-gitea-signature") or request.headers.get(
         "x-forgejo-signature"

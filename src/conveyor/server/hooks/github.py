@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from conveyor.server.deps import SessionDep
 from conveyor.server.hooks.common import (
     Push,
+    RawBody,
     accepted,
     body_digest,
     find_app,
@@ -23,8 +24,7 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 
 @router.post("/github/{name}", status_code=202)
-async def github(name: str, request: Request, session: SessionDep) -> JSONResponse:
-    body = await request.body()
+def github(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
     app = find_app(session, name)
     header = request.headers.get("x-hub-signature-256")
     if header is None:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from conveyor.server.deps import SessionDep
 from conveyor.server.hooks.common import (
     Push,
+    RawBody,
     accepted,
     body_digest,
     find_app,
@@ -21,8 +22,7 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 
 @router.post("/gitlab/{name}", status_code=202)
-async def gitlab(name: str, request: Request, session: SessionDep) -> JSONResponse:
-    body = await request.body()
+def gitlab(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
     app = find_app(session, name)
     token = request.headers.get("x-gitlab-token")
     if token is None:

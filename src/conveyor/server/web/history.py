@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
 from conveyor.protocol import DeploymentOut, DeploymentState, DeployRequest
@@ -213,20 +214,24 @@ async def deploy_action(name: str, env: str, request: Request) -> Response:
     form = await request.form()
     release = form.get("release")
     body = DeployRequest(release=release if isinstance(release, str) and release else None)
-    with request.app.state.sessions() as session:
-        try:
-            started = deploy(name, env, body, request, caller, session)
-        except HTTPException as exc:
-            refused = f"Not deployed: {exc.detail}"
-            return history_response(
-                request,
-                caller,
-                name,
-                Filters(environment=env),
-                error=refused,
-                status=exc.status_code,
-            )
-    return RedirectResponse(f"/deployments/{started.id}", status_code=303)
+
+    def perform() -> Response:
+        with request.app.state.sessions() as session:
+            try:
+                started = deploy(name, env, body, request, caller, session)
+            except HTTPException as exc:
+                refused = f"Not deployed: {exc.detail}"
+                return history_response(
+                    request,
+                    caller,
+                    name,
+                    Filters(environment=env),
+                    error=refused,
+                    status=exc.status_code,
+                )
+        return RedirectResponse(f"/deployments/{started.id}", status_code=303)
+
+    return await run_in_threadpool(perform)
 
 
 __all__ = ["Filters", "redeploys", "router"]

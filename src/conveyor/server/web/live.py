@@ -23,6 +23,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from conveyor.server.busy import is_busy
+
 EVERY = 0.25  # seconds between two renders: a change is on screen within about this
 LIFETIME = 300.0  # seconds a connection lives before the browser is asked to reconnect
 
@@ -52,7 +54,12 @@ def stream(request: Request, render: Render, every: float = EVERY) -> StreamingR
         while time.monotonic() < deadline and not notifier.closed:
             if await request.is_disconnected():
                 return
-            fragments = await run_in_threadpool(render)
+            try:
+                fragments = await run_in_threadpool(render)
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise
+                fragments = {}  # the database is busy: the page keeps what it shows
             for name, html in fragments.items():
                 if sent.get(name) != html:
                     sent[name] = html
@@ -111,7 +118,12 @@ def appender(request: Request, feed: Feed, start: str, every: float = EVERY) -> 
         while time.monotonic() < deadline and not notifier.closed:
             if await request.is_disconnected():
                 return
-            batch = await run_in_threadpool(feed, cursor)
+            try:
+                batch = await run_in_threadpool(feed, cursor)
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise
+                batch = Batch()  # the database is busy: try again at the next tick
             for message in batch.messages:
                 if message.cursor is not None:
                     cursor = message.cursor

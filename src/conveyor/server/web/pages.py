@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.api.status import status as api_status
 from conveyor.server.web import delivery, deployments, environments, history, live, public, runs
@@ -72,11 +73,15 @@ def login(
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    caller = current(request)
+    caller = await run_in_threadpool(current, request)
     if caller is not None:
         await check_csrf(request, caller)
-        with request.app.state.sessions() as session:
-            sign_out(session, request.cookies.get(COOKIE))
+
+        def forget() -> None:
+            with request.app.state.sessions() as session:
+                sign_out(session, request.cookies.get(COOKIE))
+
+        await run_in_threadpool(forget)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from conveyor.deploy.records import ACTIVE as DEPLOYING
 from conveyor.pipeline.runs import ACTIVE
@@ -271,14 +272,18 @@ def earlier_log(
 @router.post("/runs/{run_id}/abort")
 async def abort(run_id: int, request: Request) -> Response:
     caller = await action_caller(request, "POST", ABORT)
-    with request.app.state.sessions() as session:
-        try:
-            abort_run(run_id, request, caller, session)
-        except HTTPException as exc:
-            return run_page_response(
-                request, caller, run_id, error=str(exc.detail), status=exc.status_code
-            )
-    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    def perform() -> Response:
+        with request.app.state.sessions() as session:
+            try:
+                abort_run(run_id, request, caller, session)
+            except HTTPException as exc:
+                return run_page_response(
+                    request, caller, run_id, error=str(exc.detail), status=exc.status_code
+                )
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    return await run_in_threadpool(perform)
 
 
 __all__ = ["abort_effect", "commit_url", "router"]

@@ -20,6 +20,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.auth import Caller, hash_token, role_at_least
 from conveyor.store.models import Token, WebSession, utcnow
@@ -141,7 +142,7 @@ def api_role(request: Request, method: str, path: str) -> str:
 
 async def action_caller(request: Request, method: str, api_path: str) -> WebCaller:
     """An action (a form post): signed in, the CSRF secret, and the API route's role."""
-    caller = current(request)
+    caller = await run_in_threadpool(current, request)  # it reads the database
     if caller is None:
         raise HTTPException(401, "sign in first: your session has ended")
     await check_csrf(request, caller)
