@@ -5,18 +5,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
+from conveyor.store import changes
 from conveyor.store.models import Token
 
 ROLES = ("viewer", "deployer", "admin")
 TOKEN_PREFIX = "cvy_"
+# how long a verified token is taken on trust without a query; a revocation through this
+# server ends that at once (the tokens table changed), one through another server sharing
+# the database within this time
+VERIFIED_FOR = 5.0
 
 
 def new_token() -> str:
@@ -38,6 +46,33 @@ class Caller:
     token_id: int
     name: str
     role: str
+
+
+class Verified:
+    """Tokens verified lately, by digest: most requests need no query to know their caller."""
+
+    def __init__(self, ttl: float = VERIFIED_FOR) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, float, Caller]] = {}
+
+    def get(self, digest: str) -> Caller | None:
+        found = self._seen.get(digest)
+        if found is None:
+            return None
+        generation, at, caller = found
+        if generation != changes.generation("tokens") or time.monotonic() - at > self.ttl:
+            return None
+        return caller
+
+    def put(self, digest: str, generation: int, caller: Caller) -> None:
+        with self._lock:
+            if len(self._seen) > 10_000:  # many distinct tokens: start over
+                self._seen.clear()
+            self._seen[digest] = (generation, time.monotonic(), caller)
+
+
+_verified = Verified()
 
 
 def ensure_admin_token(session: Session, token: str | None) -> str | None:
@@ -71,12 +106,13 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
-def require(role: str) -> Callable[..., Caller]:
+def require(role: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency that lets the request through only with a token of at least `role`."""
     if role not in ROLES:
         raise ValueError(role)
 
-    def check(request: Request) -> Caller:
+    async def check(request: Request) -> Caller:
+        # on the loop: a token verified lately costs no query and no thread
         token = _bearer(request)
         if token is None:
             raise HTTPException(
@@ -86,25 +122,31 @@ def require(role: str) -> Callable[..., Caller]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         digest = hash_token(token)
-        sessions = request.app.state.sessions
-        with sessions() as session:
-            row = session.scalar(select(Token).where(Token.token_hash == digest))
-        if (
-            row is None
-            or row.revoked_at is not None
-            or not hmac.compare_digest(row.token_hash, digest)
-        ):
+        caller = _verified.get(digest)
+        if caller is None:
+            caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
+        if not role_at_least(caller.role, role):
             raise HTTPException(
-                401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"}
+                403, f"this needs the {role} role; your token '{caller.name}' has {caller.role}"
             )
-        if not role_at_least(row.role, role):
-            raise HTTPException(
-                403, f"this needs the {role} role; your token '{row.name}' has {row.role}"
-            )
-        return Caller(token_id=row.id, name=row.name, role=row.role)
+        return caller
 
     check.__name__ = f"require_{role}"
     return check
+
+
+def _verify(sessions: sessionmaker[Session], digest: str) -> Caller:
+    """The caller a token digest stands for (a query), remembered for a while."""
+    generation = changes.generation("tokens")
+    with sessions() as session:
+        row = session.scalar(select(Token).where(Token.token_hash == digest))
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
+        raise HTTPException(
+            401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    caller = Caller(token_id=row.id, name=row.name, role=row.role)
+    _verified.put(digest, generation, caller)
+    return caller
 
 
 def role_extra(role: str) -> dict[str, Any]:

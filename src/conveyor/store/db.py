@@ -11,6 +11,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.store import changes
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_WAIT = 30.0  # seconds the engines wait for SQLite's write lock (they would rather wait)
 
@@ -74,4 +76,6 @@ def migrate(engine: Engine) -> None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    changes.watch(sessions)  # the generations that tell caches what went stale
+    return sessions
