@@ -78,7 +78,11 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     except Exception as exc:
         # The parser failing in a way of its own (an assertion, say) still means this text
         # is no config; the server and `conveyor validate` report it like any other error.
-        message = f"the YAML parser could not read this file ({type(exc).__name__}: {exc})"
+        message = (
+            f"the YAML parser could not read this file ({type(exc).__name__}: {exc}); "
+            "expected plain YAML: look for a key that is a list or mapping ('? '), "
+            "or an anchor merged into itself"
+        )
         raise ConfigError([ConfigIssue(filename, 1, 1, message)]) from None
     source = SourceMap()
     if isinstance(document, CommentedMap | CommentedSeq):
