@@ -446,15 +446,6 @@ class Engine:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(text)
 
-    def _note_in_log(self, step: Step, text: str) -> None:
-        if step.log_path is None:
-            return
-        try:
-            with open(self.paths.data / step.log_path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError:
-            log.exception("cannot write a step log", extra={"step": step.id})
-
     def _mark_running(self, step_id: int) -> None:
         with self.sessions() as session:
             step = session.get_one(Step, step_id)
@@ -506,6 +497,15 @@ class Engine:
                 self.on_end(session, run)
             session.commit()
         log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
+
+    def _note_in_log(self, step: Step, text: str) -> None:
+        if step.log_path is None:
+            return
+        try:
+            with open(self.paths.data / step.log_path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError:
+            log.exception("cannot write a step log", extra={"step": step.id})
 
 
 @dataclass
