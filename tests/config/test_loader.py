@@ -395,6 +395,9 @@ BROKEN = [
     ("empty file", "# just a comment\n", 1, 1, "the file is empty"),
     ("two documents", "app: shop\n---\napp: other\n", 2, 1, "a single YAML document"),
     ("unclosed bracket", "app: shop\ntest: [make\n", 2, 7, "unclosed bracket"),
+    # the parser's own failures, a traceback before
+    ("lists as a key", "app: shop\n? [[a]]\n: 2\n", 1, 1, "the YAML parser could not read"),
+    ("merged into itself", "app: shop\na: &a {<<: *a}\n", 1, 1, "an anchor merged into itself"),
 ]
 
 

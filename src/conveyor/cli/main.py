@@ -59,6 +59,8 @@ def validate(
             err.print(line, style="red", soft_wrap=True, markup=False)
         err.print(f"{file}: {len(exc.issues)} error(s)", style="red", soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        fail(f"{file}: cannot read it ({exc.strerror or exc})", 2)
     envs = ", ".join(config.environments) or "none"
     out.print(f"[green]{file}: ok[/green] (app {config.app}, environments: {envs})")
 

@@ -15,6 +15,13 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from conveyor.config.errors import ConfigError, ConfigIssue
+from conveyor.config.limits import (
+    MAX_DEPTH,
+    BoundedComposer,
+    BoundedScanner,
+    LimitExceeded,
+    too_deep,
+)
 
 DocPath = tuple[str | int, ...]
 Position = tuple[int, int]
@@ -46,9 +53,13 @@ class SourceMap:
 def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
     """Parse one YAML document into dicts, lists and scalars, with its SourceMap.
 
-    Raises ConfigError for YAML syntax errors, duplicate keys and recursive aliases.
+    Raises ConfigError for YAML syntax errors, duplicate keys, recursive aliases, and
+    documents beyond the bounds of conveyor.config.limits (checked as the parser goes,
+    so that a hostile text costs no more than the bounds allow).
     """
     yaml = YAML(typ="rt")
+    yaml.Scanner = BoundedScanner
+    yaml.Composer = BoundedComposer
     try:
         document = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -57,10 +68,22 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         character = chr(exc.character) if isinstance(exc.character, int) else exc.character
-        message = f"expected printable text, found the control character {character!r}"
+        message = (
+            f"expected printable text, found the control character {character!r} "
+            "(is it a binary file?): remove it, or write it as an escape in double quotes"
+        )
         raise ConfigError([ConfigIssue(filename, line, column, message)]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigIssue(filename, 1, 1, f"invalid YAML: {exc}")]) from None
+    except Exception as exc:
+        # The parser failing in a way of its own (an assertion, say) still means this text
+        # is no config; the server and `conveyor validate` report it like any other error.
+        message = (
+            f"the YAML parser could not read this file ({type(exc).__name__}: {exc}); "
+            "expected plain YAML: look for a key that is a list or mapping ('? '), "
+            "or an anchor merged into itself"
+        )
+        raise ConfigError([ConfigIssue(filename, 1, 1, message)]) from None
     source = SourceMap()
     if isinstance(document, CommentedMap | CommentedSeq):
         source.values[()] = (document.lc.line + 1, document.lc.col + 1)
@@ -69,6 +92,8 @@ def read_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
 
 
 class _Converter:
+    """Copies ruamel's document into plain data, aliases expanded."""
+
     def __init__(self, source: SourceMap, filename: str) -> None:
         self.source = source
         self.filename = filename
@@ -79,6 +104,11 @@ class _Converter:
             if id(node) in self.open:
                 line, column = self.source.value(path)
                 message = "an alias refers to a mapping or list that contains it"
+                raise ConfigError([ConfigIssue(self.filename, line, column, message)])
+            if len(path) >= MAX_DEPTH:
+                # BoundedComposer stops this first; here only so as never to overflow the stack
+                line, column = self.source.value(path)
+                message = too_deep(through_alias=True)
                 raise ConfigError([ConfigIssue(self.filename, line, column, message)])
             self.open.add(id(node))
             try:
@@ -159,6 +189,8 @@ def _syntax_issue(exc: MarkedYAMLError, text: str, filename: str) -> ConfigIssue
     mark = exc.problem_mark or exc.context_mark
     if isinstance(exc, DuplicateKeyError):
         message = _duplicate_key_message(exc, text)
+    elif isinstance(exc, LimitExceeded):
+        message = problem
     elif "\\t" in problem or "tab" in problem:
         message = "found a tab character; expected spaces (YAML indentation cannot use tabs)"
     elif "quoted scalar" in context and "end of stream" in problem:

@@ -32,7 +32,13 @@ from conveyor.pipeline.process import (
     run_step,
     step_marker,
 )
-from conveyor.pipeline.runs import enqueue_run, interrupted_steps, next_runnable, recover_runs
+from conveyor.pipeline.runs import (
+    end_unfinished_steps,
+    enqueue_run,
+    interrupted_steps,
+    next_runnable,
+    recover_runs,
+)
 from conveyor.releases.artifact import ArtifactError, BuiltArtifact, build_artifact
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.models import App, Release, Run, Step, utcnow
@@ -261,7 +267,8 @@ class Engine:
             sha = await self._checkout(ctx, workspace)
             await self._set_commit(run_id, sha, await git.commit_details(workspace, sha))
             ctx.sha = sha
-            config = load_config(workspace / CONFIG_FILE)
+            # a hostile conveyor.yml costs up to a second or two to refuse: not on the loop
+            config = await asyncio.to_thread(load_config, workspace / CONFIG_FILE)
         except (git.GitError, ConfigError, FileNotFoundError) as exc:
             reason = (
                 f"{CONFIG_FILE} is invalid"
@@ -514,12 +521,23 @@ class Engine:
             run.reason = reason
             run.release_id = release_id
             run.finished_at = utcnow()
+            for step in end_unfinished_steps(run.steps, run.attempt, reason, run.finished_at):
+                self._note_in_log(step, f"{reason}\n")
             if state == "succeeded" and release_id is not None and self.on_release is not None:
                 self.on_release(session, run)
             if self.on_end is not None:
                 self.on_end(session, run)
             session.commit()
         log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
+
+    def _note_in_log(self, step: Step, text: str) -> None:
+        if step.log_path is None:
+            return
+        try:
+            with open(self.paths.data / step.log_path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError:
+            log.exception("cannot write a step log", extra={"step": step.id})
 
 
 @dataclass

@@ -5,6 +5,9 @@ Pure database work; the engine (engine.py) does the side effects.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -61,6 +64,28 @@ def interrupted_steps(session: Session) -> list[Step]:
             select(Step).join(Run).where(Run.state == "running", Step.state == "running")
         ).all()
     )
+
+
+def end_unfinished_steps(
+    steps: Iterable[Step], attempt: int, reason: str | None, now: datetime
+) -> list[Step]:
+    """As a run ends, end the steps of its attempt that have not: never one left running.
+
+    A step still running fails with the run's reason (an engine error broke off the
+    run); a pending one is skipped. Returns the steps that were running.
+    """
+    broken: list[Step] = []
+    for step in steps:
+        if step.attempt != attempt:
+            continue
+        if step.state == "running":
+            step.state = "failed"
+            step.reason = reason or "the run ended while this step ran"
+            step.finished_at = now
+            broken.append(step)
+        elif step.state == "pending":
+            step.state = "skipped"
+    return broken
 
 
 def recover_runs(session: Session) -> list[Run]:
