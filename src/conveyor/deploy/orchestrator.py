@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.analysis.judge import (
@@ -254,7 +255,14 @@ class DeployEngine:
                     )
                 )
             d.state, d.reason, d.started_at = "running", None, utcnow()
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:
+                # the database holds one acting deployment per environment: another
+                # got there first (one more scheduler?); this one waits its turn
+                session.rollback()
+                log.warning("deployment not started", extra={"deployment": deployment_id})
+                return
             self._committed(
                 "deployment started",
                 deployment=d.id,

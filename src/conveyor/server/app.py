@@ -18,7 +18,7 @@ from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
-from conveyor.server import metrics
+from conveyor.server import idempotency, metrics
 from conveyor.server.api import (
     agents,
     apps,
@@ -123,6 +123,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     web.install(api)
+    idempotency.install(api)
     api.add_middleware(BodyLimit)
     return api
 

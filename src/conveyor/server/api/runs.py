@@ -12,6 +12,7 @@ from conveyor.protocol import LogChunk, RunCreate, RunOut
 from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
+from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import run_out
 from conveyor.store.models import Run, Step, utcnow
 
@@ -21,22 +22,33 @@ MAX_LOG_CHUNK = 1 << 20
 
 @router.post("/apps/{name}/runs", status_code=201)
 def start_run(
-    name: str, body: RunCreate, request: Request, caller: Deployer, session: SessionDep
+    name: str,
+    body: RunCreate,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Queue a run for a commit (default: the head of the app's branch, read at checkout)."""
+    once = Once(request, caller, idempotency_key, body)
+    once.recall(session)
     app = get_app_or_404(session, name)
     sha = (body.sha or "").lower()
-    run = enqueue_run(
-        session,
-        app,
-        sha,
-        ref=None if sha else f"refs/heads/{app.branch}",
-        trigger="manual",
-        triggered_by=caller.name,
-    )
-    session.commit()
+
+    def act() -> RunOut:
+        run = enqueue_run(
+            session,
+            app,
+            sha,
+            ref=None if sha else f"refs/heads/{app.branch}",
+            trigger="manual",
+            triggered_by=caller.name,
+        )
+        return run_out(run, steps=True)
+
+    answer = answer_once(session, once, app.id, act, status=201)
     request.app.state.engine.wake()
-    return run_out(run, steps=True)
+    return answer
 
 
 @router.get("/runs")
