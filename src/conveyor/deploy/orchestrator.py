@@ -50,6 +50,7 @@ from conveyor.deploy.records import ACTING, PENDING, continue_chain
 from conveyor.notify import Announcer
 from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
 
 log = logging.getLogger("conveyor.deploy")
@@ -200,7 +201,7 @@ class DeployEngine:
         """Resolve the hosts, record what they run now, plan the steps: all before acting."""
         with self.sessions() as session:
             d = session.get_one(Deployment, deployment_id)
-            release = d.release
+            release, app_id = d.release, d.app_id
             config, env = environment(release, d.environment)
         problem: str | None = None
         try:
@@ -208,6 +209,9 @@ class DeployEngine:
         except GateError as exc:
             names, problem = [], str(exc)
         with self.sessions() as session:
+            # read and move it under the write lock: a deploy or rollback that supersedes,
+            # cancels or aborts it meanwhile is seen, not overwritten
+            lock_for_writing(session, app_id)
             d = session.get_one(Deployment, deployment_id)
             if d.state not in PENDING:
                 return

@@ -37,6 +37,7 @@ from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
 from conveyor.server.deps import SessionDep, get_app_or_404, get_release_or_404, get_run_or_404
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import _duration
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run, utcnow
 
 router = APIRouter(prefix="/api", tags=["deployments"])
@@ -356,6 +357,8 @@ def abort_deployment(
 ) -> DeploymentOut:
     """Stop a deployment; what it changed goes back to the previous release."""
     d = get_deployment_or_404(session, deployment_id)
+    lock_for_writing(session, d.app_id)  # its state as the engine left it, not a moment ago
+    session.refresh(d)
     if not abort(d, caller):
         raise HTTPException(409, f"deployment {d.id} already ended ({d.state})")
     session.commit()

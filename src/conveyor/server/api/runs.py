@@ -14,6 +14,7 @@ from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import run_out
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Run, Step, utcnow
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -73,6 +74,7 @@ def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
 def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
     """Stop a run: its running step is killed, or its deployments roll back what they changed."""
     run = get_run_or_404(session, run_id)
+    lock_for_writing(session, run.app_id)  # the deployments' states as the engine left them
     aborted = [d for d in run_deployments(session, run_id) if abort(d, caller)]
     if aborted:
         session.commit()
