@@ -21,7 +21,11 @@ router = APIRouter(prefix="/api", tags=["runs"])
 MAX_LOG_CHUNK = 1 << 20
 
 
-@router.post("/apps/{name}/runs", status_code=201)
+@router.post(
+    "/apps/{name}/runs",
+    status_code=201,
+    responses={409: {"description": "other requests changed the same records; try again"}},
+)
 def start_run(
     name: str,
     body: RunCreate,
