@@ -131,9 +131,6 @@ def _admit(session: Session, ask: Ask, app: App, env_name: str) -> Admit:
 def _end_before(session: Session, decision: Admit, new: Deployment) -> None:
     """End what the decision ends, before `new` joins the session (the indexes check each row)."""
     now = utcnow()
-    what = (
-        f"release {new.release_id}" if new.kind == "deploy" else f"a rollback to {new.release_id}"
-    )
     for deployment_id in decision.supersede:
         older = session.get_one(Deployment, deployment_id)
         older.state, older.finished_at = "superseded", now
@@ -141,11 +138,11 @@ def _end_before(session: Session, decision: Admit, new: Deployment) -> None:
     for deployment_id in decision.cancel:
         other = session.get_one(Deployment, deployment_id)
         other.state, other.finished_at = "cancelled", now
-        other.reason = f"cancelled by {what}"
+        other.reason = f"cancelled by a rollback to {new.release_id}"
     for deployment_id in decision.abort:
         other = session.get_one(Deployment, deployment_id)
         other.state = "aborting"
-        other.reason = f"aborted by {new.triggered_by}: {what}"
+        other.reason = f"aborted by {new.triggered_by}: rollback to {new.release_id}"
 
 
 def create_rollback(

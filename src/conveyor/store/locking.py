@@ -18,7 +18,11 @@ from conveyor.store.models import App
 
 
 def lock_for_writing(session: Session, app_id: int) -> None:
-    """Hold the app's write lock until the session's transaction ends (commit or rollback)."""
+    """Hold the app's write lock until the session's transaction ends (commit or rollback).
+
+    Read what you decide from after it: objects the session loaded before keep the state
+    they had then (refresh them).
+    """
     conn = session.connection()
     if conn.dialect.name == "sqlite":
         dbapi: Any = conn.connection.dbapi_connection
