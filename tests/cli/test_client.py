@@ -68,7 +68,16 @@ def test_a_deploy_is_retried_with_its_key_and_a_plain_post_is_not(busy: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"), [("3", 3.0), ("0", 0.0), ("120", 10.0), ("soon", 0.5), (None, 0.5)]
+    ("header", "expected"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("120", 10.0),
+        ("-4", 0.0),
+        ("nan", 0.5),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", 0.5),
+        (None, 0.5),
+    ],
 )
 def test_retry_after(header: str | None, expected: float) -> None:
     headers = {"retry-after": header} if header is not None else {}

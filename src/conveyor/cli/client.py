@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any, NoReturn
 from uuid import uuid4
@@ -90,9 +91,10 @@ class Client:
 def _retry_after(response: httpx.Response, default: float) -> float:
     """The server's Retry-After in seconds (bounded), or our own pause."""
     try:
-        return min(float(response.headers.get("retry-after", "")), MAX_RETRY_AFTER)
-    except ValueError:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:  # absent, or an HTTP date: our own pause
         return default
+    return default if math.isnan(seconds) else min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _detail(response: httpx.Response) -> str:
