@@ -117,7 +117,16 @@ def test_deploy_approve_rollback_status_and_history(fleet: Fleet) -> None:
     assert approved.returncode == 0, approved.stderr
     assert "approved by admin" in approved.stdout and "to staging" in approved.stdout
     deployment(server, "staging", states=("succeeded",), run=run)
-    deployment(server, "production", states=("waiting",), run=run)
+    pipeline = deployment(server, "production", states=("waiting",), run=run)
+
+    # The release already waits there: a deploy by hand is refused, naming what waits.
+    twice = server.cli("deploy", "sample", "production")
+    assert twice.returncode == 2, twice.stdout + twice.stderr
+    assert (
+        f"refused: release {v1} is already queued for production of sample: deployment "
+        f"#{pipeline['id']} (waiting for approval: conveyor approve {run})"
+    ) in twice.stderr
+    assert server.cli("abort", "--deployment", str(pipeline["id"])).returncode == 0
 
     # A deploy by hand waits for approval too, says so, then shows each step as it goes.
     follow = background(server, "deploy", "sample", "production", "--follow")
@@ -176,14 +185,14 @@ def test_deploy_approve_rollback_status_and_history(fleet: Fleet) -> None:
         ("rollback", v1, "succeeded", "rollback"),
         ("deploy", v2, "succeeded", "pipeline"),
         ("deploy", v1, "succeeded", "api"),
-        ("deploy", v1, "superseded", "pipeline"),
+        ("deploy", v1, "cancelled", "pipeline"),
     ], rows
     assert history[2]["approved_by"].startswith("admin") and history[2]["duration"] > 0
     table = server.cli("history", "sample")
     assert table.returncode == 0
-    for word in ("rollback", "superseded", "staging", f"run {run2}", v2):
+    for word in ("rollback", "cancelled", "staging", f"run {run2}", v2):
         assert word in table.stdout, table.stdout
-    assert history[3]["reason"] == f"superseded by release {v1}"
+    assert history[3]["reason"].startswith("aborted by admin"), history[3]
     runs = json.loads(server.cli("history", "sample", "--runs", "--json").stdout)
     assert [r["id"] for r in runs] == [run2, run]
 

@@ -53,7 +53,7 @@ def deploy(
         fail("--reason explains --force: add --force or leave --reason out", 2)
     client = Client(server, token)
     body = {"release": release, "force": force, "reason": reason}
-    created = client.post(f"/api/apps/{app_name}/environments/{env}/deploy", body)
+    created = client.post(f"/api/apps/{app_name}/environments/{env}/deploy", body, once=True)
     _done(client, created, follow=follow, as_json=as_json)
 
 
@@ -76,7 +76,8 @@ def rollback(
 ) -> None:
     """Back to the previous release (or the one named); stops a deployment underway."""
     client = Client(server, token)
-    created = client.post(f"/api/apps/{app_name}/environments/{env}/rollback", {"to": to})
+    path = f"/api/apps/{app_name}/environments/{env}/rollback"
+    created = client.post(path, {"to": to}, once=True)
     _done(client, created, follow=follow, as_json=as_json)
 
 
@@ -112,7 +113,7 @@ def approve(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the approval gate of a run's release; exit 2 if nothing of it waits."""
-    approved = Client(server, token).post(f"/api/runs/{run_id}/approve")
+    approved = Client(server, token).post(f"/api/runs/{run_id}/approve", once=True)
     if as_json:
         print_json(approved)
         return

@@ -457,7 +457,7 @@ def run(
 ) -> None:
     """Start a run for a commit: test, build, release."""
     client = Client(server, token)
-    created = client.post(f"/api/apps/{app_name}/runs", {"sha": sha})
+    created = client.post(f"/api/apps/{app_name}/runs", {"sha": sha}, once=True)
     if not follow:
         if as_json:
             print_json(created)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.analysis.judge import (
@@ -50,6 +51,7 @@ from conveyor.deploy.records import ACTING, PENDING, continue_chain
 from conveyor.notify import Announcer
 from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
 from conveyor.threads import Wakeup, in_thread, offloaded
 
@@ -170,6 +172,13 @@ class DeployEngine:
         """Gate the pending deployments: (the ids that may start, the ids acting)."""
         starting: list[int] = []
         with self.sessions() as session:
+            # decide under the write lock of every app with a pending deployment: a deploy,
+            # rollback or abort meanwhile is seen, not overwritten
+            apps = session.scalars(
+                select(Deployment.app_id).where(Deployment.state.in_(PENDING)).distinct()
+            ).all()
+            for app_id in sorted(apps):
+                lock_for_writing(session, app_id)
             acting = session.scalars(select(Deployment).where(Deployment.state.in_(ACTING))).all()
             busy = {(d.app_id, d.environment) for d in acting}
             ids = [d.id for d in acting]
@@ -206,29 +215,33 @@ class DeployEngine:
     async def _start(self, deployment_id: int) -> None:
         """Resolve the hosts, record what they run now, plan the steps: all before acting."""
 
-        def read() -> tuple[Release, Config, Environment]:
+        def read() -> tuple[Release, int, Config, Environment]:
             with self.sessions() as session:
                 d = session.get_one(Deployment, deployment_id)
                 release = d.release
-                return (release, *environment(release, d.environment))
+                return (release, d.app_id, *environment(release, d.environment))
 
-        release, config, env = await in_thread(read)
+        release, app_id, config, env = await in_thread(read)
         problem: str | None = None
         try:
             names = await self._inventory(env, release, deployment_id)
         except GateError as exc:
             names, problem = [], str(exc)
-        await in_thread(self._plan, deployment_id, names, problem, config, env)
+        await in_thread(self._plan, deployment_id, app_id, names, problem, config, env)
 
     def _plan(
         self,
         deployment_id: int,
+        app_id: int,
         names: list[str],
         problem: str | None,
         config: Config,
         env: Environment,
     ) -> None:
         with self.sessions() as session:
+            # read and move it under the write lock: a deploy or rollback that supersedes,
+            # cancels or aborts it meanwhile is seen, not overwritten
+            lock_for_writing(session, app_id)
             d = session.get_one(Deployment, deployment_id)
             if d.state not in PENDING:
                 return
@@ -276,7 +289,14 @@ class DeployEngine:
                     )
                 )
             d.state, d.reason, d.started_at = "running", None, utcnow()
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:
+                # the database holds one acting deployment per environment: another
+                # got there first (one more scheduler?); this one waits its turn
+                session.rollback()
+                log.warning("deployment not started", extra={"deployment": deployment_id})
+                return
             self._committed(
                 "deployment started",
                 deployment=d.id,

@@ -10,14 +10,35 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.deploy.admission import Admit, Ask, Held, Refuse, admit
 from conveyor.deploy.gates import GateError, check_hard_gates, environment, release_config
-from conveyor.store.models import App, Deployment, Release, Run, utcnow
+from conveyor.store.locking import lock_for_writing
+from conveyor.store.models import (
+    DEPLOYMENT_ACTING,
+    DEPLOYMENT_PENDING,
+    App,
+    Deployment,
+    Release,
+    Run,
+    utcnow,
+)
 
 # queued: waiting for its environment; waiting: for approval or the window;
 # running / rolling_back: acting on hosts; aborting: asked to stop, rolls back next.
-PENDING = ("queued", "waiting")
-ACTING = ("running", "rolling_back", "aborting")
+# The database holds at most one PENDING and one ACTING per app and environment.
+PENDING = DEPLOYMENT_PENDING
+ACTING = DEPLOYMENT_ACTING
 ACTIVE = (*PENDING, *ACTING)
+
+
+class Refused(GateError):
+    """The environment already has what was asked, or something that goes first."""
+
+    def __init__(self, refusal: Refuse) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 
@@ -62,13 +83,14 @@ def create_deployment(
     forced_by: str | None = None,
     force_reason: str | None = None,
 ) -> Deployment:
-    """Queue a release for an environment after its hard gates; supersede older queued ones."""
+    """Queue a release for an environment after its hard gates; supersede older queued ones.
+
+    Raises GateError (Refused when the environment's line says no: see admission.py).
+    """
     _, env = check_hard_gates(session, release, env_name, mirror)
-    for older in active_in(session, release.app_id, env_name):
-        if older.state in PENDING and older.kind == "deploy":
-            older.state = "superseded"
-            older.reason = f"superseded by release {release.id}"
-            older.finished_at = utcnow()
+    lock_for_writing(session, release.app_id)
+    ask = Ask("deploy", release.id, release.created_at, forced=forced_by is not None)
+    decision = _admit(session, ask, release.app, env_name)
     deployment = Deployment(
         app_id=release.app_id,
         environment=env_name,
@@ -81,9 +103,46 @@ def create_deployment(
         forced_by=forced_by,
         force_reason=force_reason,
     )
+    _end_before(session, decision, deployment)
     session.add(deployment)
     session.flush()
     return deployment
+
+
+def _admit(session: Session, ask: Ask, app: App, env_name: str) -> Admit:
+    held = [
+        Held(
+            id=d.id,
+            kind=d.kind,
+            state=d.state,
+            release=d.release_id,
+            built=d.release.created_at,
+            forced=d.forced_by is not None,
+            reason=d.reason,
+        )
+        for d in active_in(session, app.id, env_name)
+    ]
+    decision = admit(ask, held, app.name, env_name)
+    if isinstance(decision, Refuse):
+        raise Refused(decision)
+    return decision
+
+
+def _end_before(session: Session, decision: Admit, new: Deployment) -> None:
+    """End what the decision ends, before `new` joins the session (the indexes check each row)."""
+    now = utcnow()
+    for deployment_id in decision.supersede:
+        older = session.get_one(Deployment, deployment_id)
+        older.state, older.finished_at = "superseded", now
+        older.reason = f"superseded by release {new.release_id}"
+    for deployment_id in decision.cancel:
+        other = session.get_one(Deployment, deployment_id)
+        other.state, other.finished_at = "cancelled", now
+        other.reason = f"cancelled by a rollback to {new.release_id}"
+    for deployment_id in decision.abort:
+        other = session.get_one(Deployment, deployment_id)
+        other.state = "aborting"
+        other.reason = f"aborted by {new.triggered_by}: rollback to {new.release_id}"
 
 
 def create_rollback(
@@ -104,14 +163,8 @@ def create_rollback(
             f"release {target.id} never served {env_name}; roll back only to a release that "
             f"did, or deploy it: conveyor deploy {app.name} {env_name} --release {target.id}"
         )
-    for other in active_in(session, app.id, env_name):
-        if other.state in PENDING:
-            other.state = "cancelled"
-            other.reason = f"cancelled by a rollback to {target.id}"
-            other.finished_at = utcnow()
-        elif other.state == "running":
-            other.state = "aborting"
-            other.reason = f"aborted by {triggered_by}: rollback to {target.id}"
+    lock_for_writing(session, app.id)
+    decision = _admit(session, Ask("rollback", target.id, target.created_at), app, env_name)
     deployment = Deployment(
         app_id=app.id,
         environment=env_name,
@@ -122,6 +175,7 @@ def create_rollback(
         trigger="rollback",
         triggered_by=triggered_by,
     )
+    _end_before(session, decision, deployment)
     session.add(deployment)
     session.flush()
     return deployment
@@ -189,7 +243,10 @@ def _chain_to(
             session, release, env, mirror=mirror, trigger="pipeline", triggered_by=triggered_by
         )
     except GateError as exc:
-        # e.g. a commit not on the branch: the chain ends here, and the record says why
+        # e.g. a commit not on the branch: the chain ends here, and the record says why;
+        # the environment's line refusing it (a newer release queued) supersedes it
+        state = exc.refusal.state if isinstance(exc, Refused) else "failed"
+        reason = str(exc) if isinstance(exc, Refused) else f"refused: {exc}"
         refused = Deployment(
             app_id=release.app_id,
             environment=env,
@@ -197,8 +254,8 @@ def _chain_to(
             run_id=release.run_id,
             kind="deploy",
             strategy="-",
-            state="failed",
-            reason=f"refused: {exc}",
+            state=state,
+            reason=reason,
             trigger="pipeline",
             triggered_by=triggered_by,
             finished_at=utcnow(),

@@ -19,7 +19,7 @@ from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
-from conveyor.server import busy, metrics
+from conveyor.server import busy, idempotency, metrics
 from conveyor.server.api import (
     agents,
     apps,
@@ -137,6 +137,7 @@ def create_app(
 
     web.install(api)
     busy.install(api, settings.retry_after)
+    idempotency.install(api)
     api.add_middleware(BodyLimit)
     return api
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+# A deployment's states. The database holds at most one of each group per app and
+# environment (partial unique indexes below): one waiting its turn, one acting on hosts.
+# queued: waiting for its environment; waiting: for approval or the window
+DEPLOYMENT_PENDING = ("queued", "waiting")
+# running / rolling_back: acting on hosts; aborting: asked to stop, rolls back next
+DEPLOYMENT_ACTING = ("running", "rolling_back", "aborting")
+
+
+def _state_in(states: tuple[str, ...]) -> Any:
+    return text("state IN ({})".format(", ".join(f"'{s}'" for s in states)))
 
 
 class Base(DeclarativeBase):
@@ -204,6 +217,24 @@ class Deployment(Base):
     """One release going onto one environment: an ordered list of persisted steps."""
 
     __tablename__ = "deployments"
+    __table_args__ = (
+        Index(
+            "uq_deployments_one_pending",
+            "app_id",
+            "environment",
+            unique=True,
+            sqlite_where=_state_in(DEPLOYMENT_PENDING),
+            postgresql_where=_state_in(DEPLOYMENT_PENDING),
+        ),
+        Index(
+            "uq_deployments_one_acting",
+            "app_id",
+            "environment",
+            unique=True,
+            sqlite_where=_state_in(DEPLOYMENT_ACTING),
+            postgresql_where=_state_in(DEPLOYMENT_ACTING),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
@@ -288,3 +319,25 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class IdempotentRequest(Base):
+    """The answer given to a request sent with an `Idempotency-Key`, replayed to its retries.
+
+    One per token, method and path, and key (`scope` is their sha256); kept a day.
+    """
+
+    __tablename__ = "idempotent_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(64))
+    route: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of the request's body as parsed: the same key with another body is refused
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    __table_args__ = (UniqueConstraint("token_id", "scope"),)

@@ -35,7 +35,9 @@ from conveyor.protocol import (
 from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
 from conveyor.server.deps import SessionDep, get_app_or_404, get_release_or_404, get_run_or_404
+from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import _duration
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run, utcnow
 
 router = APIRouter(prefix="/api", tags=["deployments"])
@@ -125,7 +127,11 @@ def _check_environment(app: App, env: str, session: Session) -> None:
         )
 
 
-@router.post("/apps/{name}/environments/{env}/deploy", status_code=201)
+@router.post(
+    "/apps/{name}/environments/{env}/deploy",
+    status_code=201,
+    responses={409: {"description": "refused: a gate, or the environment already has it"}},
+)
 def deploy(
     name: str,
     env: str,
@@ -133,8 +139,15 @@ def deploy(
     request: Request,
     caller: Deployer,
     session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> DeploymentOut:
-    """Deploy a release to an environment under every gate (default: the newest that passes)."""
+    """Deploy a release to an environment under every gate (default: the newest that passes).
+
+    One deployment waits per environment: a newer release supersedes a queued older one;
+    the same release queued or running, an older one, or a queued rollback: 409, saying which.
+    """
+    once = Once(request, caller, idempotency_key, body)
+    once.recall(session)
     app = get_app_or_404(session, name)
     _check_environment(app, env, session)
     if body.force:
@@ -147,7 +160,8 @@ def deploy(
         release = _release_or_commit(session, app, body.release)
     else:
         release = _newest_passing(session, app, env, mirror)
-    try:
+
+    def act() -> DeploymentOut:
         d = create_deployment(
             session,
             release,
@@ -158,11 +172,11 @@ def deploy(
             forced_by=caller.name if body.force else None,
             force_reason=body.reason if body.force else None,
         )
-    except GateError as exc:
-        raise HTTPException(409, str(exc)) from None
-    session.commit()
+        return deployment_out(d, steps=True)
+
+    answer = answer_once(session, once, app.id, act, status=201)
     request.app.state.deployer.wake()
-    return deployment_out(d, steps=True)
+    return answer
 
 
 def _release_or_commit(session: Session, app: App, name: str) -> Release:
@@ -216,7 +230,11 @@ def _newest_passing(session: Session, app: App, env: str, mirror: Path) -> Relea
     raise HTTPException(409, f"no release of {app.name} may go to {env}: {first_error}")
 
 
-@router.post("/apps/{name}/environments/{env}/rollback", status_code=201)
+@router.post(
+    "/apps/{name}/environments/{env}/rollback",
+    status_code=201,
+    responses={409: {"description": "refused: no release to go back to, or already going"}},
+)
 def rollback(
     name: str,
     env: str,
@@ -224,23 +242,28 @@ def rollback(
     request: Request,
     caller: Deployer,
     session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> DeploymentOut:
     """Back to the release served before (or the one named); aborts a deployment underway."""
+    once = Once(request, caller, idempotency_key, body)
+    once.recall(session)
     app = get_app_or_404(session, name)
     _check_environment(app, env, session)
-    try:
-        if body.to is not None:
-            target = get_release_or_404(session, body.to)
-            if target.app_id != app.id:
-                raise HTTPException(404, f"unknown release {body.to!r} of app {app.name!r}")
-        else:
-            target = rollback_target(session, app, env)
-        d = create_rollback(session, app, env, target, triggered_by=caller.name)
-    except GateError as exc:
-        raise HTTPException(409, str(exc)) from None
-    session.commit()
+    if body.to is not None:
+        target = get_release_or_404(session, body.to)
+        if target.app_id != app.id:
+            raise HTTPException(404, f"unknown release {body.to!r} of app {app.name!r}")
+
+    def act() -> DeploymentOut:
+        # the default target is read under the write lock: what served before, now
+        chosen = target if body.to is not None else rollback_target(session, app, env)
+        return deployment_out(
+            create_rollback(session, app, env, chosen, triggered_by=caller.name), steps=True
+        )
+
+    answer = answer_once(session, once, app.id, act, status=201)
     request.app.state.deployer.wake()
-    return deployment_out(d, steps=True)
+    return answer
 
 
 @router.get("/apps/{name}/environments")
@@ -334,6 +357,8 @@ def abort_deployment(
 ) -> DeploymentOut:
     """Stop a deployment; what it changed goes back to the previous release."""
     d = get_deployment_or_404(session, deployment_id)
+    lock_for_writing(session, d.app_id)  # its state as the engine left it, not a moment ago
+    session.refresh(d)
     if not abort(d, caller):
         raise HTTPException(409, f"deployment {d.id} already ended ({d.state})")
     session.commit()
@@ -354,31 +379,45 @@ def abort(d: Deployment, caller: Caller) -> bool:
     return d.state in ("aborting", "rolling_back")
 
 
-@router.post("/runs/{run_id}/approve")
+@router.post(
+    "/runs/{run_id}/approve",
+    responses={409: {"description": "nothing of the run is waiting for approval"}},
+)
 def approve(
-    run_id: int, request: Request, caller: Deployer, session: SessionDep
+    run_id: int,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> list[DeploymentOut]:
     """Answer the approval gate of the run's release: who and when are recorded."""
+    once = Once(request, caller, idempotency_key, None)
+    once.recall(session)
     run = get_run_or_404(session, run_id)
-    waiting = session.scalars(
-        select(Deployment).where(
-            Deployment.run_id == run.id,
-            Deployment.state.in_(PENDING),
-            Deployment.approved_by.is_(None),
-        )
-    ).all()
-    needing = []
-    for d in waiting:
-        env = release_config(d.release).environments.get(d.environment)
-        if env is not None and env.approval == "required":
-            needing.append(d)
-    if not needing:
-        raise HTTPException(409, f"nothing of run {run_id} is waiting for approval")
-    for d in needing:
-        d.approved_by, d.approved_at = caller.name, utcnow()
-    session.commit()
+
+    def act() -> list[DeploymentOut]:
+        waiting = session.scalars(
+            select(Deployment).where(
+                Deployment.run_id == run.id,
+                Deployment.state.in_(PENDING),
+                Deployment.approved_by.is_(None),
+            )
+        ).all()
+        needing = []
+        for d in waiting:
+            env = release_config(d.release).environments.get(d.environment)
+            if env is not None and env.approval == "required":
+                needing.append(d)
+        if not needing:
+            raise HTTPException(409, f"nothing of run {run_id} is waiting for approval")
+        for d in needing:
+            d.approved_by, d.approved_at = caller.name, utcnow()
+        session.flush()
+        return [deployment_out(d) for d in needing]
+
+    answer = answer_once(session, once, run.app_id, act, status=200)
     request.app.state.deployer.wake()
-    return [deployment_out(d) for d in needing]
+    return answer
 
 
 def run_deployments(session: Session, run_id: int) -> list[Deployment]:

@@ -12,31 +12,48 @@ from conveyor.protocol import LogChunk, RunCreate, RunOut
 from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
+from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import run_out
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Run, Step, utcnow
 
 router = APIRouter(prefix="/api", tags=["runs"])
 MAX_LOG_CHUNK = 1 << 20
 
 
-@router.post("/apps/{name}/runs", status_code=201)
+@router.post(
+    "/apps/{name}/runs",
+    status_code=201,
+    responses={409: {"description": "other requests changed the same records; try again"}},
+)
 def start_run(
-    name: str, body: RunCreate, request: Request, caller: Deployer, session: SessionDep
+    name: str,
+    body: RunCreate,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Queue a run for a commit (default: the head of the app's branch, read at checkout)."""
+    once = Once(request, caller, idempotency_key, body)
+    once.recall(session)
     app = get_app_or_404(session, name)
     sha = (body.sha or "").lower()
-    run = enqueue_run(
-        session,
-        app,
-        sha,
-        ref=None if sha else f"refs/heads/{app.branch}",
-        trigger="manual",
-        triggered_by=caller.name,
-    )
-    session.commit()
+
+    def act() -> RunOut:
+        run = enqueue_run(
+            session,
+            app,
+            sha,
+            ref=None if sha else f"refs/heads/{app.branch}",
+            trigger="manual",
+            triggered_by=caller.name,
+        )
+        return run_out(run, steps=True)
+
+    answer = answer_once(session, once, app.id, act, status=201)
     request.app.state.engine.wake()
-    return run_out(run, steps=True)
+    return answer
 
 
 @router.get("/runs")
@@ -61,6 +78,7 @@ def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
 def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
     """Stop a run: its running step is killed, or its deployments roll back what they changed."""
     run = get_run_or_404(session, run_id)
+    lock_for_writing(session, run.app_id)  # the deployments' states as the engine left them
     aborted = [d for d in run_deployments(session, run_id) if abort(d, caller)]
     if aborted:
         session.commit()
