@@ -126,6 +126,38 @@ def test_a_canary_that_turns_bad_while_alone_is_caught_against_its_baselines_his
     assert failed is not None and "5xx" in failed[1][0]
 
 
+@pytest.mark.parametrize(
+    ("history", "canary_errors", "fails"),
+    [
+        # tests/e2e/test_judge.py's watch window on a loaded machine: the first release
+        # had served 172 requests (2 of them 5xx), which bounds its rate at 6.2%
+        (172, 0.10, True),
+        (172, 0.01, False),
+        (50, 0.30, True),  # no more than 16% (or so) before: 30% is worse
+        (50, 0.01, False),
+        (20, 0.01, False),
+    ],
+)
+def test_a_watch_window_after_a_short_history_compares_with_what_it_bounds(
+    history: int, canary_errors: float, fails: bool
+) -> None:
+    looks = stream(5, history=history, canary_errors=canary_errors, seconds=60, alone_after=0)
+    failed = first_fail(looks)
+    assert (failed is not None) == fails, failed
+    if failed:
+        assert "5xx: canary" in failed[1][0]
+
+
+def test_a_history_too_short_to_bound_its_rate_is_inconclusive_not_a_pass() -> None:
+    looks = stream(5, history=10, canary_errors=0.5, seconds=60, alone_after=0)
+    assert first_fail(looks) is None  # 10 requests bound nothing: ceilings alone can fail it
+    last = list(replay(looks, COMPARE))[-1]
+    errors = next(e for e in last.evidence if e.check == "errors vs baseline")
+    assert errors.verdict == Verdict.INCONCLUSIVE, errors
+    assert "20 baseline requests needed to bound its rate" in errors.summary
+    assert not last.conclusive
+
+
 def test_a_rejection_stands_and_carries_its_evidence() -> None:
     looks = stream(11, canary_errors=0.05)
     judgements = list(replay(looks, COMPARE))

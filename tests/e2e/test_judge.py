@@ -125,6 +125,11 @@ def test_a_release_that_turns_bad_during_the_watch_window_is_rolled_back(
     assert v1["state"] == "succeeded", v1
     switch = tmp_path / "turn-bad"
     with LoadGenerator(fleet.urls(), clients=8) as load:
+        # the watch window compares v2 alone with an upper bound of v1's 5xx rate: v1 needs
+        # a history for that bound to sit below 10% (500 requests with 1% 5xx: at most 6%
+        # even when unlucky). Left to the run's few seconds, a loaded machine gave it 172
+        # (≤ 6.2%), or could give it 50 (≤ 16%, and no test could blame 10% on v2)
+        wait_for(lambda: load.result.releases[v1["release"]] >= 500, timeout=120)
         run_id = push(fleet, "v2", MONITORED, error_rate=0.01, error_rate_file=str(switch))
 
         def watching() -> dict[str, Any] | None:

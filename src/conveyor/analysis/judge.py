@@ -44,7 +44,12 @@ from conveyor.config import Analysis
 from conveyor.protocol import LATENCY_BUCKETS, Evidence, Judgement, ReleaseCounters
 
 EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
-MIN_BASELINE = 200  # requests of the baseline before its p99 or its rate mean anything
+MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
+# requests of the baseline before its 5xx rate is bounded for the watch window's comparison
+# (the canary alone, against an upper confidence bound of the baseline's rate): the bound
+# widens as they get fewer (2 errors in 172: at most 6.2%; none in 20: at most 26%), so a
+# short history only takes a bigger worsening to fail; below 20 it says almost nothing
+MIN_HISTORY = 20
 P99_SHARE = 0.01  # the tail test: slow = above the baseline's p99 ...
 P99_RATIO = 2.0  # ... tuned to twice the baseline's share of slow requests
 P95_SHARE = 0.05  # the body test: slow = above the baseline's p95 ...
@@ -247,7 +252,7 @@ def _test(
             margin=margin_e,
             ratio=1.0,
         )
-    elif known.requests >= MIN_BASELINE:
+    elif known.requests >= MIN_HISTORY:
         s.errors = s.errors.one_sample(
             errors(batch_c),
             _worse(errors(s.canary_epoch), errors(s.canary_seen)),
@@ -410,6 +415,12 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
     e_value = _e(test.peak if fail else test.log_e)
     need = needed(errors(known).smoothed(), settings.margin, 1.0, 1 / test.threshold)
     verdict = Verdict.FAIL if fail else (Verdict.PASS if seen >= need else Verdict.INCONCLUSIVE)
+    progress = _progress(verdict, seen, need)
+    if not fail and known.requests < MIN_HISTORY:
+        # too short a history to bound the baseline's rate: without traffic beside the
+        # canary (the watch window) no test runs, however many canary requests pass
+        verdict = Verdict.INCONCLUSIVE
+        progress = f"; {MIN_HISTORY} baseline requests needed to bound its rate"
     out.append(
         Evidence(
             check="errors vs baseline",
@@ -419,7 +430,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
                 f"({(c_rate or 0) * 100:.2f}%) vs baseline {known.errors_5xx}/{known.requests} "
                 f"({b_rate * 100:.2f}%): evidence {e_value:.3g} {'≥' if fail else '<'} "
                 f"{test.threshold:.0f} for a worsening of {settings.margin * 100:g} pp or more"
-                + _progress(verdict, seen, need)
+                + progress
             ),
             canary_requests=window.requests,
             canary_events=window.errors_5xx,
