@@ -181,7 +181,7 @@ def test_oversized_and_malformed_bodies_are_refused(shop) -> None:  # type: igno
 @pytest.mark.parametrize("forge", ["github", "gitlab", "gitea"])
 def test_unknown_app_and_bad_signature_get_the_same_answer(shop, forge: str) -> None:  # type: ignore[no-untyped-def]
     # the webhook routes must not tell a caller without the secret which apps exist
-    server, app, sha = shop
+    server, _, sha = shop
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     wrong = "not the secret"
     headers = {
