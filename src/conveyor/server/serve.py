@@ -15,6 +15,7 @@ from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
+from conveyor.server.datadir import make_private
 from conveyor.store.db import database_url, make_engine, migrate, session_factory
 
 log = logging.getLogger("conveyor.server")
@@ -25,8 +26,8 @@ def serve(data_dir: Path, listen: str, db: str | None, public_url: str | None) -
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_text)
-    data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(db, data_dir)
+    make_private(data_dir, url)  # before anything is created: the umask applies to it all
     engine = make_engine(url)
     migrate(engine)
     sessions = session_factory(engine)
