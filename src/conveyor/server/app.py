@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp
 
 from conveyor import __version__
 from conveyor.deploy.desired import Notifier
@@ -31,10 +32,19 @@ from conveyor.server.api import (
     status,
     tokens,
 )
+from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
 from conveyor.server.web import pages as web
 from conveyor.store.models import Run
+
+
+class _Server(FastAPI):
+    """FastAPI with the security headers as its outermost layer, so that even the 500 of
+    Starlette's error middleware (outside every added middleware) carries them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    api = FastAPI(
+    api = _Server(
         title="conveyor",
         version=__version__,
         description="Self-hosted continuous deployment. Every /api route needs "
