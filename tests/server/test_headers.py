@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor.server.headers import CONTENT_SECURITY_POLICY
+from conveyor.server.headers import CONTENT_SECURITY_POLICY, DOCS_CONTENT_SECURITY_POLICY
 from tests.helpers import ServerProcess, running_server
 
 
@@ -51,6 +51,20 @@ def test_an_authenticated_api_answer_and_a_refused_body_carry_them_too(
     assert server.http.get("/api/status").headers["x-frame-options"] == "DENY"
     big = httpx.post(server.url + "/api/apps", content=b"x" * (26 * 1024 * 1024))
     assert big.status_code == 413 and big.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_pages_may_load_their_cdn_code_and_nothing_else(
+    server: ServerProcess, path: str
+) -> None:
+    r = httpx.get(server.url + path)
+    assert r.status_code == 200
+    assert r.headers["content-security-policy"] == DOCS_CONTENT_SECURITY_POLICY
+    assert r.headers["x-frame-options"] == "DENY"
+    # every outside address the page names is allowed by its policy, and no other
+    outside = set(re.findall(r"https://([a-z.]+)/", r.text))
+    allowed = set(re.findall(r"https://([a-z.]+)", DOCS_CONTENT_SECURITY_POLICY))
+    assert outside and outside <= allowed, (outside, allowed)
 
 
 def test_the_policy_allows_only_this_server_and_no_inline_script() -> None:

@@ -28,16 +28,40 @@ CONTENT_SECURITY_POLICY = "; ".join(
     ]
 )
 
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+# FastAPI's API docs pages (/docs: Swagger UI, /redoc) load their code, styles and fonts from
+# CDNs and start it with an inline script. They show no data of their own (they fetch
+# /openapi.json), so they get a policy that allows just those sources.
+DOCS_PATHS = frozenset({"/docs", "/redoc"})
+DOCS_CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net",
+        "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com",
+        "font-src 'self' https://fonts.gstatic.com",
+        "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.jsdelivr.net",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+COMMON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 )
+SECURITY_HEADERS = ((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()), *COMMON_HEADERS)
+DOCS_HEADERS = (
+    (b"content-security-policy", DOCS_CONTENT_SECURITY_POLICY.encode()),
+    *COMMON_HEADERS,
+)
 
 
 class SecurityHeaders:
-    """ASGI middleware: add SECURITY_HEADERS to every HTTP response that lacks them."""
+    """ASGI middleware: add SECURITY_HEADERS (DOCS_HEADERS on the API docs pages) to every
+    HTTP response that lacks them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -46,12 +70,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        added = DOCS_HEADERS if scope.get("path") in DOCS_PATHS else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                headers += [(k, v) for k, v in added if k not in present]
                 message = {**message, "headers": headers}
             await send(message)
 
