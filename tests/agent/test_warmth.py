@@ -26,6 +26,11 @@ R = Retired
         # adopted after an agent restart, all retire at once: the instance started last wins
         ([R("v1", 5.0, started_at=100.0), R("v2", 5.0, started_at=200.0)], 1, {"v2"}),
         ([R("v2", 5.0, started_at=200.0), R("v1", 5.0, started_at=100.0)], 1, {"v2"}),
+        # a release that never was current (a failed preview, a canary rolled back) is no
+        # rollback target: it does not push the previous release out
+        ([R("v1", 10.0), R("broken", None)], 1, {"v1"}),
+        ([R("broken", None)], 1, set()),
+        ([R("v1", 10.0), R("v2", 12.0), R("canary", None)], 2, {"v1", "v2"}),
         # and with nothing else to go by, the name decides, never the order given
         ([R("a", 5.0), R("b", 5.0)], 1, {"b"}),
         ([R("b", 5.0), R("a", 5.0)], 1, {"b"}),

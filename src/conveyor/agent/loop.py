@@ -65,6 +65,10 @@ class ReleaseRuntime:
     verified: bool = False  # passed a health check since it started
     drain_started: float | None = None
     warm_until: float | None = None
+    # when it last stopped being the app's current (top-weighted) release; None while it is,
+    # or if it never was (a preview, a canary rolled back): see warmth.py
+    current_until: float | None = None
+    was_current: bool = False
 
 
 class Reconciler:
@@ -141,6 +145,9 @@ class Reconciler:
                 phase="healthy" if serving else "starting",
                 verified=serving,
                 instance=instance,
+                # its past is unknown: it may be the previous release, retired before now
+                was_current=True,
+                current_until=None if serving else time.monotonic(),
             )
             self.runtimes[key] = rt
             log.info(
@@ -343,9 +350,9 @@ class Reconciler:
             )
             return
         first = weighted[0].service
-        taking_over = max(weighted, key=lambda r: r.weight).service
-        self.keep_warm[app.app] = taking_over.keep_warm
-        self.keep_warm_releases[app.app] = taking_over.keep_warm_releases
+        top = max(weighted, key=lambda r: r.weight)
+        self.keep_warm[app.app] = top.service.keep_warm
+        self.keep_warm_releases[app.app] = top.service.keep_warm_releases
         targets = []
         for r in app.releases:
             rt = self.runtimes.get((app.app, r.release))
@@ -372,7 +379,6 @@ class Reconciler:
                 return
             self.applied[app.app] = spec
             self._save_routes()
-            top = max(weighted, key=lambda r: r.weight)
             self.installer.switch_current(app.app, top.release)
             self._prune_due = True
             log.info(
@@ -381,6 +387,7 @@ class Reconciler:
             )
             self._changed()
         self.routed[app.app] = True
+        self._mark_current(app.app, top.release)
         self.app_errors[app.app] = None
 
     async def _retire(self, wanted: set[tuple[str, str]], apps: set[str]) -> None:
@@ -441,6 +448,17 @@ class Reconciler:
                 # keep the newest 5 releases on disk, never one that runs
                 self.installer.prune(app_name, keep=5, in_use=in_use.get(app_name, set()))
 
+    def _mark_current(self, app: str, current: str) -> None:
+        """Note which release is the app's current one, and when the others stopped being it."""
+        now = time.monotonic()
+        for (name, release), rt in self.runtimes.items():
+            if name != app:
+                continue
+            if release == current:
+                rt.was_current, rt.current_until = True, None
+            elif rt.was_current and rt.current_until is None:
+                rt.current_until = now
+
     def _serving(self, rt: ReleaseRuntime) -> bool:
         applied = self.applied.get(rt.app)
         return applied is not None and any(
@@ -457,7 +475,11 @@ class Reconciler:
             if rt.phase not in ("healthy", "draining", "warm"):
                 continue
             retired.setdefault(rt.app, []).append(
-                Retired(rt.release, rt.drain_started or now, rt.instance.first_started_at)
+                Retired(
+                    rt.release,
+                    (rt.current_until or now) if rt.was_current else None,
+                    rt.instance.first_started_at,
+                )
             )
             # the release taking over says how many stay warm, as it says for how long
             counts.setdefault(

@@ -135,8 +135,9 @@ class Service(Section):
         Field(
             ge=0,
             le=MAX_KEEP_WARM_RELEASES,
-            description="How many of the releases a deployment replaced stay running, each "
-            "for keep_warm: the last ones retired. Older ones stop once drained; 0 keeps none.",
+            description="How many previous releases stay running, each for keep_warm: those "
+            "that were the current release most recently. Older ones stop once drained; 0 "
+            "keeps none.",
         ),
     ] = 1
     env: EnvMap = Field(default_factory=dict)
