@@ -5,8 +5,8 @@ background; the router gets the desired weights only once every release that
 should take traffic is healthy (so a release that never gets healthy changes
 nothing users see); a release no longer desired is drained, kept warm for
 `keep_warm` (a rollback to it is then a weight switch), then stopped; only the last
-`keep_warm_releases` retired releases are kept warm, older ones stop once drained
-(see warmth.py).
+`keep_warm_releases` previous releases (the ones current most recently) are kept
+warm, the others stop once drained (see warmth.py).
 
 A release whose desired state asks for a migration (`migrate`) runs it once, after
 it is installed and before its instance starts (see migrations.py); a failed one
