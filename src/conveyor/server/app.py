@@ -39,7 +39,7 @@ from conveyor.server.web import pages as web
 from conveyor.store.models import Run
 
 
-class _Server(FastAPI):
+class _ConveyorAPI(FastAPI):
     """FastAPI with the security headers as its outermost layer, so that even the 500 of
     Starlette's error middleware (outside every added middleware) carries them."""
 
@@ -96,7 +96,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    api = _Server(
+    api = _ConveyorAPI(
         title="conveyor",
         version=__version__,
         description="Self-hosted continuous deployment. Every /api route needs "
