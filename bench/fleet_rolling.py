@@ -439,7 +439,7 @@ def report(
         cells.append(med([c["machine"] for c in samples]))
         print(f"{label:<22}" + "".join(f"{c:>10.2f}" for c in cells))
     print()
-    print("memory at the end (each fleet host keeps its previous releases warm, keep_warm 10m):")
+    print("memory at the end (each fleet host keeps its previous release warm, keep_warm 10m):")
     total_rss = total_pss = 0
     for kind in KINDS:
         count, rss, pss = mem.get(kind, (0, 0, 0))

@@ -448,6 +448,9 @@ class ServiceSpec(Wire):
     health_timeout: float = 30.0
     drain: float = 30.0
     keep_warm: float = 600.0
+    keep_warm_releases: int = Field(
+        default=1, description="how many retired releases stay warm (the last ones retired)"
+    )
     env: dict[str, str] = {}
     install_hook: str | None = None
 

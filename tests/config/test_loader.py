@@ -41,6 +41,7 @@ def test_spec_example_validates() -> None:
     assert config.service is not None
     assert config.service.health.interval == 1.0
     assert config.service.keep_warm == 600.0
+    assert config.service.keep_warm_releases == 1
     assert config.service.secrets == ["DATABASE_URL"]
     assert config.hooks.migrate == "./bin/migrate"
     assert list(config.environments) == ["staging", "production"]
@@ -392,6 +393,20 @@ BROKEN = [
         "a path inside the repository",
     ),
     ("top level is a list", "- app: shop\n", 1, 1, "expected a mapping of keys like app: shop"),
+    (
+        "negative keep_warm_releases",
+        BASE.replace("  port: 8000\n", "  port: 8000\n  keep_warm_releases: -1\n"),
+        5,
+        23,
+        "expected a number at least 0, got -1",
+    ),
+    (
+        "keep_warm_releases not a count",
+        BASE.replace("  port: 8000\n", "  port: 8000\n  keep_warm_releases: 10m\n"),
+        5,
+        23,
+        "expected a whole number, got '10m'",
+    ),
     ("empty file", "# just a comment\n", 1, 1, "the file is empty"),
     ("two documents", "app: shop\n---\napp: other\n", 2, 1, "a single YAML document"),
     ("unclosed bracket", "app: shop\ntest: [make\n", 2, 7, "unclosed bracket"),

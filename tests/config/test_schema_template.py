@@ -49,6 +49,9 @@ def test_schema_writes_durations_percents_and_windows_as_strings() -> None:
     )
     assert rate["type"] == "string" and re.fullmatch(rate["pattern"], "0.5%")
     assert environment["batch"]["default"] == 1
+    warm = defs["Service"]["properties"]["keep_warm_releases"]
+    assert (warm["type"], warm["minimum"], warm["default"]) == ("integer", 0, 1)
+    assert "keep_warm" in warm["description"]
 
 
 def test_schema_offers_both_metric_sources_with_the_default_queries() -> None:

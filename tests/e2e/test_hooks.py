@@ -174,7 +174,30 @@ def test_oversized_and_malformed_bodies_are_refused(shop) -> None:  # type: igno
     assert r.status_code == 413
     bad = github_post(server, b"not json", app["webhook_secret"])
     assert bad.status_code == 400
-    assert httpx.post(f"{server.url}/hooks/github/nope", content=b"{}").status_code == 404
+    assert httpx.post(f"{server.url}/hooks/github/nope", content=b"{}").status_code == 401
+    assert runs(server) == []
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab", "gitea"])
+def test_unknown_app_and_bad_signature_get_the_same_answer(shop, forge: str) -> None:  # type: ignore[no-untyped-def]
+    # the webhook routes must not tell a caller without the secret which apps exist
+    server, _, sha = shop
+    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+    wrong = "not the secret"
+    headers = {
+        "github": {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": "sha256=" + hmac_sha256(wrong, body),
+        },
+        "gitlab": {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": wrong},
+        "gitea": {"X-Gitea-Event": "push", "X-Gitea-Signature": hmac_sha256(wrong, body)},
+    }[forge]
+    known = httpx.post(f"{server.url}/hooks/{forge}/shop", content=body, headers=headers)
+    unknown = httpx.post(f"{server.url}/hooks/{forge}/shoq", content=body, headers=headers)
+    assert known.status_code == unknown.status_code == 401
+    assert known.json()["detail"].replace("'shop'", "'shoq'") == unknown.json()["detail"]
+    assert "does not match the secret of an app named 'shoq'" in unknown.json()["detail"]
+    assert known.headers["content-length"] == unknown.headers["content-length"]
     assert runs(server) == []
 
 

@@ -117,6 +117,30 @@ def test_deploy_rollback_and_failed_deploys_lose_no_request(world: World) -> Non
     assert app["current"] == v1
 
 
+def test_only_the_last_previous_release_stays_warm(server: ServerProcess, tmp_path: Path) -> None:
+    # keep_warm (10m) applies to the last keep_warm_releases (default 1) retired releases:
+    # four quick deploys leave one warm instance behind, not three
+    with world_on("embedded", server, tmp_path, "127.0.5.1") as world:
+        v1, v2, v3, v4 = (world.build(label) for label in ("v1", "v2", "v3", "v4"))
+        agent = world.agent.start()
+        for release in (v1, v2, v3, v4):
+            agent.set("sample", {release: 100})
+            agent.wait_routed("sample", {release: 100})
+        wait_for(
+            lambda: agent.release("sample", v1) is None and agent.release("sample", v2) is None
+        )
+        warm = agent.release("sample", v3)
+        assert warm is not None and warm["phase"] in ("draining", "warm"), warm
+        running = [r["release"] for r in agent.app("sample")["releases"]]  # type: ignore[index]
+        assert sorted(running) == sorted([v3, v4])
+
+        agent.set("sample", {v3: 100})  # a rollback to it is a weight switch: same process
+        agent.wait_routed("sample", {v3: 100}, timeout=10)
+        assert world.serving() == v3
+        back = agent.release("sample", v3)
+        assert back is not None and back["pid"] == warm["pid"], (warm, back)
+
+
 def test_agent_killed_mid_deploy_adopts_its_instances(world: World) -> None:
     v1 = world.build("v1")
     v2 = world.build("v2")

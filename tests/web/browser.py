@@ -78,6 +78,12 @@ class Visitor:
         self.page.on("request", lambda req: self.requests.append(req.url))
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        # what the Content-Security-Policy refused (an inline script or style, say) is an error
+        self.page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(message.text)
 
     def sign_in(self, token: str) -> Visitor:
         self.page.goto(self.server.url + "/login")

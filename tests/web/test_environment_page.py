@@ -220,6 +220,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 assert "Approved by dan" in deployer.page.inner_text("#flash")
                 # the viewer's page, never reloaded, shows the canary's weights as they move
                 viewer.page.wait_for_function(
+                    "() => "
                     f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
                     "?.dataset.observed === '50'",
                     timeout=120_000,
@@ -243,7 +244,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 points = int(phone.page.get_attribute(judged, "data-points") or 0)
                 phone.page.evaluate("window.__loaded = Date.now()")
                 phone.page.wait_for_function(
-                    f"+document.querySelector('{judged}').dataset.points > {points}"
+                    f"() => +document.querySelector('{judged}').dataset.points > {points}"
                 )
                 assert phone.page.evaluate("typeof window.__loaded") == "number"
                 shoot(phone, "analysis-running-phone")
@@ -258,6 +259,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 )
                 shoot(viewer, "environment-canary-desktop")
                 viewer.page.wait_for_function(
+                    "() => "
                     f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v2}']\")"
                     "?.dataset.observed === '100'",
                     timeout=120_000,
@@ -345,6 +347,7 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
         wait_for(lambda: fleet.routed("web-2") == {story.v1: 100}, timeout=60, interval=0.1)
         switched = time.monotonic() - started
         deployer.page.wait_for_function(
+            "() => "
             f"document.querySelector(\"[data-host=web-2] tr[data-release='{story.v1}']\")"
             "?.dataset.observed === '100'"
         )

@@ -103,11 +103,11 @@ def test_history_filters_and_redeploys_a_release_that_passed_its_gates(
 
         # the filters are a plain GET form that htmx swaps in place
         page.select_option("select[name=environment]", "production")
-        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 2")
+        page.wait_for_function("() => document.querySelectorAll('#history tbody tr').length === 2")
         assert "environment=production" in page.url
         page.select_option("select[name=environment]", "")
         page.select_option("select[name=state]", "failed")
-        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 1")
+        page.wait_for_function("() => document.querySelectorAll('#history tbody tr').length === 1")
         assert v3 in rows(deployer)[0]
         page.select_option("select[name=state]", "")
         page.select_option("select[name=trigger]", "api")

@@ -72,7 +72,7 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         page.add_init_script(OBSERVER)
         run = server.post("/api/apps/shop/runs", {})
         visitor.goto(f"/runs/{run['id']}")
-        page.wait_for_function("Object.keys(window.__seen).length === 5", timeout=90_000)
+        page.wait_for_function("() => Object.keys(window.__seen).length === 5", timeout=90_000)
         seen = page.evaluate("window.__seen")
         gaps = {int(i): v["seen"] - v["written"] for i, v in seen.items()}
         print("log line latency (ms, written → on the page):", dict(sorted(gaps.items())))
@@ -87,7 +87,7 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         # the run's end reaches the page by itself: head and steps, live
         page.wait_for_selector("#run .state-succeeded", timeout=90_000)
         page.wait_for_function(
-            "document.querySelectorAll('#steps summary .state-succeeded').length === 4"
+            "() => document.querySelectorAll('#steps summary .state-succeeded').length === 4"
         )
         assert page.locator("#steps summary .state").count() == 4  # replaced, not added to
         done = server.get(f"/api/runs/{run['id']}")
@@ -101,7 +101,7 @@ def test_a_runs_log_lines_appear_within_a_second_coloured_and_masked(
         # streamed live, the long log came whole: no page was skipped (the run may end
         # before its last lines reach the page: a beat sends at most LIVE_MAX of a log)
         page.wait_for_function(
-            f"/^row {ROWS}$/m.test(document.querySelector('#steps').innerText)",
+            f"() => /^row {ROWS}$/m.test(document.querySelector('#steps').innerText)",
             timeout=30_000,
         )
         rows = re.findall(r"^row (\d+)$", page.inner_text("#steps"), re.M)

@@ -4,7 +4,9 @@ Per app: every desired release is installed, started and health-checked in the
 background; the router gets the desired weights only once every release that
 should take traffic is healthy (so a release that never gets healthy changes
 nothing users see); a release no longer desired is drained, kept warm for
-`keep_warm` (a rollback to it is then a weight switch), then stopped.
+`keep_warm` (a rollback to it is then a weight switch), then stopped; only the last
+`keep_warm_releases` previous releases (the ones current most recently) are kept
+warm, the others stop once drained (see warmth.py).
 
 A release whose desired state asks for a migration (`migrate`) runs it once, after
 it is installed and before its instance starts (see migrations.py); a failed one
@@ -30,6 +32,7 @@ from conveyor.agent.installer import Installer, InstallError
 from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
 from conveyor.agent.supervisor import Instance, Supervisor
+from conveyor.agent.warmth import Retired, stay_warm
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
@@ -44,6 +47,7 @@ from conveyor.router.spec import Router, RouterError, RouterMetrics, RouteSpec, 
 log = logging.getLogger("conveyor.agent")
 
 DEFAULT_KEEP_WARM = 600.0
+DEFAULT_KEEP_WARM_RELEASES = 1
 
 
 @dataclass
@@ -61,6 +65,10 @@ class ReleaseRuntime:
     verified: bool = False  # passed a health check since it started
     drain_started: float | None = None
     warm_until: float | None = None
+    # when it last stopped being the app's current (top-weighted) release; None while it is,
+    # or if it never was (a preview, a canary rolled back): see warmth.py
+    current_until: float | None = None
+    was_current: bool = False
 
 
 class Reconciler:
@@ -89,6 +97,7 @@ class Reconciler:
         self.app_errors: dict[str, str | None] = {}
         self.routed: dict[str, bool] = {}
         self.keep_warm: dict[str, float] = {}
+        self.keep_warm_releases: dict[str, int] = {}
         self._prune_due = True
         self.errors: list[str] = []
         self.wake = asyncio.Event()
@@ -136,6 +145,9 @@ class Reconciler:
                 phase="healthy" if serving else "starting",
                 verified=serving,
                 instance=instance,
+                # its past is unknown: it may be the previous release, retired before now
+                was_current=True,
+                current_until=None if serving else time.monotonic(),
             )
             self.runtimes[key] = rt
             log.info(
@@ -338,7 +350,9 @@ class Reconciler:
             )
             return
         first = weighted[0].service
-        self.keep_warm[app.app] = max(weighted, key=lambda r: r.weight).service.keep_warm
+        top = max(weighted, key=lambda r: r.weight)
+        self.keep_warm[app.app] = top.service.keep_warm
+        self.keep_warm_releases[app.app] = top.service.keep_warm_releases
         targets = []
         for r in app.releases:
             rt = self.runtimes.get((app.app, r.release))
@@ -365,7 +379,6 @@ class Reconciler:
                 return
             self.applied[app.app] = spec
             self._save_routes()
-            top = max(weighted, key=lambda r: r.weight)
             self.installer.switch_current(app.app, top.release)
             self._prune_due = True
             log.info(
@@ -374,6 +387,7 @@ class Reconciler:
             )
             self._changed()
         self.routed[app.app] = True
+        self._mark_current(app.app, top.release)
         self.app_errors[app.app] = None
 
     async def _retire(self, wanted: set[tuple[str, str]], apps: set[str]) -> None:
@@ -382,12 +396,10 @@ class Reconciler:
         if any(rt.phase == "draining" for rt in self.runtimes.values()):
             # stopping an instance with requests in flight would break them: read fresh counts
             self.metrics = await self.router.metrics()
+        warm = self._stay_warm(wanted, now)
         for key, rt in list(self.runtimes.items()):
-            if key in wanted:
-                continue
-            applied = self.applied.get(rt.app)
-            if applied and any(t.release == rt.release and t.weight > 0 for t in applied.targets):
-                continue  # still serving until the new routing can be applied
+            if key in wanted or self._serving(rt):
+                continue  # a serving one serves until the new routing can be applied
             if rt.task is not None and not rt.task.done():
                 rt.task.cancel()
             if rt.phase in ("starting", "installing") and not rt.verified:
@@ -398,13 +410,19 @@ class Reconciler:
             if rt.phase == "draining":
                 drain = rt.spec.service.drain if rt.spec else 30.0
                 if self._in_flight(rt) == 0 or now - (rt.drain_started or now) >= drain:
-                    # the release taking over says how long its predecessor stays warm
+                    # the release taking over says how long its predecessor stays warm;
+                    # one retired before the last keep_warm_releases stops at once
                     keep = self.keep_warm.get(
                         rt.app, rt.spec.service.keep_warm if rt.spec else DEFAULT_KEEP_WARM
                     )
-                    rt.phase, rt.warm_until = "warm", now + keep
+                    rt.phase, rt.warm_until = "warm", now + (keep if key in warm else 0.0)
                     self._changed()
-            if rt.phase == "warm" and now < (rt.warm_until or now) and self._alive(rt):
+            if (
+                rt.phase == "warm"
+                and key in warm
+                and now < (rt.warm_until or now)
+                and self._alive(rt)
+            ):
                 continue
             if rt.phase in ("warm", "failed", "installing", "starting", "stopped") or (
                 rt.instance is None and rt.phase != "draining"
@@ -429,6 +447,53 @@ class Reconciler:
             for app_name in apps:
                 # keep the newest 5 releases on disk, never one that runs
                 self.installer.prune(app_name, keep=5, in_use=in_use.get(app_name, set()))
+
+    def _mark_current(self, app: str, current: str) -> None:
+        """Note which release is the app's current one, and when the others stopped being it."""
+        now = time.monotonic()
+        for (name, release), rt in self.runtimes.items():
+            if name != app:
+                continue
+            if release == current:
+                rt.was_current, rt.current_until = True, None
+            elif rt.was_current and rt.current_until is None:
+                rt.current_until = now
+
+    def _serving(self, rt: ReleaseRuntime) -> bool:
+        applied = self.applied.get(rt.app)
+        return applied is not None and any(
+            t.release == rt.release and t.weight > 0 for t in applied.targets
+        )
+
+    def _stay_warm(self, wanted: set[tuple[str, str]], now: float) -> set[tuple[str, str]]:
+        """The retired releases that may stay warm: per app, the last keep_warm_releases."""
+        retired: dict[str, list[Retired]] = {}
+        counts: dict[str, int] = {}
+        for key, rt in self.runtimes.items():
+            if key in wanted or rt.instance is None or self._serving(rt):
+                continue
+            if rt.phase not in ("healthy", "draining", "warm"):
+                continue
+            retired.setdefault(rt.app, []).append(
+                Retired(
+                    rt.release,
+                    (rt.current_until or now) if rt.was_current else None,
+                    rt.instance.first_started_at,
+                )
+            )
+            # the release taking over says how many stay warm, as it says for how long
+            counts.setdefault(
+                rt.app,
+                self.keep_warm_releases.get(
+                    rt.app,
+                    rt.spec.service.keep_warm_releases if rt.spec else DEFAULT_KEEP_WARM_RELEASES,
+                ),
+            )
+        return {
+            (app, release)
+            for app, releases in retired.items()
+            for release in stay_warm(releases, counts[app])
+        }
 
     def _in_flight(self, rt: ReleaseRuntime) -> int:
         if self.metrics is None:

@@ -8,6 +8,7 @@ from pydantic import (
     AfterValidator,
     Field,
     GetJsonSchemaHandler,
+    Strict,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -20,6 +21,7 @@ from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
 from conveyor.config.values import AppName, EnvironmentName, EnvMap, NonEmptyStr, Port, SecretName
 
+MAX_KEEP_WARM_RELEASES = 10  # each warm release is a running instance on every host
 NotifyEvent = Literal["failure", "rollback", "approval", "success"]
 
 
@@ -127,6 +129,17 @@ class Service(Section):
     health: HealthCheck = HealthCheck()
     drain: Duration = 30.0
     keep_warm: Duration = 600.0
+    keep_warm_releases: Annotated[
+        int,
+        Strict(),
+        Field(
+            ge=0,
+            le=MAX_KEEP_WARM_RELEASES,
+            description="How many previous releases stay running, each for keep_warm: those "
+            "that were the current release most recently. Older ones stop once drained; 0 "
+            "keeps none.",
+        ),
+    ] = 1
     env: EnvMap = Field(default_factory=dict)
     secrets: list[SecretName] = Field(default_factory=list)
 

@@ -120,6 +120,7 @@ service:                        # how a release runs on a host, from its release
   health: {{path: /healthz, interval: 1s, timeout: 30s}}   # any 2xx is healthy
   drain: 30s                    # longest wait for in-flight requests before an old instance stops
   keep_warm: 10m                # the previous release stays running this long, for instant rollback
+  keep_warm_releases: 1         # how many previous releases stay warm; older ones stop once drained
   env: {{LOG_LEVEL: info}}
   # secrets: [DATABASE_URL]     # values come from the server's secret store; masked in logs
 

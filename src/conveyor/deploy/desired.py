@@ -84,6 +84,7 @@ def service_spec(release: Release) -> ServiceSpec:
         health_timeout=service.health.timeout,
         drain=service.drain,
         keep_warm=service.keep_warm,
+        keep_warm_releases=service.keep_warm_releases,
         env=env,
         install_hook=config.hooks.install,
     )

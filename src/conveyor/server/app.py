@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp
 
 from conveyor import __version__
 from conveyor.deploy.desired import Notifier
@@ -32,10 +33,19 @@ from conveyor.server.api import (
     status,
     tokens,
 )
+from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
 from conveyor.server.web import pages as web
 from conveyor.store.models import Run
+
+
+class _ConveyorAPI(FastAPI):
+    """FastAPI with the security headers as its outermost layer, so that even the 500 of
+    Starlette's error middleware (outside every added middleware) carries them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    api = FastAPI(
+    api = _ConveyorAPI(
         title="conveyor",
         version=__version__,
         description="Self-hosted continuous deployment. Every /api route needs "

@@ -15,6 +15,7 @@ from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
+from conveyor.server.datadir import make_private
 from conveyor.store.db import Pool, database_url, make_engine, migrate, session_factory
 from conveyor.threads import BACKGROUND_THREADS
 
@@ -39,8 +40,8 @@ def serve(
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_text)
-    data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(db, data_dir)
+    make_private(data_dir, url)  # before anything is created: the umask applies to it all
     # requests and the engines' background threads each get a pool as large as their
     # threads: neither can take the other's connections, and a request that finds none
     # free within db_wait gets 503 (store.db.Pool)

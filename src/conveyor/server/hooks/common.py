@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -53,10 +55,40 @@ def unauthorized(provider: str, what: str) -> HTTPException:
     return HTTPException(401, f"{provider} webhook refused: {what}")
 
 
-def find_app(session: Session, name: str) -> App:
+# What an unknown app's signature is checked against, so that an unknown app costs the
+# same work as a known one; random per process, so no signature can ever match it.
+_NO_APP_SECRET = secrets.token_hex(24)  # shaped like the secrets `app add` makes
+
+
+def signed_app(
+    session: Session,
+    name: str,
+    *,
+    provider: str,
+    header: str,
+    given: str | None,
+    expected: Callable[[str], str],
+) -> App:
+    """The app a webhook names, once its signature is checked against the app's secret.
+
+    An unknown app and a wrong signature get the same 401, after the same work (the
+    signature is checked against a stand-in secret when the app is unknown), so the
+    webhook routes do not tell who may call them which app names exist.
+    `expected(secret)` is what the header should hold for this body and secret.
+    """
+    if given is None:
+        raise unauthorized(provider, f"missing {header} header")
     app = session.scalar(select(App).where(App.name == name))
-    if app is None:
-        raise HTTPException(404, f"unknown app {name!r}")
+    matches = signature_matches(expected(app.webhook_secret if app else _NO_APP_SECRET), given)
+    if app is None or not matches:
+        why = "unknown app" if app is None else "signature mismatch"
+        log.warning("webhook refused", extra={"provider": provider, "app": name, "why": why})
+        raise HTTPException(
+            401,
+            f"{provider} webhook refused: {header} does not match the secret of an app "
+            f"named {name!r}; check the app name in the URL and the secret that "
+            "`conveyor app add` printed",
+        )
     return app
 
 

@@ -11,12 +11,10 @@ from conveyor.server.hooks.common import (
     RawBody,
     accepted,
     body_digest,
-    find_app,
     handle_push,
     hmac_sha256,
     json_object,
-    signature_matches,
-    unauthorized,
+    signed_app,
 )
 
 router = APIRouter(prefix="/hooks", tags=["webhooks"])
@@ -24,14 +22,15 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 @router.post("/gitea/{name}", status_code=202)
 def gitea(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
-    app = find_app(session, name)
-    signature = request.headers.get("x-gitea-signature") or request.headers.get(
-        "x-forgejo-signature"
+    app = signed_app(
+        session,
+        name,
+        provider="Gitea",
+        header="X-Gitea-Signature",
+        given=request.headers.get("x-gitea-signature")
+        or request.headers.get("x-forgejo-signature"),
+        expected=lambda secret: hmac_sha256(secret, body),
     )
-    if signature is None:
-        raise unauthorized("Gitea", "missing X-Gitea-Signature header")
-    if not signature_matches(hmac_sha256(app.webhook_secret, body), signature):
-        raise unauthorized("Gitea", "X-Gitea-Signature does not match the app's secret")
     event = request.headers.get("x-gitea-event") or request.headers.get("x-forgejo-event") or "push"
     if event != "push":
         return accepted("ignored", f"event {event!r} is not a push")

@@ -11,12 +11,10 @@ from conveyor.server.hooks.common import (
     RawBody,
     accepted,
     body_digest,
-    find_app,
     handle_push,
     hmac_sha256,
     json_object,
-    signature_matches,
-    unauthorized,
+    signed_app,
 )
 from conveyor.server.hookscript import HOOK_AGENT
 
@@ -25,12 +23,14 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 @router.post("/github/{name}", status_code=202)
 def github(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
-    app = find_app(session, name)
-    header = request.headers.get("x-hub-signature-256")
-    if header is None:
-        raise unauthorized("GitHub", "missing X-Hub-Signature-256 header")
-    if not signature_matches("sha256=" + hmac_sha256(app.webhook_secret, body), header):
-        raise unauthorized("GitHub", "X-Hub-Signature-256 does not match the app's secret")
+    app = signed_app(
+        session,
+        name,
+        provider="GitHub",
+        header="X-Hub-Signature-256",
+        given=request.headers.get("x-hub-signature-256"),
+        expected=lambda secret: "sha256=" + hmac_sha256(secret, body),
+    )
     event = request.headers.get("x-github-event", "push")
     if event == "ping":
         return JSONResponse({"status": "pong"}, status_code=200)

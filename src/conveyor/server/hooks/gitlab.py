@@ -11,11 +11,9 @@ from conveyor.server.hooks.common import (
     RawBody,
     accepted,
     body_digest,
-    find_app,
     handle_push,
     json_object,
-    signature_matches,
-    unauthorized,
+    signed_app,
 )
 
 router = APIRouter(prefix="/hooks", tags=["webhooks"])
@@ -23,12 +21,14 @@ router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 @router.post("/gitlab/{name}", status_code=202)
 def gitlab(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
-    app = find_app(session, name)
-    token = request.headers.get("x-gitlab-token")
-    if token is None:
-        raise unauthorized("GitLab", "missing X-Gitlab-Token header")
-    if not signature_matches(app.webhook_secret, token):
-        raise unauthorized("GitLab", "X-Gitlab-Token does not match the app's secret")
+    app = signed_app(
+        session,
+        name,
+        provider="GitLab",
+        header="X-Gitlab-Token",
+        given=request.headers.get("x-gitlab-token"),
+        expected=lambda secret: secret,
+    )
     event = request.headers.get("x-gitlab-event", "Push Hook")
     if event != "Push Hook":
         return accepted("ignored", f"event {event!r} is not a push")

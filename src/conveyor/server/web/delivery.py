@@ -21,7 +21,7 @@ from conveyor.server.api.deployments import _environments
 from conveyor.server.api.dora import app_dora_report
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web.answers import refused
-from conveyor.server.web.charts import CHART_CSS, Format, bar_chart
+from conveyor.server.web.charts import Format, bar_chart
 from conveyor.server.web.render import page
 from conveyor.server.web.scales import (
     day,
@@ -134,7 +134,6 @@ def delivery_page(
         title=f"Delivery · {app}",
         breadcrumbs=[("Apps", "/"), (app, f"/#app-{app}"), ("delivery metrics", None)],
         v=view,
-        chart_css=CHART_CSS,
         seconds=seconds,
         per_day=per_day,
         percent=percent,

@@ -20,7 +20,7 @@ from conveyor.protocol import DeploymentOut, DeploymentStepOut, SeriesPoint, Ste
 from conveyor.server.api.deployments import deployment_series, get_deployment
 from conveyor.server.web import live
 from conveyor.server.web.answers import refused
-from conveyor.server.web.charts import CHART_CSS, Format, Marker, Series, line_chart
+from conveyor.server.web.charts import Format, Marker, Series, line_chart
 from conveyor.server.web.render import fragment, page
 from conveyor.server.web.scales import clock, ms, number, percent
 from conveyor.server.web.session import PageViewer, WebCaller
@@ -142,7 +142,6 @@ def analysis_page(request: Request, caller: PageViewer, deployment_id: int) -> R
             (f"deployment #{d.id}", None),
         ],
         v=view,
-        chart_css=CHART_CSS,
         analysis_html=fragment("_analysis.html", v=view, number=number),
     )
 

@@ -41,7 +41,6 @@ from conveyor.server.api.deployments import (
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web import live
 from conveyor.server.web.answers import refused
-from conveyor.server.web.charts import CHART_CSS
 from conveyor.server.web.deployments import step_charts
 from conveyor.server.web.render import fragment, page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
@@ -327,7 +326,6 @@ def environment_page(request: Request, caller: PageViewer, app: str, env: str) -
         title=f"{env} · {app}",
         breadcrumbs=[("Apps", "/"), (app, f"/#app-{app}"), (env, None)],
         v=view,
-        chart_css=CHART_CSS,
         fragments=fragments(view, caller),
     )
 

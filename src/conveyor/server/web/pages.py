@@ -11,7 +11,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import delivery, deployments, environments, history, live, public, runs
+from conveyor.server.web import (
+    delivery,
+    deployments,
+    environments,
+    history,
+    live,
+    public,
+    runs,
+    styles,
+)
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -119,6 +128,7 @@ def install(api: FastAPI) -> None:
     api.include_router(environments.router)
     api.include_router(deployments.router)
     api.include_router(delivery.router)
+    api.include_router(styles.router)  # before the mount, which would answer its paths 404
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def to_login(request: Request, exc: Exception) -> Response:

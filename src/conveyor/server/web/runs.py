@@ -24,7 +24,6 @@ from conveyor.protocol import DeploymentOut, RunOut
 from conveyor.server.api.deployments import deployment_out
 from conveyor.server.api.runs import abort_run, get_run
 from conveyor.server.web import live, logs
-from conveyor.server.web.ansi import ANSI_CSS
 from conveyor.server.web.answers import refused
 from conveyor.server.web.render import fragment, page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
@@ -235,7 +234,6 @@ def run_page_response(
         live=_live(run, deploying),
         events_url=f"/ui/runs/{run.id}/events?"
         + urlencode({"at": logs.format_cursor(offsets), "seen": digest(head)}),
-        ansi_css=ANSI_CSS,
         error=error,
     )
 
