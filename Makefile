@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 # first, in our order (tests/conftest.py), not xdist's.
 PYTEST_ARGS ?= -n 4 --dist loadfile --no-loadscope-reorder
 
-.PHONY: setup sync lint test demo bench bench-judge bench-fleet
+.PHONY: setup sync lint test demo bench bench-judge bench-fleet bench-control
 
 setup:
 	@./scripts/setup.sh
@@ -42,3 +42,7 @@ bench-judge: sync
 HOSTS ?= 50
 bench-fleet: sync
 	$(UV) run --frozen python bench/fleet_rolling.py --hosts $(HOSTS)
+
+# a minute or two: 200 readers, 50 long-polling agents and a deployment against one server
+bench-control: sync
+	$(UV) run --frozen python bench/control_plane.py

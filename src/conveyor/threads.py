@@ -25,6 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 BACKGROUND_THREADS = 8  # the engines' database blocks running at once (a connection each)
+# the agents' requests (long-polls, reports) have threads of their own: readers of the API,
+# however many, cannot delay a host's report until it looks offline and fails a deployment
+AGENT_THREADS = 8
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,4 +101,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-__all__ = ["BACKGROUND_THREADS", "Wakeup", "call_on_loop", "in_thread", "offloaded"]
+__all__ = [
+    "AGENT_THREADS",
+    "BACKGROUND_THREADS",
+    "Wakeup",
+    "call_on_loop",
+    "in_thread",
+    "offloaded",
+]

@@ -111,7 +111,7 @@ def server(
             min=1,
             max=1000,
             envvar="CONVEYOR_DB_POOL",
-            help="Database connections for requests (default: threads + 4).",
+            help="Database connections for requests (default: threads + 12).",
         ),
     ] = None,
     db_wait: Annotated[

@@ -17,7 +17,9 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# closed as soon as the route returns, before its answer is sent: a slow client does not
+# hold a connection, so the pool (as large as the threads) always has one for a thread
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_app_or_404(session: Session, name: str) -> App:

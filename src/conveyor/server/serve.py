@@ -17,13 +17,13 @@ from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
 from conveyor.server.datadir import make_private
 from conveyor.store.db import Pool, database_url, make_engine, migrate, session_factory
-from conveyor.threads import BACKGROUND_THREADS
+from conveyor.threads import AGENT_THREADS, BACKGROUND_THREADS
 
 log = logging.getLogger("conveyor.server")
 
 
 REQUEST_THREADS = 40  # sync routes and page renders at once (anyio's default)
-SPARE_CONNECTIONS = 4  # sessions closing after their response, beside the request threads
+SPARE_CONNECTIONS = 4  # sessions closing after their route, beside the threads
 
 
 def serve(
@@ -46,7 +46,9 @@ def serve(
     # threads: neither can take the other's connections, and a request that finds none
     # free within db_wait gets 503 (store.db.Pool)
     request_pool = Pool(
-        size=db_pool or threads + SPARE_CONNECTIONS, timeout=db_wait, lock_wait=db_wait
+        size=db_pool or threads + AGENT_THREADS + SPARE_CONNECTIONS,
+        timeout=db_wait,
+        lock_wait=db_wait,
     )
     engine = make_engine(url, request_pool)
     migrate(engine)

@@ -44,7 +44,9 @@ def _changed(session: Session) -> set[str]:
 
 def _flushed(session: Session, _context: Any) -> None:
     tables = _changed(session)
-    for obj in (*session.new, *session.dirty, *session.deleted):
+    # `dirty` is optimistic (any attribute set): only rows whose values changed count
+    dirty = [o for o in session.dirty if session.is_modified(o, include_collections=False)]
+    for obj in (*session.new, *dirty, *session.deleted):
         table = getattr(obj, "__tablename__", None)
         tables.add(table if isinstance(table, str) else _UNKNOWN)
 

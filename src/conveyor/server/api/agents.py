@@ -4,31 +4,44 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.deploy.desired import desired_state
 from conveyor.protocol import DesiredState, Enrol, Enrolled, ObservedState
 from conveyor.server.auth import _bearer, hash_token, new_token
 from conveyor.server.deps import SessionDep, get_release_or_404
 from conveyor.store.models import Host, Token, utcnow
+from conveyor.threads import AGENT_THREADS
 
 router = APIRouter(prefix="/api/agent", tags=["agents"])
 MAX_WAIT = 60.0
 REREAD = 5.0
+T = TypeVar("T")
+_lane = CapacityLimiter(AGENT_THREADS)
 
 
-def require_agent(request: Request) -> str:
+async def in_agent_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking database block in one of the agents' own threads."""
+    return await to_thread.run_sync(fn, *args, limiter=_lane)
+
+
+async def require_agent(request: Request) -> str:
     """The caller must be an enrolled, unrevoked agent; returns its host name."""
     token = _bearer(request)
     if token is None:
         raise HTTPException(401, "missing agent credential", headers={"WWW-Authenticate": "Bearer"})
-    digest = hash_token(token)
-    with request.app.state.sessions() as session:
+    return await in_agent_thread(_agent_host, request.app.state.sessions, hash_token(token))
+
+
+def _agent_host(sessions: sessionmaker[Session], digest: str) -> str:
+    with sessions() as session:
         host = session.scalar(select(Host).where(Host.agent_token_hash == digest))
         if host is not None and host.state == "enrolled":
             return str(host.name)
@@ -92,8 +105,8 @@ async def get_desired(
 
     first = True
     while True:
-        # in a request thread: the long-poll waits on the loop, it reads off it
-        found = await run_in_threadpool(look, first)
+        # in a thread: the long-poll waits on the loop, it reads off it
+        found = await in_agent_thread(look, first)
         if found is not None:
             return found
         first = False
@@ -104,22 +117,25 @@ async def get_desired(
 
 
 @router.post("/report", status_code=204)
-def report(
-    body: ObservedState, request: Request, host_name: AgentHost, session: SessionDep
-) -> None:
+async def report(body: ObservedState, request: Request, host_name: AgentHost) -> None:
     if body.host != host_name:
         raise HTTPException(
             422, f"report for {body.host!r} sent with the credential of {host_name!r}"
         )
-    host = session.scalar(select(Host).where(Host.name == host_name))
-    assert host is not None
     if body.address is None and request.client is not None:
         body.address = request.client.host
-    host.observed = body.model_dump_json()
-    host.last_seen = utcnow()
-    if body.converged:
-        host.applied_generation = body.generation
-    session.commit()
+    await in_agent_thread(_record, request.app.state.sessions, host_name, body)
+
+
+def _record(sessions: sessionmaker[Session], host_name: str, body: ObservedState) -> None:
+    with sessions() as session:
+        host = session.scalar(select(Host).where(Host.name == host_name))
+        assert host is not None
+        host.observed = body.model_dump_json()
+        host.last_seen = utcnow()
+        if body.converged:
+            host.applied_generation = body.generation
+        session.commit()
 
 
 @router.get("/artifacts/{release_id}", response_class=FileResponse)

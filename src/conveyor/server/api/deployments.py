@@ -28,6 +28,7 @@ from conveyor.protocol import (
     DeployRequest,
     EnvironmentStatus,
     Judgement,
+    Placement,
     ReleaseWeight,
     RollbackRequest,
     StepSeries,
@@ -272,13 +273,16 @@ def environments(name: str, _: Viewer, session: SessionDep) -> list[EnvironmentS
     return environment_statuses(session, app)
 
 
-def environment_statuses(session: Session, app: App) -> list[EnvironmentStatus]:
+def environment_statuses(
+    session: Session, app: App, everywhere: list[Placement] | None = None
+) -> list[EnvironmentStatus]:
+    """Each environment of the app's latest conveyor.yml; `everywhere`: its placements."""
     out = []
     release = session.scalar(
         select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
     )
     config = release_config(release) if release is not None and release.config else None
-    everywhere = placements(session, app)
+    everywhere = placements(session, app) if everywhere is None else everywhere
     for env_name, env in (config.environments if config else {}).items():
         active = active_in(session, app.id, env_name)
         acting = next((d for d in active if d.state not in PENDING), None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import TypeAdapter
 from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
 from conveyor.protocol import LogChunk, RunCreate, RunOut
@@ -13,6 +15,7 @@ from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
 from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
+from conveyor.server.recent import Recent
 from conveyor.server.views import run_out
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Run, Step, utcnow
@@ -56,14 +59,28 @@ def start_run(
     return answer
 
 
-@router.get("/runs")
-def list_runs(
+_recent = Recent(("runs", "apps"))  # what a listing reads (a run's steps are not listed)
+_listing = TypeAdapter(list[RunOut])
+
+
+@router.get("/runs", response_model=list[RunOut])
+async def list_runs(
     _: Viewer,
-    session: SessionDep,
+    request: Request,
     app: str | None = None,
     limit: int = Query(50, ge=1, le=1000),
-) -> list[RunOut]:
-    query = select(Run).order_by(Run.id.desc()).limit(limit)
+) -> Response:
+    """The newest runs, of every app or of one (answered from memory while none changed)."""
+
+    def read() -> bytes:
+        with request.app.state.sessions() as session:
+            return _listing.dump_json(runs(session, app, limit))
+
+    return await _recent.answer(f"{app or ''}\0{limit}", read)
+
+
+def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:
+    query = select(Run).options(joinedload(Run.app)).order_by(Run.id.desc()).limit(limit)
     if app is not None:
         query = query.where(Run.app_id == get_app_or_404(session, app).id)
     return [run_out(r) for r in session.scalars(query).all()]

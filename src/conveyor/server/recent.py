@@ -1,0 +1,76 @@
+"""Recent answers of read-only routes, kept while nothing they read has changed.
+
+A dashboard, a CLI `--follow` and scripts poll the same few lists; each answer is
+kept as the bytes sent, with the write generations of the tables it read
+(store/changes.py) taken *before* reading: a write through this server makes it
+stale at once, and everything else (what another server sharing the database
+wrote, what the clock changes) within `fresh_for`. A hit is answered on the
+event loop, with no thread, query or serialisation; of the requests that miss
+on one key at once, one reads and the others wait for its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from fastapi import Response
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.store import changes
+
+MAX_KEYS = 1000  # kept answers (an app and a limit make a key): beyond, start over
+
+
+class Recent:
+    """The recent answers of one route, by key."""
+
+    def __init__(self, tables: tuple[str, ...], fresh_for: float = 1.0) -> None:
+        self.tables = tables
+        self.fresh_for = fresh_for
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[int, float, bytes]] = {}
+        self._reading: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def generation(self) -> int:
+        return sum(changes.generation(t) for t in self.tables)
+
+    def get(self, key: str, since: int | None = None) -> bytes | None:
+        """The kept answer if it was read after every write counted by `since` (default: now)."""
+        found = self._kept.get(key)
+        if found is None:
+            return None
+        generation, at, body = found
+        wanted = self.generation() if since is None else since
+        if generation < wanted or time.monotonic() - at > self.fresh_for:
+            return None
+        return body
+
+    def put(self, key: str, generation: int, body: bytes) -> None:
+        with self._lock:
+            if len(self._kept) >= MAX_KEYS:
+                self._kept.clear()
+            self._kept[key] = (generation, time.monotonic(), body)
+
+    async def answer(self, key: str, read: Callable[[], bytes]) -> Response:
+        """The kept answer for `key`, or `read()`'s (in a request thread), kept."""
+        arrived = self.generation()
+        body = self.get(key, arrived)
+        if body is None:
+            if len(self._reading) >= MAX_KEYS:
+                self._reading.clear()
+            async with self._reading[key]:
+                # what the read before us found will do if it saw every write we could
+                # know of; if one was made while it read, it is stale for the next caller
+                body = self.get(key, arrived)
+                if body is None:
+                    generation = self.generation()  # before reading: a write meanwhile
+                    body = await run_in_threadpool(read)
+                    self.put(key, generation, body)
+        return Response(body, media_type="application/json")
+
+
+__all__ = ["Recent"]

@@ -1,0 +1,122 @@
+"""Recent answers: kept while nothing they read changed, one read per key at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.server.recent import Recent
+from conveyor.store.db import make_engine, migrate, session_factory
+from conveyor.store.models import App
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    return session_factory(engine)
+
+
+def names(sessions: sessionmaker[Session]) -> bytes:
+    with sessions() as session:
+        return ",".join(session.scalars(select(App.name).order_by(App.name))).encode()
+
+
+def add(sessions: sessionmaker[Session], name: str) -> None:
+    with sessions() as session:
+        session.add(App(name=name, repo_url="/r.git", webhook_secret="s"))
+        session.commit()
+
+
+def test_a_write_shows_at_once_and_others_do_not_matter(sessions: sessionmaker[Session]) -> None:
+    recent = Recent(("apps",), fresh_for=60)
+    reads = 0
+
+    def read() -> bytes:
+        nonlocal reads
+        reads += 1
+        return names(sessions)
+
+    async def main() -> None:
+        add(sessions, "a")
+        assert (await recent.answer("", read)).body == b"a"
+        assert (await recent.answer("", read)).body == b"a"
+        assert reads == 1  # kept
+        add(sessions, "b")  # a table the answer reads: read again at once
+        assert (await recent.answer("", read)).body == b"a,b"
+        assert reads == 2
+        with sessions() as session:  # a write elsewhere: still kept
+            session.scalars(select(App)).first()
+            session.commit()
+        assert (await recent.answer("", read)).body == b"a,b"
+        assert (await recent.answer("other", read)).body == b"a,b"
+        assert reads == 3  # another key is another answer
+
+    asyncio.run(main())
+
+
+def test_an_answer_expires(sessions: sessionmaker[Session]) -> None:
+    recent = Recent(("apps",), fresh_for=0.05)
+
+    async def main() -> None:
+        first = await recent.answer("", lambda: b"1")
+        time.sleep(0.1)
+        second = await recent.answer("", lambda: b"2")
+        assert (first.body, second.body) == (b"1", b"2")
+
+    asyncio.run(main())
+
+
+def test_callers_that_miss_together_share_one_read(sessions: sessionmaker[Session]) -> None:
+    recent = Recent(("apps",), fresh_for=60)
+    reads = 0
+    release = threading.Event()
+
+    def slow() -> bytes:
+        nonlocal reads
+        reads += 1
+        release.wait(10)
+        return b"x"
+
+    async def main() -> None:
+        waiting = [asyncio.create_task(recent.answer("", slow)) for _ in range(20)]
+        await asyncio.sleep(0.2)
+        release.set()
+        bodies = {bytes(r.body) for r in await asyncio.gather(*waiting)}
+        assert bodies == {b"x"}
+        assert reads == 1
+
+    asyncio.run(main())
+
+
+def test_a_waiter_does_not_take_an_answer_older_than_its_write(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A write made while another caller's read runs is seen by the caller who made it."""
+    recent = Recent(("apps",), fresh_for=60)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_read() -> bytes:
+        body = names(sessions)
+        started.set()
+        release.wait(10)
+        return body
+
+    async def main() -> None:
+        add(sessions, "a")
+        first = asyncio.create_task(recent.answer("", slow_read))
+        await asyncio.to_thread(started.wait, 10)
+        add(sessions, "b")  # committed after the first read, before the second asks
+        second = asyncio.create_task(recent.answer("", lambda: names(sessions)))
+        await asyncio.sleep(0.1)
+        release.set()
+        assert (await first).body == b"a"
+        assert (await second).body == b"a,b"
+
+    asyncio.run(main())
