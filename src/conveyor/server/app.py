@@ -18,7 +18,7 @@ from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
-from conveyor.server import metrics
+from conveyor.server import edge, metrics
 from conveyor.server.api import (
     agents,
     apps,
@@ -116,6 +116,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         metrics,
     ):
         _document_roles(module.router)
+        edge.document(module.router)
         api.include_router(module.router)
 
     @api.get("/healthz", tags=["health"])
@@ -123,6 +124,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     web.install(api)
+    edge.install(api)
     api.add_middleware(BodyLimit)
     return api
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
-from conveyor.protocol import LogChunk, RunCreate, RunOut
+from conveyor.protocol import MAX_INT, LogChunk, RunCreate, RunOut
 from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
+from conveyor.server.deps import (
+    AppFilter,
+    AppName,
+    RecordId,
+    SessionDep,
+    get_app_or_404,
+    get_run_or_404,
+)
+from conveyor.server.edge import responses
 from conveyor.server.views import run_out
 from conveyor.store.models import Run, Step, utcnow
 
@@ -19,9 +28,9 @@ router = APIRouter(prefix="/api", tags=["runs"])
 MAX_LOG_CHUNK = 1 << 20
 
 
-@router.post("/apps/{name}/runs", status_code=201)
+@router.post("/apps/{name}/runs", status_code=201, responses=responses(404))
 def start_run(
-    name: str, body: RunCreate, request: Request, caller: Deployer, session: SessionDep
+    name: AppName, body: RunCreate, request: Request, caller: Deployer, session: SessionDep
 ) -> RunOut:
     """Queue a run for a commit (default: the head of the app's branch, read at checkout)."""
     app = get_app_or_404(session, name)
@@ -39,11 +48,11 @@ def start_run(
     return run_out(run, steps=True)
 
 
-@router.get("/runs")
+@router.get("/runs", responses=responses(404))
 def list_runs(
     _: Viewer,
     session: SessionDep,
-    app: str | None = None,
+    app: AppFilter = None,
     limit: int = Query(50, ge=1, le=1000),
 ) -> list[RunOut]:
     query = select(Run).order_by(Run.id.desc()).limit(limit)
@@ -52,13 +61,13 @@ def list_runs(
     return [run_out(r) for r in session.scalars(query).all()]
 
 
-@router.get("/runs/{run_id}")
-def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
+@router.get("/runs/{run_id}", responses=responses(404))
+def get_run(run_id: RecordId, _: Viewer, session: SessionDep) -> RunOut:
     return run_out(get_run_or_404(session, run_id), steps=True)
 
 
-@router.post("/runs/{run_id}/abort")
-def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
+@router.post("/runs/{run_id}/abort", responses=responses(404, 409))
+def abort_run(run_id: RecordId, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
     """Stop a run: its running step is killed, or its deployments roll back what they changed."""
     run = get_run_or_404(session, run_id)
     aborted = [d for d in run_deployments(session, run_id) if abort(d, caller)]
@@ -80,15 +89,19 @@ def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionD
     return run_out(run, steps=True)
 
 
-@router.get("/runs/{run_id}/logs")
-def run_logs(run_id: int, request: Request, _: Viewer, session: SessionDep) -> list[LogChunk]:
+@router.get("/runs/{run_id}/logs", responses=responses(404))
+def run_logs(run_id: RecordId, request: Request, _: Viewer, session: SessionDep) -> list[LogChunk]:
     run = get_run_or_404(session, run_id)
     return [_chunk(request, step, 0) for step in run.steps]
 
 
-@router.get("/steps/{step_id}/log")
+@router.get("/steps/{step_id}/log", responses=responses(404))
 def step_log(
-    step_id: int, request: Request, _: Viewer, session: SessionDep, offset: int = Query(0, ge=0)
+    step_id: RecordId,
+    request: Request,
+    _: Viewer,
+    session: SessionDep,
+    offset: int = Query(0, ge=0, le=MAX_INT),
 ) -> LogChunk:
     step = session.get(Step, step_id)
     if step is None:
@@ -110,6 +123,8 @@ def read_log(request: Request, step: Step, offset: int, limit: int) -> bytes:
         return b""
     try:
         with open(path, "rb") as fh:
+            if offset >= os.fstat(fh.fileno()).st_size:
+                return b""  # nothing there yet (and no seek past what the file system allows)
             fh.seek(offset)
             return fh.read(limit)
     except FileNotFoundError:

@@ -10,15 +10,16 @@ from conveyor.protocol import AppStatus
 from conveyor.server.api.deployments import environment_statuses
 from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404
+from conveyor.server.deps import AppFilter, SessionDep, get_app_or_404
+from conveyor.server.edge import responses
 from conveyor.server.views import app_out, release_out, run_out
 from conveyor.store.models import App, Release, Run
 
 router = APIRouter(prefix="/api", tags=["status"])
 
 
-@router.get("/status")
-def status(_: Viewer, session: SessionDep, app: str | None = None) -> list[AppStatus]:
+@router.get("/status", responses=responses(404))
+def status(_: Viewer, session: SessionDep, app: AppFilter = None) -> list[AppStatus]:
     apps = (
         [get_app_or_404(session, app)]
         if app is not None

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from conveyor.server.deps import SessionDep
+from conveyor.server.edge import responses
 from conveyor.server.hooks.common import (
     Push,
     accepted,
@@ -17,7 +18,7 @@ from conveyor.server.hooks.common import (
     unauthorized,
 )
 
-router = APIRouter(prefix="/hooks", tags=["webhooks"])
+router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404))
 
 
 @router.post("/gitlab/{name}", status_code=202)
