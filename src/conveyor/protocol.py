@@ -52,12 +52,13 @@ Timestamp = Annotated[
 
 MAX_REPO = 4096  # a URL or a path (PATH_MAX)
 MAX_POLL = 7 * 24 * 3600  # a week, in seconds
+MAX_BRANCH = 255 - len("refs/heads/")  # its ref fits the 255 characters a run records
 
 
 class AppCreate(Wire):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=100)
     repo: str = Field(min_length=1, max_length=MAX_REPO)
-    branch: str = Field(default="main", min_length=1, max_length=255)
+    branch: str = Field(default="main", min_length=1, max_length=MAX_BRANCH)
     poll_interval: int | None = Field(
         default=None, ge=1, le=MAX_POLL, description="seconds (at most a week); none: no polling"
     )
@@ -67,7 +68,7 @@ class AppUpdate(Wire):
     """Change an app's settings; fields left out stay as they are."""
 
     repo: str | None = Field(default=None, min_length=1, max_length=MAX_REPO)
-    branch: str | None = Field(default=None, min_length=1, max_length=255)
+    branch: str | None = Field(default=None, min_length=1, max_length=MAX_BRANCH)
     poll_interval: int | None = Field(
         default=None, ge=0, le=MAX_POLL, description="seconds (at most a week); 0 turns polling off"
     )
