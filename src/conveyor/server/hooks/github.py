@@ -20,7 +20,7 @@ from conveyor.server.hooks.common import (
 )
 from conveyor.server.hookscript import HOOK_AGENT
 
-router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404))
+router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404, 413))
 
 
 @router.post(

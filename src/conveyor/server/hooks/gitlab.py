@@ -18,7 +18,7 @@ from conveyor.server.hooks.common import (
     unauthorized,
 )
 
-router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404))
+router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404, 413))
 
 
 @router.post("/gitlab/{name}", status_code=202)
