@@ -22,7 +22,10 @@ from conveyor.store.removal import artifacts_in_use, find_blockers, refusal, rem
 
 router = APIRouter(prefix="/api/apps", tags=["apps"])
 _SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-SecretName = Annotated[str, Path(max_length=255)]
+# the pattern is documented, and checked by the routes with a message of their own
+SecretName = Annotated[
+    str, Path(max_length=255, json_schema_extra={"pattern": _SECRET_NAME.pattern})
+]
 
 
 def webhooks(request: Request, name: str) -> Webhooks:
