@@ -53,12 +53,26 @@ Timestamp = Annotated[
 MAX_REPO = 4096  # a URL or a path (PATH_MAX)
 MAX_POLL = 7 * 24 * 3600  # a week, in seconds
 MAX_BRANCH = 255 - len("refs/heads/")  # its ref fits the 255 characters a run records
+# a repository: any URL or path git takes, but no control character (none survives argv)
+REPO_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# a branch name: none of what git refuses in a ref (space, control characters, ~^:?*[\)
+BRANCH_PATTERN = r"^[^\x00-\x20\x7f~^:?*\[\\]+$"
 
 
 class AppCreate(Wire):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=100)
-    repo: str = Field(min_length=1, max_length=MAX_REPO)
-    branch: str = Field(default="main", min_length=1, max_length=MAX_BRANCH)
+    repo: str = Field(
+        min_length=1,
+        max_length=MAX_REPO,
+        pattern=REPO_PATTERN,
+        description="a URL or path git can clone (no control characters)",
+    )
+    branch: str = Field(
+        default="main",
+        max_length=MAX_BRANCH,
+        pattern=BRANCH_PATTERN,
+        description="a branch name (no space, control character nor ~^:?*[\\)",
+    )
     poll_interval: int | None = Field(
         default=None, ge=1, le=MAX_POLL, description="seconds (at most a week); none: no polling"
     )
@@ -67,8 +81,8 @@ class AppCreate(Wire):
 class AppUpdate(Wire):
     """Change an app's settings; fields left out stay as they are."""
 
-    repo: str | None = Field(default=None, min_length=1, max_length=MAX_REPO)
-    branch: str | None = Field(default=None, min_length=1, max_length=MAX_BRANCH)
+    repo: str | None = Field(default=None, max_length=MAX_REPO, pattern=REPO_PATTERN)
+    branch: str | None = Field(default=None, max_length=MAX_BRANCH, pattern=BRANCH_PATTERN)
     poll_interval: int | None = Field(
         default=None, ge=0, le=MAX_POLL, description="seconds (at most a week); 0 turns polling off"
     )

@@ -7,9 +7,11 @@ MAX_EXAMPLES random cases per operation, and every boundary case of the coverage
 under a minute in all on this machine. Without a token every /api route answers 401 before
 it reads anything else, so that pass is a quick one.
 
-It drives schemathesis' command line (`python -m schemathesis.cli run`), which runs every
-phase (explicit examples, coverage of boundaries such as 2^63 and lone surrogates, random
-fuzzing, stateful sequences of calls) and prints each failure with a curl to reproduce it.
+It drives schemathesis' command line (`python -m schemathesis.cli run`): its coverage phase
+(every boundary of every parameter: 2^63, empty and overlong strings, lone surrogates…)
+and its random fuzzing, each failure printed with a curl to reproduce it. Its stateful
+phase (sequences of calls following the responses) is left out for time: it found nothing
+the others did not, at 100 examples an operation.
 Its pytest plugin (schemathesis 4.32) cannot run under pytest 9: it reads the removed
 `Function._nodeid`.
 """
@@ -105,6 +107,7 @@ def test_api_conforms_to_its_schema_with_an_admin_token(
         tmp_path,
         f"--header=Authorization: Bearer {seeded.token}",
         f"--exclude-operation-id={REMOVE_APP}",
+        "--phases=coverage,fuzzing",
         f"--max-examples={MAX_EXAMPLES}",
     )
 
