@@ -157,7 +157,7 @@ def deploy(server: ServerProcess, root: Path, run: int, env: str, timeout: float
 
 
 def stamp(text: str) -> float:
-    """A timestamp of the API (naive UTC) or of a log line (ISO with offset), in epoch seconds."""
+    """A timestamp of the API or of a log line (ISO; naive is UTC), in epoch seconds."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

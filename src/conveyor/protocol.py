@@ -5,10 +5,10 @@ The only module both wings import: what goes over HTTP is defined here once.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 Role = Literal["viewer", "deployer", "admin"]
 RunState = Literal["queued", "running", "succeeded", "failed", "superseded", "cancelled"]
@@ -28,20 +28,63 @@ class Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# The largest integer a database column holds (SQLite's and PostgreSQL's bigint): ids,
+# offsets and generations above it are refused at the edge, never overflow in a query.
+MAX_INT = 2**63 - 1
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# A moment in UTC: naive in Python (as the database stores it), with its zone on the wire
+# ("2026-12-05T20:34:01Z"), so that it is an RFC 3339 `date-time` every client can read.
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(_naive_utc),
+    PlainSerializer(_aware_utc, return_type=datetime, when_used="json"),
+]
+
+
+MAX_REPO = 4096  # a URL or a path (PATH_MAX)
+MAX_POLL = 7 * 24 * 3600  # a week, in seconds
+MAX_BRANCH = 255 - len("refs/heads/")  # its ref fits the 255 characters a run records
+# a repository: any URL or path git takes, but no control character (none survives argv)
+REPO_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# a branch name: none of what git refuses in a ref (space, control characters, ~^:?*[\)
+BRANCH_PATTERN = r"^[^\x00-\x20\x7f~^:?*\[\\]+$"
+
+
 class AppCreate(Wire):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=100)
-    repo: str = Field(min_length=1)
-    branch: str = Field(default="main", min_length=1, max_length=255)
-    poll_interval: int | None = Field(default=None, ge=1, description="seconds; none: no polling")
+    repo: str = Field(
+        min_length=1,
+        max_length=MAX_REPO,
+        pattern=REPO_PATTERN,
+        description="a URL or path git can clone (no control characters)",
+    )
+    branch: str = Field(
+        default="main",
+        max_length=MAX_BRANCH,
+        pattern=BRANCH_PATTERN,
+        description="a branch name (no space, control character nor ~^:?*[\\)",
+    )
+    poll_interval: int | None = Field(
+        default=None, ge=1, le=MAX_POLL, description="seconds (at most a week); none: no polling"
+    )
 
 
 class AppUpdate(Wire):
     """Change an app's settings; fields left out stay as they are."""
 
-    repo: str | None = Field(default=None, min_length=1)
-    branch: str | None = Field(default=None, min_length=1, max_length=255)
+    repo: str | None = Field(default=None, max_length=MAX_REPO, pattern=REPO_PATTERN)
+    branch: str | None = Field(default=None, max_length=MAX_BRANCH, pattern=BRANCH_PATTERN)
     poll_interval: int | None = Field(
-        default=None, ge=0, description="seconds; 0 turns polling off"
+        default=None, ge=0, le=MAX_POLL, description="seconds (at most a week); 0 turns polling off"
     )
     public_status: bool | None = Field(
         default=None, description="a read-only page at /status/NAME that needs no token"
@@ -53,7 +96,7 @@ class AppOut(Wire):
     repo: str
     branch: str
     poll_interval: int | None
-    created_at: datetime
+    created_at: Timestamp
     public_status: bool = False
 
 
@@ -69,7 +112,11 @@ class AppCreated(AppOut):
 
 
 class SecretSet(Wire):
-    value: str = Field(min_length=4, description="at least 4 characters, so masking stays exact")
+    value: str = Field(
+        min_length=4,
+        max_length=64 * 1024,
+        description="4 characters to 64 KiB (at least 4, so masking stays exact)",
+    )
 
 
 class RunCreate(Wire):
@@ -86,8 +133,8 @@ class StepOut(Wire):
     state: StepState
     exit_code: int | None
     reason: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     duration: float | None
 
 
@@ -102,13 +149,13 @@ class RunOut(Wire):
     reason: str | None
     attempt: int
     release: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     duration: float | None
     steps: list[StepOut] = []
     # the commit as read at checkout (none before it, nor for runs made before 0006)
-    committed_at: datetime | None = None
+    committed_at: Timestamp | None = None
     commit_author: str | None = Field(default=None, description='"Name <email>"')
     commit_message: str | None = None
 
@@ -128,7 +175,7 @@ class ReleaseOut(Wire):
     run: int
     sha256: str
     size: int
-    created_at: datetime
+    created_at: Timestamp
 
 
 class NotificationOut(Wire):
@@ -146,9 +193,9 @@ class NotificationOut(Wire):
     state: str = Field(description="pending | sent | failed")
     attempts: int
     last_error: str | None
-    created_at: datetime
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
+    created_at: Timestamp
+    next_attempt_at: Timestamp | None
+    sent_at: Timestamp | None
 
 
 class Placement(Wire):
@@ -258,8 +305,8 @@ class DeploymentStepOut(Wire):
     targets: dict[str, list[ReleaseWeight]]
     judgement: Judgement | None = None
     log: str = ""
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     duration: float | None
 
 
@@ -277,28 +324,34 @@ class DeploymentOut(Wire):
     trigger: str
     triggered_by: str
     approved_by: str | None
-    approved_at: datetime | None
+    approved_at: Timestamp | None
     forced_by: str | None
     force_reason: str | None
     hosts: list[str]
     step: str | None = Field(description="the step underway, if any")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     duration: float | None
     steps: list[DeploymentStepOut] = []
 
 
 class DeployRequest(Wire):
     release: str | None = Field(
-        default=None, description="default: the newest release that passes the gates"
+        default=None,
+        max_length=80,
+        description="a release id or a commit; default: the newest release that passes the gates",
     )
     force: bool = Field(default=False, description="start outside the window (admin only)")
-    reason: str | None = Field(default=None, description="why the window is forced (required)")
+    reason: str | None = Field(
+        default=None, max_length=2000, description="why the window is forced (required)"
+    )
 
 
 class RollbackRequest(Wire):
-    to: str | None = Field(default=None, description="default: the release served before")
+    to: str | None = Field(
+        default=None, max_length=80, description="default: the release served before"
+    )
 
 
 class EnvironmentStatus(Wire):
@@ -331,8 +384,8 @@ class DoraEnvironment(Wire):
 
 class DoraReport(Wire):
     app: str
-    since: datetime
-    until: datetime
+    since: Timestamp
+    until: Timestamp
     days: float
     environments: list[DoraEnvironment]
 
@@ -346,7 +399,7 @@ class TokenOut(Wire):
     id: int
     name: str
     role: Role
-    created_at: datetime
+    created_at: Timestamp
     revoked: bool
 
 
@@ -419,7 +472,7 @@ class HostOut(Wire):
     name: str
     state: HostState
     online: bool
-    last_seen: datetime | None
+    last_seen: Timestamp | None
     generation: int
     applied_generation: int | None
     observed: ObservedState | None = None
@@ -430,8 +483,8 @@ class HostCreated(HostOut):
 
 
 class Enrol(Wire):
-    name: str
-    token: str
+    name: str = Field(max_length=100)
+    token: str = Field(max_length=200)
 
 
 class Enrolled(Wire):
@@ -501,15 +554,16 @@ class DesiredState(Wire):
 class HostAppSet(Wire):
     """Set the releases and weights of an app on one host (the reconciler's input)."""
 
-    releases: list[ReleaseWeight] = Field(min_length=0)
+    releases: list[ReleaseWeight] = Field(min_length=0, max_length=100)
     sticky: bool = False
 
 
 class ReleaseWeight(Wire):
-    release: str
+    release: str = Field(max_length=80)
     weight: int = Field(ge=0, le=100)
     migrate: str | None = Field(
         default=None,
+        max_length=255,
         description="a migration id: run hooks.migrate once for it before this release starts",
     )
 
@@ -541,7 +595,11 @@ class ObservedState(Wire):
     """What an agent reports: per app, each release's phase and share of traffic."""
 
     host: str
-    generation: int = Field(description="the desired generation these observations converge to")
+    generation: int = Field(
+        ge=-1,
+        le=MAX_INT,
+        description="the desired generation these observations converge to (-1: none yet)",
+    )
     converged: bool = False
     router: str = "embedded"
     router_alive: bool = False

@@ -233,6 +233,21 @@ def app_list(
     out.print(table)
 
 
+@apps_cli.command("remove")
+def app_remove(
+    name: str,
+    force: Annotated[
+        bool,
+        typer.Option(help="Even while it serves traffic or has queued work: its hosts stop it."),
+    ] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Remove an app with its runs, releases, deployments and secrets."""
+    Client(server, token).request("DELETE", f"/api/apps/{name}", params={"force": force})
+    out.print(f"app {name} removed")
+
+
 @app.command("hook-script")
 def hook_script(
     app_name: Annotated[str, typer.Argument(metavar="APP")],

@@ -20,7 +20,7 @@ from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
-from conveyor.server import busy, idempotency, metrics
+from conveyor.server import busy, edge, idempotency, metrics
 from conveyor.server.api import (
     agents,
     apps,
@@ -138,6 +138,7 @@ def create_app(
         metrics,
     ):
         _document_roles(module.router)
+        edge.document(module.router)
         api.include_router(module.router)
 
     @api.get("/healthz", tags=["health"])
@@ -148,6 +149,7 @@ def create_app(
     web.install(api)
     busy.install(api, settings.retry_after)
     idempotency.install(api)
+    edge.install(api)
     api.add_middleware(BodyLimit)
     return api
 

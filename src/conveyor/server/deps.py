@@ -5,11 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.protocol import MAX_INT
 from conveyor.store.models import App, Release, Run
+
+# Path and query parameters, bounded as the columns they are looked up in: an id above
+# 2^63 is a 422, never an integer overflow in the database.
+RecordId = Annotated[int, Path(ge=1, le=MAX_INT)]
+AppName = Annotated[str, Path(max_length=100)]
+HostName = Annotated[str, Path(max_length=100)]
+EnvName = Annotated[str, Path(max_length=100)]
+ReleaseId = Annotated[str, Path(max_length=80)]
+AppFilter = Annotated[str | None, Query(max_length=100, description="only this app's")]
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.deploy.desired import desired_state
-from conveyor.protocol import DesiredState, Enrol, Enrolled, ObservedState
+from conveyor.protocol import MAX_INT, DesiredState, Enrol, Enrolled, ObservedState
 from conveyor.server.auth import _bearer, hash_token, new_token
-from conveyor.server.deps import SessionDep, get_release_or_404
+from conveyor.server.deps import ReleaseId, SessionDep, get_release_or_404
+from conveyor.server.edge import responses
 from conveyor.store.models import Host, Token, utcnow
 from conveyor.threads import AGENT_THREADS
 
@@ -55,7 +56,7 @@ def _agent_host(sessions: sessionmaker[Session], digest: str) -> str:
 AgentHost = Annotated[str, Depends(require_agent)]
 
 
-@router.post("/enrol", openapi_extra={"x-role": "enrolment"})
+@router.post("/enrol", openapi_extra={"x-role": "enrolment"}, responses=responses(401))
 def enrol(body: Enrol, session: SessionDep) -> Enrolled:
     """Trade a one-time enrolment token for the agent's own credential."""
     host = session.scalar(select(Host).where(Host.name == body.name))
@@ -82,7 +83,9 @@ def enrol(body: Enrol, session: SessionDep) -> Enrolled:
 async def get_desired(
     request: Request,
     host_name: AgentHost,
-    after: int = Query(-1, description="return at once if the generation is newer than this"),
+    after: int = Query(
+        -1, ge=-1, le=MAX_INT, description="return at once if the generation is newer than this"
+    ),
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="long-poll up to this many seconds"),
 ) -> DesiredState:
     notifier = request.app.state.notifier
@@ -138,8 +141,10 @@ def _record(sessions: sessionmaker[Session], host_name: str, body: ObservedState
         session.commit()
 
 
-@router.get("/artifacts/{release_id}", response_class=FileResponse)
-def artifact(release_id: str, request: Request, _: AgentHost, session: SessionDep) -> FileResponse:
+@router.get("/artifacts/{release_id}", response_class=FileResponse, responses=responses(404))
+def artifact(
+    release_id: ReleaseId, request: Request, _: AgentHost, session: SessionDep
+) -> FileResponse:
     release = get_release_or_404(session, release_id)
     return FileResponse(
         request.app.state.engine.store.path_for(release.sha256),

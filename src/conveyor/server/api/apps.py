@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import re
 import secrets as pysecrets
+import shutil
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from conveyor.protocol import AppCreate, AppCreated, AppOut, AppUpdate, SecretSet, Webhooks
 from conveyor.server.auth import Admin, Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404
+from conveyor.server.deps import AppName, SessionDep, get_app_or_404
+from conveyor.server.edge import responses
 from conveyor.server.hookscript import hook_script
 from conveyor.server.views import app_out
 from conveyor.store.models import App, Secret
+from conveyor.store.removal import artifacts_in_use, find_blockers, refusal, remove_app
 
 router = APIRouter(prefix="/api/apps", tags=["apps"])
 _SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# the pattern is documented, and checked by the routes with a message of their own
+SecretName = Annotated[
+    str, Path(max_length=255, json_schema_extra={"pattern": _SECRET_NAME.pattern})
+]
 
 
 def webhooks(request: Request, name: str) -> Webhooks:
@@ -34,7 +42,7 @@ def list_apps(_: Viewer, session: SessionDep) -> list[AppOut]:
     return [app_out(a) for a in session.scalars(select(App).order_by(App.name)).all()]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409))
 def add_app(body: AppCreate, request: Request, caller: Admin, session: SessionDep) -> AppCreated:
     if session.scalar(select(App).where(App.name == body.name)) is not None:
         raise HTTPException(409, f"app {body.name!r} already exists")
@@ -54,13 +62,13 @@ def add_app(body: AppCreate, request: Request, caller: Admin, session: SessionDe
     )
 
 
-@router.get("/{name}")
-def get_app(name: str, _: Viewer, session: SessionDep) -> AppOut:
+@router.get("/{name}", responses=responses(404))
+def get_app(name: AppName, _: Viewer, session: SessionDep) -> AppOut:
     return app_out(get_app_or_404(session, name))
 
 
-@router.patch("/{name}")
-def update_app(name: str, body: AppUpdate, _: Admin, session: SessionDep) -> AppOut:
+@router.patch("/{name}", responses=responses(404))
+def update_app(name: AppName, body: AppUpdate, _: Admin, session: SessionDep) -> AppOut:
     """Change the repository, branch, polling interval or public status page of an app."""
     app = get_app_or_404(session, name)
     if body.repo is not None:
@@ -76,8 +84,39 @@ def update_app(name: str, body: AppUpdate, _: Admin, session: SessionDep) -> App
     return app_out(app)
 
 
-@router.get("/{name}/webhook")
-def get_webhook(name: str, request: Request, _: Admin, session: SessionDep) -> AppCreated:
+@router.delete("/{name}", responses=responses(404, 409))
+def delete_app(
+    name: AppName,
+    request: Request,
+    _: Admin,
+    session: SessionDep,
+    force: bool = Query(False, description="even while it serves traffic or has queued work"),
+) -> AppOut:
+    """Remove an app with its runs, releases, deployments and secrets; hosts stop it.
+
+    Refused (409) while a deployment or run of it is underway, and, unless `force`,
+    while it has queued work or serves traffic on a host.
+    """
+    app = get_app_or_404(session, name)
+    why = refusal(app.name, find_blockers(session, app), force=force)
+    if why is not None:
+        raise HTTPException(409, why)
+    out = app_out(app)
+    removed = remove_app(session, app)
+    session.commit()
+    for host in removed.hosts:
+        request.app.state.notifier.changed(host)
+    engine = request.app.state.engine
+    shutil.rmtree(engine.paths.mirror(out.name), ignore_errors=True)
+    for run_id in removed.runs:
+        shutil.rmtree(engine.paths.data / "logs" / f"run-{run_id}", ignore_errors=True)
+    for sha256 in removed.artifacts - artifacts_in_use(session, removed.artifacts):
+        engine.store.path_for(sha256).unlink(missing_ok=True)
+    return out
+
+
+@router.get("/{name}/webhook", responses=responses(404))
+def get_webhook(name: AppName, request: Request, _: Admin, session: SessionDep) -> AppCreated:
     app = get_app_or_404(session, name)
     return AppCreated(
         **app_out(app).model_dump(),
@@ -86,14 +125,16 @@ def get_webhook(name: str, request: Request, _: Admin, session: SessionDep) -> A
     )
 
 
-@router.get("/{name}/secrets")
-def list_secrets(name: str, _: Admin, session: SessionDep) -> list[str]:
+@router.get("/{name}/secrets", responses=responses(404))
+def list_secrets(name: AppName, _: Admin, session: SessionDep) -> list[str]:
     app = get_app_or_404(session, name)
     return sorted(s.name for s in app.secrets)
 
 
-@router.put("/{name}/secrets/{key}", status_code=204)
-def set_secret(name: str, key: str, body: SecretSet, _: Admin, session: SessionDep) -> None:
+@router.put("/{name}/secrets/{key}", status_code=204, responses=responses(404))
+def set_secret(
+    name: AppName, key: SecretName, body: SecretSet, _: Admin, session: SessionDep
+) -> None:
     if not _SECRET_NAME.match(key):
         raise HTTPException(422, f"secret name {key!r} must look like an env var: [A-Z_][A-Z0-9_]*")
     app = get_app_or_404(session, name)
@@ -105,8 +146,8 @@ def set_secret(name: str, key: str, body: SecretSet, _: Admin, session: SessionD
     session.commit()
 
 
-@router.delete("/{name}/secrets/{key}", status_code=204)
-def delete_secret(name: str, key: str, _: Admin, session: SessionDep) -> None:
+@router.delete("/{name}/secrets/{key}", status_code=204, responses=responses(404))
+def delete_secret(name: AppName, key: SecretName, _: Admin, session: SessionDep) -> None:
     app = get_app_or_404(session, name)
     existing = next((s for s in app.secrets if s.name == key), None)
     if existing is None:
@@ -115,12 +156,22 @@ def delete_secret(name: str, key: str, _: Admin, session: SessionDep) -> None:
     session.commit()
 
 
-@router.get("/{name}/hook-script", response_class=PlainTextResponse)
-def get_hook_script(name: str, request: Request, _: Admin, session: SessionDep) -> str:
+# the script is text, its errors JSON: declared apart (a response_class would make both text)
+_SCRIPT: dict[int | str, dict[str, Any]] = {
+    200: {"description": "a post-receive hook", "content": {"text/plain": {}}}
+}
+
+
+@router.get("/{name}/hook-script", response_model=None, responses=_SCRIPT | responses(404))
+def get_hook_script(
+    name: AppName, request: Request, _: Admin, session: SessionDep
+) -> PlainTextResponse:
     app = get_app_or_404(session, name)
-    return hook_script(
-        server=request.app.state.settings.public_url,
-        app=app.name,
-        branch=app.branch,
-        secret=app.webhook_secret,
+    return PlainTextResponse(
+        hook_script(
+            server=request.app.state.settings.public_url,
+            app=app.name,
+            branch=app.branch,
+            secret=app.webhook_secret,
+        )
     )

@@ -35,7 +35,17 @@ from conveyor.protocol import (
 )
 from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Deployer, Viewer, role_at_least
-from conveyor.server.deps import SessionDep, get_app_or_404, get_release_or_404, get_run_or_404
+from conveyor.server.deps import (
+    AppFilter,
+    AppName,
+    EnvName,
+    RecordId,
+    SessionDep,
+    get_app_or_404,
+    get_release_or_404,
+    get_run_or_404,
+)
+from conveyor.server.edge import ErrorOut, responses
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.views import _duration
 from conveyor.store.locking import lock_for_writing
@@ -131,11 +141,17 @@ def _check_environment(app: App, env: str, session: Session) -> None:
 @router.post(
     "/apps/{name}/environments/{env}/deploy",
     status_code=201,
-    responses={409: {"description": "refused: a gate, or the environment already has it"}},
+    responses={
+        **responses(404),
+        409: {
+            "model": ErrorOut,
+            "description": "refused: a gate, or the environment already has it",
+        },
+    },
 )
 def deploy(
-    name: str,
-    env: str,
+    name: AppName,
+    env: EnvName,
     body: DeployRequest,
     request: Request,
     caller: Deployer,
@@ -234,11 +250,17 @@ def _newest_passing(session: Session, app: App, env: str, mirror: Path) -> Relea
 @router.post(
     "/apps/{name}/environments/{env}/rollback",
     status_code=201,
-    responses={409: {"description": "refused: no release to go back to, or already going"}},
+    responses={
+        **responses(404),
+        409: {
+            "model": ErrorOut,
+            "description": "refused: no release to go back to, or already going",
+        },
+    },
 )
 def rollback(
-    name: str,
-    env: str,
+    name: AppName,
+    env: EnvName,
     body: RollbackRequest,
     request: Request,
     caller: Deployer,
@@ -267,8 +289,8 @@ def rollback(
     return answer
 
 
-@router.get("/apps/{name}/environments")
-def environments(name: str, _: Viewer, session: SessionDep) -> list[EnvironmentStatus]:
+@router.get("/apps/{name}/environments", responses=responses(404))
+def environments(name: AppName, _: Viewer, session: SessionDep) -> list[EnvironmentStatus]:
     app = get_app_or_404(session, name)
     return environment_statuses(session, app)
 
@@ -315,15 +337,17 @@ def environment_statuses(
     return out
 
 
-@router.get("/deployments")
+@router.get("/deployments", responses=responses(404))
 def list_deployments(
     _: Viewer,
     session: SessionDep,
-    app: str | None = None,
-    environment: str | None = None,
+    app: AppFilter = None,
+    environment: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     state: DeploymentState | None = None,
-    trigger: Annotated[str | None, Query(description="pipeline | api | rollback")] = None,
+    trigger: Annotated[
+        str | None, Query(max_length=20, description="pipeline | api | rollback")
+    ] = None,
     kind: Literal["deploy", "rollback"] | None = None,
 ) -> list[DeploymentOut]:
     """Deployments, newest first, of an app, an environment, a result, a trigger, a kind.
@@ -344,20 +368,20 @@ def list_deployments(
     return [deployment_out(d) for d in session.scalars(query).all()]
 
 
-@router.get("/deployments/{deployment_id}")
-def get_deployment(deployment_id: int, _: Viewer, session: SessionDep) -> DeploymentOut:
+@router.get("/deployments/{deployment_id}", responses=responses(404))
+def get_deployment(deployment_id: RecordId, _: Viewer, session: SessionDep) -> DeploymentOut:
     return deployment_out(get_deployment_or_404(session, deployment_id), steps=True)
 
 
-@router.get("/deployments/{deployment_id}/series")
-def deployment_series(deployment_id: int, _: Viewer, session: SessionDep) -> list[StepSeries]:
+@router.get("/deployments/{deployment_id}/series", responses=responses(404))
+def deployment_series(deployment_id: RecordId, _: Viewer, session: SessionDep) -> list[StepSeries]:
     """Chart points of the judged steps: canary and baseline every 5 s, with the verdict."""
     return judged_series(get_deployment_or_404(session, deployment_id))
 
 
-@router.post("/deployments/{deployment_id}/abort")
+@router.post("/deployments/{deployment_id}/abort", responses=responses(404, 409))
 def abort_deployment(
-    deployment_id: int, request: Request, caller: Deployer, session: SessionDep
+    deployment_id: RecordId, request: Request, caller: Deployer, session: SessionDep
 ) -> DeploymentOut:
     """Stop a deployment; what it changed goes back to the previous release."""
     d = get_deployment_or_404(session, deployment_id)
@@ -385,10 +409,13 @@ def abort(d: Deployment, caller: Caller) -> bool:
 
 @router.post(
     "/runs/{run_id}/approve",
-    responses={409: {"description": "nothing of the run is waiting for approval"}},
+    responses={
+        **responses(404),
+        409: {"model": ErrorOut, "description": "nothing of the run is waiting for approval"},
+    },
 )
 def approve(
-    run_id: int,
+    run_id: RecordId,
     request: Request,
     caller: Deployer,
     session: SessionDep,

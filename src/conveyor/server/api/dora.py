@@ -8,17 +8,18 @@ from conveyor.deploy.history import app_dora
 from conveyor.protocol import DoraEnvironment, DoraReport
 from conveyor.server.api.deployments import _environments
 from conveyor.server.auth import Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404
+from conveyor.server.deps import AppName, SessionDep, get_app_or_404
+from conveyor.server.edge import responses
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
 
-@router.get("/apps/{name}/dora")
+@router.get("/apps/{name}/dora", responses=responses(404))
 def app_dora_report(
-    name: str,
+    name: AppName,
     _: Viewer,
     session: SessionDep,
-    environment: str | None = None,
+    environment: str | None = Query(None, max_length=100),
     days: float = Query(30, gt=0, le=3660, description="the window: this many days up to now"),
 ) -> DoraReport:
     """Deployment frequency, lead time, change failure rate and time to restore.

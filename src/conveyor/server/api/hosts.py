@@ -24,7 +24,8 @@ from conveyor.protocol import (
     Placement,
 )
 from conveyor.server.auth import Admin, Deployer, Viewer, hash_token, new_token
-from conveyor.server.deps import SessionDep, get_app_or_404
+from conveyor.server.deps import AppName, HostName, SessionDep, get_app_or_404
+from conveyor.server.edge import responses
 from conveyor.store.models import App, Host, HostApp, utcnow
 
 router = APIRouter(prefix="/api/hosts", tags=["hosts"])
@@ -61,7 +62,7 @@ def list_hosts(_: Viewer, session: SessionDep) -> list[HostOut]:
     return [host_out(h) for h in session.scalars(select(Host).order_by(Host.name)).all()]
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409))
 def add_host(body: HostCreate, _: Admin, session: SessionDep) -> HostCreated:
     """Register a host; the enrolment token is shown once and works once."""
     host = session.scalar(select(Host).where(Host.name == body.name))
@@ -79,13 +80,13 @@ def add_host(body: HostCreate, _: Admin, session: SessionDep) -> HostCreated:
     return HostCreated(**host_out(host).model_dump(), enrolment_token=token)
 
 
-@router.get("/{name}")
-def get_host(name: str, _: Viewer, session: SessionDep) -> HostOut:
+@router.get("/{name}", responses=responses(404))
+def get_host(name: HostName, _: Viewer, session: SessionDep) -> HostOut:
     return host_out(get_host_or_404(session, name))
 
 
-@router.delete("/{name}")
-def remove_host(name: str, request: Request, _: Admin, session: SessionDep) -> HostOut:
+@router.delete("/{name}", responses=responses(404))
+def remove_host(name: HostName, request: Request, _: Admin, session: SessionDep) -> HostOut:
     """Revoke a host: its agent credential stops working at once."""
     host = get_host_or_404(session, name)
     host.state = "revoked"
@@ -97,8 +98,8 @@ def remove_host(name: str, request: Request, _: Admin, session: SessionDep) -> H
     return host_out(host)
 
 
-@router.get("/{name}/desired")
-def get_desired(name: str, _: Viewer, session: SessionDep) -> DesiredState:
+@router.get("/{name}/desired", responses=responses(404))
+def get_desired(name: HostName, _: Viewer, session: SessionDep) -> DesiredState:
     state = desired_state(session, get_host_or_404(session, name))
     # secret values stay between the server and the agent
     for app in state.apps:
@@ -107,9 +108,14 @@ def get_desired(name: str, _: Viewer, session: SessionDep) -> DesiredState:
     return state
 
 
-@router.put("/{name}/apps/{app}")
+@router.put("/{name}/apps/{app}", responses=responses(404, 409))
 def set_host_app_route(
-    name: str, app: str, body: HostAppSet, request: Request, _: Deployer, session: SessionDep
+    name: HostName,
+    app: AppName,
+    body: HostAppSet,
+    request: Request,
+    _: Deployer,
+    session: SessionDep,
 ) -> HostOut:
     """Set the releases and weights of an app on one host; the agent converges to it."""
     host = get_host_or_404(session, name)

@@ -8,17 +8,18 @@ from sqlalchemy import select
 from conveyor.notify import shown_url
 from conveyor.protocol import NotificationOut
 from conveyor.server.auth import Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404
+from conveyor.server.deps import AppFilter, SessionDep, get_app_or_404
+from conveyor.server.edge import responses
 from conveyor.store.models import App, Notification
 
 router = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 
-@router.get("")
+@router.get("", responses=responses(404))
 def list_notifications(
     _: Viewer,
     session: SessionDep,
-    app: str | None = None,
+    app: AppFilter = None,
     state: str | None = Query(None, pattern="^(pending|sent|failed)$"),
     limit: int = Query(50, ge=1, le=1000),
 ) -> list[NotificationOut]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -10,10 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
-from conveyor.protocol import LogChunk, RunCreate, RunOut
+from conveyor.protocol import MAX_INT, LogChunk, RunCreate, RunOut
 from conveyor.server.api.deployments import abort, run_deployments
 from conveyor.server.auth import Deployer, Viewer
-from conveyor.server.deps import SessionDep, get_app_or_404, get_run_or_404
+from conveyor.server.deps import (
+    AppFilter,
+    AppName,
+    RecordId,
+    SessionDep,
+    get_app_or_404,
+    get_run_or_404,
+)
+from conveyor.server.edge import ErrorOut, responses
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
 from conveyor.server.recent import Recent
 from conveyor.server.views import run_out
@@ -27,10 +36,16 @@ MAX_LOG_CHUNK = 1 << 20
 @router.post(
     "/apps/{name}/runs",
     status_code=201,
-    responses={409: {"description": "other requests changed the same records; try again"}},
+    responses={
+        **responses(404),
+        409: {
+            "model": ErrorOut,
+            "description": "other requests changed the same records; try again",
+        },
+    },
 )
 def start_run(
-    name: str,
+    name: AppName,
     body: RunCreate,
     request: Request,
     caller: Deployer,
@@ -63,11 +78,11 @@ _recent = Recent(("runs", "apps"))  # what a listing reads (a run's steps are no
 _listing = TypeAdapter(list[RunOut])
 
 
-@router.get("/runs", response_model=list[RunOut])
+@router.get("/runs", response_model=list[RunOut], responses=responses(404))
 async def list_runs(
     _: Viewer,
     request: Request,
-    app: str | None = None,
+    app: AppFilter = None,
     limit: int = Query(50, ge=1, le=1000),
 ) -> Response:
     """The newest runs, of every app or of one (answered from memory while none changed)."""
@@ -86,13 +101,13 @@ def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:
     return [run_out(r) for r in session.scalars(query).all()]
 
 
-@router.get("/runs/{run_id}")
-def get_run(run_id: int, _: Viewer, session: SessionDep) -> RunOut:
+@router.get("/runs/{run_id}", responses=responses(404))
+def get_run(run_id: RecordId, _: Viewer, session: SessionDep) -> RunOut:
     return run_out(get_run_or_404(session, run_id), steps=True)
 
 
-@router.post("/runs/{run_id}/abort")
-def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
+@router.post("/runs/{run_id}/abort", responses=responses(404, 409))
+def abort_run(run_id: RecordId, request: Request, caller: Deployer, session: SessionDep) -> RunOut:
     """Stop a run: its running step is killed, or its deployments roll back what they changed."""
     run = get_run_or_404(session, run_id)
     lock_for_writing(session, run.app_id)  # the deployments' states as the engine left them
@@ -115,15 +130,19 @@ def abort_run(run_id: int, request: Request, caller: Deployer, session: SessionD
     return run_out(run, steps=True)
 
 
-@router.get("/runs/{run_id}/logs")
-def run_logs(run_id: int, request: Request, _: Viewer, session: SessionDep) -> list[LogChunk]:
+@router.get("/runs/{run_id}/logs", responses=responses(404))
+def run_logs(run_id: RecordId, request: Request, _: Viewer, session: SessionDep) -> list[LogChunk]:
     run = get_run_or_404(session, run_id)
     return [_chunk(request, step, 0) for step in run.steps]
 
 
-@router.get("/steps/{step_id}/log")
+@router.get("/steps/{step_id}/log", responses=responses(404))
 def step_log(
-    step_id: int, request: Request, _: Viewer, session: SessionDep, offset: int = Query(0, ge=0)
+    step_id: RecordId,
+    request: Request,
+    _: Viewer,
+    session: SessionDep,
+    offset: int = Query(0, ge=0, le=MAX_INT),
 ) -> LogChunk:
     step = session.get(Step, step_id)
     if step is None:
@@ -145,6 +164,8 @@ def read_log(request: Request, step: Step, offset: int, limit: int) -> bytes:
         return b""
     try:
         with open(path, "rb") as fh:
+            if offset >= os.fstat(fh.fileno()).st_size:
+                return b""  # nothing there yet (and no seek past what the file system allows)
             fh.seek(offset)
             return fh.read(limit)
     except FileNotFoundError:

@@ -12,7 +12,8 @@ from conveyor.protocol import AppStatus
 from conveyor.server.api.deployments import environment_statuses
 from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Viewer
-from conveyor.server.deps import get_app_or_404
+from conveyor.server.deps import AppFilter, get_app_or_404
+from conveyor.server.edge import responses
 from conveyor.server.recent import Recent
 from conveyor.server.views import app_out, release_out, run_out
 from conveyor.store.models import App, Release, Run
@@ -27,8 +28,8 @@ _recent = Recent(
 _answers = TypeAdapter(list[AppStatus])
 
 
-@router.get("/status", response_model=list[AppStatus])
-async def get_status(caller: Viewer, request: Request, app: str | None = None) -> Response:
+@router.get("/status", response_model=list[AppStatus], responses=responses(404))
+async def get_status(caller: Viewer, request: Request, app: AppFilter = None) -> Response:
     """Per app: runs underway, the last run and release, hosts, environments."""
 
     def read() -> bytes:

@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from conveyor.protocol import TokenCreate, TokenCreated, TokenOut
 from conveyor.server.auth import Admin, hash_token, new_token
-from conveyor.server.deps import SessionDep
+from conveyor.server.deps import RecordId, SessionDep
+from conveyor.server.edge import responses
 from conveyor.store.models import Token, utcnow
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"])
@@ -37,8 +38,8 @@ def create_token(body: TokenCreate, _: Admin, session: SessionDep) -> TokenCreat
     return TokenCreated(**_out(token).model_dump(), token=value)
 
 
-@router.delete("/{token_id}")
-def revoke_token(token_id: int, caller: Admin, session: SessionDep) -> TokenOut:
+@router.delete("/{token_id}", responses=responses(404, 409))
+def revoke_token(token_id: RecordId, caller: Admin, session: SessionDep) -> TokenOut:
     token = session.get(Token, token_id)
     if token is None:
         raise HTTPException(404, f"unknown token {token_id}")

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from conveyor.store.models import App, WebhookDelivery
 
 log = logging.getLogger("conveyor.hooks")
 ZERO_SHA = "0" * 40
+_COMMIT = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1 or SHA-256 object names
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,25 @@ def handle_push(
         session.flush()
     except IntegrityError:
         session.rollback()
-        return accepted("duplicate", f"delivery {delivery} was already received; nothing to do")
+        return accepted(
+            "duplicate", f"delivery {delivery[:255]} was already received; nothing to do"
+        )
     if push.ref != branch_ref:
         session.commit()
-        return accepted("ignored", f"push to {push.ref}; only {branch_ref} starts runs")
+        return accepted("ignored", f"push to {push.ref[:255]}; only {branch_ref} starts runs")
     if push.after == ZERO_SHA or not push.after:
         session.commit()
         return accepted("ignored", f"{branch_ref} was deleted")
+    if not _COMMIT.fullmatch(push.after):
+        session.commit()
+        return accepted("ignored", f"'after' is not a commit id: {push.after[:80]!r}")
     run = enqueue_run(
-        session, app, push.after.lower(), ref=push.ref, trigger=provider, triggered_by=push.pusher
+        session,
+        app,
+        push.after.lower(),
+        ref=push.ref,
+        trigger=provider,
+        triggered_by=push.pusher[:255],
     )
     record.run_id = run.id
     session.commit()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from conveyor.server.deps import SessionDep
+from conveyor.server.edge import responses
 from conveyor.server.hooks.common import (
     Push,
     RawBody,
@@ -17,7 +18,7 @@ from conveyor.server.hooks.common import (
     signed_app,
 )
 
-router = APIRouter(prefix="/hooks", tags=["webhooks"])
+router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404, 413))
 
 
 @router.post("/gitea/{name}", status_code=202)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from conveyor.server.deps import SessionDep
+from conveyor.server.edge import responses
 from conveyor.server.hooks.common import (
     Push,
     RawBody,
@@ -18,10 +19,12 @@ from conveyor.server.hooks.common import (
 )
 from conveyor.server.hookscript import HOOK_AGENT
 
-router = APIRouter(prefix="/hooks", tags=["webhooks"])
+router = APIRouter(prefix="/hooks", tags=["webhooks"], responses=responses(400, 401, 404, 413))
 
 
-@router.post("/github/{name}", status_code=202)
+@router.post(
+    "/github/{name}", status_code=202, responses={200: {"description": "a ping, answered"}}
+)
 def github(name: str, request: Request, session: SessionDep, body: RawBody) -> JSONResponse:
     app = signed_app(
         session,

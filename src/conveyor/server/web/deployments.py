@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from conveyor.deploy.records import ACTIVE
 from conveyor.protocol import DeploymentOut, DeploymentStepOut, SeriesPoint, StepSeries
 from conveyor.server.api.deployments import deployment_series, get_deployment
+from conveyor.server.deps import RecordId
 from conveyor.server.web import live
 from conveyor.server.web.answers import refused
 from conveyor.server.web.charts import Format, Marker, Series, line_chart
@@ -124,7 +125,7 @@ def render(request: Request, caller: WebCaller, deployment_id: int) -> dict[str,
 
 
 @router.get("/deployments/{deployment_id}", response_class=HTMLResponse)
-def analysis_page(request: Request, caller: PageViewer, deployment_id: int) -> Response:
+def analysis_page(request: Request, caller: PageViewer, deployment_id: RecordId) -> Response:
     try:
         view = read_view(request, caller, deployment_id)
     except HTTPException as exc:
@@ -147,7 +148,7 @@ def analysis_page(request: Request, caller: PageViewer, deployment_id: int) -> R
 
 
 @router.get("/ui/deployments/{deployment_id}/events")
-def analysis_events(request: Request, caller: PageViewer, deployment_id: int) -> Response:
+def analysis_events(request: Request, caller: PageViewer, deployment_id: RecordId) -> Response:
     return live.stream(request, lambda: render(request, caller, deployment_id))
 
 

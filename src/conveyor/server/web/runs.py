@@ -20,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.deploy.records import ACTIVE as DEPLOYING
 from conveyor.pipeline.runs import ACTIVE
-from conveyor.protocol import DeploymentOut, RunOut
+from conveyor.protocol import MAX_INT, DeploymentOut, RunOut
 from conveyor.server.api.deployments import deployment_out
 from conveyor.server.api.runs import abort_run, get_run
+from conveyor.server.deps import RecordId
 from conveyor.server.web import live, logs
 from conveyor.server.web.answers import refused
 from conveyor.server.web.render import fragment, page
@@ -239,13 +240,13 @@ def run_page_response(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(run_id: int, request: Request, caller: PageViewer) -> Response:
+def run_page(run_id: RecordId, request: Request, caller: PageViewer) -> Response:
     return run_page_response(request, caller, run_id)
 
 
 @router.get("/ui/runs/{run_id}/events")
 def run_events(
-    run_id: int, request: Request, caller: PageViewer, at: str = "", seen: str = ""
+    run_id: RecordId, request: Request, caller: PageViewer, at: str = "", seen: str = ""
 ) -> Response:
     with request.app.state.sessions() as session:
         get_run(run_id, caller, session)  # a 404 for an unknown run, before streaming
@@ -254,7 +255,7 @@ def run_events(
 
 @router.get("/ui/steps/{step_id}/log", response_class=HTMLResponse)
 def earlier_log(
-    step_id: int, request: Request, caller: PageViewer, before: int = Query(ge=0)
+    step_id: RecordId, request: Request, caller: PageViewer, before: int = Query(ge=0, le=MAX_INT)
 ) -> Response:
     """The page of a step's log before `before`, with a button for the one before it."""
     with request.app.state.sessions() as session:
@@ -268,7 +269,7 @@ def earlier_log(
 
 
 @router.post("/runs/{run_id}/abort")
-async def abort(run_id: int, request: Request) -> Response:
+async def abort(run_id: RecordId, request: Request) -> Response:
     caller = await action_caller(request, "POST", ABORT)
 
     def perform() -> Response:
