@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import ServerProcess, config, make_repo
+from tests.helpers import ServerProcess, config, make_repo, wait_for
 
 
 def _closed_window() -> str:
@@ -30,8 +31,13 @@ def test_app_remove_refuses_then_forces(server: ServerProcess, tmp_path: Path) -
     run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"])
     assert run["state"] == "succeeded", run
     release = run["release"]
-    (waiting,) = server.get("/api/deployments?app=shop")
-    assert waiting["state"] == "waiting", waiting
+
+    def gated() -> dict[str, Any] | None:
+        # queued by the run's end, then held by the scheduler's next look at the window
+        (d,) = server.get("/api/deployments?app=shop")
+        return d if d["state"] == "waiting" else None
+
+    waiting = wait_for(gated, timeout=30)
     placed = server.http.put(
         "/api/hosts/web-1/apps/shop", json={"releases": [{"release": release, "weight": 100}]}
     )
