@@ -23,6 +23,7 @@ from conveyor.server import busy, metrics
 from conveyor.server.api import (
     agents,
     apps,
+    controls,
     deployments,
     dora,
     hosts,
@@ -116,6 +117,7 @@ def create_app(
         runs,
         releases,
         deployments,
+        controls,
         dora,
         notifications,
         status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.deploy.control import left
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
 from conveyor.deploy.judging import judged_series
 from conveyor.deploy.records import (
@@ -30,6 +32,7 @@ from conveyor.protocol import (
     Judgement,
     ReleaseWeight,
     RollbackRequest,
+    StepControl,
     StepSeries,
 )
 from conveyor.server.api.hosts import placements
@@ -48,6 +51,17 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
     }
     detail = json.loads(step.detail)
     judgement = detail.get("judgement")
+    control = StepControl.model_validate(detail["control"]) if "control" in detail else None
+    pause = float(detail.get("options", {}).get("pause") or 0) or None
+    watch_from = detail.get("watch_from")
+    remaining = None
+    if pause is not None and step.state in ("pending", "running"):
+        remaining = left(
+            pause,
+            float(watch_from) if watch_from is not None else None,
+            control or StepControl(),
+            time.time(),
+        )
     return DeploymentStepOut(
         id=step.id,
         position=step.position,
@@ -63,6 +77,9 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         started_at=step.started_at,
         finished_at=step.finished_at,
         duration=_duration(step.started_at, step.finished_at),
+        control=control,
+        pause=pause,
+        left=remaining,
     )
 
 
