@@ -341,7 +341,8 @@ def get_deployment(deployment_id: int, _: Viewer, session: SessionDep) -> Deploy
 
 @router.get("/deployments/{deployment_id}/series")
 def deployment_series(deployment_id: int, _: Viewer, session: SessionDep) -> list[StepSeries]:
-    """Chart points of the judged steps: canary and baseline every 5 s, with the verdict."""
+    """Chart points of the judged steps: canary and baseline every 2 s (each over the step
+    so far, as the judge counts), with the verdict."""
     return judged_series(get_deployment_or_404(session, deployment_id))
 
 

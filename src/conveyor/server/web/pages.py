@@ -11,7 +11,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.api.status import status as api_status
-from conveyor.server.web import delivery, deployments, environments, history, live, public, runs
+from conveyor.server.web import (
+    controls,
+    delivery,
+    deployments,
+    environments,
+    history,
+    live,
+    public,
+    runs,
+)
 from conveyor.server.web.render import STATIC, fragment, page
 from conveyor.server.web.session import (
     COOKIE,
@@ -117,6 +126,7 @@ def install(api: FastAPI) -> None:
     api.include_router(history.router)
     api.include_router(public.router)
     api.include_router(environments.router)
+    api.include_router(controls.router)
     api.include_router(deployments.router)
     api.include_router(delivery.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")

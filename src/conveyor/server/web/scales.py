@@ -7,6 +7,7 @@ reader can interpolate between them; on a time axis, multiples of a round span (
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ __all__ = [
     "number",
     "per_day",
     "percent",
+    "release_colour",
     "seconds",
     "time_ticks",
 ]
@@ -145,3 +147,11 @@ def day(t: float) -> str:
     """The day of a unix time, in UTC, whatever the locale: Mar 4."""
     d = datetime.fromtimestamp(t, UTC)
     return f"{_MONTHS[d.month - 1]} {d.day}"
+
+
+PALETTE = 8  # colours of releases in conveyor.css: .rel-0 … .rel-7
+
+
+def release_colour(release: str) -> str:
+    """The CSS class of a release's colour: the same on every bar, swatch and chart line."""
+    return f"rel-{hashlib.sha256(release.encode()).digest()[0] % PALETTE}"
