@@ -158,6 +158,16 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
 
         click(dan, "step-resume", "Resumed by dan")
         page.wait_for_selector("form[data-action=step-pause]")
+        # the CLI does the same, and the page, never reloaded, follows
+        paused = server.cli("pause", "sample", "production")
+        assert paused.returncode == 0, paused.stderr
+        assert "paused: the judge still watches and rolls back on a failure" in paused.stdout
+        page.wait_for_selector("form[data-action=step-resume]")
+        again = server.cli("pause", "sample", "production")
+        assert again.returncode != 0 and "already paused by admin" in again.stderr, again
+        resumed = server.cli("resume", "sample", "production")
+        assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed
+        page.wait_for_selector("form[data-action=step-pause]")
 
         # promote: the 10% step ends now as passed, the judge's record says by whom
         click(dan, "step-promote", "Promoted by dan")
@@ -169,9 +179,22 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
         d = wait_for(at_25, timeout=60, interval=0.3)
         ten = step_named(d, 10)
         assert ten["state"] == "succeeded" and ten["reason"] == "promoted by dan"
-        assert [a["action"] for a in ten["control"]["actions"]] == ["pause", "resume", "promote"]
+        actions = [(a["action"], a["by"]) for a in ten["control"]["actions"]]
+        assert actions == [
+            ("pause", "dan"),
+            ("resume", "dan"),
+            ("pause", "admin (CONVEYOR_ADMIN_TOKEN)"),
+            ("resume", "admin (CONVEYOR_ADMIN_TOKEN)"),
+            ("promote", "dan"),
+        ]
         assert ten["judgement"] is None or ten["judgement"]["promoted_by"] == "dan"
         assert "promoted by dan: the step ends as passed" in ten["log"]
+        # the page's timeline says who did what to the step, and when
+        page.wait_for_function(
+            "document.querySelector('.step-controls')?.innerText.includes('promoted by dan')"
+        )
+        said = page.inner_text(".step-controls")
+        assert said.startswith("paused by dan") and "resumed by admin" in said, said
 
         # promote to 100%: the 50% step is skipped, then 100% and verify as usual
         page.wait_for_function(
@@ -229,3 +252,15 @@ def test_the_rollback_button_after_a_failure_and_after_a_manual_rollback(
     assert "newer than" in page.inner_text(".action-help")
     shoot(dan, "controls-after-rollback-desktop")
     assert not dan.errors
+    # nothing runs: promote says so (exit 2), and a viewer may not even ask
+    nothing = server.cli("promote", "sample", "production", "--full")
+    assert nothing.returncode == 2, nothing
+    assert "no deployment is running in production of sample: nothing to promote" in (
+        nothing.stderr
+    )
+    viewer = make_token(server, "vera", "viewer")
+    refused = server.http.post(
+        "/api/apps/sample/environments/production/pause",
+        headers={"Authorization": f"Bearer {viewer}"},
+    )
+    assert refused.status_code == 403, refused.text

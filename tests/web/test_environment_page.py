@@ -331,7 +331,12 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
         deployer.goto(PRODUCTION)
         form = deployer.page.locator("form[data-action=rollback]")
         confirm = form.get_attribute("hx-confirm")
-        assert confirm == f"Roll production back from {story.v2} to {story.v1} on web-2?", confirm
+        assert confirm == (
+            f"Roll production back from {story.v2} to {story.v1} on web-2, every host at once?"
+        ), confirm
+        assert form.locator("button").inner_text() == (
+            f"Roll back to {story.v1} (served before {story.v2})"
+        )
         # a deployer's post without the session's CSRF secret is refused all the same
         with httpx.Client(
             base_url=server.url, cookies={"conveyor_session": session_cookie(deployer)}
@@ -448,7 +453,11 @@ def test_the_canary_analysis_charts_canary_against_baseline_with_the_verdicts(
                 charts = section.locator("svg.chart")
                 assert charts.count() == 3
                 titles = [charts.nth(k).get_attribute("aria-label") for k in range(3)]
-                assert titles == ["5xx error rate", "p50 latency", "p99 latency"]
+                assert titles == [
+                    "5xx error rate, step so far",
+                    "p50 latency, step so far",
+                    "p99 latency, step so far",
+                ]
                 for k in range(3):
                     chart = charts.nth(k)
                     assert chart.locator(".series.canary .line").count() >= 1
