@@ -10,7 +10,7 @@ import pytest
 from conveyor.protocol import DeploymentOut, DeploymentStepOut, StepControl
 from conveyor.server.web.buttons import RollbackFacts, canary_buttons, rollback_button, time_left
 from conveyor.server.web.render import code_spans
-from conveyor.server.web.scales import PALETTE, release_colour
+from conveyor.server.web.scales import PALETTE, release_colour, release_colours
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 
@@ -188,6 +188,18 @@ def test_each_release_keeps_its_colour() -> None:
     colours = [release_colour(n) for n in names]
     assert colours == [release_colour(n) for n in names]  # stable
     assert set(colours) == {f"rel-{i}" for i in range(PALETTE)}  # spread over the palette
+
+
+def test_releases_shown_together_never_share_a_colour() -> None:
+    names = [f"{i:07x}-1" for i in range(50)]
+    first = names[0]
+    clash = next(n for n in names[1:] if release_colour(n) == release_colour(first))
+    colours = release_colours([first, None, clash, first])
+    # the one listed first (the release serving) keeps its own; the other moves on
+    assert colours[first] == release_colour(first)
+    assert colours[clash] != colours[first]
+    assert len(release_colours(names[:PALETTE])) == PALETTE
+    assert len(set(release_colours(names[:PALETTE]).values())) == PALETTE
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from conveyor.server.web import live
 from conveyor.server.web.answers import refused
 from conveyor.server.web.charts import CHART_CSS, Format, Marker, Series, line_chart
 from conveyor.server.web.render import fragment, page
-from conveyor.server.web.scales import clock, ms, number, percent, release_colour
+from conveyor.server.web.scales import clock, ms, number, percent, release_colours
 from conveyor.server.web.session import PageViewer, WebCaller
 from conveyor.store.models import utcnow
 
@@ -54,11 +54,13 @@ def verdict_markers(points: list[SeriesPoint]) -> list[Marker]:
 def step_charts(
     series: StepSeries,
     releases: dict[str, str | None],
+    colours: dict[str, str],
     *,
     which: tuple[str, ...] = ("error_rate", "p50", "p99"),
 ) -> list[str]:
     """Inline SVG charts of one judged step: canary against baseline, verdicts marked,
-    each release in its own colour (`releases`: the release of each side)."""
+    each release in its colour (`releases`: the release of each side; `colours`: the
+    class of each release, as the page's other figures have it)."""
     markers = verdict_markers(series.points)
     out = []
     for title, name, fmt, y_max in CHARTS:
@@ -66,9 +68,9 @@ def step_charts(
             continue
         lines = [
             Series(
-                f"{side} {release}" if (release := releases.get(side)) else side,
+                side,
                 [(p.at, _value(getattr(p, side), name)) for p in series.points],
-                css=f"{side} {release_colour(release)}" if release else side,
+                css=f"{side} {colours.get(releases.get(side) or '', '')}",
             )
             for side in SIDES
             if any(getattr(p, side) is not None for p in series.points)
@@ -100,6 +102,12 @@ def sides(d: DeploymentOut) -> dict[str, str | None]:
     return {"canary": d.release, "baseline": baseline}
 
 
+def side_colours(d: DeploymentOut) -> dict[str, str]:
+    """The colour of each release of a deployment's charts (the baseline keeps its own)."""
+    found = sides(d)
+    return release_colours([found["baseline"], found["canary"]])
+
+
 @dataclass(frozen=True)
 class JudgedStep:
     """A judged step: its record (with the last judgement) and its charts."""
@@ -115,6 +123,7 @@ class AnalysisView:
     judged: list[JudgedStep]
     live: bool
     now: datetime
+    colours: dict[str, str]  # each release's colour class
 
 
 def read_view(request: Request, caller: WebCaller, deployment_id: int) -> AnalysisView:
@@ -122,10 +131,13 @@ def read_view(request: Request, caller: WebCaller, deployment_id: int) -> Analys
         d = get_deployment(deployment_id, caller, session)
         series = deployment_series(deployment_id, caller, session)
     steps = {s.id: s for s in d.steps}
+    colours = side_colours(d)
     judged = [
-        JudgedStep(steps[s.step], s, step_charts(s, sides(d))) for s in series if s.step in steps
+        JudgedStep(steps[s.step], s, step_charts(s, sides(d), colours))
+        for s in series
+        if s.step in steps
     ]
-    return AnalysisView(d, judged, live=d.state in ACTIVE, now=utcnow())
+    return AnalysisView(d, judged, live=d.state in ACTIVE, now=utcnow(), colours=colours)
 
 
 def render(request: Request, caller: WebCaller, deployment_id: int) -> dict[str, str]:
@@ -165,4 +177,4 @@ def analysis_events(request: Request, caller: PageViewer, deployment_id: int) ->
     return live.stream(request, lambda: render(request, caller, deployment_id))
 
 
-__all__ = ["router", "sides", "step_charts", "verdict_markers"]
+__all__ = ["router", "side_colours", "sides", "step_charts", "verdict_markers"]

@@ -52,6 +52,7 @@ from conveyor.server.web.buttons import (
 from conveyor.server.web.charts import CHART_CSS
 from conveyor.server.web.deployments import sides, step_charts
 from conveyor.server.web.render import fragment, page
+from conveyor.server.web.scales import release_colours
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
 from conveyor.store.models import Deployment, Release, Run, utcnow
 
@@ -124,6 +125,7 @@ class EnvironmentView:
     left: str | None  # the time left in the step underway that waits
     now: datetime
     titles: dict[str, str] = field(default_factory=dict)  # each release's commit title
+    colours: dict[str, str] = field(default_factory=dict)  # each release's colour class
     charts: list[str] = field(default_factory=list)  # the judged step underway, if any
     charts_of: str | None = None  # ... its name
 
@@ -166,6 +168,10 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         shown |= {o.release for p in status.hosts for o in p.observed}
         shown |= {x for x in (status.release, deployment and deployment.release) if x}
         titles = commit_titles(session, shown)
+        # the release serving keeps its own colour; one beside it that would share it moves
+        new = deployment.release if deployment is not None else None
+        before = deployment.previous_release if deployment is not None else None
+        colours = release_colours([status.release, before, *sorted(shown - {new}), new])
     return EnvironmentView(
         app=app,
         status=status,
@@ -178,8 +184,9 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         left=time_left(status.deployment) if status.deployment else None,
         now=utcnow(),
         titles=titles,
+        colours=colours,
         charts=(
-            step_charts(judged, sides(status.deployment), which=("error_rate", "p99"))
+            step_charts(judged, sides(status.deployment), colours, which=("error_rate", "p99"))
             if judged and status.deployment
             else []
         ),
