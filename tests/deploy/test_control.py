@@ -9,6 +9,7 @@ from conveyor.deploy.control import (
     Next,
     StepWatch,
     ask,
+    done,
     left,
     next_action,
     no_traffic_after,
@@ -129,3 +130,8 @@ def test_ask_records_who_and_when(
 def test_ask_refuses_what_makes_no_sense(before: StepControl, action: str, says: str) -> None:
     with pytest.raises(ControlError, match=says):
         ask(before, action, "eve", T0, T0)
+
+
+def test_done_says_who_did_what_and_when() -> None:
+    got = ask(FREE, "promote-full", "dan", 1_733_400_000.0, None)
+    assert done(got.actions[-1]) == "promoted to 100% by dan at 2024-12-05 12:00:00 UTC"

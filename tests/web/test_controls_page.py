@@ -211,6 +211,11 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
     assert not load.result.errors, load.result.errors[:5]
     # the page, never reloaded, drops the canary's controls once it ended
     page.wait_for_function("!document.querySelector('form[data-action=step-promote]')")
+    # the history lists who did what to the canary, and when
+    dan.goto("/apps/sample/history")
+    said = page.inner_text(f"tr[data-deployment='{ended['id']}']")
+    for line in ("paused by dan at", "resumed by admin", "promoted by dan", "promoted to 100%"):
+        assert line in said, said
     assert not dan.errors
 
 

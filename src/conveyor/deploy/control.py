@@ -150,3 +150,14 @@ def said(action: ControlAction) -> str:
         "resume": "resumed (the step goes on with the time it had left)",
     }[action.action]
     return f"{what} by {action.by}"
+
+
+def done(action: ControlAction) -> str:
+    """A short line for a list of deployments: 'paused by dan at 2026-12-05 21:08:50 UTC'."""
+    what = {
+        "promote": "promoted",
+        "promote-full": "promoted to 100%",
+        "pause": "paused",
+        "resume": "resumed",
+    }[action.action]
+    return f"{what} by {action.by} at {action.at:%Y-%m-%d %H:%M:%S} UTC"

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.store.models import DeploymentStep
@@ -47,3 +47,26 @@ def append_log(session: Session, step_id: int, lines: list[str]) -> None:
         .values(log=func.substr(DeploymentStep.log + text, -LOG_KEEP))
         .execution_options(synchronize_session=False)
     )
+
+
+def control_actions(session: Session, deployment_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """People's requests on each deployment's steps (pause, promote …), in their order.
+
+    Read with SQLite's json_extract: a step's detail also holds its chart points, too
+    many to parse for a page of deployments.
+    """
+    if not deployment_ids:
+        return {}
+    rows = session.execute(
+        select(
+            DeploymentStep.deployment_id,
+            func.json_extract(DeploymentStep.detail, "$.control.actions"),
+        )
+        .where(DeploymentStep.deployment_id.in_(deployment_ids))
+        .order_by(DeploymentStep.deployment_id, DeploymentStep.position)
+    ).all()
+    out: dict[int, list[dict[str, Any]]] = {}
+    for deployment_id, actions in rows:
+        if actions:
+            out.setdefault(deployment_id, []).extend(json.loads(actions))
+    return out
