@@ -261,6 +261,7 @@ class Judgement(Wire):
     # out the worsening it looks for (a plain pass only says nothing objected)
     conclusive: bool = False
     at: float | None = None
+    promoted_by: str | None = None  # a person ended the step as passed, whatever this said
 
 
 class SeriesSide(Wire):
@@ -293,6 +294,25 @@ class StepSeries(Wire):
     points: list[SeriesPoint]
 
 
+class ControlAction(Wire):
+    """A person's word on a canary step: promote (to 100% with `full`), pause, resume."""
+
+    action: Literal["promote", "promote-full", "pause", "resume"]
+    by: str
+    at: datetime
+
+
+class StepControl(Wire):
+    """What people asked of a canary step, kept in its record; the engine honours it."""
+
+    paused_by: str | None = None
+    paused_at: float | None = None  # unix time the pause began (None: not paused)
+    held: float = 0.0  # seconds of the step's watch that earlier pauses held
+    promoted_by: str | None = None
+    full: bool = False  # promoted to 100%: the canary's later steps are skipped
+    actions: list[ControlAction] = []
+
+
 class DeploymentStepOut(Wire):
     id: int
     position: int
@@ -308,6 +328,10 @@ class DeploymentStepOut(Wire):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     duration: float | None
+    # a canary step: who paused or promoted it, when; and the seconds left in its pause
+    control: StepControl | None = None
+    pause: float | None = None
+    left: float | None = None
 
 
 class DeploymentOut(Wire):

@@ -21,7 +21,7 @@ def look(at: float, canary: tuple[int, int], baseline: tuple[int, int] | None) -
     )
 
 
-def test_points_hold_each_interval_s_rates_and_the_verdict() -> None:
+def test_points_hold_the_rates_of_the_step_so_far_and_the_verdict() -> None:
     detail: dict[str, Any] = {}
     detail.update(series_point(detail, look(0, (100, 1), (300, 3)), "inconclusive"))
     assert detail["series"][0]["canary"]["requests"] == 0  # the first look: nothing grew yet
@@ -37,6 +37,16 @@ def test_points_hold_each_interval_s_rates_and_the_verdict() -> None:
     detail.update(series_point(detail, look(2 + SERIES_EVERY, (300, 11), None), "fail"))
     assert detail["series"][-1]["baseline"] is None
     assert len(detail["series"]) == 3
+    # counted from the step's first look, as the judge's table counts: not the last interval
+    detail.update(series_point(detail, look(2 + 2 * SERIES_EVERY, (400, 11), (900, 3)), "fail"))
+    assert detail["series"][-1]["canary"]["requests"] == 300
+    assert detail["series"][-1]["canary"]["error_rate"] == 10 / 300
+    assert detail["series"][-1]["baseline"] == {
+        "requests": 600,
+        "error_rate": 0.0,
+        "p50": None,
+        "p99": None,
+    }
 
 
 def test_judged_series_lists_the_steps_with_points_in_their_order() -> None:

@@ -233,8 +233,10 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
                 )
                 phone.goto(PRODUCTION)
                 phone.page.wait_for_selector(".judgement[data-verdict]")
-                # mid-canary a deployer may stop it or go back; the viewer still may not
-                assert action_forms(phone) == ["abort", "rollback"]
+                # mid-canary a deployer may stop it or go back (and promote or pause the
+                # canary step underway); the viewer still may not
+                forms = action_forms(phone)
+                assert [f for f in forms if not f.startswith("step-")] == ["abort", "rollback"]
                 assert action_forms(viewer) == []
                 shoot(phone, "environment-canary-phone")
                 # the analysis of the step underway grows a point every 5 s, by itself
@@ -331,7 +333,12 @@ def test_a_viewer_posting_anyway_is_refused_and_a_deployer_rolls_back(
         deployer.goto(PRODUCTION)
         form = deployer.page.locator("form[data-action=rollback]")
         confirm = form.get_attribute("hx-confirm")
-        assert confirm == f"Roll production back from {story.v2} to {story.v1} on web-2?", confirm
+        assert confirm == (
+            f"Roll production back from {story.v2} to {story.v1} on web-2, every host at once?"
+        ), confirm
+        assert form.locator("button").inner_text() == (
+            f"Roll back to {story.v1} (served before {story.v2})"
+        )
         # a deployer's post without the session's CSRF secret is refused all the same
         with httpx.Client(
             base_url=server.url, cookies={"conveyor_session": session_cookie(deployer)}
@@ -449,7 +456,11 @@ def test_the_canary_analysis_charts_canary_against_baseline_with_the_verdicts(
                 charts = section.locator("svg.chart")
                 assert charts.count() == 3
                 titles = [charts.nth(k).get_attribute("aria-label") for k in range(3)]
-                assert titles == ["5xx error rate", "p50 latency", "p99 latency"]
+                assert titles == [
+                    "5xx error rate, step so far",
+                    "p50 latency, step so far",
+                    "p99 latency, step so far",
+                ]
                 for k in range(3):
                     chart = charts.nth(k)
                     assert chart.locator(".series.canary .line").count() >= 1

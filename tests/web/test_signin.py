@@ -18,6 +18,9 @@ def test_pages_redirect_to_sign_in_and_a_bad_token_is_refused(server: ServerProc
         r = http.post("/login", data={"token": "cvy_not_a_token", "next": "/"})
         assert r.status_code == 401
         assert "not valid" in r.text
+        # the command to type is code, not Markdown's backticks
+        assert "<code>conveyor token create NAME --role viewer</code>" in r.text
+        assert "`" not in r.text.split("<main>")[1]
         assert "conveyor_session" not in r.headers.get("set-cookie", "")
         # the next page is this server's only: never an open redirect
         r = http.post("/login", data={"token": server.token, "next": "//evil.example/x"})

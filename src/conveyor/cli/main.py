@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from conveyor.cli import deploy, status
+from conveyor.cli import controls, deploy, status
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.render import err, out, print_json
@@ -526,6 +526,7 @@ def logs(
 
 
 deploy.register(app)
+controls.register(app)
 status.register(app)
 
 

@@ -11,21 +11,28 @@ from conveyor.analysis.window import delta, error_rate, quantile
 from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries
 from conveyor.store.models import Deployment, DeploymentStep
 
-SERIES_EVERY = 5.0  # seconds between two points of a step's chart series
-SERIES_MAX = 720  # points kept per step (an hour)
+SERIES_EVERY = 2.0  # seconds between two points of a step's chart series (at most)
+SERIES_MAX = 1800  # points kept per step (an hour)
 
 
 def series_point(detail: dict[str, Any], look: Look, verdict: str) -> dict[str, Any]:
-    """Every SERIES_EVERY seconds, the interval's rates and latencies of both releases
-    (for charts of the canary against its baseline), with the judge's word then."""
-    last = detail.get("series_last")
+    """Every SERIES_EVERY seconds, both releases' error rate and latencies over the step so
+    far (as the judge counts them, so a chart's last point reads what its table says), with
+    the judge's word then."""
+    start = detail.get("series_start")
+    last_at = detail.get("series_at")
     points: list[dict[str, Any]] = detail.get("series", [])
-    if last and look.at - float(last["at"]) < SERIES_EVERY and points[-1]["verdict"] == verdict:
+    soon = last_at is not None and look.at - float(last_at) < SERIES_EVERY
+    if soon and points[-1]["verdict"] == verdict:
         return {}
+    snapshot = {
+        "canary": look.canary.model_dump(),
+        "baseline": look.baseline.model_dump() if look.baseline else None,
+    }
     point: dict[str, Any] = {"at": look.at, "verdict": verdict}
     for name in ("canary", "baseline"):
         now = getattr(look, name)
-        before = last.get(name) if last else None
+        before = start.get(name) if start else None
         if now is None:
             point[name] = None
             continue
@@ -36,12 +43,11 @@ def series_point(detail: dict[str, Any], look: Look, verdict: str) -> dict[str, 
             "p50": _finite(quantile(grown, 0.5)),
             "p99": _finite(quantile(grown, 0.99)),
         }
-    snapshot = {
-        "at": look.at,
-        "canary": look.canary.model_dump(),
-        "baseline": look.baseline.model_dump() if look.baseline else None,
-    }
-    return {"series": [*points, point][-SERIES_MAX:], "series_last": snapshot}
+    out: dict[str, Any] = {"series": [*points, point][-SERIES_MAX:], "series_at": look.at}
+    if start is None or (start.get("baseline") is None and look.baseline is not None):
+        # the first look (or the baseline's first): what the step's figures count from
+        out["series_start"] = {**(start or snapshot), "baseline": snapshot["baseline"]}
+    return out
 
 
 def _finite(value: float | None) -> float | None:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from conveyor.analysis.judge import (
     JudgeState,
     Look,
     Settings,
-    Verdict,
     decide,
     observe,
     start_window,
@@ -42,6 +41,7 @@ from conveyor.analysis.sources import MetricSource, RouterSource, SourceError
 from conveyor.config import Analysis, Config, Environment, Prometheus
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling
+from conveyor.deploy.control import Next, StepWatch, next_action, no_traffic_after, watched
 from conveyor.deploy.desired import Notifier, set_host_app
 from conveyor.deploy.gates import GateError, environment, waiting_for
 from conveyor.deploy.judging import carried_judge, series_point
@@ -49,10 +49,17 @@ from conveyor.deploy.plan import Context, PlannedStep, Targets, rollback_targets
 from conveyor.deploy.progress import HostView, Progress, host_progress
 from conveyor.deploy.records import ACTING, PENDING, continue_chain
 from conveyor.notify import Announcer
-from conveyor.protocol import ObservedState, ReleaseCounters, ReleaseWeight, RouterMetrics
+from conveyor.protocol import (
+    ObservedState,
+    ReleaseCounters,
+    ReleaseWeight,
+    RouterMetrics,
+    StepControl,
+)
 from conveyor.releases.store import ArtifactStore
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, Release, utcnow
+from conveyor.store.steps import append_log, set_detail
 from conveyor.threads import Wakeup, in_thread, offloaded
 
 log = logging.getLogger("conveyor.deploy")
@@ -70,8 +77,6 @@ OFFLINE_GRACE = float(os.environ.get("CONVEYOR_OFFLINE_GRACE", "20"))
 CONVERGE_MARGIN = 120.0  # on top of the health timeout: download, unpack, install hook
 ROLLBACK_WAIT = 120.0  # how long a rollback waits for hosts before recording what it reached
 FAILURE_CONFIRM = 1.0  # a failure must still be reported this much later (not a stale report)
-INCONCLUSIVE_LIMIT = 3  # step_pause multiples a canary step waits for enough traffic
-INCONCLUSIVE_FLOOR = 15.0  # ... and at least this many seconds past the pause
 LOOK_EVERY = 1.0  # seconds between two looks of the judge at a step's counters
 CRASH_ENV = "CONVEYOR_CRASH_AFTER_STEPS"  # tests: SIGKILL the server after N persisted changes
 
@@ -423,7 +428,6 @@ class DeployEngine:
 
     def _begin_step(self, session: Session, d: Deployment, step: DeploymentStep) -> bool:
         targets = _load_targets(step.targets)
-        detail = json.loads(step.detail)
         generations: dict[str, int] = {}
         app = session.get_one(App, d.app_id)
         for name, releases in targets.items():
@@ -437,8 +441,8 @@ class DeployEngine:
         touched = json.loads(d.touched)
         touched += [h for h in targets if h not in touched]
         d.touched = json.dumps(touched)
-        detail["generations"] = generations
-        step.detail = json.dumps(detail)
+        # only its own key: a person may have paused or promoted the step meanwhile
+        set_detail(session, step.id, {"generations": generations})
         step.state, step.started_at = "running", utcnow()
         session.commit()
         for name in targets:
@@ -564,19 +568,25 @@ class DeployEngine:
         if "watch_from" not in detail:
             await self._update_detail(step_id, watch_from=now)
             return False
-        elapsed = now - float(detail["watch_from"])
+        control = StepControl.model_validate(detail.get("control") or {})
         analysis = env.analysis
-        if not detail.get("options", {}).get("analyse") or analysis is None:
-            return elapsed >= pause
         last = detail.get("judgement") or {}
-        if now - float(last.get("at") or 0) < LOOK_EVERY:
+        watch = StepWatch(
+            pause=pause,
+            watch_from=float(detail["watch_from"]),
+            control=control,
+            analysed=bool(detail.get("options", {}).get("analyse")) and analysis is not None,
+            monitor=monitor,
+            verdict=last.get("verdict"),
+            conclusive=bool(last.get("conclusive")),
+            early=analysis is not None and analysis.advance == "early",
+        )
+        if control.promoted_by is not None:
+            await self._promoted(step_id, control, last)
+            return True
+        if analysis is None or not watch.analysed or now - float(last.get("at") or 0) < LOOK_EVERY:
             # between looks: the last word stands (sources change with agents' reports)
-            verdict = last.get("verdict")
-            if monitor:
-                return verdict != "fail" and elapsed >= pause
-            return verdict == "pass" and (
-                elapsed >= pause or (bool(last.get("conclusive")) and analysis.advance == "early")
-            )
+            return next_action(watch, now) == Next.END
         settings = Settings.of(analysis)
         # the judge's statistics need scipy, seconds to import: in a thread, not on the
         # event loop, and only in servers that judge something (a no-op once loaded)
@@ -588,7 +598,7 @@ class DeployEngine:
             if detail.get("source_error") != str(exc):
                 await self._log(step_id, [f"metrics: {exc}"])
                 await self._update_detail(step_id, source_error=str(exc))
-            if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
+            if watched(watch.watch_from, control, now) >= no_traffic_after(pause):
                 await self._fail_now(deployment_id, step_id, f"metrics unavailable: {exc}")
             return False
         if "judge" in detail:
@@ -616,25 +626,37 @@ class DeployEngine:
         await self._update_detail(
             step_id, judge=state.model_dump(mode="json"), judgement=judgement, **series
         )
-        if verdict.verdict == Verdict.FAIL:
+        action = next_action(
+            replace(watch, verdict=verdict.verdict, conclusive=verdict.conclusive), now
+        )
+        if action == Next.FAIL:
             what = "monitor" if monitor else "analysis"
             await self._fail_now(
                 deployment_id, step_id, f"{what} failed: " + "; ".join(verdict.reasons)
             )
-            return False
-        if monitor:
-            return elapsed >= pause
-        if verdict.verdict == Verdict.PASS:
-            return (analysis.advance == "early" and verdict.conclusive) or elapsed >= pause
-        # counters arrive with agents' reports (every 2 s, later on a busy host): never give
-        # up on traffic before several reports had their chance
-        if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
+        elif action == Next.NO_TRAFFIC:
+            # counters arrive with agents' reports (every 2 s, later on a busy host): never
+            # give up on traffic before several reports had their chance
             await self._fail_now(
                 deployment_id,
                 step_id,
                 "not enough traffic to judge the release: " + "; ".join(verdict.reasons),
             )
-        return False
+        return action == Next.END
+
+    async def _promoted(self, step_id: int, control: StepControl, last: dict[str, Any]) -> None:
+        """A person promoted the step: the judge's record and the log say who, and it ends."""
+        by = control.promoted_by
+        word = f" (the judge's last word: {last['verdict']})" if last.get("verdict") else ""
+        await self._log(step_id, [f"promoted by {by}: the step ends as passed{word}"])
+        if last:
+            await self._update_detail(step_id, judgement=last | {"promoted_by": by})
+        await in_thread(self._step_reason, step_id, f"promoted by {by}")
+
+    def _step_reason(self, step_id: int, reason: str) -> None:
+        with self.sessions() as session:
+            session.get_one(DeploymentStep, step_id).reason = reason
+            session.commit()
 
     async def _watch_rollback(
         self,
@@ -739,10 +761,7 @@ class DeployEngine:
     @offloaded
     def _update_detail(self, step_id: int, **values: Any) -> None:
         with self.sessions() as session:
-            step = session.get_one(DeploymentStep, step_id)
-            detail = json.loads(step.detail)
-            detail.update(values)
-            step.detail = json.dumps(detail)
+            set_detail(session, step_id, values)
             session.commit()
 
     @offloaded
@@ -750,9 +769,7 @@ class DeployEngine:
         if not lines:
             return
         with self.sessions() as session:
-            step = session.get_one(DeploymentStep, step_id)
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            step.log = (step.log + "".join(f"{stamp} {line}\n" for line in lines))[-64000:]
+            append_log(session, step_id, lines)
             session.commit()
 
     @offloaded

@@ -24,6 +24,7 @@ from conveyor.server import busy, edge, idempotency, metrics
 from conveyor.server.api import (
     agents,
     apps,
+    controls,
     deployments,
     dora,
     hosts,
@@ -126,6 +127,7 @@ def create_app(
         runs,
         releases,
         deployments,
+        controls,
         dora,
         notifications,
         status,

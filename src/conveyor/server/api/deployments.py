@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.deploy.control import left
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
 from conveyor.deploy.judging import judged_series
 from conveyor.deploy.records import (
@@ -31,6 +33,7 @@ from conveyor.protocol import (
     Placement,
     ReleaseWeight,
     RollbackRequest,
+    StepControl,
     StepSeries,
 )
 from conveyor.server.api.hosts import placements
@@ -61,6 +64,17 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
     }
     detail = json.loads(step.detail)
     judgement = detail.get("judgement")
+    control = StepControl.model_validate(detail["control"]) if "control" in detail else None
+    pause = float(detail.get("options", {}).get("pause") or 0) or None
+    watch_from = detail.get("watch_from")
+    remaining = None
+    if pause is not None and step.state in ("pending", "running"):
+        remaining = left(
+            pause,
+            float(watch_from) if watch_from is not None else None,
+            control or StepControl(),
+            time.time(),
+        )
     return DeploymentStepOut(
         id=step.id,
         position=step.position,
@@ -76,6 +90,9 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         started_at=step.started_at,
         finished_at=step.finished_at,
         duration=_duration(step.started_at, step.finished_at),
+        control=control,
+        pause=pause,
+        left=remaining,
     )
 
 
@@ -375,7 +392,8 @@ def get_deployment(deployment_id: RecordId, _: Viewer, session: SessionDep) -> D
 
 @router.get("/deployments/{deployment_id}/series", responses=responses(404))
 def deployment_series(deployment_id: RecordId, _: Viewer, session: SessionDep) -> list[StepSeries]:
-    """Chart points of the judged steps: canary and baseline every 5 s, with the verdict."""
+    """Chart points of the judged steps: canary and baseline every 2 s (each over the step
+    so far, as the judge counts), with the verdict."""
     return judged_series(get_deployment_or_404(session, deployment_id))
 
 

@@ -35,7 +35,7 @@ class Series:
 
     name: str
     points: Sequence[tuple[float, float | None]]
-    css: str  # its class: the stylesheet gives it its colour ("canary", "baseline" …)
+    css: str  # its classes: the stylesheet gives it its colour ("canary rel-3", "baseline" …)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,11 @@ def _esc(text: str) -> str:
 def _cls(name: str) -> str:
     """A CSS class from any text, so `marker-<kind>` stays one class."""
     return _NOT_CLASS.sub("-", name) or "none"
+
+
+def _classes(names: str) -> str:
+    """Classes from space-separated words, each made safe as `_cls` does."""
+    return " ".join(_cls(w) for w in names.split()) or "none"
 
 
 def _f(v: float) -> str:
@@ -214,9 +219,8 @@ def line_chart(
         if not rs:
             continue
         last = rs[-1][-1][1]
-        parts.append(
-            f'<g class="series {_cls(s.css)}"><title>{_esc(s.name)}: {_esc(y_format(last))}</title>'
-        )
+        title = f"<title>{_esc(s.name)}: {_esc(y_format(last))}</title>"
+        parts.append(f'<g class="series {_classes(s.css)}">{title}')
         for r in rs:
             coords = [(sx(x), frame.y(y)) for x, y in r]
             if len(r) == 1:
@@ -236,7 +240,7 @@ def line_chart(
             f'<circle cx="{x}" cy="{_f(frame.top)}" r="4"/></g>'
         )
     kinds = dict.fromkeys(_cls(m.kind) for m in markers)
-    items = [(_cls(s.css), s.name) for s, rs in runs if rs]
+    items = [(_classes(s.css), s.name) for s, rs in runs if rs]
     items += [(f"marker-{kind}", kind) for kind in kinds]
     parts += _legend(items, height - 6, frame.left)
     return "\n".join([*parts, "</svg>"])

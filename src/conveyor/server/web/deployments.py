@@ -1,8 +1,9 @@
 """The Canary analysis page: a deployment's steps and, for each judged step, its charts.
 
-A canary step and the watch window are judged every few seconds; the judge keeps
-a chart point every 5 s (`GET /api/deployments/{id}/series`, read here through the
-same function). Each judged step gets charts of error rate, p50 and p99 over
+A canary step and the watch window are judged every second; the judge keeps a
+chart point every 2 s, each release's figures over the step so far, as its table
+counts them (`GET /api/deployments/{id}/series`, read here through the same
+function). Each judged step gets charts of error rate, p50 and p99 over
 time, canary against baseline, with a marker wherever the verdict changed, and
 the table of its last judgement's evidence.
 """
@@ -23,7 +24,7 @@ from conveyor.server.web import live
 from conveyor.server.web.answers import refused
 from conveyor.server.web.charts import Format, Marker, Series, line_chart
 from conveyor.server.web.render import fragment, page
-from conveyor.server.web.scales import clock, ms, number, percent
+from conveyor.server.web.scales import clock, ms, number, percent, release_colours
 from conveyor.server.web.session import PageViewer, WebCaller
 from conveyor.store.models import utcnow
 
@@ -32,9 +33,9 @@ router = APIRouter(include_in_schema=False)
 # what each chart plots of a point's side: title, field, format, and the least the y axis
 # reaches (no error at all reads 0 of 1%, not 0 of 100%)
 CHARTS: tuple[tuple[str, str, Format, float | None], ...] = (
-    ("5xx error rate", "error_rate", percent, 0.01),
-    ("p50 latency", "p50", ms, None),
-    ("p99 latency", "p99", ms, None),
+    ("5xx error rate, step so far", "error_rate", percent, 0.01),
+    ("p50 latency, step so far", "p50", ms, None),
+    ("p99 latency, step so far", "p99", ms, None),
 )
 # the baseline first, so that the canary's line is drawn over it where they coincide
 SIDES = ("baseline", "canary")
@@ -52,9 +53,15 @@ def verdict_markers(points: list[SeriesPoint]) -> list[Marker]:
 
 
 def step_charts(
-    series: StepSeries, *, which: tuple[str, ...] = ("error_rate", "p50", "p99")
+    series: StepSeries,
+    releases: dict[str, str | None],
+    colours: dict[str, str],
+    *,
+    which: tuple[str, ...] = ("error_rate", "p50", "p99"),
 ) -> list[str]:
-    """Inline SVG charts of one judged step: canary against baseline, verdicts marked."""
+    """Inline SVG charts of one judged step: canary against baseline, verdicts marked,
+    each release in its colour (`releases`: the release of each side; `colours`: the
+    class of each release, as the page's other figures have it)."""
     markers = verdict_markers(series.points)
     out = []
     for title, name, fmt, y_max in CHARTS:
@@ -64,7 +71,7 @@ def step_charts(
             Series(
                 side,
                 [(p.at, _value(getattr(p, side), name)) for p in series.points],
-                css=side,
+                css=f"{side} {colours.get(releases.get(side) or '', '')}",
             )
             for side in SIDES
             if any(getattr(p, side) is not None for p in series.points)
@@ -90,6 +97,18 @@ def _value(side: object, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def sides(d: DeploymentOut) -> dict[str, str | None]:
+    """The release of each side of a deployment's charts."""
+    baseline = d.previous_release if d.previous_release != d.release else None
+    return {"canary": d.release, "baseline": baseline}
+
+
+def side_colours(d: DeploymentOut) -> dict[str, str]:
+    """The colour of each release of a deployment's charts (the baseline keeps its own)."""
+    found = sides(d)
+    return release_colours([found["baseline"], found["canary"]])
+
+
 @dataclass(frozen=True)
 class JudgedStep:
     """A judged step: its record (with the last judgement) and its charts."""
@@ -105,6 +124,7 @@ class AnalysisView:
     judged: list[JudgedStep]
     live: bool
     now: datetime
+    colours: dict[str, str]  # each release's colour class
 
 
 def read_view(request: Request, caller: WebCaller, deployment_id: int) -> AnalysisView:
@@ -112,8 +132,13 @@ def read_view(request: Request, caller: WebCaller, deployment_id: int) -> Analys
         d = get_deployment(deployment_id, caller, session)
         series = deployment_series(deployment_id, caller, session)
     steps = {s.id: s for s in d.steps}
-    judged = [JudgedStep(steps[s.step], s, step_charts(s)) for s in series if s.step in steps]
-    return AnalysisView(d, judged, live=d.state in ACTIVE, now=utcnow())
+    colours = side_colours(d)
+    judged = [
+        JudgedStep(steps[s.step], s, step_charts(s, sides(d), colours))
+        for s in series
+        if s.step in steps
+    ]
+    return AnalysisView(d, judged, live=d.state in ACTIVE, now=utcnow(), colours=colours)
 
 
 def render(request: Request, caller: WebCaller, deployment_id: int) -> dict[str, str]:
@@ -152,4 +177,4 @@ def analysis_events(request: Request, caller: PageViewer, deployment_id: RecordI
     return live.stream(request, lambda: render(request, caller, deployment_id))
 
 
-__all__ = ["router", "step_charts", "verdict_markers"]
+__all__ = ["router", "side_colours", "sides", "step_charts", "verdict_markers"]

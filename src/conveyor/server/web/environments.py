@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -41,10 +42,18 @@ from conveyor.server.api.deployments import (
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web import live
 from conveyor.server.web.answers import refused
-from conveyor.server.web.deployments import step_charts
+from conveyor.server.web.buttons import (
+    Action,
+    RollbackFacts,
+    canary_buttons,
+    rollback_button,
+    time_left,
+)
+from conveyor.server.web.deployments import sides, step_charts
 from conveyor.server.web.render import fragment, page
+from conveyor.server.web.scales import release_colours
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
-from conveyor.store.models import Deployment, Release, utcnow
+from conveyor.store.models import Deployment, Release, Run, utcnow
 
 router = APIRouter(include_in_schema=False)
 
@@ -53,17 +62,7 @@ APPROVE = ("POST", "/api/runs/{run_id}/approve")
 ABORT = ("POST", "/api/deployments/{deployment_id}/abort")
 ROLLBACK = ("POST", "/api/apps/{name}/environments/{env}/rollback")
 PROMOTE = ("POST", "/api/apps/{name}/environments/{env}/deploy")
-
-
-@dataclass(frozen=True)
-class Action:
-    """A button: what it is called, what will happen (its confirmation), what it posts."""
-
-    name: str  # approve | abort | rollback | promote: the form action's last path segment
-    label: str
-    confirm: str
-    fields: dict[str, str] = field(default_factory=dict)
-    danger: bool = False
+PAUSE = ("POST", "/api/apps/{name}/environments/{env}/pause")
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,10 @@ class EnvironmentView:
     chain: list[str]
     next_environment: str | None
     actions: list[Action]
-    no_rollback: str | None  # why there is no rollback button, when there is none
+    left: str | None  # the time left in the step underway that waits
     now: datetime
+    titles: dict[str, str] = field(default_factory=dict)  # each release's commit title
+    colours: dict[str, str] = field(default_factory=dict)  # each release's colour class
     charts: list[str] = field(default_factory=list)  # the judged step underway, if any
     charts_of: str | None = None  # ... its name
 
@@ -154,7 +155,7 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         chain = [s.name for s in statuses]
         index = chain.index(env)
         following = chain[index + 1] if index + 1 < len(chain) else None
-        actions, no_rollback = _actions(request, session, caller, app, status, following)
+        actions = _actions(request, session, caller, app, status, following)
         # the step the judge watches now, charted on this page too (all of them: /deployments)
         judged = None
         if status.deployment is not None:
@@ -162,6 +163,14 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
             judged = next(reversed(judged_series(row)), None) if row is not None else None
             if judged and not any(p.canary and p.canary.requests for p in judged.points):
                 judged = None  # nothing to draw yet
+        shown = {r.release for p in status.hosts for r in p.desired}
+        shown |= {o.release for p in status.hosts for o in p.observed}
+        shown |= {x for x in (status.release, deployment and deployment.release) if x}
+        titles = commit_titles(session, shown)
+        # the release serving keeps its own colour; one beside it that would share it moves
+        new = deployment.release if deployment is not None else None
+        before = deployment.previous_release if deployment is not None else None
+        colours = release_colours([status.release, before, *sorted(shown - {new}), new])
     return EnvironmentView(
         app=app,
         status=status,
@@ -171,11 +180,27 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         chain=chain,
         next_environment=following,
         actions=actions,
-        no_rollback=no_rollback,
+        left=time_left(status.deployment) if status.deployment else None,
         now=utcnow(),
-        charts=step_charts(judged, which=("error_rate", "p99")) if judged else [],
+        titles=titles,
+        colours=colours,
+        charts=(
+            step_charts(judged, sides(status.deployment), colours, which=("error_rate", "p99"))
+            if judged and status.deployment
+            else []
+        ),
         charts_of=judged.name if judged else None,
     )
+
+
+def commit_titles(session: Session, releases: set[str]) -> dict[str, str]:
+    """The first line of the commit message each release was built from."""
+    rows = session.execute(
+        select(Release.id, Run.commit_message)
+        .join(Run, Run.id == Release.run_id)
+        .where(Release.id.in_(releases))
+    ).all()
+    return {r: m.strip().splitlines()[0] for r, m in rows if m and m.strip()}
 
 
 def _actions(
@@ -185,7 +210,7 @@ def _actions(
     app: str,
     status: EnvironmentStatus,
     following: str | None,
-) -> tuple[list[Action], str | None]:
+) -> list[Action]:
     """The buttons that fit the environment's state, of those the caller's role allows.
 
     A rollback underway gets no button: stopping it, or rolling it back, would only
@@ -193,7 +218,7 @@ def _actions(
     """
     d = status.deployment
     if d is not None and d.kind == "rollback" and d.state in ACTING:
-        return [], None
+        return []
     hosts = ", ".join(p.host for p in status.hosts) or "no host"
     found: list[Action | None] = []
     if d is not None and caller.may(api_role(request, *APPROVE)):
@@ -202,13 +227,11 @@ def _actions(
         found.append(_promote(session, status, following))
     if d is not None and caller.may(api_role(request, *ABORT)):
         found.append(_abort(status, d, hosts))
-    no_rollback = None
+    if d is not None and d.state == "running" and caller.may(api_role(request, *PAUSE)):
+        found += canary_buttons(d)
     if caller.may(api_role(request, *ROLLBACK)):
-        try:
-            found.append(_rollback(session, app, status, d, hosts))
-        except GateError as exc:
-            no_rollback = str(exc)
-    return [a for a in found if a is not None], no_rollback
+        found.append(_rollback(session, app, status, d, hosts))
+    return [a for a in found if a is not None]
 
 
 def _approve(
@@ -257,25 +280,46 @@ def _abort(status: EnvironmentStatus, d: DeploymentOut, hosts: str) -> Action | 
         )
     else:
         return None
-    return Action("abort", "Abort", what, {"deployment": str(d.id)}, danger=True)
+    back = d.previous_release or "what it ran before"
+    return Action(
+        "abort",
+        f"Abort #{d.id}",
+        what,
+        {"deployment": str(d.id)},
+        danger=True,
+        help=f"Abort: stops deployment #{d.id}; what it changed goes back to {back}.",
+    )
 
 
 def _rollback(
     session: Session, app: str, status: EnvironmentStatus, d: DeploymentOut | None, hosts: str
-) -> Action | None:
-    """Back to what `conveyor rollback` would pick; GateError when there is nothing."""
-    target = rollback_target(session, get_app_or_404(session, app), status.name).id
-    acting = d if d is not None and d.state in ACTING else None
-    current = acting.release if acting is not None else status.release
-    if target == current:
-        return None
-    stop = f" (stopping deployment #{acting.id})" if acting is not None else ""
-    return Action(
-        "rollback",
-        f"Roll back to {target}",
-        f"Roll {status.name} back from {current} to {target} on {hosts}{stop}?",
-        {"to": target},
-        danger=True,
+) -> Action:
+    """The red button, named by where `conveyor rollback` would lead (or why nowhere)."""
+    target: Release | None = None
+    none = None
+    try:
+        target = rollback_target(session, get_app_or_404(session, app), status.name)
+    except GateError as exc:
+        none = str(exc)
+    serving = session.get(Release, status.release) if status.release else None
+    last = status.last
+    failed = last if last is not None and last.state == "failed" else None
+    return rollback_button(
+        RollbackFacts(
+            environment=status.name,
+            serving=status.release,
+            target=target.id if target is not None else None,
+            none=none,
+            target_newer=(
+                target is not None
+                and serving is not None
+                and target.created_at > serving.created_at
+            ),
+            failed_release=failed.release if failed is not None else None,
+            failed_id=failed.id if failed is not None else None,
+            acting=d if d is not None and d.state in ACTING else None,
+            hosts=hosts,
+        )
     )
 
 

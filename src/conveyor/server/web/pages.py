@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.api.status import status as api_status
 from conveyor.server.web import (
+    controls,
     delivery,
     deployments,
     environments,
@@ -126,6 +127,7 @@ def install(api: FastAPI) -> None:
     api.include_router(history.router)
     api.include_router(public.router)
     api.include_router(environments.router)
+    api.include_router(controls.router)
     api.include_router(deployments.router)
     api.include_router(delivery.router)
     api.include_router(styles.router)  # before the mount, which would answer its paths 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from conveyor import __version__
+from conveyor.server.web.scales import release_colour
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -62,12 +65,27 @@ def percent(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value * 100:.{digits}f}%"
 
 
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def code_spans(text: object) -> Markup:
+    """A message with Markdown's `code` spans as <code> (everything else escaped)."""
+    escaped = str(escape(str(text)))
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", escaped))
+
+
 def short_sha(sha: str | None) -> str:
     return (sha or "")[:7]
 
 
 environment.filters.update(
-    duration=duration, when=when, ago=ago, percent=percent, short_sha=short_sha
+    duration=duration,
+    when=when,
+    ago=ago,
+    percent=percent,
+    short_sha=short_sha,
+    colour=release_colour,
+    code_spans=code_spans,
 )
 environment.globals.update(version=__version__)
 

@@ -7,7 +7,9 @@ reader can interpolate between them; on a time axis, multiples of a round span (
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "number",
     "per_day",
     "percent",
+    "release_colour",
+    "release_colours",
     "seconds",
     "time_ticks",
 ]
@@ -145,3 +149,29 @@ def day(t: float) -> str:
     """The day of a unix time, in UTC, whatever the locale: Mar 4."""
     d = datetime.fromtimestamp(t, UTC)
     return f"{_MONTHS[d.month - 1]} {d.day}"
+
+
+PALETTE = 8  # colours of releases in conveyor.css: .rel-0 … .rel-7
+
+
+def release_colour(release: str) -> str:
+    """The CSS class of a release's colour: the same on every bar, swatch and chart line."""
+    return f"rel-{_index(release)}"
+
+
+def release_colours(releases: Iterable[str | None]) -> dict[str, str]:
+    """Colours of releases shown together: each its own (`release_colour`) unless one
+    listed before took it; then the next free one, so that two side by side never match."""
+    out: dict[str, str] = {}
+    for release in releases:
+        if release is None or release in out:
+            continue
+        first = _index(release)
+        taken = set(out.values())
+        free = (f"rel-{(first + k) % PALETTE}" for k in range(PALETTE))
+        out[release] = next((c for c in free if c not in taken), f"rel-{first}")
+    return out
+
+
+def _index(release: str) -> int:
+    return hashlib.sha256(release.encode()).digest()[0] % PALETTE

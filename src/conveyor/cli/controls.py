@@ -1,0 +1,89 @@
+"""`conveyor promote / pause / resume`: a canary's step in a person's hands, one call each."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt
+from conveyor.cli.deploy import AppArg, EnvArg
+from conveyor.cli.render import out, print_json
+
+
+def promote(
+    app_name: AppArg,
+    env: EnvArg,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Go to 100% now: the canary's later steps are skipped."),
+    ] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """End the running canary step now as passed: the next step (or 100% with --full) starts.
+
+    The watch window after 100% (`monitor:`) still runs. Recorded with your token's name.
+    """
+    query = "?full=true" if full else ""
+    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/promote{query}")
+    _said(d, as_json)
+
+
+def pause(
+    app_name: AppArg,
+    env: EnvArg,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hold the running canary step until `conveyor resume` or `conveyor promote`.
+
+    The judge still watches while paused, and a failure still rolls back.
+    """
+    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/pause")
+    _said(d, as_json)
+
+
+def resume(
+    app_name: AppArg,
+    env: EnvArg,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let a paused canary step go on with the time it had left."""
+    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/resume")
+    _said(d, as_json)
+
+
+def _said(d: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(d)
+        return
+    steps = [s for s in d["steps"] if s.get("control") and s["control"]["actions"]]
+    step = max(steps, key=lambda s: s["control"]["actions"][-1]["at"]) if steps else None
+    if step is None:
+        out.print(f"deployment #{d['id']} to {d['environment']}: {d['state']}", soft_wrap=True)
+        return
+    last = step["control"]["actions"][-1]
+    what = {
+        "promote": "promoted: the step ends as passed",
+        "promote-full": "promoted to 100%: the canary's later steps are skipped",
+        "pause": "paused: the judge still watches and rolls back on a failure",
+        "resume": "resumed with the time the step had left",
+    }[last["action"]]
+    left = f" ({step['left']:.0f} s left)" if last["action"] == "resume" and step["left"] else ""
+    out.print(
+        f"deployment #{d['id']} to {d['environment']}, step {step['name']!r}: {what}{left}; "
+        f"by {last['by']}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(promote)
+    app.command()(pause)
+    app.command()(resume)
