@@ -246,6 +246,15 @@ class StepSeries(Wire):
     points: list[SeriesPoint]
 
 
+class TrafficWait(Wire):
+    """A canary step whose judge has too few of the new release's requests to decide yet."""
+
+    requests: int = Field(description="the new release's requests the judge counted so far")
+    needed: int = Field(description="analysis.min_requests: how many it needs to decide")
+    until: datetime = Field(description="when the step fails for want of traffic")
+    urls: list[str] = Field(description="where clients reach the step's hosts: send traffic there")
+
+
 class DeploymentStepOut(Wire):
     id: int
     position: int
@@ -257,6 +266,7 @@ class DeploymentStepOut(Wire):
     hosts: list[str]
     targets: dict[str, list[ReleaseWeight]]
     judgement: Judgement | None = None
+    waiting_for_traffic: TrafficWait | None = None
     log: str = ""
     started_at: datetime | None
     finished_at: datetime | None

@@ -55,9 +55,13 @@ def test_logs_status_history_in_text_and_json(server: ServerProcess, tmp_path: P
     text = server.cli("status", "shop")
     assert "shop" in text.stdout and run["release"] in text.stdout
 
-    history = json.loads(server.cli("history", "shop", "--json").stdout)
+    # history lists deployments, whether there are any or not: its --json keeps one shape
+    assert json.loads(server.cli("history", "shop", "--json").stdout) == []
+    none = server.cli("history", "shop")
+    assert "no deployments of shop yet" in none.stdout and "--runs" in none.stdout
+    history = json.loads(server.cli("history", "shop", "--runs", "--json").stdout)
     assert [h["sha"] for h in history] == [sha]
-    table = server.cli("history", "shop")
+    table = server.cli("history", "shop", "--runs")
     assert sha[:7] in table.stdout and "succeeded" in table.stdout
 
 

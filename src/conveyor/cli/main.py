@@ -13,7 +13,7 @@ from rich.table import Table
 from conveyor.cli import deploy, status
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
-from conveyor.cli.render import err, out, print_json
+from conveyor.cli.render import bare, err, out, print_json
 from conveyor.config import (
     ConfigError,
     config_json_schema,
@@ -133,9 +133,9 @@ def app_add(
     out.print(
         f"[green]app {created['name']} registered[/green] ({created['repo']}, branch {branch})"
     )
-    out.print(f"webhook secret: {created['webhook_secret']}")
+    bare(f"webhook secret: {created['webhook_secret']}")
     for provider, hook_url in created["webhooks"].items():
-        out.print(f"  {provider:7} {hook_url}")
+        bare(f"  {provider:7} {hook_url}")
     out.print(f"bare repository on your server: `conveyor hook-script {name}` > hooks/post-receive")
 
 
@@ -234,7 +234,7 @@ def host_add(
         print_json(created)
         return
     out.print(f"[green]host {name} registered[/green]; start its agent with:")
-    out.print(
+    bare(
         f"  conveyor agent --server {client.server} --name {name} "
         f"--token {created['enrolment_token']} --data /var/lib/conveyor-agent"
     )
@@ -382,7 +382,7 @@ def token_create(
     if as_json:
         print_json(created)
         return
-    out.print(f"token {created['id']} ({created['role']}): {created['token']}")
+    bare(f"token {created['id']} ({created['role']}): {created['token']}")
 
 
 @tokens_cli.command("list")

@@ -47,9 +47,17 @@ class Traffic:
         ]
 
     def __enter__(self) -> Traffic:
+        return self.start()
+
+    def start(self) -> Traffic:
         for thread in self._threads:
-            thread.start()
+            if thread.ident is None:  # not started yet
+                thread.start()
         return self
+
+    def set_rate(self, rate: float) -> None:
+        """Requests a second in all from now on (each client reads it before its next request)."""
+        self.interval = len(self.urls) / rate
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -460,8 +460,9 @@ class DeployEngine:
                 return
             self._update_detail(step_id, checked=True)
         pause = float(options.get("pause") or 0)
+        routers = [u for n in targets if (u := views[n].url(config.service.port))]
         if pause > 0 and not await self._watch_pause(
-            deployment_id, step_id, env, list(targets), app_name, release, pause
+            deployment_id, step_id, env, list(targets), app_name, release, pause, routers
         ):
             return
         self._end_step(deployment_id, step_id)
@@ -475,6 +476,7 @@ class DeployEngine:
         app: str,
         release: str,
         pause: float,
+        urls: list[str],
     ) -> bool:
         """A canary step's pause or the watch window, judged; True once the step may end."""
         now = time.time()
@@ -488,7 +490,8 @@ class DeployEngine:
         if "watch_from" not in detail:
             self._update_detail(step_id, watch_from=now)
             return False
-        elapsed = now - float(detail["watch_from"])
+        watch_from = float(detail["watch_from"])
+        elapsed = now - watch_from
         analysis = env.analysis
         if not detail.get("options", {}).get("analyse") or analysis is None:
             return elapsed >= pause
@@ -537,6 +540,12 @@ class DeployEngine:
                 + [f"  {e.check}: {e.summary}" for e in verdict.evidence],
             )
         series = series_point(detail, look, verdict.verdict)
+        # counters arrive with agents' reports (every 2 s, later on a busy host): never give
+        # up on traffic before several reports had their chance
+        limit = max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR)
+        if not monitor and "traffic_wait" not in detail:  # what a follower shows while it waits
+            waits = {"needed": settings.min_requests, "until": watch_from + limit, "urls": urls}
+            series["traffic_wait"] = waits
         self._update_detail(
             step_id, judge=state.model_dump(mode="json"), judgement=judgement, **series
         )
@@ -548,13 +557,12 @@ class DeployEngine:
             return elapsed >= pause
         if verdict.verdict == Verdict.PASS:
             return (analysis.advance == "early" and verdict.conclusive) or elapsed >= pause
-        # counters arrive with agents' reports (every 2 s, later on a busy host): never give
-        # up on traffic before several reports had their chance
-        if elapsed >= max(pause * INCONCLUSIVE_LIMIT, pause + INCONCLUSIVE_FLOOR):
+        if elapsed >= limit:
             self._fail_now(
                 deployment_id,
                 step_id,
-                "not enough traffic to judge the release: " + "; ".join(verdict.reasons),
+                f"not enough traffic to judge the release: {verdict.requests} of the "
+                f"{settings.min_requests} requests needed in {limit:g} s",
             )
         return False
 
