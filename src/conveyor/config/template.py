@@ -150,7 +150,7 @@ environments:                   # promotion order = this order
       # compare: baseline       # canary: also fail when clearly worse than the release it replaces
       # margin: 0.5%            # ... by this many more 5xx (percentage points)
       # min_requests: 200       # inconclusive below this; a canary step waits longer
-      # advance: early          # canary: move on once the judge is sure (default: all of step_pause)
+      # advance: early          # canary: move on once the judge is sure (default: step_pause)
       # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
 
 # notify:
