@@ -36,7 +36,7 @@ from conveyor.demo.hosts import (
     start_agents,
     stop_hosts,
 )
-from conveyor.demo.sample import git, sample_server, write_sample_app
+from conveyor.demo.sample import GIT_IDENTITY, git, sample_server, write_sample_app
 from conveyor.demo.traffic import Traffic
 from conveyor.demo.watch import ChainWatcher
 
@@ -190,9 +190,12 @@ def make_repositories(client: Client, root: Path) -> Path:
     (work / "scripts" / "smoke.py").write_text(SMOKE_PY)
     write_sample_app(work, APP, extra=ENVIRONMENTS)
     git(work, "remote", "add", "origin", str(bare))
-    # `git push` alone works too: main tracks the bare repository's main
+    # `git push` alone works too: main tracks the bare repository's main; and a commit
+    # made in another shell has an author even where git has no identity configured
     git(work, "config", "branch.main.remote", "origin")
     git(work, "config", "branch.main.merge", "refs/heads/main")
+    git(work, "config", "user.name", GIT_IDENTITY["GIT_AUTHOR_NAME"])
+    git(work, "config", "user.email", GIT_IDENTITY["GIT_AUTHOR_EMAIL"])
     console.print(
         f"app [bold]{APP}[/bold] registered from {bare} (its post-receive hook tells the server "
         f"of each push); working copy: {work}"
