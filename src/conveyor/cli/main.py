@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from conveyor.cli import deploy, status
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
+from conveyor.cli.listing import apps_table, hosts_table, tokens_table
 from conveyor.cli.render import bare, err, out, print_json
 from conveyor.config import (
     ConfigError,
@@ -196,15 +196,7 @@ def app_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("app", "repository", "branch", "polling")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["repo"],
-            row["branch"],
-            f"{row['poll_interval']}s" if row["poll_interval"] else "-",
-        )
-    out.print(table)
+    out.print(apps_table(rows))
 
 
 @app.command("hook-script")
@@ -250,32 +242,7 @@ def host_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("host", "state", "seen", "converged", "app", "releases (weight, phase)")
-    for row in rows:
-        state = (
-            row["state"]
-            if row["state"] != "enrolled"
-            else ("[green]online[/green]" if row["online"] else "[red]offline[/red]")
-        )
-        observed = row.get("observed") or {}
-        converged = "yes" if row["applied_generation"] == row["generation"] else "no"
-        seen = (row["last_seen"] or "-")[:19]
-        apps = observed.get("apps") or [None]
-        for i, app_obs in enumerate(apps):
-            releases = "-"
-            if app_obs:
-                releases = ", ".join(
-                    f"{r['release']} {r['weight']}% {r['phase']}" for r in app_obs["releases"]
-                )
-            table.add_row(
-                row["name"] if i == 0 else "",
-                state if i == 0 else "",
-                seen if i == 0 else "",
-                converged if i == 0 else "",
-                app_obs["app"] if app_obs else "-",
-                releases,
-            )
-    out.print(table)
+    out.print(hosts_table(rows))
 
 
 @hosts_cli.command("remove")
@@ -394,16 +361,7 @@ def token_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "name", "role", "created", "revoked")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            row["name"],
-            row["role"],
-            row["created_at"][:19],
-            "yes" if row["revoked"] else "",
-        )
-    out.print(table)
+    out.print(tokens_table(rows))
 
 
 @tokens_cli.command("revoke")

@@ -19,8 +19,10 @@ from conveyor.cli.follow import ICONS as RUN_ICONS
 from conveyor.cli.follow import step_title
 from conveyor.cli.tables import Column, fitted
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# a message is one line however long (the terminal folds it, a pipe keeps it whole):
+# Rich would break it at the console's width, and a path or command with it
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Record = dict[str, Any]
 

@@ -35,7 +35,8 @@ from conveyor.cli.render import (
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 PENDING = ("queued", "waiting")
-WAIT_EVERY = 5.0  # seconds between two lines of a step's traffic count, off a terminal
+WAIT_EVERY = 5.0  # seconds between two lines of a step's traffic count
+JUDGE_EVERY = 10.0  # seconds between two lines of the judge's unchanged word on a step
 
 
 def traffic_count(wait: Record, now: datetime | None = None) -> str:
@@ -94,6 +95,7 @@ class _Follower:
         self.offsets: dict[int, int] = {}
         self.hosts_done: dict[int, set[str]] = {}
         self.waits: dict[int, tuple[float, int]] = {}  # step id -> (when, count) last printed
+        self.judged: dict[int, tuple[float, str, float | None]] = {}  # -> (when, verdicts, look)
 
     def placements(self, d: Record) -> dict[str, Record]:
         """Each host of the environment as its agent reports it, while a step acts on hosts."""
@@ -137,6 +139,7 @@ class _Follower:
             self._log(step)
             self._hosts(step, places)
             self._waiting(step)
+            self._judgement(step)
             if step["state"] != "running":
                 self.closed.add(sid)
                 print_(step_line(step))
@@ -151,10 +154,26 @@ class _Follower:
             self.console.print(f"    [dim]{escape(line)}[/dim]", soft_wrap=True)
         self.offsets[step["id"]] = max(offset, end)
 
+    def _judgement(self, step: Record) -> None:
+        """The judge's word on the step underway as the API shows it: when a verdict
+        changes (its own or a check's), and every JUDGE_EVERY seconds while it holds."""
+        j = step.get("judgement")
+        if not j or step["state"] != "running" or step.get("waiting_for_traffic"):
+            return
+        verdicts = " ".join([j["verdict"], *(e["verdict"] for e in j.get("evidence") or [])])
+        now = time.monotonic()
+        last = self.judged.get(step["id"])
+        if last is not None and (
+            last[2] == j.get("at") or (last[1] == verdicts and now - last[0] < JUDGE_EVERY)
+        ):
+            return
+        self.judged[step["id"]] = (now, verdicts, j.get("at"))
+        self.console.print(f"    {judgement_text(j)}", soft_wrap=True)
+
     def _waiting(self, step: Record) -> None:
         """While the judge lacks traffic: the count and the time left, with where to send
         traffic the first time; then again every WAIT_EVERY seconds it changed (on a
-        terminal the live panel shows it at each look)."""
+        terminal the live panel shows it at each look too)."""
         wait = step.get("waiting_for_traffic")
         if not wait or step["state"] != "running":
             return
