@@ -91,8 +91,9 @@ def history(
 ) -> None:
     """Deployments with result, duration, trigger, approver, release and the one before.
 
-    With --runs: the app's runs (tests, build, release) instead. --json prints the same
-    records as GET /api/deployments (or /api/runs): a list, empty when there are none.
+    With --runs: the app's runs (tests, build, release) instead.
+
+    --json: the records of GET /api/deployments (or /api/runs), a list, empty if none.
     """
     if env is not None and runs:
         fail("ENV selects deployments; leave it out to list runs with --runs", 2)

@@ -4,7 +4,8 @@ A server on a temporary data directory; three local hosts (an agent and its
 embedded router each, on 127.0.0.2-4); the sample app in a bare git repository
 whose post-receive hook tells the server of each push. The first push (v1) climbs
 staging → production; the second (v2) does it again under a little load, so that
-production's canary has traffic to judge.
+production's canary has traffic to judge. A gentler load goes on until Ctrl-C, for
+the deployments the user starts from the commands the demo prints.
 """
 
 from __future__ import annotations
