@@ -313,6 +313,15 @@ class StepControl(Wire):
     actions: list[ControlAction] = []
 
 
+class TrafficWait(Wire):
+    """A canary step whose judge has too few of the new release's requests to decide yet."""
+
+    requests: int = Field(description="the new release's requests the judge counted so far")
+    needed: int = Field(description="analysis.min_requests: how many it needs to decide")
+    until: datetime = Field(description="when the step fails for want of traffic")
+    urls: list[str] = Field(description="where clients reach the step's hosts: send traffic there")
+
+
 class DeploymentStepOut(Wire):
     id: int
     position: int
@@ -324,6 +333,7 @@ class DeploymentStepOut(Wire):
     hosts: list[str]
     targets: dict[str, list[ReleaseWeight]]
     judgement: Judgement | None = None
+    waiting_for_traffic: TrafficWait | None = None
     log: str = ""
     started_at: Timestamp | None
     finished_at: Timestamp | None

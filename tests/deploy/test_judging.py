@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from conveyor.analysis.judge import Look
-from conveyor.deploy.judging import SERIES_EVERY, judged_series, series_point
+from conveyor.deploy.judging import SERIES_EVERY, judged_series, series_point, traffic_wait
 from conveyor.protocol import ReleaseCounters
 from conveyor.store.models import Deployment, DeploymentStep
 
@@ -78,3 +81,37 @@ def test_judged_series_lists_the_steps_with_points_in_their_order() -> None:
     assert second.verdict == "pass" and second.at == SERIES_EVERY
     assert second.canary is not None and second.canary.requests == 100
     assert second.baseline is not None and second.baseline.error_rate == 0.0
+
+
+WAIT = {"needed": 100, "until": 1_800_000_030.0, "urls": ["http://10.0.0.1:8000"]}
+
+
+@pytest.mark.parametrize(
+    ("detail", "running", "expected"),
+    [
+        # the judge lacks requests: how many, until when, where to send traffic
+        (
+            {"judgement": {"verdict": "inconclusive", "requests": 12}, "traffic_wait": WAIT},
+            True,
+            (12, 100, datetime(2027, 1, 15, 8, 0, 30, tzinfo=UTC), ["http://10.0.0.1:8000"]),
+        ),
+        # it has enough, or the step ended, or it was never judged: nothing to wait for
+        ({"judgement": {"verdict": "pass", "requests": 120}, "traffic_wait": WAIT}, True, None),
+        (
+            {"judgement": {"verdict": "inconclusive", "requests": 12}, "traffic_wait": WAIT},
+            False,
+            None,
+        ),
+        ({"judgement": {"verdict": "inconclusive", "requests": 0}}, True, None),
+        ({}, True, None),
+    ],
+)
+def test_traffic_wait(
+    detail: dict[str, Any], running: bool, expected: tuple[Any, ...] | None
+) -> None:
+    wait = traffic_wait(detail, running)
+    if expected is None:
+        assert wait is None
+    else:
+        assert wait is not None
+        assert (wait.requests, wait.needed, wait.until, wait.urls) == expected

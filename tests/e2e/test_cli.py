@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
+from conveyor.cli.client import Client
+from conveyor.cli.watch import follow_status
 from tests.helpers import ServerProcess, config, make_repo, run_cli
 
 
@@ -55,9 +62,13 @@ def test_logs_status_history_in_text_and_json(server: ServerProcess, tmp_path: P
     text = server.cli("status", "shop")
     assert "shop" in text.stdout and run["release"] in text.stdout
 
-    history = json.loads(server.cli("history", "shop", "--json").stdout)
+    # history lists deployments, whether there are any or not: its --json keeps one shape
+    assert json.loads(server.cli("history", "shop", "--json").stdout) == []
+    none = server.cli("history", "shop")
+    assert "no deployments of shop yet" in none.stdout and "--runs" in none.stdout
+    history = json.loads(server.cli("history", "shop", "--runs", "--json").stdout)
     assert [h["sha"] for h in history] == [sha]
-    table = server.cli("history", "shop")
+    table = server.cli("history", "shop", "--runs")
     assert sha[:7] in table.stdout and "succeeded" in table.stdout
 
 
@@ -140,3 +151,62 @@ def test_validate_init_and_schema(tmp_path: Path) -> None:
     assert missing.returncode == 2
     schema = json.loads(run_cli("schema", env=_plain_env()).stdout)
     assert {"app", "test", "build", "environments"} <= set(schema["properties"])
+
+
+class _CtrlCAfter(Client):
+    """The CLI's own client on the real server; Ctrl-C, which a test cannot press, comes
+    after `looks` reads, and `change` runs before the read numbered `change_at`."""
+
+    def __init__(self, server: ServerProcess, looks: int, change_at: int, change: Any) -> None:
+        super().__init__(server.url, server.token)
+        self.count, self.looks, self.change_at, self.change = 0, looks, change_at, change
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        self.count += 1
+        if self.count == self.change_at:
+            self.change()
+        if self.count > self.looks:
+            raise KeyboardInterrupt
+        return super().get(path, **kwargs)
+
+
+def test_output_at_80_columns_and_through_a_pipe(server: ServerProcess, tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    base |= {"CONVEYOR_SERVER": server.url, "CONVEYOR_TOKEN": server.token, "NO_COLOR": "1"}
+    for env in ({**base, "COLUMNS": "80"}, base):  # a narrow terminal's width; a pipe's
+        name = f"a-host-with-a-long-name-{len(env)}"
+        added = run_cli("host", "add", name, env=env)
+        assert added.returncode == 0, added.stderr
+        command = [line for line in added.stdout.splitlines() if "conveyor agent" in line]
+        assert len(command) == 1, added.stdout
+        assert re.fullmatch(
+            rf"  conveyor agent --server {re.escape(server.url)} --name {name} "
+            r"--token cvy_\S+ --data /var/lib/conveyor-agent",
+            command[0],
+        ), added.stdout
+        created = run_cli("token", "create", f"ci-{len(env)}", "--role", "viewer", env=env)
+        token = created.stdout.split(": ")[-1].strip()
+        works = run_cli("status", env={**env, "CONVEYOR_TOKEN": token})
+        assert works.returncode == 0, created.stdout + works.stderr
+
+    repo = tmp_path / "repo"
+    make_repo(repo, {"conveyor.yml": config("shop", ["true"])})
+    app = run_cli("app", "add", "shop", "--repo", str(repo), env=base)
+    hooks = [line.split() for line in app.stdout.splitlines() if "/hooks/" in line]
+    assert [h[1] for h in hooks] == [
+        f"{server.url}/hooks/{p}/shop" for p in ("github", "gitlab", "gitea")
+    ]
+
+    # piped, `status --follow` prints the status again only when what it shows changed
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    assert not console.is_terminal
+    client = _CtrlCAfter(server, looks=8, change_at=4, change=lambda: server.add_app("cart", repo))
+    try:
+        follow_status(client, None, console, as_json=False, interval=0.05)
+    finally:
+        client._http.close()  # the CLI's process would end here
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    rules = [i for i, line in enumerate(text.splitlines()) if line.startswith("────")]
+    assert client.count == 9 and len(rules) == 2, text
+    assert "cart" in text.splitlines()[rules[1] + 2], text
+    assert all(len(line) <= 80 for line in text.splitlines()), text

@@ -1,12 +1,14 @@
 """`make demo` runs `conveyor demo`: it must work from nothing but this repository.
 
-The demo is driven as a user runs it: started, left until it says everything is up,
-looked at (its hosts over HTTP, its server's API), then stopped with Ctrl-C.
+The demo is driven as a user runs it, in an 80-column terminal: started, left until it
+says everything is up, looked at (its hosts over HTTP, its server's API), its suggested
+next steps pasted into another shell exactly as printed, then stopped with Ctrl-C.
 Only the demo listens on port 8000 of 127.0.0.2-4.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -46,13 +48,13 @@ def found(pattern: str, text: str) -> str:
     return match[1]
 
 
-@pytest.mark.timeout(360)
-def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up() -> None:
+@pytest.mark.timeout(600)
+def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up(tmp_path: Path) -> None:
     # another checkout's demo test may hold port 8000 for a minute on this shared machine
     wait_for(lambda: not any(listening(a, 8000) for a in HOSTS.values()), timeout=150)
     port = free_port()
     server = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "demo", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
@@ -84,6 +86,7 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up() -> None:
         assert token.startswith("cvy_demo_")
         for command in ("status sample", "history sample", "rollback sample production"):
             assert f"conveyor {command}" in out
+        assert "requests a second" in out and "until Ctrl-C" in out, out
 
         api = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {token}"})
         with api:
@@ -108,15 +111,19 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up() -> None:
             ("weight", 50, "succeeded"),
             ("weight", 100, "succeeded"),
             ("verify", None, "succeeded"),
+            ("monitor", 100, "succeeded"),
         ], steps
         assert [s["judgement"]["verdict"] for s in production["steps"][1:3]] == ["pass", "pass"]
         for address in HOSTS.values():
             page = httpx.get(f"http://{address}:8000/", timeout=5).json()
             assert page == {"greeting": "hello from sample, v2", "release": v2}, address
 
+        run_next_steps(out, tmp_path, server, token, v2)
+
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=90) == 0, "".join(lines)
         reader.join(timeout=10)
+        assert "conveyor demo stopped" in "".join(lines[-3:]), "".join(lines)
         for address in HOSTS.values():
             assert not listening(address, 8000), f"a router still listens on {address}:8000"
         assert not listening("127.0.0.1", port), "the server still listens"
@@ -134,3 +141,54 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up() -> None:
             proc.stdout.close()
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def next_steps(out: str) -> list[str]:
+    """The commands the demo suggests, as printed: the lines under "try, in another shell"."""
+    lines = out[out.index("try, in another shell") :].splitlines()[1:]
+    return [line[2:] for line in itertools.takewhile(lambda x: x.startswith("  "), lines)]
+
+
+def run_next_steps(out: str, tmp_path: Path, server: str, token: str, v2: str) -> None:
+    """Paste each suggested command into a fresh shell, after the exports printed before it.
+
+    The shell has none of conveyor's variables and no virtualenv on its PATH; $EDITOR
+    is a sed that changes the greeting, as a person would in an editor.
+    """
+    steps = next_steps(out)
+    assert steps[0] == f"export CONVEYOR_SERVER={server} CONVEYOR_TOKEN={token}", steps
+    assert any(s.startswith("conveyor deploy sample production") for s in steps), steps
+    assert any("git push" in s for s in steps), steps
+    venv = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "VIRTUAL_ENV"))}
+    env |= {"PATH": path, "COLUMNS": "80", "NO_COLOR": "1", "HOME": str(tmp_path)}
+    env["EDITOR"] = "sed -i s/v2/v3/"
+    exports: list[str] = []
+    for step in steps:
+        if step.startswith("export "):
+            exports.append(step)
+            continue
+        script = "\n".join(["set -e", *exports, step])
+        done = subprocess.run(
+            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, f"{step}\n{done.stdout}\n{done.stderr}"
+        if step.startswith(("conveyor status", "conveyor history")):  # tables fit
+            for line in done.stdout.splitlines():
+                assert len(line) <= 80, f"{step}: a line wider than 80 columns:\n{done.stdout}"
+    # the push started a run whose release climbed to production, under the demo's load
+    api = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {token}"})
+    with api:
+
+        def v3_deployed() -> bool:
+            found = api.get(
+                "/api/deployments", params={"app": "sample", "environment": "production"}
+            ).json()[0]
+            assert found["state"] not in ("failed", "cancelled"), found
+            return found["release"] != v2 and found["state"] == "succeeded"
+
+        wait_for(v3_deployed, timeout=240, interval=0.5)
+    for address in HOSTS.values():
+        page = httpx.get(f"http://{address}:8000/", timeout=5).json()
+        assert page["greeting"] == "hello from sample, v3", address

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from conveyor.cli import controls, deploy, status
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
-from conveyor.cli.render import err, out, print_json
+from conveyor.cli.listing import apps_table, hosts_table, tokens_table
+from conveyor.cli.render import bare, err, out, print_json
 from conveyor.config import (
     ConfigError,
     config_json_schema,
@@ -159,9 +159,9 @@ def app_add(
     out.print(
         f"[green]app {created['name']} registered[/green] ({created['repo']}, branch {branch})"
     )
-    out.print(f"webhook secret: {created['webhook_secret']}")
+    bare(f"webhook secret: {created['webhook_secret']}")
     for provider, hook_url in created["webhooks"].items():
-        out.print(f"  {provider:7} {hook_url}")
+        bare(f"  {provider:7} {hook_url}")
     out.print(f"bare repository on your server: `conveyor hook-script {name}` > hooks/post-receive")
 
 
@@ -222,15 +222,7 @@ def app_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("app", "repository", "branch", "polling")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["repo"],
-            row["branch"],
-            f"{row['poll_interval']}s" if row["poll_interval"] else "-",
-        )
-    out.print(table)
+    out.print(apps_table(rows))
 
 
 @apps_cli.command("remove")
@@ -275,7 +267,7 @@ def host_add(
         print_json(created)
         return
     out.print(f"[green]host {name} registered[/green]; start its agent with:")
-    out.print(
+    bare(
         f"  conveyor agent --server {client.server} --name {name} "
         f"--token {created['enrolment_token']} --data /var/lib/conveyor-agent"
     )
@@ -291,32 +283,7 @@ def host_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("host", "state", "seen", "converged", "app", "releases (weight, phase)")
-    for row in rows:
-        state = (
-            row["state"]
-            if row["state"] != "enrolled"
-            else ("[green]online[/green]" if row["online"] else "[red]offline[/red]")
-        )
-        observed = row.get("observed") or {}
-        converged = "yes" if row["applied_generation"] == row["generation"] else "no"
-        seen = (row["last_seen"] or "-")[:19]
-        apps = observed.get("apps") or [None]
-        for i, app_obs in enumerate(apps):
-            releases = "-"
-            if app_obs:
-                releases = ", ".join(
-                    f"{r['release']} {r['weight']}% {r['phase']}" for r in app_obs["releases"]
-                )
-            table.add_row(
-                row["name"] if i == 0 else "",
-                state if i == 0 else "",
-                seen if i == 0 else "",
-                converged if i == 0 else "",
-                app_obs["app"] if app_obs else "-",
-                releases,
-            )
-    out.print(table)
+    out.print(hosts_table(rows))
 
 
 @hosts_cli.command("remove")
@@ -423,7 +390,7 @@ def token_create(
     if as_json:
         print_json(created)
         return
-    out.print(f"token {created['id']} ({created['role']}): {created['token']}")
+    bare(f"token {created['id']} ({created['role']}): {created['token']}")
 
 
 @tokens_cli.command("list")
@@ -435,16 +402,7 @@ def token_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "name", "role", "created", "revoked")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            row["name"],
-            row["role"],
-            row["created_at"][:19],
-            "yes" if row["revoked"] else "",
-        )
-    out.print(table)
+    out.print(tokens_table(rows))
 
 
 @tokens_cli.command("revoke")

@@ -17,9 +17,12 @@ from rich.text import Text
 
 from conveyor.cli.follow import ICONS as RUN_ICONS
 from conveyor.cli.follow import step_title
+from conveyor.cli.tables import Column, fitted
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# a message is one line however long (the terminal folds it, a pipe keeps it whole):
+# Rich would break it at the console's width, and a path or command with it
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Record = dict[str, Any]
 
@@ -44,6 +47,17 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def bare(text: str, console: Console | None = None) -> None:
+    """A line meant to be copied (a command, an export): as it is, never wrapped or styled.
+
+    Rich wraps long lines at the console's width by inserting line breaks, which breaks
+    a command pasted from a narrow terminal or read from a pipe.
+    """
+    target = console or out
+    target.file.write(text + "\n")
+    target.file.flush()
+
+
 def state(value: str) -> str:
     style = STATE_STYLE.get(value)
     return f"[{style}]{value}[/{style}]" if style else value
@@ -59,8 +73,8 @@ def took(seconds: float | None) -> str:
 
 
 def when(stamp: str) -> str:
-    """A server timestamp (UTC) to the second, for tables."""
-    return stamp[:19].replace("T", " ")
+    """A server timestamp (UTC) as month-day hour:minute, for narrow tables: `12-05 20:53`."""
+    return stamp[5:16].replace("T", " ")
 
 
 # -- deployments -------------------------------------------------------------------
@@ -81,8 +95,12 @@ def step_label(step: Record, total: int | None = None) -> str:
     return f"{where}{step['name']}"
 
 
-def judgement_text(j: Record | None) -> str:
-    """The canary judge's last word: verdict, request count, error rate, p99, reasons."""
+def judgement_text(j: Record | None, *, reasons: bool = True) -> str:
+    """The canary judge's last word: verdict, request count, error rate, p99, reasons.
+
+    `reasons=False` leaves the reasons out, for a line that already gives them (a failed
+    step's reason quotes its judge's).
+    """
     if not j:
         return ""
     verdict = {"pass": "green", "fail": "red"}.get(j["verdict"], "yellow")
@@ -91,8 +109,8 @@ def judgement_text(j: Record | None) -> str:
         parts.append(f"error rate {j['error_rate'] * 100:.2f}%")
     if j.get("p99") is not None:
         parts.append(f"p99 {j['p99'] * 1000:.0f} ms")
-    reasons = "; ".join(j.get("reasons") or [])
-    return "judge: " + ", ".join(parts) + (f" ({reasons})" if reasons else "")
+    why = "; ".join(j.get("reasons") or []) if reasons else ""
+    return "judge: " + ", ".join(parts) + (f" ({escape(why)})" if why else "")
 
 
 def underway(d: Record | None) -> str:
@@ -113,43 +131,58 @@ def underway(d: Record | None) -> str:
     return text
 
 
-def history_table(rows: list[Record]) -> Table:
-    table = Table(
-        "deployment",
-        "environment",
-        "release",
-        "previous",
-        "state",
-        "duration",
-        "trigger",
-        "approved by",
-        "started",
-        "reason",
-    )
+def history_table(rows: list[Record], console: Console | None = None) -> Table:
+    """Deployments, newest first; at 80 columns: id, environment, release, state, start, reason."""
+    columns = [
+        Column("deployment"),
+        Column("environment"),
+        Column("release"),
+        Column("previous", drop=4),
+        Column("state"),
+        Column("took", drop=3),
+        Column("trigger", drop=5, wrap=True, min_width=14),
+        Column("approved by", drop=6),
+        Column("started", drop=2),
+        Column("reason", wrap=True),
+    ]
+    cells = []
     for d in rows:
         reason = d.get("reason") or ""
         if d.get("forced_by"):
             forced = f"forced by {d['forced_by']}: {d.get('force_reason') or ''}"
             reason = f"{forced}; {reason}" if reason else forced
-        table.add_row(
-            f"#{d['id']}" + (" rollback" if d["kind"] == "rollback" else ""),
-            d["environment"],
-            d["release"],
-            d.get("previous_release") or "-",
-            state(d["state"]),
-            took(d.get("duration")),
-            f"{d['trigger']}: {d['triggered_by']}",
-            d.get("approved_by") or "-",
-            when(d.get("started_at") or d["created_at"]),
-            Text(reason),
+        cells.append(
+            [
+                f"#{d['id']}" + (" rollback" if d["kind"] == "rollback" else ""),
+                d["environment"],
+                d["release"],
+                d.get("previous_release") or "-",
+                state(d["state"]),
+                took(d.get("duration")),
+                f"{d['trigger']}: {d['triggered_by']}",
+                d.get("approved_by") or "-",
+                when(d.get("started_at") or d["created_at"]),
+                Text(reason),
+            ]
         )
-    return table
+    if not any(d.get("approved_by") for d in rows):
+        columns, cells = columns[:7] + columns[8:], [c[:7] + c[8:] for c in cells]
+    return fitted(console or out, columns, cells)
 
 
-def runs_table(rows: list[Record]) -> Table:
-    table = Table("run", "commit", "state", "duration", "trigger", "by", "release", "started")
-    for r in rows:
-        table.add_row(
+def runs_table(rows: list[Record], console: Console | None = None) -> Table:
+    columns = [
+        Column("run"),
+        Column("commit"),
+        Column("state"),
+        Column("took", drop=1),
+        Column("trigger", drop=3),
+        Column("by", drop=4),
+        Column("release"),
+        Column("started", drop=2),
+    ]
+    cells: list[list[RenderableType]] = [
+        [
             f"#{r['id']}",
             (r["sha"] or "")[:7] or "(head)",
             state(r["state"]),
@@ -158,8 +191,10 @@ def runs_table(rows: list[Record]) -> Table:
             r["triggered_by"],
             r["release"] or "-",
             when(r["started_at"] or r["created_at"]),
-        )
-    return table
+        ]
+        for r in rows
+    ]
+    return fitted(console or out, columns, cells)
 
 
 # -- hosts and status ------------------------------------------------------------------
@@ -194,11 +229,13 @@ def weight_rows(place: Record) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def status_view(rows: list[Record]) -> RenderableType:
+def status_view(rows: list[Record], console: Console | None = None) -> RenderableType:
     """`conveyor status`: runs per app, each environment's release and deployment, each host."""
     if not rows:
         return Text("no apps yet: `conveyor app add NAME --repo URL`")
-    runs = Table("app", "branch", "underway", "last run", "last release")
+    console = console or out
+    one_app = 1 if len(rows) == 1 else 0  # the app column goes first when all rows share it
+    runs: list[list[RenderableType]] = []
     for row in rows:
         active = (
             ", ".join(
@@ -209,33 +246,57 @@ def status_view(rows: list[Record]) -> RenderableType:
         )
         last = row["last_run"]
         release = row["last_release"]
-        runs.add_row(
-            row["app"]["name"],
-            row["app"]["branch"],
-            active,
-            f"#{last['id']} {state(last['state'])} {last['sha'][:7]}" if last else "-",
-            release["id"] if release else "-",
+        runs.append(
+            [
+                row["app"]["name"],
+                row["app"]["branch"],
+                active,
+                f"#{last['id']} {state(last['state'])} {last['sha'][:7]}" if last else "-",
+                release["id"] if release else "-",
+            ]
         )
-    parts: list[RenderableType] = [runs]
+    parts: list[RenderableType] = [
+        fitted(
+            console,
+            [
+                Column("app"),
+                Column("branch", drop=1),
+                Column("underway", wrap=True),
+                Column("last run"),
+                Column("last release"),
+            ],
+            runs,
+        )
+    ]
 
-    envs = Table("app", "environment", "strategy", "serving", "underway", "last ended")
+    envs: list[list[RenderableType]] = []
     for row in rows:
         for env in row.get("environments", []):
             last = env.get("last")
-            envs.add_row(
-                row["app"]["name"],
-                env["name"],
-                env["strategy"],
-                env.get("release") or "-",
-                underway(env.get("deployment")),
-                f"#{last['id']} {last['kind']} {last['release']} {state(last['state'])}"
-                if last
-                else "-",
+            envs.append(
+                [
+                    row["app"]["name"],
+                    env["name"],
+                    env["strategy"],
+                    env.get("release") or "-",
+                    underway(env.get("deployment")),
+                    f"#{last['id']} {last['kind']} {last['release']} {state(last['state'])}"
+                    if last
+                    else "-",
+                ]
             )
-    if envs.row_count:
-        parts.append(envs)
+    if envs:
+        columns = [
+            Column("app", drop=3 * one_app),
+            Column("environment"),
+            Column("strategy", drop=2),
+            Column("serving"),
+            Column("underway", wrap=True),
+            Column("last ended", wrap=True, min_width=12),
+        ]
+        parts.append(fitted(console, columns, envs))
 
-    judged = Table("app", "environment", "deployment", "judge and its evidence")
+    judged: list[list[RenderableType]] = []
     for row in rows:
         for env in row.get("environments", []):
             found = next(
@@ -244,36 +305,57 @@ def status_view(rows: list[Record]) -> RenderableType:
             if found is None:
                 continue
             d, step = found
-            judged.add_row(
-                row["app"]["name"],
-                env["name"],
-                f"#{d['id']} {escape(step['name'])}",
-                "\n".join([judgement_text(step["judgement"]), *evidence_lines(step["judgement"])]),
+            judged.append(
+                [
+                    row["app"]["name"],
+                    env["name"],
+                    f"#{d['id']} {escape(step['name'])}",
+                    "\n".join(
+                        [judgement_text(step["judgement"]), *evidence_lines(step["judgement"])]
+                    ),
+                ]
             )
-    if judged.row_count:
-        parts.append(judged)
+    if judged:
+        columns = [
+            Column("app", drop=2 * one_app),
+            Column("environment"),
+            Column("deployment", wrap=True, min_width=12),
+            Column("judge and its evidence", wrap=True, min_width=30),
+        ]
+        parts.append(fitted(console, columns, judged))
 
-    hosts = Table(
-        "app", "environment", "host", "agent", "release", "desired", "observed", "phase", "note"
-    )
+    hosts: list[list[RenderableType]] = []
     for row in rows:
         env_of = {p["host"]: e["name"] for e in row.get("environments", []) for p in e["hosts"]}
         for place in row["hosts"]:
             for i, (release, desired, observed, phase, note) in enumerate(weight_rows(place)):
                 first = i == 0
-                hosts.add_row(
-                    row["app"]["name"] if first else "",
-                    env_of.get(place["host"], "-") if first else "",
-                    place["host"] if first else "",
-                    agent_state(place) if first else "",
-                    release,
-                    desired,
-                    observed,
-                    phase,
-                    Text(note),
+                hosts.append(
+                    [
+                        row["app"]["name"] if first else "",
+                        env_of.get(place["host"], "-") if first else "",
+                        place["host"] if first else "",
+                        agent_state(place) if first else "",
+                        release,
+                        desired,
+                        observed,
+                        phase,
+                        Text(note),
+                    ]
                 )
-    if hosts.row_count:
-        parts.append(hosts)
+    if hosts:
+        columns = [
+            Column("app", drop=4 * one_app),
+            Column("environment", drop=3),
+            Column("host"),
+            Column("agent"),
+            Column("release"),
+            Column("desired", drop=1),
+            Column("observed"),
+            Column("phase", drop=2),
+            Column("note", wrap=True, min_width=12),
+        ]
+        parts.append(fitted(console, columns, hosts))
     return Group(*parts)
 
 
@@ -305,22 +387,22 @@ def _running_step(run: Record) -> str:
 # -- delivery metrics ------------------------------------------------------------------
 
 
-def dora_view(reports: list[Record]) -> RenderableType:
+def dora_view(reports: list[Record], console: Console | None = None) -> RenderableType:
     """`conveyor status --dora`: the four delivery metrics per app and environment."""
     if not reports:
         return Text("no apps yet: `conveyor app add NAME --repo URL`")
     days = reports[0]["days"]
-    table = Table(
-        "app",
-        "environment",
-        "deploys",
-        "frequency",
-        "lead time",
-        "lead time p90",
-        "change failure rate",
-        "time to restore",
-        title=f"delivery metrics over the last {days:g} days",
-    )
+    columns = [
+        Column("app", drop=2 if len(reports) == 1 else 0),
+        Column("environment"),
+        Column("deploys", drop=1),
+        Column("frequency"),
+        Column("lead time"),
+        Column("lead time p90", drop=3),
+        Column("change failure rate", wrap=True, min_width=10),
+        Column("time to restore", wrap=True, min_width=10),
+    ]
+    cells: list[list[RenderableType]] = []
     from_run = 0
     for report in reports:
         for env in report["environments"]:
@@ -330,16 +412,21 @@ def dora_view(reports: list[Record]) -> RenderableType:
             failed = f"{env['failed_changes']}/{env['changes']}"
             restored = f"{env['restored']}/{env['failures']} restored"
             freq = env["deployment_frequency"]
-            table.add_row(
-                report["app"],
-                env["environment"],
-                str(env["deployments"]),
-                "-" if freq is None else f"{freq:.2f}/day",
-                took(env["lead_time"]) + mark,
-                took(env["lead_time_p90"]) + mark,
-                "-" if rate is None else f"{rate * 100:.0f}% ({failed})",
-                took(env["time_to_restore"]) + (f" ({restored})" if env["failures"] else ""),
+            cells.append(
+                [
+                    report["app"],
+                    env["environment"],
+                    str(env["deployments"]),
+                    "-" if freq is None else f"{freq:.2f}/day",
+                    took(env["lead_time"]) + mark,
+                    took(env["lead_time_p90"]) + mark,
+                    "-" if rate is None else f"{rate * 100:.0f}% ({failed})",
+                    took(env["time_to_restore"]) + (f" ({restored})" if env["failures"] else ""),
+                ]
             )
+    table = fitted(
+        console or out, columns, cells, title=f"delivery metrics over the last {days:g} days"
+    )
     if not from_run:
         return table
     note = Text(

@@ -77,14 +77,13 @@ def history(
         str | None, typer.Argument(metavar="ENV", help="Only this environment's deployments.")
     ] = None,
     runs: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--runs/--deployments",
-            help="Show runs (test, build) or deployments. Default: deployments, or runs for "
-            "an app that never deployed; scripts should say which.",
+            help="List runs (tests, build) instead of deployments.",
             show_default=False,
         ),
-    ] = None,
+    ] = False,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
@@ -92,30 +91,36 @@ def history(
 ) -> None:
     """Deployments with result, duration, trigger, approver, release and the one before.
 
-    An app that never deployed shows its runs instead; --runs or --deployments chooses.
+    With --runs: the app's runs (tests, build, release) instead.
+
+    --json: the records of GET /api/deployments (or /api/runs), a list, empty if none.
     """
     if env is not None and runs:
         fail("ENV selects deployments; leave it out to list runs with --runs", 2)
     client = Client(server, token)
-    if not runs:
-        params: dict[str, str | int] = {"app": app_name, "limit": limit}
-        if env is not None:
-            params["environment"] = env
-        rows = client.get("/api/deployments", params=params)
-        if rows or runs is False or env is not None:
-            if as_json:
-                print_json(rows)
-            elif rows:
-                out.print(history_table(rows))
-            else:
-                where = f" to {env}" if env else ""
-                out.print(f"no deployments of {app_name}{where} yet")
-            return
-    rows = client.get("/api/runs", params={"app": app_name, "limit": limit})
+    if runs:
+        found = client.get("/api/runs", params={"app": app_name, "limit": limit})
+        if as_json:
+            print_json(found)
+        elif found:
+            out.print(runs_table(found))
+        else:
+            out.print(f"no runs of {app_name} yet")
+        return
+    params: dict[str, str | int] = {"app": app_name, "limit": limit}
+    if env is not None:
+        params["environment"] = env
+    rows = client.get("/api/deployments", params=params)
     if as_json:
         print_json(rows)
-        return
-    out.print(runs_table(rows))
+    elif rows:
+        out.print(history_table(rows))
+    else:
+        where = f" to {env}" if env else ""
+        out.print(
+            f"no deployments of {app_name}{where} yet; `conveyor history {app_name} --runs` "
+            "lists its runs"
+        )
 
 
 def register(app: typer.Typer) -> None:

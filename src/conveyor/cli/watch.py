@@ -11,7 +11,6 @@ import contextlib
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -36,6 +35,30 @@ from conveyor.cli.render import (
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 PENDING = ("queued", "waiting")
+WAIT_EVERY = 5.0  # seconds between two lines of a step's traffic count
+JUDGE_EVERY = 10.0  # seconds between two lines of the judge's unchanged word on a step
+
+
+def traffic_count(wait: Record, now: datetime | None = None) -> str:
+    """`12 of 100 requests, 18 s left`: how far a step waiting for traffic is."""
+    left = _seconds_until(wait["until"], now)
+    return f"{wait['requests']} of {wait['needed']} requests, {left:.0f} s left"
+
+
+def traffic_hint(wait: Record) -> str:
+    """What to do while a step waits for traffic: where to send it."""
+    urls = ", ".join(wait.get("urls") or []) or "the environment's hosts"
+    return f"the new release is judged on its own requests: send traffic to {urls}"
+
+
+def _seconds_until(stamp: str, now: datetime | None = None) -> float:
+    try:
+        until = datetime.fromisoformat(stamp)
+    except ValueError:
+        return 0.0
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return max(0.0, (until - (now or datetime.now(UTC))).total_seconds())
 
 
 def follow_deployment(
@@ -71,6 +94,8 @@ class _Follower:
         self.closed: set[int] = set()
         self.offsets: dict[int, int] = {}
         self.hosts_done: dict[int, set[str]] = {}
+        self.waits: dict[int, tuple[float, int]] = {}  # step id -> (when, count) last printed
+        self.judged: dict[int, tuple[float, str, float | None]] = {}  # -> (when, verdicts, look)
 
     def placements(self, d: Record) -> dict[str, Record]:
         """Each host of the environment as its agent reports it, while a step acts on hosts."""
@@ -113,6 +138,8 @@ class _Follower:
                 print_(f"[bold]{mark} {escape(label)}[/bold]")
             self._log(step)
             self._hosts(step, places)
+            self._waiting(step)
+            self._judgement(step)
             if step["state"] != "running":
                 self.closed.add(sid)
                 print_(step_line(step))
@@ -126,6 +153,39 @@ class _Follower:
         for line in log[offset:end].splitlines():
             self.console.print(f"    [dim]{escape(line)}[/dim]", soft_wrap=True)
         self.offsets[step["id"]] = max(offset, end)
+
+    def _judgement(self, step: Record) -> None:
+        """The judge's word on the step underway as the API shows it: when a verdict
+        changes (its own or a check's), and every JUDGE_EVERY seconds while it holds."""
+        j = step.get("judgement")
+        if not j or step["state"] != "running" or step.get("waiting_for_traffic"):
+            return
+        verdicts = " ".join([j["verdict"], *(e["verdict"] for e in j.get("evidence") or [])])
+        now = time.monotonic()
+        last = self.judged.get(step["id"])
+        if last is not None and (
+            last[2] == j.get("at") or (last[1] == verdicts and now - last[0] < JUDGE_EVERY)
+        ):
+            return
+        self.judged[step["id"]] = (now, verdicts, j.get("at"))
+        self.console.print(f"    {judgement_text(j)}", soft_wrap=True)
+
+    def _waiting(self, step: Record) -> None:
+        """While the judge lacks traffic: the count and the time left, with where to send
+        traffic the first time; then again every WAIT_EVERY seconds it changed (on a
+        terminal the live panel shows it at each look too)."""
+        wait = step.get("waiting_for_traffic")
+        if not wait or step["state"] != "running":
+            return
+        now = time.monotonic()
+        last = self.waits.get(step["id"])
+        if last is not None and (now - last[0] < WAIT_EVERY or last[1] == wait["requests"]):
+            return
+        self.waits[step["id"]] = (now, wait["requests"])
+        line = f"    [yellow]⏳ waiting for traffic: {escape(traffic_count(wait))}[/yellow]"
+        if last is None:
+            line += f" — {escape(traffic_hint(wait))}"
+        self.console.print(line, soft_wrap=True)
 
     def _hosts(self, step: Record, places: dict[str, Record]) -> None:
         if step["state"] not in ("running", "succeeded") or step["kind"] == "verify":
@@ -166,7 +226,9 @@ def step_line(step: Record) -> str:
     icon = ICONS.get(step["state"], "·")
     after = f" in {took(step['duration'])}" if step.get("duration") is not None else ""
     why = f": {escape(step['reason'])}" if step.get("reason") else ""
-    judged = f" — {judgement_text(step['judgement'])}" if step.get("judgement") else ""
+    # a failed step's reason already says what its judge said: once is enough
+    said = judgement_text(step["judgement"], reasons=not step.get("reason"))
+    judged = f" — {said}" if step.get("judgement") else ""
     return f"{icon} {escape(step['name'])} {step['state']}{after}{why}{judged}"
 
 
@@ -201,6 +263,12 @@ def panel(d: Record, places: dict[str, Record]) -> RenderableType:
                     "[green]✓[/green]" if place and host_done(place, want) else "…",
                 )
             parts.append(Padding(table, (0, 0, 0, 2), expand=False))
+        wait = step.get("waiting_for_traffic")
+        if wait:
+            parts.append(
+                f"  [yellow]⏳ waiting for traffic: {escape(traffic_count(wait))}[/yellow]"
+            )
+            parts.append(f"  {escape(traffic_hint(wait))}")
         if step.get("judgement"):
             parts.append(f"  {judgement_text(step['judgement'])}")
             parts += [f"  {line}" for line in evidence_lines(step["judgement"])]
@@ -246,25 +314,32 @@ def follow_status(
     as_json: bool,
     interval: float = 1.0,
 ) -> None:
-    """Redraw `conveyor status` until Ctrl-C (a new JSON line per change with --json)."""
+    """Redraw `conveyor status` until Ctrl-C; not on a terminal, print it again only when
+    what it shows changed (with --json: a new JSON line per change of the records)."""
     last = None
     try:
         if console.is_terminal and not as_json:
             with Live(console=console, auto_refresh=False) as live:
                 while True:
-                    live.update(status_view(client.get("/api/status", params=params)))
+                    rows = client.get("/api/status", params=params)
+                    live.update(status_view(rows, console))
                     live.refresh()
                     time.sleep(interval)
         while True:
-            rows: Any = client.get("/api/status", params=params)
-            text = json.dumps(rows, default=str, sort_keys=True)
+            rows = client.get("/api/status", params=params)
+            if as_json:
+                text = json.dumps(rows, default=str, sort_keys=True)
+            else:
+                with console.capture() as shown:
+                    console.print(status_view(rows, console))
+                text = shown.get()
             if text != last:
                 last = text
                 if as_json:
                     print(text, flush=True)
                 else:
                     console.rule(datetime.now().strftime("%H:%M:%S"))
-                    console.print(status_view(rows))
+                    console.file.write(text)
                     console.file.flush()
             time.sleep(interval)
     except KeyboardInterrupt:

@@ -140,19 +140,19 @@ environments:                   # promotion order = this order
     # window: "Mon-Thu 09:00-16:00 Europe/Madrid"   # deploys wait outside it
     strategy: rolling           # rolling | blue-green | canary
     batch: 1                    # rolling: hosts at a time, or "25%"
-    # A canary with automated analysis instead of the two lines above:
+    # A canary instead of the two lines above, judged by the analysis below:
     # strategy: canary
     # steps: [10, 50, 100]      # percent of traffic on the new release per step
     # step_pause: 2m
-    # analysis:
-    #   error_rate: 1%          # ceiling for the new release
-    #   p99: 1s                 # ceiling for the new release
-    #   compare: baseline       # also fail when clearly worse than the release it replaces
-    #   margin: 0.5%            # ... by this many more 5xx (percentage points)
-    #   min_requests: 200       # inconclusive below this; the step waits longer
-    #   advance: early          # move on once the judge is sure (default: the whole step_pause)
-    #   source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
-    # monitor: 15m              # after 100%: a breach rolls back automatically
+    monitor: 10m                # once deployed, the judge watches this long: a breach rolls back
+    analysis:                   # what the judge checks (the canary's steps and the monitor)
+      error_rate: 1%            # ceiling for the new release
+      # p99: 1s                 # ceiling for the new release
+      # compare: baseline       # canary: also fail when clearly worse than the release it replaces
+      # margin: 0.5%            # ... by this many more 5xx (percentage points)
+      # min_requests: 200       # inconclusive below this; a canary step waits longer
+      # advance: early          # canary: move on once the judge is sure (default: step_pause)
+      # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
 
 # notify:
 #   - url: "json://hooks.example.com/conveyor"   # any Apprise URL (slack://, mailto://, ...)

@@ -4,13 +4,15 @@ A server on a temporary data directory; three local hosts (an agent and its
 embedded router each, on 127.0.0.2-4); the sample app in a bare git repository
 whose post-receive hook tells the server of each push. The first push (v1) climbs
 staging → production; the second (v2) does it again under a little load, so that
-production's canary has traffic to judge.
+production's canary has traffic to judge. A gentler load goes on until Ctrl-C, for
+the deployments the user starts from the commands the demo prints.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from conveyor.cli.client import Client
 from conveyor.cli.follow import follow_run
+from conveyor.cli.render import bare
+from conveyor.cli.tables import Column, fitted
 from conveyor.demo.hosts import (
     LocalHost,
     check_ports_free,
@@ -33,11 +37,11 @@ from conveyor.demo.hosts import (
     start_agents,
     stop_hosts,
 )
-from conveyor.demo.sample import git, sample_server, write_sample_app
+from conveyor.demo.sample import GIT_IDENTITY, git, sample_server, write_sample_app
 from conveyor.demo.traffic import Traffic
 from conveyor.demo.watch import ChainWatcher
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # one line per event: greppable
 APP = "sample"
 HOSTS = (  # name, environment, address
     ("stage-1", "staging", "127.0.0.2"),
@@ -49,6 +53,10 @@ HOSTS = (  # name, environment, address
 # has passed on min_requests of its own: 60 requests a second give a 25% canary its
 # 30 in about 2 s. step_pause only bounds the wait: without enough requests in
 # 3 x step_pause the step fails, and 30 s outlasts a busy machine's slow reports.
+# After the pushes a gentler load keeps going until Ctrl-C: 20 requests a second
+# still give a 25% canary its 30 requests in 6 s, for the deployments the user starts.
+DEPLOY_RATE = 60.0
+IDLE_RATE = 20.0
 ENVIRONMENTS = """
 environments:
   staging:
@@ -63,6 +71,7 @@ environments:
     steps: [25, 50, 100]
     step_pause: 10s
     analysis: {error_rate: 5%, min_requests: 30, advance: early}
+    monitor: 5s             # after 100%: the judge keeps looking, a breach rolls back
     verify:
       - http: GET /
 """
@@ -101,8 +110,11 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
     token = "cvy_demo_" + secrets.token_urlsafe(16)
     url = f"http://{listen}"
     hosts = [LocalHost(name, env, address, root) for name, env, address in HOSTS]
+    production = [h.url for h in hosts if h.environment == HOSTS[-1][1]]
+    traffic = Traffic(production, rate=DEPLOY_RATE)
     console.print(f"[bold]conveyor demo[/bold] in {root}")
     server: subprocess.Popen[bytes] | None = None
+    code = 0
     try:
         check_ports_free(hosts)
         env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
@@ -119,22 +131,33 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
                 f"on {host.address} (log: {host.log})"
             )
         work = make_repositories(client, root)
-        if not pipeline(client, work, hosts):
-            return 1
+        if not pipeline(client, work, hosts, traffic):
+            code = 1
+            return code
         print_urls(url, token, hosts, work, root)
         if wait:
-            console.print("[dim]everything keeps running; Ctrl-C to stop and clean up[/dim]")
+            # the next deployment's canary is judged on traffic: keep some coming
+            traffic.set_rate(IDLE_RATE)
+            console.print(
+                f"load generator: about {IDLE_RATE:g} requests a second to "
+                f"{', '.join(production)} until Ctrl-C, so that the canary of your next "
+                "deployment has traffic to judge",
+                soft_wrap=True,
+            )
+            console.print("everything keeps running; [bold]Ctrl-C[/bold] to stop and clean up")
             stop = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop)
             signal.sigwait(stop)
-            console.print("stopping the hosts, their instances and routers, and the server…")
-        return 0
+        return code
     except KeyboardInterrupt:
-        return 0
+        return code
     except RuntimeError as exc:
         console.print(f"[red]demo failed: {escape(str(exc))}[/red]")
-        return 1
+        code = 1
+        return code
     finally:
+        console.print("stopping the load, the hosts, their instances and routers, and the server…")
+        traffic.stop()
         stop_hosts(hosts)
         if server is not None:
             server.terminate()
@@ -143,6 +166,10 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        console.print(
+            f"conveyor demo stopped{' (it failed)' if code else ''}; its files stay in {root}",
+            soft_wrap=True,
+        )
 
 
 def make_repositories(client: Client, root: Path) -> Path:
@@ -164,6 +191,12 @@ def make_repositories(client: Client, root: Path) -> Path:
     (work / "scripts" / "smoke.py").write_text(SMOKE_PY)
     write_sample_app(work, APP, extra=ENVIRONMENTS)
     git(work, "remote", "add", "origin", str(bare))
+    # `git push` alone works too: main tracks the bare repository's main; and a commit
+    # made in another shell has an author even where git has no identity configured
+    git(work, "config", "branch.main.remote", "origin")
+    git(work, "config", "branch.main.merge", "refs/heads/main")
+    git(work, "config", "user.name", GIT_IDENTITY["GIT_AUTHOR_NAME"])
+    git(work, "config", "user.email", GIT_IDENTITY["GIT_AUTHOR_EMAIL"])
     console.print(
         f"app [bold]{APP}[/bold] registered from {bare} (its post-receive hook tells the server "
         f"of each push); working copy: {work}"
@@ -171,7 +204,7 @@ def make_repositories(client: Client, root: Path) -> Path:
     return work
 
 
-def pipeline(client: Client, work: Path, hosts: list[LocalHost]) -> bool:
+def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffic) -> bool:
     """Push v1 and see it reach production, then v2 under load; True if both got there."""
     environments = list(dict.fromkeys(h.environment for h in hosts))
     labels: dict[str, str] = {}
@@ -184,16 +217,15 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost]) -> bool:
     show_serving(hosts, {h.name: v1["release"] for h in hosts})
 
     console.rule("[bold]v2: a change, pushed while production takes traffic[/bold]")
-    production = [h for h in hosts if h.environment == environments[-1]]
-    with Traffic([h.url for h in production]) as traffic:
-        console.print(
-            f"load generator: about 60 requests a second to {', '.join(h.url for h in production)}"
-        )
-        (work / "app" / "server.py").write_text(sample_server("hello from sample, v2"))
-        git(work, "commit", "-q", "-am", "Say hello from v2")
-        v2 = push(client, work)
-        watcher.traffic = traffic
-        reached = climb(client, watcher, v2, labels, "v2")
+    traffic.start()
+    console.print(
+        f"load generator: about {DEPLOY_RATE:g} requests a second to {', '.join(traffic.urls)}"
+    )
+    (work / "app" / "server.py").write_text(sample_server("hello from sample, v2"))
+    git(work, "commit", "-q", "-am", "Say hello from v2")
+    v2 = push(client, work)
+    watcher.traffic = traffic
+    reached = climb(client, watcher, v2, labels, "v2")
     result = traffic.result
     by_release = ", ".join(f"{n} by {labels.get(r, r)}" for r, n in sorted(result.releases.items()))
     style = "green" if result.failed == 0 else "red bold"
@@ -252,7 +284,7 @@ def climb(
 
 def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:
     """Ask every host's router what it serves: each must answer with the expected release."""
-    table = Table("environment", "host", "url", "release", "greeting")
+    rows: list[list[RenderableType]] = []
     for host in hosts:
         page: dict[str, Any] = {}
         deadline = time.monotonic() + 10
@@ -265,8 +297,15 @@ def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:
             raise RuntimeError(
                 f"{host.url} answers {page or 'nothing'}, not release {expected[host.name]}"
             )
-        table.add_row(host.environment, host.name, host.url, page["release"], page["greeting"])
-    console.print(table)
+        rows.append([host.environment, host.name, host.url, page["release"], page["greeting"]])
+    columns = [
+        Column("environment"),
+        Column("host"),
+        Column("url"),
+        Column("release"),
+        Column("greeting", wrap=True),
+    ]
+    console.print(fitted(console, columns, rows))
 
 
 def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: Path) -> None:
@@ -281,17 +320,24 @@ def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: P
         grid.add_row(f"{host.environment} {host.name}", host.url)
     grid.add_row("logs", f"{root}/*.log")
     console.print(grid)
-    exe = Path(sys.executable).parent / "conveyor"
-    console.print("\ntry, in another shell:")
+    console.print("\ntry, in another shell (each line as it is):")
+    for line in next_steps(url, token, work):
+        bare(f"  {line}", console)
+
+
+def next_steps(url: str, token: str, work: Path) -> list[str]:
+    """The commands the demo suggests, one line each, to be pasted as they are."""
     lines = [f"export CONVEYOR_SERVER={url} CONVEYOR_TOKEN={token}"]
+    exe = Path(sys.executable).parent / "conveyor"
     if exe.exists() and sys.prefix != sys.base_prefix:
         # a virtualenv (`make demo` runs in one): another shell may not have it active
-        lines.append(f"alias conveyor={exe}")
+        lines.append(f'export PATH="{exe.parent}:$PATH"')
     lines += [
-        f"conveyor status {APP}                    # which release serves where, weights, health",
-        f"conveyor history {APP}                   # runs and deployments",
-        f"conveyor rollback {APP} production       # back to v1: a router switch",
-        f"cd {work} && $EDITOR app/server.py && git commit -qam change && git push",
+        f"conveyor status {APP}                         # which release serves where, and how",
+        f"conveyor history {APP}                        # deployments (--runs: tests, builds)",
+        f"conveyor rollback {APP} production --follow   # back to v1: a router switch",
+        f"conveyor deploy {APP} production --follow     # v2 again, through the canary",
+        f"cd {shlex.quote(str(work))} && ${{EDITOR:-vi}} app/server.py "
+        "&& git commit -qam change && git push origin main",
     ]
-    for line in lines:
-        console.print(f"  {escape(line)}")
+    return lines

@@ -8,6 +8,7 @@ crowd a small machine.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -47,9 +48,17 @@ class Traffic:
         ]
 
     def __enter__(self) -> Traffic:
+        return self.start()
+
+    def start(self) -> Traffic:
         for thread in self._threads:
-            thread.start()
+            if thread.ident is None:  # not started yet
+                thread.start()
         return self
+
+    def set_rate(self, rate: float) -> None:
+        """Requests a second in all from now on (each client reads it before its next request)."""
+        self.interval = len(self.urls) / rate
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -71,6 +80,9 @@ class Traffic:
         return sum(shares.values()) / self.window, shares
 
     def _client(self, url: str) -> None:
+        # Ctrl-C is for the main thread, which waits for it with sigwait: a signal taken
+        # by this thread would never reach it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         with httpx.Client(timeout=10) as client:
             next_at = time.monotonic()
             while not self._stop.is_set():

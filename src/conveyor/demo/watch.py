@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.status import Status
 
 from conveyor.cli.client import Client
+from conveyor.cli.watch import traffic_count
 from conveyor.demo.traffic import Traffic
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
@@ -147,8 +148,11 @@ class ChainWatcher:
         else:
             step = next((s for s in d["steps"] if s["state"] == "running"), None)
             parts.append(f"{d['environment']}: {step['name'] if step else d['state']}")
+            wait = step.get("waiting_for_traffic") if step else None
             verdict = _verdict(step.get("judgement")) if step else None
-            if verdict:
+            if wait:
+                parts.append(f"waiting for traffic: {traffic_count(wait)}")
+            elif verdict:
                 parts.append(verdict)
         if self.traffic is not None:
             parts.append(self._traffic_line())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.analysis.judge import JudgeState, Look
 from conveyor.analysis.window import delta, error_rate, quantile
-from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries
+from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries, TrafficWait
 from conveyor.store.models import Deployment, DeploymentStep
 
 SERIES_EVERY = 2.0  # seconds between two points of a step's chart series (at most)
@@ -84,3 +85,18 @@ def judged_series(d: Deployment) -> list[StepSeries]:
             )
         )
     return out
+
+
+def traffic_wait(detail: dict[str, Any], running: bool) -> TrafficWait | None:
+    """A running canary step whose judge still lacks requests: how many it counted and
+    needs, when the step gives up, and where to send traffic (from the step's detail)."""
+    judgement = detail.get("judgement") or {}
+    wait = detail.get("traffic_wait")
+    if not running or not wait or judgement.get("verdict") != "inconclusive":
+        return None
+    return TrafficWait(
+        requests=int(judgement.get("requests") or 0),
+        needed=int(wait["needed"]),
+        until=datetime.fromtimestamp(float(wait["until"]), UTC),
+        urls=list(wait.get("urls") or []),
+    )

@@ -533,8 +533,9 @@ class DeployEngine:
                 return
             await self._update_detail(step_id, checked=True)
         pause = float(options.get("pause") or 0)
+        routers = [u for n in targets if (u := views[n].url(config.service.port))]
         if pause > 0 and not await self._watch_pause(
-            deployment_id, step_id, env, list(targets), app_name, release, pause
+            deployment_id, step_id, env, list(targets), app_name, release, pause, routers
         ):
             return
         await self._end_step(deployment_id, step_id)
@@ -548,6 +549,7 @@ class DeployEngine:
         app: str,
         release: str,
         pause: float,
+        urls: list[str],
     ) -> bool:
         """A canary step's pause or the watch window, judged; True once the step may end."""
         now = time.time()
@@ -623,6 +625,10 @@ class DeployEngine:
                 + [f"  {e.check}: {e.summary}" for e in verdict.evidence],
             )
         series = series_point(detail, look, verdict.verdict)
+        limit = no_traffic_after(pause)
+        if not monitor and "traffic_wait" not in detail:  # what a follower shows while it waits
+            until = watch.watch_from + control.held + limit  # as the clock stands now
+            series["traffic_wait"] = {"needed": settings.min_requests, "until": until, "urls": urls}
         await self._update_detail(
             step_id, judge=state.model_dump(mode="json"), judgement=judgement, **series
         )
@@ -640,7 +646,8 @@ class DeployEngine:
             await self._fail_now(
                 deployment_id,
                 step_id,
-                "not enough traffic to judge the release: " + "; ".join(verdict.reasons),
+                f"not enough traffic to judge the release: {verdict.requests} of the "
+                f"{settings.min_requests} requests needed in {limit:g} s",
             )
         return action == Next.END
 

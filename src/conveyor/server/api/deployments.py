@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.deploy.control import left
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
-from conveyor.deploy.judging import judged_series
+from conveyor.deploy.judging import judged_series, traffic_wait
 from conveyor.deploy.records import (
     ACTIVE,
     PENDING,
@@ -86,6 +86,7 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         hosts=list(targets),
         targets=targets,
         judgement=Judgement.model_validate(judgement) if judgement else None,
+        waiting_for_traffic=traffic_wait(detail, step.state == "running"),
         log=step.log,
         started_at=step.started_at,
         finished_at=step.finished_at,

@@ -1,0 +1,80 @@
+"""The tables of `conveyor app list`, `host list` and `token list`, fitted to the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+from conveyor.cli.render import Record, out
+from conveyor.cli.tables import Column, fitted
+
+
+def apps_table(rows: list[Record], console: Console | None = None) -> Table:
+    """Apps with their repository, branch and polling."""
+    cells: list[list[RenderableType]] = [
+        [
+            row["name"],
+            row["repo"],
+            row["branch"],
+            f"{row['poll_interval']}s" if row["poll_interval"] else "-",
+        ]
+        for row in rows
+    ]
+    columns = [Column("app"), Column("repository"), Column("branch"), Column("polling", drop=1)]
+    return fitted(console or out, columns, cells)
+
+
+def hosts_table(rows: list[Record], console: Console | None = None) -> Table:
+    """Hosts with their state and, per app, the releases they run."""
+    cells: list[list[RenderableType]] = []
+    for row in rows:
+        state = (
+            row["state"]
+            if row["state"] != "enrolled"
+            else ("[green]online[/green]" if row["online"] else "[red]offline[/red]")
+        )
+        observed = row.get("observed") or {}
+        converged = "yes" if row["applied_generation"] == row["generation"] else "no"
+        seen = (row["last_seen"] or "-")[:19].replace("T", " ")
+        apps = observed.get("apps") or [None]
+        for i, app_obs in enumerate(apps):
+            releases = "-"
+            if app_obs:
+                releases = ", ".join(
+                    f"{r['release']} {r['weight']}% {r['phase']}" for r in app_obs["releases"]
+                )
+            cells.append(
+                [
+                    row["name"] if i == 0 else "",
+                    state if i == 0 else "",
+                    seen if i == 0 else "",
+                    converged if i == 0 else "",
+                    app_obs["app"] if app_obs else "-",
+                    releases,
+                ]
+            )
+    columns = [
+        Column("host"),
+        Column("state"),
+        Column("seen", drop=2),
+        Column("converged", drop=1),
+        Column("app"),
+        Column("releases (weight, phase)", wrap=True, min_width=20),
+    ]
+    return fitted(console or out, columns, cells)
+
+
+def tokens_table(rows: list[Record], console: Console | None = None) -> Table:
+    """API tokens: never the secret, which is shown once."""
+    cells: list[list[RenderableType]] = [
+        [
+            str(row["id"]),
+            row["name"],
+            row["role"],
+            row["created_at"][:19].replace("T", " "),
+            "yes" if row["revoked"] else "",
+        ]
+        for row in rows
+    ]
+    columns = [Column("id"), Column("name"), Column("role"), Column("created"), Column("revoked")]
+    return fitted(console or out, columns, cells)
