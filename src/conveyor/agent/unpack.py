@@ -31,14 +31,33 @@ def member_problem(
     `symlinks` and `files` hold the normalised names of the symlinks (all of them) and of
     the regular files before this member.
     """
-    raw = member.name
+    problem = _name_problem(member.name) or _kind_problem(member)
+    if problem is not None:
+        return problem
+    name = posixpath.normpath(member.name)
+    if name == "." and not member.isdir():
+        return "would replace the release directory itself"
+    parent = _under_symlink(name, symlinks)
+    if parent is not None:
+        return f"lies under the symlink {parent!r}"
+    if member.issym():
+        return _symlink_problem(name, member.linkname)
+    if member.islnk():
+        return _hard_link_problem(member.linkname, symlinks, files)
+    return None
+
+
+def _name_problem(raw: str) -> str | None:
     if not raw or "\0" in raw:
         return "has an empty or invalid name"
     if raw.startswith("/"):
         return "has an absolute path"
     if ".." in raw.split("/"):
         return "has a '..' component"
-    name = posixpath.normpath(raw)
+    return None
+
+
+def _kind_problem(member: tarfile.TarInfo) -> str | None:
     if member.ischr() or member.isblk():
         return "is a device file"
     if member.isfifo():
@@ -49,27 +68,27 @@ def member_problem(
         return "has the setuid bit"
     if member.mode & stat.S_ISGID:
         return "has the setgid bit"
-    if name == "." and not member.isdir():
-        return "would replace the release directory itself"
-    parent = _under_symlink(name, symlinks)
-    if parent is not None:
-        return f"lies under the symlink {parent!r}"
-    link = member.linkname
-    if member.issym():
-        if not link or link.startswith("/"):
-            return f"is a symlink to {link!r}, outside the release directory"
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
-        if target == ".." or target.startswith("../"):
-            return f"is a symlink to {link!r}, outside the release directory"
-    if member.islnk():
-        target = posixpath.normpath(link) if link else ""
-        if not link or link.startswith("/") or target == ".." or target.startswith("../"):
-            return f"is a hard link to {link!r}, outside the release directory"
-        via = _under_symlink(target, symlinks)
-        if via is not None:
-            return f"is a hard link to {link!r}, through the symlink {via!r}"
-        if target not in files:
-            return f"is a hard link to {link!r}, which is not a file earlier in the archive"
+    return None
+
+
+def _symlink_problem(name: str, link: str) -> str | None:
+    if not link or link.startswith("/"):
+        return f"is a symlink to {link!r}, outside the release directory"
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
+    if target == ".." or target.startswith("../"):
+        return f"is a symlink to {link!r}, outside the release directory"
+    return None
+
+
+def _hard_link_problem(link: str, symlinks: Collection[str], files: Collection[str]) -> str | None:
+    target = posixpath.normpath(link) if link else ""
+    if not link or link.startswith("/") or target == ".." or target.startswith("../"):
+        return f"is a hard link to {link!r}, outside the release directory"
+    via = _under_symlink(target, symlinks)
+    if via is not None:
+        return f"is a hard link to {link!r}, through the symlink {via!r}"
+    if target not in files:
+        return f"is a hard link to {link!r}, which is not a file earlier in the archive"
     return None
 
 
