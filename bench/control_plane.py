@@ -14,9 +14,10 @@ ten apps. Then, for `--seconds`:
 
 Then `GET /api/status` alone (wrk, 50 connections, `--status-seconds`): the reads a
 second the server sustains with ten apps. Printed: errors of each kind, p50/p99 of
-the reads and of /healthz, reads a second, the server's CPU, the load average and
-the busiest other processes of the machine (the figures are only as quiet as it is),
-then the goals of issue 20 with PASS or MISS.
+the reads and of /healthz, reads a second, the server's CPU (with no reader first, for
+`--idle` seconds, then per read beyond that: what a core of its own would serve), the
+load average and the busiest other processes of the machine (the figures are only as
+quiet as it is), then the goals of issue 20 with PASS or MISS.
 
     uv run python bench/control_plane.py [--clients 200] [--agents 50] [--seconds 30]
 """
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -105,9 +107,9 @@ class Wrk:
     seconds: float = 0.0
     codes: dict[int, int] = field(default_factory=dict)
     socket_errors: dict[str, int] = field(default_factory=dict)
-    p50: float = float("nan")
-    p99: float = float("nan")
-    max: float = float("nan")
+    p50: float = float("inf")  # no answer at all: as bad as can be
+    p99: float = float("inf")
+    max: float = float("inf")
 
     @property
     def rate(self) -> float:
@@ -121,7 +123,9 @@ class Wrk:
 
 def run_wrk(url: str, token: str, clients: int, seconds: float, script: Path) -> Wrk:
     threads = max(1, min(2, clients))
-    argv = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s"]
+    # a read unanswered for 10 s counts as a timeout (an error), as a client would give up
+    timeout = f"{max(1, int(min(10.0, seconds / 2)))}s"
+    argv = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--timeout", timeout]
     argv += ["-H", f"Authorization: Bearer {token}", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     found = Wrk()
@@ -133,38 +137,55 @@ def run_wrk(url: str, token: str, clients: int, seconds: float, script: Path) ->
         found.socket_errors = {k: int(v) for k, v in zip(kinds, m.groups(), strict=True)}
     for code, n in re.findall(r"^status (\d+) (\d+)$", out, re.M):
         found.codes[int(code)] = int(n)
-    if m := re.search(r"^p50 (\d+) p99 (\d+) max (\d+)$", out, re.M):
+    if found.requests and (m := re.search(r"^p50 (\d+) p99 (\d+) max (\d+)$", out, re.M)):
         found.p50, found.p99, found.max = (int(x) / 1e6 for x in m.groups())
     return found
 
 
-class Probe(threading.Thread):
-    """GET /healthz every `every` seconds on one keep-alive connection; latencies or errors."""
+class Probe:
+    """GET /healthz every `every` seconds on one keep-alive connection, from a process of its
+    own (in this one, the simulated agents' thread would hold the GIL it needs to measure)."""
 
     def __init__(self, port: int, every: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.port, self.every = port, every
+        spawn = multiprocessing.get_context("spawn")
+        self._stop, self._out = spawn.Event(), spawn.Queue()
+        self._process = spawn.Process(
+            target=_probe, args=(port, every, self._stop, self._out), daemon=True
+        )
         self.latencies: list[float] = []
         self.errors: list[str] = []
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while not self.stop.wait(self.every):
-            started = time.perf_counter()
-            try:
-                conn.request("GET", "/healthz")
-                answer = conn.getresponse()
-                answer.read()
-                if answer.status != 200:
-                    self.errors.append(f"HTTP {answer.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.errors.append(type(exc).__name__)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                continue
-            self.latencies.append(time.perf_counter() - started)
-        conn.close()
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.latencies, self.errors = self._out.get(timeout=60)
+        self._process.join(timeout=10)
+
+
+def _probe(port: int, every: float, stop: Any, out: Any) -> None:
+    latencies: list[float] = []
+    errors: list[str] = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.wait(every):
+        started = time.perf_counter()
+        try:
+            conn.request("GET", "/healthz")
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                errors.append(f"HTTP {answer.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(type(exc).__name__)
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            continue
+        latencies.append(time.perf_counter() - started)
+    conn.close()
+    out.put((latencies, errors))
 
 
 class Agents(threading.Thread):
@@ -334,7 +355,7 @@ def enrol(client: Client, url: str, count: int) -> dict[str, str]:
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
-        return float("nan")
+        return float("inf")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
@@ -347,6 +368,7 @@ def main() -> None:
     parser.add_argument("--status-seconds", type=float, default=10, help="status alone (10)")
     parser.add_argument("--apps", type=int, default=10, help="apps on the server (10)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--idle", type=float, default=10, help="seconds with no reader (10)")
     parser.add_argument(
         "--profile", type=Path, help="py-spy's flame graph of the server under the mixed load"
     )
@@ -362,6 +384,7 @@ def main() -> None:
     host = LocalHost(HOST.name, HOST.environment, HOST.address, root)
     server: subprocess.Popen[bytes] | None = None
     agents: Agents | None = None
+    probe: Probe | None = None
     try:
         check_ports_free([host])
         env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": token}
@@ -383,6 +406,11 @@ def main() -> None:
         status_only = root / "status.lua"
         status_only.write_text(READS_LUA.replace('"/api/status", "/api/runs"', '"/api/status"'))
 
+        # what the server spends with no reader (agents, the deployment, its judge): read
+        # costs below are what is left once this is taken out
+        idle_from, idle_cpu = time.monotonic(), cpu_seconds(server.pid)
+        time.sleep(args.idle)
+        background = (cpu_seconds(server.pid) - idle_cpu) / (time.monotonic() - idle_from)
         probe = Probe(port)
         probe.start()
         cpu0, busy0 = cpu_seconds(server.pid), machine_busy()
@@ -401,10 +429,16 @@ def main() -> None:
         polls, reports = agents.polls - polls0, agents.reports - reports0
         status = run_wrk(url, token, 50, args.status_seconds, status_only)
         cpu2 = cpu_seconds(server.pid)
-        probe.stop.set()
-        probe.join()
+        probe.stop()
         others = busiest(ours(root))
-        d = client.get(f"/api/deployments/{deployment}")
+        try:  # a wedged server (as before issue 20) answers nothing: say so
+            d = httpx.get(
+                f"{url}/api/deployments/{deployment}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).json()
+        except httpx.HTTPError as exc:
+            d = {"state": f"unknown: the server did not answer ({type(exc).__name__})"}
         report(
             args,
             mixed,
@@ -412,13 +446,16 @@ def main() -> None:
             probe,
             agents,
             (polls, reports),
-            (cpu1 - cpu0, cpu2 - cpu1),
+            (cpu1 - cpu0, cpu2 - cpu1, background),
             (busy0, busy1),
             (load_before, os.getloadavg()),
             others,
             d["state"],
         )
     finally:
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.stop()
         if agents is not None:
             agents.stopping = True
             agents.join(timeout=10)
@@ -440,6 +477,15 @@ def _healthy(url: str) -> bool:
     return False
 
 
+def _per_read(cpu: float, run: Wrk, background: float) -> str:
+    """CPU a read costs, the background taken out, and what one core would serve."""
+    if not run.requests:
+        return "no reads"
+    each = max(cpu - background * run.seconds, 0.0) / run.requests
+    per_core = f"{1 / each:,.0f}" if each > 0 else "n/a"
+    return f"{each * 1000:.2f} ms a read beyond the background, {per_core} reads/s a core"
+
+
 def report(
     args: argparse.Namespace,
     mixed: Wrk,
@@ -447,7 +493,7 @@ def report(
     probe: Probe,
     agents: Agents,
     agent_counts: tuple[int, int],
-    cpu: tuple[float, float],
+    cpu: tuple[float, float, float],
     busy: tuple[tuple[float, float], tuple[float, float]],
     load: tuple[tuple[float, float, float], tuple[float, float, float]],
     others: list[str],
@@ -471,7 +517,7 @@ def report(
     print(
         f"/healthz       {len(probe.latencies)} probes, {len(probe.errors)} errors: "
         f"p50 {percentile(probe.latencies, 50) * 1000:.1f} ms, p99 {healthz_p99 * 1000:.1f} ms, "
-        f"max {max(probe.latencies, default=float('nan')) * 1000:.0f} ms"
+        f"max {max(probe.latencies, default=float('inf')) * 1000:.0f} ms"
     )
     polls, reports = agent_counts
     print(
@@ -480,9 +526,11 @@ def report(
         f"(retried), {len(agents.errors)} errors {sorted(set(agents.errors))[:3]}"
     )
     print(f"deployment     {deployment_state} (it was running in its watch window throughout)")
+    mixed_cpu, status_cpu, background = cpu
+    print(f"server CPU     {background:.0%} of a core with no reader (agents, deployment, judge)")
     print(
-        f"server CPU     {cpu[0] / mixed.seconds:.0%} of a core "
-        f"({cpu[0] * 1000 / max(mixed.requests, 1):.2f} ms a read, all else included)"
+        f"               {mixed_cpu / mixed.seconds:.0%} of a core under the load: "
+        f"{_per_read(mixed_cpu, mixed, background)}"
     )
     print(f"\n== GET /api/status alone, 50 connections, {args.apps} apps ==")
     print(
@@ -491,7 +539,10 @@ def report(
         f"socket errors {sum(status.socket_errors.values())}"
     )
     print(f"  latency      p50 {status.p50 * 1000:.1f} ms, p99 {status.p99 * 1000:.1f} ms")
-    print(f"server CPU     {cpu[1] * 1000 / max(status.requests, 1):.2f} ms a read")
+    print(
+        f"server CPU     {status_cpu / status.seconds:.0%} of a core: "
+        f"{_per_read(status_cpu, status, background)}"
+    )
     print("\n== the machine ==")
     print(
         f"cores {cores}; busy {machine:.0%} during the load; load average "

@@ -87,21 +87,6 @@ def test_engines_wait_for_the_database_off_the_loop(tmp_path: Path) -> None:
     with running_server(tmp_path / "data") as server:
         server.add_app("shop", tmp_path / "none.git", poll_interval=1)
         sessions = session_factory(make_engine(database_url(None, server.data)))
-        with sessions() as session:
-            app = session.query(App).one()
-            session.add(
-                Notification(
-                    app_id=app.id,
-                    key="test:1",
-                    event="failure",
-                    target="json://127.0.0.1:9/",
-                    title="t",
-                    body="b",
-                    # due once the lock below is held: the courier leases it then
-                    next_attempt_at=utcnow() + timedelta(seconds=1.5),
-                )
-            )
-            session.commit()
 
         def polled() -> object:
             with sessions() as session:
@@ -112,6 +97,20 @@ def test_engines_wait_for_the_database_off_the_loop(tmp_path: Path) -> None:
                 return session.query(Notification).one().attempts
 
         wait_for(polled, timeout=30)
+        with sessions() as session:
+            session.add(
+                Notification(
+                    app_id=session.query(App).one().id,
+                    key="test:1",
+                    event="failure",
+                    target="json://127.0.0.1:9/",
+                    title="t",
+                    body="b",
+                    # due once the lock below is held: the courier leases it then
+                    next_attempt_at=utcnow() + timedelta(seconds=1.5),
+                )
+            )
+            session.commit()
         with write_lock(server.data / "conveyor.db"):
             seen = polled()
             deadline = time.monotonic() + 4  # the poller (1 s) and the courier (1.5 s) try

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,11 @@ def create_app(
         # as many request threads as the request pool has connections for (serve.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         notifier.bind()
+        # what exists now (modules, routes, mappers, schemas) lives as long as the process:
+        # out of the collector's sight, a full collection under load takes milliseconds,
+        # not the hundreds it took while it walked all of it (the event loop waits meanwhile)
+        gc.collect()
+        gc.freeze()
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),

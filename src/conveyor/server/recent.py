@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 from fastapi import Response
@@ -33,7 +32,8 @@ class Recent:
         self.fresh_for = fresh_for
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[int, float, bytes]] = {}
-        self._reading: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # the read underway per key, and the generation it started at
+        self._reading: dict[str, tuple[int, asyncio.Task[bytes]]] = {}
 
     def generation(self) -> int:
         return sum(changes.generation(t) for t in self.tables)
@@ -60,17 +60,34 @@ class Recent:
         arrived = self.generation()
         body = self.get(key, arrived)
         if body is None:
-            if len(self._reading) >= MAX_KEYS:
-                self._reading.clear()
-            async with self._reading[key]:
-                # what the read before us found will do if it saw every write we could
-                # know of; if one was made while it read, it is stale for the next caller
-                body = self.get(key, arrived)
-                if body is None:
-                    generation = self.generation()  # before reading: a write meanwhile
-                    body = await run_in_threadpool(read)
-                    self.put(key, generation, body)
+            underway = self._reading.get(key)
+            # a read underway will do if it started after every write this caller could
+            # know of; all its callers wake together when it ends (a lock would wake them
+            # one by one, a turn of a busy event loop each)
+            if underway is None or underway[0] < arrived:
+                underway = (arrived, asyncio.ensure_future(self._read(key, arrived, read)))
+                self._reading[key] = underway
+            # a caller that goes away does not cancel the read the others wait for
+            body = await asyncio.shield(underway[1])
         return Response(body, media_type="application/json")
+
+    async def _read(self, key: str, generation: int, read: Callable[[], bytes]) -> bytes:
+        try:
+            body = await run_in_threadpool(read)
+            self.put(key, generation, body)
+            return body
+        finally:
+            task = asyncio.current_task()
+            if (found := self._reading.get(key)) is not None and found[1] is task:
+                del self._reading[key]
+            # the callers may all have gone: nobody else would retrieve an error
+            if task is not None:
+                task.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Task[bytes]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 __all__ = ["Recent"]
