@@ -1,4 +1,7 @@
-"""`conveyor`: the command line. Remote commands are thin clients of the HTTP API."""
+"""`conveyor`'s client commands: thin clients of the HTTP API.
+
+The process launchers (server, agent, router, demo) are added in conveyor.entry.
+"""
 
 from __future__ import annotations
 
@@ -83,53 +86,6 @@ def init(
     app_name = name or suggest_app_name(Path.cwd())
     target.write_text(starter_config(app_name, Path.cwd()))
     out.print(f"wrote {target}: edit it, then check it with `conveyor validate`")
-
-
-# -- server ---------------------------------------------------------------------
-
-
-@app.command()
-def server(
-    data: Annotated[Path, typer.Option(help="Data directory.")] = Path(".conveyor"),
-    listen: Annotated[str, typer.Option(help="ADDR:PORT to listen on.")] = "127.0.0.1:8420",
-    db: Annotated[
-        str | None,
-        typer.Option(help="SQLite path or postgresql:// URL (default: DATA/conveyor.db)."),
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option(help="Public URL of this server, for webhook URLs.")
-    ] = None,
-    threads: Annotated[
-        int,
-        typer.Option(
-            min=1, max=1000, envvar="CONVEYOR_THREADS", help="Requests served at once by threads."
-        ),
-    ] = 40,
-    db_pool: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=1000,
-            envvar="CONVEYOR_DB_POOL",
-            help="Database connections for requests (default: threads + 12).",
-        ),
-    ] = None,
-    db_wait: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            max=300,
-            envvar="CONVEYOR_DB_WAIT",
-            help="Seconds a request waits for a connection or a lock before 503.",
-        ),
-    ] = 5.0,
-) -> None:
-    """Run the controller: API, webhooks, engine."""
-    from conveyor.server.serve import serve
-
-    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
-        fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
-    serve(data, listen, db, url, threads=threads, db_pool=db_pool, db_wait=db_wait)
 
 
 # -- apps -----------------------------------------------------------------------
@@ -293,60 +249,6 @@ def host_remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt =
     out.print(f"host {name} revoked")
 
 
-@app.command()
-def agent(
-    server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
-    name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
-    token: Annotated[
-        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="One-time enrolment token.")
-    ] = None,
-    data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
-    router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
-    bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ADDR:PORT",
-            help="Serve the router's counters for Prometheus on GET http://ADDR:PORT/metrics "
-            "(labels app, release, host = --name). Off by default.",
-        ),
-    ] = None,
-) -> None:
-    """The agent on a host: dials out to the server and converges toward its desired state."""
-    if router not in ("embedded", "haproxy"):
-        fail(f"--router {router!r}: expected embedded or haproxy", 2)
-    from conveyor.agent.exporter import ExporterError, parse_address
-    from conveyor.agent.main import run_agent
-
-    if metrics is not None:
-        try:
-            parse_address(metrics)
-        except ExporterError as exc:
-            fail(str(exc), 2)
-    raise typer.Exit(
-        run_agent(
-            server=server,
-            name=name,
-            token=token,
-            data=data,
-            router=router,
-            bind=bind,
-            metrics=metrics,
-        )
-    )
-
-
-@app.command("router")
-def router_cmd(
-    socket: Annotated[Path, typer.Option(help="Unix socket of the admin interface.")],
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
-) -> None:
-    """The embedded router process (the agent starts it; rarely run by hand)."""
-    from conveyor.router.main import main as router_main
-
-    raise typer.Exit(router_main(["--socket", str(socket), "--log-level", log_level]))
-
-
 # -- secrets and tokens ------------------------------------------------------------
 
 
@@ -486,16 +388,3 @@ def logs(
 deploy.register(app)
 controls.register(app)
 status.register(app)
-
-
-@app.command()
-def demo(
-    wait: Annotated[
-        bool, typer.Option(help="Keep everything up until Ctrl-C (--no-wait: stop at once).")
-    ] = True,
-    listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
-) -> None:
-    """The whole system on one machine: a server, three hosts, a sample app pushed twice."""
-    from conveyor.demo import run_demo
-
-    raise typer.Exit(run_demo(listen=listen, wait=wait))
