@@ -8,17 +8,35 @@ only when it runs, so that an agent host (installed without the server's extra) 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from conveyor.cli.client import fail
 from conveyor.cli.main import app
 
 __all__ = ["app"]
+
+
+# What `conveyor server` imports beyond an agent host's install (the `server` extra).
+SERVER_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn", "jinja2", "scipy", "apprise")
+
+
+def _needs_server_extra(command: str) -> None:
+    """Stop with what to install when this install has the agent and the client only."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(
+            f"conveyor {command}: {', '.join(missing)} not installed: this install has the "
+            "agent and the client commands only; install the server with "
+            + escape("`pip install 'conveyor[server]'`"),
+            2,
+        )
 
 
 def _launcher(after: str, name: str | None = None) -> Callable[[Callable[..., Any]], Any]:
@@ -74,6 +92,7 @@ def server(
     ] = 5.0,
 ) -> None:
     """Run the controller: API, webhooks, engine."""
+    _needs_server_extra("server")
     from conveyor.server.serve import serve
 
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
@@ -143,6 +162,7 @@ def demo(
     listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
 ) -> None:
     """The whole system on one machine: a server, three hosts, a sample app pushed twice."""
+    _needs_server_extra("demo")
     from conveyor.demo import run_demo
 
     raise typer.Exit(run_demo(listen=listen, wait=wait))
