@@ -24,6 +24,7 @@ from conveyor.protocol import (
     AppOut,
     AppStatus,
     DeploymentOut,
+    DoraReport,
     HostCreated,
     HostOut,
     LogChunk,
@@ -159,6 +160,18 @@ class Client:
     def status(self, app: str | None = None) -> list[AppStatus]:
         params = {"app": app} if app else None
         return self._typed_list(AppStatus, self.get("/api/status", params=params))
+
+    def runs(self, app: str, limit: int) -> list[RunOut]:
+        return self._typed_list(RunOut, self.get("/api/runs", params={"app": app, "limit": limit}))
+
+    def deployments(self, app: str, env: str | None, limit: int) -> list[DeploymentOut]:
+        params: dict[str, str | int] = {"app": app, "limit": limit}
+        if env is not None:
+            params["environment"] = env
+        return self._typed_list(DeploymentOut, self.get("/api/deployments", params=params))
+
+    def dora(self, app: str, days: float) -> DoraReport:
+        return self._typed(DoraReport, self.get(f"/api/apps/{app}/dora", params={"days": days}))
 
     def deployment(self, deployment_id: int) -> DeploymentOut:
         return self._typed(DeploymentOut, self.get(f"/api/deployments/{deployment_id}"))

@@ -26,10 +26,10 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.client import Client
 from conveyor.cli.follow import follow_run
 from conveyor.cli.render import bare
 from conveyor.cli.tables import Column, fitted
+from conveyor.client import Client
 from conveyor.demo.hosts import (
     LocalHost,
     check_ports_free,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.cli.client import Client
+from conveyor.client import Client
 
 APP_PORT = 8000  # the sample app's public port, on every host's router
 

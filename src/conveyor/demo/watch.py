@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
-from conveyor.cli.client import Client
 from conveyor.cli.watch import traffic_count
+from conveyor.client import Client
 from conveyor.demo.traffic import Traffic
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
