@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -37,6 +39,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def wait_for_async(
+    predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1
+) -> Any:
+    """wait_for inside a coroutine: the event loop runs between looks. The predicate may be
+    a coroutine function (awaited at each look)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
