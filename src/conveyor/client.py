@@ -180,6 +180,24 @@ class Client:
         path = f"/api/apps/{app}/environments/{env}/deploy"
         return self._typed(DeploymentOut, self.post(path, body, once=True))
 
+    def rollback(self, app: str, env: str, to: str | None) -> DeploymentOut:
+        path = f"/api/apps/{app}/environments/{env}/rollback"
+        return self._typed(DeploymentOut, self.post(path, {"to": to}, once=True))
+
+    def approve(self, run_id: int) -> list[DeploymentOut]:
+        return self._typed_list(DeploymentOut, self.post(f"/api/runs/{run_id}/approve", once=True))
+
+    def abort_deployment(self, deployment_id: int) -> DeploymentOut:
+        return self._typed(DeploymentOut, self.post(f"/api/deployments/{deployment_id}/abort"))
+
+    def abort_run(self, run_id: int) -> RunOut:
+        return self._typed(RunOut, self.post(f"/api/runs/{run_id}/abort"))
+
+    def control(self, app: str, env: str, action: str, query: str = "") -> DeploymentOut:
+        """promote, pause or resume the running canary step (query: "?full=true")."""
+        path = f"/api/apps/{app}/environments/{env}/{action}{query}"
+        return self._typed(DeploymentOut, self.post(path))
+
 
 def wire(data: BaseModel | list[Any]) -> Any:
     """A model (or a list of them) as the JSON the server sent: the same model's fields,
