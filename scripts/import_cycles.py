@@ -7,6 +7,7 @@ strongly connected component of more than one module (a circle), or "no circles"
     python scripts/import_cycles.py [--packages] [--lazy] [ROOT]
       --packages  between subpackages (conveyor.cli, conveyor.demo, ...), not files
       --lazy      imports inside functions count too (a circle all the same at run time)
+      --typed     imports under `if TYPE_CHECKING:` count too (type-only cycles)
       ROOT        another checkout's src/ directory
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src"
 LAZY = False
+TYPED = False
 
 
 def module_name(path: Path) -> str:
@@ -43,7 +45,7 @@ def _top_level_imports(body: list[ast.stmt]) -> list[ast.stmt]:
             found += _top_level_imports(node.body)
         if isinstance(node, ast.Import | ast.ImportFrom):
             found.append(node)
-        elif isinstance(node, ast.If) and not _is_type_checking(node):
+        elif isinstance(node, ast.If) and (TYPED or not _is_type_checking(node)):
             found += _top_level_imports(node.body) + _top_level_imports(node.orelse)
         elif isinstance(node, ast.Try):
             found += _top_level_imports(node.body)
@@ -115,8 +117,9 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
-    global LAZY, ROOT
+    global LAZY, ROOT, TYPED
     LAZY = "--lazy" in sys.argv
+    TYPED = "--typed" in sys.argv
     roots = [a for a in sys.argv[1:] if not a.startswith("--")]
     if roots:
         ROOT = Path(roots[0]).resolve()
