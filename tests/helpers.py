@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from conveyor.client import Client
+
 ADMIN_TOKEN = "cvy_test_admin_token_0123456789"
 
 # For a test's plain requests (no token), polls above all: each new httpx client loads
@@ -134,6 +136,10 @@ class ServerProcess(ManagedProcess):
             return False
 
     # API shortcuts, admin token
+    def api(self) -> Client:
+        """The product's typed API client (conveyor.client), with the admin token."""
+        return Client(self.url, self.token)
+
     def get(self, path: str, **kw: Any) -> Any:
         r = self.http.get(path, **kw)
         r.raise_for_status()

@@ -60,6 +60,15 @@ class Client:
             timeout=timeout,
         )
 
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def request(
         self, method: str, path: str, *, once: bool = False, **kwargs: Any
     ) -> httpx.Response:
@@ -129,6 +138,9 @@ class Client:
 
     def add_host(self, name: str) -> HostCreated:
         return self._typed(HostCreated, self.post("/api/hosts", {"name": name}))
+
+    def host(self, name: str) -> HostOut:
+        return self._typed(HostOut, self.get(f"/api/hosts/{name}"))
 
     def remove_host(self, name: str) -> None:
         self.request("DELETE", f"/api/hosts/{name}")
