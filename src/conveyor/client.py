@@ -130,6 +130,10 @@ class Client:
     def remove_app(self, name: str, *, force: bool) -> None:
         self.request("DELETE", f"/api/apps/{name}", params={"force": force})
 
+    def webhook(self, app: str) -> AppCreated:
+        """The app's webhook URLs and secret (admin)."""
+        return self._typed(AppCreated, self.get(f"/api/apps/{app}/webhook"))
+
     def hook_script(self, app: str) -> str:
         return self.text(f"/api/apps/{app}/hook-script")
 
