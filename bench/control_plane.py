@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from conveyor.cli.client import Client
+from conveyor.client import Client
 from conveyor.demo.hosts import (
     LocalHost,
     check_ports_free,

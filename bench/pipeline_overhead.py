@@ -13,9 +13,11 @@ import argparse
 import hashlib
 import hmac
 import json
+import os
+import secrets
+import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.helpers import ServerProcess, make_repo, wait_for
+from conveyor.client import Client
+from conveyor.demo import wait_healthy
+from conveyor.demo.hosts import conveyor_process
+from conveyor.demo.sample import git
+from conveyor.protocol import RunOut
 
 CONFIG = """app: bench
 test:
@@ -47,16 +51,42 @@ def by_hand(repo: Path, work: Path) -> float:
     return time.perf_counter() - started
 
 
-def webhook_latency(server: ServerProcess, repo: Path, count: int) -> list[float]:
+def make_repo(repo: Path, files: dict[str, str]) -> None:
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "bench")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ended(client: Client, run_id: int, timeout: float = 30) -> RunOut:
+    """Look at the run every 5 ms until it ends."""
+    deadline = time.monotonic() + timeout
+    while (run := client.run(run_id)).state in ("queued", "running"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} still {run.state} after {timeout:g}s")
+        time.sleep(0.005)
+    return run
+
+
+def webhook_latency(client: Client, repo: Path, count: int) -> list[float]:
     """Time signed GitHub pushes to their 202: the webhook must answer well within 1 s."""
-    secret = server.get("/api/apps/bench/webhook")["webhook_secret"]
+    secret = client.webhook("bench").webhook_secret
     sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     times = []
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(base_url=client.server) as http:
         for _ in range(count):
             headers = {
                 "X-GitHub-Event": "push",
@@ -64,7 +94,7 @@ def webhook_latency(server: ServerProcess, repo: Path, count: int) -> list[float
                 "X-Hub-Signature-256": signature,
             }
             started = time.perf_counter()
-            r = client.post("/hooks/github/bench", content=body, headers=headers)
+            r = http.post("/hooks/github/bench", content=body, headers=headers)
             times.append(time.perf_counter() - started)
             assert r.status_code == 202, r.text
     return times
@@ -78,28 +108,32 @@ def main() -> None:
         root = Path(tmp)
         repo = root / "repo"
         make_repo(repo, {"conveyor.yml": CONFIG, "app.py": "print('hello')\n" * 200})
-        server = ServerProcess(root / "data").start()
+        token = "cvy_bench_" + secrets.token_urlsafe(16)
+        url = f"http://127.0.0.1:{free_port()}"
+        server = conveyor_process(
+            ["server", "--data", str(root / "data"), "--listen", url.removeprefix("http://")],
+            root / "server.log",
+            {**os.environ, "CONVEYOR_ADMIN_TOKEN": token},
+        )
         try:
-            server.add_app("bench", repo)
+            wait_healthy(url, server)
+            client = Client(url, token)
+            client.add_app({"name": "bench", "repo": str(repo)})
             conveyor_times, hand_times, api_times = [], [], []
             for _ in range(args.runs):
                 started = time.perf_counter()
-                run = server.post("/api/apps/bench/runs", {})
+                run = client.post("/api/apps/bench/runs", {})  # no Idempotency-Key, as before
                 api_times.append(time.perf_counter() - started)
-                done = wait_for(
-                    lambda rid=run["id"]: (
-                        (r := server.get(f"/api/runs/{rid}"))["state"] not in ("queued", "running")
-                        and r
-                    ),
-                    interval=0.005,
-                )
+                done = ended(client, run["id"])
                 elapsed = time.perf_counter() - started
-                assert done["state"] == "succeeded", done
+                assert done.state == "succeeded", done
                 conveyor_times.append(elapsed)
                 hand_times.append(by_hand(repo, root))
-            hook_times = webhook_latency(server, repo, args.runs)
+            hook_times = webhook_latency(client, repo, args.runs)
+            client.close()
         finally:
-            server.stop()
+            server.terminate()
+            server.wait(timeout=20)
     med_c = statistics.median(conveyor_times)
     med_h = statistics.median(hand_times)
     print(f"runs measured:                  {args.runs} (steps: test `true`, build `true`)")

@@ -7,14 +7,11 @@ benchmark's temp dir in their command line or working directory.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fleet import _pids_with_env
+from conveyor.agent.procfs import pids_under
 
 KINDS = ("server", "agents", "routers", "instances")
 
@@ -22,7 +19,7 @@ KINDS = ("server", "agents", "routers", "instances")
 def processes(root: Path) -> dict[int, str]:
     """The processes started under `root`, by pid, with their kind (one of KINDS)."""
     found = {}
-    for pid in _pids_with_env(str(root)):
+    for pid in pids_under(str(root)):
         try:
             line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from conveyor.agent import procfs
 from tests.helpers import ManagedProcess, ServerProcess, plain_http, wait_for
 
 
@@ -132,20 +133,8 @@ class AgentProcess(ManagedProcess):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _pids_with_env(needle: str) -> list[int]:
-    """Processes whose command line or working directory mentions `needle` (a data dir)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-            cwd = os.readlink(f"/proc/{entry.name}/cwd")
-        except OSError:
-            continue
-        if needle.encode() in cmd or cwd.startswith(needle):
-            found.append(int(entry.name))
-    return found
+# processes whose command line or working directory mentions a data dir (the product's)
+_pids_with_env = procfs.pids_under
 
 
 @dataclass

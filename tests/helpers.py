@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from conveyor.client import Client
 
 ADMIN_TOKEN = "cvy_test_admin_token_0123456789"
 
@@ -37,6 +41,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def wait_for_async(
+    predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1
+) -> Any:
+    """wait_for inside a coroutine: the event loop runs between looks. The predicate may be
+    a coroutine function (awaited at each look)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
@@ -115,6 +136,10 @@ class ServerProcess(ManagedProcess):
             return False
 
     # API shortcuts, admin token
+    def api(self) -> Client:
+        """The product's typed API client (conveyor.client), with the admin token."""
+        return Client(self.url, self.token)
+
     def get(self, path: str, **kw: Any) -> Any:
         r = self.http.get(path, **kw)
         r.raise_for_status()

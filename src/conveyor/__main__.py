@@ -1,3 +1,3 @@
-from conveyor.cli.main import app
+from conveyor.entry import app
 
 app()

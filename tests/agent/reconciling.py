@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from conveyor.protocol import (
 )
 from conveyor.router.spec import RouteSpec
 from tests.agent.conftest import APP_COMMAND, APP_SOURCE, file, make_tarball
+from tests.helpers import wait_for_async
 
 
 class MemoryRouter:
@@ -111,10 +111,7 @@ def observed(reconciler: Reconciler, release: str = "r1") -> ObservedRelease | N
 
 
 async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    await wait_for_async(predicate, timeout=timeout, interval=0.02)
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from conveyor.agent.supervisor import (
     port_is_free,
 )
 from tests.agent.conftest import APP_COMMAND
+from tests.helpers import wait_for_async
 
 
 def fast(data: Path, backoff: Backoff | None = None) -> Supervisor:
@@ -45,21 +46,18 @@ async def get_env(port: int) -> dict[str, str]:
 
 async def until(predicate: object, timeout: float = 10.0) -> None:
     assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    await wait_for_async(predicate, timeout=timeout, interval=0.02)
 
 
 async def serving(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def answers() -> bool:
         try:
             await get_env(port)
-            return
         except httpx.HTTPError:
-            assert time.monotonic() < deadline, f"nothing answers on port {port}"
-            await asyncio.sleep(0.02)
+            return False
+        return True
+
+    await wait_for_async(answers, timeout=timeout, interval=0.02)
 
 
 def gone(pid: int) -> bool:

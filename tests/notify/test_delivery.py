@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.notify.delivery import Courier, Policy, notify_type, scrub
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import Notification
+from tests.helpers import wait_for_async
 from tests.notify.receivers import Blackhole, Receiver, refusing_url
 
 # Apprise imports imghdr (deprecated in 3.11, gone in 3.13): not ours to fix
@@ -52,13 +53,13 @@ async def run_until(
     """Serve until `done()`, calling `seen()` at each look; fails after a generous bound."""
     task = asyncio.create_task(courier.serve())
     try:
-        for _ in range(600):
+
+        def finished() -> bool:
             if seen is not None:
                 seen()
-            if done():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the courier did not finish")
+            return bool(done())
+
+        await wait_for_async(finished, timeout=30, interval=0.05)
     finally:
         await courier.stop()
         task.cancel()

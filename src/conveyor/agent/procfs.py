@@ -99,3 +99,20 @@ def group_members(pgid: int) -> list[ProcStat]:
         if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X", "x"):
             members.append(stat)
     return members
+
+
+def pids_under(directory: str) -> list[int]:
+    """Processes (not this one) whose command line mentions `directory`, or whose working
+    directory is in it: what a demo, a test or a benchmark started under its data dir."""
+    found = []
+    for pid in pids():
+        if pid == os.getpid():
+            continue
+        try:
+            cmd = (PROC / str(pid) / "cmdline").read_bytes()
+            cwd = os.readlink(PROC / str(pid) / "cwd")
+        except OSError:
+            continue
+        if directory.encode() in cmd or cwd.startswith(directory):
+            found.append(pid)
+    return found

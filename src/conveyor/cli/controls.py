@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt
 from conveyor.cli.deploy import AppArg, EnvArg
 from conveyor.cli.render import out, print_json
+from conveyor.client import wire
+from conveyor.protocol import DeploymentOut
 
 
 def promote(
@@ -27,7 +29,7 @@ def promote(
     The watch window after 100% (`monitor:`) still runs. Recorded with your token's name.
     """
     query = "?full=true" if full else ""
-    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/promote{query}")
+    d = Client(server, token).control(app_name, env, "promote", query)
     _said(d, as_json)
 
 
@@ -42,7 +44,7 @@ def pause(
 
     The judge still watches while paused, and a failure still rolls back.
     """
-    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/pause")
+    d = Client(server, token).control(app_name, env, "pause")
     _said(d, as_json)
 
 
@@ -54,30 +56,28 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Let a paused canary step go on with the time it had left."""
-    d = Client(server, token).post(f"/api/apps/{app_name}/environments/{env}/resume")
+    d = Client(server, token).control(app_name, env, "resume")
     _said(d, as_json)
 
 
-def _said(d: dict[str, Any], as_json: bool) -> None:
+def _said(d: DeploymentOut, as_json: bool) -> None:
     if as_json:
-        print_json(d)
+        print_json(wire(d))
         return
-    steps = [s for s in d["steps"] if s.get("control") and s["control"]["actions"]]
-    step = max(steps, key=lambda s: s["control"]["actions"][-1]["at"]) if steps else None
-    if step is None:
-        out.print(f"deployment #{d['id']} to {d['environment']}: {d['state']}", soft_wrap=True)
+    controlled = [(s, s.control.actions[-1]) for s in d.steps if s.control and s.control.actions]
+    if not controlled:
+        out.print(f"deployment #{d.id} to {d.environment}: {d.state}", soft_wrap=True)
         return
-    last = step["control"]["actions"][-1]
+    step, last = max(controlled, key=lambda pair: pair[1].at)
     what = {
         "promote": "promoted: the step ends as passed",
         "promote-full": "promoted to 100%: the canary's later steps are skipped",
         "pause": "paused: the judge still watches and rolls back on a failure",
         "resume": "resumed with the time the step had left",
-    }[last["action"]]
-    left = f" ({step['left']:.0f} s left)" if last["action"] == "resume" and step["left"] else ""
+    }[last.action]
+    left = f" ({step.left:.0f} s left)" if last.action == "resume" and step.left else ""
     out.print(
-        f"deployment #{d['id']} to {d['environment']}, step {step['name']!r}: {what}{left}; "
-        f"by {last['by']}",
+        f"deployment #{d.id} to {d.environment}, step {step.name!r}: {what}{left}; by {last.by}",
         soft_wrap=True,
         markup=False,
     )

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
-from conveyor.cli.render import Record, deployment_title, err, out, print_json
+from conveyor.cli.render import deployment_title, err, out, print_json
 from conveyor.cli.watch import follow_deployment
+from conveyor.client import wire
+from conveyor.protocol import DeploymentOut
 
 AppArg = Annotated[str, typer.Argument(metavar="APP", help="The app.")]
 EnvArg = Annotated[str, typer.Argument(metavar="ENV", help="The environment, as in conveyor.yml.")]
@@ -53,7 +55,7 @@ def deploy(
         fail("--reason explains --force: add --force or leave --reason out", 2)
     client = Client(server, token)
     body = {"release": release, "force": force, "reason": reason}
-    created = client.post(f"/api/apps/{app_name}/environments/{env}/deploy", body, once=True)
+    created = client.deploy(app_name, env, body)
     _done(client, created, follow=follow, as_json=as_json)
 
 
@@ -76,29 +78,26 @@ def rollback(
 ) -> None:
     """Back to the previous release (or the one named); stops a deployment underway."""
     client = Client(server, token)
-    path = f"/api/apps/{app_name}/environments/{env}/rollback"
-    created = client.post(path, {"to": to}, once=True)
+    created = client.rollback(app_name, env, to)
     _done(client, created, follow=follow, as_json=as_json)
 
 
-def _done(client: Client, created: Record, *, follow: bool, as_json: bool) -> None:
+def _done(client: Client, created: DeploymentOut, *, follow: bool, as_json: bool) -> None:
+    title = deployment_title(wire(created))
     if not follow:
         if as_json:
-            print_json(created)
+            print_json(wire(created))
         else:
-            out.print(f"{deployment_title(created)}: {created['state']}")
+            out.print(f"{title}: {created.state}")
         return
     console = err if as_json else out
-    console.print(
-        f"{deployment_title(created)}; {created['trigger']} by {created['triggered_by']}",
-        soft_wrap=True,
-    )
+    console.print(f"{title}; {created.trigger} by {created.triggered_by}", soft_wrap=True)
     try:
-        final = follow_deployment(client, created["id"], console)
+        final = follow_deployment(client, created.id, console)
     except KeyboardInterrupt:
         err.print(
             f"stopped following; the deployment goes on "
-            f"(`conveyor abort --deployment {created['id']}` stops it)"
+            f"(`conveyor abort --deployment {created.id}` stops it)"
         )
         raise typer.Exit(130) from None
     if as_json:
@@ -113,12 +112,12 @@ def approve(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the approval gate of a run's release; exit 2 if nothing of it waits."""
-    approved = Client(server, token).post(f"/api/runs/{run_id}/approve", once=True)
+    approved = Client(server, token).approve(run_id)
     if as_json:
-        print_json(approved)
+        print_json(wire(approved))
         return
     for d in approved:
-        out.print(f"[green]approved[/green] by {d['approved_by']}: {deployment_title(d)}")
+        out.print(f"[green]approved[/green] by {d.approved_by}: {deployment_title(wire(d))}")
 
 
 def abort(
@@ -145,18 +144,19 @@ def abort(
         fail("give a RUN, or --deployment ID (not both)", 2)
     client = Client(server, token)
     if deployment is not None:
-        d = client.post(f"/api/deployments/{deployment}/abort")
+        d = client.abort_deployment(deployment)
         if as_json:
-            print_json(d)
+            print_json(wire(d))
             return
-        why = f" ({d['reason']})" if d.get("reason") else ""
-        out.print(f"deployment #{d['id']}: {d['state']}{why}")
+        why = f" ({d.reason})" if d.reason else ""
+        out.print(f"deployment #{d.id}: {d.state}{why}")
         return
-    result = client.post(f"/api/runs/{run_id}/abort")
+    assert run_id is not None
+    result = client.abort_run(run_id)
     if as_json:
-        print_json(result)
+        print_json(wire(result))
         return
-    out.print(f"run {run_id}: {result['state']}")
+    out.print(f"run {run_id}: {result.state}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,7 @@
-"""`conveyor`: the command line. Remote commands are thin clients of the HTTP API."""
+"""`conveyor`'s client commands: thin clients of the HTTP API.
+
+The process launchers (server, agent, router, demo) are added in conveyor.entry.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, Toke
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.listing import apps_table, hosts_table, tokens_table
 from conveyor.cli.render import bare, err, out, print_json
+from conveyor.client import wire
 from conveyor.config import (
     ConfigError,
     config_json_schema,
@@ -85,53 +89,6 @@ def init(
     out.print(f"wrote {target}: edit it, then check it with `conveyor validate`")
 
 
-# -- server ---------------------------------------------------------------------
-
-
-@app.command()
-def server(
-    data: Annotated[Path, typer.Option(help="Data directory.")] = Path(".conveyor"),
-    listen: Annotated[str, typer.Option(help="ADDR:PORT to listen on.")] = "127.0.0.1:8420",
-    db: Annotated[
-        str | None,
-        typer.Option(help="SQLite path or postgresql:// URL (default: DATA/conveyor.db)."),
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option(help="Public URL of this server, for webhook URLs.")
-    ] = None,
-    threads: Annotated[
-        int,
-        typer.Option(
-            min=1, max=1000, envvar="CONVEYOR_THREADS", help="Requests served at once by threads."
-        ),
-    ] = 40,
-    db_pool: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=1000,
-            envvar="CONVEYOR_DB_POOL",
-            help="Database connections for requests (default: threads + 12).",
-        ),
-    ] = None,
-    db_wait: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            max=300,
-            envvar="CONVEYOR_DB_WAIT",
-            help="Seconds a request waits for a connection or a lock before 503.",
-        ),
-    ] = 5.0,
-) -> None:
-    """Run the controller: API, webhooks, engine."""
-    from conveyor.server.serve import serve
-
-    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
-        fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
-    serve(data, listen, db, url, threads=threads, db_pool=db_pool, db_wait=db_wait)
-
-
 # -- apps -----------------------------------------------------------------------
 
 
@@ -150,17 +107,15 @@ def app_add(
     """Register an app; prints its webhook URLs and secret."""
     if re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
         repo = str(Path(repo).expanduser().resolve())
-    created = Client(server, token).post(
-        "/api/apps", {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
+    created = Client(server, token).add_app(
+        {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
     )
     if as_json:
-        print_json(created)
+        print_json(wire(created))
         return
-    out.print(
-        f"[green]app {created['name']} registered[/green] ({created['repo']}, branch {branch})"
-    )
-    bare(f"webhook secret: {created['webhook_secret']}")
-    for provider, hook_url in created["webhooks"].items():
+    out.print(f"[green]app {created.name} registered[/green] ({created.repo}, branch {branch})")
+    bare(f"webhook secret: {created.webhook_secret}")
+    for provider, hook_url in created.webhooks.model_dump().items():
         bare(f"  {provider:7} {hook_url}")
     out.print(f"bare repository on your server: `conveyor hook-script {name}` > hooks/post-receive")
 
@@ -196,21 +151,15 @@ def app_set(
         "poll_interval": poll,
         "public_status": public_status,
     }
-    updated = (
-        Client(server, token)
-        .request(
-            "PATCH", f"/api/apps/{name}", json={k: v for k, v in body.items() if v is not None}
-        )
-        .json()
+    updated = Client(server, token).update_app(
+        name, {k: v for k, v in body.items() if v is not None}
     )
     if as_json:
-        print_json(updated)
+        print_json(wire(updated))
         return
-    polling = f"every {updated['poll_interval']}s" if updated["poll_interval"] else "off"
-    public = "public status page /status/" + name if updated["public_status"] else "no public page"
-    out.print(
-        f"app {name}: {updated['repo']}, branch {updated['branch']}, polling {polling}, {public}"
-    )
+    polling = f"every {updated.poll_interval}s" if updated.poll_interval else "off"
+    public = "public status page /status/" + name if updated.public_status else "no public page"
+    out.print(f"app {name}: {updated.repo}, branch {updated.branch}, polling {polling}, {public}")
 
 
 @apps_cli.command("list")
@@ -218,7 +167,7 @@ def app_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List apps."""
-    rows = Client(server, token).get("/api/apps")
+    rows = wire(Client(server, token).apps())
     if as_json:
         print_json(rows)
         return
@@ -236,7 +185,7 @@ def app_remove(
     token: TokenOpt = None,
 ) -> None:
     """Remove an app with its runs, releases, deployments and secrets."""
-    Client(server, token).request("DELETE", f"/api/apps/{name}", params={"force": force})
+    Client(server, token).remove_app(name, force=force)
     out.print(f"app {name} removed")
 
 
@@ -247,7 +196,7 @@ def hook_script(
     token: TokenOpt = None,
 ) -> None:
     """Print a git post-receive hook that triggers runs from a bare repository."""
-    sys.stdout.write(Client(server, token).text(f"/api/apps/{app_name}/hook-script"))
+    sys.stdout.write(Client(server, token).hook_script(app_name))
 
 
 # -- hosts, agents and routers ----------------------------------------------------
@@ -262,14 +211,14 @@ def host_add(
 ) -> None:
     """Register a host; prints a one-time enrolment token for its agent."""
     client = Client(server, token)
-    created = client.post("/api/hosts", {"name": name})
+    created = client.add_host(name)
     if as_json:
-        print_json(created)
+        print_json(wire(created))
         return
     out.print(f"[green]host {name} registered[/green]; start its agent with:")
     bare(
         f"  conveyor agent --server {client.server} --name {name} "
-        f"--token {created['enrolment_token']} --data /var/lib/conveyor-agent"
+        f"--token {created.enrolment_token} --data /var/lib/conveyor-agent"
     )
     out.print("[dim]the token works once; the agent keeps its own credential after[/dim]")
 
@@ -279,7 +228,7 @@ def host_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List hosts with their state and what they run."""
-    rows = Client(server, token).get("/api/hosts")
+    rows = wire(Client(server, token).hosts())
     if as_json:
         print_json(rows)
         return
@@ -289,62 +238,8 @@ def host_list(
 @hosts_cli.command("remove")
 def host_remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
     """Revoke a host: its agent's credential stops working at once."""
-    Client(server, token).request("DELETE", f"/api/hosts/{name}")
+    Client(server, token).remove_host(name)
     out.print(f"host {name} revoked")
-
-
-@app.command()
-def agent(
-    server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
-    name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
-    token: Annotated[
-        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="One-time enrolment token.")
-    ] = None,
-    data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
-    router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
-    bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ADDR:PORT",
-            help="Serve the router's counters for Prometheus on GET http://ADDR:PORT/metrics "
-            "(labels app, release, host = --name). Off by default.",
-        ),
-    ] = None,
-) -> None:
-    """The agent on a host: dials out to the server and converges toward its desired state."""
-    if router not in ("embedded", "haproxy"):
-        fail(f"--router {router!r}: expected embedded or haproxy", 2)
-    from conveyor.agent.exporter import ExporterError, parse_address
-    from conveyor.agent.main import run_agent
-
-    if metrics is not None:
-        try:
-            parse_address(metrics)
-        except ExporterError as exc:
-            fail(str(exc), 2)
-    raise typer.Exit(
-        run_agent(
-            server=server,
-            name=name,
-            token=token,
-            data=data,
-            router=router,
-            bind=bind,
-            metrics=metrics,
-        )
-    )
-
-
-@app.command("router")
-def router_cmd(
-    socket: Annotated[Path, typer.Option(help="Unix socket of the admin interface.")],
-    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
-) -> None:
-    """The embedded router process (the agent starts it; rarely run by hand)."""
-    from conveyor.router.main import main as router_main
-
-    raise typer.Exit(router_main(["--socket", str(socket), "--log-level", log_level]))
 
 
 # -- secrets and tokens ------------------------------------------------------------
@@ -362,7 +257,7 @@ def secret_set(
 ) -> None:
     """Set a secret of an app (value from the argument or stdin)."""
     secret = value if value is not None else sys.stdin.read().rstrip("\n")
-    Client(server, token).put(f"/api/apps/{app_name}/secrets/{name}", {"value": secret})
+    Client(server, token).set_secret(app_name, name, secret)
     out.print(f"secret {name} of {app_name} set")
 
 
@@ -373,7 +268,7 @@ def secret_list(
     token: TokenOpt = None,
 ) -> None:
     """List the names of an app's secrets."""
-    for name in Client(server, token).get(f"/api/apps/{app_name}/secrets"):
+    for name in Client(server, token).secrets(app_name):
         out.print(name)
 
 
@@ -386,11 +281,11 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token; it is printed once."""
-    created = Client(server, token).post("/api/tokens", {"name": name, "role": role})
+    created = Client(server, token).create_token(name, role)
     if as_json:
-        print_json(created)
+        print_json(wire(created))
         return
-    bare(f"token {created['id']} ({created['role']}): {created['token']}")
+    bare(f"token {created.id} ({created.role}): {created.token}")
 
 
 @tokens_cli.command("list")
@@ -398,7 +293,7 @@ def token_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List API tokens."""
-    rows = Client(server, token).get("/api/tokens")
+    rows = wire(Client(server, token).tokens())
     if as_json:
         print_json(rows)
         return
@@ -408,7 +303,7 @@ def token_list(
 @tokens_cli.command("revoke")
 def token_revoke(token_id: int, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
     """Revoke an API token."""
-    Client(server, token).request("DELETE", f"/api/tokens/{token_id}")
+    Client(server, token).revoke_token(token_id)
     out.print(f"token {token_id} revoked")
 
 
@@ -430,18 +325,18 @@ def run(
 ) -> None:
     """Start a run for a commit: test, build, release."""
     client = Client(server, token)
-    created = client.post(f"/api/apps/{app_name}/runs", {"sha": sha}, once=True)
+    created = client.start_run(app_name, sha)
     if not follow:
         if as_json:
-            print_json(created)
+            print_json(wire(created))
         else:
-            out.print(f"run {created['id']} queued for {app_name}" + (f" at {sha}" if sha else ""))
+            out.print(f"run {created.id} queued for {app_name}" + (f" at {sha}" if sha else ""))
         return
     console = err if as_json else out
-    console.print(f"run {created['id']} queued for {app_name}")
-    state = follow_run(client, created["id"], console)
+    console.print(f"run {created.id} queued for {app_name}")
+    state = follow_run(client, created.id, console)
     if as_json:
-        print_json(client.get(f"/api/runs/{created['id']}"))
+        print_json(wire(client.run(created.id)))
     raise typer.Exit(0 if state == "succeeded" else 1)
 
 
@@ -461,12 +356,12 @@ def logs(
         state = follow_run(client, run_id, out)
         raise typer.Exit(0 if state == "succeeded" else 1)
     if follow:
-        while client.get(f"/api/runs/{run_id}")["state"] not in FINAL:
+        while client.run(run_id).state not in FINAL:
             import time
 
             time.sleep(0.5)
-    run_data = client.get(f"/api/runs/{run_id}")
-    chunks = {c["step"]: c["text"] for c in client.get(f"/api/runs/{run_id}/logs")}
+    run_data = wire(client.run(run_id))
+    chunks = {c.step: c.text for c in client.run_logs(run_id)}
     if as_json:
         for step in run_data["steps"]:
             step["log"] = chunks.get(step["id"], "")
@@ -486,16 +381,3 @@ def logs(
 deploy.register(app)
 controls.register(app)
 status.register(app)
-
-
-@app.command()
-def demo(
-    wait: Annotated[
-        bool, typer.Option(help="Keep everything up until Ctrl-C (--no-wait: stop at once).")
-    ] = True,
-    listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
-) -> None:
-    """The whole system on one machine: a server, three hosts, a sample app pushed twice."""
-    from conveyor.demo import run_demo
-
-    raise typer.Exit(run_demo(listen=listen, wait=wait))

@@ -16,6 +16,7 @@ from conveyor.cli.render import (
     status_view,
 )
 from conveyor.cli.watch import follow_status
+from conveyor.client import wire
 
 
 def status(
@@ -53,8 +54,8 @@ def status(
         fail("--dora and --follow do not go together", 2)
     client = Client(server, token)
     if dora:
-        names = [app_name] if app_name else [a["name"] for a in client.get("/api/apps")]
-        reports = [client.get(f"/api/apps/{n}/dora", params={"days": days}) for n in names]
+        names = [app_name] if app_name else [a.name for a in client.apps()]
+        reports = wire([client.dora(n, days) for n in names])
         if as_json:
             print_json(reports)
         else:
@@ -64,7 +65,7 @@ def status(
     if follow:
         follow_status(client, params, out, as_json=as_json)
         return
-    rows = client.get("/api/status", params=params)
+    rows = wire(client.status(app_name))
     if as_json:
         print_json(rows)
         return
@@ -99,7 +100,7 @@ def history(
         fail("ENV selects deployments; leave it out to list runs with --runs", 2)
     client = Client(server, token)
     if runs:
-        found = client.get("/api/runs", params={"app": app_name, "limit": limit})
+        found = wire(client.runs(app_name, limit))
         if as_json:
             print_json(found)
         elif found:
@@ -107,10 +108,7 @@ def history(
         else:
             out.print(f"no runs of {app_name} yet")
         return
-    params: dict[str, str | int] = {"app": app_name, "limit": limit}
-    if env is not None:
-        params["environment"] = env
-    rows = client.get("/api/deployments", params=params)
+    rows = wire(client.deployments(app_name, env, limit))
     if as_json:
         print_json(rows)
     elif rows:

@@ -26,10 +26,10 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.client import Client
 from conveyor.cli.follow import follow_run
 from conveyor.cli.render import bare
 from conveyor.cli.tables import Column, fitted
+from conveyor.client import Client, wire
 from conveyor.demo.hosts import (
     LocalHost,
     check_ports_free,
@@ -182,9 +182,9 @@ def make_repositories(client: Client, root: Path) -> Path:
     subprocess.run(
         ["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True, capture_output=True
     )
-    client.post("/api/apps", {"name": APP, "repo": str(bare)})
+    client.add_app({"name": APP, "repo": str(bare)})
     hook = bare / "hooks" / "post-receive"
-    hook.write_text(client.text(f"/api/apps/{APP}/hook-script"))
+    hook.write_text(client.hook_script(APP))
     hook.chmod(0o755)
     work = root / f"{APP}-app"
     (work / "scripts").mkdir(parents=True)
@@ -256,10 +256,9 @@ def push(client: Client, work: Path) -> dict[str, Any]:
         raise RuntimeError(f"git push failed: {done.stderr.strip()}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        runs = client.get("/api/runs", params={"app": APP, "limit": 10})
-        found = next((r for r in runs if r["sha"] == sha), None)
+        found = next((r for r in client.runs(APP, 10) if r.sha == sha), None)
         if found is not None:
-            return dict(found)
+            return dict(wire(found))
         time.sleep(0.2)
     raise RuntimeError(f"the push of {sha[:7]} started no run (see server.log)")
 
@@ -272,7 +271,7 @@ def climb(
     if state != "succeeded":
         console.print(f"[red]the run of {label} did not succeed[/red]")
         return False
-    run.update(client.get(f"/api/runs/{run['id']}"))
+    run.update(wire(client.run(run["id"])))
     labels[run["release"]] = label
     ended = watcher.follow(run["id"])
     last = ended.get(watcher.environments[-1])

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.cli.client import Client
+from conveyor.client import Client
 
 APP_PORT = 8000  # the sample app's public port, on every host's router
 
@@ -67,7 +67,7 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
     """Register each host, start its agent (which starts its router); wait until all are up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     for host in hosts:
-        token = client.post("/api/hosts", {"name": host.name})["enrolment_token"]
+        token = client.add_host(host.name).enrolment_token
         host.agent = conveyor_process(
             [
                 "agent",
@@ -97,8 +97,8 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
                     f"the agent of {host.name} exited with code {host.agent.returncode} "
                     f"(see {host.log})"
                 )
-            observed = client.get(f"/api/hosts/{host.name}")
-            if observed["online"] and (observed["observed"] or {}).get("router_alive"):
+            seen = client.host(host.name)
+            if seen.online and seen.observed is not None and seen.observed.router_alive:
                 waiting.remove(host)
         if waiting and time.monotonic() > deadline:
             names = ", ".join(h.name for h in waiting)

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
-from conveyor.cli.client import Client
 from conveyor.cli.watch import traffic_count
+from conveyor.client import Client, wire
 from conveyor.demo.traffic import Traffic
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
@@ -60,13 +60,13 @@ class ChainWatcher:
         deadline = time.monotonic() + timeout
         with self.console.status("waiting for the first deployment…") as status:
             while time.monotonic() < deadline:
-                listed = self.client.get("/api/deployments", params={"app": self.app, "limit": 50})
-                ours = sorted((d for d in listed if d["run"] == run_id), key=lambda d: d["id"])
+                listed = self.client.deployments(self.app, None, 50)
+                ours = sorted((d for d in listed if d.run == run_id), key=lambda d: d.id)
                 current = None
                 for summary in ours:
-                    if summary["environment"] in ended:
+                    if summary.environment in ended:
                         continue
-                    record = self.client.get(f"/api/deployments/{summary['id']}")
+                    record = wire(self.client.deployment(summary.id))
                     self._print_changes(record)
                     if record["state"] in ENDED:
                         ended[record["environment"]] = record

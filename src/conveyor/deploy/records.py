@@ -23,6 +23,9 @@ from conveyor.store.models import (
     utcnow,
 )
 
+# moved to store (notify reads it too, and deploy imports notify): re-exported here
+from conveyor.store.serving import serving_release as serving_release
+
 # queued: waiting for its environment; waiting: for approval or the window;
 # running / rolling_back: acting on hosts; aborting: asked to stop, rolls back next.
 # The database holds at most one PENDING and one ACTING per app and environment.
@@ -54,21 +57,6 @@ def active_in(session: Session, app_id: int, env: str) -> list[Deployment]:
             .order_by(Deployment.id)
         ).all()
     )
-
-
-def serving_release(session: Session, app_id: int, env: str) -> str | None:
-    """The release the environment's record says serves it: the last one to finish in place."""
-    last = session.scalar(
-        select(Deployment)
-        .where(
-            Deployment.app_id == app_id,
-            Deployment.environment == env,
-            Deployment.state == "succeeded",
-        )
-        .order_by(Deployment.finished_at.desc(), Deployment.id.desc())
-        .limit(1)
-    )
-    return last.release_id if last else None
 
 
 def create_deployment(

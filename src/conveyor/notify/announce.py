@@ -19,7 +19,6 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, object_session
 
 from conveyor.config import Config, ConfigError, HostsCommand, Notify, load_config
-from conveyor.deploy.records import serving_release
 from conveyor.notify.messages import (
     DeploymentFacts,
     Message,
@@ -32,6 +31,7 @@ from conveyor.notify.messages import (
 )
 from conveyor.pipeline.masking import Masker
 from conveyor.store.models import App, Deployment, Notification, Release, Run
+from conveyor.store.serving import serving_release
 
 log = logging.getLogger("conveyor.notify")
 

@@ -1,0 +1,168 @@
+"""`conveyor`: the command line's entry point.
+
+The client commands (thin clients of the HTTP API) live in conveyor.cli; the process
+launchers are here: `server`, `agent`, `router` and `demo`. Each imports its process
+only when it runs, so that an agent host (installed without the server's extra) can run
+`conveyor agent` and the client commands.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from conveyor.cli.client import fail
+from conveyor.cli.main import app
+
+__all__ = ["app"]
+
+
+# What `conveyor server` imports beyond an agent host's install (the `server` extra).
+SERVER_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn", "jinja2", "scipy", "apprise")
+
+
+def _needs_server_extra(command: str) -> None:
+    """Stop with what to install when this install has the agent and the client only."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(
+            f"conveyor {command}: {', '.join(missing)} not installed: this install has the "
+            "agent and the client commands only; install the server with "
+            + escape("`pip install 'conveyor[server]'`"),
+            2,
+        )
+
+
+def _launcher(after: str, name: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Register a command right after the command `after`: `conveyor --help` lists them
+    in the order they had when they lived among the client commands."""
+
+    def register(fn: Callable[..., Any]) -> Any:
+        app.command(name)(fn)
+        info = app.registered_commands.pop()
+        names = [
+            c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+        ]
+        app.registered_commands.insert(names.index(after) + 1, info)
+        return fn
+
+    return register
+
+
+@_launcher(after="init")
+def server(
+    data: Annotated[Path, typer.Option(help="Data directory.")] = Path(".conveyor"),
+    listen: Annotated[str, typer.Option(help="ADDR:PORT to listen on.")] = "127.0.0.1:8420",
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLite path or postgresql:// URL (default: DATA/conveyor.db)."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Public URL of this server, for webhook URLs.")
+    ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, envvar="CONVEYOR_THREADS", help="Requests served at once by threads."
+        ),
+    ] = 40,
+    db_pool: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1000,
+            envvar="CONVEYOR_DB_POOL",
+            help="Database connections for requests (default: threads + 12).",
+        ),
+    ] = None,
+    db_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            max=300,
+            envvar="CONVEYOR_DB_WAIT",
+            help="Seconds a request waits for a connection or a lock before 503.",
+        ),
+    ] = 5.0,
+) -> None:
+    """Run the controller: API, webhooks, engine."""
+    _needs_server_extra("server")
+    from conveyor.server.serve import serve
+
+    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
+        fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
+    serve(data, listen, db, url, threads=threads, db_pool=db_pool, db_wait=db_wait)
+
+
+@_launcher(after="hook-script")
+def agent(
+    server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
+    name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
+    token: Annotated[
+        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="One-time enrolment token.")
+    ] = None,
+    data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
+    router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
+    bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR:PORT",
+            help="Serve the router's counters for Prometheus on GET http://ADDR:PORT/metrics "
+            "(labels app, release, host = --name). Off by default.",
+        ),
+    ] = None,
+) -> None:
+    """The agent on a host: dials out to the server and converges toward its desired state."""
+    if router not in ("embedded", "haproxy"):
+        fail(f"--router {router!r}: expected embedded or haproxy", 2)
+    from conveyor.agent.exporter import ExporterError, parse_address
+    from conveyor.agent.main import run_agent
+
+    if metrics is not None:
+        try:
+            parse_address(metrics)
+        except ExporterError as exc:
+            fail(str(exc), 2)
+    raise typer.Exit(
+        run_agent(
+            server=server,
+            name=name,
+            token=token,
+            data=data,
+            router=router,
+            bind=bind,
+            metrics=metrics,
+        )
+    )
+
+
+@_launcher(after="agent", name="router")
+def router_cmd(
+    socket: Annotated[Path, typer.Option(help="Unix socket of the admin interface.")],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """The embedded router process (the agent starts it; rarely run by hand)."""
+    from conveyor.router.main import main as router_main
+
+    raise typer.Exit(router_main(["--socket", str(socket), "--log-level", log_level]))
+
+
+@_launcher(after="history")
+def demo(
+    wait: Annotated[
+        bool, typer.Option(help="Keep everything up until Ctrl-C (--no-wait: stop at once).")
+    ] = True,
+    listen: Annotated[str, typer.Option(help="ADDR:PORT for the demo server.")] = "127.0.0.1:8420",
+) -> None:
+    """The whole system on one machine: a server, three hosts, a sample app pushed twice."""
+    _needs_server_extra("demo")
+    from conveyor.demo import run_demo
+
+    raise typer.Exit(run_demo(listen=listen, wait=wait))
