@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conveyor.analysis.judge import Look
+from conveyor.deploy.detail import StepDetail
 from conveyor.deploy.judging import SERIES_EVERY, judged_series, series_point, traffic_wait
 from conveyor.protocol import ReleaseCounters
 from conveyor.store.models import Deployment, DeploymentStep
@@ -91,25 +92,59 @@ WAIT = {"needed": 100, "until": 1_800_000_030.0, "urls": ["http://10.0.0.1:8000"
     [
         # the judge lacks requests: how many, until when, where to send traffic
         (
-            {"judgement": {"verdict": "inconclusive", "requests": 12}, "traffic_wait": WAIT},
+            {
+                "judgement": {
+                    "verdict": "inconclusive",
+                    "requests": 12,
+                    "error_rate": None,
+                    "p99": None,
+                },
+                "traffic_wait": WAIT,
+            },
             True,
             (12, 100, datetime(2027, 1, 15, 8, 0, 30, tzinfo=UTC), ["http://10.0.0.1:8000"]),
         ),
         # it has enough, or the step ended, or it was never judged: nothing to wait for
-        ({"judgement": {"verdict": "pass", "requests": 120}, "traffic_wait": WAIT}, True, None),
         (
-            {"judgement": {"verdict": "inconclusive", "requests": 12}, "traffic_wait": WAIT},
+            {
+                "judgement": {"verdict": "pass", "requests": 120, "error_rate": None, "p99": None},
+                "traffic_wait": WAIT,
+            },
+            True,
+            None,
+        ),
+        (
+            {
+                "judgement": {
+                    "verdict": "inconclusive",
+                    "requests": 12,
+                    "error_rate": None,
+                    "p99": None,
+                },
+                "traffic_wait": WAIT,
+            },
             False,
             None,
         ),
-        ({"judgement": {"verdict": "inconclusive", "requests": 0}}, True, None),
+        (
+            {
+                "judgement": {
+                    "verdict": "inconclusive",
+                    "requests": 0,
+                    "error_rate": None,
+                    "p99": None,
+                }
+            },
+            True,
+            None,
+        ),
         ({}, True, None),
     ],
 )
 def test_traffic_wait(
     detail: dict[str, Any], running: bool, expected: tuple[Any, ...] | None
 ) -> None:
-    wait = traffic_wait(detail, running)
+    wait = traffic_wait(StepDetail.model_validate(detail), running)
     if expected is None:
         assert wait is None
     else:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.analysis.judge import JudgeState, Look
 from conveyor.analysis.window import delta, error_rate, quantile
-from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries, TrafficWait
+from conveyor.deploy.detail import StepDetail, read_detail
+from conveyor.protocol import ReleaseCounters, StepSeries, TrafficWait
 from conveyor.store.models import Deployment, DeploymentStep
 
 SERIES_EVERY = 2.0  # seconds between two points of a step's chart series (at most)
@@ -60,9 +60,9 @@ def carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
     for earlier in sorted(d.steps, key=lambda s: s.position, reverse=True):
         if earlier.position >= step.position:
             continue
-        found = json.loads(earlier.detail).get("judge")
-        if found:
-            return JudgeState.model_validate(found)
+        found = read_detail(earlier).judge
+        if found is not None:
+            return found
     return None
 
 
@@ -70,7 +70,7 @@ def judged_series(d: Deployment) -> list[StepSeries]:
     """The chart points of the deployment's judged steps, in the order the steps run."""
     out = []
     for step in sorted(d.steps, key=lambda s: s.position):
-        points = json.loads(step.detail).get("series")
+        points = read_detail(step).series
         if not points:
             continue
         out.append(
@@ -81,22 +81,22 @@ def judged_series(d: Deployment) -> list[StepSeries]:
                 name=step.name,
                 weight=step.weight,
                 state=step.state,
-                points=[SeriesPoint.model_validate(p) for p in points],
+                points=points,
             )
         )
     return out
 
 
-def traffic_wait(detail: dict[str, Any], running: bool) -> TrafficWait | None:
+def traffic_wait(detail: StepDetail, running: bool) -> TrafficWait | None:
     """A running canary step whose judge still lacks requests: how many it counted and
     needs, when the step gives up, and where to send traffic (from the step's detail)."""
-    judgement = detail.get("judgement") or {}
-    wait = detail.get("traffic_wait")
-    if not running or not wait or judgement.get("verdict") != "inconclusive":
+    judgement = detail.judgement
+    wait = detail.traffic_wait
+    if not running or wait is None or judgement is None or judgement.verdict != "inconclusive":
         return None
     return TrafficWait(
-        requests=int(judgement.get("requests") or 0),
-        needed=int(wait["needed"]),
-        until=datetime.fromtimestamp(float(wait["until"]), UTC),
-        urls=list(wait.get("urls") or []),
+        requests=judgement.requests,
+        needed=wait.needed,
+        until=datetime.fromtimestamp(wait.until, UTC),
+        urls=list(wait.urls),
     )
