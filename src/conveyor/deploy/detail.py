@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from conveyor.analysis.judge import JudgeState
-from conveyor.protocol import Judgement, ReleaseCounters, SeriesPoint, StepControl
+from conveyor.protocol import ControlAction, Judgement, ReleaseCounters, SeriesPoint, StepControl
+from conveyor.store import steps
 from conveyor.store.models import DeploymentStep
-from conveyor.store.steps import set_detail
 
 
 class StepOptions(BaseModel):
@@ -87,4 +87,10 @@ def dump_fields(**values: Any) -> dict[str, Any]:
 
 def write_detail(session: Session, step_id: int, **values: Any) -> None:
     """Set these keys of the step's detail in one statement, leaving the others alone."""
-    set_detail(session, step_id, dump_fields(**values))
+    steps.set_detail(session, step_id, dump_fields(**values))
+
+
+def control_actions(session: Session, deployment_ids: list[int]) -> dict[int, list[ControlAction]]:
+    """People's requests on each deployment's steps (`control.actions`), in their order."""
+    found = steps.control_actions(session, deployment_ids)
+    return {d: [ControlAction.model_validate(a) for a in actions] for d, actions in found.items()}

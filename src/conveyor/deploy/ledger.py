@@ -26,7 +26,7 @@ from conveyor.analysis.sources import MetricSource, RouterSource
 from conveyor.config import Analysis, Prometheus
 from conveyor.deploy import checks
 from conveyor.deploy.desired import Notifier
-from conveyor.deploy.detail import read_detail, write_detail
+from conveyor.deploy.detail import StepDetail, read_detail, write_detail
 from conveyor.deploy.plan import Targets, rollback_targets
 from conveyor.deploy.progress import HostView
 from conveyor.deploy.records import continue_chain
@@ -190,7 +190,7 @@ class Ledger:
                 kind="rollback",
                 name=f"roll back {len(back)} host(s) to {d.previous_release or 'nothing'}",
                 targets=dump_targets(back),
-                detail=json.dumps({"final": final, "options": {}}),
+                detail=StepDetail(final=final).model_dump_json(include={"final", "options"}),
             )
         )
         d.state = "rolling_back"
