@@ -243,11 +243,7 @@ class Watcher(Ledger):
         verdict = decide(state, settings, now)
         if detail.judgement is None or detail.judgement.verdict != verdict.verdict:
             await self._log(step_id, _said(verdict))
-        series = series_point(
-            detail.model_dump(mode="json", include={"series", "series_at", "series_start"}),
-            look,
-            verdict.verdict,
-        )
+        series = series_point(detail, look, verdict.verdict)
         if not j.paused.monitor and detail.traffic_wait is None:
             # what a follower shows while it waits
             until = traffic_until(j.watch)
