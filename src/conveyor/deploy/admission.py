@@ -69,22 +69,7 @@ def admit(ask: Ask, held: list[Held], app: str, env: str) -> Admit | Refuse:
         None,
     )
     if ask.kind == "rollback":
-        if same_running is not None:
-            return Refuse(
-                f"refused: {where} is already rolling back to {ask.release}: "
-                f"deployment #{same_running.id}",
-                holder=same_running.id,
-            )
-        twin = next((p for p in pending if p.kind == "rollback" and p.release == ask.release), None)
-        if twin is not None:
-            return Refuse(
-                f"refused: a rollback of {where} to {ask.release} is already queued: "
-                f"deployment #{twin.id}",
-                holder=twin.id,
-            )
-        return Admit(
-            cancel=[p.id for p in pending], abort=[a.id for a in acting if a.state == "running"]
-        )
+        return _admit_rollback(ask, pending, acting, same_running, where)
     if same_running is not None:
         return Refuse(
             f"refused: release {ask.release} is already being deployed to {where}: "
@@ -93,27 +78,57 @@ def admit(ask: Ask, held: list[Held], app: str, env: str) -> Admit | Refuse:
         )
     supersede: list[int] = []
     for p in pending:
-        why = f" ({p.reason})" if p.reason else ""
-        if p.kind == "rollback":
-            return Refuse(
-                f"refused: a rollback of {where} to {p.release} is queued and goes first: "
-                f"deployment #{p.id}; deploy again once it has started, or abort it: "
-                f"conveyor abort --deployment {p.id}",
-                state="cancelled",
-                holder=p.id,
-            )
-        if p.release == ask.release and not (ask.forced and not p.forced):
-            return Refuse(
-                f"refused: release {ask.release} is already queued for {where}: "
-                f"deployment #{p.id}{why}",
-                holder=p.id,
-            )
-        if p.release != ask.release and p.built > ask.built:
-            return Refuse(
-                f"refused: a newer release, {p.release}, is already queued for {where}: "
-                f"deployment #{p.id}{why}; a queued release is superseded only by a newer "
-                f"one (abort it first: conveyor abort --deployment {p.id})",
-                holder=p.id,
-            )
+        refused = _behind(ask, p, where)
+        if refused is not None:
+            return refused
         supersede.append(p.id)
     return Admit(supersede=supersede)
+
+
+def _admit_rollback(
+    ask: Ask, pending: list[Held], acting: list[Held], same_running: Held | None, where: str
+) -> Admit | Refuse:
+    """A rollback goes before everything, unless the same rollback is running or queued."""
+    if same_running is not None:
+        return Refuse(
+            f"refused: {where} is already rolling back to {ask.release}: "
+            f"deployment #{same_running.id}",
+            holder=same_running.id,
+        )
+    twin = next((p for p in pending if p.kind == "rollback" and p.release == ask.release), None)
+    if twin is not None:
+        return Refuse(
+            f"refused: a rollback of {where} to {ask.release} is already queued: "
+            f"deployment #{twin.id}",
+            holder=twin.id,
+        )
+    return Admit(
+        cancel=[p.id for p in pending], abort=[a.id for a in acting if a.state == "running"]
+    )
+
+
+def _behind(ask: Ask, p: Held, where: str) -> Refuse | None:
+    """Whether a queued deployment `p` stands in the way of a deploy (None: supersede it)."""
+    why = f" ({p.reason})" if p.reason else ""
+    if p.kind == "rollback":
+        return Refuse(
+            f"refused: a rollback of {where} to {p.release} is queued and goes first: "
+            f"deployment #{p.id}; deploy again once it has started, or abort it: "
+            f"conveyor abort --deployment {p.id}",
+            state="cancelled",
+            holder=p.id,
+        )
+    if p.release == ask.release and not (ask.forced and not p.forced):
+        return Refuse(
+            f"refused: release {ask.release} is already queued for {where}: "
+            f"deployment #{p.id}{why}",
+            holder=p.id,
+        )
+    if p.release != ask.release and p.built > ask.built:
+        return Refuse(
+            f"refused: a newer release, {p.release}, is already queued for {where}: "
+            f"deployment #{p.id}{why}; a queued release is superseded only by a newer "
+            f"one (abort it first: conveyor abort --deployment {p.id})",
+            holder=p.id,
+        )
+    return None

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -165,7 +165,45 @@ def environment_dora(
     deployed = [r for r in succeeded if r.kind == "deploy" and ends_in_window(r)]
     days = (until - since).total_seconds() / DAY
     frequency = len(deployed) / days if days > 0 else None
+    leads, from_run = _lead_times(deployed)
 
+    # changes undone by a rollback deployment, and the failures of kind (b), then (a)
+    undone, failures = _rolled_back(records, succeeded, until)
+    failures += _failed_deploys(ended, succeeded)
+
+    changes = _changes(ended, ends_in_window)
+    failed_changes = sum(1 for r in changes if r.state == "failed" or r.id in undone)
+    in_window = [(f, rs) for f, rs in failures if since <= f < until]
+    restores = [(rs - f).total_seconds() for f, rs in in_window if rs is not None]
+    return EnvironmentDora(
+        environment=name,
+        deployments=len(deployed),
+        deployment_frequency=frequency,
+        lead_time=median(leads),
+        lead_time_p90=percentile(leads, 0.9),
+        lead_time_from_run=from_run,
+        changes=len(changes),
+        failed_changes=failed_changes,
+        change_failure_rate=failed_changes / len(changes) if changes else None,
+        failures=len(in_window),
+        restored=len(restores),
+        time_to_restore=median(restores),
+    )
+
+
+def _changes(
+    ended: list[DeploymentRecord], in_window: Callable[[DeploymentRecord], bool]
+) -> list[DeploymentRecord]:
+    """The deployments of a change that ended (succeeded or failed) in the window."""
+    return [
+        r
+        for r in ended
+        if r.kind == "deploy" and r.state in ("succeeded", "failed") and in_window(r)
+    ]
+
+
+def _lead_times(deployed: list[DeploymentRecord]) -> tuple[list[float], int]:
+    """Each deployment's lead time (seconds), and how many count from the run (no commit time)."""
     leads: list[float] = []
     from_run = 0
     for r in deployed:
@@ -175,17 +213,26 @@ def environment_dora(
             continue
         from_run += r.committed_at is None
         leads.append(max(0.0, (r.finished_at - start).total_seconds()))
+    return leads, from_run
 
-    def next_success(after: datetime) -> datetime | None:
-        for r in succeeded:
-            assert r.finished_at is not None
-            if r.finished_at > after:
-                return r.finished_at
-        return None
 
-    # changes undone by a rollback deployment, and the failures of kind (b)
+def _next_success(succeeded: list[DeploymentRecord], after: datetime) -> datetime | None:
+    for r in succeeded:
+        assert r.finished_at is not None
+        if r.finished_at > after:
+            return r.finished_at
+    return None
+
+
+Failure = tuple[datetime, datetime | None]  # (failed, restored)
+
+
+def _rolled_back(
+    records: Sequence[DeploymentRecord], succeeded: list[DeploymentRecord], until: datetime
+) -> tuple[set[int], list[Failure]]:
+    """The changes a rollback deployment undid, and those failures (kind (b))."""
     undone: set[int] = set()
-    failures: list[tuple[datetime, datetime | None]] = []  # (failed, restored)
+    failures: list[Failure] = []
     rollbacks = sorted(
         (
             r
@@ -207,10 +254,16 @@ def environment_dora(
         if rb.state == "succeeded" and rb.finished_at is not None and rb.finished_at < until:
             restored: datetime | None = rb.finished_at
         else:
-            restored = next_success(rb.started_at)
+            restored = _next_success(succeeded, rb.started_at)
         failures.append((rb.started_at, restored))
+    return undone, failures
 
-    # failures of kind (a)
+
+def _failed_deploys(
+    ended: list[DeploymentRecord], succeeded: list[DeploymentRecord]
+) -> list[Failure]:
+    """Deployments that failed (kind (a)): when, and when the service was restored."""
+    failures: list[Failure] = []
     for r in ended:
         if r.kind != "deploy" or r.state != "failed":
             continue
@@ -218,31 +271,9 @@ def environment_dora(
         failed = r.failed_at or r.finished_at
         # no rollback step: it touched no host, the previous release kept serving
         back = r.rollback in (None, "succeeded")
-        restored = r.finished_at if back else next_success(failed)
+        restored = r.finished_at if back else _next_success(succeeded, failed)
         failures.append((failed, restored))
-
-    changes = [
-        r
-        for r in ended
-        if r.kind == "deploy" and r.state in ("succeeded", "failed") and ends_in_window(r)
-    ]
-    failed_changes = sum(1 for r in changes if r.state == "failed" or r.id in undone)
-    in_window = [(f, rs) for f, rs in failures if since <= f < until]
-    restores = [(rs - f).total_seconds() for f, rs in in_window if rs is not None]
-    return EnvironmentDora(
-        environment=name,
-        deployments=len(deployed),
-        deployment_frequency=frequency,
-        lead_time=median(leads),
-        lead_time_p90=percentile(leads, 0.9),
-        lead_time_from_run=from_run,
-        changes=len(changes),
-        failed_changes=failed_changes,
-        change_failure_rate=failed_changes / len(changes) if changes else None,
-        failures=len(in_window),
-        restored=len(restores),
-        time_to_restore=median(restores),
-    )
+    return failures
 
 
 def dora_over_time(

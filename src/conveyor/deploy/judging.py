@@ -2,52 +2,51 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.analysis.judge import JudgeState, Look
 from conveyor.analysis.window import delta, error_rate, quantile
-from conveyor.protocol import ReleaseCounters, SeriesPoint, StepSeries, TrafficWait
+from conveyor.deploy.detail import SeriesStart, StepDetail, read_detail
+from conveyor.protocol import ReleaseCounters, SeriesPoint, SeriesSide, StepSeries, TrafficWait
 from conveyor.store.models import Deployment, DeploymentStep
 
 SERIES_EVERY = 2.0  # seconds between two points of a step's chart series (at most)
 SERIES_MAX = 1800  # points kept per step (an hour)
 
 
-def series_point(detail: dict[str, Any], look: Look, verdict: str) -> dict[str, Any]:
+def series_point(detail: StepDetail, look: Look, verdict: str) -> dict[str, Any]:
     """Every SERIES_EVERY seconds, both releases' error rate and latencies over the step so
     far (as the judge counts them, so a chart's last point reads what its table says), with
-    the judge's word then."""
-    start = detail.get("series_start")
-    last_at = detail.get("series_at")
-    points: list[dict[str, Any]] = detail.get("series", [])
-    soon = last_at is not None and look.at - float(last_at) < SERIES_EVERY
-    if soon and points[-1]["verdict"] == verdict:
+    the judge's word then: the step's keys to write (`series`, `series_at`, `series_start`)."""
+    start = detail.series_start
+    points = detail.series
+    soon = detail.series_at is not None and look.at - detail.series_at < SERIES_EVERY
+    if soon and points[-1].verdict == verdict:
         return {}
-    snapshot = {
-        "canary": look.canary.model_dump(),
-        "baseline": look.baseline.model_dump() if look.baseline else None,
-    }
-    point: dict[str, Any] = {"at": look.at, "verdict": verdict}
+    snapshot = SeriesStart(canary=look.canary, baseline=look.baseline)
+    sides: dict[str, SeriesSide | None] = {}
     for name in ("canary", "baseline"):
-        now = getattr(look, name)
-        before = start.get(name) if start else None
+        now: ReleaseCounters | None = getattr(look, name)
+        before: ReleaseCounters | None = getattr(start, name) if start else None
         if now is None:
-            point[name] = None
+            sides[name] = None
             continue
-        grown = delta(ReleaseCounters.model_validate(before) if before else now, now)
-        point[name] = {
-            "requests": grown.requests,
-            "error_rate": error_rate(grown),
-            "p50": _finite(quantile(grown, 0.5)),
-            "p99": _finite(quantile(grown, 0.99)),
-        }
+        grown = delta(before or now, now)
+        sides[name] = SeriesSide(
+            requests=grown.requests,
+            error_rate=error_rate(grown),
+            p50=_finite(quantile(grown, 0.5)),
+            p99=_finite(quantile(grown, 0.99)),
+        )
+    point = SeriesPoint.model_validate({"at": look.at, "verdict": verdict, **sides})
     out: dict[str, Any] = {"series": [*points, point][-SERIES_MAX:], "series_at": look.at}
-    if start is None or (start.get("baseline") is None and look.baseline is not None):
+    if start is None or (start.baseline is None and look.baseline is not None):
         # the first look (or the baseline's first): what the step's figures count from
-        out["series_start"] = {**(start or snapshot), "baseline": snapshot["baseline"]}
+        out["series_start"] = SeriesStart(
+            canary=(start or snapshot).canary, baseline=snapshot.baseline
+        )
     return out
 
 
@@ -60,9 +59,9 @@ def carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
     for earlier in sorted(d.steps, key=lambda s: s.position, reverse=True):
         if earlier.position >= step.position:
             continue
-        found = json.loads(earlier.detail).get("judge")
-        if found:
-            return JudgeState.model_validate(found)
+        found = read_detail(earlier).judge
+        if found is not None:
+            return found
     return None
 
 
@@ -70,7 +69,7 @@ def judged_series(d: Deployment) -> list[StepSeries]:
     """The chart points of the deployment's judged steps, in the order the steps run."""
     out = []
     for step in sorted(d.steps, key=lambda s: s.position):
-        points = json.loads(step.detail).get("series")
+        points = read_detail(step).series
         if not points:
             continue
         out.append(
@@ -81,22 +80,22 @@ def judged_series(d: Deployment) -> list[StepSeries]:
                 name=step.name,
                 weight=step.weight,
                 state=step.state,
-                points=[SeriesPoint.model_validate(p) for p in points],
+                points=points,
             )
         )
     return out
 
 
-def traffic_wait(detail: dict[str, Any], running: bool) -> TrafficWait | None:
+def traffic_wait(detail: StepDetail, running: bool) -> TrafficWait | None:
     """A running canary step whose judge still lacks requests: how many it counted and
     needs, when the step gives up, and where to send traffic (from the step's detail)."""
-    judgement = detail.get("judgement") or {}
-    wait = detail.get("traffic_wait")
-    if not running or not wait or judgement.get("verdict") != "inconclusive":
+    judgement = detail.judgement
+    wait = detail.traffic_wait
+    if not running or wait is None or judgement is None or judgement.verdict != "inconclusive":
         return None
     return TrafficWait(
-        requests=int(judgement.get("requests") or 0),
-        needed=int(wait["needed"]),
-        until=datetime.fromtimestamp(float(wait["until"]), UTC),
-        urls=list(wait.get("urls") or []),
+        requests=judgement.requests,
+        needed=wait.needed,
+        until=datetime.fromtimestamp(wait.until, UTC),
+        urls=list(wait.urls),
     )

@@ -6,7 +6,6 @@ log); the engine honours it on its next look (deploy/control.py decides how).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from conveyor.deploy.control import ControlError, ask, said
+from conveyor.deploy.detail import read_detail, write_detail
 from conveyor.deploy.records import ACTING, active_in
 from conveyor.protocol import DeploymentOut, StepControl
 from conveyor.server.api.deployments import _check_environment, deployment_out
@@ -21,7 +21,7 @@ from conveyor.server.auth import Caller, Deployer
 from conveyor.server.deps import AppName, EnvName, SessionDep, get_app_or_404
 from conveyor.server.edge import responses
 from conveyor.store.models import Deployment, DeploymentStep
-from conveyor.store.steps import append_log, set_detail
+from conveyor.store.steps import append_log
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -35,8 +35,7 @@ def canary_step(d: Deployment) -> DeploymentStep | None:
     )
     if step is None or step.kind != "weight":
         return None
-    options = json.loads(step.detail).get("options", {})
-    return step if float(options.get("pause") or 0) > 0 else None
+    return step if read_detail(step).options.pause > 0 else None
 
 
 def control_step(session: Session, name: str, env: str, action: str, caller: Caller) -> Deployment:
@@ -60,20 +59,13 @@ def control_step(session: Session, name: str, env: str, action: str, caller: Cal
             f"{verb} acts on a canary's traffic steps (try again when one starts; "
             "`conveyor abort --deployment` or `conveyor rollback` stop any deployment)",
         )
-    detail = json.loads(step.detail)
-    before = StepControl.model_validate(detail.get("control") or {})
-    watch_from = detail.get("watch_from")
+    detail = read_detail(step)
+    before = detail.control or StepControl()
     try:
-        after = ask(
-            before,
-            action,
-            caller.name,
-            time.time(),
-            float(watch_from) if watch_from is not None else None,
-        )
+        after = ask(before, action, caller.name, time.time(), detail.watch_from)
     except ControlError as exc:
         raise HTTPException(409, f"deployment #{d.id}, step {step.name!r}: {exc}") from None
-    set_detail(session, step.id, {"control": after.model_dump(mode="json")})
+    write_detail(session, step.id, control=after)
     append_log(session, step.id, [said(after.actions[-1])])
     if after.full:
         for later in d.steps:

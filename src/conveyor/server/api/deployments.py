@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.deploy.control import left
+from conveyor.deploy.detail import read_detail
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
 from conveyor.deploy.judging import judged_series, traffic_wait
 from conveyor.deploy.records import (
@@ -29,7 +30,6 @@ from conveyor.protocol import (
     DeploymentStepOut,
     DeployRequest,
     EnvironmentStatus,
-    Judgement,
     Placement,
     ReleaseWeight,
     RollbackRequest,
@@ -62,19 +62,12 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         h: [ReleaseWeight.model_validate(r) for r in items]
         for h, items in json.loads(step.targets).items()
     }
-    detail = json.loads(step.detail)
-    judgement = detail.get("judgement")
-    control = StepControl.model_validate(detail["control"]) if "control" in detail else None
-    pause = float(detail.get("options", {}).get("pause") or 0) or None
-    watch_from = detail.get("watch_from")
+    detail = read_detail(step)
+    control = detail.control
+    pause = detail.options.pause or None
     remaining = None
     if pause is not None and step.state in ("pending", "running"):
-        remaining = left(
-            pause,
-            float(watch_from) if watch_from is not None else None,
-            control or StepControl(),
-            time.time(),
-        )
+        remaining = left(pause, detail.watch_from, control or StepControl(), time.time())
     return DeploymentStepOut(
         id=step.id,
         position=step.position,
@@ -85,7 +78,7 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         reason=step.reason,
         hosts=list(targets),
         targets=targets,
-        judgement=Judgement.model_validate(judgement) if judgement else None,
+        judgement=detail.judgement,
         waiting_for_traffic=traffic_wait(detail, step.state == "running"),
         log=step.log,
         started_at=step.started_at,

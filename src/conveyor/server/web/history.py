@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.deploy.control import done
+from conveyor.deploy.detail import control_actions
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
-from conveyor.protocol import ControlAction, DeploymentOut, DeploymentState, DeployRequest
+from conveyor.protocol import DeploymentOut, DeploymentState, DeployRequest
 from conveyor.server.api.deployments import deploy, environments, list_deployments
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web.render import page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role
 from conveyor.store.models import Release
-from conveyor.store.steps import control_actions
 
 router = APIRouter(include_in_schema=False)
 DEPLOY = "/api/apps/{name}/environments/{env}/deploy"
@@ -164,7 +164,7 @@ def history_response(
         )
         serving = {e.name: e.release for e in envs}
         controls = {
-            d: [done(ControlAction.model_validate(a)) for a in actions]
+            d: [done(a) for a in actions]
             for d, actions in control_actions(session, [d.id for d in rows]).items()
         }
         may_deploy = caller.may(api_role(request, "POST", DEPLOY))

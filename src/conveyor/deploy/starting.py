@@ -1,0 +1,240 @@
+"""Starting deployments: gate the pending ones, resolve their hosts, plan their steps.
+
+All of it is written before anything acts: what each host runs now (to roll back
+to), and the planned steps with their options.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conveyor.config import Config, Environment
+from conveyor.config.environment import HostsCommand
+from conveyor.deploy import bluegreen, canary, checks, rolling
+from conveyor.deploy.detail import StepDetail, StepOptions
+from conveyor.deploy.gates import GateError, environment, waiting_for
+from conveyor.deploy.ledger import Ledger, dump_targets
+from conveyor.deploy.plan import Context, PlannedStep, Targets
+from conveyor.deploy.records import ACTING, PENDING
+from conveyor.deploy.stepping import OFFLINE_AFTER, OFFLINE_GRACE
+from conveyor.protocol import ReleaseWeight
+from conveyor.store.locking import lock_for_writing
+from conveyor.store.models import Deployment, DeploymentStep, Host, Release, utcnow
+from conveyor.threads import in_thread
+
+log = logging.getLogger("conveyor.deploy")
+
+STRATEGIES: dict[str, Callable[[Context], list[PlannedStep]]] = {
+    "rolling": rolling.plan,
+    "blue-green": bluegreen.plan,
+    "canary": canary.plan,
+}
+
+
+class Starter(Ledger):
+    """The engine's part that moves a deployment from pending to running."""
+
+    def _pending(self) -> tuple[list[int], list[int]]:
+        """Gate the pending deployments: (the ids that may start, the ids acting)."""
+        starting: list[int] = []
+        with self.sessions() as session:
+            # decide under the write lock of every app with a pending deployment: a deploy,
+            # rollback or abort meanwhile is seen, not overwritten
+            apps = session.scalars(
+                select(Deployment.app_id).where(Deployment.state.in_(PENDING)).distinct()
+            ).all()
+            for app_id in sorted(apps):
+                lock_for_writing(session, app_id)
+            acting = session.scalars(select(Deployment).where(Deployment.state.in_(ACTING))).all()
+            busy = {(d.app_id, d.environment) for d in acting}
+            ids = [d.id for d in acting]
+            pending = session.scalars(
+                select(Deployment).where(Deployment.state.in_(PENDING)).order_by(Deployment.id)
+            ).all()
+            for d in pending:
+                if self._may_start(d, busy):
+                    starting.append(d.id)
+            session.commit()
+        return starting, ids
+
+    def _may_start(self, d: Deployment, busy: set[tuple[int, str]]) -> bool:
+        """Whether a pending deployment passes its gates now (else it says why it waits)."""
+        key = (d.app_id, d.environment)
+        if key in busy:
+            if d.state != "queued" or d.reason is None:
+                d.state, d.reason = "queued", "waiting for the deployment in progress"
+            return False
+        busy.add(key)
+        try:
+            _, env = environment(d.release, d.environment)
+        except GateError as exc:
+            self._end(d, "failed", str(exc))
+            return False
+        why = waiting_for(d, env, datetime.now(UTC))
+        if why is not None:
+            if d.state != "waiting" or d.reason != why:
+                d.state, d.reason = "waiting", why
+                if self.announcer is not None:
+                    self.announcer.deployment_waiting(d)
+            return False
+        return True
+
+    async def _start(self, deployment_id: int) -> None:
+        """Resolve the hosts, record what they run now, plan the steps: all before acting."""
+
+        def read() -> tuple[Release, int, Config, Environment]:
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                release = d.release
+                return (release, d.app_id, *environment(release, d.environment))
+
+        release, app_id, config, env = await in_thread(read)
+        problem: str | None = None
+        try:
+            names = await self._inventory(env, release, deployment_id)
+        except GateError as exc:
+            names, problem = [], str(exc)
+        await in_thread(self._plan, deployment_id, app_id, names, problem, config, env)
+
+    def _plan(
+        self,
+        deployment_id: int,
+        app_id: int,
+        names: list[str],
+        problem: str | None,
+        config: Config,
+        env: Environment,
+    ) -> None:
+        with self.sessions() as session:
+            # read and move it under the write lock: a deploy or rollback that supersedes,
+            # cancels or aborts it meanwhile is seen, not overwritten
+            lock_for_writing(session, app_id)
+            d = session.get_one(Deployment, deployment_id)
+            if d.state not in PENDING:
+                return
+            if problem is None:
+                problem, offline = self._hosts_problem(session, names)
+                if offline and not all(self._gone(d.id, h) for h in offline):
+                    why = f"waiting for host(s) {', '.join(offline)} to connect"
+                    if d.reason != why:
+                        d.reason = why
+                        session.commit()
+                    return
+            if problem is not None:
+                self._end(d, "failed", problem)
+                session.commit()
+                self._committed("deployment refused", deployment=d.id, reason=problem)
+                return
+            planned = _write_plan(session, d, names, config, env)
+            d.state, d.reason, d.started_at = "running", None, utcnow()
+            try:
+                session.commit()
+            except IntegrityError:
+                # the database holds one acting deployment per environment: another
+                # got there first (one more scheduler?); this one waits its turn
+                session.rollback()
+                log.warning("deployment not started", extra={"deployment": deployment_id})
+                return
+            self._committed(
+                "deployment started",
+                deployment=d.id,
+                environment=d.environment,
+                release=d.release_id,
+                steps=len(planned),
+            )
+
+    async def _inventory(self, env: Environment, release: Release, deployment_id: int) -> list[str]:
+        if isinstance(env.hosts, list):
+            return list(env.hosts)
+        command = env.hosts
+        assert isinstance(command, HostsCommand)
+        cwd = await self._release_files(release, deployment_id)
+        result = await checks.run_script(command.command, cwd, {}, 60, [])
+        if not result.ok:
+            raise GateError(f"the hosts command failed, nothing changed: {result.line}")
+        lines = result.line.split("\n", 1)[1].splitlines() if "\n" in result.line else []
+        names = [line.strip() for line in lines if line.strip()]
+        if not names:
+            raise GateError(f"the hosts command {command.command!r} printed no host names")
+        return list(dict.fromkeys(names))
+
+    def _hosts_problem(self, session: Session, names: list[str]) -> tuple[str | None, list[str]]:
+        """What stops these hosts from taking a deployment, and which are not connected."""
+        rows = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+        unknown = [n for n in names if n not in rows or rows[n].state == "revoked"]
+        if unknown:
+            return (
+                f"unknown host(s) {', '.join(unknown)}: register them with `conveyor host add`; "
+                "nothing changed"
+            ), []
+        now = utcnow()
+        offline = [
+            n
+            for n in names
+            if rows[n].state != "enrolled"
+            or (seen := rows[n].last_seen) is None
+            or (now - seen).total_seconds() > OFFLINE_AFTER
+        ]
+        if offline:
+            return (
+                f"host(s) not connected for {OFFLINE_GRACE:g} s: {', '.join(offline)}; "
+                "nothing changed"
+            ), offline
+        return None, []
+
+
+def _write_plan(
+    session: Session, d: Deployment, names: list[str], config: Config, env: Environment
+) -> list[PlannedStep]:
+    """Record what each host runs now and the deployment's steps (not committed)."""
+    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+    previous: Targets = {}
+    for name in names:
+        row = next((r for r in hosts[name].apps if r.app_id == d.app_id), None)
+        previous[name] = (
+            [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)] if row else []
+        )
+    ctx = _context(d, names, previous, config, env)
+    planned = (
+        [ctx.switch_step()]
+        if d.kind == "rollback"
+        else STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
+    )
+    d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
+    d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
+    for i, step in enumerate(planned):
+        detail = StepDetail(options=StepOptions.model_validate(step.options()))
+        d.steps.append(
+            DeploymentStep(
+                position=i,
+                kind=step.kind,
+                name=step.name,
+                targets=dump_targets(step.targets),
+                weight=step.weight,
+                detail=detail.model_dump_json(include={"options"}),
+            )
+        )
+    return planned
+
+
+def _context(
+    d: Deployment, hosts: list[str], previous: Targets, config: Config, env: Environment
+) -> Context:
+    return Context(
+        release=d.release_id,
+        hosts=hosts,
+        previous=previous,
+        batch_size=env.batch.size(len(hosts)),
+        steps=tuple(env.steps),
+        step_pause=env.step_pause,
+        analyse=env.analysis is not None,
+        migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
+        monitor=env.monitor,
+    )

@@ -1,0 +1,63 @@
+"""Executing a verify step: the environment's HTTP checks and scripts against the release."""
+
+from __future__ import annotations
+
+import json
+
+from conveyor.config import Config, Environment
+from conveyor.deploy import checks
+from conveyor.deploy.ledger import Ledger, host_views
+from conveyor.deploy.progress import HostView
+from conveyor.store.models import Deployment, DeploymentStep, Release, utcnow
+from conveyor.threads import in_thread
+
+
+class Verifier(Ledger):
+    """The engine's part that runs a deployment's verify step."""
+
+    async def _verify(self, deployment_id: int, step_id: int, env: Environment) -> None:
+        def read() -> tuple[list[str], dict[str, HostView], Release, list[str], dict[str, str]]:
+            with self.sessions() as session:
+                d = session.get_one(Deployment, deployment_id)
+                step = session.get_one(DeploymentStep, step_id)
+                if step.state == "pending":
+                    step.state, step.started_at = "running", utcnow()
+                    session.commit()
+                hosts = json.loads(d.touched)
+                release = d.release
+                meta = {
+                    "CONVEYOR_APP": d.app.name,
+                    "CONVEYOR_ENVIRONMENT": d.environment,
+                    "CONVEYOR_RELEASE": release.id,
+                    "CONVEYOR_SHA": release.sha,
+                    "CONVEYOR_DEPLOYMENT": str(d.id),
+                }
+                secrets = [s.value for s in d.app.secrets]
+                return hosts, host_views(session, hosts), release, secrets, meta
+
+        hosts, views, release, secrets, meta = await in_thread(read)
+        config = Config.model_validate_json(release.config or "{}")
+        assert config.service is not None
+        urls = {n: u for n in hosts if (u := views[n].url(config.service.port))}
+        lines: list[str] = []
+        failed: list[str] = []
+        results = await checks.http_checks(env.verify, urls)
+        lines += [r.line for r in results]
+        failed += [r.line for r in results if not r.ok]
+        scripts = [c for c in env.verify if c.run is not None]
+        if scripts and not failed:
+            cwd = await self._release_files(release, deployment_id)
+            first = next(iter(urls.values()), "")
+            env_vars = meta | {"CONVEYOR_URL": first, "CONVEYOR_URLS": " ".join(urls.values())}
+            for check in scripts:
+                assert check.run is not None
+                result = await checks.run_script(check.run, cwd, env_vars, check.timeout, secrets)
+                lines.append(result.line)
+                if not result.ok:
+                    failed.append(result.line.split("\n", 1)[0])
+                    break
+        await self._log(step_id, lines)
+        if failed:
+            await self._fail_now(deployment_id, step_id, "verify failed: " + "; ".join(failed))
+            return
+        await self._end_step(deployment_id, step_id)
