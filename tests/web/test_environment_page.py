@@ -127,7 +127,8 @@ def wait_ended(server: ServerProcess, run: int, env: str, timeout: float = 240) 
         return d if d and d["state"] in ("succeeded", "failed", "cancelled") else None
 
     found = wait_for(ended, timeout=timeout, interval=0.5)
-    assert found["state"] == "succeeded", found
+    why = [(s["name"], s["state"], s.get("reason")) for s in found["steps"]]
+    assert found["state"] == "succeeded", (found["reason"], why)
     return found
 
 
