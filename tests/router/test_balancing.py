@@ -11,6 +11,7 @@ import httpx
 
 from conveyor.router.embedded import EmbeddedRouter
 from conveyor.router.spec import PREVIEW_HEADER, RouteSpec, Target
+from tests.helpers import wait_for
 from tests.router.backend import Backend
 from tests.router.support import Apps, client, dead_port, release_metrics, run
 
@@ -166,11 +167,8 @@ class Load:
             return sum(self.statuses.values()) + len(self.errors)
 
     def wait_requests(self, count: int) -> None:
-        deadline = time.monotonic() + 10
         target = self.total() + count
-        while self.total() < target:
-            assert time.monotonic() < deadline, "the load stalled"
-            time.sleep(0.01)
+        wait_for(lambda: self.total() >= target, timeout=10, interval=0.01)
 
 
 def test_weight_changes_and_target_swaps_under_load_lose_nothing(
@@ -200,10 +198,9 @@ def test_weight_changes_and_target_swaps_under_load_lose_nothing(
             apps.apply(spec)
             load.wait_requests(300)
         # The agent's way to retire an instance: wait for in_flight 0, then stop it.
-        deadline = time.monotonic() + 5
-        while release_metrics(router, spec.app)["c"].in_flight:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(
+            lambda: not release_metrics(router, spec.app)["c"].in_flight, timeout=5, interval=0.01
+        )
         c.stop()
         load.wait_requests(300)
     assert load.errors == []
@@ -222,8 +219,9 @@ def test_draining_lets_in_flight_requests_finish(
     results: list[httpx.Response] = []
     slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1", results))
     slow.start()
-    time.sleep(0.3)
-    assert release_metrics(router, spec.app)["a"].in_flight == 1
+    wait_for(
+        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
+    )
     apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
     with client(spec) as http:
         assert {http.get("/").text for _ in range(20)} == {"b\n"}
@@ -240,7 +238,9 @@ def test_drain_timeout_cuts_what_is_left(
     results: list[httpx.Response] = []
     slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1.8", results))
     slow.start()
-    time.sleep(0.3)
+    wait_for(
+        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
+    )
     started = time.monotonic()
     apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
     slow.join(timeout=5)
@@ -257,7 +257,9 @@ def test_removing_an_app_closes_its_listener_after_in_flight_requests(
     results: list[httpx.Response] = []
     slow = threading.Thread(target=get_into, args=(spec, "/slow?s=0.8", results))
     slow.start()
-    time.sleep(0.3)
+    wait_for(
+        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
+    )
     run(router.remove(spec.app))
     try:
         get_into(spec, "/", [])
