@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import httpx
 
-from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.spec import PREVIEW_HEADER, RouteSpec, Target
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import PREVIEW_HEADER, RouteSpec, Target
 from tests.helpers import wait_for
 from tests.router.backend import Backend
 from tests.router.support import Apps, client, dead_port, release_metrics, run

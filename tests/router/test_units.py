@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, RouteSpec
 from conveyor.router.backend import _rewrite_head
 from conveyor.router.metrics import Counters, MetricsRegistry, prometheus_text
 from conveyor.router.proxy import App, Proxy
-from conveyor.router.spec import LATENCY_BUCKETS, RouteSpec
 from conveyor.router.upstream import Balancer, Upstream
 
 

@@ -12,9 +12,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from conveyor.router.haproxy import HAProxyRouter
-from conveyor.router.haproxy_runtime import ProcInfo, show_proc
-from conveyor.router.spec import RouteSpec, Target
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.haproxy_runtime import ProcInfo, show_proc
+from conveyor.agent.routing.spec import RouteSpec, Target
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conveyor.router.haproxy import HAProxyRouter
-from conveyor.router.haproxy_state import AppState, new_slots
-from conveyor.router.spec import LATENCY_BUCKETS, PREVIEW_HEADER, RouterError
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.haproxy_state import AppState, new_slots
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, PREVIEW_HEADER, RouterError
 from tests.helpers import free_port, wait_for
 from tests.router_haproxy.backend import Backend
 from tests.router_haproxy.conftest import MakeRouter

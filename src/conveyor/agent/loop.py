@@ -31,6 +31,7 @@ from conveyor.agent.health import wait_healthy
 from conveyor.agent.installer import Installer, InstallError
 from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
+from conveyor.agent.routing.spec import Router, RouterError, RouterMetrics, RouteSpec, Target
 from conveyor.agent.supervisor import Instance, Supervisor
 from conveyor.agent.warmth import Retired, stay_warm
 from conveyor.protocol import (
@@ -42,7 +43,6 @@ from conveyor.protocol import (
     ObservedRelease,
     ObservedState,
 )
-from conveyor.router.spec import Router, RouterError, RouterMetrics, RouteSpec, Target
 
 log = logging.getLogger("conveyor.agent")
 

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from conveyor.router.metrics import prometheus_text
 from conveyor.router.proxy import ApplyError, Proxy
-from conveyor.router.spec import RouteSpec
-from conveyor.router.tinyhttp import Reply, Request, serve_connection
+from conveyor.routespec import RouteSpec
+from conveyor.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.router")
 

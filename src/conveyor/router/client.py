@@ -15,7 +15,7 @@ from httptools import (
 )
 
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
-from conveyor.router.spec import PREVIEW_HEADER
+from conveyor.routespec import PREVIEW_HEADER
 
 if TYPE_CHECKING:
     from conveyor.router.backend import BackendConnection

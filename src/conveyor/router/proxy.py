@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from conveyor.router.client import ClientConnection
 from conveyor.router.metrics import Counters, MetricsRegistry
-from conveyor.router.spec import RouteSpec
 from conveyor.router.upstream import Balancer, Upstream
+from conveyor.routespec import RouteSpec
 
 log = logging.getLogger("conveyor.router")
 
