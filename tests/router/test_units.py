@@ -8,10 +8,11 @@ import pytest
 
 from conveyor.agent.routing.spec import LATENCY_BUCKETS, RouteSpec
 from conveyor.router.backend import _rewrite_head
+from conveyor.router.balancer import Balancer
 from conveyor.router.metrics import Counters, MetricsRegistry, prometheus_text
-from conveyor.router.proxy import App, Proxy
 from conveyor.router.request_head import rewrite_request_head
-from conveyor.router.upstream import Balancer, Upstream
+from conveyor.router.service import App
+from conveyor.router.target import Upstream
 
 
 def ups(**weights: int) -> list[Upstream]:
@@ -107,7 +108,7 @@ def test_prometheus_text_escapes_labels() -> None:
     ],
 )
 def test_cookie_release(cookie: bytes, release: str | None) -> None:
-    app = App(Proxy(), RouteSpec(app="shop", port=8000, sticky=True))
+    app = App(MetricsRegistry(started_at=0.0), RouteSpec(app="shop", port=8000, sticky=True))
     assert app.cookie_release(cookie) == release
 
 

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 if TYPE_CHECKING:
+    # Type-only cycle, on purpose: an exchange owns its backend connection and the
+    # connection reports the response back to it; at run time only exchange imports this.
     from conveyor.router.exchange import Exchange
-    from conveyor.router.upstream import Upstream
+    from conveyor.router.target import Upstream
 
 log = logging.getLogger("conveyor.router")
 

@@ -18,8 +18,9 @@ from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
 from conveyor.router.request_head import rewrite_request_head
 
 if TYPE_CHECKING:
+    # Types only (see the cycles explained in exchange.py and service.py).
     from conveyor.router.backend import BackendConnection
-    from conveyor.router.proxy import App
+    from conveyor.router.service import App
 
 log = logging.getLogger("conveyor.router")
 
