@@ -11,6 +11,7 @@ import httpx
 
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.spec import PREVIEW_HEADER, RouteSpec, Target
+from tests.fleet import LoadGenerator
 from tests.helpers import wait_for
 from tests.router.backend import Backend
 from tests.router.support import Apps, client, dead_port, release_metrics, run
@@ -127,50 +128,6 @@ def get_into(
         results.append(http.get(path, headers=headers))
 
 
-class Load:
-    """16 keep-alive clients hammering an app from threads; every outcome is recorded."""
-
-    def __init__(self, spec: RouteSpec, clients: int = 16) -> None:
-        self.spec = spec
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.statuses: Counter[int] = Counter()
-        self.releases: Counter[str] = Counter()
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._work) for _ in range(clients)]
-
-    def _work(self) -> None:
-        with client(self.spec, limits=httpx.Limits(max_connections=1)) as http:
-            while not self.stop.is_set():
-                try:
-                    answer = http.get("/")
-                except httpx.HTTPError as exc:
-                    with self.lock:
-                        self.errors.append(repr(exc))
-                    continue
-                with self.lock:
-                    self.statuses[answer.status_code] += 1
-                    self.releases[answer.text.strip()] += 1
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.statuses.values()) + len(self.errors)
-
-    def wait_requests(self, count: int) -> None:
-        target = self.total() + count
-        wait_for(lambda: self.total() >= target, timeout=10, interval=0.01)
-
-
 def test_weight_changes_and_target_swaps_under_load_lose_nothing(
     apps: Apps, instances: Instances, router: EmbeddedRouter
 ) -> None:
@@ -191,7 +148,7 @@ def test_weight_changes_and_target_swaps_under_load_lose_nothing(
         targets(a=10, c=90),  # a rollback-like return of a
         targets(a=100),
     ]
-    with Load(spec) as load:
+    with LoadGenerator(f"http://127.0.0.1:{spec.port}/") as load:
         load.wait_requests(200)
         for step in steps:
             spec = spec.model_copy(update={"targets": step})
@@ -203,31 +160,13 @@ def test_weight_changes_and_target_swaps_under_load_lose_nothing(
         )
         c.stop()
         load.wait_requests(300)
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
-    assert set(load.releases) == {"a", "b", "c"}
+    result = load.result
+    assert result.errors == []
+    assert set(result.statuses) == {200}, result.statuses
+    assert set(result.releases) == {"a", "b", "c"}
     counters = release_metrics(router, spec.app)
     assert sum(x.errors_5xx for x in counters.values()) == 0
-    assert sum(x.requests for x in counters.values()) == load.total()
-
-
-def test_draining_lets_in_flight_requests_finish(
-    apps: Apps, instances: Instances, router: EmbeddedRouter
-) -> None:
-    a, b = instances("a", "b")
-    spec = apps.serve({"a": (a.port, 100)})
-    results: list[httpx.Response] = []
-    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1", results))
-    slow.start()
-    wait_for(
-        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
-    )
-    apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
-    with client(spec) as http:
-        assert {http.get("/").text for _ in range(20)} == {"b\n"}
-    slow.join(timeout=5)
-    assert results[0].status_code == 200 and results[0].text == "a slow\n"
-    assert release_metrics(router, spec.app)["a"].in_flight == 0
+    assert sum(x.requests for x in counters.values()) == result.sent
 
 
 def test_drain_timeout_cuts_what_is_left(

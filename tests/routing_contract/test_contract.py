@@ -1,6 +1,9 @@
 """The driver contract: the same tests against both drivers (embedded router, HAProxy).
 
+Weights, changes under load, drain, the preview header, metrics and a restarted driver.
 Each driver gets one router for the module; each test uses its own app and public port.
+What only one driver has (HAProxy's reloads and slot states, the embedded proxy's HTTP
+framing) is tested beside it, in tests/router_haproxy and tests/router.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.spec import PREVIEW_HEADER, Router, RouteSpec, Target
+from tests.fleet import LoadGenerator
 from tests.helpers import free_port, wait_for
 from tests.router.backend import Backend
 from tests.router_haproxy.support import LoopThread
@@ -157,5 +161,65 @@ def test_draining_lets_an_in_flight_request_finish(
     )
     wait_for(lambda: set(bodies(spec, 10)) == {"b"}, timeout=10)
     thread.join(timeout=10)
-    assert results and results[0].status_code == 200
+    assert results and results[0].status_code == 200 and results[0].text == "a slow\n"
+    wait_for(lambda: in_flight() == 0, timeout=5, interval=0.05)
     loop.run(router.remove(spec.app))
+
+
+def _targets(releases: dict[str, Backend], **weights: int) -> list[Target]:
+    return [Target(release=r, port=releases[r].port, weight=w) for r, w in weights.items()]
+
+
+def test_weight_changes_and_target_swaps_under_load_lose_nothing(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    spec = serve(loop, router, "loaded", a=(releases["a"], 100))
+    steps = [
+        _targets(releases, a=90, b=10),
+        _targets(releases, a=0, b=100),
+        _targets(releases, b=100),  # a leaves the spec
+        _targets(releases, a=10, b=90),  # a rollback-like return of a
+        _targets(releases, a=100),
+    ]
+    with LoadGenerator(f"http://127.0.0.1:{spec.port}/", clients=8) as load:
+        load.wait_requests(200)
+        for step in steps:
+            loop.run(router.apply(spec.model_copy(update={"targets": step})))
+            load.wait_requests(200)
+    result = load.result
+    assert result.failures == 0, (result.errors[:5], result.statuses)
+    assert set(result.statuses) == {200} and set(result.releases) == {"a", "b"}
+    loop.run(router.remove(spec.app))
+
+
+def test_a_new_driver_adopts_the_running_router(
+    loop: LoopThread,
+    router: Router,
+    releases: dict[str, Backend],
+    tmp_path: Path,
+) -> None:
+    """The agent restarts; the router process does not: a new driver on the same paths
+    adopts it, with its apps, counters and start time, and drives it from there."""
+    first = _make(router.name, tmp_path)
+    second = _make(router.name, tmp_path)
+    loop.run(first.start())
+    try:
+        spec = serve(loop, first, "adopted", a=(releases["a"], 100))
+        started_at = loop.run(first.metrics()).started_at
+        _close(loop, first)
+        loop.run(second.start())
+        assert loop.run(second.metrics()).started_at == started_at
+        assert set(bodies(spec, 5)) == {"a"}
+        loop.run(second.apply(spec.model_copy(update={"targets": _targets(releases, b=100)})))
+        wait_for(lambda: set(bodies(spec, 10)) == {"b"}, timeout=10)
+    finally:
+        loop.run(second.stop())
+        _close(loop, second)
+
+
+def _close(loop: LoopThread, driver: Router) -> None:
+    """What an exiting agent does to its driver: HAProxy's stops its log receiver; the
+    embedded router's holds nothing open between calls."""
+    close = getattr(driver, "close", None)
+    if close is not None:
+        loop.run(close())
