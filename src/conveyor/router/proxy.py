@@ -188,35 +188,44 @@ class Proxy:
 
     def _sweep_once(self) -> None:
         now = time.monotonic()
+        for app in list(self._all_apps()):
+            self._sweep_clients(app)
+            self._sweep_targets(app, now)
+
+    def _sweep_clients(self, app: App) -> None:
+        """Close idle clients; cut those that stopped reading a response or sending a body."""
         client_ticks = self.client_timeout / TICK
+        for client in list(app.connections):
+            ex = client.current
+            if ex is None:
+                client.idle_ticks += 1
+                if client.idle_ticks > client_ticks:
+                    client.close()
+            elif client.write_paused or (
+                not ex.req_done and client.reading and client.tunnel is None
+            ):
+                # A client that stopped reading its response, or sending its body.
+                client.idle_ticks += 1
+                if client.idle_ticks > client_ticks:
+                    client.abort()
+
+    def _sweep_targets(self, app: App, now: float) -> None:
+        """Lift expired down marks, close idle pooled connections, time out silent instances
+        and forget retired targets once their last connection is gone."""
         backend_ticks = self.backend_timeout / TICK
         pool_ticks = POOL_IDLE_TIMEOUT / TICK
-        for app in list(self._all_apps()):
-            for client in list(app.connections):
-                ex = client.current
+        for up in list(app.all_upstreams()):
+            if up.down and now >= up.down_until:
+                up.down = False
+            for conn in list(cast("set[BackendConnection]", up.conns)):
+                ex = conn.exchange
                 if ex is None:
-                    client.idle_ticks += 1
-                    if client.idle_ticks > client_ticks:
-                        client.close()
-                elif client.write_paused or (
-                    not ex.req_done and client.reading and client.tunnel is None
-                ):
-                    # A client that stopped reading its response, or sending its body.
-                    client.idle_ticks += 1
-                    if client.idle_ticks > client_ticks:
-                        client.abort()
-            for up in list(app.all_upstreams()):
-                if up.down and now >= up.down_until:
-                    up.down = False
-                for conn in list(cast("set[BackendConnection]", up.conns)):
-                    ex = conn.exchange
-                    if ex is None:
-                        conn.idle_ticks += 1
-                        if conn.idle_ticks > pool_ticks:
-                            conn.close()
-                    elif not conn.tunnel and not conn.read_paused and ex.req_done:
-                        conn.idle_ticks += 1
-                        if conn.idle_ticks > backend_ticks:
-                            conn.time_out()
-                if not up.active and not up.conns:
-                    app.retired.discard(up)
+                    conn.idle_ticks += 1
+                    if conn.idle_ticks > pool_ticks:
+                        conn.close()
+                elif not conn.tunnel and not conn.read_paused and ex.req_done:
+                    conn.idle_ticks += 1
+                    if conn.idle_ticks > backend_ticks:
+                        conn.time_out()
+            if not up.active and not up.conns:
+                app.retired.discard(up)
