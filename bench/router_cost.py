@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import free_port, wait_for
 
-from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.haproxy import HAProxyRouter
-from conveyor.router.spec import Router, RouteSpec, Target
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.spec import Router, RouteSpec, Target
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 

@@ -194,6 +194,16 @@ class LoadGenerator:
             t.join(timeout=30)
         return self.result
 
+    def snapshot(self) -> Counter[str]:
+        """The releases that answered so far (a copy)."""
+        with self._lock:
+            return Counter(self.result.releases)
+
+    def wait_requests(self, more: int, timeout: float = 20) -> None:
+        """Wait until `more` requests have been answered (or failed) from now on."""
+        target = self.result.sent + more
+        wait_for(lambda: self.result.sent >= target, timeout=timeout, interval=0.01)
+
     def _client(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         with self._lock:
@@ -218,10 +228,7 @@ class LoadGenerator:
                 if response.will_close:
                     conn.close()
                     conn = None
-                try:
-                    release = str(json.loads(body).get("release", "?"))
-                except (ValueError, AttributeError):
-                    release = "?"
+                release = _release_of(body)
                 with self._lock:
                     self.result.sent += 1
                     self.result.statuses[response.status] += 1
@@ -240,6 +247,16 @@ class LoadGenerator:
                 self._stop.wait(0.01)  # a refused connection fails at once: no busy loop
         if conn is not None:
             conn.close()
+
+
+def _release_of(body: bytes) -> str:
+    """The release that answered: {"release": ...} (the sample app), or a one-line body
+    naming it (the router tests' backends)."""
+    try:
+        return str(json.loads(body).get("release", "?"))
+    except (ValueError, AttributeError):
+        text = body.decode(errors="replace").strip()
+        return text if text and "\n" not in text and len(text) <= 64 else "?"
 
 
 def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from conveyor.router.haproxy_runtime import pid_alive
+from conveyor.agent.routing.haproxy_runtime import pid_alive
 from tests.fleet import AgentProcess
 from tests.helpers import ServerProcess, free_port, wait_for
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from conveyor.agent.installer import Installer
 from conveyor.agent.link import ServerLink
 from conveyor.agent.loop import Reconciler
+from conveyor.agent.routing.spec import RouteSpec
 from conveyor.agent.supervisor import Supervisor
 from conveyor.protocol import (
     DesiredApp,
@@ -24,7 +25,6 @@ from conveyor.protocol import (
     RouterMetrics,
     ServiceSpec,
 )
-from conveyor.router.spec import RouteSpec
 from tests.agent.conftest import APP_COMMAND, APP_SOURCE, file, make_tarball
 from tests.helpers import wait_for_async
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.agent.exporter import ExporterError, MetricsExporter, parse_address
-from conveyor.router.spec import (
+from conveyor.agent.routing.spec import (
     LATENCY_BUCKETS,
     AppMetrics,
     ReleaseCounters,

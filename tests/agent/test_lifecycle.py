@@ -9,9 +9,9 @@ from typing import Any, get_args
 import pytest
 
 from conveyor.agent.lifecycle import Move, Phase, Retire, Retiring, Wanted, retire, want
+from conveyor.agent.routing.spec import Target
 from conveyor.agent.traffic import Hold, Release, Route, plan_route
 from conveyor.protocol import DesiredApp, DesiredRelease, ReleasePhase, ServiceSpec
-from conveyor.router.spec import Target
 
 P = Phase
 NOW = 1000.0

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.agent.routing.spec import ReleaseCounters, RouterMetrics
 from conveyor.analysis.judge import Settings, Verdict, judge_window
 from conveyor.analysis.window import delta
 from conveyor.config import Analysis
-from conveyor.router.spec import ReleaseCounters, RouterMetrics
 from tests.e2e.test_host import World, world_on
 from tests.fleet import LoadGenerator
 from tests.helpers import ServerProcess, wait_for

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.router.embedded import EmbeddedRouter
+from conveyor.agent.routing.embedded import EmbeddedRouter
 from tests.router.backend import Backend
 from tests.router.support import BACKEND_TIMEOUT, Apps, run
 

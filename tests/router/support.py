@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.spec import RouteSpec, Target
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import RouteSpec, Target
 from tests.helpers import free_port
 
 T = TypeVar("T")

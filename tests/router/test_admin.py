@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.spec import LATENCY_BUCKETS, RouterError, RouteSpec, Target
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, RouterError, RouteSpec, Target
 from tests.helpers import free_port
 from tests.router.backend import Backend
 from tests.router.support import Apps, admin, client, release_metrics, run

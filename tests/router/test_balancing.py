@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import httpx
 
-from conveyor.router.embedded import EmbeddedRouter
-from conveyor.router.spec import PREVIEW_HEADER, RouteSpec, Target
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import PREVIEW_HEADER, RouteSpec, Target
+from tests.fleet import LoadGenerator
+from tests.helpers import wait_for
 from tests.router.backend import Backend
 from tests.router.support import Apps, client, dead_port, release_metrics, run
 
@@ -126,53 +128,6 @@ def get_into(
         results.append(http.get(path, headers=headers))
 
 
-class Load:
-    """16 keep-alive clients hammering an app from threads; every outcome is recorded."""
-
-    def __init__(self, spec: RouteSpec, clients: int = 16) -> None:
-        self.spec = spec
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.statuses: Counter[int] = Counter()
-        self.releases: Counter[str] = Counter()
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._work) for _ in range(clients)]
-
-    def _work(self) -> None:
-        with client(self.spec, limits=httpx.Limits(max_connections=1)) as http:
-            while not self.stop.is_set():
-                try:
-                    answer = http.get("/")
-                except httpx.HTTPError as exc:
-                    with self.lock:
-                        self.errors.append(repr(exc))
-                    continue
-                with self.lock:
-                    self.statuses[answer.status_code] += 1
-                    self.releases[answer.text.strip()] += 1
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-
-    def total(self) -> int:
-        with self.lock:
-            return sum(self.statuses.values()) + len(self.errors)
-
-    def wait_requests(self, count: int) -> None:
-        deadline = time.monotonic() + 10
-        target = self.total() + count
-        while self.total() < target:
-            assert time.monotonic() < deadline, "the load stalled"
-            time.sleep(0.01)
-
-
 def test_weight_changes_and_target_swaps_under_load_lose_nothing(
     apps: Apps, instances: Instances, router: EmbeddedRouter
 ) -> None:
@@ -193,43 +148,25 @@ def test_weight_changes_and_target_swaps_under_load_lose_nothing(
         targets(a=10, c=90),  # a rollback-like return of a
         targets(a=100),
     ]
-    with Load(spec) as load:
+    with LoadGenerator(f"http://127.0.0.1:{spec.port}/") as load:
         load.wait_requests(200)
         for step in steps:
             spec = spec.model_copy(update={"targets": step})
             apps.apply(spec)
             load.wait_requests(300)
         # The agent's way to retire an instance: wait for in_flight 0, then stop it.
-        deadline = time.monotonic() + 5
-        while release_metrics(router, spec.app)["c"].in_flight:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(
+            lambda: not release_metrics(router, spec.app)["c"].in_flight, timeout=5, interval=0.01
+        )
         c.stop()
         load.wait_requests(300)
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
-    assert set(load.releases) == {"a", "b", "c"}
+    result = load.result
+    assert result.errors == []
+    assert set(result.statuses) == {200}, result.statuses
+    assert set(result.releases) == {"a", "b", "c"}
     counters = release_metrics(router, spec.app)
     assert sum(x.errors_5xx for x in counters.values()) == 0
-    assert sum(x.requests for x in counters.values()) == load.total()
-
-
-def test_draining_lets_in_flight_requests_finish(
-    apps: Apps, instances: Instances, router: EmbeddedRouter
-) -> None:
-    a, b = instances("a", "b")
-    spec = apps.serve({"a": (a.port, 100)})
-    results: list[httpx.Response] = []
-    slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1", results))
-    slow.start()
-    time.sleep(0.3)
-    assert release_metrics(router, spec.app)["a"].in_flight == 1
-    apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
-    with client(spec) as http:
-        assert {http.get("/").text for _ in range(20)} == {"b\n"}
-    slow.join(timeout=5)
-    assert results[0].status_code == 200 and results[0].text == "a slow\n"
-    assert release_metrics(router, spec.app)["a"].in_flight == 0
+    assert sum(x.requests for x in counters.values()) == result.sent
 
 
 def test_drain_timeout_cuts_what_is_left(
@@ -240,7 +177,9 @@ def test_drain_timeout_cuts_what_is_left(
     results: list[httpx.Response] = []
     slow = threading.Thread(target=get_into, args=(spec, "/slow?s=1.8", results))
     slow.start()
-    time.sleep(0.3)
+    wait_for(
+        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
+    )
     started = time.monotonic()
     apps.apply(spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]}))
     slow.join(timeout=5)
@@ -257,7 +196,9 @@ def test_removing_an_app_closes_its_listener_after_in_flight_requests(
     results: list[httpx.Response] = []
     slow = threading.Thread(target=get_into, args=(spec, "/slow?s=0.8", results))
     slow.start()
-    time.sleep(0.3)
+    wait_for(
+        lambda: release_metrics(router, spec.app)["a"].in_flight == 1, timeout=10, interval=0.02
+    )
     run(router.remove(spec.app))
     try:
         get_into(spec, "/", [])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.router.embedded import EmbeddedRouter
+from conveyor.agent.routing.embedded import EmbeddedRouter
 from tests.router.backend import Backend, pattern
 from tests.router.support import (
     BACKEND_TIMEOUT,

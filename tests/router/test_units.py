@@ -6,11 +6,13 @@ from collections import Counter
 
 import pytest
 
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, RouteSpec
 from conveyor.router.backend import _rewrite_head
+from conveyor.router.balancer import Balancer
 from conveyor.router.metrics import Counters, MetricsRegistry, prometheus_text
-from conveyor.router.proxy import App, Proxy
-from conveyor.router.spec import LATENCY_BUCKETS, RouteSpec
-from conveyor.router.upstream import Balancer, Upstream
+from conveyor.router.request_head import rewrite_request_head
+from conveyor.router.service import App
+from conveyor.router.target import Upstream
 
 
 def ups(**weights: int) -> list[Upstream]:
@@ -106,7 +108,7 @@ def test_prometheus_text_escapes_labels() -> None:
     ],
 )
 def test_cookie_release(cookie: bytes, release: str | None) -> None:
-    app = App(Proxy(), RouteSpec(app="shop", port=8000, sticky=True))
+    app = App(MetricsRegistry(started_at=0.0), RouteSpec(app="shop", port=8000, sticky=True))
     assert app.cookie_release(cookie) == release
 
 
@@ -137,3 +139,53 @@ def test_cookie_release(cookie: bytes, release: str | None) -> None:
 def test_response_head_rewrite(block: bytes, upgrade: bool, head: bytes, chunked: bool) -> None:
     rewritten, was_chunked = _rewrite_head(block, upgrade)
     assert bytes(rewritten) == head and was_chunked == chunked
+
+
+@pytest.mark.parametrize(
+    ("headers", "upgrade", "head", "framing"),
+    [
+        (
+            [(b"Host", b"a.example"), (b"Accept", b"*/*")],
+            False,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.9"
+            b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.example\r\n\r\n",
+            (False, False, False, None, None),
+        ),
+        (
+            [
+                (b"X-Forwarded-For", b"1.2.3.4"),
+                (b"Connection", b"keep-alive, X-Secret"),
+                (b"X-Secret", b"s"),
+                (b"Keep-Alive", b"5"),
+                (b"Transfer-Encoding", b"chunked"),
+                (b"Cookie", b"c=1"),
+                (b"X-Conveyor-Release", b"v1"),
+                (b"X-Conveyor-Release", b"v2"),
+            ],
+            False,
+            b"GET / HTTP/1.1\r\nCookie: c=1\r\nX-Conveyor-Release: v1\r\n"
+            b"X-Conveyor-Release: v2\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n"
+            b"X-Forwarded-Proto: http\r\nHost: localhost\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            (True, True, True, b"c=1", b"v2"),
+        ),
+        (
+            [(b"Host", b"h"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")],
+            True,
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.9\r\n"
+            b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            (False, False, True, None, None),
+        ),
+    ],
+    ids=["plain", "hop-by-hop, chunked, cookie, preview", "upgrade"],
+)
+def test_request_head_rewrite(
+    headers: list[tuple[bytes, bytes]],
+    upgrade: bool,
+    head: bytes,
+    framing: tuple[bool, bool, bool, bytes | None, bytes | None],
+) -> None:
+    req = rewrite_request_head(b"GET", b"/", headers, b"10.0.0.9", upgrade)
+    assert req.head == head
+    assert (req.chunked, req.has_body, req.connection, req.cookie, req.preview) == framing

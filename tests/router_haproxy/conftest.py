@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.router.haproxy import HAProxyRouter
+from conveyor.agent.routing.haproxy import HAProxyRouter
 from tests.router_haproxy.backend import Backend
 from tests.router_haproxy.support import LoopThread
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.router.haproxy_config import PIN_SPREAD, Paths, runtime_commands
-from conveyor.router.haproxy_logs import bucket_index, parse_line
-from conveyor.router.haproxy_runtime import parse_proc, parse_stat
-from conveyor.router.haproxy_state import (
+from conveyor.agent.routing.haproxy_config import PIN_SPREAD, Paths, runtime_commands
+from conveyor.agent.routing.haproxy_logs import bucket_index, parse_line
+from conveyor.agent.routing.haproxy_runtime import parse_proc, parse_stat
+from conveyor.agent.routing.haproxy_state import (
     AppState,
     RouterState,
     Slot,
@@ -21,7 +21,7 @@ from conveyor.router.haproxy_state import (
     previews,
     previews_meanwhile,
 )
-from conveyor.router.spec import LATENCY_BUCKETS, RouterError, Target
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, RouterError, Target
 
 
 def _slots(*specs: str) -> list[Slot]:
@@ -307,7 +307,7 @@ def test_long_workdirs_get_their_sockets_in_a_short_directory(tmp_path: Path) ->
 
 
 def test_long_workdirs_get_sockets_haproxy_can_bind(tmp_path: Path) -> None:
-    from conveyor.router.haproxy_config import MAX_SOCKET_PATH, Paths
+    from conveyor.agent.routing.haproxy_config import MAX_SOCKET_PATH, Paths
 
     short = Paths.for_workdir(tmp_path / "h")
     assert short.rundir == (tmp_path / "h").resolve() or len(str(tmp_path)) > 70

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 
+from conveyor.agent.routing.spec import Router
 from conveyor.router.metrics import prometheus_text
-from conveyor.router.spec import Router
-from conveyor.router.tinyhttp import Reply, Request, serve_connection
+from conveyor.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.agent")
 

@@ -26,6 +26,7 @@ from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wante
 from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
 from conveyor.agent.report import converged, observed_apps
+from conveyor.agent.routing.spec import Router, RouterError, RouterMetrics, RouteSpec
 from conveyor.agent.runtime import ReleaseRuntime
 from conveyor.agent.supervisor import Supervisor
 from conveyor.agent.traffic import Hold, Release, plan_route
@@ -37,7 +38,6 @@ from conveyor.protocol import (
     MigrationResult,
     ObservedState,
 )
-from conveyor.router.spec import Router, RouterError, RouterMetrics, RouteSpec
 
 __all__ = ["DEFAULT_KEEP_WARM", "DEFAULT_KEEP_WARM_RELEASES", "Reconciler", "ReleaseRuntime"]
 

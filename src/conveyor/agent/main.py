@@ -16,9 +16,9 @@ from conveyor.agent.exporter import ExporterError, MetricsExporter
 from conveyor.agent.installer import Installer
 from conveyor.agent.link import LONG_POLL_MAX, EnrolmentError, Revoked, ServerLink
 from conveyor.agent.loop import Reconciler
+from conveyor.agent.routing.spec import Router
 from conveyor.agent.supervisor import Supervisor
 from conveyor.logs import setup_logging
-from conveyor.router.spec import Router
 
 log = logging.getLogger("conveyor.agent")
 
@@ -30,10 +30,10 @@ RETRY_MAX = 5.0
 
 def make_router(kind: str, data: Path) -> Router:
     if kind == "haproxy":
-        from conveyor.router.haproxy import HAProxyRouter
+        from conveyor.agent.routing.haproxy import HAProxyRouter
 
         return HAProxyRouter(data / "haproxy")
-    from conveyor.router.embedded import EmbeddedRouter
+    from conveyor.agent.routing.embedded import EmbeddedRouter
 
     return EmbeddedRouter(data / "router.sock", data / "router.log")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from conveyor.agent.lifecycle import Phase
+from conveyor.agent.routing.spec import RouteSpec
 from conveyor.agent.runtime import ReleaseRuntime
 from conveyor.protocol import (
     DesiredState,
@@ -12,7 +13,6 @@ from conveyor.protocol import (
     ObservedApp,
     ObservedRelease,
 )
-from conveyor.router.spec import RouteSpec
 
 __all__ = ["converged", "observed_apps"]
 

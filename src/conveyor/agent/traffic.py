@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from conveyor.agent.lifecycle import Phase
+from conveyor.agent.routing.spec import RouteSpec, Target
 from conveyor.protocol import DesiredApp, DesiredRelease
-from conveyor.router.spec import RouteSpec, Target
 
 __all__ = ["Hold", "Release", "Route", "plan_route"]
 

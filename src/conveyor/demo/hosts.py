@@ -108,8 +108,8 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
 
 def stop_hosts(hosts: list[LocalHost]) -> None:
     """Stop the agents, then what outlives them by design: their instances and routers."""
+    from conveyor.agent.routing.embedded import EmbeddedRouter
     from conveyor.agent.supervisor import Supervisor
-    from conveyor.router.embedded import EmbeddedRouter
 
     started = [h for h in hosts if h.agent is not None]
     for host in started:

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from conveyor.router.metrics import prometheus_text
 from conveyor.router.proxy import ApplyError, Proxy
-from conveyor.router.spec import RouteSpec
-from conveyor.router.tinyhttp import Reply, Request, serve_connection
+from conveyor.routespec import RouteSpec
+from conveyor.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.router")
 
@@ -122,22 +122,26 @@ class AdminServer:
             asyncio.get_running_loop().call_soon(self.on_shutdown)
             return _reply(202, {"status": "stopping"})
         if path.startswith("/apps/"):
-            name = path.removeprefix("/apps/")
-            if not name or "/" in name:
-                return _error(404, f"no such resource: {path}")
-            if method == "PUT":
-                return await self._put(name, body)
-            if method == "DELETE":
-                if await proxy.remove(name):
-                    return _reply(200, {"removed": name})
-                return _error(404, f"no app named {name!r} on this router")
-            if method == "GET":
-                spec = proxy.specs().get(name)
-                if spec is None:
-                    return _error(404, f"no app named {name!r} on this router")
-                return _reply(200, spec.model_dump(mode="json"))
-            return _error(405, f"{method} is not allowed on {path}")
+            return await self._app_resource(method, path, body)
         return _error(404, f"no such resource: {method} {path}")
+
+    async def _app_resource(self, method: str, path: str, body: bytes) -> Reply:
+        """/apps/NAME: PUT a RouteSpec, DELETE the app, GET its spec."""
+        name = path.removeprefix("/apps/")
+        if not name or "/" in name:
+            return _error(404, f"no such resource: {path}")
+        if method == "PUT":
+            return await self._put(name, body)
+        if method == "DELETE":
+            if await self.proxy.remove(name):
+                return _reply(200, {"removed": name})
+            return _error(404, f"no app named {name!r} on this router")
+        if method == "GET":
+            spec = self.proxy.specs().get(name)
+            if spec is None:
+                return _error(404, f"no app named {name!r} on this router")
+            return _reply(200, spec.model_dump(mode="json"))
+        return _error(405, f"{method} is not allowed on {path}")
 
     async def _put(self, name: str, body: bytes) -> Reply:
         try:

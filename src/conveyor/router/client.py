@@ -15,58 +15,18 @@ from httptools import (
 )
 
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
-from conveyor.router.spec import PREVIEW_HEADER
+from conveyor.router.request_head import rewrite_request_head
 
 if TYPE_CHECKING:
+    # Types only (see the cycles explained in exchange.py and service.py).
     from conveyor.router.backend import BackendConnection
-    from conveyor.router.proxy import App
+    from conveyor.router.service import App
 
 log = logging.getLogger("conveyor.router")
 
 MAX_HEADER_BYTES = 64 * 1024
 # Seconds a refused client's connection is kept half-open so that it reads the answer.
 LINGER = 2.0
-
-# Request headers the proxy looks at; the rest are relayed untouched.
-_HOST, _XFF, _XFP, _XFH, _COOKIE, _LENGTH, _TE, _CONNECTION, _UPGRADE, _HOP, _PREVIEW = range(11)
-_SPECIAL = {
-    b"host": _HOST,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFP,
-    b"x-forwarded-host": _XFH,
-    b"cookie": _COOKIE,
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"connection": _CONNECTION,
-    b"upgrade": _UPGRADE,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-    PREVIEW_HEADER.lower().encode(): _PREVIEW,
-}
-_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-
-
-_PLAIN = -1
-# Header names as clients spell them -> their kind; grows with the spellings seen.
-_KINDS: dict[bytes, int] = {}
-
-
-def _kind(name: bytes) -> int:
-    kind = _SPECIAL.get(name.lower(), _PLAIN)
-    if len(_KINDS) < 4096:
-        _KINDS[name] = kind
-    return kind
-
-
-def _drop_listed(head: bytes, listed: list[bytes]) -> bytes:
-    """Drop the headers that the client's Connection header names as hop-by-hop."""
-    lines = head.split(b"\r\n")
-    kept = [
-        line for line in lines[1:] if line and line.split(b":", 1)[0].strip().lower() not in listed
-    ]
-    return b"\r\n".join([lines[0], *kept]) + b"\r\n\r\n"
 
 
 class _Reject(Exception):
@@ -324,88 +284,31 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(405, "CONNECT is not supported")
         upgrade = parser.should_upgrade()
         keep_alive = parser.should_keep_alive()
-        parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
-        host = xff = cookie = upgrade_to = preview = None
-        xfp = xfh = chunked = has_body = connection = False
-        listed: list[bytes] | None = None
-        kinds = _KINDS
-        for name, value in self.headers:
-            kind = kinds.get(name)
-            if kind is None:
-                kind = _kind(name)
-            if kind == _PLAIN:
-                parts += (name, b": ", value, b"\r\n")
-                continue
-            if kind == _HOP:
-                continue
-            if kind == _HOST:
-                host = value
-            elif kind == _LENGTH:
-                has_body = value.strip() != b"0"
-            elif kind == _TE:
-                chunked = has_body = True
-                continue
-            elif kind == _CONNECTION:
-                connection = True
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token not in _CONNECTION_TOKENS:
-                        listed = listed or []
-                        listed.append(token)
-                continue
-            elif kind == _UPGRADE:
-                upgrade_to = value
-                continue
-            elif kind == _XFF:
-                xff = value
-                continue
-            elif kind == _XFP:
-                xfp = True
-            elif kind == _XFH:
-                xfh = True
-            elif kind == _COOKIE:
-                cookie = value
-            elif kind == _PREVIEW:
-                preview = value  # the last one counts, as with HAProxy's req.fhdr
-            parts += (name, b": ", value, b"\r\n")
-        peer = self.peer
-        if xff:
-            parts += (b"X-Forwarded-For: ", xff, b", ", peer, b"\r\n")
-        else:
-            parts += (b"X-Forwarded-For: ", peer, b"\r\n")
-        if not xfp:
-            parts.append(b"X-Forwarded-Proto: http\r\n")
-        if host is None:
-            parts.append(b"Host: localhost\r\n")
-        elif not xfh:
-            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
-        if chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if upgrade and upgrade_to is not None:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade_to, b"\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        if listed:
-            head = _drop_listed(head, listed)
+        req = rewrite_request_head(method, self.url, self.headers, self.peer, upgrade)
         # Only HTTP/1.1 keeps a connection alive without saying so: skip formatting the
         # version in the common case.
-        http10 = (connection or not keep_alive) and parser.get_http_version() == "1.0"
+        http10 = (req.connection or not keep_alive) and parser.get_http_version() == "1.0"
         app = self.app
         cookie_release = None
-        if cookie is not None and app.sticky:
-            cookie_release = app.cookie_release(cookie)
+        if req.cookie is not None and app.sticky:
+            cookie_release = app.cookie_release(req.cookie)
+        preview = req.preview
         ex = Exchange(
             self,
             method,
-            head,
+            req.head,
             keep_alive and not upgrade,
             http10,
             upgrade,
-            chunked,
-            has_body,
+            req.chunked,
+            req.has_body,
             cookie_release,
             None if preview is None else preview.strip().decode("latin-1"),
         )
+        self._enqueue(ex)
+
+    def _enqueue(self, ex: Exchange) -> None:
+        """Answer `ex` now, or after the exchanges pipelined before it."""
         self.parsing = self.last = ex
         if self.current is None:
             self.current = ex

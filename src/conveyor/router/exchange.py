@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from conveyor.router.backend import BackendConnection
 
 if TYPE_CHECKING:
+    # Type-only cycle, on purpose: a client connection creates its exchanges and each
+    # exchange writes the response back to it (and reads its service); at run time only
+    # client imports this module.
     from conveyor.router.client import ClientConnection
     from conveyor.router.metrics import Counters
-    from conveyor.router.proxy import App
-    from conveyor.router.upstream import Upstream
+    from conveyor.router.service import App
+    from conveyor.router.target import Upstream
 
 log = logging.getLogger("conveyor.router")
 
@@ -157,7 +160,8 @@ class Exchange:
                 counters = up.counters = self.app.counters(up.release)
             self.counters = counters
             counters.in_flight += 1
-        conn = up.take_idle()
+        # the pool holds this module's connections only (target.py types it by a protocol)
+        conn = cast("BackendConnection | None", up.take_idle())
         if conn is not None:
             self._send(conn)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from conveyor.router.spec import (
+from conveyor.routespec import (
     LATENCY_BUCKETS,
     AppMetrics,
     ReleaseCounters,

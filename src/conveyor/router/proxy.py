@@ -1,8 +1,10 @@
 """The embedded router's data plane: one listener per app, targets swapped atomically.
 
-The HTTP work happens in `client.py` (requests from clients), `exchange.py` (one
-request relayed to a target) and `backend.py` (the pooled connections to
-instances); this module owns the apps, their listeners and the periodic sweep.
+One file per domain type: `service.py` (an app: listener, targets, balancer, clients),
+`target.py` (an instance and its connection pool), `balancer.py` (the weighted choice),
+`client.py` (requests from clients), `request_head.py` (a request head as relayed),
+`exchange.py` (one request relayed to a target) and `backend.py` (the pooled connections
+to instances); this module owns the apps, applies specs and runs the periodic sweep.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
+from conveyor.router.balancer import Balancer
 from conveyor.router.client import ClientConnection
-from conveyor.router.metrics import Counters, MetricsRegistry
-from conveyor.router.spec import RouteSpec
-from conveyor.router.upstream import Balancer, Upstream
+from conveyor.router.metrics import MetricsRegistry
+from conveyor.router.service import App
+from conveyor.routespec import RouteSpec
+
+if TYPE_CHECKING:
+    from conveyor.router.backend import BackendConnection
 
 log = logging.getLogger("conveyor.router")
 
@@ -36,97 +43,6 @@ class ApplyError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class App:
-    """One app: its spec, listener, targets and client connections."""
-
-    def __init__(self, proxy: Proxy, spec: RouteSpec) -> None:
-        self.proxy = proxy
-        self.name = spec.app
-        self.spec = spec
-        self.server: asyncio.Server | None = None
-        self.upstreams: dict[tuple[str, str, int], Upstream] = {}
-        self.retired: set[Upstream] = set()
-        self.balancer = Balancer([])
-        self.connections: set[ClientConnection] = set()
-        self.sticky = spec.sticky
-        self.cookie_name = f"conveyor_release_{spec.app}"
-        self._cookie_key = self.cookie_name.encode() + b"="
-        self.removed = False
-        self.drained: asyncio.Event | None = None
-        self._counters: dict[str, Counters] = {}
-
-    def counters(self, release: str) -> Counters:
-        counters = self._counters.get(release)
-        if counters is None:
-            counters = self._counters[release] = self.proxy.metrics.counters(self.name, release)
-        return counters
-
-    def cookie_header(self, release: str) -> bytes:
-        return (
-            f"Set-Cookie: {self.cookie_name}={release}; Path=/; HttpOnly; SameSite=Lax\r\n"
-        ).encode()
-
-    def cookie_release(self, cookie: bytes) -> str | None:
-        key = self._cookie_key
-        start = 0
-        while True:
-            i = cookie.find(key, start)
-            if i < 0:
-                return None
-            if i == 0 or cookie[i - 1] in b" ;":
-                end = cookie.find(b";", i)
-                value = cookie[i + len(key) : end if end >= 0 else len(cookie)]
-                return value.strip().decode("latin-1")
-            start = i + 1
-
-    def all_upstreams(self) -> Iterator[Upstream]:
-        yield from self.upstreams.values()
-        yield from self.retired
-
-    def set_targets(self, spec: RouteSpec) -> None:
-        """Swap in the targets of a new spec; in-flight requests keep their connections."""
-        self.spec = spec
-        self.sticky = spec.sticky
-        fresh: dict[tuple[str, str, int], Upstream] = {}
-        for target in spec.targets:
-            key = (target.release, target.host, target.port)
-            up = self.upstreams.get(key)
-            if up is None:
-                # A target that comes back while draining keeps its connections.
-                up = next((u for u in self.retired if _key(u) == key), None)
-                if up is not None:
-                    self.retired.discard(up)
-                else:
-                    up = Upstream(
-                        target.release,
-                        target.host,
-                        target.port,
-                        target.weight,
-                        self.counters(target.release),
-                    )
-            up.weight = target.weight
-            if target.weight > 0:
-                up.activate()
-            else:
-                up.retire(spec.drain_timeout)
-            fresh[key] = up
-        for key, up in self.upstreams.items():
-            if key not in fresh:
-                up.retire(spec.drain_timeout)
-                self.retired.add(up)
-        self.upstreams = fresh
-        self.balancer = Balancer(list(fresh.values()))
-
-    def connection_lost(self, client: ClientConnection) -> None:
-        self.connections.discard(client)
-        if self.removed and not self.connections and self.drained is not None:
-            self.drained.set()
-
-
-def _key(up: Upstream) -> tuple[str, str, int]:
-    return (up.release, up.host, up.port)
 
 
 def _bind(bind: str, port: int) -> socket.socket:
@@ -183,7 +99,7 @@ class Proxy:
         old_server = None
         if app is None or (app.spec.port, app.spec.bind) != (spec.port, spec.bind):
             sock = _bind(spec.bind, spec.port)
-            new_app = app or App(self, spec)
+            new_app = app or App(self.metrics, spec)
             loop = asyncio.get_running_loop()
             try:
                 server = await loop.create_server(
@@ -272,35 +188,44 @@ class Proxy:
 
     def _sweep_once(self) -> None:
         now = time.monotonic()
+        for app in list(self._all_apps()):
+            self._sweep_clients(app)
+            self._sweep_targets(app, now)
+
+    def _sweep_clients(self, app: App) -> None:
+        """Close idle clients; cut those that stopped reading a response or sending a body."""
         client_ticks = self.client_timeout / TICK
+        for client in list(app.connections):
+            ex = client.current
+            if ex is None:
+                client.idle_ticks += 1
+                if client.idle_ticks > client_ticks:
+                    client.close()
+            elif client.write_paused or (
+                not ex.req_done and client.reading and client.tunnel is None
+            ):
+                # A client that stopped reading its response, or sending its body.
+                client.idle_ticks += 1
+                if client.idle_ticks > client_ticks:
+                    client.abort()
+
+    def _sweep_targets(self, app: App, now: float) -> None:
+        """Lift expired down marks, close idle pooled connections, time out silent instances
+        and forget retired targets once their last connection is gone."""
         backend_ticks = self.backend_timeout / TICK
         pool_ticks = POOL_IDLE_TIMEOUT / TICK
-        for app in list(self._all_apps()):
-            for client in list(app.connections):
-                ex = client.current
+        for up in list(app.all_upstreams()):
+            if up.down and now >= up.down_until:
+                up.down = False
+            for conn in list(cast("set[BackendConnection]", up.conns)):
+                ex = conn.exchange
                 if ex is None:
-                    client.idle_ticks += 1
-                    if client.idle_ticks > client_ticks:
-                        client.close()
-                elif client.write_paused or (
-                    not ex.req_done and client.reading and client.tunnel is None
-                ):
-                    # A client that stopped reading its response, or sending its body.
-                    client.idle_ticks += 1
-                    if client.idle_ticks > client_ticks:
-                        client.abort()
-            for up in list(app.all_upstreams()):
-                if up.down and now >= up.down_until:
-                    up.down = False
-                for conn in list(up.conns):
-                    ex = conn.exchange
-                    if ex is None:
-                        conn.idle_ticks += 1
-                        if conn.idle_ticks > pool_ticks:
-                            conn.close()
-                    elif not conn.tunnel and not conn.read_paused and ex.req_done:
-                        conn.idle_ticks += 1
-                        if conn.idle_ticks > backend_ticks:
-                            conn.time_out()
-                if not up.active and not up.conns:
-                    app.retired.discard(up)
+                    conn.idle_ticks += 1
+                    if conn.idle_ticks > pool_ticks:
+                        conn.close()
+                elif not conn.tunnel and not conn.read_paused and ex.req_done:
+                    conn.idle_ticks += 1
+                    if conn.idle_ticks > backend_ticks:
+                        conn.time_out()
+            if not up.active and not up.conns:
+                app.retired.discard(up)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from conveyor.router.spec import LATENCY_BUCKETS, ReleaseCounters, RouterError, Target
+from conveyor.agent.routing.spec import LATENCY_BUCKETS, ReleaseCounters, RouterError, Target
 
 STATE_VERSION = 1
 APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -1,12 +1,11 @@
-"""What the agent tells a router, and what a router reports: the driver seam's data.
+"""What the agent tells its host's router, and what the router reports: the admin wire.
 
-Both backends (the embedded proxy and HAProxy) take a `RouteSpec` per app and
-report `RouterMetrics`; the agent never knows which one it is talking to.
+Both sides import this module: the router process (`conveyor.router`, the data plane)
+parses a `RouteSpec` per app from its admin socket, and the agent's drivers
+(`conveyor.agent.routing`) send it. Neither side imports the other.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,8 +24,6 @@ __all__ = [
     "AppMetrics",
     "ReleaseCounters",
     "RouteSpec",
-    "Router",
-    "RouterError",
     "RouterMetrics",
     "Target",
 ]
@@ -62,31 +59,3 @@ class RouteSpec(Model):
     targets: list[Target] = []
     sticky: bool = Field(default=False, description="pin a client to a release by cookie")
     drain_timeout: float = Field(default=30.0, ge=0)
-
-
-class RouterError(Exception):
-    """A router refused an operation or cannot be reached; the message says why."""
-
-
-class Router(Protocol):
-    """The driver seam: the agent drives any router backend through these calls."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Make sure the router process runs (start it if needed, adopt it if it does)."""
-
-    async def alive(self) -> bool:
-        """Whether the router process answers on its admin interface."""
-
-    async def apply(self, spec: RouteSpec) -> None:
-        """Set the listener, targets and weights of one app, without dropping a request."""
-
-    async def remove(self, app: str) -> None:
-        """Stop serving an app (its listener closes after in-flight requests finish)."""
-
-    async def metrics(self) -> RouterMetrics:
-        """Counters per app and release."""
-
-    async def stop(self) -> None:
-        """Stop the router process (used by tests and `conveyor agent --stop-router`)."""

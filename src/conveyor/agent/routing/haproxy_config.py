@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.router.haproxy_state import AppState, Slot, pins, previews, slot_releases
-from conveyor.router.spec import PREVIEW_HEADER, RouterError
+from conveyor.agent.routing.haproxy_state import AppState, Slot, pins, previews, slot_releases
+from conveyor.agent.routing.spec import PREVIEW_HEADER, RouterError
 
 COOKIE = "conveyor_release"
 LOG_TAG = "cvy1"

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conveyor.router.haproxy_config import Paths, app_of_backend
-from conveyor.router.spec import RouterError
+from conveyor.agent.routing.haproxy_config import Paths, app_of_backend
+from conveyor.agent.routing.spec import RouterError
 
 CLI_TIMEOUT = 5.0
 MIN_VERSION = (2, 4)  # prepare/commit map, use-server with a log-format name

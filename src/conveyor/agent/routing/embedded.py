@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from conveyor.router.spec import RouterError, RouterMetrics, RouteSpec
+from conveyor.agent.routing.spec import RouterError, RouterMetrics, RouteSpec
 
 _BASE = "http://router"
 _HEALTH_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n"

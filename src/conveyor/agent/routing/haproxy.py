@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from conveyor.router.haproxy_config import (
+from conveyor.agent.routing.haproxy_config import (
     PIN_SPREAD,
     Paths,
     app_of_backend,
@@ -33,8 +33,8 @@ from conveyor.router.haproxy_config import (
     write_atomic,
     write_maps,
 )
-from conveyor.router.haproxy_logs import LogReceiver, Sample, bucket_index
-from conveyor.router.haproxy_runtime import (
+from conveyor.agent.routing.haproxy_logs import LogReceiver, Sample, bucket_index
+from conveyor.agent.routing.haproxy_runtime import (
     ProcInfo,
     check_version,
     connect_failures,
@@ -50,7 +50,7 @@ from conveyor.router.haproxy_runtime import (
     validate,
     wait_ready,
 )
-from conveyor.router.haproxy_state import (
+from conveyor.agent.routing.haproxy_state import (
     AppState,
     RouterState,
     Totals,
@@ -67,7 +67,7 @@ from conveyor.router.haproxy_state import (
     slot_releases,
     validate_targets,
 )
-from conveyor.router.spec import (
+from conveyor.agent.routing.spec import (
     AppMetrics,
     RouterError,
     RouterMetrics,
@@ -76,7 +76,7 @@ from conveyor.router.spec import (
 
 __all__ = ["HAProxyRouter", "RouterError"]
 
-log = logging.getLogger("conveyor.router.haproxy")
+log = logging.getLogger("conveyor.agent.routing.haproxy")
 
 JANITOR_EVERY = 0.25
 

@@ -19,8 +19,8 @@ import socket
 from bisect import bisect_left
 from collections.abc import Callable
 
-from conveyor.router.haproxy_config import LOG_TAG
-from conveyor.router.spec import LATENCY_BUCKETS
+from conveyor.agent.routing.haproxy_config import LOG_TAG
+from conveyor.agent.routing.spec import LATENCY_BUCKETS
 
 # (app backend, server slot, HTTP status, latency in seconds)
 Sample = tuple[str, str, int, float]

@@ -1,0 +1,225 @@
+"""The driver contract: the same tests against both drivers (embedded router, HAProxy).
+
+Weights, changes under load, drain, the preview header, metrics and a restarted driver.
+Each driver gets one router for the module; each test uses its own app and public port.
+What only one driver has (HAProxy's reloads and slot states, the embedded proxy's HTTP
+framing) is tested beside it, in tests/router_haproxy and tests/router.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.spec import PREVIEW_HEADER, Router, RouteSpec, Target
+from tests.fleet import LoadGenerator
+from tests.helpers import free_port, wait_for
+from tests.router.backend import Backend
+from tests.router_haproxy.support import LoopThread
+
+
+def _make(kind: str, base: Path) -> Router:
+    if kind == "haproxy":
+        if shutil.which("haproxy") is None:
+            pytest.skip("haproxy is not installed")
+        return HAProxyRouter(base / "haproxy")
+    return EmbeddedRouter(base / "router.sock", base / "router.log")
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    try:
+        yield thread
+    finally:
+        thread.close()
+
+
+@pytest.fixture(scope="module", params=["embedded", "haproxy"])
+def router(
+    request: pytest.FixtureRequest, loop: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Router]:
+    driver = _make(request.param, tmp_path_factory.mktemp(request.param))
+    loop.run(driver.start())
+    try:
+        yield driver
+    finally:
+        loop.run(driver.stop())
+
+
+@pytest.fixture(scope="module")
+def releases() -> Iterator[dict[str, Backend]]:
+    made = {r: Backend(r).start() for r in ("a", "b")}
+    try:
+        yield made
+    finally:
+        for backend in made.values():
+            backend.stop()
+
+
+def serve(loop: LoopThread, router: Router, app: str, **weights: tuple[Backend, int]) -> RouteSpec:
+    spec = RouteSpec(
+        app=app,
+        port=free_port(),
+        bind="127.0.0.1",
+        targets=[Target(release=r, port=b.port, weight=w) for r, (b, w) in weights.items()],
+        drain_timeout=5,
+    )
+    loop.run(router.apply(spec))
+    wait_for(lambda: _answers(spec), timeout=10, interval=0.05)
+    return spec
+
+
+def _answers(spec: RouteSpec) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{spec.port}/", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def bodies(spec: RouteSpec, count: int, headers: dict[str, str] | None = None) -> list[str]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{spec.port}", timeout=10) as http:
+        return [http.get("/", headers=headers).text.strip() for _ in range(count)]
+
+
+def test_weights_send_traffic_where_they_say(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    a, b = releases["a"], releases["b"]
+    spec = serve(loop, router, "weights", a=(a, 100), b=(b, 0))
+    assert set(bodies(spec, 20)) == {"a"}
+    spec = spec.model_copy(
+        update={
+            "targets": [
+                Target(release="a", port=a.port, weight=50),
+                Target(release="b", port=b.port, weight=50),
+            ]
+        }
+    )
+    loop.run(router.apply(spec))
+    wait_for(lambda: set(bodies(spec, 20)) == {"a", "b"}, timeout=10)
+    spec = spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]})
+    loop.run(router.apply(spec))
+    wait_for(lambda: set(bodies(spec, 20)) == {"b"}, timeout=10)
+    loop.run(router.remove(spec.app))
+
+
+def test_the_preview_header_reaches_a_release_out_of_rotation(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    spec = serve(loop, router, "preview", a=(releases["a"], 100), b=(releases["b"], 0))
+    assert set(bodies(spec, 10, {PREVIEW_HEADER: "b"})) == {"b"}
+    assert set(bodies(spec, 10)) == {"a"}
+    loop.run(router.remove(spec.app))
+
+
+def test_metrics_count_requests_per_release(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    spec = serve(loop, router, "counted", a=(releases["a"], 100))
+
+    def counted() -> int:
+        found = loop.run(router.metrics()).apps.get(spec.app)
+        return 0 if found is None or "a" not in found.releases else found.releases["a"].requests
+
+    before = counted()
+    bodies(spec, 25)
+    wait_for(lambda: counted() >= before + 25, timeout=15, interval=0.2)
+    loop.run(router.remove(spec.app))
+
+
+def test_draining_lets_an_in_flight_request_finish(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    a, b = releases["a"], releases["b"]
+    spec = serve(loop, router, "drained", a=(a, 100))
+    results: list[httpx.Response] = []
+
+    def slow() -> None:
+        results.append(httpx.get(f"http://127.0.0.1:{spec.port}/slow?s=1", timeout=10))
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+
+    def in_flight() -> int:
+        found = loop.run(router.metrics()).apps.get(spec.app)
+        return 0 if found is None or "a" not in found.releases else found.releases["a"].in_flight
+
+    wait_for(lambda: in_flight() == 1, timeout=5, interval=0.05)
+    loop.run(
+        router.apply(
+            spec.model_copy(update={"targets": [Target(release="b", port=b.port, weight=100)]})
+        )
+    )
+    wait_for(lambda: set(bodies(spec, 10)) == {"b"}, timeout=10)
+    thread.join(timeout=10)
+    assert results and results[0].status_code == 200 and results[0].text == "a slow\n"
+    wait_for(lambda: in_flight() == 0, timeout=5, interval=0.05)
+    loop.run(router.remove(spec.app))
+
+
+def _targets(releases: dict[str, Backend], **weights: int) -> list[Target]:
+    return [Target(release=r, port=releases[r].port, weight=w) for r, w in weights.items()]
+
+
+def test_weight_changes_and_target_swaps_under_load_lose_nothing(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    spec = serve(loop, router, "loaded", a=(releases["a"], 100))
+    steps = [
+        _targets(releases, a=90, b=10),
+        _targets(releases, a=0, b=100),
+        _targets(releases, b=100),  # a leaves the spec
+        _targets(releases, a=10, b=90),  # a rollback-like return of a
+        _targets(releases, a=100),
+    ]
+    with LoadGenerator(f"http://127.0.0.1:{spec.port}/", clients=8) as load:
+        load.wait_requests(200)
+        for step in steps:
+            loop.run(router.apply(spec.model_copy(update={"targets": step})))
+            load.wait_requests(200)
+    result = load.result
+    assert result.failures == 0, (result.errors[:5], result.statuses)
+    assert set(result.statuses) == {200} and set(result.releases) == {"a", "b"}
+    loop.run(router.remove(spec.app))
+
+
+def test_a_new_driver_adopts_the_running_router(
+    loop: LoopThread,
+    router: Router,
+    releases: dict[str, Backend],
+    tmp_path: Path,
+) -> None:
+    """The agent restarts; the router process does not: a new driver on the same paths
+    adopts it, with its apps, counters and start time, and drives it from there."""
+    first = _make(router.name, tmp_path)
+    second = _make(router.name, tmp_path)
+    loop.run(first.start())
+    try:
+        spec = serve(loop, first, "adopted", a=(releases["a"], 100))
+        started_at = loop.run(first.metrics()).started_at
+        _close(loop, first)
+        loop.run(second.start())
+        assert loop.run(second.metrics()).started_at == started_at
+        assert set(bodies(spec, 5)) == {"a"}
+        loop.run(second.apply(spec.model_copy(update={"targets": _targets(releases, b=100)})))
+        wait_for(lambda: set(bodies(spec, 10)) == {"b"}, timeout=10)
+    finally:
+        loop.run(second.stop())
+        _close(loop, second)
+
+
+def _close(loop: LoopThread, driver: Router) -> None:
+    """What an exiting agent does to its driver: HAProxy's stops its log receiver; the
+    embedded router's holds nothing open between calls."""
+    close = getattr(driver, "close", None)
+    if close is not None:
+        loop.run(close())
