@@ -1,0 +1,199 @@
+"""API records: apps, runs, releases, notifications, an app's status, tokens and hooks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .deployments import EnvironmentStatus
+from .hosts import Placement
+from .wire import (
+    BRANCH_PATTERN,
+    MAX_BRANCH,
+    MAX_POLL,
+    MAX_REPO,
+    REPO_PATTERN,
+    Role,
+    RunState,
+    StepState,
+    Timestamp,
+    Wire,
+)
+
+
+class AppCreate(Wire):
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=100)
+    repo: str = Field(
+        min_length=1,
+        max_length=MAX_REPO,
+        pattern=REPO_PATTERN,
+        description="a URL or path git can clone (no control characters)",
+    )
+    branch: str = Field(
+        default="main",
+        max_length=MAX_BRANCH,
+        pattern=BRANCH_PATTERN,
+        description="a branch name (no space, control character nor ~^:?*[\\)",
+    )
+    poll_interval: int | None = Field(
+        default=None, ge=1, le=MAX_POLL, description="seconds (at most a week); none: no polling"
+    )
+
+
+class AppUpdate(Wire):
+    """Change an app's settings; fields left out stay as they are."""
+
+    repo: str | None = Field(default=None, max_length=MAX_REPO, pattern=REPO_PATTERN)
+    branch: str | None = Field(default=None, max_length=MAX_BRANCH, pattern=BRANCH_PATTERN)
+    poll_interval: int | None = Field(
+        default=None, ge=0, le=MAX_POLL, description="seconds (at most a week); 0 turns polling off"
+    )
+    public_status: bool | None = Field(
+        default=None, description="a read-only page at /status/NAME that needs no token"
+    )
+
+
+class AppOut(Wire):
+    name: str
+    repo: str
+    branch: str
+    poll_interval: int | None
+    created_at: Timestamp
+    public_status: bool = False
+
+
+class Webhooks(Wire):
+    github: str
+    gitlab: str
+    gitea: str
+
+
+class AppCreated(AppOut):
+    webhook_secret: str
+    webhooks: Webhooks
+
+
+class SecretSet(Wire):
+    value: str = Field(
+        min_length=4,
+        max_length=64 * 1024,
+        description="4 characters to 64 KiB (at least 4, so masking stays exact)",
+    )
+
+
+class RunCreate(Wire):
+    sha: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4,40}$")
+
+
+class StepOut(Wire):
+    id: int
+    attempt: int
+    position: int
+    kind: str
+    name: str
+    command: str | None
+    state: StepState
+    exit_code: int | None
+    reason: str | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration: float | None
+
+
+class RunOut(Wire):
+    id: int
+    app: str
+    sha: str
+    ref: str | None
+    trigger: str
+    triggered_by: str
+    state: RunState
+    reason: str | None
+    attempt: int
+    release: str | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration: float | None
+    steps: list[StepOut] = []
+    # the commit as read at checkout (none before it, nor for runs made before 0006)
+    committed_at: Timestamp | None = None
+    commit_author: str | None = Field(default=None, description='"Name <email>"')
+    commit_message: str | None = None
+
+
+class LogChunk(Wire):
+    step: int
+    offset: int
+    next_offset: int
+    text: str
+    complete: bool
+
+
+class ReleaseOut(Wire):
+    id: str
+    app: str
+    sha: str
+    run: int
+    sha256: str
+    size: int
+    created_at: Timestamp
+
+
+class NotificationOut(Wire):
+    """One message to one notify target, and how its delivery went."""
+
+    id: int
+    app: str | None
+    event: str = Field(description="the kinds it carries, comma-separated")
+    kinds: list[str]
+    run: int | None
+    deployment: int | None
+    target: str = Field(description="the Apprise URL, secrets hidden")
+    title: str
+    body: str
+    state: str = Field(description="pending | sent | failed")
+    attempts: int
+    last_error: str | None
+    created_at: Timestamp
+    next_attempt_at: Timestamp | None
+    sent_at: Timestamp | None
+
+
+class AppStatus(Wire):
+    app: AppOut
+    active_runs: list[RunOut]
+    last_run: RunOut | None
+    last_release: ReleaseOut | None
+    hosts: list[Placement] = []
+    environments: list[EnvironmentStatus] = []
+
+
+class TokenCreate(Wire):
+    name: str = Field(min_length=1, max_length=100)
+    role: Role
+
+
+class TokenOut(Wire):
+    id: int
+    name: str
+    role: Role
+    created_at: Timestamp
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str
+
+
+class HookAccepted(Wire):
+    status: Literal["queued", "ignored", "duplicate"]
+    detail: str
+    run: int | None = None
+
+
+# -- router metrics (reported by agents, judged by the server) ---------------------
+
+
+AppStatus.model_rebuild()

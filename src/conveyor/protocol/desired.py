@@ -1,0 +1,89 @@
+"""Desired state: what the server wants a host to run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .wire import Wire
+
+
+class ServiceSpec(Wire):
+    """How a release runs on a host: SPEC §2 `service`, with secret values resolved."""
+
+    start: str
+    port: int
+    health_path: str = "/healthz"
+    health_interval: float = 1.0
+    health_timeout: float = 30.0
+    drain: float = 30.0
+    keep_warm: float = 600.0
+    keep_warm_releases: int = Field(
+        default=1, description="how many retired releases stay warm (the last ones retired)"
+    )
+    env: dict[str, str] = {}
+    install_hook: str | None = None
+
+
+class MigrateRequest(Wire):
+    """Run hooks.migrate once for one deployment, after install and before the instance starts."""
+
+    id: str = Field(
+        description="unique per deployment, e.g. 'deployment-12'; the agent runs each id once"
+    )
+    command: str
+    timeout: float = 600.0
+
+
+class MigrationResult(Wire):
+    id: str
+    state: Literal["running", "succeeded", "failed"]
+    exit_code: int | None = None
+    output: str = Field(
+        default="", description="the last 4000 characters of the hook's stdout+stderr"
+    )
+    finished_at: float | None = None  # unix time
+
+
+class DesiredRelease(Wire):
+    release: str
+    sha256: str
+    artifact: str = Field(description="path on the server to download the artifact from")
+    weight: int = Field(ge=0, le=100)
+    service: ServiceSpec
+    migrate: MigrateRequest | None = None
+
+
+class DesiredApp(Wire):
+    app: str
+    releases: list[DesiredRelease]
+    sticky: bool = False
+
+
+class DesiredState(Wire):
+    """What the server wants a host to run; agents converge toward it."""
+
+    host: str
+    generation: int
+    apps: list[DesiredApp] = []
+
+
+class HostAppSet(Wire):
+    """Set the releases and weights of an app on one host (the reconciler's input)."""
+
+    releases: list[ReleaseWeight] = Field(min_length=0, max_length=100)
+    sticky: bool = False
+
+
+class ReleaseWeight(Wire):
+    release: str = Field(max_length=80)
+    weight: int = Field(ge=0, le=100)
+    migrate: str | None = Field(
+        default=None,
+        max_length=255,
+        description="a migration id: run hooks.migrate once for it before this release starts",
+    )
+
+
+HostAppSet.model_rebuild()

@@ -1,0 +1,55 @@
+"""Observed state: what an agent reports."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .desired import MigrationResult
+from .metrics import RouterMetrics
+from .wire import MAX_INT, Wire
+
+ReleasePhase = Literal["installing", "starting", "healthy", "failed", "draining", "warm", "stopped"]
+
+
+class ObservedRelease(Wire):
+    release: str
+    phase: ReleasePhase
+    weight: int = 0
+    instances: int = 0
+    port: int | None = None
+    pid: int | None = None
+    restarts: int = 0
+    error: str | None = None
+    migration: MigrationResult | None = None
+
+
+class ObservedApp(Wire):
+    app: str
+    current: str | None = None
+    releases: list[ObservedRelease] = []
+    routed: bool = Field(default=False, description="the router applies the desired weights")
+    error: str | None = None
+
+
+class ObservedState(Wire):
+    """What an agent reports: per app, each release's phase and share of traffic."""
+
+    host: str
+    generation: int = Field(
+        ge=-1,
+        le=MAX_INT,
+        description="the desired generation these observations converge to (-1: none yet)",
+    )
+    converged: bool = False
+    router: str = "embedded"
+    router_alive: bool = False
+    address: str | None = Field(
+        default=None,
+        description="where clients reach this host's router: its --bind address, or the "
+        "address the server saw the report come from when the router binds every address",
+    )
+    apps: list[ObservedApp] = []
+    errors: list[str] = []
+    metrics: RouterMetrics | None = None
