@@ -2,7 +2,7 @@
 
 One place that knows the API's paths and answers: the CLI, the demo and the benches
 read typed models from it (`status() -> list[AppStatus]`, `deploy(...) ->
-DeploymentOut`), so a field renamed in protocol.py breaks the type check, not a user's
+DeploymentOut`), so a field renamed in conveyor.protocol breaks the type check, not a user's
 script. Under the typed methods, the HTTP layer: server and token, requests sent with an
 Idempotency-Key and retried with it, every failure a message on stderr and an exit code.
 """

@@ -26,171 +26,48 @@ It decides on:
   over the deployment (errors 3/4 of it, each latency test 1/8).
 
 The state is a plain pydantic model, stored between looks (the orchestrator keeps
-it in the step's record, so a restarted server continues the same tests).
+it in the step's record, so a restarted server continues the same tests). Its terms
+(Settings, Look, JudgeState, Verdict, the shared counting) live in judge_state.py and are
+importable from here as well.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from conveyor.analysis.judge_state import (
+    EPOCH,
+    MIN_BASELINE,
+    MIN_HISTORY,
+    P95_RATIO,
+    P95_SHARE,
+    P99_RATIO,
+    JudgeState,
+    Look,
+    Settings,
+    Verdict,
+    add,
+    errors,
+    needed,
+    slow,
+    slow_bound,
+    zero,
+)
 
-from conveyor.analysis.sequential import ALPHA, ALPHA_HISTORY, EProcess, Tally
+# re-exported (named here before judge_state.py held them), unused in this module
+from conveyor.analysis.judge_state import (
+    ERRORS_ALPHA as ERRORS_ALPHA,
+)
+from conveyor.analysis.judge_state import (
+    LATENCY_ALPHA as LATENCY_ALPHA,
+)
+from conveyor.analysis.judge_state import (
+    P99_SHARE as P99_SHARE,
+)
+from conveyor.analysis.sequential import ALPHA_HISTORY, EProcess, Tally
 from conveyor.analysis.window import delta, error_rate, quantile
-from conveyor.config import Analysis
-from conveyor.protocol import LATENCY_BUCKETS, Evidence, Judgement, ReleaseCounters
-
-EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
-MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
-# requests of the baseline before its 5xx rate is bounded for the watch window's comparison
-# (the canary alone, against an upper confidence bound of the baseline's rate): the bound
-# widens as they get fewer (2 errors in 172: at most 6.2%; none in 20: at most 26%), so a
-# short history only takes a bigger worsening to fail; below 20 it says almost nothing
-MIN_HISTORY = 20
-P99_SHARE = 0.01  # the tail test: slow = above the baseline's p99 ...
-P99_RATIO = 2.0  # ... tuned to twice the baseline's share of slow requests
-P95_SHARE = 0.05  # the body test: slow = above the baseline's p95 ...
-# ... tuned to 1.5 times its share: what a whole distribution 20% slower does there (for
-# lognormal latencies of sigma 0.5 to 1, the usual spread of a web service's: 2 to 1.4
-# times); a larger worsening is followed above that by the plug-in's estimate
-P95_RATIO = 1.5
-# the budget of 1% false alarms, shared: errors matter most, latency shifts show sooner
-ERRORS_ALPHA = ALPHA * 0.75
-LATENCY_ALPHA = ALPHA * 0.125  # each of the two latency tests
-
-
-class Verdict:
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the judge checks; `Settings.of(analysis)` reads a conveyor.yml `analysis`."""
-
-    error_rate: float | None = None
-    p99: float | None = None
-    compare: bool = False
-    margin: float = 0.005
-    min_requests: int = 100
-
-    @classmethod
-    def of(cls, analysis: Analysis) -> Settings:
-        return cls(
-            error_rate=analysis.error_rate,
-            p99=analysis.p99,
-            compare=analysis.compare == "baseline",
-            margin=analysis.margin,
-            min_requests=analysis.min_requests,
-        )
-
-
-class Look(BaseModel):
-    """Cumulative counters of both releases, read at one moment (unix time `at`)."""
-
-    at: float
-    canary: ReleaseCounters
-    baseline: ReleaseCounters | None = None
-
-
-def _zero() -> ReleaseCounters:
-    return ReleaseCounters()
-
-
-class JudgeState(BaseModel):
-    """Everything the judge remembers between looks."""
-
-    looks: int = 0
-    canary_last: ReleaseCounters | None = None
-    baseline_last: ReleaseCounters | None = None
-    window_start: ReleaseCounters | None = None  # canary when the window (step) began
-    epoch_start: ReleaseCounters | None = None  # canary when the epoch began
-    epoch_at: float | None = None
-    history: ReleaseCounters | None = None  # the baseline before the first look
-    baseline_seen: ReleaseCounters = Field(default_factory=_zero)  # ... and since, side by side
-    canary_epoch: ReleaseCounters = Field(default_factory=_zero)  # canary batches this epoch
-    canary_seen: ReleaseCounters = Field(default_factory=_zero)  # ... and since the first look
-    errors: EProcess = Field(default_factory=lambda: EProcess(alpha=ERRORS_ALPHA))
-    latency: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))  # p99
-    latency_p95: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))
-    bound: float | None = None  # the p99 test's latency bound, at the last batch
-    bound_p95: float | None = None  # ... and the p95 test's (None: no bucket stands for it)
-    new_window: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_latency_test_before(cls, data: Any) -> Any:
-        """A state stored when one latency test had a quarter of the budget goes on with
-        an eighth: a stricter threshold keeps that test valid, and the two within it."""
-        if isinstance(data, dict) and "latency" in data and "latency_p95" not in data:
-            latency = data["latency"]
-            if isinstance(latency, dict):
-                data = {**data, "latency": {**latency, "alpha": LATENCY_ALPHA}}
-        return data
-
-
-def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:
-    return ReleaseCounters(
-        requests=a.requests + b.requests,
-        errors_5xx=a.errors_5xx + b.errors_5xx,
-        connect_failures=a.connect_failures + b.connect_failures,
-        latency_buckets=[x + y for x, y in zip(a.latency_buckets, b.latency_buckets, strict=True)],
-        latency_sum=a.latency_sum + b.latency_sum,
-    )
-
-
-def errors(c: ReleaseCounters) -> Tally:
-    return Tally(requests=c.requests, events=c.errors_5xx)
-
-
-def slow(c: ReleaseCounters, bound: float) -> Tally:
-    """Requests slower than `bound` (a LATENCY_BUCKETS bound)."""
-    within = c.latency_buckets[LATENCY_BUCKETS.index(bound)]
-    return Tally(requests=c.requests, events=max(0, c.requests - within))
-
-
-def slow_bound(
-    baseline: ReleaseCounters, share: float = P99_SHARE, below: float | None = None
-) -> float | None:
-    """The bucket bound that stands for the baseline's p99 (`share` 1%) or p95 (5%):
-    slow requests are those above it.
-
-    The histogram is coarse (bounds 2 to 2.5 times apart), so the bound is the one
-    whose share of the baseline above it is closest to `share` (on a log scale)
-    among those `below` the p99's bound with a share in range (0.1% to 20% for the
-    p99, 1% to 25% for the p95); failing that, for the p99, the one just above it.
-    """
-    if baseline.requests < MIN_BASELINE:
-        return None
-    lowest, highest = (share / 10, 0.2) if below is None else (share / 5, share * 5)
-    best: tuple[float, float] | None = None
-    for bound, within in zip(LATENCY_BUCKETS, baseline.latency_buckets, strict=True):
-        if below is not None and bound >= below:
-            break
-        fraction = (baseline.requests - within) / baseline.requests
-        if lowest <= fraction <= highest:
-            distance = abs(math.log(fraction / share))
-            if best is None or distance < best[0]:
-                best = (distance, bound)
-    if best is not None:
-        return best[1]
-    if below is not None:
-        return None
-    p99 = quantile(baseline, 1 - share)
-    return None if p99 is None or math.isinf(p99) else p99
-
-
-def needed(baseline_rate: float, margin: float, ratio: float, alpha: float) -> int:
-    """Canary requests after which a worsening to (rate·ratio + margin) would most likely
-    have been caught: log(1/alpha) over the information one request carries about it."""
-    p0 = min(max(baseline_rate, 1e-6), 0.5)
-    p1 = min(p0 * ratio + margin, 0.999)
-    kl = p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
-    return math.ceil(math.log(1 / alpha) / kl) if kl > 0 else 0
+from conveyor.protocol import Evidence, Judgement, ReleaseCounters
 
 
 def start_window(state: JudgeState) -> JudgeState:
@@ -220,7 +97,7 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
             s.window_start = canary
             s.new_window = False
         s.epoch_start, s.epoch_at = canary, look.at
-        s.canary_epoch = _zero()
+        s.canary_epoch = zero()
         s.errors = s.errors.begin_epoch()
         s.latency = s.latency.begin_epoch()
         s.latency_p95 = s.latency_p95.begin_epoch()
@@ -236,7 +113,7 @@ def _worse(recent: Tally, whole: Tally) -> Tally:
 
 
 def _baseline_all(s: JudgeState) -> ReleaseCounters:
-    return add(s.history or _zero(), s.baseline_seen)
+    return add(s.history or zero(), s.baseline_seen)
 
 
 def _test(
@@ -302,9 +179,9 @@ def _latency(
 
 def decide(state: JudgeState, settings: Settings, at: float | None = None) -> Judgement:
     """The verdict at this moment, with one piece of evidence per check."""
-    canary = state.canary_last or _zero()
-    window = delta(state.window_start, canary) if state.window_start else _zero()
-    epoch = delta(state.epoch_start, canary) if state.epoch_start else _zero()
+    canary = state.canary_last or zero()
+    window = delta(state.window_start, canary) if state.window_start else zero()
+    epoch = delta(state.epoch_start, canary) if state.epoch_start else zero()
     evidence: list[Evidence] = []
     evidence += _ceilings(window, settings, "window")
     if epoch.requests < window.requests:
@@ -396,7 +273,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
     window = (
         delta(state.window_start, state.canary_last)
         if state.window_start and state.canary_last
-        else _zero()
+        else zero()
     )
     if known.requests == 0:
         return [
