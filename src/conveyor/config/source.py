@@ -184,38 +184,43 @@ def _scalar(node: Any) -> Any:
 
 
 def _syntax_issue(exc: MarkedYAMLError, text: str, filename: str) -> ConfigIssue:
-    problem = exc.problem or ""
-    context = exc.context or ""
+    message, at_opening = _syntax_message(exc, text)
     mark = exc.problem_mark or exc.context_mark
-    if isinstance(exc, DuplicateKeyError):
-        message = _duplicate_key_message(exc, text)
-    elif isinstance(exc, LimitExceeded):
-        message = problem
-    elif "\\t" in problem or "tab" in problem:
-        message = "found a tab character; expected spaces (YAML indentation cannot use tabs)"
-    elif "quoted scalar" in context and "end of stream" in problem:
-        # The end of the file is a useless place to point at: show the opening quote.
+    if at_opening:
+        # The end of the file is a useless place to point at: show the opening quote
+        # or bracket.
         mark = exc.context_mark or mark
-        message = "unclosed quote: expected a closing quote for the string that starts here"
-    elif "flow" in context and "stream end" in problem:
-        mark = exc.context_mark or mark
-        closing = "]" if "sequence" in context else "}"
-        message = f"unclosed bracket: expected a {closing!r} to close the one that opens here"
-    elif "mapping values are not allowed" in problem:
-        message = (
-            "unexpected ':' here; expected this line to be indented like its siblings, "
-            "or quotes around a value that contains ': '"
-        )
-    elif "expected <block end>" in problem:
-        message = "bad indentation: expected this line to line up with the keys above it"
-    elif "single document" in context:
-        message = "expected a single YAML document, found a second one"
-    else:
-        detail = "; ".join(part for part in (context, problem) if part)
-        message = f"invalid YAML: {detail or exc}"
     line = mark.line + 1 if mark is not None else 1
     column = mark.column + 1 if mark is not None else 1
     return ConfigIssue(filename, line, column, message)
+
+
+def _syntax_message(exc: MarkedYAMLError, text: str) -> tuple[str, bool]:
+    """What is wrong, and whether to point at what was left open rather than the error."""
+    problem = exc.problem or ""
+    context = exc.context or ""
+    if isinstance(exc, DuplicateKeyError):
+        return _duplicate_key_message(exc, text), False
+    if isinstance(exc, LimitExceeded):
+        return problem, False
+    if "\\t" in problem or "tab" in problem:
+        return "found a tab character; expected spaces (YAML indentation cannot use tabs)", False
+    if "quoted scalar" in context and "end of stream" in problem:
+        return "unclosed quote: expected a closing quote for the string that starts here", True
+    if "flow" in context and "stream end" in problem:
+        closing = "]" if "sequence" in context else "}"
+        return f"unclosed bracket: expected a {closing!r} to close the one that opens here", True
+    if "mapping values are not allowed" in problem:
+        return (
+            "unexpected ':' here; expected this line to be indented like its siblings, "
+            "or quotes around a value that contains ': '"
+        ), False
+    if "expected <block end>" in problem:
+        return "bad indentation: expected this line to line up with the keys above it", False
+    if "single document" in context:
+        return "expected a single YAML document, found a second one", False
+    detail = "; ".join(part for part in (context, problem) if part)
+    return f"invalid YAML: {detail or exc}", False
 
 
 def _duplicate_key_message(exc: MarkedYAMLError, text: str) -> str:

@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,23 +23,23 @@ from conveyor.config import Config, ConfigError, load_config
 from conveyor.pipeline import git
 from conveyor.pipeline.masking import Masker
 from conveyor.pipeline.process import (
-    STEP_MARKER,
+    StepResult,
     find_step_processes,
     format_duration,
     kill_processes,
     run_step,
     step_marker,
 )
+from conveyor.pipeline.records import Paths, RunContext, RunRecords
 from conveyor.pipeline.runs import (
-    end_unfinished_steps,
     enqueue_run,
     interrupted_steps,
     next_runnable,
     recover_runs,
 )
-from conveyor.releases.artifact import ArtifactError, BuiltArtifact, build_artifact
+from conveyor.releases.artifact import ArtifactError, build_artifact
 from conveyor.releases.store import ArtifactStore
-from conveyor.store.models import App, Release, Run, Step, utcnow
+from conveyor.store.models import App, Run, utcnow
 from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
 log = logging.getLogger("conveyor.engine")
@@ -50,34 +48,13 @@ SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 CONFIG_FILE = "conveyor.yml"
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Where the engine keeps its files under the server's data directory."""
-
-    data: Path
-
-    @property
-    def artifacts(self) -> Path:
-        return self.data / "artifacts"
-
-    def mirror(self, app: str) -> Path:
-        return self.data / "repos" / f"{app}.git"
-
-    def workspace(self, run_id: int) -> Path:
-        return self.data / "work" / f"run-{run_id}"
-
-    def log_file(self, run_id: int, attempt: int, position: int, name: str) -> str:
-        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", name).strip("-")[:40] or "step"
-        return f"logs/run-{run_id}/{attempt}-{position:02d}-{slug}.log"
-
-
 class StepFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-class Engine:
+class Engine(RunRecords):
     """Schedules queued runs (one per app at a time) and polls repositories."""
 
     def __init__(
@@ -260,12 +237,46 @@ class Engine:
         masker = Masker(ctx.secrets.values())
         log.info("run started", extra={"run": run_id, "app": ctx.app, "sha": ctx.sha})
         workspace = self.paths.workspace(run_id)
+        config = await self._checkout_step(ctx, workspace, masker)
+        if config is None:
+            return
 
-        # checkout
+        # test and build steps, then the artifact, all recorded before any starts
+        planned = _plan(config)
+        step_ids = [
+            await self._add_step(ctx, i + 1, step.kind, step.name, step.command, step.timeout)
+            for i, step in enumerate(planned)
+        ]
+        artifact_step = await self._add_step(
+            ctx, len(planned) + 1, "artifact", "artifact", None, None
+        )
+        wanted = set(config.service.secrets) if config.service else set()
+        secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
+        for index, (sid, step) in enumerate(zip(step_ids, planned, strict=True)):
+            env = ctx.environment(sid) | step.env | secret_env
+            result = await self._run_one(sid, step, workspace, env, masker, cancel)
+            if result.ok:
+                await self._end_step(sid, "succeeded", exit_code=0)
+                continue
+            if result.cancelled and self._stopping:
+                # a graceful stop: leave the records as they are, the next start retries
+                return
+            state, reason = _step_outcome(result, step)
+            await self._end_step(sid, state, reason, exit_code=result.exit_code)
+            for later in [*step_ids[index + 1 :], artifact_step]:
+                await self._end_step(later, "skipped")
+            await self._end_run(run_id, state, reason)
+            return
+        await self._artifact_step(ctx, config, workspace, artifact_step, masker, cancel)
+
+    async def _checkout_step(
+        self, ctx: RunContext, workspace: Path, masker: Masker
+    ) -> Config | None:
+        """Check the commit out and load its config; None when the run has ended failed."""
         step_id = await self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
         try:
             sha = await self._checkout(ctx, workspace)
-            await self._set_commit(run_id, sha, await git.commit_details(workspace, sha))
+            await self._set_commit(ctx.run_id, sha, await git.commit_details(workspace, sha))
             ctx.sha = sha
             # a hostile conveyor.yml costs up to a second or two to refuse: not on the loop
             config = await asyncio.to_thread(load_config, workspace / CONFIG_FILE)
@@ -279,65 +290,44 @@ class Engine:
             )
             await self._append_log(step_id, masker(f"{exc}\n"))
             await self._end_step(step_id, "failed", reason)
-            await self._end_run(run_id, "failed", reason)
-            return
+            await self._end_run(ctx.run_id, "failed", reason)
+            return None
         await self._append_log(step_id, f"checked out {ctx.sha}\n")
         await self._end_step(step_id, "succeeded")
+        return config
 
-        # test and build steps, then the artifact, all recorded before any starts
-        planned: list[tuple[str, str, str, float, dict[str, str]]] = []
-        for kind, steps in (("test", config.test), ("build", config.build)):
-            for step in steps:
-                name = step.name or _short(step.run)
-                planned.append((kind, name, step.run, step.timeout, dict(step.env or {})))
-        step_ids = [
-            await self._add_step(ctx, i + 1, kind, name, command, timeout)
-            for i, (kind, name, command, timeout, _) in enumerate(planned)
-        ]
-        artifact_step = await self._add_step(
-            ctx, len(planned) + 1, "artifact", "artifact", None, None
+    async def _run_one(
+        self,
+        sid: int,
+        step: _PlannedStep,
+        workspace: Path,
+        env: dict[str, str],
+        masker: Masker,
+        cancel: asyncio.Event,
+    ) -> StepResult:
+        await self._mark_running(sid)
+        await self._append_log(sid, masker(f"$ {step.command}\n"))
+        return await run_step(
+            [*SHELL, step.command],
+            cwd=workspace,
+            env=env,
+            log_path=self.paths.data / await in_thread(self._step_log, sid),
+            masker=masker,
+            timeout=step.timeout,
+            on_start=functools.partial(self._record_pid, sid),
+            cancel=cancel,
         )
 
-        wanted = set(config.service.secrets) if config.service else set()
-        secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
-        for index, (sid, (kind, name, command, timeout, extra)) in enumerate(
-            zip(step_ids, planned, strict=True)
-        ):
-            env = ctx.environment(sid) | extra | secret_env
-            await self._mark_running(sid)
-            await self._append_log(sid, masker(f"$ {command}\n"))
-            result = await run_step(
-                [*SHELL, command],
-                cwd=workspace,
-                env=env,
-                log_path=self.paths.data / await in_thread(self._step_log, sid),
-                masker=masker,
-                timeout=timeout,
-                on_start=functools.partial(self._record_pid, sid),
-                cancel=cancel,
-            )
-            if result.ok:
-                await self._end_step(sid, "succeeded", exit_code=0)
-                continue
-            if result.cancelled and self._stopping:
-                # a graceful stop: leave the records as they are, the next start retries
-                return
-            if result.cancelled:
-                reason = f"{kind} step '{name}' aborted"
-                state = "cancelled"
-            elif result.timed_out:
-                reason = f"{kind} step '{name}' timed out after {format_duration(timeout)}"
-                state = "failed"
-            else:
-                reason = f"{kind} step '{name}' failed (exit {result.exit_code})"
-                state = "failed"
-            await self._end_step(sid, state, reason, exit_code=result.exit_code)
-            for later in [*step_ids[index + 1 :], artifact_step]:
-                await self._end_step(later, "skipped")
-            await self._end_run(run_id, state, reason)
-            return
-
-        # the artifact
+    async def _artifact_step(
+        self,
+        ctx: RunContext,
+        config: Config,
+        workspace: Path,
+        artifact_step: int,
+        masker: Masker,
+        cancel: asyncio.Event,
+    ) -> None:
+        run_id = ctx.run_id
         if cancel.is_set() and not self._stopping:
             await self._end_step(artifact_step, "skipped")
             await self._end_run(run_id, "cancelled", "aborted before the artifact was built")
@@ -353,24 +343,7 @@ class Engine:
         await self._end_step(artifact_step, "succeeded")
         await self._end_run(run_id, "succeeded", None, release_id=release_id)
 
-    @offloaded
-    def _context(self, run_id: int) -> _RunContext:
-        with self.sessions() as session:
-            run = session.get_one(Run, run_id)
-            app = run.app
-            return _RunContext(
-                run_id=run.id,
-                attempt=run.attempt,
-                app=app.name,
-                repo_url=app.repo_url,
-                branch=app.branch,
-                sha=run.sha,
-                ref=run.ref or "",
-                secrets={s.name: s.value for s in app.secrets},
-                data=self.paths.data,
-            )
-
-    async def _checkout(self, ctx: _RunContext, workspace: Path) -> str:
+    async def _checkout(self, ctx: RunContext, workspace: Path) -> str:
         mirror = self.paths.mirror(ctx.app)
         await git.update_mirror(mirror, ctx.repo_url)
         sha = await git.resolve(mirror, ctx.sha or f"refs/heads/{ctx.branch}")
@@ -378,7 +351,7 @@ class Engine:
         return sha
 
     async def _build_release(
-        self, ctx: _RunContext, config: Config, workspace: Path, step_id: int
+        self, ctx: RunContext, config: Config, workspace: Path, step_id: int
     ) -> str:
         tmp = self.paths.artifacts / "tmp" / f"run-{ctx.run_id}.tar.gz"
         include, exclude = list(config.artifact.include), list(config.artifact.exclude)
@@ -396,177 +369,6 @@ class Engine:
         )
         return release_id
 
-    @offloaded
-    def _record_release(self, ctx: _RunContext, config: Config, built: BuiltArtifact) -> str:
-        with self.sessions() as session:
-            # a retry after a crash between this commit and the run's end reuses the release
-            existing = session.scalar(select(Release).where(Release.run_id == ctx.run_id))
-            if existing is not None:
-                return existing.id
-            count = (
-                session.scalar(
-                    select(func.count())
-                    .select_from(Release)
-                    .where(Release.app.has(App.name == ctx.app), Release.sha == ctx.sha)
-                )
-                or 0
-            )
-            run = session.get_one(Run, ctx.run_id)
-            release = Release(
-                id=f"{ctx.sha[:7]}-{count + 1}",
-                app_id=run.app_id,
-                sha=ctx.sha,
-                run_id=ctx.run_id,
-                sha256=built.sha256,
-                size=built.size,
-                config=config.model_dump_json(),
-            )
-            session.add(release)
-            session.commit()
-            return release.id
-
-    # -- record keeping (each a short transaction, committed before acting) -
-
-    @offloaded
-    def _add_step(
-        self,
-        ctx: _RunContext,
-        position: int,
-        kind: str,
-        name: str,
-        command: str | None,
-        timeout: float | None,
-        *,
-        state: str = "pending",
-    ) -> int:
-        with self.sessions() as session:
-            step = Step(
-                run_id=ctx.run_id,
-                attempt=ctx.attempt,
-                position=position,
-                kind=kind,
-                name=name,
-                command=command,
-                timeout=timeout,
-                state=state,
-                log_path=self.paths.log_file(
-                    ctx.run_id,
-                    ctx.attempt,
-                    position,
-                    f"{kind}-{name}" if kind in ("test", "build") else kind,
-                ),
-                started_at=utcnow() if state == "running" else None,
-            )
-            session.add(step)
-            session.commit()
-            (self.paths.data / str(step.log_path)).parent.mkdir(parents=True, exist_ok=True)
-            return step.id
-
-    def _step_log(self, step_id: int) -> str:
-        with self.sessions() as session:
-            return str(session.get_one(Step, step_id).log_path)
-
-    @offloaded
-    def _append_log(self, step_id: int, text: str) -> None:
-        path = self.paths.data / self._step_log(step_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-
-    @offloaded
-    def _mark_running(self, step_id: int) -> None:
-        with self.sessions() as session:
-            step = session.get_one(Step, step_id)
-            step.state = "running"
-            step.started_at = utcnow()
-            session.commit()
-
-    @offloaded
-    def _record_pid(self, step_id: int, pid: int) -> None:
-        with self.sessions() as session:
-            session.get_one(Step, step_id).pid = pid
-            session.commit()
-
-    @offloaded
-    def _end_step(
-        self, step_id: int, state: str, reason: str | None = None, *, exit_code: int | None = None
-    ) -> None:
-        with self.sessions() as session:
-            step = session.get_one(Step, step_id)
-            step.state = state
-            step.reason = reason
-            step.exit_code = exit_code
-            if state != "skipped":
-                step.finished_at = utcnow()
-            session.commit()
-
-    @offloaded
-    def _set_commit(self, run_id: int, sha: str, commit: git.Commit | None) -> None:
-        with self.sessions() as session:
-            run = session.get_one(Run, run_id)
-            run.sha = sha
-            if commit is not None:
-                run.committed_at = commit.committed_at
-                run.commit_author = commit.author[:255] or None
-                run.commit_message = commit.message or None
-            session.commit()
-
-    @offloaded
-    def _end_run(
-        self, run_id: int, state: str, reason: str | None, *, release_id: str | None = None
-    ) -> None:
-        with self.sessions() as session:
-            run = session.get_one(Run, run_id)
-            run.state = state
-            run.reason = reason
-            run.release_id = release_id
-            run.finished_at = utcnow()
-            for step in end_unfinished_steps(run.steps, run.attempt, reason, run.finished_at):
-                self._note_in_log(step, f"{reason}\n")
-            if state == "succeeded" and release_id is not None and self.on_release is not None:
-                self.on_release(session, run)
-            if self.on_end is not None:
-                self.on_end(session, run)
-            session.commit()
-        log.info("run finished", extra={"run": run_id, "state": state, "reason": reason})
-
-    def _note_in_log(self, step: Step, text: str) -> None:
-        if step.log_path is None:
-            return
-        try:
-            with open(self.paths.data / step.log_path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError:
-            log.exception("cannot write a step log", extra={"step": step.id})
-
-
-@dataclass
-class _RunContext:
-    run_id: int
-    attempt: int
-    app: str
-    repo_url: str
-    branch: str
-    sha: str
-    ref: str
-    secrets: dict[str, str]
-    data: Path
-
-    def environment(self, step_id: int) -> dict[str, str]:
-        # the server's own CONVEYOR_* settings (its admin token) never reach a step
-        base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        return base | {
-            "CI": "true",
-            "CONVEYOR": "true",
-            "CONVEYOR_APP": self.app,
-            "CONVEYOR_SHA": self.sha,
-            "CONVEYOR_SHORT_SHA": self.sha[:7],
-            "CONVEYOR_BRANCH": self.branch,
-            "CONVEYOR_REF": self.ref,
-            "CONVEYOR_RUN": str(self.run_id),
-            STEP_MARKER: step_marker(self.data, step_id),
-        }
-
 
 def _discard(items: set[int], item: int, _task: object) -> None:
     items.discard(item)
@@ -575,3 +377,33 @@ def _discard(items: set[int], item: int, _task: object) -> None:
 def _short(command: str) -> str:
     first = command.strip().splitlines()[0] if command.strip() else "step"
     return first if len(first) <= 60 else first[:57] + "..."
+
+
+class _PlannedStep(NamedTuple):
+    kind: str
+    name: str
+    command: str
+    timeout: float
+    env: dict[str, str]
+
+
+def _plan(config: Config) -> list[_PlannedStep]:
+    """The test then build steps of a config, in order."""
+    return [
+        _PlannedStep(
+            kind, step.name or _short(step.run), step.run, step.timeout, dict(step.env or {})
+        )
+        for kind, steps in (("test", config.test), ("build", config.build))
+        for step in steps
+    ]
+
+
+def _step_outcome(result: StepResult, step: _PlannedStep) -> tuple[str, str]:
+    """The state and reason of a step (and its run) that did not succeed."""
+    if result.cancelled:
+        return "cancelled", f"{step.kind} step '{step.name}' aborted"
+    if result.timed_out:
+        return "failed", (
+            f"{step.kind} step '{step.name}' timed out after {format_duration(step.timeout)}"
+        )
+    return "failed", f"{step.kind} step '{step.name}' failed (exit {result.exit_code})"
