@@ -235,6 +235,61 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
         return Text("no apps yet: `conveyor app add NAME --repo URL`")
     console = console or out
     one_app = 1 if len(rows) == 1 else 0  # the app column goes first when all rows share it
+    parts: list[RenderableType] = [
+        fitted(
+            console,
+            [
+                Column("app"),
+                Column("branch", drop=1),
+                Column("underway", wrap=True),
+                Column("last run"),
+                Column("last release"),
+            ],
+            _run_rows(rows),
+        )
+    ]
+
+    envs = _environment_rows(rows)
+    if envs:
+        columns = [
+            Column("app", drop=3 * one_app),
+            Column("environment"),
+            Column("strategy", drop=2),
+            Column("serving"),
+            Column("underway", wrap=True),
+            Column("last ended", wrap=True, min_width=12),
+        ]
+        parts.append(fitted(console, columns, envs))
+
+    judged = _judged_rows(rows)
+    if judged:
+        columns = [
+            Column("app", drop=2 * one_app),
+            Column("environment"),
+            Column("deployment", wrap=True, min_width=12),
+            Column("judge and its evidence", wrap=True, min_width=30),
+        ]
+        parts.append(fitted(console, columns, judged))
+
+    hosts = _host_rows(rows)
+    if hosts:
+        columns = [
+            Column("app", drop=4 * one_app),
+            Column("environment", drop=3),
+            Column("host"),
+            Column("agent"),
+            Column("release"),
+            Column("desired", drop=1),
+            Column("observed"),
+            Column("phase", drop=2),
+            Column("note", wrap=True, min_width=12),
+        ]
+        parts.append(fitted(console, columns, hosts))
+    return Group(*parts)
+
+
+def _run_rows(rows: list[Record]) -> list[list[RenderableType]]:
+    """One row per app: its branch, the runs underway, its last run and last release."""
     runs: list[list[RenderableType]] = []
     for row in rows:
         active = (
@@ -255,20 +310,11 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
                 release["id"] if release else "-",
             ]
         )
-    parts: list[RenderableType] = [
-        fitted(
-            console,
-            [
-                Column("app"),
-                Column("branch", drop=1),
-                Column("underway", wrap=True),
-                Column("last run"),
-                Column("last release"),
-            ],
-            runs,
-        )
-    ]
+    return runs
 
+
+def _environment_rows(rows: list[Record]) -> list[list[RenderableType]]:
+    """One row per environment: its strategy, what it serves, what is underway and last ended."""
     envs: list[list[RenderableType]] = []
     for row in rows:
         for env in row.get("environments", []):
@@ -285,17 +331,11 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
                     else "-",
                 ]
             )
-    if envs:
-        columns = [
-            Column("app", drop=3 * one_app),
-            Column("environment"),
-            Column("strategy", drop=2),
-            Column("serving"),
-            Column("underway", wrap=True),
-            Column("last ended", wrap=True, min_width=12),
-        ]
-        parts.append(fitted(console, columns, envs))
+    return envs
 
+
+def _judged_rows(rows: list[Record]) -> list[list[RenderableType]]:
+    """One row per environment whose current or last deployment has a judged step."""
     judged: list[list[RenderableType]] = []
     for row in rows:
         for env in row.get("environments", []):
@@ -315,15 +355,11 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
                     ),
                 ]
             )
-    if judged:
-        columns = [
-            Column("app", drop=2 * one_app),
-            Column("environment"),
-            Column("deployment", wrap=True, min_width=12),
-            Column("judge and its evidence", wrap=True, min_width=30),
-        ]
-        parts.append(fitted(console, columns, judged))
+    return judged
 
+
+def _host_rows(rows: list[Record]) -> list[list[RenderableType]]:
+    """One row per release on each host; the host's own columns only on its first row."""
     hosts: list[list[RenderableType]] = []
     for row in rows:
         env_of = {p["host"]: e["name"] for e in row.get("environments", []) for p in e["hosts"]}
@@ -343,20 +379,7 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
                         Text(note),
                     ]
                 )
-    if hosts:
-        columns = [
-            Column("app", drop=4 * one_app),
-            Column("environment", drop=3),
-            Column("host"),
-            Column("agent"),
-            Column("release"),
-            Column("desired", drop=1),
-            Column("observed"),
-            Column("phase", drop=2),
-            Column("note", wrap=True, min_width=12),
-        ]
-        parts.append(fitted(console, columns, hosts))
-    return Group(*parts)
+    return hosts
 
 
 def _judged(d: Record | None) -> tuple[Record, Record] | None:

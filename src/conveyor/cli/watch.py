@@ -245,24 +245,7 @@ def panel(d: Record, places: dict[str, Record]) -> RenderableType:
         label = step["name"] if step["kind"] == "rollback" else step_label(step, total)
         parts.append(f"  [bold]{escape(label)}[/bold]")
         if step["hosts"]:
-            table = Table("host", "agent", "step wants", "desired", "observed", "done", box=None)
-            for host in step["hosts"]:
-                place = places.get(host)
-                want = step["targets"][host]
-                table.add_row(
-                    host,
-                    agent_state(place) if place else "-",
-                    weights(want),
-                    weights(place["desired"]) if place else "-",
-                    ", ".join(
-                        f"{r['release']} {r['weight']}% {state(r['phase'])}"
-                        for r in place["observed"]
-                    )
-                    if place
-                    else "-",
-                    "[green]✓[/green]" if place and host_done(place, want) else "…",
-                )
-            parts.append(Padding(table, (0, 0, 0, 2), expand=False))
+            parts.append(Padding(_hosts_table(step, places), (0, 0, 0, 2), expand=False))
         wait = step.get("waiting_for_traffic")
         if wait:
             parts.append(
@@ -273,6 +256,27 @@ def panel(d: Record, places: dict[str, Record]) -> RenderableType:
             parts.append(f"  {judgement_text(step['judgement'])}")
             parts += [f"  {line}" for line in evidence_lines(step["judgement"])]
     return Group(*parts)
+
+
+def _hosts_table(step: Record, places: dict[str, Record]) -> Table:
+    """Each host of the step underway: what the step wants, what its agent desires and runs."""
+    table = Table("host", "agent", "step wants", "desired", "observed", "done", box=None)
+    for host in step["hosts"]:
+        place = places.get(host)
+        want = step["targets"][host]
+        table.add_row(
+            host,
+            agent_state(place) if place else "-",
+            weights(want),
+            weights(place["desired"]) if place else "-",
+            ", ".join(
+                f"{r['release']} {r['weight']}% {state(r['phase'])}" for r in place["observed"]
+            )
+            if place
+            else "-",
+            "[green]✓[/green]" if place and host_done(place, want) else "…",
+        )
+    return table
 
 
 def _since(stamp: str) -> str:

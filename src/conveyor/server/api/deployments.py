@@ -320,21 +320,8 @@ def environment_statuses(
         active = active_in(session, app.id, env_name)
         acting = next((d for d in active if d.state not in PENDING), None)
         current = acting or (active[0] if active else None)
-        last = session.scalar(
-            select(Deployment)
-            .where(
-                Deployment.app_id == app.id,
-                Deployment.environment == env_name,
-                Deployment.state.not_in(ACTIVE),
-            )
-            .order_by(Deployment.id.desc())
-            .limit(1)
-        )
-        names = set(env.hosts) if isinstance(env.hosts, list) else None
-        if names is None and current is not None and current.previous:
-            names = set(json.loads(current.previous))
-        if names is None and last is not None and last.previous:
-            names = set(json.loads(last.previous))
+        last = _last_ended(session, app.id, env_name)
+        names = _host_names(env.hosts, current, last)
         out.append(
             EnvironmentStatus(
                 name=env_name,
@@ -346,6 +333,32 @@ def environment_statuses(
             )
         )
     return out
+
+
+def _last_ended(session: Session, app_id: int, env_name: str) -> Deployment | None:
+    """The environment's latest deployment that is no longer active."""
+    return session.scalar(
+        select(Deployment)
+        .where(
+            Deployment.app_id == app_id,
+            Deployment.environment == env_name,
+            Deployment.state.not_in(ACTIVE),
+        )
+        .order_by(Deployment.id.desc())
+        .limit(1)
+    )
+
+
+def _host_names(
+    hosts: object, current: Deployment | None, last: Deployment | None
+) -> set[str] | None:
+    """The environment's hosts: its list, else those its current or last deployment had."""
+    if isinstance(hosts, list):
+        return set(hosts)
+    for d in (current, last):
+        if d is not None and d.previous:
+            return set(json.loads(d.previous))
+    return None
 
 
 @router.get("/deployments", responses=responses(404))

@@ -171,6 +171,64 @@ def _runs(points: Sequence[tuple[float, float | None]]) -> list[list[tuple[float
     return [r for r in runs if r]
 
 
+def _series(
+    s: Series,
+    rs: list[list[tuple[float, float]]],
+    sx: Callable[[float], float],
+    frame: _Frame,
+    y_format: Format,
+) -> list[str]:
+    """A series' group: a polyline per unbroken run, a dot per lone point."""
+    last = rs[-1][-1][1]
+    title = f"<title>{_esc(s.name)}: {_esc(y_format(last))}</title>"
+    parts = [f'<g class="series {_classes(s.css)}">{title}']
+    for r in rs:
+        coords = [(sx(x), frame.y(y)) for x, y in r]
+        if len(r) == 1:
+            [(cx, cy)] = coords
+            parts.append(f'<circle class="dot" cx="{_f(cx)}" cy="{_f(cy)}" r="3"/>')
+        else:
+            points = " ".join(f"{_f(x)},{_f(y)}" for x, y in coords)
+            parts.append(f'<polyline class="line" points="{points}"/>')
+    parts.append("</g>")
+    return parts
+
+
+def _marker(m: Marker, sx: Callable[[float], float], frame: _Frame) -> str:
+    """A marker: a vertical line across the plot at its x, with its label as a tooltip."""
+    x = _f(sx(m.x))
+    return (
+        f'<g class="marker marker-{_cls(m.kind)}"><title>{_esc(m.label)}</title>'
+        f'<line x1="{x}" x2="{x}" y1="{_f(frame.top)}" y2="{_f(frame.bottom)}"/>'
+        f'<circle cx="{x}" cy="{_f(frame.top)}" r="4"/></g>'
+    )
+
+
+def _x_axis(
+    frame: _Frame,
+    sx: Callable[[float], float],
+    ticks: list[float],
+    x0: float,
+    x1: float,
+    x_format: Format,
+) -> list[str]:
+    """The x axis: a label at each tick between the ends."""
+    parts = ['<g class="axis x-axis">']
+    for tick in ticks:
+        if x0 <= tick <= x1:  # nice_ticks would reach past the ends
+            parts.append(frame.x_label(sx(tick), x_format(tick)))
+    return [*parts, "</g>"]
+
+
+def _legend_items(
+    runs: Sequence[tuple[Series, list[list[tuple[float, float]]]]], markers: Sequence[Marker]
+) -> list[tuple[str, str]]:
+    """The legend: each series with a point, then each kind of marker once."""
+    kinds = dict.fromkeys(_cls(m.kind) for m in markers)
+    items = [(_classes(s.css), s.name) for s, rs in runs if rs]
+    return items + [(f"marker-{kind}", kind) for kind in kinds]
+
+
 def line_chart(
     title: str,
     series: Sequence[Series],
@@ -210,39 +268,12 @@ def line_chart(
         return frame.left + (x - x0) / (x1 - x0) * (frame.right - frame.left)
 
     parts = _open(title, width, height) + frame.y_axis()
-    parts.append('<g class="axis x-axis">')
-    for tick in x_ticks(x0, x1):
-        if x0 <= tick <= x1:  # nice_ticks would reach past the ends
-            parts.append(frame.x_label(sx(tick), x_format(tick)))
-    parts.append("</g>")
+    parts += _x_axis(frame, sx, x_ticks(x0, x1), x0, x1, x_format)
     for s, rs in runs:
-        if not rs:
-            continue
-        last = rs[-1][-1][1]
-        title = f"<title>{_esc(s.name)}: {_esc(y_format(last))}</title>"
-        parts.append(f'<g class="series {_classes(s.css)}">{title}')
-        for r in rs:
-            coords = [(sx(x), frame.y(y)) for x, y in r]
-            if len(r) == 1:
-                [(cx, cy)] = coords
-                parts.append(f'<circle class="dot" cx="{_f(cx)}" cy="{_f(cy)}" r="3"/>')
-            else:
-                points = " ".join(f"{_f(x)},{_f(y)}" for x, y in coords)
-                parts.append(f'<polyline class="line" points="{points}"/>')
-        parts.append("</g>")
-    for m in markers:
-        if not math.isfinite(m.x):
-            continue
-        x = _f(sx(m.x))
-        parts.append(
-            f'<g class="marker marker-{_cls(m.kind)}"><title>{_esc(m.label)}</title>'
-            f'<line x1="{x}" x2="{x}" y1="{_f(frame.top)}" y2="{_f(frame.bottom)}"/>'
-            f'<circle cx="{x}" cy="{_f(frame.top)}" r="4"/></g>'
-        )
-    kinds = dict.fromkeys(_cls(m.kind) for m in markers)
-    items = [(_classes(s.css), s.name) for s, rs in runs if rs]
-    items += [(f"marker-{kind}", kind) for kind in kinds]
-    parts += _legend(items, height - 6, frame.left)
+        if rs:
+            parts += _series(s, rs, sx, frame, y_format)
+    parts += [_marker(m, sx, frame) for m in markers if math.isfinite(m.x)]
+    parts += _legend(_legend_items(runs, markers), height - 6, frame.left)
     return "\n".join([*parts, "</svg>"])
 
 

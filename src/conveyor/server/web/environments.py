@@ -29,6 +29,7 @@ from conveyor.protocol import (
     EnvironmentStatus,
     Placement,
     RollbackRequest,
+    StepSeries,
 )
 from conveyor.server.api.deployments import (
     _environments,
@@ -145,10 +146,7 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
     """The environment as the API reports it, and the actions this caller may take."""
     with request.app.state.sessions() as session:
         statuses = environments(app, caller, session)
-        status = next((s for s in statuses if s.name == env), None)
-        if status is None:
-            known = ", ".join(s.name for s in statuses) or "none yet"
-            raise HTTPException(404, f"unknown environment {env!r} of {app} (it has: {known})")
+        status = _status_of(statuses, app, env)
         deployment = status.deployment
         if deployment is None and status.last is not None:
             deployment = get_deployment(status.last.id, caller, session)
@@ -157,20 +155,10 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         following = chain[index + 1] if index + 1 < len(chain) else None
         actions = _actions(request, session, caller, app, status, following)
         # the step the judge watches now, charted on this page too (all of them: /deployments)
-        judged = None
-        if status.deployment is not None:
-            row = session.get(Deployment, status.deployment.id)
-            judged = next(reversed(judged_series(row)), None) if row is not None else None
-            if judged and not any(p.canary and p.canary.requests for p in judged.points):
-                judged = None  # nothing to draw yet
-        shown = {r.release for p in status.hosts for r in p.desired}
-        shown |= {o.release for p in status.hosts for o in p.observed}
-        shown |= {x for x in (status.release, deployment and deployment.release) if x}
+        judged = _judged_now(session, status)
+        shown = _shown_releases(status, deployment)
         titles = commit_titles(session, shown)
-        # the release serving keeps its own colour; one beside it that would share it moves
-        new = deployment.release if deployment is not None else None
-        before = deployment.previous_release if deployment is not None else None
-        colours = release_colours([status.release, before, *sorted(shown - {new}), new])
+        colours = _colours(status, deployment, shown)
     return EnvironmentView(
         app=app,
         status=status,
@@ -191,6 +179,43 @@ def read_view(request: Request, caller: WebCaller, app: str, env: str) -> Enviro
         ),
         charts_of=judged.name if judged else None,
     )
+
+
+def _status_of(statuses: list[EnvironmentStatus], app: str, env: str) -> EnvironmentStatus:
+    """The environment named `env` among the app's; a 404 that lists them if there is none."""
+    status = next((s for s in statuses if s.name == env), None)
+    if status is None:
+        known = ", ".join(s.name for s in statuses) or "none yet"
+        raise HTTPException(404, f"unknown environment {env!r} of {app} (it has: {known})")
+    return status
+
+
+def _judged_now(session: Session, status: EnvironmentStatus) -> StepSeries | None:
+    """The judged step of the deployment underway, once it has a canary request to draw."""
+    if status.deployment is None:
+        return None
+    row = session.get(Deployment, status.deployment.id)
+    judged = next(reversed(judged_series(row)), None) if row is not None else None
+    if judged and not any(p.canary and p.canary.requests for p in judged.points):
+        return None  # nothing to draw yet
+    return judged
+
+
+def _shown_releases(status: EnvironmentStatus, deployment: DeploymentOut | None) -> set[str]:
+    """Every release the page names: on the hosts, serving, and the deployment's."""
+    shown = {r.release for p in status.hosts for r in p.desired}
+    shown |= {o.release for p in status.hosts for o in p.observed}
+    shown |= {x for x in (status.release, deployment and deployment.release) if x}
+    return shown
+
+
+def _colours(
+    status: EnvironmentStatus, deployment: DeploymentOut | None, shown: set[str]
+) -> dict[str, str]:
+    """The release serving keeps its own colour; one beside it that would share it moves."""
+    new = deployment.release if deployment is not None else None
+    before = deployment.previous_release if deployment is not None else None
+    return release_colours([status.release, before, *sorted(shown - {new}), new])
 
 
 def commit_titles(session: Session, releases: set[str]) -> dict[str, str]:
