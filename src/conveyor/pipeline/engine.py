@@ -48,12 +48,6 @@ SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 CONFIG_FILE = "conveyor.yml"
 
 
-class StepFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Engine(RunRecords):
     """Schedules queued runs (one per app at a time) and polls repositories."""
 
