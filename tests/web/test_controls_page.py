@@ -140,7 +140,8 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
         click(dan, "step-pause", "Paused by dan")
         page.wait_for_selector("form[data-action=step-resume]")
         page.wait_for_function(
-            "document.querySelector('#deployment .time-left')?.innerText.includes('paused by dan')"
+            "() => document.querySelector('#deployment .time-left')"
+            "?.innerText.includes('paused by dan')"
         )
         d = server.get(f"/api/deployments/{d['id']}")
         ten = step_named(d, 10)
@@ -191,14 +192,14 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
         assert "promoted by dan: the step ends as passed" in ten["log"]
         # the page's timeline says who did what to the step, and when
         page.wait_for_function(
-            "document.querySelector('.step-controls')?.innerText.includes('promoted by dan')"
+            "() => document.querySelector('.step-controls')?.innerText.includes('promoted by dan')"
         )
         said = page.inner_text(".step-controls")
         assert said.startswith("paused by dan") and "resumed by admin" in said, said
 
         # promote to 100%: the 50% step is skipped, then 100% and verify as usual
         page.wait_for_function(
-            "document.querySelector('form[data-action=step-promote] button')"
+            "() => document.querySelector('form[data-action=step-promote] button')"
             "?.innerText.includes('50% of traffic next')"
         )
         click(dan, "step-promote-full", "Promoted to 100% by dan")
@@ -210,7 +211,7 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
         assert fleet.routed("web-1") == {story.v2: 100}
     assert not load.result.errors, load.result.errors[:5]
     # the page, never reloaded, drops the canary's controls once it ended
-    page.wait_for_function("!document.querySelector('form[data-action=step-promote]')")
+    page.wait_for_function("() => !document.querySelector('form[data-action=step-promote]')")
     # the history lists who did what to the canary, and when
     dan.goto("/apps/sample/history")
     said = page.inner_text(f"tr[data-deployment='{ended['id']}']")
@@ -250,7 +251,7 @@ def test_the_rollback_button_after_a_failure_and_after_a_manual_rollback(
     assert fleet.routed("web-1") == {story.v1: 100}
     # the same button now leads forward to v2: it says so, in the page that updated itself
     page.wait_for_function(
-        "document.querySelector('form[data-action=rollback] button')"
+        "() => document.querySelector('form[data-action=rollback] button')"
         f"?.innerText === 'Deploy {story.v2} again'"
     )
     assert "Roll back" not in page.inner_text("form[data-action=rollback] button")
