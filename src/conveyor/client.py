@@ -25,6 +25,7 @@ from conveyor.protocol import (
     AppStatus,
     DeploymentOut,
     DoraReport,
+    EnvironmentStatus,
     HostCreated,
     HostOut,
     LogChunk,
@@ -173,6 +174,12 @@ class Client:
     def run_logs(self, run_id: int) -> list[LogChunk]:
         return self._typed_list(LogChunk, self.get(f"/api/runs/{run_id}/logs"))
 
+    def step_log(self, step_id: int, offset: int = 0) -> LogChunk:
+        """A step's log from `offset` (bytes) on, as far as the server sends at once."""
+        return self._typed(
+            LogChunk, self.get(f"/api/steps/{step_id}/log", params={"offset": offset})
+        )
+
     def status(self, app: str | None = None) -> list[AppStatus]:
         params = {"app": app} if app else None
         return self._typed_list(AppStatus, self.get("/api/status", params=params))
@@ -185,6 +192,10 @@ class Client:
         if env is not None:
             params["environment"] = env
         return self._typed_list(DeploymentOut, self.get("/api/deployments", params=params))
+
+    def environments(self, app: str) -> list[EnvironmentStatus]:
+        """The app's promotion chain in order, each environment with its hosts and deployments."""
+        return self._typed_list(EnvironmentStatus, self.get(f"/api/apps/{app}/environments"))
 
     def dora(self, app: str, days: float) -> DoraReport:
         return self._typed(DoraReport, self.get(f"/api/apps/{app}/dora", params={"days": days}))

@@ -10,6 +10,14 @@ from rich.console import Console
 from conveyor.cli.render import bare, history_table, status_view
 from conveyor.cli.tables import Column, fitted
 from conveyor.cli.watch import step_line, traffic_count, traffic_hint
+from conveyor.protocol import DeploymentOut, Placement, TrafficWait
+from tests.cli.records import (
+    app_status,
+    deployment_out,
+    release_out,
+    run_out,
+    step_out,
+)
 
 
 def test_status_shows_the_judgement_and_each_check_s_evidence() -> None:
@@ -29,29 +37,15 @@ def test_status_shows_the_judgement_and_each_check_s_evidence() -> None:
             {"check": "p99 latency vs baseline", "verdict": "pass", "summary": "slower than 50 ms"},
         ],
     }
-    deployment = {
-        "id": 7,
-        "kind": "deploy",
-        "release": "abc1234-1",
-        "state": "failed",
-        "steps": [
-            {
-                "position": 0,
-                "kind": "weight",
-                "name": "50% of traffic to abc1234-1",
-                "state": "failed",
-                "judgement": judgement,
-            },
-        ],
-    }
+    deployment = deployment_out(
+        7,
+        release="abc1234-1",
+        state="failed",
+        steps=[step_out(name="50% of traffic to abc1234-1", state="failed", judgement=judgement)],
+    )
     rows = [
-        {
-            "app": {"name": "shop", "branch": "main"},
-            "active_runs": [],
-            "last_run": None,
-            "last_release": None,
-            "hosts": [],
-            "environments": [
+        app_status(
+            environments=[
                 {
                     "name": "production",
                     "strategy": "canary",
@@ -61,7 +55,7 @@ def test_status_shows_the_judgement_and_each_check_s_evidence() -> None:
                     "last": deployment,
                 },
             ],
-        }
+        )
     ]
     console = Console(file=io.StringIO(), width=250, color_system=None)
     console.print(status_view(rows))
@@ -83,26 +77,8 @@ def _text(console: Console) -> str:
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
-def _deployment(i: int, **over: object) -> dict[str, object]:
-    d: dict[str, object] = {
-        "id": i,
-        "kind": "deploy",
-        "app": "shop",
-        "environment": "production",
-        "release": f"abc12{i:02d}-1",
-        "previous_release": "0c67dac-12",
-        "strategy": "canary",
-        "state": "succeeded",
-        "reason": None,
-        "trigger": "pipeline",
-        "triggered_by": f"run {i}",
-        "approved_by": None,
-        "forced_by": None,
-        "duration": 83.2,
-        "created_at": "2026-12-05T20:53:21",
-        "started_at": "2026-12-05T20:53:22",
-    }
-    return d | over
+def _deployment(i: int, **over: object) -> DeploymentOut:
+    return deployment_out(i, **({"duration": 83.2, "started_at": "2026-12-05T20:53:22"} | over))
 
 
 HISTORY = [
@@ -127,7 +103,7 @@ def test_history_fits_80_columns_and_never_cuts_a_value() -> None:
     for word in ("deployment", "environment", "#12 rollback", "production", "staging"):
         assert word in text, text
     for d in HISTORY:
-        assert d["release"] in text and d["state"] in text, text
+        assert d.release in text and d.state in text, text
     # the reason wraps onto more lines, whole
     assert "not enough" in text and "in 30 s" in text, text
 
@@ -160,29 +136,29 @@ def test_columns_go_least_needed_first_and_free_text_wraps() -> None:
 
 
 def test_status_fits_80_columns() -> None:
-    place = {
-        "host": "web-1",
-        "online": True,
-        "converged": False,
-        "desired": [
-            {"release": "abc1234-12", "weight": 75},
-            {"release": "0c67dac-1", "weight": 25},
-        ],
-        "observed": [
-            {"release": "abc1234-12", "weight": 75, "phase": "healthy", "error": None},
-            {"release": "0c67dac-1", "weight": 25, "phase": "draining", "error": None},
-        ],
-        "error": "health check of abc1234-12 failed: connection refused on 127.0.0.3:8000",
-    }
+    place = Placement.model_validate(
+        {
+            "host": "web-1",
+            "online": True,
+            "converged": False,
+            "desired": [
+                {"release": "abc1234-12", "weight": 75},
+                {"release": "0c67dac-1", "weight": 25},
+            ],
+            "observed": [
+                {"release": "abc1234-12", "weight": 75, "phase": "healthy", "error": None},
+                {"release": "0c67dac-1", "weight": 25, "phase": "draining", "error": None},
+            ],
+            "error": "health check of abc1234-12 failed: connection refused on 127.0.0.3:8000",
+        }
+    )
     running = _deployment(13, state="running", release="abc1234-12", steps=[])
     rows = [
-        {
-            "app": {"name": "shop", "branch": "main"},
-            "active_runs": [],
-            "last_run": {"id": 4, "state": "succeeded", "sha": "abc1234def"},
-            "last_release": {"id": "abc1234-12"},
-            "hosts": [place],
-            "environments": [
+        app_status(
+            last_run=run_out(4),
+            last_release=release_out("abc1234-12"),
+            hosts=[place],
+            environments=[
                 {
                     "name": "production",
                     "strategy": "canary",
@@ -192,7 +168,7 @@ def test_status_fits_80_columns() -> None:
                     "last": _deployment(9),
                 },
             ],
-        }
+        )
     ]
     console = _console(80)
     console.print(status_view(rows, console))
@@ -215,31 +191,33 @@ def test_a_copyable_line_is_printed_whole_at_any_width() -> None:
 
 def test_a_failed_step_says_its_reason_once() -> None:
     reason = "not enough traffic to judge the release: 12 of the 100 requests needed in 30 s"
-    step = {
-        "name": "25% of traffic to abc1234-1",
-        "state": "failed",
-        "duration": 30.2,
-        "reason": reason,
-        "judgement": {
+    step = step_out(
+        name="25% of traffic to abc1234-1",
+        state="failed",
+        duration=30.2,
+        reason=reason,
+        judgement={
             "verdict": "inconclusive",
             "requests": 12,
             "error_rate": 0.0,
             "p99": 0.02,
             "reasons": ["12 of the 100 requests needed to judge"],
         },
-    }
+    )
     line = step_line(step)
     assert line.count("12 of the 100") == 1, line
     assert "judge: [yellow]inconclusive[/yellow], 12 requests" in line, line
 
 
 def test_a_step_waiting_for_traffic_counts_down_and_says_where_to_send_it() -> None:
-    wait = {
-        "requests": 12,
-        "needed": 100,
-        "until": "2026-12-05T21:00:18+00:00",
-        "urls": ["http://127.0.0.3:8000", "http://127.0.0.4:8000"],
-    }
+    wait = TrafficWait.model_validate(
+        {
+            "requests": 12,
+            "needed": 100,
+            "until": "2026-12-05T21:00:18+00:00",
+            "urls": ["http://127.0.0.3:8000", "http://127.0.0.4:8000"],
+        }
+    )
     now = datetime(2026, 12, 5, 21, 0, 0, tzinfo=UTC)
     assert traffic_count(wait, now) == "12 of 100 requests, 18 s left"
     assert traffic_count(wait, now + timedelta(minutes=1)) == "12 of 100 requests, 0 s left"

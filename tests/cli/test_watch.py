@@ -10,6 +10,8 @@ from rich.console import Console
 
 from conveyor.cli.client import Client
 from conveyor.cli.watch import follow_deployment, host_done
+from conveyor.protocol import DeploymentOut, EnvironmentStatus, Placement, ReleaseWeight
+from tests.cli.records import deployment_out, step_out
 
 SPLIT = [{"release": "r1", "weight": 50}, {"release": "r2", "weight": 50}]
 
@@ -21,14 +23,16 @@ def place(
     online: bool = True,
     converged: bool = True,
     phase: str = "healthy",
-) -> dict[str, Any]:
-    return {
-        "host": "web-1",
-        "online": online,
-        "converged": converged,
-        "desired": desired,
-        "observed": [{"release": r, "weight": w, "phase": phase} for r, w in observed.items()],
-    }
+) -> Placement:
+    return Placement.model_validate(
+        {
+            "host": "web-1",
+            "online": online,
+            "converged": converged,
+            "desired": desired,
+            "observed": [{"release": r, "weight": w, "phase": phase} for r, w in observed.items()],
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,59 +53,45 @@ def place(
     ],
 )
 def test_a_host_is_done_when_it_routes_what_the_step_wrote(
-    host: dict[str, Any], targets: list[dict[str, Any]], done: bool
+    host: Placement, targets: list[dict[str, Any]], done: bool
 ) -> None:
-    assert host_done(host, targets) is done
+    assert host_done(host, [ReleaseWeight.model_validate(t) for t in targets]) is done
 
 
 def step(position: int, kind: str, name: str, state: str, **extra: Any) -> dict[str, Any]:
-    hosts = extra.pop("targets", {})
-    return {
-        "id": position + 1,
-        "position": position,
-        "kind": kind,
-        "name": name,
-        "state": state,
-        "reason": None,
-        "hosts": list(hosts),
-        "targets": hosts,
-        "judgement": None,
-        "log": "",
-        "duration": None,
-        **extra,
-    }
+    return {"position": position, "kind": kind, "name": name, "state": state, **extra}
 
 
-def deployment(state: str, steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {
-        "id": 7,
-        "app": "shop",
-        "environment": "production",
-        "kind": "deploy",
-        "strategy": "canary",
-        "release": "r2",
-        "previous_release": "r1" if steps else None,
-        "state": state,
-        "reason": None,
-        "hosts": ["web-1"] if steps else [],
-        "duration": None,
-        "created_at": "2026-01-01T00:00:00",
-        "started_at": None,
-        "steps": steps,
+def deployment(state: str, steps: list[dict[str, Any]], **extra: Any) -> DeploymentOut:
+    return deployment_out(
+        7,
+        release="r2",
+        previous_release="r1" if steps else None,
+        state=state,
+        hosts=["web-1"] if steps else [],
+        created_at="2026-01-01T00:00:00",
+        steps=[step_out(**s) for s in steps],
         **extra,
-    }
+    )
 
 
 class Scripted:
-    """Answers GETs from a script: one deployment record per look, fixed placements."""
+    """Answers the typed client's calls from a script: one deployment record per look, fixed
+    placements."""
 
-    def __init__(self, looks: list[dict[str, Any]], places: list[dict[str, Any]]) -> None:
+    def __init__(self, looks: list[DeploymentOut], places: list[Placement]) -> None:
         self.looks = looks
         self.places = places
 
-    def get(self, path: str, **_: Any) -> Any:
-        if path.endswith("/environments"):
-            return [{"name": "production", "hosts": self.places}]
+    def environments(self, app: str) -> list[EnvironmentStatus]:
+        env = {"name": "production", "strategy": "canary", "release": None}
+        return [
+            EnvironmentStatus.model_validate(
+                env | {"hosts": self.places, "deployment": None, "last": None}
+            )
+        ]
+
+    def deployment(self, deployment_id: int) -> DeploymentOut:
         return self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
 
 
@@ -159,7 +149,7 @@ def test_a_canary_that_fails_its_analysis_prints_each_event_once() -> None:
     places = [place(preview["web-1"], {"r1": 100})]
     console = Console(file=io.StringIO(), width=200, color_system=None)
     final = follow_deployment(cast(Client, Scripted(looks, places)), 7, console, interval=0)
-    assert final["state"] == "failed"
+    assert final.state == "failed"
     printed = cast(io.StringIO, console.file).getvalue().splitlines()
     assert printed == [
         "⏸ waiting for approval: conveyor approve 3",

@@ -83,7 +83,7 @@ def rollback(
 
 
 def _done(client: Client, created: DeploymentOut, *, follow: bool, as_json: bool) -> None:
-    title = deployment_title(wire(created))
+    title = deployment_title(created)
     if not follow:
         if as_json:
             print_json(wire(created))
@@ -101,8 +101,8 @@ def _done(client: Client, created: DeploymentOut, *, follow: bool, as_json: bool
         )
         raise typer.Exit(130) from None
     if as_json:
-        print_json(final)
-    raise typer.Exit(0 if final["state"] == "succeeded" else 1)
+        print_json(wire(final))
+    raise typer.Exit(0 if final.state == "succeeded" else 1)
 
 
 def approve(
@@ -117,7 +117,7 @@ def approve(
         print_json(wire(approved))
         return
     for d in approved:
-        out.print(f"[green]approved[/green] by {d.approved_by}: {deployment_title(wire(d))}")
+        out.print(f"[green]approved[/green] by {d.approved_by}: {deployment_title(d)}")
 
 
 def abort(

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from conveyor.cli import controls, deploy, status
+from conveyor.cli.chain import follow_chain
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.listing import apps_table, hosts_table, tokens_table
@@ -167,9 +168,9 @@ def app_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List apps."""
-    rows = wire(Client(server, token).apps())
+    rows = Client(server, token).apps()
     if as_json:
-        print_json(rows)
+        print_json(wire(rows))
         return
     out.print(apps_table(rows))
 
@@ -228,9 +229,9 @@ def host_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List hosts with their state and what they run."""
-    rows = wire(Client(server, token).hosts())
+    rows = Client(server, token).hosts()
     if as_json:
-        print_json(rows)
+        print_json(wire(rows))
         return
     out.print(hosts_table(rows))
 
@@ -293,9 +294,9 @@ def token_list(
     server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List API tokens."""
-    rows = wire(Client(server, token).tokens())
+    rows = Client(server, token).tokens()
     if as_json:
-        print_json(rows)
+        print_json(wire(rows))
         return
     out.print(tokens_table(rows))
 
@@ -317,13 +318,20 @@ def run(
         str | None, typer.Option(help="Commit to run (default: the branch head).")
     ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Show progress until it ends.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Show the run, then its release's deployments up the promotion chain; exit 0 "
+            "once the last environment serves it, 1 if the run or a deployment fails, is rolled "
+            "back, cancelled or superseded. With --json, only the run's record on stdout.",
+        ),
     ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a run for a commit: test, build, release."""
+    """Start a run for a commit: test, build, release; then the pipeline deploys it."""
     client = Client(server, token)
     created = client.start_run(app_name, sha)
     if not follow:
@@ -335,9 +343,17 @@ def run(
     console = err if as_json else out
     console.print(f"run {created.id} queued for {app_name}")
     state = follow_run(client, created.id, console)
+    done = client.run(created.id)
+    reached = False
+    if state == "succeeded":
+        try:
+            reached = follow_chain(client, done, console)
+        except KeyboardInterrupt:
+            err.print("stopped following; the deployments go on (`conveyor status` shows them)")
+            raise typer.Exit(130) from None
     if as_json:
-        print_json(wire(client.run(created.id)))
-    raise typer.Exit(0 if state == "succeeded" else 1)
+        print_json(wire(done))
+    raise typer.Exit(0 if reached else 1)
 
 
 @app.command()
@@ -360,22 +376,20 @@ def logs(
             import time
 
             time.sleep(0.5)
-    run_data = wire(client.run(run_id))
+    found = client.run(run_id)
     chunks = {c.step: c.text for c in client.run_logs(run_id)}
     if as_json:
-        for step in run_data["steps"]:
-            step["log"] = chunks.get(step["id"], "")
+        run_data = wire(found)
+        for step_data in run_data["steps"]:
+            step_data["log"] = chunks.get(step_data["id"], "")
         print_json(run_data)
         return
-    for step in run_data["steps"]:
-        out.print(f"[bold]── {step_title(step)} · {step['state']}[/bold]")
-        text = chunks.get(step["id"], "")
+    for step in found.steps:
+        out.print(f"[bold]── {step_title(step)} · {step.state}[/bold]")
+        text = chunks.get(step.id, "")
         if text:
             out.out(text, end="" if text.endswith("\n") else "\n", highlight=False)
-    out.print(
-        f"run {run_id}: {run_data['state']}"
-        + (f" ({run_data['reason']})" if run_data.get("reason") else "")
-    )
+    out.print(f"run {run_id}: {found.state}" + (f" ({found.reason})" if found.reason else ""))
 
 
 deploy.register(app)

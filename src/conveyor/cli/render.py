@@ -1,13 +1,15 @@
 """What the CLI prints: consoles, JSON, and records (runs, deployments, hosts) as Rich text.
 
-Pure functions from the API's JSON to renderables, so `status`, `history` and the
-deployment follower draw the same things the same way.
+Pure functions from the API's records (the models of conveyor.protocol, as the typed
+client returns them) to renderables, so `status`, `history` and the deployment follower
+draw the same things the same way.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -18,13 +20,20 @@ from rich.text import Text
 from conveyor.cli.follow import ICONS as RUN_ICONS
 from conveyor.cli.follow import step_title
 from conveyor.cli.tables import Column, fitted
+from conveyor.protocol import (
+    AppStatus,
+    DeploymentOut,
+    DeploymentStepOut,
+    DoraReport,
+    Judgement,
+    Placement,
+    RunOut,
+)
 
 # a message is one line however long (the terminal folds it, a pipe keeps it whole):
 # Rich would break it at the console's width, and a path or command with it
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-Record = dict[str, Any]
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -72,30 +81,30 @@ def took(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def when(stamp: str) -> str:
+def when(stamp: datetime) -> str:
     """A server timestamp (UTC) as month-day hour:minute, for narrow tables: `12-05 20:53`."""
-    return stamp[5:16].replace("T", " ")
+    return stamp.strftime("%m-%d %H:%M")
 
 
 # -- deployments -------------------------------------------------------------------
 
 
-def deployment_title(d: Record) -> str:
+def deployment_title(d: DeploymentOut) -> str:
     """`deployment #7 (rolling) of sample to production: release R (was P)`."""
-    what = "rollback" if d["kind"] == "rollback" else "deployment"
-    was = f" (was {d['previous_release']})" if d.get("previous_release") else ""
+    what = "rollback" if d.kind == "rollback" else "deployment"
+    was = f" (was {d.previous_release})" if d.previous_release else ""
     return (
-        f"{what} #{d['id']} ({d['strategy']}) of {d['app']} to {d['environment']}: "
-        f"release [bold]{d['release']}[/bold]{was}"
+        f"{what} #{d.id} ({d.strategy}) of {d.app} to {d.environment}: "
+        f"release [bold]{d.release}[/bold]{was}"
     )
 
 
-def step_label(step: Record, total: int | None = None) -> str:
-    where = f"step {step['position'] + 1}/{total} " if total else ""
-    return f"{where}{step['name']}"
+def step_label(step: DeploymentStepOut, total: int | None = None) -> str:
+    where = f"step {step.position + 1}/{total} " if total else ""
+    return f"{where}{step.name}"
 
 
-def judgement_text(j: Record | None, *, reasons: bool = True) -> str:
+def judgement_text(j: Judgement | None, *, reasons: bool = True) -> str:
     """The canary judge's last word: verdict, request count, error rate, p99, reasons.
 
     `reasons=False` leaves the reasons out, for a line that already gives them (a failed
@@ -103,35 +112,35 @@ def judgement_text(j: Record | None, *, reasons: bool = True) -> str:
     """
     if not j:
         return ""
-    verdict = {"pass": "green", "fail": "red"}.get(j["verdict"], "yellow")
-    parts = [f"[{verdict}]{j['verdict']}[/{verdict}]", f"{j['requests']} requests"]
-    if j.get("error_rate") is not None:
-        parts.append(f"error rate {j['error_rate'] * 100:.2f}%")
-    if j.get("p99") is not None:
-        parts.append(f"p99 {j['p99'] * 1000:.0f} ms")
-    why = "; ".join(j.get("reasons") or []) if reasons else ""
+    verdict = {"pass": "green", "fail": "red"}.get(j.verdict, "yellow")
+    parts = [f"[{verdict}]{j.verdict}[/{verdict}]", f"{j.requests} requests"]
+    if j.error_rate is not None:
+        parts.append(f"error rate {j.error_rate * 100:.2f}%")
+    if j.p99 is not None:
+        parts.append(f"p99 {j.p99 * 1000:.0f} ms")
+    why = "; ".join(j.reasons) if reasons else ""
     return "judge: " + ", ".join(parts) + (f" ({escape(why)})" if why else "")
 
 
-def underway(d: Record | None) -> str:
+def underway(d: DeploymentOut | None) -> str:
     """A deployment in one line, for status: `#9 running: 50% of traffic to R (step 3/5)`."""
     if d is None:
         return "-"
-    steps = [s for s in d.get("steps", []) if s["kind"] != "rollback"]
-    current = next((s for s in d.get("steps", []) if s["state"] == "running"), None)
-    text = f"#{d['id']} {d['kind']} {d['release']} {state(d['state'])}"
+    steps = [s for s in d.steps if s.kind != "rollback"]
+    current = next((s for s in d.steps if s.state == "running"), None)
+    text = f"#{d.id} {d.kind} {d.release} {state(d.state)}"
     if current is not None:
-        text += f": {current['name']}"
-        if current["kind"] != "rollback" and steps:
-            text += f" (step {current['position'] + 1}/{len(steps)})"
-    elif d.get("step"):
-        text += f": {d['step']}"
-    if d["state"] in ("queued", "waiting", "rolling_back", "aborting") and d.get("reason"):
-        text += f" — {d['reason']}"
+        text += f": {current.name}"
+        if current.kind != "rollback" and steps:
+            text += f" (step {current.position + 1}/{len(steps)})"
+    elif d.step:
+        text += f": {d.step}"
+    if d.state in ("queued", "waiting", "rolling_back", "aborting") and d.reason:
+        text += f" — {d.reason}"
     return text
 
 
-def history_table(rows: list[Record], console: Console | None = None) -> Table:
+def history_table(rows: list[DeploymentOut], console: Console | None = None) -> Table:
     """Deployments, newest first; at 80 columns: id, environment, release, state, start, reason."""
     columns = [
         Column("deployment"),
@@ -145,32 +154,32 @@ def history_table(rows: list[Record], console: Console | None = None) -> Table:
         Column("started", drop=2),
         Column("reason", wrap=True),
     ]
-    cells = []
+    cells: list[list[RenderableType]] = []
     for d in rows:
-        reason = d.get("reason") or ""
-        if d.get("forced_by"):
-            forced = f"forced by {d['forced_by']}: {d.get('force_reason') or ''}"
+        reason = d.reason or ""
+        if d.forced_by:
+            forced = f"forced by {d.forced_by}: {d.force_reason or ''}"
             reason = f"{forced}; {reason}" if reason else forced
         cells.append(
             [
-                f"#{d['id']}" + (" rollback" if d["kind"] == "rollback" else ""),
-                d["environment"],
-                d["release"],
-                d.get("previous_release") or "-",
-                state(d["state"]),
-                took(d.get("duration")),
-                f"{d['trigger']}: {d['triggered_by']}",
-                d.get("approved_by") or "-",
-                when(d.get("started_at") or d["created_at"]),
+                f"#{d.id}" + (" rollback" if d.kind == "rollback" else ""),
+                d.environment,
+                d.release,
+                d.previous_release or "-",
+                state(d.state),
+                took(d.duration),
+                f"{d.trigger}: {d.triggered_by}",
+                d.approved_by or "-",
+                when(d.started_at or d.created_at),
                 Text(reason),
             ]
         )
-    if not any(d.get("approved_by") for d in rows):
+    if not any(d.approved_by for d in rows):
         columns, cells = columns[:7] + columns[8:], [c[:7] + c[8:] for c in cells]
     return fitted(console or out, columns, cells)
 
 
-def runs_table(rows: list[Record], console: Console | None = None) -> Table:
+def runs_table(rows: list[RunOut], console: Console | None = None) -> Table:
     columns = [
         Column("run"),
         Column("commit"),
@@ -183,14 +192,14 @@ def runs_table(rows: list[Record], console: Console | None = None) -> Table:
     ]
     cells: list[list[RenderableType]] = [
         [
-            f"#{r['id']}",
-            (r["sha"] or "")[:7] or "(head)",
-            state(r["state"]),
-            took(r["duration"]),
-            r["trigger"],
-            r["triggered_by"],
-            r["release"] or "-",
-            when(r["started_at"] or r["created_at"]),
+            f"#{r.id}",
+            r.sha[:7] or "(head)",
+            state(r.state),
+            took(r.duration),
+            r.trigger,
+            r.triggered_by,
+            r.release or "-",
+            when(r.started_at or r.created_at),
         ]
         for r in rows
     ]
@@ -200,16 +209,16 @@ def runs_table(rows: list[Record], console: Console | None = None) -> Table:
 # -- hosts and status ------------------------------------------------------------------
 
 
-def agent_state(place: Record) -> str:
-    if not place["online"]:
+def agent_state(place: Placement) -> str:
+    if not place.online:
         return "[red]offline[/red]"
-    return "[green]online[/green]" if place["converged"] else "[yellow]converging[/yellow]"
+    return "[green]online[/green]" if place.converged else "[yellow]converging[/yellow]"
 
 
-def weight_rows(place: Record) -> list[tuple[str, str, str, str, str]]:
+def weight_rows(place: Placement) -> list[tuple[str, str, str, str, str]]:
     """One row per release a host should run or runs: desired and observed weight side by side."""
-    desired = {r["release"]: r["weight"] for r in place["desired"]}
-    observed = {r["release"]: r for r in place["observed"]}
+    desired = {r.release: r.weight for r in place.desired}
+    observed = {r.release: r for r in place.observed}
     rows = []
     for release in [*desired, *(r for r in observed if r not in desired)]:
         seen = observed.get(release)
@@ -217,19 +226,19 @@ def weight_rows(place: Record) -> list[tuple[str, str, str, str, str]]:
             (
                 release,
                 f"{desired[release]}%" if release in desired else "-",
-                f"{seen['weight']}%" if seen else "-",
-                state(seen["phase"]) if seen else "-",
-                (seen.get("error") or "") if seen else "",
+                f"{seen.weight}%" if seen else "-",
+                state(seen.phase) if seen else "-",
+                (seen.error or "") if seen else "",
             )
         )
     if not rows:
-        rows.append(("-", "-", "-", "-", place.get("error") or ""))
-    elif place.get("error"):
-        rows[0] = (*rows[0][:4], place["error"])
+        rows.append(("-", "-", "-", "-", place.error or ""))
+    elif place.error:
+        rows[0] = (*rows[0][:4], place.error)
     return rows
 
 
-def status_view(rows: list[Record], console: Console | None = None) -> RenderableType:
+def status_view(rows: list[AppStatus], console: Console | None = None) -> RenderableType:
     """`conveyor status`: runs per app, each environment's release and deployment, each host."""
     if not rows:
         return Text("no apps yet: `conveyor app add NAME --repo URL`")
@@ -288,89 +297,82 @@ def status_view(rows: list[Record], console: Console | None = None) -> Renderabl
     return Group(*parts)
 
 
-def _run_rows(rows: list[Record]) -> list[list[RenderableType]]:
+def _run_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
     """One row per app: its branch, the runs underway, its last run and last release."""
     runs: list[list[RenderableType]] = []
     for row in rows:
         active = (
             ", ".join(
-                f"#{r['id']} {state(r['state'])} {_running_step(r)}".strip()
-                for r in row["active_runs"]
+                f"#{r.id} {state(r.state)} {_running_step(r)}".strip() for r in row.active_runs
             )
             or "-"
         )
-        last = row["last_run"]
-        release = row["last_release"]
+        last = row.last_run
+        release = row.last_release
         runs.append(
             [
-                row["app"]["name"],
-                row["app"]["branch"],
+                row.app.name,
+                row.app.branch,
                 active,
-                f"#{last['id']} {state(last['state'])} {last['sha'][:7]}" if last else "-",
-                release["id"] if release else "-",
+                f"#{last.id} {state(last.state)} {last.sha[:7]}" if last else "-",
+                release.id if release else "-",
             ]
         )
     return runs
 
 
-def _environment_rows(rows: list[Record]) -> list[list[RenderableType]]:
+def _environment_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
     """One row per environment: its strategy, what it serves, what is underway and last ended."""
     envs: list[list[RenderableType]] = []
     for row in rows:
-        for env in row.get("environments", []):
-            last = env.get("last")
+        for env in row.environments:
+            last = env.last
             envs.append(
                 [
-                    row["app"]["name"],
-                    env["name"],
-                    env["strategy"],
-                    env.get("release") or "-",
-                    underway(env.get("deployment")),
-                    f"#{last['id']} {last['kind']} {last['release']} {state(last['state'])}"
-                    if last
-                    else "-",
+                    row.app.name,
+                    env.name,
+                    env.strategy,
+                    env.release or "-",
+                    underway(env.deployment),
+                    f"#{last.id} {last.kind} {last.release} {state(last.state)}" if last else "-",
                 ]
             )
     return envs
 
 
-def _judged_rows(rows: list[Record]) -> list[list[RenderableType]]:
+def _judged_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
     """One row per environment whose current or last deployment has a judged step."""
     judged: list[list[RenderableType]] = []
     for row in rows:
-        for env in row.get("environments", []):
-            found = next(
-                (f for d in (env.get("deployment"), env.get("last")) if (f := _judged(d))), None
-            )
+        for env in row.environments:
+            found = next((f for d in (env.deployment, env.last) if (f := _judged(d))), None)
             if found is None:
                 continue
             d, step = found
             judged.append(
                 [
-                    row["app"]["name"],
-                    env["name"],
-                    f"#{d['id']} {escape(step['name'])}",
-                    "\n".join(
-                        [judgement_text(step["judgement"]), *evidence_lines(step["judgement"])]
-                    ),
+                    row.app.name,
+                    env.name,
+                    f"#{d.id} {escape(step.name)}",
+                    "\n".join([judgement_text(step.judgement), *evidence_lines(step.judgement)]),
                 ]
             )
     return judged
 
 
-def _host_rows(rows: list[Record]) -> list[list[RenderableType]]:
+def _host_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
     """One row per release on each host; the host's own columns only on its first row."""
     hosts: list[list[RenderableType]] = []
     for row in rows:
-        env_of = {p["host"]: e["name"] for e in row.get("environments", []) for p in e["hosts"]}
-        for place in row["hosts"]:
+        env_of = {p.host: e.name for e in row.environments for p in e.hosts}
+        for place in row.hosts:
             for i, (release, desired, observed, phase, note) in enumerate(weight_rows(place)):
                 first = i == 0
                 hosts.append(
                     [
-                        row["app"]["name"] if first else "",
-                        env_of.get(place["host"], "-") if first else "",
-                        place["host"] if first else "",
+                        row.app.name if first else "",
+                        env_of.get(place.host, "-") if first else "",
+                        place.host if first else "",
                         agent_state(place) if first else "",
                         release,
                         desired,
@@ -382,39 +384,39 @@ def _host_rows(rows: list[Record]) -> list[list[RenderableType]]:
     return hosts
 
 
-def _judged(d: Record | None) -> tuple[Record, Record] | None:
+def _judged(d: DeploymentOut | None) -> tuple[DeploymentOut, DeploymentStepOut] | None:
     """A deployment's latest step with a judgement, if any."""
     if not d:
         return None
-    steps = [s for s in d.get("steps", []) if s.get("judgement")]
+    steps = [s for s in d.steps if s.judgement]
     return (d, steps[-1]) if steps else None
 
 
-def evidence_lines(j: Record | None) -> list[str]:
+def evidence_lines(j: Judgement | None) -> list[str]:
     """One line per check of the judge: what it counted, the statistic and its threshold."""
     if not j:
         return []
     colour = {"pass": "green", "fail": "red"}
     return [
-        f"  [{colour.get(e['verdict'], 'yellow')}]{e['verdict']}[/] {escape(e['check'])}: "
-        f"{escape(e['summary'])}"
-        for e in j.get("evidence") or []
+        f"  [{colour.get(e.verdict, 'yellow')}]{e.verdict}[/] {escape(e.check)}: "
+        f"{escape(e.summary)}"
+        for e in j.evidence
     ]
 
 
-def _running_step(run: Record) -> str:
-    running = [s for s in run.get("steps", []) if s["state"] == "running"]
+def _running_step(run: RunOut) -> str:
+    running = [s for s in run.steps if s.state == "running"]
     return f"({step_title(running[-1])})" if running else ""
 
 
 # -- delivery metrics ------------------------------------------------------------------
 
 
-def dora_view(reports: list[Record], console: Console | None = None) -> RenderableType:
+def dora_view(reports: list[DoraReport], console: Console | None = None) -> RenderableType:
     """`conveyor status --dora`: the four delivery metrics per app and environment."""
     if not reports:
         return Text("no apps yet: `conveyor app add NAME --repo URL`")
-    days = reports[0]["days"]
+    days = reports[0].days
     columns = [
         Column("app", drop=2 if len(reports) == 1 else 0),
         Column("environment"),
@@ -428,23 +430,23 @@ def dora_view(reports: list[Record], console: Console | None = None) -> Renderab
     cells: list[list[RenderableType]] = []
     from_run = 0
     for report in reports:
-        for env in report["environments"]:
-            from_run += env["lead_time_from_run"]
-            mark = "*" if env["lead_time_from_run"] else ""
-            rate = env["change_failure_rate"]
-            failed = f"{env['failed_changes']}/{env['changes']}"
-            restored = f"{env['restored']}/{env['failures']} restored"
-            freq = env["deployment_frequency"]
+        for env in report.environments:
+            from_run += env.lead_time_from_run
+            mark = "*" if env.lead_time_from_run else ""
+            rate = env.change_failure_rate
+            failed = f"{env.failed_changes}/{env.changes}"
+            restored = f"{env.restored}/{env.failures} restored"
+            freq = env.deployment_frequency
             cells.append(
                 [
-                    report["app"],
-                    env["environment"],
-                    str(env["deployments"]),
+                    report.app,
+                    env.environment,
+                    str(env.deployments),
                     "-" if freq is None else f"{freq:.2f}/day",
-                    took(env["lead_time"]) + mark,
-                    took(env["lead_time_p90"]) + mark,
+                    took(env.lead_time) + mark,
+                    took(env.lead_time_p90) + mark,
                     "-" if rate is None else f"{rate * 100:.0f}% ({failed})",
-                    took(env["time_to_restore"]) + (f" ({restored})" if env["failures"] else ""),
+                    took(env.time_to_restore) + (f" ({restored})" if env.failures else ""),
                 ]
             )
     table = fitted(

@@ -55,19 +55,18 @@ def status(
     client = Client(server, token)
     if dora:
         names = [app_name] if app_name else [a.name for a in client.apps()]
-        reports = wire([client.dora(n, days) for n in names])
+        reports = [client.dora(n, days) for n in names]
         if as_json:
-            print_json(reports)
+            print_json(wire(reports))
         else:
             out.print(dora_view(reports))
         return
-    params = {"app": app_name} if app_name else None
     if follow:
-        follow_status(client, params, out, as_json=as_json)
+        follow_status(client, app_name, out, as_json=as_json)
         return
-    rows = wire(client.status(app_name))
+    rows = client.status(app_name)
     if as_json:
-        print_json(rows)
+        print_json(wire(rows))
         return
     out.print(status_view(rows))
 
@@ -100,17 +99,17 @@ def history(
         fail("ENV selects deployments; leave it out to list runs with --runs", 2)
     client = Client(server, token)
     if runs:
-        found = wire(client.runs(app_name, limit))
+        found = client.runs(app_name, limit)
         if as_json:
-            print_json(found)
+            print_json(wire(found))
         elif found:
             out.print(runs_table(found))
         else:
             out.print(f"no runs of {app_name} yet")
         return
-    rows = wire(client.deployments(app_name, env, limit))
+    rows = client.deployments(app_name, env, limit)
     if as_json:
-        print_json(rows)
+        print_json(wire(rows))
     elif rows:
         out.print(history_table(rows))
     else:

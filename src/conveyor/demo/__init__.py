@@ -29,7 +29,7 @@ from rich.table import Table
 from conveyor.cli.follow import follow_run
 from conveyor.cli.render import bare
 from conveyor.cli.tables import Column, fitted
-from conveyor.client import Client, wire
+from conveyor.client import Client
 from conveyor.demo.hosts import (
     LocalHost,
     check_ports_free,
@@ -40,6 +40,7 @@ from conveyor.demo.hosts import (
 from conveyor.demo.sample import GIT_IDENTITY, git, sample_server, write_sample_app
 from conveyor.demo.traffic import Traffic
 from conveyor.demo.watch import ChainWatcher
+from conveyor.protocol import RunOut
 
 console = Console(highlight=False, soft_wrap=True)  # one line per event: greppable
 APP = "sample"
@@ -211,10 +212,10 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffi
     watcher = ChainWatcher(client, console, APP, environments, labels=labels)
 
     console.rule("[bold]v1: the first push[/bold]")
-    v1 = push(client, work)
-    if not climb(client, watcher, v1, labels, "v1"):
+    v1 = climb(client, watcher, push(client, work), labels, "v1")
+    if v1 is None:
         return False
-    show_serving(hosts, {h.name: v1["release"] for h in hosts})
+    show_serving(hosts, {h.name: v1 for h in hosts})
 
     console.rule("[bold]v2: a change, pushed while production takes traffic[/bold]")
     traffic.start()
@@ -223,9 +224,9 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffi
     )
     (work / "app" / "server.py").write_text(sample_server("hello from sample, v2"))
     git(work, "commit", "-q", "-am", "Say hello from v2")
-    v2 = push(client, work)
+    pushed = push(client, work)
     watcher.traffic = traffic
-    reached = climb(client, watcher, v2, labels, "v2")
+    v2 = climb(client, watcher, pushed, labels, "v2")
     result = traffic.result
     by_release = ", ".join(f"{n} by {labels.get(r, r)}" for r, n in sorted(result.releases.items()))
     style = "green" if result.failed == 0 else "red bold"
@@ -235,13 +236,13 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffi
     )
     for error in result.errors[:5]:
         console.print(f"  [red]{escape(error)}[/red]")
-    if not reached:
+    if v2 is None:
         return False
-    show_serving(hosts, {h.name: v2["release"] for h in hosts})
+    show_serving(hosts, {h.name: v2 for h in hosts})
     return True
 
 
-def push(client: Client, work: Path) -> dict[str, Any]:
+def push(client: Client, work: Path) -> RunOut:
     """`git push origin main` from the working copy; the run the hook started."""
     sha = git(work, "rev-parse", "HEAD")
     subject = git(work, "log", "-1", "--format=%s")
@@ -258,27 +259,28 @@ def push(client: Client, work: Path) -> dict[str, Any]:
     while time.monotonic() < deadline:
         found = next((r for r in client.runs(APP, 10) if r.sha == sha), None)
         if found is not None:
-            return dict(wire(found))
+            return found
         time.sleep(0.2)
     raise RuntimeError(f"the push of {sha[:7]} started no run (see server.log)")
 
 
 def climb(
-    client: Client, watcher: ChainWatcher, run: dict[str, Any], labels: dict[str, str], label: str
-) -> bool:
-    """Follow the run (tests, build), then its release up every environment."""
-    state = follow_run(client, run["id"], console)
-    if state != "succeeded":
+    client: Client, watcher: ChainWatcher, run: RunOut, labels: dict[str, str], label: str
+) -> str | None:
+    """Follow the run (tests, build), then its release up every environment; the release
+    if it reached the last one."""
+    state = follow_run(client, run.id, console)
+    release = client.run(run.id).release
+    if state != "succeeded" or release is None:
         console.print(f"[red]the run of {label} did not succeed[/red]")
-        return False
-    run.update(wire(client.run(run["id"])))
-    labels[run["release"]] = label
-    ended = watcher.follow(run["id"])
+        return None
+    labels[release] = label
+    ended = watcher.follow(run.id)
     last = ended.get(watcher.environments[-1])
-    if last is None or last["state"] != "succeeded":
+    if last is None or last.state != "succeeded":
         console.print(f"[red]{label} did not reach {watcher.environments[-1]}[/red]")
-        return False
-    return True
+        return None
+    return release
 
 
 def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:

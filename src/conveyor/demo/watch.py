@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
 from conveyor.cli.watch import traffic_count
-from conveyor.client import Client, wire
+from conveyor.client import Client
 from conveyor.demo.traffic import Traffic
+from conveyor.protocol import DeploymentOut, DeploymentStepOut, Judgement, ReleaseWeight
 
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 ICONS = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "skipped": "[dim]–[/dim]"}
@@ -54,9 +54,11 @@ class ChainWatcher:
         self.traffic = traffic
         self._seen: dict[int, _Seen] = {}
 
-    def follow(self, run_id: int, *, timeout: float = 600, interval: float = 0.3) -> dict[str, Any]:
+    def follow(
+        self, run_id: int, *, timeout: float = 600, interval: float = 0.3
+    ) -> dict[str, DeploymentOut]:
         """Until the last environment's deployment ends or one fails; the records by environment."""
-        ended: dict[str, Any] = {}
+        ended: dict[str, DeploymentOut] = {}
         deadline = time.monotonic() + timeout
         with self.console.status("waiting for the first deployment…") as status:
             while time.monotonic() < deadline:
@@ -66,14 +68,14 @@ class ChainWatcher:
                 for summary in ours:
                     if summary.environment in ended:
                         continue
-                    record = wire(self.client.deployment(summary.id))
+                    record = self.client.deployment(summary.id)
                     self._print_changes(record)
-                    if record["state"] in ENDED:
-                        ended[record["environment"]] = record
+                    if record.state in ENDED:
+                        ended[record.environment] = record
                     else:
                         current = record
                 last = self.environments[-1]
-                if last in ended or any(d["state"] != "succeeded" for d in ended.values()):
+                if last in ended or any(d.state != "succeeded" for d in ended.values()):
                     return ended
                 self._update(status, current)
                 time.sleep(interval)
@@ -87,44 +89,44 @@ class ChainWatcher:
 
     # -- printing --------------------------------------------------------------
 
-    def _print_changes(self, d: dict[str, Any]) -> None:
-        seen = self._seen.setdefault(d["id"], _Seen())
-        env = f"[bold]{d['environment']}[/bold]"
-        if d["state"] != seen.state:
-            seen.state = d["state"]
-            if d["state"] in ("queued", "waiting"):
-                why = f": {escape(d['reason'])}" if d.get("reason") else ""
-                self.console.print(f"[dim]{d['environment']}: deployment {d['state']}{why}[/dim]")
-            elif d["state"] == "running":
+    def _print_changes(self, d: DeploymentOut) -> None:
+        seen = self._seen.setdefault(d.id, _Seen())
+        env = f"[bold]{d.environment}[/bold]"
+        if d.state != seen.state:
+            seen.state = d.state
+            if d.state in ("queued", "waiting"):
+                why = f": {escape(d.reason)}" if d.reason else ""
+                self.console.print(f"[dim]{d.environment}: deployment {d.state}{why}[/dim]")
+            elif d.state == "running":
                 self.console.print(
-                    f"[bold]▶ {env}: deploying {self.release(d['release'])}[/bold] "
-                    f"({d['strategy']}, replacing {self.release(d['previous_release'])}, "
-                    f"hosts {', '.join(d['hosts']) or '-'})"
+                    f"[bold]▶ {env}: deploying {self.release(d.release)}[/bold] "
+                    f"({d.strategy}, replacing {self.release(d.previous_release)}, "
+                    f"hosts {', '.join(d.hosts) or '-'})"
                 )
-        for step in d["steps"]:
+        for step in d.steps:
             self._print_step(seen, step)
-        if d["state"] in ENDED:
-            took = f" in {d['duration']:.1f}s" if d.get("duration") is not None else ""
-            if d["state"] == "succeeded":
+        if d.state in ENDED:
+            took = f" in {d.duration:.1f}s" if d.duration is not None else ""
+            if d.state == "succeeded":
                 self.console.print(
-                    f"[green bold]✓ {d['environment']}: {self.release(d['release'])} "
+                    f"[green bold]✓ {d.environment}: {self.release(d.release)} "
                     f"deployed{took}[/green bold]"
                 )
             else:
-                why = f": {escape(d['reason'])}" if d.get("reason") else ""
-                self.console.print(f"[red bold]✗ {d['environment']}: {d['state']}{took}{why}")
+                why = f": {escape(d.reason)}" if d.reason else ""
+                self.console.print(f"[red bold]✗ {d.environment}: {d.state}{took}{why}")
 
-    def _print_step(self, seen: _Seen, step: dict[str, Any]) -> None:
-        sid, state = step["id"], step["state"]
+    def _print_step(self, seen: _Seen, step: DeploymentStepOut) -> None:
+        sid, state = step.id, step.state
         if state == "pending" or seen.steps.get(sid) == state:
             return
         if sid not in seen.steps and state != "skipped":
-            self.console.print(f"  ▸ {escape(step['name'])}")
-            weights = _weights(step["targets"])
-            if weights and step["kind"] != "verify":
+            self.console.print(f"  ▸ {escape(step.name)}")
+            weights = _weights(step.targets)
+            if weights and step.kind != "verify":
                 self.console.print(f"    [cyan]{escape(weights)}[/cyan]")
         seen.steps[sid] = state
-        text = step.get("log") or ""
+        text = step.log
         new = text[seen.log.get(sid, 0) :]
         seen.log[sid] = len(text)
         for line in new.splitlines():
@@ -132,24 +134,24 @@ class ChainWatcher:
         if state in ("running",):
             return
         icon = ICONS.get(state, "·")
-        took = f" in {step['duration']:.1f}s" if step.get("duration") is not None else ""
-        why = f": {escape(step['reason'])}" if step.get("reason") else ""
-        verdict = _verdict(step.get("judgement"))
+        took = f" in {step.duration:.1f}s" if step.duration is not None else ""
+        why = f": {escape(step.reason)}" if step.reason else ""
+        verdict = _verdict(step.judgement)
         after = f" — {verdict}" if verdict else ""
-        self.console.print(f"  {icon} {escape(step['name'])} {state}{took}{after}{why}")
-        if step.get("judgement") and self.traffic is not None:
+        self.console.print(f"  {icon} {escape(step.name)} {state}{took}{after}{why}")
+        if step.judgement and self.traffic is not None:
             # the share of traffic the new release really got, as the clients saw it
             self.console.print(f"    [dim]{escape(self._traffic_line())}[/dim]")
 
-    def _update(self, status: Status, d: dict[str, Any] | None) -> None:
+    def _update(self, status: Status, d: DeploymentOut | None) -> None:
         parts = []
         if d is None:
             parts.append("waiting for the next deployment…")
         else:
-            step = next((s for s in d["steps"] if s["state"] == "running"), None)
-            parts.append(f"{d['environment']}: {step['name'] if step else d['state']}")
-            wait = step.get("waiting_for_traffic") if step else None
-            verdict = _verdict(step.get("judgement")) if step else None
+            step = next((s for s in d.steps if s.state == "running"), None)
+            parts.append(f"{d.environment}: {step.name if step else d.state}")
+            wait = step.waiting_for_traffic if step else None
+            verdict = _verdict(step.judgement) if step else None
             if wait:
                 parts.append(f"waiting for traffic: {traffic_count(wait)}")
             elif verdict:
@@ -169,21 +171,21 @@ class ChainWatcher:
         return f"load {rate:.0f} req/s" + (f" ({split})" if split else "")
 
 
-def _weights(targets: dict[str, list[dict[str, Any]]]) -> str:
+def _weights(targets: dict[str, list[ReleaseWeight]]) -> str:
     """`web-1, web-2: a 75% · b 25%`: hosts grouped by the weights a step writes."""
     groups: dict[str, list[str]] = {}
     for host, items in targets.items():
-        key = " · ".join(f"{r['release']} {r['weight']}%" for r in items) or "nothing"
+        key = " · ".join(f"{r.release} {r.weight}%" for r in items) or "nothing"
         groups.setdefault(key, []).append(host)
     return "; ".join(f"{', '.join(hosts)}: {key}" for key, hosts in groups.items())
 
 
-def _verdict(judgement: dict[str, Any] | None) -> str | None:
+def _verdict(judgement: Judgement | None) -> str | None:
     if not judgement:
         return None
-    text = f"analysis {judgement['verdict']} on {judgement['requests']} requests"
-    if judgement.get("error_rate") is not None:
-        text += f", {judgement['error_rate'] * 100:.1f}% errors"
-    if judgement.get("p99") is not None:
-        text += f", p99 {judgement['p99'] * 1000:.0f} ms"
+    text = f"analysis {judgement.verdict} on {judgement.requests} requests"
+    if judgement.error_rate is not None:
+        text += f", {judgement.error_rate * 100:.1f}% errors"
+    if judgement.p99 is not None:
+        text += f", p99 {judgement.p99 * 1000:.0f} ms"
     return text
