@@ -16,11 +16,11 @@ setup:
 # `conveyor server` a test starts.
 sync: setup
 	@$(UV) sync --frozen --all-extras --quiet --compile-bytecode
-	@$(UV) run --frozen python -m compileall -q -j 0 src tests bench > /dev/null
+	@$(UV) run --frozen python -m compileall -q -j 0 src tests bench testbed > /dev/null
 
 lint: sync
-	$(UV) run --frozen ruff check src tests bench
-	$(UV) run --frozen ruff format --check src tests bench
+	$(UV) run --frozen ruff check src tests bench testbed
+	$(UV) run --frozen ruff format --check src tests bench testbed
 	$(UV) run --frozen mypy src
 	@# the package supports 3.11-3.13: type-checked for the newest too
 	$(UV) run --frozen mypy --python-version 3.13 src

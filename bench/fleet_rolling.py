@@ -42,8 +42,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procstat import KINDS, CpuMeter, memory
-from tests.fleet import AgentProcess, Fleet, _pids_with_env
-from tests.helpers import ServerProcess, wait_for
+
+from conveyor.agent.procfs import pids_under
+from testbed.fleet import AgentProcess, Fleet
+from testbed.helpers import ServerProcess, wait_for
 
 ENDED = ("succeeded", "failed", "rolled_back", "cancelled", "superseded")
 ENVS = ("single", "fleet")
@@ -245,14 +247,14 @@ def teardown(server: ServerProcess, agents: list[AgentProcess], root: Path) -> N
         server.stop()
     server.http.close()
     for _ in range(50):
-        left = _pids_with_env(str(root))
+        left = pids_under(str(root))
         if not left:
             return
         for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
-    print(f"warning: processes left running under {root}: {_pids_with_env(str(root))}")
+    print(f"warning: processes left running under {root}: {pids_under(str(root))}")
 
 
 def med(values: list[float]) -> float:

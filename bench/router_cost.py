@@ -20,11 +20,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import free_port, wait_for
-
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.spec import Router, RouteSpec, Target
+from testbed.backend import Backend
+from testbed.helpers import free_port, wait_for
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -75,10 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("haproxy"):
         sys.exit("wrk and haproxy are needed: run scripts/setup.sh")
-    backend_port = free_port()
-    backend = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "fast_backend.py"), str(backend_port), "r1"]
-    )
+    backend = Backend("r1", "bench").spawn().wait_ready()
+    backend_port = backend.port
     with tempfile.TemporaryDirectory(prefix="conveyor-router-cost-") as tmp:
         root = Path(tmp)
         embedded = EmbeddedRouter(root / "router.sock", root / "router.log")
@@ -102,7 +100,7 @@ def main() -> None:
         finally:
             asyncio.run(embedded.stop())
             asyncio.run(haproxy.stop())
-            backend.terminate()
+            backend.stop()
     for connections, by_name in results.items():
         print(f"wrk -t1 -c{connections} -d{args.seconds}s, same backend (uvloop+httptools):")
         for name, r in by_name.items():

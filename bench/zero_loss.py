@@ -23,10 +23,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fleet import AgentProcess, LoadGenerator, LoadResult
-from tests.helpers import ServerProcess, commit, free_port, wait_for
-
 from conveyor.demo.sample import sample_config, write_sample_app
+from testbed.fleet import AgentProcess, LoadGenerator, LoadResult
+from testbed.helpers import ServerProcess, commit, free_port, wait_for
 
 ADDRESS = "127.0.0.2"
 

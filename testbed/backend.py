@@ -1,9 +1,11 @@
-"""A fast HTTP/1.1 keep-alive instance for the HAProxy tests, run as its own process.
+"""A fast HTTP/1.1 keep-alive instance (uvloop + httptools), run as its own process.
 
-    python -m tests.router_haproxy.backend PORT RELEASE INSTANCE
+    python -m testbed.backend PORT RELEASE [INSTANCE]
 
-Answers every request with the release id as body and headers X-Release and
-X-Instance; `?delay=S` answers after S seconds, `?status=N` with that status.
+The one stand-in app of the router tests and benches: much faster than the routers it
+sits behind, so a bench measures the router, not the backend. Answers every request with
+the release id as body and headers X-Release and X-Instance; `?delay=S` answers after S
+seconds, `?status=N` with that status. It prints `ready` once it listens.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from urllib.parse import parse_qs
 import httptools
 import uvloop
 
-from tests.helpers import free_port
+from testbed.helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Http(asyncio.Protocol):
@@ -31,6 +33,8 @@ class _Http(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.transport: Any = None
+        # the answer to a plain request, built once: what a bench's millions of requests get
+        self.plain = self._head(200, keep=True) + release
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
@@ -44,13 +48,8 @@ class _Http(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
-    def on_message_complete(self) -> None:
-        query = parse_qs(self.url.partition(b"?")[2].decode())
-        self.url = b""
-        keep = self.parser.should_keep_alive()
-        status = int(query.get("status", ["200"])[0])
-        delay = float(query.get("delay", ["0"])[0])
-        head = (
+    def _head(self, status: int, *, keep: bool) -> bytes:
+        return (
             b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nX-Release: %s\r\nX-Instance: %s\r\n%s\r\n"
             % (
                 status,
@@ -60,6 +59,17 @@ class _Http(asyncio.Protocol):
                 b"" if keep else b"Connection: close\r\n",
             )
         )
+
+    def on_message_complete(self) -> None:
+        url, self.url = self.url, b""
+        keep = self.parser.should_keep_alive()
+        if keep and b"?" not in url:
+            self.transport.write(self.plain)
+            return
+        query = parse_qs(url.partition(b"?")[2].decode())
+        status = int(query.get("status", ["200"])[0])
+        delay = float(query.get("delay", ["0"])[0])
+        head = self._head(status, keep=keep)
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self._send, head + self.release, keep)
         else:
@@ -96,7 +106,7 @@ class Backend:
             [
                 sys.executable,
                 "-m",
-                "tests.router_haproxy.backend",
+                "testbed.backend",
                 str(self.port),
                 self.release,
                 self.instance,
@@ -123,4 +133,4 @@ class Backend:
 
 
 if __name__ == "__main__":
-    uvloop.run(_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    uvloop.run(_serve(int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "1"))

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.agent import procfs
-from tests.helpers import ManagedProcess, ServerProcess, plain_http, wait_for
+from testbed.helpers import ManagedProcess, ServerProcess, plain_http, wait_for
 
 
 class AgentProcess(ManagedProcess):
@@ -282,7 +282,7 @@ class Fleet:
         metrics: bool = False,
     ) -> None:
         from conveyor.demo.sample import write_sample_app
-        from tests.helpers import free_port
+        from testbed.helpers import free_port
 
         self.server = server
         self.app = app
@@ -310,7 +310,7 @@ class Fleet:
     def commit(self, label: str, environments: str, **config: Any) -> str:
         """A new commit of the sample app with these environments (and config knobs)."""
         from conveyor.demo.sample import sample_config
-        from tests.helpers import commit
+        from testbed.helpers import commit
 
         text = sample_config(self.app, port=self.port, extra=environments, **config)
         return commit(self.repo, {"conveyor.yml": text, "VERSION": label})
@@ -356,7 +356,7 @@ def running_fleet(
 def _port_free_on(addresses: list[str]) -> int:
     import socket
 
-    from tests.helpers import free_port
+    from testbed.helpers import free_port
 
     for _ in range(50):
         port = free_port(addresses[0])

@@ -1,4 +1,4 @@
-"""Test helpers: a real `conveyor server` process, the CLI as a subprocess, git repos."""
+"""Test and bench helpers: a real `conveyor server` process, the CLI as a subprocess, git repos."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.agent.routing.haproxy import HAProxyRouter
-from tests.router_haproxy.backend import Backend
+from testbed.backend import Backend
 from tests.router_haproxy.support import LoopThread
 
 HAPROXY = shutil.which("haproxy")

@@ -1,6 +1,6 @@
 """Helpers of the HAProxy driver tests: an event loop for the driver, specs, requests.
 
-The load generator is tests.fleet.LoadGenerator, shared by every router test and bench.
+The load generator is testbed.fleet.LoadGenerator, shared by every router test and bench.
 """
 
 from __future__ import annotations

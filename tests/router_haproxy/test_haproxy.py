@@ -14,9 +14,9 @@ import pytest
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.haproxy_state import AppState, new_slots
 from conveyor.agent.routing.spec import LATENCY_BUCKETS, PREVIEW_HEADER, RouterError
-from tests.fleet import LoadGenerator
-from tests.helpers import free_port, wait_for
-from tests.router_haproxy.backend import Backend
+from testbed.backend import Backend
+from testbed.fleet import LoadGenerator
+from testbed.helpers import free_port, wait_for
 from tests.router_haproxy.conftest import MakeRouter
 from tests.router_haproxy.support import LoopThread, get, proc, spec
 
