@@ -38,9 +38,15 @@ def build(server: ServerProcess, repo: Path, port: int, label: str, **config: ob
             "VERSION": label,
         },
     )
-    run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"], timeout=120)
-    assert run["state"] == "succeeded", run
-    return str(run["release"])
+    with server.api() as api:
+        started = api.start_run("sample", None)
+        run = wait_for(
+            lambda: (r := api.run(started.id)).state not in ("queued", "running") and r,
+            timeout=120,
+            interval=0.2,
+        )
+    assert run.state == "succeeded" and run.release is not None, run
+    return run.release
 
 
 def warm_rollback_ms(agent: AgentProcess, url: str, to: str, away: str) -> float:
@@ -71,7 +77,8 @@ def scenario(router: str, min_requests: int, rollbacks: int) -> tuple[LoadResult
         port = free_port(ADDRESS)
         repo = root / "sample"
         write_sample_app(repo, "sample", port=port)
-        server.add_app("sample", repo)
+        with server.api() as api:
+            api.add_app({"name": "sample", "repo": str(repo)})
         agent = AgentProcess(server, "web-1", root / "agent", address=ADDRESS, router=router)
         url = f"http://{ADDRESS}:{port}/"
         try:
