@@ -11,5 +11,5 @@ import sys
 import testbed.fleet
 import testbed.helpers
 
-sys.modules[f"{__name__}.helpers"] = testbed.helpers
-sys.modules[f"{__name__}.fleet"] = testbed.fleet
+helpers = sys.modules[f"{__name__}.helpers"] = testbed.helpers
+fleet = sys.modules[f"{__name__}.fleet"] = testbed.fleet
