@@ -92,7 +92,13 @@ class BringUp:
                 "CONVEYOR_RELEASE": rt.release,
             }
             rt.instance = await self.supervisor.start(
-                rt.app, rt.release, release_dir, service.start, env
+                rt.app,
+                rt.release,
+                release_dir,
+                service.start,
+                env,
+                user=service.user,
+                limits=service.limits,
             )
         elif self.migration_due(rt):
             release_dir = self.installer.release_dir(rt.app, rt.release)
