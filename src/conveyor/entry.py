@@ -21,8 +21,11 @@ from rich.markup import escape
 
 from conveyor.cli.client import fail
 from conveyor.cli.main import app
+from conveyor.systemd.command import service_cli
 
 __all__ = ["app", "main"]
+
+app.add_typer(service_cli, name="service")
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 
