@@ -155,7 +155,9 @@ def agent(
     """The agent on a host: dials out to the server and converges toward its desired state."""
     if router not in ("embedded", "haproxy"):
         fail(f"--router {router!r}: expected embedded or haproxy", 2)
-    if token_file is not None:
+    # once enrolled the agent needs the token no more: its file may have been deleted
+    enrolled = (data / "credential.json").exists()
+    if token_file is not None and (token_file.exists() or not enrolled):
         token = _read_token_file(token_file)
     from conveyor.agent.exporter import ExporterError, parse_address
     from conveyor.agent.main import run_agent

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.agent import procfs
-from conveyor.agent.confine import RunAs, cgroup_for, systemd_argv, wrapper_argv
+from conveyor.agent.confine import RunAs, can_enter, cgroup_for, systemd_argv, wrapper_argv
 from conveyor.agent.errors import StartError
 from conveyor.agent.supervisor import Supervisor
 from conveyor.protocol import InstanceLimits
@@ -195,3 +195,33 @@ async def test_an_unknown_service_user_is_a_clear_start_error(
         assert sup.instances() == []
     finally:
         await sup.close()
+
+
+@root_only
+async def test_a_release_the_user_cannot_reach_is_a_clear_start_error(data: Path) -> None:
+    # pytest's tmp_path (under `data`) is 0700, owned by root
+    release = data / "shop" / "releases" / "r1"
+    release.mkdir(parents=True)
+    sup = Supervisor(data, poll_interval=0.05, startup_window=0.3)
+    try:
+        with pytest.raises(StartError) as refused:
+            await sup.start("shop", "r1", release, "exec sleep 60", {}, user="nobody")
+        said = str(refused.value)
+        assert "service.user 'nobody' cannot enter" in said
+        assert "(mode 0o700)" in said and "chmod o+x" in said
+    finally:
+        await sup.close()
+
+
+def test_can_enter(tmp_path: Path) -> None:
+    me = RunAs("me", os.geteuid(), os.getegid(), (os.getegid(),), "/")
+    other = RunAs("other", 65534, 65534, (65534,), "/")
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    (tmp_path / "a").chmod(0o700)
+    blocked_first = tmp_path / "a"
+    for directory in [tmp_path, *tmp_path.parents]:
+        if directory.stat().st_mode & 0o001 == 0:
+            blocked_first = directory  # pytest's own 0700 directories come first
+    assert can_enter(inner, me) is None
+    assert can_enter(inner, other) == blocked_first

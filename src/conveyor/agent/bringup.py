@@ -126,7 +126,9 @@ class BringUp:
         self._changed()
         env = dict(spec.service.env) | {"CONVEYOR_APP": rt.app, "CONVEYOR_RELEASE": rt.release}
         try:
-            result = await self.migrations.run(rt.app, rt.release, request, release_dir, env)
+            result = await self.migrations.run(
+                rt.app, rt.release, request, release_dir, env, user=spec.service.user
+            )
         finally:
             self._changed()
         if result.state != "succeeded":

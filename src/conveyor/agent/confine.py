@@ -66,6 +66,37 @@ def resolve_user(name: str) -> RunAs:
     return RunAs(name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir)
 
 
+def can_enter(path: Path, user: RunAs) -> Path | None:
+    """The first directory on the way to `path` that `user` may not enter (None: it may):
+    a release under a 0700 data directory cannot be started as another user."""
+    for directory in [*reversed(path.parents), path]:
+        try:
+            st = directory.stat()
+        except OSError:
+            return directory
+        if st.st_uid == user.uid:
+            bit = 0o100
+        elif st.st_gid in user.groups:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return directory
+    return None
+
+
+def check_release_dir(path: Path, user: RunAs) -> None:
+    """Raise a StartError saying what to change when `user` cannot reach `path`."""
+    blocked = can_enter(path, user)
+    if blocked is not None:
+        mode = oct(blocked.stat().st_mode & 0o777) if blocked.exists() else "missing"
+        raise StartError(
+            f"service.user {user.name!r} cannot enter {blocked} (mode {mode}) to start the "
+            f"instance in {path}: let it through (chmod o+x {blocked}), e.g. keep the agent's "
+            "data directory 0755"
+        )
+
+
 def systemd_runs_host() -> bool:
     """Whether systemd is PID 1 (sd_booted's test) and systemd-run is installed."""
     return os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") is not None

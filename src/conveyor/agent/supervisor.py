@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.agent import children, procfs
-from conveyor.agent.confine import launch_argv, resolve_user
+from conveyor.agent.confine import check_release_dir, launch_argv, resolve_user
 from conveyor.agent.errors import StartError
 from conveyor.agent.instance import AdoptResult, Backoff, Instance, describe_exit, exit_text
 from conveyor.agent.ports import LOOPBACK, PORT_RANGE, port_is_free
@@ -183,6 +183,8 @@ class Supervisor:
         """Start the process of an instance; returns the log offset where its output starts."""
         inst.log_path.parent.mkdir(parents=True, exist_ok=True)
         run_as = resolve_user(inst.user) if inst.user else None
+        if run_as is not None:
+            check_release_dir(inst.release_dir, run_as)
         argv = launch_argv(
             ["bash", "-c", inst.command],
             unit=f"conveyor-{inst.app}-{inst.id}-{inst.restarts}",
