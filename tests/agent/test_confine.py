@@ -15,7 +15,8 @@ import pytest
 
 from conveyor.agent import procfs
 from conveyor.agent.confine import RunAs, can_enter, cgroup_for, systemd_argv, wrapper_argv
-from conveyor.agent.errors import StartError
+from conveyor.agent.errors import InstallError, StartError
+from conveyor.agent.installer import Installer
 from conveyor.agent.supervisor import Supervisor
 from conveyor.protocol import InstanceLimits
 from tests.helpers import wait_for_async
@@ -225,3 +226,17 @@ def test_can_enter(tmp_path: Path) -> None:
             blocked_first = directory  # pytest's own 0700 directories come first
     assert can_enter(inner, me) is None
     assert can_enter(inner, other) == blocked_first
+
+
+@root_only
+async def test_a_hook_with_a_user_runs_as_it(data: Path, release_dir: Path) -> None:
+    installer = Installer(data)
+    log = data / "migrate.log"
+    done = await installer.exec_hook(
+        'echo "as $(id -un) home=$HOME"', release_dir, {}, log, 30, name="migrate", user="nobody"
+    )
+    assert done.code == 0
+    assert "as nobody home=/nonexistent" in log.read_text()
+    with pytest.raises(InstallError) as refused:
+        await installer.exec_hook("true", release_dir, {}, log, 30, user="no-such-user-here")
+    assert "service.user 'no-such-user-here' does not exist" in str(refused.value)

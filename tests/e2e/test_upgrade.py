@@ -58,6 +58,9 @@ def test_a_server_one_minor_ahead_drives_the_agent_two_ahead_refuses_it(tmp_path
         assert agent.proc is not None
         cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes()
         assert agent.secret.encode() not in cmdline  # never in argv, where `ps` shows it
+        assert agent.observed()["agent_version"] == __version__
+        listed = server.cli("host", "list")
+        assert listed.returncode == 0 and __version__ in listed.stdout, listed.stdout
         # the server is upgraded once more: this agent is now two minor versions behind
         server.stop()
         server.version = two_ahead

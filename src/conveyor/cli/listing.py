@@ -49,6 +49,7 @@ def hosts_table(rows: list[Record], console: Console | None = None) -> Table:
                     state if i == 0 else "",
                     seen if i == 0 else "",
                     converged if i == 0 else "",
+                    (observed.get("agent_version") or "-") if i == 0 else "",
                     app_obs["app"] if app_obs else "-",
                     releases,
                 ]
@@ -58,6 +59,7 @@ def hosts_table(rows: list[Record], console: Console | None = None) -> Table:
         Column("state"),
         Column("seen", drop=2),
         Column("converged", drop=1),
+        Column("agent", drop=3),
         Column("app"),
         Column("releases (weight, phase)", wrap=True, min_width=20),
     ]
