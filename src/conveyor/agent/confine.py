@@ -18,6 +18,7 @@ import os
 import pwd
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger("conveyor.agent.supervisor")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_GROUP = "conveyor"  # instances' groups live under /sys/fs/cgroup/conveyor/
+SWEEP_AFTER = 60.0  # seconds: an empty instance group older than this is removed
 CPU_PERIOD = 100_000  # microseconds, cgroup v2's default cpu.max period
 
 
@@ -155,9 +157,11 @@ def cgroup_for(instance: str, limits: InstanceLimits, root: Path = CGROUP_ROOT) 
         parent.mkdir(exist_ok=True)
         for level in (root, parent):
             (level / "cgroup.subtree_control").write_text("+memory +cpu")
-        for old in parent.iterdir():  # groups of instances gone: rmdir refuses busy ones
-            if old.is_dir():
-                with contextlib.suppress(OSError):
+        for old in parent.iterdir():
+            # groups of instances gone (rmdir refuses busy ones); a group made a moment ago
+            # may still wait for its process to join it
+            with contextlib.suppress(OSError):
+                if old.is_dir() and time.time() - old.stat().st_mtime > SWEEP_AFTER:
                     old.rmdir()
         group = parent / instance
         group.mkdir(exist_ok=True)
