@@ -175,3 +175,17 @@ def test_installing_a_unit_without_permission_says_so(root_owned_dir: Path) -> N
     assert f"cannot write {root_owned_dir}/conveyor-agent.service: permission denied" in said
     assert "Run it as root" in said and "--print" in said
     assert list(root_owned_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the venv is under /root here)")
+def test_a_server_user_that_cannot_run_the_command_is_warned_of(tmp_path: Path) -> None:
+    from conveyor.agent.confine import RunAs, can_enter
+
+    nobody = RunAs("nobody", 65534, 65534, (65534,), "/")
+    if can_enter(Path(sys.executable).resolve().parent, nobody) is None:
+        pytest.skip("this venv's Python is within reach of nobody")
+    code, said = install("server", "--user", "nobody", "--unit-dir", str(tmp_path))
+    assert code == 0, said
+    words = " ".join(said.split())
+    assert "# warning: nobody cannot run" in words
+    assert "pipx install --global" in words

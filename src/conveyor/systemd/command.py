@@ -80,6 +80,45 @@ def _user_missing(user: str) -> bool:
     return False
 
 
+def _shebang(program: Path) -> Path | None:
+    try:
+        with open(program, "rb") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return Path(words[0]) if words and words[0].startswith("/") else None
+
+
+def out_of_reach(command: list[str], user: str) -> str | None:
+    """Why `user` cannot run the unit's command (a directory it cannot enter on the way
+    to it, or to where its symlink points), or None."""
+    from conveyor.agent.confine import can_enter, resolve_user
+    from conveyor.agent.errors import StartError
+
+    try:
+        run_as = resolve_user(user)
+    except StartError:
+        return None  # a user yet to be made, or root: nothing to check
+    program = Path(command[0])
+    paths = [program, program.resolve()]
+    interpreter = _shebang(program)
+    if interpreter is not None:  # a pipx or uv tool script: its venv's python, too
+        paths += [interpreter, interpreter.resolve()]
+    for path in dict.fromkeys(paths):
+        blocked = can_enter(path.parent, run_as)
+        if blocked is not None:
+            return (
+                f"{user} cannot run {program}: it cannot enter {blocked}. Install conveyor "
+                "where every user can run it: `pipx install --global 'conveyor[server]'`, or "
+                "`UV_TOOL_DIR=/opt/conveyor UV_TOOL_BIN_DIR=/usr/local/bin uv tool install "
+                "--python /usr/bin/python3 'conveyor[server]'`, then write the unit again"
+            )
+    return None
+
+
 @install_cli.command("server")
 def install_server(
     data: Annotated[Path, typer.Option(help="The server's data directory.")] = Path(
@@ -98,8 +137,9 @@ def install_server(
     """conveyor-server.service: the server as an unprivileged user, restarted on failure."""
     if user == "root":
         fail("--user root: the server runs test and build steps; give it a user of its own", 2)
+    command = conveyor_command(exec_path)
     text = server_unit(
-        conveyor_command(exec_path),
+        command,
         data=data.absolute(),
         listen=listen,
         url=url,
@@ -107,6 +147,9 @@ def install_server(
         env_file=env_file,
     )
     steps = []
+    unreachable = out_of_reach(command, user)
+    if unreachable:
+        steps.append(f"# warning: {unreachable}")
     if _user_missing(user):
         steps.append(
             f"useradd --system --home {data.absolute()} --shell /usr/sbin/nologin {user}"
