@@ -4,6 +4,7 @@ older ones naming both versions; the agent reads its enrolment token from a file
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,6 +101,23 @@ def test_an_agent_that_names_an_old_version_cannot_enrol(tmp_path: Path) -> None
             headers={"X-Conveyor-Agent-Version": "0.4.2"},
         )
         assert r.status_code == 200, r.text
+
+        # a real agent that is too old stops at its enrolment, exit 3, saying why
+        old = server.post("/api/hosts", {"name": "web-3"})["enrolment_token"]
+        pretend = (
+            "import conveyor; conveyor.__version__ = '0.3.9'; "
+            "from conveyor.entry import main; main()"
+        )
+        args = ["agent", "--server", server.url, "--name", "web-3", "--bind", "127.0.44.4"]
+        done = subprocess.run(
+            [sys.executable, "-c", pretend, *args, "--data", str(tmp_path / "web-3")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "CONVEYOR_TOKEN": old},
+        )
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "agent 0.3.9 is too old for server 0.5.0" in done.stderr
     finally:
         server.stop()
         server.http.close()
