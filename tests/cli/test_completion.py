@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def test_version_prints_the_package_version() -> None:
     done = conveyor_cmd("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"conveyor {conveyor.__version__}\n"
+    # pyproject.toml names it too: the two must not drift apart
+    assert importlib.metadata.version("conveyor") == conveyor.__version__
 
 
 @pytest.mark.parametrize(
