@@ -1,3 +1,3 @@
-from conveyor.entry import app
+from conveyor.entry import main
 
-app()
+main()

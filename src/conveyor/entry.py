@@ -9,7 +9,9 @@ only when it runs, so that an agent host (installed without the server's extra) 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +21,28 @@ from rich.markup import escape
 
 from conveyor.cli.client import fail
 from conveyor.cli.main import app
+from conveyor.systemd.command import service_cli
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
+
+app.add_typer(service_cli, name="service")
+
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def main() -> None:
+    """The `conveyor` command.
+
+    `--show-completion` and `--install-completion` detect the shell they run in; named
+    (`--show-completion bash`), they take that shell instead, which Typer does when its
+    shell detection is off.
+    """
+    args = sys.argv[1:]
+    for flag in ("--show-completion", "--install-completion"):
+        named = args[args.index(flag) + 1 :][:1] if flag in args else []
+        if named and named[0] in SHELLS:
+            os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
+    app()
 
 
 # What `conveyor server` imports beyond an agent host's install (the `server` extra).
@@ -105,7 +127,18 @@ def agent(
     server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
     name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
     token: Annotated[
-        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="One-time enrolment token.")
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_TOKEN",
+            help="One-time enrolment token (seen in `ps`: prefer CONVEYOR_TOKEN, --token-file).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_TOKEN_FILE",
+            help="Read the enrolment token from this file (first line).",
+        ),
     ] = None,
     data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
     router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
@@ -122,6 +155,10 @@ def agent(
     """The agent on a host: dials out to the server and converges toward its desired state."""
     if router not in ("embedded", "haproxy"):
         fail(f"--router {router!r}: expected embedded or haproxy", 2)
+    # once enrolled the agent needs the token no more: its file may have been deleted
+    enrolled = (data / "credential.json").exists()
+    if token_file is not None and (token_file.exists() or not enrolled):
+        token = _read_token_file(token_file)
     from conveyor.agent.exporter import ExporterError, parse_address
     from conveyor.agent.main import run_agent
 
@@ -141,6 +178,17 @@ def agent(
             metrics=metrics,
         )
     )
+
+
+def _read_token_file(path: Path) -> str:
+    """The enrolment token in a file (its first line), or stop saying what is wrong."""
+    try:
+        lines = path.read_text().strip().splitlines()
+    except OSError as exc:
+        fail(f"--token-file {path}: cannot read it ({exc.strerror or exc})", 2)
+    if not lines or not lines[0].strip():
+        fail(f"--token-file {path}: the file is empty; put the token of `conveyor host add`", 2)
+    return lines[0].strip()
 
 
 @_launcher(after="agent", name="router")

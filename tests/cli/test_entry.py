@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -30,3 +32,18 @@ def test_the_launchers_keep_their_place_in_the_help() -> None:
         "router",
     ]
     assert names.index("demo") == names.index("history") + 1
+
+
+def test_agent_token_file_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for path, expected in (
+        (tmp_path / "absent.token", "cannot read it"),
+        (empty, "the file is empty"),
+    ):
+        args = ["agent", "--server", "http://127.0.0.1:9", "--name", "h", "--data", str(tmp_path)]
+        result = CliRunner().invoke(entry.app, [*args, "--token-file", str(path)])
+        assert result.exit_code == 2
+        said = " ".join(result.output.split())
+        assert f"--token-file {path}" in said
+        assert expected in said

@@ -92,7 +92,13 @@ class BringUp:
                 "CONVEYOR_RELEASE": rt.release,
             }
             rt.instance = await self.supervisor.start(
-                rt.app, rt.release, release_dir, service.start, env
+                rt.app,
+                rt.release,
+                release_dir,
+                service.start,
+                env,
+                user=service.user,
+                limits=service.limits,
             )
         elif self.migration_due(rt):
             release_dir = self.installer.release_dir(rt.app, rt.release)
@@ -120,7 +126,9 @@ class BringUp:
         self._changed()
         env = dict(spec.service.env) | {"CONVEYOR_APP": rt.app, "CONVEYOR_RELEASE": rt.release}
         try:
-            result = await self.migrations.run(rt.app, rt.release, request, release_dir, env)
+            result = await self.migrations.run(
+                rt.app, rt.release, request, release_dir, env, user=spec.service.user
+            )
         finally:
             self._changed()
         if result.state != "succeeded":

@@ -30,11 +30,13 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from conveyor.agent import procfs
-from conveyor.agent.errors import InstallError
+from conveyor.agent.confine import resolve_user
+from conveyor.agent.errors import InstallError, StartError
 from conveyor.agent.records import AgentState, ReleaseRecord, StateFile, fsync_dir
 from conveyor.agent.spawn import indent, log_tail, process_env
 from conveyor.agent.unpack import extract, remove_tree
@@ -320,13 +322,24 @@ class Installer:
         timeout: float,
         name: str = "install",
         on_start: Callable[[int, int], None] | None = None,
+        user: str | None = None,
     ) -> HookExit:
         """Run a hook with bash in the release directory, its output appended to log_path.
 
         Returns how it ended; raises InstallError only if it could not start. It runs in a
-        session of its own (pid = process group), and on_start(pid, offset) is called as
-        soon as it runs. Cancelling the call kills the whole group.
+        session of its own (pid = process group), as `user` if given (service.user), and
+        on_start(pid, offset) is called as soon as it runs. Cancelling the call kills the
+        whole group.
         """
+        as_user: dict[str, Any] = {}
+        user_env: dict[str, str] = {}
+        if user is not None:
+            try:
+                run_as = resolve_user(user)
+            except StartError as exc:
+                raise InstallError(f"{name} hook `{command}` could not start: {exc}") from None
+            as_user = {"user": run_as.uid, "group": run_as.gid, "extra_groups": run_as.groups}
+            user_env = run_as.env()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             out.write(f"--- conveyor: {name} hook: {command}\n".encode())
@@ -338,11 +351,12 @@ class Installer:
                     "-c",
                     command,
                     cwd=release_dir,
-                    env=process_env(env),
+                    env=process_env(user_env, env),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
+                    **as_user,
                 )
             except OSError as exc:
                 raise InstallError(

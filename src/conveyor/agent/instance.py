@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.agent.records import InstanceRecord, InstanceState
+from conveyor.protocol import InstanceLimits
 
 __all__ = ["AdoptResult", "Backoff", "Instance", "describe_exit", "exit_text"]
 
@@ -38,6 +39,8 @@ class Instance:
     port: int
     log_path: Path
     env: dict[str, str] = field(repr=False)
+    user: str | None = None  # service.user; None: the agent's own
+    limits: InstanceLimits = field(default_factory=InstanceLimits)
     pid: int = 0
     pgid: int = 0
     proc_start: int = 0
@@ -73,6 +76,8 @@ class Instance:
             restarts=self.restarts,
             log_path=str(self.log_path),
             env=self.env,
+            user=self.user,
+            limits=self.limits,
         )
 
     @classmethod
@@ -86,6 +91,8 @@ class Instance:
             port=rec.port,
             log_path=Path(rec.log_path),
             env=dict(rec.env),
+            user=rec.user,
+            limits=rec.limits,
             pid=rec.pid,
             pgid=rec.pgid,
             proc_start=rec.proc_start,

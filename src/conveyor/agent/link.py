@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 
+import conveyor
 from conveyor.protocol import DesiredState, Enrolled, ObservedState
+from conveyor.protocol.versions import AGENT_VERSION_HEADER, REFUSED_STATUS
 
 log = logging.getLogger("conveyor.agent")
 LONG_POLL_MAX = 25.0
@@ -23,6 +25,10 @@ class Revoked(Exception):
     """The server no longer accepts this agent's credential."""
 
 
+class VersionRefused(Exception):
+    """The server does not accept this agent's version (the message names both)."""
+
+
 class ServerLink:
     """HTTP to the server with the agent's own credential (kept in <data>/credential.json)."""
 
@@ -33,8 +39,11 @@ class ServerLink:
         self.token: str | None = None
         # a long-poll waits LONG_POLL_MAX at most: a read that takes much longer means the
         # link went away silently (a cut cable sends no FIN), so give up and poll again
+        # every request names the agent's version: the server refuses one too old (426)
         self.http = httpx.AsyncClient(
-            base_url=self.server, timeout=httpx.Timeout(10, read=LONG_POLL_MAX + 10)
+            base_url=self.server,
+            timeout=httpx.Timeout(10, read=LONG_POLL_MAX + 10),
+            headers={AGENT_VERSION_HEADER: conveyor.__version__},
         )
 
     @property
@@ -58,6 +67,8 @@ class ServerLink:
             )
         except httpx.TransportError as exc:
             raise EnrolmentError(f"cannot reach the server at {self.server}: {exc}") from None
+        if r.status_code == REFUSED_STATUS:
+            raise VersionRefused(_detail(r))
         if r.status_code != 200:
             raise EnrolmentError(_detail(r))
         self.token = Enrolled.model_validate(r.json()).agent_token
@@ -88,6 +99,8 @@ class ServerLink:
         return self.server + path
 
     def _check(self, r: httpx.Response) -> None:
+        if r.status_code == REFUSED_STATUS:
+            raise VersionRefused(_detail(r))
         if r.status_code in (401, 403):
             raise Revoked(_detail(r))
         r.raise_for_status()

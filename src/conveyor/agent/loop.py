@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+import conveyor
 from conveyor.agent.bringup import BringUp
 from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
@@ -421,6 +422,7 @@ class Reconciler:
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,
+            agent_version=conveyor.__version__,
         )
 
 

@@ -8,13 +8,20 @@ import logging
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 import httpx
 
 from conveyor.agent.exporter import ExporterError, MetricsExporter
 from conveyor.agent.installer import Installer
-from conveyor.agent.link import LONG_POLL_MAX, EnrolmentError, Revoked, ServerLink
+from conveyor.agent.link import (
+    LONG_POLL_MAX,
+    EnrolmentError,
+    Revoked,
+    ServerLink,
+    VersionRefused,
+)
 from conveyor.agent.loop import Reconciler
 from conveyor.agent.routing.spec import Router
 from conveyor.agent.supervisor import Supervisor
@@ -26,6 +33,9 @@ LONG_POLL = LONG_POLL_MAX
 REPORT_EVERY = 2.0
 RETRY_FIRST = 0.5  # seconds before the first retry of a lost server, then doubled
 RETRY_MAX = 5.0
+# The server refused this agent's version: restarting the same agent cannot help, so its
+# unit does not restart on this code (RestartPreventExitStatus, `conveyor service`).
+EXIT_VERSION_REFUSED = 3
 
 
 def make_router(kind: str, data: Path) -> Router:
@@ -57,6 +67,10 @@ def run_agent(
         log.error(what, extra={"error": str(exc)})
         print(f"conveyor agent: {exc}", flush=True)
         return 2
+    except VersionRefused as exc:
+        log.error("server refused this agent's version", extra={"error": str(exc)})
+        print(f"conveyor agent: the server refused this agent: {exc}", file=sys.stderr, flush=True)
+        return EXIT_VERSION_REFUSED
 
 
 async def _main(
@@ -107,11 +121,15 @@ async def _main(
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+    fetch = tasks[1]
+    refused = None if fetch.cancelled() else fetch.exception()
     if exporter is not None:
         await exporter.close()
     await reconciler.supervisor.close()
     await link.close()
     log.info("agent stopped; instances and router keep running")
+    if isinstance(refused, VersionRefused):
+        raise refused
     return 0
 
 
@@ -131,6 +149,9 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
             if reconciler.desired is None or desired.generation != reconciler.desired.generation:
                 log.info("desired state", extra={"generation": desired.generation})
                 reconciler.set_desired(desired)
+        except VersionRefused:
+            stop.set()  # the agent stops (instances keep running) and says why
+            raise
         except Revoked as exc:
             reconciler.errors = [f"server refused this agent: {exc}"]
             log.error("credential refused", extra={"error": str(exc)})
@@ -159,7 +180,7 @@ async def _report(
         try:
             await link.report(reconciler.observed(alive))
             failures = 0
-        except Revoked:
+        except (Revoked, VersionRefused):
             failures = 0
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("report failed", extra={"error": str(exc)})

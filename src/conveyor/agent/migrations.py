@@ -97,8 +97,10 @@ class Migrations:
         request: MigrateRequest,
         release_dir: Path,
         env: Mapping[str, str],
+        user: str | None = None,
     ) -> MigrationResult:
-        """Run the hook unless this id was ever started here; the (recorded) result."""
+        """Run the hook (as `user`, service.user) unless this id was ever started here;
+        the (recorded) result."""
         book = self._book(app)
         known = book.get(request.id)
         if known is not None:
@@ -145,6 +147,7 @@ class Migrations:
                 request.timeout,
                 name="migrate",
                 on_start=started,
+                user=user,
             )
             code = done.code
             if code is None:

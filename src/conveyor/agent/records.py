@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from conveyor.protocol import InstanceLimits
+
 STATE_FILE = "agent-state.json"
 FORMAT_VERSION = 1
 
@@ -55,6 +57,8 @@ class InstanceRecord(Record):
     env: dict[str, str] = Field(
         default_factory=dict, description="service env and secrets, to restart it after a crash"
     )
+    user: str | None = Field(default=None, description="service.user it runs as")
+    limits: InstanceLimits = Field(default_factory=InstanceLimits)
 
 
 class ReleaseRecord(Record):

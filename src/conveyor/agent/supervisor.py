@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.agent import children, procfs
+from conveyor.agent.confine import check_release_dir, launch_argv, resolve_user
 from conveyor.agent.errors import StartError
 from conveyor.agent.instance import AdoptResult, Backoff, Instance, describe_exit, exit_text
 from conveyor.agent.ports import LOOPBACK, PORT_RANGE, port_is_free
 from conveyor.agent.records import AgentState, InstanceRecord, StateFile
 from conveyor.agent.spawn import indent, log_tail, process_env
+from conveyor.protocol import InstanceLimits
 
 __all__ = [
     "PORT_RANGE",
@@ -113,8 +115,12 @@ class Supervisor:
         command: str,
         env: Mapping[str, str],
         port: int | None = None,
+        *,
+        user: str | None = None,
+        limits: InstanceLimits | None = None,
     ) -> Instance:
-        """Start `bash -c command` in release_dir with $PORT set; fail if it exits at once."""
+        """Start `bash -c command` in release_dir with $PORT set, as `user` within
+        `limits` (conveyor.agent.confine); fail if it exits at once."""
         if port is None:
             port = self._pick_port()
         elif not port_is_free(port):
@@ -128,6 +134,8 @@ class Supervisor:
             port=port,
             log_path=self.data_dir / app / "logs" / f"{release}-{port}.log",
             env=dict(env),
+            user=user,
+            limits=limits or InstanceLimits(),
             first_started_at=time.time(),
         )
         since = self._spawn(inst)
@@ -174,7 +182,18 @@ class Supervisor:
     def _spawn(self, inst: Instance) -> int:
         """Start the process of an instance; returns the log offset where its output starts."""
         inst.log_path.parent.mkdir(parents=True, exist_ok=True)
+        run_as = resolve_user(inst.user) if inst.user else None
+        if run_as is not None:
+            check_release_dir(inst.release_dir, run_as)
+        argv = launch_argv(
+            ["bash", "-c", inst.command],
+            unit=f"conveyor-{inst.app}-{inst.id}-{inst.restarts}",
+            instance=inst.id,
+            user=run_as,
+            limits=inst.limits,
+        )
         env = process_env(
+            run_as.env() if run_as else {},
             inst.env,
             {
                 "PORT": str(inst.port),
@@ -193,7 +212,7 @@ class Supervisor:
             since = out.tell()
             try:
                 proc = subprocess.Popen(
-                    ["bash", "-c", inst.command],
+                    argv,
                     cwd=inst.release_dir,
                     env=env,
                     stdin=subprocess.DEVNULL,

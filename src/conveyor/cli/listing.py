@@ -44,6 +44,9 @@ def hosts_table(rows: list[HostOut], console: Console | None = None) -> Table:
                     state if i == 0 else "",
                     seen if i == 0 else "",
                     converged if i == 0 else "",
+                    ((row.observed.agent_version if row.observed else None) or "-")
+                    if i == 0
+                    else "",
                     app_obs.app if app_obs else "-",
                     releases,
                 ]
@@ -53,6 +56,7 @@ def hosts_table(rows: list[HostOut], console: Console | None = None) -> Table:
         Column("state"),
         Column("seen", drop=2),
         Column("converged", drop=1),
+        Column("agent", drop=3),
         Column("app"),
         Column("releases (weight, phase)", wrap=True, min_width=20),
     ]

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from conveyor import __version__
 from conveyor.cli import controls, deploy, status
 from conveyor.cli.chain import follow_chain
 from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
@@ -31,7 +32,6 @@ app = typer.Typer(
     name="conveyor",
     help="Self-hosted continuous deployment: from a push to production.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 apps_cli = typer.Typer(help="Register and list apps.", no_args_is_help=True)
@@ -46,6 +46,28 @@ app.add_typer(apps_cli, name="app")
 app.add_typer(hosts_cli, name="host")
 app.add_typer(tokens_cli, name="token")
 app.add_typer(secrets_cli, name="secret")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        bare(f"conveyor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print conveyor's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Self-hosted continuous deployment: from a push to production."""
+
 
 # -- config ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
+from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
 from conveyor.config.values import AppName, EnvironmentName, EnvMap, NonEmptyStr, Port, SecretName
@@ -142,6 +143,12 @@ class Service(Section):
     ] = 1
     env: EnvMap = Field(default_factory=dict)
     secrets: list[SecretName] = Field(default_factory=list)
+    user: UserName | None = Field(
+        default=None,
+        description="The unprivileged user instances run as on each host (the agent runs as "
+        "root to switch to it); unset: the agent's own user.",
+    )
+    limits: Limits = Limits()
 
     @model_validator(mode="after")
     def _secrets_are_distinct(self) -> Service:

@@ -75,8 +75,6 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
                 server_url,
                 "--name",
                 host.name,
-                "--token",
-                token,
                 "--data",
                 str(host.data),
                 "--router",
@@ -85,7 +83,7 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
                 host.address,
             ],
             host.log,
-            env,
+            env | {"CONVEYOR_TOKEN": token},  # not in argv, where `ps` would show it
         )
     deadline = time.monotonic() + 60
     waiting = list(hosts)

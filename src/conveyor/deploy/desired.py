@@ -13,6 +13,7 @@ from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
     DesiredState,
+    InstanceLimits,
     MigrateRequest,
     ReleaseWeight,
     ServiceSpec,
@@ -87,6 +88,8 @@ def service_spec(release: Release) -> ServiceSpec:
         keep_warm_releases=service.keep_warm_releases,
         env=env,
         install_hook=config.hooks.install,
+        user=service.user,
+        limits=InstanceLimits.model_validate(service.limits.model_dump()),
     )
 
 

@@ -9,6 +9,14 @@ from pydantic import Field
 from .wire import Wire
 
 
+class InstanceLimits(Wire):
+    """`service.limits` of conveyor.yml: what each instance may use (None: no limit)."""
+
+    memory: int | None = Field(default=None, description="bytes")
+    cpu: float | None = Field(default=None, description="CPUs, e.g. 0.5")
+    files: int | None = Field(default=None, description="open files")
+
+
 class ServiceSpec(Wire):
     """How a release runs on a host: SPEC §2 `service`, with secret values resolved."""
 
@@ -24,6 +32,8 @@ class ServiceSpec(Wire):
     )
     env: dict[str, str] = {}
     install_hook: str | None = None
+    user: str | None = Field(default=None, description="service.user: instances run as it")
+    limits: InstanceLimits = InstanceLimits()
 
 
 class MigrateRequest(Wire):

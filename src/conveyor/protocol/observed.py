@@ -53,3 +53,6 @@ class ObservedState(Wire):
     apps: list[ObservedApp] = []
     errors: list[str] = []
     metrics: RouterMetrics | None = None
+    agent_version: str | None = Field(
+        default=None, max_length=64, description="the agent's conveyor version (None: 0.1.0)"
+    )

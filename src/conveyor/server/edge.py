@@ -41,6 +41,7 @@ WHY = {
     409: "the request conflicts with the current state (the message says why)",
     413: "the request body is over the limit",
     422: "invalid input: each issue names where it is",
+    426: "an agent whose version this server does not accept (the message names both)",
     500: "an unexpected error, logged on the server",
     503: "the server is busy: retry after the Retry-After header's seconds",
 }

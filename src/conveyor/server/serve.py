@@ -16,7 +16,14 @@ from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
 from conveyor.server.datadir import make_private
-from conveyor.store.db import Pool, database_url, make_engine, migrate, session_factory
+from conveyor.store.db import (
+    Pool,
+    SchemaTooNew,
+    database_url,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from conveyor.threads import AGENT_THREADS, BACKGROUND_THREADS
 
 log = logging.getLogger("conveyor.server")
@@ -51,7 +58,12 @@ def serve(
         lock_wait=db_wait,
     )
     engine = make_engine(url, request_pool)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except SchemaTooNew as exc:
+        log.error("database schema is newer than this conveyor", extra={"error": str(exc)})
+        print(f"conveyor server: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     sessions = session_factory(engine)
     background = session_factory(make_engine(url, Pool(size=BACKGROUND_THREADS + 2)))
     with sessions() as session:

@@ -8,9 +8,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor import __version__
 from conveyor.store import changes
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -66,13 +69,34 @@ def make_engine(url: str, pool: Pool | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, **sized)
 
 
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer conveyor than this one: migrations only go forward."""
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision; refuse a database stamped with a
+    revision this code does not know (a newer conveyor migrated it)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        unknown = unknown_revisions(conn)
+        if unknown:
+            raise SchemaTooNew(
+                f"the database {engine.url.render_as_string()} is at schema revision "
+                f"{', '.join(unknown)}, which this conveyor ({__version__}) does not know: a "
+                "newer conveyor migrated it, and migrations never run backwards. Run the "
+                "newer conveyor again, or restore a backup taken before the upgrade."
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def unknown_revisions(conn: Connection) -> list[str]:
+    """The revisions the database is stamped with that this code's migrations lack."""
+    current = MigrationContext.configure(conn).get_current_heads()
+    script = ScriptDirectory(str(MIGRATIONS))
+    known = {rev.revision for rev in script.walk_revisions()}
+    return sorted(rev for rev in current if rev not in known)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from anyio import CapacityLimiter, to_thread
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import conveyor
 from conveyor.deploy.desired import desired_state
 from conveyor.protocol import MAX_INT, DesiredState, Enrol, Enrolled, ObservedState
+from conveyor.protocol.versions import AGENT_VERSION_HEADER, REFUSED_STATUS, agent_refusal
 from conveyor.server.auth import _bearer, hash_token, new_token
 from conveyor.server.deps import ReleaseId, SessionDep, get_release_or_404
 from conveyor.server.edge import responses
 from conveyor.store.models import Host, Token, utcnow
 from conveyor.threads import AGENT_THREADS
 
-router = APIRouter(prefix="/api/agent", tags=["agents"])
+log = logging.getLogger("conveyor.server")
+
+
+def accept_agent_version(
+    agent_version: Annotated[
+        str | None,
+        Header(
+            alias=AGENT_VERSION_HEADER,
+            max_length=64,
+            description="the agent's conveyor version (none: 0.1.0 or older)",
+        ),
+    ] = None,
+) -> None:
+    """Refuse agents more than one minor version behind the server (or ahead of it)."""
+    why = agent_refusal(conveyor.__version__, agent_version)
+    if why is not None:
+        log.warning("agent version refused", extra={"agent_version": agent_version})
+        raise HTTPException(REFUSED_STATUS, why)
+
+
+router = APIRouter(
+    prefix="/api/agent",
+    tags=["agents"],
+    dependencies=[Depends(accept_agent_version)],
+    responses=responses(REFUSED_STATUS),
+)
 MAX_WAIT = 60.0
 REREAD = 5.0
 T = TypeVar("T")

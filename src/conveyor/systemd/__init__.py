@@ -1,0 +1,1 @@
+"""systemd units for the server and the agent: `conveyor service install`."""
