@@ -87,6 +87,7 @@ def exited(agent: AgentProcess) -> int:
     return int(proc.returncode)
 
 
+@pytest.mark.slow
 def test_an_agent_with_the_ca_enrols_and_deploys_a_release_over_tls(
     tls_server: ServerProcess, certs: Certificates, tmp_path: Path
 ) -> None:
@@ -169,9 +170,19 @@ def test_a_wrong_fingerprint_is_refused_and_the_right_one_is_trusted(
     hexdigest = certs.fingerprint.removeprefix("sha256:").upper()
     openssl_style = "SHA256:" + ":".join(re.findall("..", hexdigest))
     agent.args = ["--server-fingerprint", openssl_style]
-    agent.start()
-    assert tls_server.get("/api/hosts/pinned")["state"] == "enrolled"
-    agent.stop_everything()
+    try:
+        agent.start()
+        assert tls_server.get("/api/hosts/pinned")["state"] == "enrolled"
+
+        # enrolled, then pinned to another certificate: it keeps running, refusing the server
+        agent.stop()
+        agent.args = ["--server-fingerprint", wrong]
+        agent.launch()
+        wait_for(lambda: "TLS with the server failed" in agent.log(), timeout=30)
+        assert agent.proc is not None and agent.proc.poll() is None
+        assert f"is {certs.fingerprint}, not {wrong}" in agent.log().split("agent started")[-1]
+    finally:
+        agent.stop_everything()
 
 
 def test_the_cli_without_the_ca_fails_with_a_clear_message(
@@ -182,6 +193,9 @@ def test_the_cli_without_the_ca_fails_with_a_clear_message(
     assert done.returncode == 1
     assert "certificate is not trusted" in done.stderr and "--ca FILE" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+    # --ca on the command line (ServerProcess.cli passes CONVEYOR_CA instead)
+    listed = run_cli("host", "list", "--ca", str(certs.ca), env={**_clean_env(), **env})
+    assert listed.returncode == 0, listed.stderr
     # and an agent's --ca with a plain http:// URL is refused: it would protect nothing
     plain = run_cli(
         "agent",
