@@ -43,6 +43,7 @@ class AgentProcess(ManagedProcess):
         self.metrics = metrics  # ADDR:PORT of its Prometheus exporter (--metrics), if any
         self.log_path = data.parent / f"{name}-agent.log"
         self.enrolment: str | None = None
+        self.args: list[str] = []  # more options of `conveyor agent` (--ca, …)
 
     def start(self, timeout: float = 30) -> AgentProcess:
         self.launch()
@@ -73,6 +74,7 @@ class AgentProcess(ManagedProcess):
             args += ["--token", self.enrolment]
         if self.metrics:
             args += ["--metrics", self.metrics]
+        args += self.args
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         self.spawn(args, env)
         return self

@@ -7,6 +7,7 @@ import inspect
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -93,15 +94,31 @@ class ManagedProcess:
 class ServerProcess(ManagedProcess):
     """`conveyor server` as a real process on a loopback port, restartable."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        env: dict[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        args: tuple[str, ...] = (),
+        ca: Path | None = None,
+    ) -> None:
+        """`args`: more options of `conveyor server`; `ca`: it serves TLS (--tls-cert in
+        `args`) with a certificate this CA signed, trusted by the test's clients."""
         self.data = data
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"{'https' if ca else 'http'}://{host}:{self.port}"
+        self.args = args
+        self.ca = ca
         self.token = ADMIN_TOKEN
         self.log_path = data.parent / f"{data.name}-server.log"
         self.extra_env = env or {}
         self.http = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+            verify=ssl.create_default_context(cafile=str(ca)) if ca else True,
         )
 
     def start(self) -> ServerProcess:
@@ -115,7 +132,8 @@ class ServerProcess(ManagedProcess):
                 "--data",
                 str(self.data),
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
+                *self.args,
             ],
             env,
         )
@@ -138,7 +156,7 @@ class ServerProcess(ManagedProcess):
     # API shortcuts, admin token
     def api(self) -> Client:
         """The product's typed API client (conveyor.client), with the admin token."""
-        return Client(self.url, self.token)
+        return Client(self.url, self.token, self.ca)
 
     def get(self, path: str, **kw: Any) -> Any:
         r = self.http.get(path, **kw)
@@ -170,6 +188,8 @@ class ServerProcess(ManagedProcess):
             "COLUMNS": "200",
             "NO_COLOR": "1",
         }
+        if self.ca:
+            env["CONVEYOR_CA"] = str(self.ca)
         return run_cli(*args, env=env, input=input, timeout=timeout)
 
 

@@ -10,6 +10,7 @@ Idempotency-Key and retried with it, every failure a message on stderr and an ex
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, NoReturn, TypeVar
 from uuid import uuid4
@@ -18,6 +19,7 @@ import httpx
 import typer
 from pydantic import BaseModel, TypeAdapter
 from rich.console import Console
+from rich.markup import escape
 
 from conveyor.protocol import (
     AppCreated,
@@ -33,6 +35,7 @@ from conveyor.protocol import (
     TokenCreated,
     TokenOut,
 )
+from conveyor.tls import ServerTrust, TrustError
 
 DEFAULT_SERVER = "http://127.0.0.1:8420"
 # seconds before each retry of a request sent with an Idempotency-Key (then it gives up)
@@ -51,14 +54,28 @@ class Client:
     """The API over httpx: typed methods, and under them get/post/request, where every
     failure becomes a message and an exit code."""
 
-    def __init__(self, server: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        ca: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """`ca`: trust only this CA for an https:// server (default: $CONVEYOR_CA, else
+        the system's CAs)."""
         if not token:
             fail("no API token: pass --token or set CONVEYOR_TOKEN", 2)
         self.server = server.rstrip("/")
+        try:
+            self.trust = ServerTrust.of(ca or os.environ.get("CONVEYOR_CA") or None)
+            self.trust.check_url(self.server)
+        except TrustError as exc:
+            fail(escape(str(exc)), 2)
         self._http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            verify=self.trust.context(),
         )
 
     def close(self) -> None:
@@ -83,8 +100,11 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                refused = self.trust.explain(exc)
+                if refused:  # a certificate refused now is refused on every retry
+                    fail(escape(f"{self.server}: {refused}"))
                 if last or pause is None:
-                    fail(f"cannot reach the conveyor server at {self.server}: {exc}")
+                    fail(escape(f"cannot reach the conveyor server at {self.server}: {exc}"))
                 time.sleep(pause)
                 continue
             if response.status_code == 503 and not last and pause is not None:

@@ -112,14 +112,52 @@ def server(
             help="Seconds a request waits for a connection or a lock before 503.",
         ),
     ] = 5.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_TLS_CERT",
+            help="Serve HTTPS with this PEM certificate (its chain may follow it).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="CONVEYOR_TLS_KEY", help="The certificate's PEM private key."),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FORWARDED_ALLOW_IPS",
+            help="Proxies whose X-Forwarded-Proto/-For are honoured: addresses or networks, "
+            "comma-separated, or * (default: 127.0.0.1,::1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the controller: API, webhooks, engine."""
     _needs_server_extra("server")
-    from conveyor.server.serve import serve
+    from conveyor.server.serve import ServerTLS, serve
+    from conveyor.tls import TrustError, check_server_certificate
 
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$", listen):
         fail(f"--listen {listen!r}: expected ADDR:PORT, e.g. 127.0.0.1:8420", 2)
-    serve(data, listen, db, url, threads=threads, db_pool=db_pool, db_wait=db_wait)
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            fail("--tls-cert and --tls-key go together: give both, or neither", 2)
+        try:
+            tls = ServerTLS(tls_cert, tls_key, check_server_certificate(tls_cert, tls_key))
+        except TrustError as exc:
+            fail(escape(str(exc)), 1)
+    serve(
+        data,
+        listen,
+        db,
+        url,
+        threads=threads,
+        db_pool=db_pool,
+        db_wait=db_wait,
+        tls=tls,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
 
 
 @_launcher(after="hook-script")
@@ -151,6 +189,22 @@ def agent(
             "(labels app, release, host = --name). Off by default.",
         ),
     ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_CA",
+            help="Trust only this CA (PEM) for the https:// server, not the system's CAs.",
+        ),
+    ] = None,
+    server_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_SERVER_FINGERPRINT",
+            metavar="sha256:HEX",
+            help="Trust only the server certificate with this SHA-256 (printed by "
+            "`conveyor server` and `conveyor host add`).",
+        ),
+    ] = None,
 ) -> None:
     """The agent on a host: dials out to the server and converges toward its desired state."""
     if router not in ("embedded", "haproxy"):
@@ -161,12 +215,18 @@ def agent(
         token = _read_token_file(token_file)
     from conveyor.agent.exporter import ExporterError, parse_address
     from conveyor.agent.main import run_agent
+    from conveyor.tls import ServerTrust, TrustError
 
     if metrics is not None:
         try:
             parse_address(metrics)
         except ExporterError as exc:
             fail(str(exc), 2)
+    try:
+        trust = ServerTrust.of(ca, server_fingerprint)
+        trust.check_url(server)
+    except TrustError as exc:
+        fail(escape(str(exc)), 2)
     raise typer.Exit(
         run_agent(
             server=server,
@@ -176,6 +236,7 @@ def agent(
             router=router,
             bind=bind,
             metrics=metrics,
+            trust=trust,
         )
     )
 

@@ -12,6 +12,7 @@ import httpx
 import conveyor
 from conveyor.protocol import DesiredState, Enrolled, ObservedState
 from conveyor.protocol.versions import AGENT_VERSION_HEADER, REFUSED_STATUS
+from conveyor.tls import ServerTrust
 
 log = logging.getLogger("conveyor.agent")
 LONG_POLL_MAX = 25.0
@@ -30,13 +31,20 @@ class VersionRefused(Exception):
 
 
 class ServerLink:
-    """HTTP to the server with the agent's own credential (kept in <data>/credential.json)."""
+    """HTTP to the server with the agent's own credential (kept in <data>/credential.json).
 
-    def __init__(self, server: str, name: str, data: Path) -> None:
+    Every call, artifact downloads included (they go through `http`), trusts the server
+    as `trust` says: its --ca, its --server-fingerprint, or the system's CAs.
+    """
+
+    def __init__(
+        self, server: str, name: str, data: Path, trust: ServerTrust | None = None
+    ) -> None:
         self.server = server.rstrip("/")
         self.name = name
         self.credential_path = data / "credential.json"
         self.token: str | None = None
+        self.trust = trust or ServerTrust()
         # a long-poll waits LONG_POLL_MAX at most: a read that takes much longer means the
         # link went away silently (a cut cable sends no FIN), so give up and poll again
         # every request names the agent's version: the server refuses one too old (426)
@@ -44,6 +52,7 @@ class ServerLink:
             base_url=self.server,
             timeout=httpx.Timeout(10, read=LONG_POLL_MAX + 10),
             headers={AGENT_VERSION_HEADER: conveyor.__version__},
+            verify=self.trust.context(),
         )
 
     @property
@@ -66,6 +75,9 @@ class ServerLink:
                 "/api/agent/enrol", json={"name": self.name, "token": enrolment_token}
             )
         except httpx.TransportError as exc:
+            refused = self.trust.explain(exc)
+            if refused:
+                raise EnrolmentError(f"{self.server}: {refused}") from None
             raise EnrolmentError(f"cannot reach the server at {self.server}: {exc}") from None
         if r.status_code == REFUSED_STATUS:
             raise VersionRefused(_detail(r))

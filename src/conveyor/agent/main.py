@@ -26,6 +26,7 @@ from conveyor.agent.loop import Reconciler
 from conveyor.agent.routing.spec import Router
 from conveyor.agent.supervisor import Supervisor
 from conveyor.logs import setup_logging
+from conveyor.tls import ServerTrust
 
 log = logging.getLogger("conveyor.agent")
 
@@ -57,11 +58,23 @@ def run_agent(
     router: str,
     bind: str,
     metrics: str | None = None,
+    trust: ServerTrust | None = None,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_main(server, name, token, data.resolve(), router, bind, metrics))
+        return asyncio.run(
+            _main(
+                server,
+                name,
+                token,
+                data.resolve(),
+                router,
+                bind,
+                metrics,
+                trust or ServerTrust(),
+            )
+        )
     except (EnrolmentError, ExporterError) as exc:
         what = "enrolment failed" if isinstance(exc, EnrolmentError) else "metrics exporter failed"
         log.error(what, extra={"error": str(exc)})
@@ -81,8 +94,9 @@ async def _main(
     kind: str,
     bind: str,
     metrics: str | None,
+    trust: ServerTrust,
 ) -> int:
-    link = ServerLink(server, name, data)
+    link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
     router = make_router(kind, data)
     exporter = MetricsExporter(router, name, metrics) if metrics else None
@@ -157,7 +171,14 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
             log.error("credential refused", extra={"error": str(exc)})
             await asyncio.sleep(5)
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
+            refused = link.trust.explain(exc)
+            if refused:
+                # what answers at the server's address is not the server this agent trusts
+                log.error(
+                    "TLS with the server failed", extra={"error": refused, "retry_in": backoff}
+                )
+            else:
+                log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, RETRY_MAX)
 

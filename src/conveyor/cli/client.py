@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_SERVER",
     "MAX_RETRY_AFTER",
     "RETRIES",
+    "CaOpt",
     "Client",
     "JsonOpt",
     "ServerOpt",
@@ -37,5 +38,15 @@ ServerOpt = Annotated[
 TokenOpt = Annotated[
     str | None,
     typer.Option("--token", envvar="CONVEYOR_TOKEN", help="API token.", show_default=False),
+]
+CaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ca",
+        envvar="CONVEYOR_CA",
+        metavar="FILE",
+        help="Trust only this CA (PEM) for an https:// server.",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON alone on stdout.")]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt
+from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt
 from conveyor.cli.deploy import AppArg, EnvArg
 from conveyor.cli.render import out, print_json
 from conveyor.client import wire
@@ -22,6 +22,7 @@ def promote(
     ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """End the running canary step now as passed: the next step (or 100% with --full) starts.
@@ -29,7 +30,7 @@ def promote(
     The watch window after 100% (`monitor:`) still runs. Recorded with your token's name.
     """
     query = "?full=true" if full else ""
-    d = Client(server, token).control(app_name, env, "promote", query)
+    d = Client(server, token, ca).control(app_name, env, "promote", query)
     _said(d, as_json)
 
 
@@ -38,13 +39,14 @@ def pause(
     env: EnvArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hold the running canary step until `conveyor resume` or `conveyor promote`.
 
     The judge still watches while paused, and a failure still rolls back.
     """
-    d = Client(server, token).control(app_name, env, "pause")
+    d = Client(server, token, ca).control(app_name, env, "pause")
     _said(d, as_json)
 
 
@@ -53,10 +55,11 @@ def resume(
     env: EnvArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Let a paused canary step go on with the time it had left."""
-    d = Client(server, token).control(app_name, env, "resume")
+    d = Client(server, token, ca).control(app_name, env, "resume")
     _said(d, as_json)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.render import deployment_title, err, out, print_json
 from conveyor.cli.watch import follow_deployment
 from conveyor.client import wire
@@ -42,6 +42,7 @@ def deploy(
     follow: FollowOpt = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy a release that already passed the earlier environments.
@@ -53,7 +54,7 @@ def deploy(
     """
     if reason is not None and not force:
         fail("--reason explains --force: add --force or leave --reason out", 2)
-    client = Client(server, token)
+    client = Client(server, token, ca)
     body = {"release": release, "force": force, "reason": reason}
     created = client.deploy(app_name, env, body)
     _done(client, created, follow=follow, as_json=as_json)
@@ -74,10 +75,11 @@ def rollback(
     follow: FollowOpt = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Back to the previous release (or the one named); stops a deployment underway."""
-    client = Client(server, token)
+    client = Client(server, token, ca)
     created = client.rollback(app_name, env, to)
     _done(client, created, follow=follow, as_json=as_json)
 
@@ -109,10 +111,11 @@ def approve(
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run whose release waits.")],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the approval gate of a run's release; exit 2 if nothing of it waits."""
-    approved = Client(server, token).approve(run_id)
+    approved = Client(server, token, ca).approve(run_id)
     if as_json:
         print_json(wire(approved))
         return
@@ -130,6 +133,7 @@ def abort(
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop a run, or one deployment with --deployment ID; what they changed rolls back.
@@ -142,7 +146,7 @@ def abort(
     """
     if (run_id is None) == (deployment is None):
         fail("give a RUN, or --deployment ID (not both)", 2)
-    client = Client(server, token)
+    client = Client(server, token, ca)
     if deployment is not None:
         d = client.abort_deployment(deployment)
         if as_json:

@@ -15,7 +15,7 @@ import typer
 from conveyor import __version__
 from conveyor.cli import controls, deploy, status
 from conveyor.cli.chain import follow_chain
-from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.listing import apps_table, hosts_table, tokens_table
 from conveyor.cli.render import bare, err, out, print_json
@@ -125,12 +125,13 @@ def app_add(
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an app; prints its webhook URLs and secret."""
     if re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
         repo = str(Path(repo).expanduser().resolve())
-    created = Client(server, token).add_app(
+    created = Client(server, token, ca).add_app(
         {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
     )
     if as_json:
@@ -161,6 +162,7 @@ def app_set(
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an app's settings."""
@@ -174,7 +176,7 @@ def app_set(
         "poll_interval": poll,
         "public_status": public_status,
     }
-    updated = Client(server, token).update_app(
+    updated = Client(server, token, ca).update_app(
         name, {k: v for k, v in body.items() if v is not None}
     )
     if as_json:
@@ -187,10 +189,13 @@ def app_set(
 
 @apps_cli.command("list")
 def app_list(
-    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List apps."""
-    rows = Client(server, token).apps()
+    rows = Client(server, token, ca).apps()
     if as_json:
         print_json(wire(rows))
         return
@@ -206,9 +211,10 @@ def app_remove(
     ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """Remove an app with its runs, releases, deployments and secrets."""
-    Client(server, token).remove_app(name, force=force)
+    Client(server, token, ca).remove_app(name, force=force)
     out.print(f"app {name} removed")
 
 
@@ -217,9 +223,10 @@ def hook_script(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """Print a git post-receive hook that triggers runs from a bare repository."""
-    sys.stdout.write(Client(server, token).hook_script(app_name))
+    sys.stdout.write(Client(server, token, ca).hook_script(app_name))
 
 
 # -- hosts, agents and routers ----------------------------------------------------
@@ -230,28 +237,40 @@ def host_add(
     name: str,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a host; prints a one-time enrolment token for its agent."""
-    client = Client(server, token)
+    client = Client(server, token, ca)
     created = client.add_host(name)
     if as_json:
         print_json(wire(created))
         return
     out.print(f"[green]host {name} registered[/green]; start its agent with:")
+    pin = (
+        f" --server-fingerprint {created.server_fingerprint}" if created.server_fingerprint else ""
+    )
     bare(
         f"  conveyor agent --server {client.server} --name {name} "
-        f"--token {created.enrolment_token} --data /var/lib/conveyor-agent"
+        f"--token {created.enrolment_token}{pin} --data /var/lib/conveyor-agent"
     )
     out.print("[dim]the token works once; the agent keeps its own credential after[/dim]")
+    if pin:
+        out.print(
+            "[dim]--server-fingerprint pins the server's TLS certificate; to survive its "
+            "renewal, give the agent --ca FILE (the CA that signed it) instead[/dim]"
+        )
 
 
 @hosts_cli.command("list")
 def host_list(
-    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List hosts with their state and what they run."""
-    rows = Client(server, token).hosts()
+    rows = Client(server, token, ca).hosts()
     if as_json:
         print_json(wire(rows))
         return
@@ -259,9 +278,11 @@ def host_list(
 
 
 @hosts_cli.command("remove")
-def host_remove(name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+def host_remove(
+    name: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, ca: CaOpt = None
+) -> None:
     """Revoke a host: its agent's credential stops working at once."""
-    Client(server, token).remove_host(name)
+    Client(server, token, ca).remove_host(name)
     out.print(f"host {name} revoked")
 
 
@@ -277,10 +298,11 @@ def secret_set(
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """Set a secret of an app (value from the argument or stdin)."""
     secret = value if value is not None else sys.stdin.read().rstrip("\n")
-    Client(server, token).set_secret(app_name, name, secret)
+    Client(server, token, ca).set_secret(app_name, name, secret)
     out.print(f"secret {name} of {app_name} set")
 
 
@@ -289,9 +311,10 @@ def secret_list(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
 ) -> None:
     """List the names of an app's secrets."""
-    for name in Client(server, token).secrets(app_name):
+    for name in Client(server, token, ca).secrets(app_name):
         out.print(name)
 
 
@@ -301,10 +324,11 @@ def token_create(
     role: Annotated[str, typer.Option(help="viewer, deployer or admin.")] = "viewer",
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token; it is printed once."""
-    created = Client(server, token).create_token(name, role)
+    created = Client(server, token, ca).create_token(name, role)
     if as_json:
         print_json(wire(created))
         return
@@ -313,10 +337,13 @@ def token_create(
 
 @tokens_cli.command("list")
 def token_list(
-    server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, as_json: JsonOpt = False
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List API tokens."""
-    rows = Client(server, token).tokens()
+    rows = Client(server, token, ca).tokens()
     if as_json:
         print_json(wire(rows))
         return
@@ -324,9 +351,11 @@ def token_list(
 
 
 @tokens_cli.command("revoke")
-def token_revoke(token_id: int, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+def token_revoke(
+    token_id: int, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, ca: CaOpt = None
+) -> None:
     """Revoke an API token."""
-    Client(server, token).revoke_token(token_id)
+    Client(server, token, ca).revoke_token(token_id)
     out.print(f"token {token_id} revoked")
 
 
@@ -351,10 +380,11 @@ def run(
     ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a run for a commit: test, build, release; then the pipeline deploys it."""
-    client = Client(server, token)
+    client = Client(server, token, ca)
     created = client.start_run(app_name, sha)
     if not follow:
         if as_json:
@@ -386,10 +416,11 @@ def logs(
     ] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The run's logs, step by step."""
-    client = Client(server, token)
+    client = Client(server, token, ca)
     if follow and not as_json:
         state = follow_run(client, run_id, out)
         raise typer.Exit(0 if state == "succeeded" else 1)

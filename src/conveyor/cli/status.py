@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.client import DEFAULT_SERVER, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.render import (
     dora_view,
     history_table,
@@ -42,6 +42,7 @@ def status(
     ] = 30,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What runs where: releases, weights and health per host, deployments and runs underway.
@@ -52,7 +53,7 @@ def status(
     """
     if dora and follow:
         fail("--dora and --follow do not go together", 2)
-    client = Client(server, token)
+    client = Client(server, token, ca)
     if dora:
         names = [app_name] if app_name else [a.name for a in client.apps()]
         reports = [client.dora(n, days) for n in names]
@@ -87,6 +88,7 @@ def history(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
+    ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deployments with result, duration, trigger, approver, release and the one before.
@@ -97,7 +99,7 @@ def history(
     """
     if env is not None and runs:
         fail("ENV selects deployments; leave it out to list runs with --runs", 2)
-    client = Client(server, token)
+    client = Client(server, token, ca)
     if runs:
         found = client.runs(app_name, limit)
         if as_json:

@@ -29,6 +29,9 @@ class HostOut(Wire):
 
 class HostCreated(HostOut):
     enrolment_token: str
+    # the SHA-256 of the server's TLS certificate (when it serves TLS itself), for the
+    # agent's --server-fingerprint
+    server_fingerprint: str | None = None
 
 
 class Enrol(Wire):

@@ -53,10 +53,12 @@ class _ConveyorAPI(FastAPI):
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    public_url: str
+    public_url: str  # links in notifications; and in answers when public_url_given
+    public_url_given: bool = True  # --url: else answers use the URL each request came to
     parallel_runs: int = 2
     threads: int = 40  # anyio's limiter: sync routes and page renders at once
     retry_after: int = 5  # seconds a 503 for a busy database asks the client to wait
+    server_fingerprint: str | None = None  # sha256 of the TLS certificate, when serving TLS
 
 
 def create_app(

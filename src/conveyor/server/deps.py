@@ -22,6 +22,16 @@ ReleaseId = Annotated[str, Path(max_length=80)]
 AppFilter = Annotated[str | None, Query(max_length=100, description="only this app's")]
 
 
+def public_url(request: Request) -> str:
+    """The server's URL as its users reach it, for the URLs an answer gives: `--url`, else
+    the URL this request came to (behind a proxy: the scheme of its X-Forwarded-Proto, if
+    the proxy is allowed by --forwarded-allow-ips, and the host of its Host header)."""
+    settings = request.app.state.settings
+    if settings.public_url_given:
+        return str(settings.public_url).rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.sessions() as session:
         yield session

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol, runtime_checkable
 
 import uvicorn
 
@@ -33,6 +36,15 @@ REQUEST_THREADS = 40  # sync routes and page renders at once (anyio's default)
 SPARE_CONNECTIONS = 4  # sessions closing after their route, beside the threads
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """`--tls-cert`/`--tls-key`, checked (conveyor.tls.check_server_certificate)."""
+
+    cert: Path
+    key: Path
+    fingerprint: str
+
+
 def serve(
     data_dir: Path,
     listen: str,
@@ -42,6 +54,8 @@ def serve(
     threads: int = REQUEST_THREADS,
     db_pool: int | None = None,
     db_wait: float = 5.0,
+    tls: ServerTLS | None = None,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     log_config = setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     host, _, port_text = listen.rpartition(":")
@@ -72,12 +86,20 @@ def serve(
         # printed once, on stdout, never logged: it is not stored anywhere readable
         print(f"conveyor: admin token (shown once, keep it safe): {generated}", flush=True)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    scheme = "https" if tls else "http"
     settings = Settings(
         data_dir=data_dir,
-        public_url=public_url or f"http://{shown_host}:{port}",
+        public_url=public_url or f"{scheme}://{shown_host}:{port}",
+        public_url_given=public_url is not None,
         threads=threads,
         retry_after=max(1, round(db_wait)),
+        server_fingerprint=tls.fingerprint if tls else None,
     )
+    if tls:
+        # on stdout for the operator: agents may pin it (--server-fingerprint)
+        print(f"conveyor: TLS certificate {tls.fingerprint} ({tls.cert})", flush=True)
     app = create_app(settings, sessions, background)
     log.info(
         "server starting",
@@ -85,16 +107,33 @@ def serve(
             "listen": f"{host}:{port}",
             "data": str(data_dir),
             "db": engine.url.render_as_string(),
+            "url": settings.public_url,
+            "tls": tls.fingerprint if tls else None,
             "threads": threads,
             "db_pool": request_pool.size,
             "db_wait": db_wait,
         },
     )
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=10
+        app,
+        host=host,
+        port=port,
+        log_config=log_config,
+        timeout_graceful_shutdown=10,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+        # X-Forwarded-Proto/-For from these proxies only (uvicorn's default: loopback)
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     _Server(config, app.state.notifier).run()
     sys.stdout.flush()
+
+
+@runtime_checkable
+class _Transport(Protocol):
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def abort(self) -> None: ...
 
 
 class _Server(uvicorn.Server):
@@ -111,3 +150,29 @@ class _Server(uvicorn.Server):
         except RuntimeError:
             return
         loop.call_soon_threadsafe(self._notifier.close)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        closer = asyncio.create_task(self._end_tls_closes()) if self.config.is_ssl else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if closer is not None:
+                closer.cancel()
+
+    async def _end_tls_closes(self) -> None:
+        """Abort the TLS connections that are closing with nothing left to send.
+
+        A TLS close waits for the client's close_notify, which an idle keep-alive client
+        (an agent between two polls, a browser) never sends: the stop would wait the
+        whole graceful timeout (10 s) for them.
+        """
+        while True:
+            await asyncio.sleep(0.2)
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if (
+                    isinstance(transport, _Transport)  # asyncio's or uvloop's
+                    and transport.is_closing()
+                    and transport.get_write_buffer_size() == 0
+                ):
+                    transport.abort()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from conveyor.protocol import AppCreate, AppCreated, AppOut, AppUpdate, SecretSet, Webhooks
 from conveyor.server.auth import Admin, Viewer
-from conveyor.server.deps import AppName, SessionDep, get_app_or_404
+from conveyor.server.deps import AppName, SessionDep, get_app_or_404, public_url
 from conveyor.server.edge import responses
 from conveyor.server.hookscript import hook_script
 from conveyor.server.views import app_out
@@ -29,7 +29,7 @@ SecretName = Annotated[
 
 
 def webhooks(request: Request, name: str) -> Webhooks:
-    base = request.app.state.settings.public_url.rstrip("/")
+    base = public_url(request)
     return Webhooks(
         github=f"{base}/hooks/github/{name}",
         gitlab=f"{base}/hooks/gitlab/{name}",
@@ -169,7 +169,7 @@ def get_hook_script(
     app = get_app_or_404(session, name)
     return PlainTextResponse(
         hook_script(
-            server=request.app.state.settings.public_url,
+            server=public_url(request),
             app=app.name,
             branch=app.branch,
             secret=app.webhook_secret,

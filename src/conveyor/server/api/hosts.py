@@ -63,7 +63,7 @@ def list_hosts(_: Viewer, session: SessionDep) -> list[HostOut]:
 
 
 @router.post("", status_code=201, responses=responses(409))
-def add_host(body: HostCreate, _: Admin, session: SessionDep) -> HostCreated:
+def add_host(body: HostCreate, request: Request, _: Admin, session: SessionDep) -> HostCreated:
     """Register a host; the enrolment token is shown once and works once."""
     host = session.scalar(select(Host).where(Host.name == body.name))
     if host is not None and host.state != "revoked":
@@ -77,7 +77,11 @@ def add_host(body: HostCreate, _: Admin, session: SessionDep) -> HostCreated:
     host.agent_token_hash = None
     host.revoked_at = None
     session.commit()
-    return HostCreated(**host_out(host).model_dump(), enrolment_token=token)
+    return HostCreated(
+        **host_out(host).model_dump(),
+        enrolment_token=token,
+        server_fingerprint=request.app.state.settings.server_fingerprint,
+    )
 
 
 @router.get("/{name}", responses=responses(404))
