@@ -236,5 +236,6 @@ def _context(
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
         migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
-        monitor=env.monitor,
+        monitor=env.monitor.duration,
+        holdback=env.monitor.holdback_weight,
     )
