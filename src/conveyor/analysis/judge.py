@@ -82,19 +82,21 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     s = state.model_copy()
     s.looks += 1
     canary, baseline = look.canary, look.baseline
-    if s.history is None and baseline is not None:
-        s.history = baseline
+    if s.looks == 1 and look.reference is not None:
+        s.history = look.reference
     if s.canary_last is not None and s.baseline_last is not None and baseline is not None:
         batch_c = delta(s.canary_last, canary)
         batch_b = delta(s.baseline_last, baseline)
         if settings.compare:
             _test(s, batch_c, batch_b, settings.margin)
         s.baseline_seen = add(s.baseline_seen, batch_b)
+        s.baseline_window = add(s.baseline_window, batch_b)
         s.canary_epoch = add(s.canary_epoch, batch_c)
         s.canary_seen = add(s.canary_seen, batch_c)
     if s.new_window or s.epoch_at is None or look.at - s.epoch_at >= EPOCH:
         if s.new_window:
             s.window_start = canary
+            s.baseline_window = zero()
             s.new_window = False
         s.epoch_start, s.epoch_at = canary, look.at
         s.canary_epoch = zero()
@@ -286,14 +288,17 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
     seen = state.canary_seen.requests
     out = []
     test = state.errors
-    b_rate = known.errors_5xx / known.requests
+    # beside the canary in this window (the holdback of a watch window, a canary step's
+    # baseline): what the tests compare with; the baseline's recent past otherwise
+    shown = state.baseline_window if state.baseline_window.requests else known
+    b_rate = shown.errors_5xx / shown.requests
     c_rate = error_rate(window)
     fail = test.rejected
     e_value = _e(test.peak if fail else test.log_e)
     need = needed(errors(known).smoothed(), settings.margin, 1.0, 1 / test.threshold)
     verdict = Verdict.FAIL if fail else (Verdict.PASS if seen >= need else Verdict.INCONCLUSIVE)
     progress = _progress(verdict, seen, need)
-    if not fail and known.requests < MIN_HISTORY:
+    if not fail and known.requests < MIN_HISTORY and not state.baseline_window.requests:
         # too short a history to bound the baseline's rate: without traffic beside the
         # canary (the watch window) no test runs, however many canary requests pass
         verdict = Verdict.INCONCLUSIVE
@@ -304,7 +309,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             verdict=verdict,
             summary=(
                 f"5xx: canary {window.errors_5xx}/{window.requests} "
-                f"({(c_rate or 0) * 100:.2f}%) vs baseline {known.errors_5xx}/{known.requests} "
+                f"({(c_rate or 0) * 100:.2f}%) vs baseline {shown.errors_5xx}/{shown.requests} "
                 f"({b_rate * 100:.2f}%): evidence {e_value:.3g} {'≥' if fail else '<'} "
                 f"{test.threshold:.0f} for a worsening of {settings.margin * 100:g} pp or more"
                 + progress
@@ -312,20 +317,20 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             canary_requests=window.requests,
             canary_events=window.errors_5xx,
             canary_rate=c_rate,
-            baseline_requests=known.requests,
-            baseline_events=known.errors_5xx,
+            baseline_requests=shown.requests,
+            baseline_events=shown.errors_5xx,
             baseline_rate=b_rate,
             statistic=e_value,
             threshold=test.threshold,
         )
     )
     out.append(
-        _latency_evidence(state, state.latency, state.bound, "p99", P99_RATIO, known, window)
+        _latency_evidence(state, state.latency, state.bound, "p99", P99_RATIO, shown, window)
     )
     if state.bound is not None:
         out.append(
             _latency_evidence(
-                state, state.latency_p95, state.bound_p95, "p95", P95_RATIO, known, window
+                state, state.latency_p95, state.bound_p95, "p95", P95_RATIO, shown, window
             )
         )
     return out

@@ -63,11 +63,18 @@ class Settings:
 
 
 class Look(BaseModel):
-    """Cumulative counters of both releases, read at one moment (unix time `at`)."""
+    """Cumulative counters of both releases, read at one moment (unix time `at`).
+
+    `reference`, on a judge's first look, is what the baseline served over a recent
+    window just before (measured by the engine from the deployment's start): the only
+    past the comparisons use besides what it serves from then on. Never the release's
+    whole life, whose counters average over other days, hours and loads.
+    """
 
     at: float
     canary: ReleaseCounters
     baseline: ReleaseCounters | None = None
+    reference: ReleaseCounters | None = None
 
 
 def zero() -> ReleaseCounters:
@@ -83,7 +90,8 @@ class JudgeState(BaseModel):
     window_start: ReleaseCounters | None = None  # canary when the window (step) began
     epoch_start: ReleaseCounters | None = None  # canary when the epoch began
     epoch_at: float | None = None
-    history: ReleaseCounters | None = None  # the baseline before the first look
+    history: ReleaseCounters | None = None  # the baseline's recent window before the first look
+    baseline_window: ReleaseCounters = Field(default_factory=zero)  # ... in this window (step)
     baseline_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since, side by side
     canary_epoch: ReleaseCounters = Field(default_factory=zero)  # canary batches this epoch
     canary_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since the first look

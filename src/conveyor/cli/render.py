@@ -325,13 +325,21 @@ def _environment_rows(rows: list[Record]) -> list[list[RenderableType]]:
                     env["name"],
                     env["strategy"],
                     env.get("release") or "-",
-                    underway(env.get("deployment")),
+                    underway(env.get("deployment")) + holdback_text(env.get("holdback")),
                     f"#{last['id']} {last['kind']} {last['release']} {state(last['state'])}"
                     if last
                     else "-",
                 ]
             )
     return envs
+
+
+def holdback_text(h: Record | None) -> str:
+    """While a watch window holds back traffic: `; holdback 5% on R until 12:04:05`."""
+    if not h:
+        return ""
+    until = f" until {h['until'][11:19]} UTC" if h.get("until") else ""
+    return f"; holdback {h['share']}% on {h['release']}{until}"
 
 
 def _judged_rows(rows: list[Record]) -> list[list[RenderableType]]:
