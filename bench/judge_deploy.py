@@ -53,7 +53,7 @@ WINDOW = 600  # the watch window, seconds
 REFERENCE = 60  # the previous release alone before the deployment: the judge's reference
 WINDOW_START = sum(s for _, s in STEPS)
 T = WINDOW_START + WINDOW
-TURNS_BAD = WINDOW_START + 300  # a release that turns bad does so 5 minutes into the window
+TURNS_BAD = WINDOW_START + 330  # a release turning bad does so 5½ minutes into the window
 BLIP = 5  # seconds a shared blip lasts
 SETTINGS = Settings(compare=True, margin=MARGIN)
 KAYENTA_EVERY = 300  # seconds of the window per Kayenta judgement

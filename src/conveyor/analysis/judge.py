@@ -43,6 +43,7 @@ from conveyor.analysis.judge_state import (
     P95_RATIO,
     P95_SHARE,
     P99_RATIO,
+    RECENT,
     JudgeState,
     Look,
     Settings,
@@ -93,6 +94,10 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
         s.baseline_window = add(s.baseline_window, batch_b)
         s.canary_epoch = add(s.canary_epoch, batch_c)
         s.canary_seen = add(s.canary_seen, batch_c)
+        s.canary_recent = add(s.canary_recent, batch_c)
+    if s.recent_at is None or look.at - s.recent_at >= RECENT:
+        s.canary_before_recent, s.canary_recent = s.canary_recent, zero()
+        s.recent_at = look.at
     if s.new_window or s.epoch_at is None or look.at - s.epoch_at >= EPOCH:
         if s.new_window:
             s.window_start = canary
@@ -108,10 +113,15 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     return s
 
 
-def _worse(recent: Tally, whole: Tally) -> Tally:
-    """The canary's estimate for the plug-in: this epoch's if it is worse (a release that
-    turned bad late), else the whole judge's (steadier)."""
-    return recent if recent.smoothed() > whole.smoothed() else whole
+def _worse(*estimates: Tally) -> Tally:
+    """The canary's estimate for the plug-in: the worst of its last seconds', this epoch's
+    and the whole judge's, so that a release that turned bad late is followed at once and
+    a steady one by the steadiest estimate. Only past batches: the test stays valid."""
+    return max(estimates, key=lambda t: t.smoothed())
+
+
+def _recent(s: JudgeState) -> ReleaseCounters:
+    return add(s.canary_before_recent, s.canary_recent)
 
 
 def _baseline_all(s: JudgeState) -> ReleaseCounters:
@@ -126,7 +136,7 @@ def _test(
         s.errors = s.errors.two_sample(
             errors(batch_c),
             errors(batch_b),
-            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
+            _worse(errors(_recent(s)), errors(s.canary_epoch), errors(s.canary_seen)),
             errors(known),
             margin=margin_e,
             ratio=1.0,
@@ -134,7 +144,7 @@ def _test(
     elif known.requests >= MIN_HISTORY:
         s.errors = s.errors.one_sample(
             errors(batch_c),
-            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
+            _worse(errors(_recent(s)), errors(s.canary_epoch), errors(s.canary_seen)),
             errors(known).upper(ALPHA_HISTORY),
             margin=margin_e,
             ratio=1.0,
@@ -160,7 +170,9 @@ def _latency(
     known: ReleaseCounters,
 ) -> EProcess:
     """One batch of a latency test: requests slower than `bound`, canary vs baseline."""
-    before = _worse(slow(s.canary_epoch, bound), slow(s.canary_seen, bound))
+    before = _worse(
+        slow(_recent(s), bound), slow(s.canary_epoch, bound), slow(s.canary_seen, bound)
+    )
     if batch_b.requests > 0:
         return test.two_sample(
             slow(batch_c, bound),

@@ -17,6 +17,10 @@ from conveyor.config import Analysis
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
+# seconds: the canary's most recent batches, one of the estimates the tests' alternative
+# may take (the worst of recent, epoch and whole): a release that turns bad in the middle
+# of an epoch shows there within seconds, not diluted by the epoch's healthy minute
+RECENT = 10.0
 MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
 # requests of the baseline before its 5xx rate is bounded for the watch window's comparison
 # (the canary alone, against an upper confidence bound of the baseline's rate): the bound
@@ -95,6 +99,9 @@ class JudgeState(BaseModel):
     baseline_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since, side by side
     canary_epoch: ReleaseCounters = Field(default_factory=zero)  # canary batches this epoch
     canary_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since the first look
+    canary_recent: ReleaseCounters = Field(default_factory=zero)  # batches of the last RECENT s
+    canary_before_recent: ReleaseCounters = Field(default_factory=zero)  # ... the RECENT s before
+    recent_at: float | None = None
     errors: EProcess = Field(default_factory=lambda: EProcess(alpha=ERRORS_ALPHA))
     latency: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))  # p99
     latency_p95: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))
