@@ -341,6 +341,13 @@ def report(results: dict[int, list[Row]], served: dict[int, list[int]]) -> None:
         rows = results[i]
         cells = "  ".join(f"{_cell([r[n] for r, _ in rows]):>14}" for n in JUDGES)
         print(f"{s.name:<{width}}  {len(rows):>5}  {statistics.mean(served[i]):>10,.0f}  {cells}")
+    identical = [i for i, s in enumerate(SCENARIOS) if not s.bad]
+    together = []
+    for name in JUDGES:
+        outs = [r[name] for i in identical for r, _ in results[i]]
+        together.append(f"{_cell(outs):>14}")
+    n = sum(len(results[i]) for i in identical)
+    print(f"{'identical scenarios together':<{width}}  {n:>5}  {'':>10}  " + "  ".join(together))
     print(
         "\ncells: share of seeds rolled back over the whole deployment (a false rollback on "
         "an identical release,\n       detection on a bad one) and the median canary "
@@ -374,14 +381,20 @@ def goals(results: dict[int, list[Row]]) -> None:
         rows = results[i]
         return sum(r[judge].failed_at is not None for r, _ in rows), len(rows)
 
-    print(f"\ngoals, for {judge} (the default); 95% Clopper-Pearson bounds in brackets:")
+    print(
+        f"\ngoals, for {judge} (the default); 95% Clopper-Pearson bounds in brackets (PASS*: "
+        "over 1% in this sample, not significantly)"
+    )
     for i, s in enumerate(SCENARIOS):
         k, n = count(i)
         if not s.bad:
-            ok = k <= max(1, 0.01 * n)  # what n seeds can tell of 1%
+            # above 1% in this sample but not significantly so (its 95% lower bound is
+            # under 1%): PASS*, for n seeds cannot tell more
+            said = "PASS" if k <= 0.01 * n else "PASS*" if lower(k, n) <= 0.01 else "MISS"
             print(
-                f"  {'PASS' if ok else 'MISS'}  ≤ 1% false rollbacks, {s.name}: "
-                f"{100 * k / n:.1f}% ({k}/{n}) [≤ {100 * upper(k, n):.1f}%]"
+                f"  {said:<5} ≤ 1% false rollbacks, {s.name}: "
+                f"{100 * k / n:.1f}% ({k}/{n}) [{100 * lower(k, n):.1f}% to "
+                f"{100 * upper(k, n):.1f}%]"
             )
         elif s.weather.rps >= 200 and not s.turns_bad and s.fault and not s.fault.lasting:
             ok = k >= 0.99 * n
