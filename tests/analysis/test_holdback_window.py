@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, Verdict, decide, observe
+from conveyor.analysis.sequential import EProcess
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 COMPARE = Settings(compare=True, min_requests=100)
@@ -74,3 +75,14 @@ def test_a_first_look_without_a_reference_never_takes_the_baselines_whole_life()
     life = ReleaseCounters(requests=1_000_000, errors_5xx=500_000)  # another day, another load
     state = observe(JudgeState(), Look(at=0, canary=ReleaseCounters(), baseline=life), COMPARE)
     assert state.history is None
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 10, 1000, 10_000])
+def test_the_epochs_share_one_budget_however_many_there_are(epochs: int) -> None:
+    """Steps, minutes and looks only add epochs: their weights add up to at most 1, so the
+    mixture is one e-process over the deployment and Ville's bound holds for all of it."""
+    test = EProcess(alpha=0.0075)
+    for _ in range(epochs):
+        test = test.begin_epoch()
+    assert test.log_e is not None and test.log_e <= 1e-12
+    assert not test.rejected

@@ -130,3 +130,17 @@ def test_a_first_deployment_has_nothing_to_hold_back() -> None:
 
 def test_no_watch_window_no_steps() -> None:
     assert ctx(2, holdback=5).monitor_steps() == []
+
+
+def test_blue_green_keeps_its_old_colour_warm_for_the_holdback() -> None:
+    c = ctx(2, monitor=300.0, holdback=5, analyse=True)
+    steps = bluegreen.plan(c) + c.monitor_steps()
+    assert [(s.kind, s.weight) for s in steps] == [
+        ("preview", 0),
+        ("switch", 100),
+        ("verify", None),
+        ("monitor", 95),
+        ("switch", 100),
+    ]
+    assert steps[3].targets["web-2"] == rw(old=5, new=95)
+    assert steps[4].targets["web-2"] == rw(new=100)
