@@ -86,3 +86,14 @@ def test_the_epochs_share_one_budget_however_many_there_are(epochs: int) -> None
         test = test.begin_epoch()
     assert test.log_e is not None and test.log_e <= 1e-12
     assert not test.rejected
+
+
+@pytest.mark.parametrize(("budget", "threshold"), [(0.01, 1 / 0.007), (0.001, 1 / 0.0007)])
+def test_the_budget_is_shared_by_the_tests_as_configured(budget: float, threshold: float) -> None:
+    settings = Settings(compare=True, false_alarms=budget)
+    state = observe(JudgeState(), Look(at=0, canary=ReleaseCounters()), settings)
+    assert state.errors.threshold == pytest.approx(threshold)
+    total = state.errors.alpha + state.latency.alpha + state.latency_p95.alpha
+    assert total == pytest.approx(budget)
+    again = observe(state, Look(at=1, canary=ReleaseCounters()), settings)
+    assert again.errors.alpha == state.errors.alpha  # set once, at the first look

@@ -516,3 +516,12 @@ def test_a_wrong_monitor_says_what_was_expected(written: str, message: str) -> N
         parse_config(BASE + f"    monitor: {written}\n")
     assert message in str(caught.value)
     assert ":12:" in str(caught.value)
+
+
+def test_the_false_alarm_budget_is_bounded() -> None:
+    text = BASE + "    analysis: {compare: baseline, false_alarms: 0.1%}\n"
+    analysis = parse_config(text).environments["production"].analysis
+    assert analysis is not None and analysis.false_alarms == pytest.approx(0.001)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "    analysis: {compare: baseline, false_alarms: 20%}\n")
+    assert "expected a false-alarm budget from 0.01% to 10%" in str(caught.value)

@@ -53,6 +53,7 @@ from conveyor.analysis.judge_state import (
     needed,
     slow,
     slow_bound,
+    with_budget,
     zero,
 )
 
@@ -66,7 +67,7 @@ from conveyor.analysis.judge_state import (
 from conveyor.analysis.judge_state import (
     P99_SHARE as P99_SHARE,
 )
-from conveyor.analysis.sequential import ALPHA_HISTORY, EProcess, Tally
+from conveyor.analysis.sequential import EProcess, Tally
 from conveyor.analysis.window import delta, error_rate, quantile
 from conveyor.protocol import Evidence, Judgement, ReleaseCounters
 
@@ -81,6 +82,8 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     # shallow (deep was half the judge's time): the judge replaces fields, never changes
     # one in place (it builds new counters and tests), so old and new may share them
     s = state.model_copy()
+    if s.looks == 0:
+        s = with_budget(s, settings.false_alarms)
     s.looks += 1
     canary, baseline = look.canary, look.baseline
     if s.looks == 1 and look.reference is not None:
@@ -145,7 +148,7 @@ def _test(
         s.errors = s.errors.one_sample(
             errors(batch_c),
             _worse(errors(_recent(s)), errors(s.canary_epoch), errors(s.canary_seen)),
-            errors(known).upper(ALPHA_HISTORY),
+            errors(known).upper(s.errors.history),
             margin=margin_e,
             ratio=1.0,
         )
@@ -185,7 +188,7 @@ def _latency(
     return test.one_sample(
         slow(batch_c, bound),
         before,
-        slow(known, bound).upper(ALPHA_HISTORY),
+        slow(known, bound).upper(test.history),
         margin=0.0,
         ratio=ratio,
     )

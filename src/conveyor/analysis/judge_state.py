@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from conveyor.analysis.sequential import ALPHA, EProcess, Tally
+from conveyor.analysis.sequential import ALPHA, ALPHA_HISTORY, EProcess, Tally
 from conveyor.analysis.window import quantile
 from conveyor.config import Analysis
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
@@ -54,6 +54,8 @@ class Settings:
     compare: bool = False
     margin: float = 0.005
     min_requests: int = 100
+    # the chance the comparisons ever fail an identical release over a whole deployment
+    false_alarms: float = ALPHA
 
     @classmethod
     def of(cls, analysis: Analysis) -> Settings:
@@ -63,6 +65,7 @@ class Settings:
             compare=analysis.compare == "baseline",
             margin=analysis.margin,
             min_requests=analysis.min_requests,
+            false_alarms=analysis.false_alarms,
         )
 
 
@@ -119,6 +122,25 @@ class JudgeState(BaseModel):
             if isinstance(latency, dict):
                 data = {**data, "latency": {**latency, "alpha": LATENCY_ALPHA}}
         return data
+
+
+def with_budget(state: JudgeState, alpha: float) -> JudgeState:
+    """A judge that has not looked yet, its tests sharing `alpha` as the default 1% is
+    shared (errors ¾, each latency test ⅛; the baseline's bound a fifteenth of each)."""
+    if alpha == ALPHA:
+        return state
+
+    def test(share: float) -> EProcess:
+        return EProcess(alpha=alpha * share, history=ALPHA_HISTORY * alpha / ALPHA)
+
+    latency = LATENCY_ALPHA / ALPHA
+    return state.model_copy(
+        update={
+            "errors": test(ERRORS_ALPHA / ALPHA),
+            "latency": test(latency),
+            "latency_p95": test(latency),
+        }
+    )
 
 
 def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:

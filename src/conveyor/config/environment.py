@@ -135,6 +135,17 @@ class Analysis(Section):
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
     source: MetricSourceSetting = "router"
+    # compare: the chance its tests ever fail an identical release over a whole deployment
+    false_alarms: Percent = 0.01
+
+    @field_validator("false_alarms")
+    @classmethod
+    def _a_budget(cls, budget: float) -> float:
+        if not 0.0001 <= budget <= 0.1:
+            raise invalid(
+                [((), "expected a false-alarm budget from 0.01% to 10%, like 1%", budget)]
+            )
+        return budget
 
     @field_validator("margin")
     @classmethod

@@ -152,6 +152,7 @@ environments:                   # promotion order = this order
       # p99: 1s                 # ceiling for the new release
       # compare: baseline       # canary: also fail when clearly worse than the release it replaces
       # margin: 0.5%            # ... by this many more 5xx (percentage points)
+      # false_alarms: 1%        # ... the chance of ever failing a twin release, per deployment
       # min_requests: 200       # inconclusive below this; a canary step waits longer
       # advance: early          # canary: move on once the judge is sure (default: step_pause)
       # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
