@@ -36,9 +36,11 @@ demo: sync
 bench: sync
 	$(UV) run --frozen python bench/pipeline_overhead.py
 
-# minutes on one core: the canary judge against Flagger- and Kayenta-style judges
+# minutes on one core: the canary judge against Flagger- and Kayenta-style judges, one
+# step (bench/judge.py), then whole deployments with their watch window (judge_deploy.py)
 bench-judge: sync
 	$(UV) run --frozen python bench/judge.py
+	$(UV) run --frozen python -m bench.judge_deploy
 
 # minutes, 51 agents with their routers and ~6 GiB: apart from `bench` (HOSTS=10 is quicker)
 HOSTS ?= 50

@@ -232,7 +232,9 @@ def looks(stream: Stream) -> Iterator[Look]:
     stream = stream.step()
     c, b = stream.canary.cumulative(), stream.baseline.cumulative(stream.history)
     history = stream.history.cumulative()
-    yield Look(at=0.0, canary=ReleaseCounters(), baseline=counters(history, 0))
+    # the baseline's history is the judge's reference: a recent window before the step
+    first = counters(history, 0)
+    yield Look(at=0.0, canary=ReleaseCounters(), baseline=first, reference=first)
     for i in range(len(c.requests)):
         yield Look(at=float(i + 1), canary=counters(c, i), baseline=counters(b, i))
 

@@ -72,13 +72,16 @@ def stream(
     )
     canary = ReleaseCounters()
     looks = []
+    reference = base  # the history: what the baseline served over a window just before
     for t in range(seconds):
         n = int(rng.poisson(rps))
         alone = alone_after is not None and t >= alone_after
         nc = n if alone else int(rng.binomial(n, share))
         canary = grow(canary, nc, int(rng.binomial(nc, canary_errors)), latencies(nc, slower))
         base = grow(base, n - nc, int(rng.binomial(n - nc, base_errors)), latencies(n - nc, 1))
-        looks.append(Look(at=float(t), canary=canary, baseline=base))
+        looks.append(
+            Look(at=float(t), canary=canary, baseline=base, reference=None if t else reference)
+        )
     return looks
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from rich.console import Console
 
-from conveyor.cli.render import bare, history_table, status_view
+from conveyor.cli.render import bare, history_table, holdback_text, status_view
 from conveyor.cli.tables import Column, fitted
 from conveyor.cli.watch import step_line, traffic_count, traffic_hint
-from conveyor.protocol import DeploymentOut, Placement, TrafficWait
+from conveyor.protocol import DeploymentOut, Holdback, Placement, TrafficWait
 from tests.cli.records import (
     app_status,
     deployment_out,
@@ -224,3 +225,20 @@ def test_a_step_waiting_for_traffic_counts_down_and_says_where_to_send_it() -> N
     assert traffic_hint(wait).endswith(
         "send traffic to http://127.0.0.3:8000, http://127.0.0.4:8000"
     )
+
+
+@pytest.mark.parametrize(
+    ("holdback", "said"),
+    [
+        (
+            {"release": "9977d15-1", "share": 5, "until": "2026-12-05T20:34:01Z"},
+            "; holdback 5% on 9977d15-1 until 20:34:01 UTC",
+        ),
+        ({"release": "9977d15-1", "share": 20, "until": None}, "; holdback 20% on 9977d15-1"),
+        (None, ""),
+    ],
+)
+def test_a_watch_windows_holdback_is_said_after_the_deployment_underway(
+    holdback: dict[str, object] | None, said: str
+) -> None:
+    assert holdback_text(Holdback.model_validate(holdback) if holdback else None) == said

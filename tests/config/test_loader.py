@@ -60,7 +60,7 @@ def test_spec_example_validates() -> None:
     assert production.analysis.error_rate == pytest.approx(0.01)
     assert production.analysis.p99 == 1.0
     assert production.analysis.advance == "early"
-    assert production.monitor == 900.0
+    assert production.monitor.duration == 900.0
     assert config.notify[0].on == ["failure", "rollback", "approval", "success"]
 
 
@@ -74,7 +74,7 @@ def test_defaults() -> None:
     env = parse_config(BASE.replace("    strategy: canary\n", "")).environments["production"]
     assert env.strategy == "rolling"
     assert env.step_pause == 60.0
-    assert env.monitor == 0.0
+    assert env.monitor.duration == 0.0
     assert env.batch.size(2) == 1
 
 
@@ -476,3 +476,52 @@ def test_load_config_rejects_non_utf8(tmp_path: Path) -> None:
 def test_load_config_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "conveyor.yml")
+
+
+@pytest.mark.parametrize(
+    ("written", "duration", "holdback"),
+    [
+        ("15m", 900.0, 0.05),
+        ("{duration: 15m, holdback: 5%}", 900.0, 0.05),
+        ("{duration: 10m, holdback: 0%}", 600.0, 0.0),
+        ("{duration: 90s, holdback: 20%}", 90.0, 0.2),
+        ("{duration: 90s}", 90.0, 0.05),
+    ],
+)
+def test_monitor_is_a_duration_or_a_duration_with_its_holdback(
+    written: str, duration: float, holdback: float
+) -> None:
+    env = parse_config(BASE + f"    monitor: {written}\n").environments["production"]
+    assert env.monitor.duration == duration
+    assert env.monitor.holdback == pytest.approx(holdback)
+    assert env.monitor.holdback_weight == round(holdback * 100)
+    again = parse_config(BASE).model_validate_json(
+        parse_config(BASE + f"    monitor: {written}\n").model_dump_json()
+    )
+    assert again.environments["production"].monitor == env.monitor
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("{duration: 15m, holdback: 2.5%}", "expected a whole percent of traffic from 0% to 50%"),
+        ("{duration: 15m, holdback: 60%}", "expected a whole percent of traffic from 0% to 50%"),
+        ("{duration: 15m, holdback: 5}", "expected a percentage with a % sign"),
+        ("{during: 15m}", "during"),
+        ("soon", "expected a duration like 30s, 10m or 1h"),
+    ],
+)
+def test_a_wrong_monitor_says_what_was_expected(written: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + f"    monitor: {written}\n")
+    assert message in str(caught.value)
+    assert ":12:" in str(caught.value)
+
+
+def test_the_false_alarm_budget_is_bounded() -> None:
+    text = BASE + "    analysis: {compare: baseline, false_alarms: 0.1%}\n"
+    analysis = parse_config(text).environments["production"].analysis
+    assert analysis is not None and analysis.false_alarms == pytest.approx(0.001)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + "    analysis: {compare: baseline, false_alarms: 20%}\n")
+    assert "expected a false-alarm budget from 0.01% to 10%" in str(caught.value)

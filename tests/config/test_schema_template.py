@@ -72,7 +72,7 @@ def test_starter_config_validates() -> None:
     assert config.test[0].run == "true"
     # a release that turns bad after it is deployed rolls back: the monitor is on
     production = config.environments["production"]
-    assert production.monitor == 600.0
+    assert production.monitor.duration == 600.0
     assert production.analysis is not None and production.analysis.error_rate == 0.01
 
 
@@ -87,7 +87,7 @@ def test_starter_config_commented_keys_validate_when_uncommented() -> None:
     production = config.environments["production"]
     assert production.strategy == "canary"
     assert production.approval == "required"
-    assert production.analysis is not None and production.monitor == 600.0
+    assert production.analysis is not None and production.monitor.duration == 600.0
     assert config.hooks.install == "./bin/install"
     assert config.notify[0].on == ["failure", "rollback", "approval", "success"]
 

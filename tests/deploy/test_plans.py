@@ -100,3 +100,47 @@ def test_rollback_restores_exactly_what_touched_hosts_ran() -> None:
 
 def test_chunks() -> None:
     assert chunks(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+
+
+@pytest.mark.parametrize(
+    ("holdback", "expected", "window"),
+    [
+        (5, [("monitor", 95), ("switch", 100)], rw(old=5, new=95)),
+        (0, [("monitor", 100)], rw(new=100)),
+        (50, [("monitor", 50), ("switch", 100)], rw(old=50, new=50)),
+    ],
+)
+def test_the_watch_window_holds_back_a_share_on_the_previous_release_then_ends_it(
+    holdback: int, expected: list[tuple[str, int]], window: list[ReleaseWeight]
+) -> None:
+    steps = ctx(2, monitor=900.0, holdback=holdback, analyse=True).monitor_steps()
+    assert [(s.kind, s.weight) for s in steps] == expected
+    assert steps[0].targets == {"web-1": window, "web-2": window}
+    assert steps[0].pause == 900.0 and steps[0].analyse
+    if holdback:
+        assert f"{holdback}% held back" in steps[0].name
+        assert steps[1].targets["web-1"] == rw(new=100) and steps[1].pause == 0
+
+
+def test_a_first_deployment_has_nothing_to_hold_back() -> None:
+    steps = ctx(2, first=True, monitor=60.0, holdback=5).monitor_steps()
+    assert [(s.kind, s.weight) for s in steps] == [("monitor", 100)]
+    assert steps[0].targets["web-1"] == rw(new=100)
+
+
+def test_no_watch_window_no_steps() -> None:
+    assert ctx(2, holdback=5).monitor_steps() == []
+
+
+def test_blue_green_keeps_its_old_colour_warm_for_the_holdback() -> None:
+    c = ctx(2, monitor=300.0, holdback=5, analyse=True)
+    steps = bluegreen.plan(c) + c.monitor_steps()
+    assert [(s.kind, s.weight) for s in steps] == [
+        ("preview", 0),
+        ("switch", 100),
+        ("verify", None),
+        ("monitor", 95),
+        ("switch", 100),
+    ]
+    assert steps[3].targets["web-2"] == rw(old=5, new=95)
+    assert steps[4].targets["web-2"] == rw(new=100)

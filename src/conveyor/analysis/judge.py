@@ -43,6 +43,7 @@ from conveyor.analysis.judge_state import (
     P95_RATIO,
     P95_SHARE,
     P99_RATIO,
+    RECENT,
     JudgeState,
     Look,
     Settings,
@@ -52,6 +53,7 @@ from conveyor.analysis.judge_state import (
     needed,
     slow,
     slow_bound,
+    with_budget,
     zero,
 )
 
@@ -65,7 +67,7 @@ from conveyor.analysis.judge_state import (
 from conveyor.analysis.judge_state import (
     P99_SHARE as P99_SHARE,
 )
-from conveyor.analysis.sequential import ALPHA_HISTORY, EProcess, Tally
+from conveyor.analysis.sequential import EProcess, Tally
 from conveyor.analysis.window import delta, error_rate, quantile
 from conveyor.protocol import Evidence, Judgement, ReleaseCounters
 
@@ -80,21 +82,29 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     # shallow (deep was half the judge's time): the judge replaces fields, never changes
     # one in place (it builds new counters and tests), so old and new may share them
     s = state.model_copy()
+    if s.looks == 0:
+        s = with_budget(s, settings.false_alarms)
     s.looks += 1
     canary, baseline = look.canary, look.baseline
-    if s.history is None and baseline is not None:
-        s.history = baseline
+    if s.looks == 1 and look.reference is not None:
+        s.history = look.reference
     if s.canary_last is not None and s.baseline_last is not None and baseline is not None:
         batch_c = delta(s.canary_last, canary)
         batch_b = delta(s.baseline_last, baseline)
         if settings.compare:
             _test(s, batch_c, batch_b, settings.margin)
         s.baseline_seen = add(s.baseline_seen, batch_b)
+        s.baseline_window = add(s.baseline_window, batch_b)
         s.canary_epoch = add(s.canary_epoch, batch_c)
         s.canary_seen = add(s.canary_seen, batch_c)
+        s.canary_recent = add(s.canary_recent, batch_c)
+    if s.recent_at is None or look.at - s.recent_at >= RECENT:
+        s.canary_before_recent, s.canary_recent = s.canary_recent, zero()
+        s.recent_at = look.at
     if s.new_window or s.epoch_at is None or look.at - s.epoch_at >= EPOCH:
         if s.new_window:
             s.window_start = canary
+            s.baseline_window = zero()
             s.new_window = False
         s.epoch_start, s.epoch_at = canary, look.at
         s.canary_epoch = zero()
@@ -106,10 +116,15 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     return s
 
 
-def _worse(recent: Tally, whole: Tally) -> Tally:
-    """The canary's estimate for the plug-in: this epoch's if it is worse (a release that
-    turned bad late), else the whole judge's (steadier)."""
-    return recent if recent.smoothed() > whole.smoothed() else whole
+def _worse(*estimates: Tally) -> Tally:
+    """The canary's estimate for the plug-in: the worst of its last seconds', this epoch's
+    and the whole judge's, so that a release that turned bad late is followed at once and
+    a steady one by the steadiest estimate. Only past batches: the test stays valid."""
+    return max(estimates, key=lambda t: t.smoothed())
+
+
+def _recent(s: JudgeState) -> ReleaseCounters:
+    return add(s.canary_before_recent, s.canary_recent)
 
 
 def _baseline_all(s: JudgeState) -> ReleaseCounters:
@@ -124,7 +139,7 @@ def _test(
         s.errors = s.errors.two_sample(
             errors(batch_c),
             errors(batch_b),
-            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
+            _worse(errors(_recent(s)), errors(s.canary_epoch), errors(s.canary_seen)),
             errors(known),
             margin=margin_e,
             ratio=1.0,
@@ -132,8 +147,8 @@ def _test(
     elif known.requests >= MIN_HISTORY:
         s.errors = s.errors.one_sample(
             errors(batch_c),
-            _worse(errors(s.canary_epoch), errors(s.canary_seen)),
-            errors(known).upper(ALPHA_HISTORY),
+            _worse(errors(_recent(s)), errors(s.canary_epoch), errors(s.canary_seen)),
+            errors(known).upper(s.errors.history),
             margin=margin_e,
             ratio=1.0,
         )
@@ -158,7 +173,9 @@ def _latency(
     known: ReleaseCounters,
 ) -> EProcess:
     """One batch of a latency test: requests slower than `bound`, canary vs baseline."""
-    before = _worse(slow(s.canary_epoch, bound), slow(s.canary_seen, bound))
+    before = _worse(
+        slow(_recent(s), bound), slow(s.canary_epoch, bound), slow(s.canary_seen, bound)
+    )
     if batch_b.requests > 0:
         return test.two_sample(
             slow(batch_c, bound),
@@ -171,7 +188,7 @@ def _latency(
     return test.one_sample(
         slow(batch_c, bound),
         before,
-        slow(known, bound).upper(ALPHA_HISTORY),
+        slow(known, bound).upper(test.history),
         margin=0.0,
         ratio=ratio,
     )
@@ -286,14 +303,17 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
     seen = state.canary_seen.requests
     out = []
     test = state.errors
-    b_rate = known.errors_5xx / known.requests
+    # beside the canary in this window (the holdback of a watch window, a canary step's
+    # baseline): what the tests compare with; the baseline's recent past otherwise
+    shown = state.baseline_window if state.baseline_window.requests else known
+    b_rate = shown.errors_5xx / shown.requests
     c_rate = error_rate(window)
     fail = test.rejected
     e_value = _e(test.peak if fail else test.log_e)
     need = needed(errors(known).smoothed(), settings.margin, 1.0, 1 / test.threshold)
     verdict = Verdict.FAIL if fail else (Verdict.PASS if seen >= need else Verdict.INCONCLUSIVE)
     progress = _progress(verdict, seen, need)
-    if not fail and known.requests < MIN_HISTORY:
+    if not fail and known.requests < MIN_HISTORY and not state.baseline_window.requests:
         # too short a history to bound the baseline's rate: without traffic beside the
         # canary (the watch window) no test runs, however many canary requests pass
         verdict = Verdict.INCONCLUSIVE
@@ -304,7 +324,7 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             verdict=verdict,
             summary=(
                 f"5xx: canary {window.errors_5xx}/{window.requests} "
-                f"({(c_rate or 0) * 100:.2f}%) vs baseline {known.errors_5xx}/{known.requests} "
+                f"({(c_rate or 0) * 100:.2f}%) vs baseline {shown.errors_5xx}/{shown.requests} "
                 f"({b_rate * 100:.2f}%): evidence {e_value:.3g} {'≥' if fail else '<'} "
                 f"{test.threshold:.0f} for a worsening of {settings.margin * 100:g} pp or more"
                 + progress
@@ -312,20 +332,20 @@ def _comparisons(state: JudgeState, settings: Settings) -> list[Evidence]:
             canary_requests=window.requests,
             canary_events=window.errors_5xx,
             canary_rate=c_rate,
-            baseline_requests=known.requests,
-            baseline_events=known.errors_5xx,
+            baseline_requests=shown.requests,
+            baseline_events=shown.errors_5xx,
             baseline_rate=b_rate,
             statistic=e_value,
             threshold=test.threshold,
         )
     )
     out.append(
-        _latency_evidence(state, state.latency, state.bound, "p99", P99_RATIO, known, window)
+        _latency_evidence(state, state.latency, state.bound, "p99", P99_RATIO, shown, window)
     )
     if state.bound is not None:
         out.append(
             _latency_evidence(
-                state, state.latency_p95, state.bound_p95, "p95", P95_RATIO, known, window
+                state, state.latency_p95, state.bound_p95, "p95", P95_RATIO, shown, window
             )
         )
     return out

@@ -11,12 +11,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from conveyor.analysis.sequential import ALPHA, EProcess, Tally
+from conveyor.analysis.sequential import ALPHA, ALPHA_HISTORY, EProcess, Tally
 from conveyor.analysis.window import quantile
 from conveyor.config import Analysis
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
 EPOCH = 60.0  # seconds: a long window starts a fresh epoch of the tests this often
+# seconds: the canary's most recent batches, one of the estimates the tests' alternative
+# may take (the worst of recent, epoch and whole): a release that turns bad in the middle
+# of an epoch shows there within seconds, not diluted by the epoch's healthy minute
+RECENT = 10.0
 MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
 # requests of the baseline before its 5xx rate is bounded for the watch window's comparison
 # (the canary alone, against an upper confidence bound of the baseline's rate): the bound
@@ -50,6 +54,8 @@ class Settings:
     compare: bool = False
     margin: float = 0.005
     min_requests: int = 100
+    # the chance the comparisons ever fail an identical release over a whole deployment
+    false_alarms: float = ALPHA
 
     @classmethod
     def of(cls, analysis: Analysis) -> Settings:
@@ -59,15 +65,23 @@ class Settings:
             compare=analysis.compare == "baseline",
             margin=analysis.margin,
             min_requests=analysis.min_requests,
+            false_alarms=analysis.false_alarms,
         )
 
 
 class Look(BaseModel):
-    """Cumulative counters of both releases, read at one moment (unix time `at`)."""
+    """Cumulative counters of both releases, read at one moment (unix time `at`).
+
+    `reference`, on a judge's first look, is what the baseline served over a recent
+    window just before (measured by the engine from the deployment's start): the only
+    past the comparisons use besides what it serves from then on. Never the release's
+    whole life, whose counters average over other days, hours and loads.
+    """
 
     at: float
     canary: ReleaseCounters
     baseline: ReleaseCounters | None = None
+    reference: ReleaseCounters | None = None
 
 
 def zero() -> ReleaseCounters:
@@ -83,10 +97,14 @@ class JudgeState(BaseModel):
     window_start: ReleaseCounters | None = None  # canary when the window (step) began
     epoch_start: ReleaseCounters | None = None  # canary when the epoch began
     epoch_at: float | None = None
-    history: ReleaseCounters | None = None  # the baseline before the first look
+    history: ReleaseCounters | None = None  # the baseline's recent window before the first look
+    baseline_window: ReleaseCounters = Field(default_factory=zero)  # ... in this window (step)
     baseline_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since, side by side
     canary_epoch: ReleaseCounters = Field(default_factory=zero)  # canary batches this epoch
     canary_seen: ReleaseCounters = Field(default_factory=zero)  # ... and since the first look
+    canary_recent: ReleaseCounters = Field(default_factory=zero)  # batches of the last RECENT s
+    canary_before_recent: ReleaseCounters = Field(default_factory=zero)  # ... the RECENT s before
+    recent_at: float | None = None
     errors: EProcess = Field(default_factory=lambda: EProcess(alpha=ERRORS_ALPHA))
     latency: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))  # p99
     latency_p95: EProcess = Field(default_factory=lambda: EProcess(alpha=LATENCY_ALPHA))
@@ -104,6 +122,25 @@ class JudgeState(BaseModel):
             if isinstance(latency, dict):
                 data = {**data, "latency": {**latency, "alpha": LATENCY_ALPHA}}
         return data
+
+
+def with_budget(state: JudgeState, alpha: float) -> JudgeState:
+    """A judge that has not looked yet, its tests sharing `alpha` as the default 1% is
+    shared (errors ¾, each latency test ⅛; the baseline's bound a fifteenth of each)."""
+    if alpha == ALPHA:
+        return state
+
+    def test(share: float) -> EProcess:
+        return EProcess(alpha=alpha * share, history=ALPHA_HISTORY * alpha / ALPHA)
+
+    latency = LATENCY_ALPHA / ALPHA
+    return state.model_copy(
+        update={
+            "errors": test(ERRORS_ALPHA / ALPHA),
+            "latency": test(latency),
+            "latency_p95": test(latency),
+        }
+    )
 
 
 def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:

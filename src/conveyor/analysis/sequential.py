@@ -88,6 +88,7 @@ class EProcess(BaseModel):
     """
 
     alpha: float = ALPHA / 2  # this test's share of the false-alarm budget
+    history: float = ALPHA_HISTORY  # ... of which what the baseline's upper bound may be wrong by
     log_e: float | None = None  # log of the mixture; None until the first epoch starts
     peak: float | None = None
     epochs: int = 0
@@ -96,7 +97,7 @@ class EProcess(BaseModel):
     @property
     def threshold(self) -> float:
         """The e-value at which the test rejects: 1 / (its alpha, less the baseline's bound)."""
-        return 1 / (self.alpha - ALPHA_HISTORY)
+        return 1 / (self.alpha - self.history)
 
     @property
     def rejected(self) -> bool:

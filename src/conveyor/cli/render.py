@@ -25,6 +25,7 @@ from conveyor.protocol import (
     DeploymentOut,
     DeploymentStepOut,
     DoraReport,
+    Holdback,
     Judgement,
     Placement,
     RunOut,
@@ -333,11 +334,19 @@ def _environment_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
                     env.name,
                     env.strategy,
                     env.release or "-",
-                    underway(env.deployment),
+                    underway(env.deployment) + holdback_text(env.holdback),
                     f"#{last.id} {last.kind} {last.release} {state(last.state)}" if last else "-",
                 ]
             )
     return envs
+
+
+def holdback_text(h: Holdback | None) -> str:
+    """While a watch window holds back traffic: `; holdback 5% on R until 12:04:05`."""
+    if not h:
+        return ""
+    until = f" until {h.until.strftime('%H:%M:%S')} UTC" if h.until else ""
+    return f"; holdback {h.share}% on {h.release}{until}"
 
 
 def _judged_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:

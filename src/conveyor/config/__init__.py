@@ -30,6 +30,7 @@ from conveyor.config.models import (
     Service,
     Step,
 )
+from conveyor.config.monitor import Monitor
 from conveyor.config.schema import config_json_schema
 from conveyor.config.template import STARTER_CONFIG, starter_config, suggest_app_name
 from conveyor.config.values import Batch, HttpProbe
@@ -52,6 +53,7 @@ __all__ = [
     "HostsCommand",
     "HttpProbe",
     "MetricSourceSetting",
+    "Monitor",
     "Notify",
     "NotifyEvent",
     "Percent",

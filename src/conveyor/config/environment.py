@@ -20,6 +20,7 @@ from pydantic import (
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
 from conveyor.config.metric_source import MetricSourceSetting
+from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.values import Batch, HttpProbe, NonEmptyStr, StatusCode, TrafficPercent
 from conveyor.config.window import Window
 
@@ -134,6 +135,17 @@ class Analysis(Section):
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
     source: MetricSourceSetting = "router"
+    # compare: the chance its tests ever fail an identical release over a whole deployment
+    false_alarms: Percent = 0.01
+
+    @field_validator("false_alarms")
+    @classmethod
+    def _a_budget(cls, budget: float) -> float:
+        if not 0.0001 <= budget <= 0.1:
+            raise invalid(
+                [((), "expected a false-alarm budget from 0.01% to 10%, like 1%", budget)]
+            )
+        return budget
 
     @field_validator("margin")
     @classmethod
@@ -165,7 +177,7 @@ class Environment(Section):
     # The schema shows the default as written, not as the dataclass's fields.
     batch: Batch = Field(default=Batch(hosts=1), json_schema_extra={"default": 1})
     analysis: Analysis | None = None
-    monitor: Duration = 0.0
+    monitor: MonitorSetting = Field(default_factory=Monitor)
     verify: list[VerifyCheck] = Field(default_factory=list)
 
     @field_validator("steps")
@@ -191,7 +203,7 @@ class Environment(Section):
     def _analysis_is_used(self) -> Environment:
         # The canary judge and the post-deploy monitor are the only readers of analysis;
         # thresholds nothing reads would give a false sense of safety.
-        if self.analysis is not None and self.strategy != "canary" and self.monitor == 0:
+        if self.analysis is not None and self.strategy != "canary" and not self.monitor:
             raise invalid(
                 [
                     (

@@ -147,11 +147,14 @@ environments:                   # promotion order = this order
     # steps: [10, 50, 100]      # percent of traffic on the new release per step
     # step_pause: 2m
     monitor: 10m                # once deployed, the judge watches this long: a breach rolls back
+    #   (meanwhile 5% of traffic stays on the previous release, to compare with at the
+    #   same time; {{duration: 10m, holdback: 5%}} says so, holdback: 0% for none)
     analysis:                   # what the judge checks (the canary's steps and the monitor)
       error_rate: 1%            # ceiling for the new release
       # p99: 1s                 # ceiling for the new release
       # compare: baseline       # canary: also fail when clearly worse than the release it replaces
       # margin: 0.5%            # ... by this many more 5xx (percentage points)
+      # false_alarms: 1%        # ... the chance of ever failing a twin release, per deployment
       # min_requests: 200       # inconclusive below this; a canary step waits longer
       # advance: early          # canary: move on once the judge is sure (default: step_pause)
       # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}

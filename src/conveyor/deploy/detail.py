@@ -67,6 +67,10 @@ class StepDetail(BaseModel):
     series: list[SeriesPoint] = []  # chart points
     series_at: float | None = None  # unix time of the last point
     series_start: SeriesStart | None = None
+    # the deployment's first step: the previous release's counters on the environment's
+    # hosts when the deployment began, from which the judge's reference window counts
+    reference: ReleaseCounters | None = None
+    reference_at: float | None = None  # unix time it was read (or tried: None stays None)
 
 
 FIELDS = frozenset(StepDetail.model_fields)

@@ -65,6 +65,25 @@ def carried_judge(d: Deployment, step: DeploymentStep) -> JudgeState | None:
     return None
 
 
+def deployment_reference(d: Deployment) -> ReleaseCounters | None:
+    """The previous release's counters when the deployment began (its first step's record):
+    the judge's reference is what it served from then until the judge's first look."""
+    for step in sorted(d.steps, key=lambda s: s.position):
+        found = read_detail(step)
+        if found.reference_at is not None:
+            return found.reference
+    return None
+
+
+def reference_window(
+    start: ReleaseCounters | None, baseline: ReleaseCounters | None
+) -> ReleaseCounters | None:
+    """What the baseline served between the deployment's start and now (None: unknown)."""
+    if start is None or baseline is None:
+        return None
+    return delta(start, baseline)
+
+
 def judged_series(d: Deployment) -> list[StepSeries]:
     """The chart points of the deployment's judged steps, in the order the steps run."""
     out = []

@@ -52,6 +52,7 @@ class Context:
     analyse: bool = False
     migration: str | None = None  # the id hooks.migrate runs under, if the app has one
     monitor: float = 0.0  # the watch window after 100%
+    holdback: int = 0  # percent of traffic the previous release keeps during the window
 
     def serving(self, host: str) -> str | None:
         """The release taking most traffic on a host before the deployment, if any."""
@@ -109,20 +110,35 @@ class Context:
         return PlannedStep("verify", "verify", {})
 
     def monitor_steps(self) -> list[PlannedStep]:
-        """The watch window: every host on the new release alone (as the last step left
-        them, the old one warm) while the judge and the ceilings keep looking."""
+        """The watch window: every host on the new release (the old one warm, keeping the
+        holdback's share of traffic beside it) while the judge and the ceilings keep looking;
+        then, with a holdback, a last step that gives the new release all the traffic."""
         if self.monitor <= 0:
             return []
-        return [
+        held = self.holdback > 0 and any(
+            (old := self.serving(h)) is not None and old != self.release for h in self.hosts
+        )
+        share = f", {self.holdback}% held back on the previous release" if held else ""
+        steps = [
             PlannedStep(
                 "monitor",
-                f"watch {self.release} for {self.monitor:g} s",
-                {h: self.only_new() for h in self.hosts},
-                weight=100,
+                f"watch {self.release} for {self.monitor:g} s{share}",
+                {h: self.split(h, 100 - self.holdback) for h in self.hosts},
+                weight=100 - self.holdback if held else 100,
                 pause=self.monitor,
                 analyse=self.analyse,
             )
         ]
+        if held:
+            steps.append(
+                PlannedStep(
+                    "switch",
+                    f"end the holdback: 100% of traffic to {self.release}",
+                    {h: self.only_new() for h in self.hosts},
+                    weight=100,
+                )
+            )
+        return steps
 
 
 def rollback_targets(previous: Targets, touched: list[str]) -> Targets:

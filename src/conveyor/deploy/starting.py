@@ -227,6 +227,7 @@ def _write_plan(
 def _context(
     d: Deployment, hosts: list[str], previous: Targets, config: Config, env: Environment
 ) -> Context:
+    compares = env.analysis is not None and env.analysis.compare == "baseline"
     return Context(
         release=d.release_id,
         hosts=hosts,
@@ -236,5 +237,7 @@ def _context(
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
         migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
-        monitor=env.monitor,
+        monitor=env.monitor.duration,
+        # the holdback is what the comparison compares with: none without one
+        holdback=env.monitor.holdback_weight if compares else 0,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import time
 from dataclasses import dataclass, replace
 
@@ -20,7 +21,12 @@ from conveyor.config import Analysis, Config, Environment
 from conveyor.deploy import checks
 from conveyor.deploy.control import StepWatch
 from conveyor.deploy.detail import StepDetail, TrafficWaitRecord, read_detail
-from conveyor.deploy.judging import carried_judge, series_point
+from conveyor.deploy.judging import (
+    carried_judge,
+    deployment_reference,
+    reference_window,
+    series_point,
+)
 from conveyor.deploy.ledger import Ledger, host_views, load_targets
 from conveyor.deploy.plan import Targets
 from conveyor.deploy.progress import HostView, Progress, host_progress
@@ -56,6 +62,9 @@ class _Watched:
     rollback: bool
     step_name: str
     elapsed: float
+    first: bool  # the deployment's first step
+    previous_release: str | None
+    all_hosts: list[str]  # the environment's hosts in this deployment
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class _Paused:
     monitor: bool
     baseline: str | None
     carried: JudgeState | None
+    reference: ReleaseCounters | None  # the baseline's counters when the deployment began
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class Watcher(Ledger):
         w = await in_thread(self._read_watched, deployment_id, step_id)
         service = w.config.service
         assert service is not None
+        if w.first and w.detail.reference_at is None and not w.rollback:
+            await self._measure_reference(step_id, env, w)
         look = StepLook(
             name=w.step_name,
             rollback=w.rollback,
@@ -143,7 +155,26 @@ class Watcher(Ledger):
                 rollback=step.kind == "rollback",
                 step_name=step.name,
                 elapsed=(utcnow() - started).total_seconds(),
+                first=step.position == min(s.position for s in d.steps),
+                previous_release=d.previous_release,
+                all_hosts=list(json.loads(d.previous or "{}")),
             )
+
+    async def _measure_reference(self, step_id: int, env: Environment, w: _Watched) -> None:
+        """The previous release's counters as the deployment begins: the judge's reference
+        is what it serves from now until the judge's first look (a recent window, never its
+        whole life). Read once; a source that cannot answer leaves no reference."""
+        baseline = w.previous_release
+        found = None
+        if env.analysis is not None and baseline and baseline != w.release and w.all_hosts:
+            try:
+                counters = await self.metric_source(env.analysis).read(
+                    w.app_name, [baseline], w.all_hosts
+                )
+                found = counters.get(baseline)
+            except SourceError as exc:
+                await self._log(step_id, [f"metrics: {exc} (the judge has no reference window)"])
+        await self._update_detail(step_id, reference=found, reference_at=time.time())
 
     def _host_states(self, deployment_id: int, w: _Watched) -> dict[str, HostState]:
         """Each host's progress; one unreachable for less than the grace counts as waiting."""
@@ -195,7 +226,11 @@ class Watcher(Ledger):
                 d = session.get_one(Deployment, deployment_id)
                 baseline = d.previous_release if d.previous_release != release else None
                 return _Paused(
-                    read_detail(step), step.kind == "monitor", baseline, carried_judge(d, step)
+                    read_detail(step),
+                    step.kind == "monitor",
+                    baseline,
+                    carried_judge(d, step),
+                    deployment_reference(d),
                 )
 
         p = await in_thread(read)
@@ -232,12 +267,15 @@ class Watcher(Ledger):
             if source_gives_up(j.watch, now):
                 await self._fail_now(j.deployment_id, step_id, f"metrics unavailable: {exc}")
             return False
+        carried = j.paused.carried
+        first = detail.judge is None and carried is None
+        now_baseline = counters.get(baseline) if baseline else None
         look = Look(
             at=now,
             canary=counters.get(j.release) or ReleaseCounters(),
-            baseline=counters.get(baseline) if baseline else None,
+            baseline=now_baseline,
+            reference=reference_window(j.paused.reference, now_baseline) if first else None,
         )
-        carried = j.paused.carried
         state = detail.judge or (start_window(carried) if carried else JudgeState())
         state = observe(state, look, settings)
         verdict = decide(state, settings, now)

@@ -181,6 +181,17 @@ class RollbackRequest(Wire):
     )
 
 
+class Holdback(Wire):
+    """The previous release's share of traffic while a watch window runs (`monitor:`)."""
+
+    release: str = Field(description="the previous release, kept warm beside the new one")
+    share: int = Field(ge=0, le=100, description="its percent of traffic on every host")
+    until: Timestamp | None = Field(
+        description="when the watch window ends and the share goes to 0 (unknown until the "
+        "hosts converged)"
+    )
+
+
 class EnvironmentStatus(Wire):
     name: str
     strategy: str
@@ -188,6 +199,10 @@ class EnvironmentStatus(Wire):
     hosts: list[Placement] = []
     deployment: DeploymentOut | None = Field(description="the deployment underway or queued")
     last: DeploymentOut | None = Field(description="the last deployment that ended")
+    holdback: Holdback | None = Field(
+        default=None,
+        description="while a watch window runs with a holdback: the previous release's share",
+    )
 
 
 class DoraEnvironment(Wire):

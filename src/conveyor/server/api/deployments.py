@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from conveyor.deploy.control import left
 from conveyor.deploy.detail import read_detail
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
+from conveyor.deploy.holdback import holdback_of
 from conveyor.deploy.judging import judged_series, traffic_wait
 from conveyor.deploy.records import (
     ACTIVE,
@@ -330,6 +331,7 @@ def environment_statuses(
                 hosts=[p for p in everywhere if names is not None and p.host in names],
                 deployment=deployment_out(current, steps=True) if current else None,
                 last=deployment_out(last) if last else None,
+                holdback=holdback_of(acting, time.time()),
             )
         )
     return out

@@ -361,7 +361,7 @@ def _plan(env: Environment) -> str:
         how = "canary " + " → ".join(f"{w}%" for w in env.steps)
     else:
         how = env.strategy
-    return how + (", then a watch window" if env.monitor else "")
+    return how + (", then a watch window" if env.monitor.duration else "")
 
 
 def render(request: Request, caller: WebCaller, app: str, env: str) -> dict[str, str]:

@@ -1,0 +1,66 @@
+"""The whole-deployment benchmark's synthetic traffic is what it claims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bench.judge_deploy import (
+    REFERENCE,
+    SCENARIOS,
+    STEPS,
+    TURNS_BAD,
+    WINDOW_START,
+    Scenario,
+    T,
+    conveyor,
+    generate,
+)
+
+
+def by_name(name: str) -> Scenario:
+    return next(s for s in SCENARIOS if s.name == name)
+
+
+def seed(n: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([7, n])
+
+
+@pytest.mark.parametrize("holdback", [0.05, 0.0])
+def test_each_phase_gives_the_new_release_its_share(holdback: float) -> None:
+    d = generate(by_name("identical, steady 1% 5xx"), seed(1), holdback)
+    new, total = d.canary.requests, d.canary.requests + d.baseline.requests
+    assert len(new) == REFERENCE + T
+    assert new[:REFERENCE].sum() == 0  # the reference: the previous release alone
+    start = REFERENCE
+    for share, seconds in [*STEPS, (1 - holdback, T - WINDOW_START)]:
+        part = slice(start, start + seconds)
+        assert new[part].sum() / total[part].sum() == pytest.approx(share, abs=0.01)
+        start += seconds
+
+
+def test_a_shared_blip_hits_both_releases_in_the_same_seconds() -> None:
+    d = generate(by_name("shared blip to 10% in the window"), seed(2), 0.05)
+    errors = d.canary.errors + d.baseline.errors
+    total = d.canary.requests + d.baseline.requests
+    rate = errors / np.maximum(total, 1)
+    hit = np.flatnonzero(rate > 0.05)
+    assert hit.min() >= REFERENCE + WINDOW_START and len(hit) <= 5
+    both = d.baseline.errors[hit].sum() / d.baseline.requests[hit].sum()
+    assert both > 0.05  # the holdback's share of it too
+
+
+def test_a_release_turns_bad_when_it_says() -> None:
+    d = generate(by_name("turns bad in the window: 5xx +5 pp"), seed(3), 0.05)
+    assert d.fault_at == TURNS_BAD
+    before = slice(REFERENCE + WINDOW_START, REFERENCE + TURNS_BAD)
+    after = slice(REFERENCE + TURNS_BAD, REFERENCE + T)
+    rate = d.canary.errors / np.maximum(d.canary.requests, 1)
+    assert rate[before].mean() == pytest.approx(0.01, abs=0.005)
+    assert rate[after].mean() == pytest.approx(0.06, abs=0.01)
+
+
+def test_conveyor_passes_a_twin_and_catches_a_release_turning_bad() -> None:
+    for name in ("identical, steady 1% 5xx", "shared blip to 10% in the window"):
+        assert conveyor(generate(by_name(name), seed(4), 0.05)).failed_at is None
+    caught = conveyor(generate(by_name("turns bad in the window: latency x2"), seed(5), 0.05))
+    assert caught.at is not None and TURNS_BAD <= caught.at <= TURNS_BAD + 60
