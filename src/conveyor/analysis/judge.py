@@ -18,8 +18,9 @@ It decides on:
 - with `compare: baseline`, sequential tests (see sequential.py): more 5xx on the
   canary than on the baseline by `margin` (default 0.5 percentage point), and, for
   latency, two exceedance tests: more canary requests than the baseline's share
-  above its p99 and above its p95 (twice and 1.5 times as many are the worsenings
-  they are tuned to). The histogram is coarse: a slowdown of the whole distribution moves many
+  above its p99 and above its p95 (1.5 times as many is the worsening both are
+  tuned to). The histogram's bounds are about 12% apart, so each bound stands for its
+  quantile within a few percent: a slowdown of the whole distribution moves many
   requests past the p95's bound long before it moves enough past the p99's, while
   a slowdown of the tail alone shows only at the p99's. Any test may fail at any
   look, however often one looks; their false-alarm budgets add up to at most 1%

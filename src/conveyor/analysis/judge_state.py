@@ -24,7 +24,10 @@ MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
 # short history only takes a bigger worsening to fail; below 20 it says almost nothing
 MIN_HISTORY = 20
 P99_SHARE = 0.01  # the tail test: slow = above the baseline's p99 ...
-P99_RATIO = 2.0  # ... tuned to twice the baseline's share of slow requests
+# ... tuned to 1.5 times the baseline's share of slow requests: what a p99 20% slower does
+# there when only the tail moves (for lognormal latencies of sigma 0.75 to 1: 1.6 to 1.5
+# times); a larger worsening is followed above that by the plug-in's estimate
+P99_RATIO = 1.5
 P95_SHARE = 0.05  # the body test: slow = above the baseline's p95 ...
 # ... tuned to 1.5 times its share: what a whole distribution 20% slower does there (for
 # lognormal latencies of sigma 0.5 to 1, the usual spread of a web service's: 2 to 1.4
@@ -132,8 +135,9 @@ def slow_bound(
     """The bucket bound that stands for the baseline's p99 (`share` 1%) or p95 (5%):
     slow requests are those above it.
 
-    The histogram is coarse (bounds 2 to 2.5 times apart), so the bound is the one
-    whose share of the baseline above it is closest to `share` (on a log scale)
+    The bounds are about 12% apart (LATENCY_BUCKETS), so the bound is the one whose
+    share of the baseline above it is closest to `share` (on a log scale; a histogram
+    converted from the legacy layout has fewer distinct ones to choose from)
     among those `below` the p99's bound with a share in range (0.1% to 20% for the
     p99, 1% to 25% for the p95); failing that, for the p99, the one just above it.
     """
