@@ -53,6 +53,7 @@ class Settings:
     compare: bool = False
     margin: float = 0.005
     min_requests: int = 100
+    warmup: float = 0.0  # seconds from the canary's first traffic that are not compared
 
     @classmethod
     def of(cls, analysis: Analysis) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             compare=analysis.compare == "baseline",
             margin=analysis.margin,
             min_requests=analysis.min_requests,
+            warmup=analysis.warmup,
         )
 
 
@@ -96,6 +98,18 @@ class JudgeState(BaseModel):
     bound: float | None = None  # the p99 test's latency bound, at the last batch
     bound_p95: float | None = None  # ... and the p95 test's (None: no bucket stands for it)
     new_window: bool = True
+    last_at: float = 0.0  # the last look's time
+    warm_from: float | None = None  # when the canary was first seen with traffic
+    warm_start: ReleaseCounters | None = None  # the canary when its warm-up ended (None: not yet)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warm_before(cls, data: Any) -> Any:
+        """A state stored before warm-ups were (looks taken, no warm_from) was comparing
+        already: it goes on as warm, from its last look."""
+        if isinstance(data, dict) and data.get("looks") and "warm_from" not in data:
+            data = {**data, "warm_from": 0.0, "warm_start": data.get("canary_last") or {}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -159,6 +173,18 @@ def slow_bound(
         return None
     p99 = quantile(baseline, 1 - share)
     return None if p99 is None or math.isinf(p99) else p99
+
+
+def warming(state: JudgeState) -> bool:
+    """Whether the canary is still in its warm-up: not compared, its latency not judged."""
+    return state.warm_start is None
+
+
+def warm_left(state: JudgeState, settings: Settings, at: float) -> float:
+    """Seconds of the warm-up still to run at `at` (all of it before any traffic)."""
+    if state.warm_from is None:
+        return settings.warmup
+    return max(0.0, state.warm_from + settings.warmup - at)
 
 
 def needed(baseline_rate: float, margin: float, ratio: float, alpha: float) -> int:

@@ -152,6 +152,7 @@ environments:                   # promotion order = this order
       # margin: 0.5%            # ... by this many more 5xx (percentage points)
       # min_requests: 200       # inconclusive below this; a canary step waits longer
       # advance: early          # canary: move on once the judge is sure (default: step_pause)
+      # warmup: 10s             # the new release's first seconds of traffic are not compared
       # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
 
 # notify:
