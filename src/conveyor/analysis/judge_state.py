@@ -6,6 +6,7 @@ baseline's slow bound, the requests a test needs). conveyor.analysis.judge decid
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +129,7 @@ def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:
         requests=a.requests + b.requests,
         errors_5xx=a.errors_5xx + b.errors_5xx,
         connect_failures=a.connect_failures + b.connect_failures,
-        latency_buckets=[x + y for x, y in zip(a.latency_buckets, b.latency_buckets, strict=True)],
+        latency_buckets=list(map(operator.add, a.latency_buckets, b.latency_buckets)),
         latency_sum=a.latency_sum + b.latency_sum,
     )
 
