@@ -111,6 +111,8 @@ def test_while_warming_up_it_says_so_and_is_never_conclusive() -> None:
     assert warm_up.verdict == Verdict.INCONCLUSIVE
     assert "(11 s left)" in warm_up.summary, warm_up.summary  # traffic from the look at 1 s
     assert state.canary_seen.requests == 0  # nothing compared yet
+    errors = next(e for e in judgement.evidence if e.check == "errors vs baseline")
+    assert errors.verdict == Verdict.INCONCLUSIVE, errors
     for look in looks[21:]:
         state = observe(state, look, settings)
     assert not warming(state)

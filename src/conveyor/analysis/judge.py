@@ -210,7 +210,7 @@ def decide(state: JudgeState, settings: Settings, at: float | None = None) -> Ju
                 canary_requests=window.requests,
             )
         )
-    elif settings.compare:
+    if settings.compare:  # while warming up: what they need, none compared yet
         evidence += _comparisons(state, settings)
     failed = [e for e in evidence if e.verdict == Verdict.FAIL]
     rate, p99 = error_rate(window), quantile(window, 0.99)
