@@ -24,7 +24,10 @@ It decides on:
   requests past the p95's bound long before it moves enough past the p99's, while
   a slowdown of the tail alone shows only at the p99's. Any test may fail at any
   look, however often one looks; their false-alarm budgets add up to at most 1%
-  over the deployment (errors 3/4 of it, each latency test 1/8).
+  over the deployment (errors 3/4 of it, each latency test 1/8);
+- with `warmup` (seconds), nothing of the canary's first seconds of traffic is
+  compared nor its latency judged: the tests take their first batch after it, and the
+  p99 ceiling leaves its requests out (the error-rate ceiling counts them).
 
 The state is a plain pydantic model, stored between looks (the orchestrator keeps
 it in the step's record, so a restarted server continues the same tests). Its terms
