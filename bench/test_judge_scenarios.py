@@ -113,11 +113,11 @@ def test_looks_start_at_the_step_with_the_baselines_history() -> None:
 
 def test_prom_quantile_interpolates_like_prometheus() -> None:
     within = np.zeros((3, len(BOUNDS)), dtype=int)
-    within[0, list(BOUNDS).index(0.1) :] = 100  # all 100 requests in (0.05, 0.1]
+    within[0, list(BOUNDS).index(0.1) :] = 100  # all 100 requests in (0.0891, 0.1]
     within[1, list(BOUNDS).index(0.1) :] = 50  # half of them past the last bound
     total = np.array([100, 100, 0])
     q = prom_quantile(within, total, 0.5)
-    assert q[0] == pytest.approx(0.075)  # halfway through (0.05, 0.1]
+    assert q[0] == pytest.approx(0.09455)  # halfway through (0.0891, 0.1]
     assert q[1] == pytest.approx(0.1)  # rank 50 at the bucket's upper bound
     assert np.isnan(q[2])
     assert prom_quantile(within, total, 0.99)[1] == BOUNDS[-1]

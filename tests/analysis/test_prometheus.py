@@ -19,7 +19,7 @@ from conveyor.analysis.prometheus import (
 )
 from conveyor.analysis.sources import SourceError
 from conveyor.config.metric_source import DEFAULT_LATENCY, DEFAULT_REQUESTS
-from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
+from conveyor.protocol import LATENCY_BUCKETS, LEGACY_LATENCY_BUCKETS, ReleaseCounters
 
 URL = "http://prom.test:9090"
 
@@ -169,6 +169,26 @@ def test_counters_sum_the_hosts_per_release() -> None:
     assert found["r1"].latency_buckets[LATENCY_BUCKETS.index(0.005)] == 150
     assert found["r1"].latency_buckets[LATENCY_BUCKETS.index(0.0025)] == 0
     assert found["r2"] == ReleaseCounters()  # no traffic yet
+
+
+def test_counters_read_each_hosts_own_bounds_before_adding_them() -> None:
+    """One host exports the finer bounds, another (an agent one version older) the legacy
+    ones: added up per `le`, the finer bounds would miss the legacy host's requests."""
+    fine = totals_of("r1", 100, 0)
+    fine["latency"] = {
+        (("host", "web-1"), ("release", "r1"), ("le", str(b))): 100.0 if b >= 0.0112 else 0.0
+        for b in LATENCY_BUCKETS
+    }
+    legacy = totals_of("r1", 50, 0, host="web-2")
+    legacy["latency"] = {
+        (("host", "web-2"), ("release", "r1"), ("le", str(b))): 50.0 if b >= 0.01 else 0.0
+        for b in LEGACY_LATENCY_BUCKETS
+    }
+    merged = {kind: {**fine[kind], **legacy[kind]} for kind in fine}
+    found = counters(merged, ["r1"], WHAT)["r1"]
+    assert found.latency_buckets[LATENCY_BUCKETS.index(0.01)] == 50
+    assert found.latency_buckets[LATENCY_BUCKETS.index(0.0112)] == 150
+    assert found.latency_buckets[LATENCY_BUCKETS.index(0.0126)] == 150
 
 
 @pytest.mark.parametrize(

@@ -267,13 +267,25 @@ def test_parse_line(line: bytes, expected: tuple[str, str, int, float] | None) -
     assert parse_line(line, b"t0k") == expected
 
 
+def test_totals_saved_with_the_legacy_buckets_move_onto_the_fine_ones() -> None:
+    saved = Totals.model_validate({"requests": 6, "latency_counts": [1, 0, 2] + [0] * 10 + [3]})
+    buckets = saved.cumulative()
+    assert len(saved.latency_counts) == len(LATENCY_BUCKETS) + 1
+    assert buckets[0] == 1  # <= 1 ms
+    assert buckets[LATENCY_BUCKETS.index(0.00445)] == 1  # the 2 in (2.5, 5] ms sit at 5 ms
+    assert buckets[LATENCY_BUCKETS.index(0.005)] == buckets[-1] == 3
+    assert saved.latency_counts[-1] == 3  # above 10 s
+
+
 def test_latency_buckets_are_cumulative() -> None:
     totals = Totals()
     for latency in (0.0004, 0.001, 0.003, 0.2, 30.0):
         totals.latency_counts[bucket_index(latency)] += 1
     buckets = totals.cumulative()
     assert len(buckets) == len(LATENCY_BUCKETS)
-    assert buckets[:4] == [2, 2, 3, 3]
+    assert buckets[0] == 2  # 0.4 ms and 1 ms (bounds included)
+    assert buckets[LATENCY_BUCKETS.index(0.00281)] == 2
+    assert buckets[LATENCY_BUCKETS.index(0.00315)] == 3
     assert buckets[LATENCY_BUCKETS.index(0.25)] == 4
     assert buckets[-1] == 4  # the 30 s one is only in the implied +Inf bucket
 

@@ -18,12 +18,16 @@ It decides on:
 - with `compare: baseline`, sequential tests (see sequential.py): more 5xx on the
   canary than on the baseline by `margin` (default 0.5 percentage point), and, for
   latency, two exceedance tests: more canary requests than the baseline's share
-  above its p99 and above its p95 (twice and 1.5 times as many are the worsenings
-  they are tuned to). The histogram is coarse: a slowdown of the whole distribution moves many
+  above its p99 and above its p95 (1.5 times as many is the worsening both are
+  tuned to). The histogram's bounds are about 12% apart, so each bound stands for its
+  quantile within a few percent: a slowdown of the whole distribution moves many
   requests past the p95's bound long before it moves enough past the p99's, while
   a slowdown of the tail alone shows only at the p99's. Any test may fail at any
   look, however often one looks; their false-alarm budgets add up to at most 1%
-  over the deployment (errors 3/4 of it, each latency test 1/8).
+  over the deployment (errors 3/4 of it, each latency test 1/8);
+- with `warmup` (seconds), nothing of the canary's first seconds of traffic is
+  compared nor its latency judged: the tests take their first batch after it, and the
+  p99 ceiling leaves its requests out (the error-rate ceiling counts them).
 
 The state is a plain pydantic model, stored between looks (the orchestrator keeps
 it in the step's record, so a restarted server continues the same tests). Its terms
@@ -54,6 +58,8 @@ from conveyor.analysis.judge_state import (
     slow,
     slow_bound,
     with_budget,
+    warm_left,
+    warming,
     zero,
 )
 
@@ -88,16 +94,24 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     canary, baseline = look.canary, look.baseline
     if s.looks == 1 and look.reference is not None:
         s.history = look.reference
+    # a batch is compared only if the warm-up had ended at the look that began it
+    warm = not warming(s)
+    if not warm:
+        if s.warm_from is None and canary.requests > 0:
+            s.warm_from = look.at
+        if settings.warmup <= 0 or warm_left(s, settings, look.at) <= 0:
+            s.warm_start = canary
     if s.canary_last is not None and s.baseline_last is not None and baseline is not None:
         batch_c = delta(s.canary_last, canary)
         batch_b = delta(s.baseline_last, baseline)
-        if settings.compare:
+        if settings.compare and warm:
             _test(s, batch_c, batch_b, settings.margin)
         s.baseline_seen = add(s.baseline_seen, batch_b)
         s.baseline_window = add(s.baseline_window, batch_b)
-        s.canary_epoch = add(s.canary_epoch, batch_c)
-        s.canary_seen = add(s.canary_seen, batch_c)
-        s.canary_recent = add(s.canary_recent, batch_c)
+        if warm:
+            s.canary_epoch = add(s.canary_epoch, batch_c)
+            s.canary_seen = add(s.canary_seen, batch_c)
+            s.canary_recent = add(s.canary_recent, batch_c)
     if s.recent_at is None or look.at - s.recent_at >= RECENT:
         s.canary_before_recent, s.canary_recent = s.canary_recent, zero()
         s.recent_at = look.at
@@ -111,7 +125,7 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
         s.errors = s.errors.begin_epoch()
         s.latency = s.latency.begin_epoch()
         s.latency_p95 = s.latency_p95.begin_epoch()
-    s.canary_last = canary
+    s.canary_last, s.last_at = canary, look.at
     s.baseline_last = baseline if baseline is not None else s.baseline_last
     return s
 
@@ -199,11 +213,24 @@ def decide(state: JudgeState, settings: Settings, at: float | None = None) -> Ju
     canary = state.canary_last or zero()
     window = delta(state.window_start, canary) if state.window_start else zero()
     epoch = delta(state.epoch_start, canary) if state.epoch_start else zero()
+    warm = not warming(state)
     evidence: list[Evidence] = []
-    evidence += _ceilings(window, settings, "window")
+    evidence += _ceilings(window, settings, "window", _warmed(state, window, canary))
     if epoch.requests < window.requests:
-        evidence += [e for e in _ceilings(epoch, settings, "last minute") if e.verdict == "fail"]
-    if settings.compare:
+        last = _ceilings(epoch, settings, "last minute", _warmed(state, epoch, canary))
+        evidence += [e for e in last if e.verdict == "fail"]
+    if not warm and (settings.compare or settings.p99 is not None):
+        left = warm_left(state, settings, state.last_at if at is None else at)
+        evidence.append(
+            Evidence(
+                check="warm-up",
+                verdict=Verdict.INCONCLUSIVE,
+                summary=f"warming up: the first {settings.warmup:g} s of the canary's traffic "
+                f"are not compared ({left:.0f} s left); the 5xx ceiling applies",
+                canary_requests=window.requests,
+            )
+        )
+    if settings.compare:  # while warming up: what they need, none compared yet
         evidence += _comparisons(state, settings)
     failed = [e for e in evidence if e.verdict == Verdict.FAIL]
     rate, p99 = error_rate(window), quantile(window, 0.99)
@@ -231,7 +258,20 @@ def _ms(seconds: float) -> str:
     return "over 10 s" if math.isinf(seconds) else f"{seconds * 1000:g} ms"
 
 
-def _ceilings(window: ReleaseCounters, settings: Settings, label: str) -> list[Evidence]:
+def _warmed(
+    state: JudgeState, window: ReleaseCounters, canary: ReleaseCounters
+) -> ReleaseCounters | None:
+    """The part of `window` after the warm-up (its latency is judged); None: still warming."""
+    if state.warm_start is None:
+        return None
+    warmed = delta(state.warm_start, canary)
+    return warmed if warmed.requests < window.requests else window
+
+
+def _ceilings(
+    window: ReleaseCounters, settings: Settings, label: str, warmed: ReleaseCounters | None
+) -> list[Evidence]:
+    """The ceilings over `window`; the p99's over its `warmed` part (None: not judged yet)."""
     out: list[Evidence] = []
     rate = error_rate(window)
     enough = window.requests >= settings.min_requests
@@ -258,6 +298,11 @@ def _ceilings(window: ReleaseCounters, settings: Settings, label: str) -> list[E
                 threshold=settings.error_rate,
             )
         )
+    if warmed is None:
+        return out
+    if warmed.requests < window.requests:
+        label += f", {window.requests - warmed.requests} warm-up requests left out"
+        window, enough = warmed, warmed.requests >= settings.min_requests
     p99 = quantile(window, 0.99)
     if settings.p99 is not None:
         over = enough and p99 is not None and p99 > settings.p99
@@ -415,7 +460,7 @@ def _progress(verdict: str, seen: int, need: int) -> str:
 def judge_window(window: ReleaseCounters, settings: Settings) -> Judgement:
     """One window of the canary's counters alone, judged by the ceilings (no comparison)."""
     looks = [Look(at=0.0, canary=ReleaseCounters()), Look(at=0.0, canary=window)]
-    return judge(looks, Settings(**{**settings.__dict__, "compare": False}))
+    return judge(looks, Settings(**{**settings.__dict__, "compare": False, "warmup": 0.0}))
 
 
 def replay(looks: Iterable[Look], settings: Settings) -> Iterator[Judgement]:

@@ -6,6 +6,7 @@ baseline's slow bound, the requests a test needs). conveyor.analysis.judge decid
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,10 @@ MIN_BASELINE = 200  # requests of the baseline before its p99 means anything
 # short history only takes a bigger worsening to fail; below 20 it says almost nothing
 MIN_HISTORY = 20
 P99_SHARE = 0.01  # the tail test: slow = above the baseline's p99 ...
-P99_RATIO = 2.0  # ... tuned to twice the baseline's share of slow requests
+# ... tuned to 1.5 times the baseline's share of slow requests: what a p99 20% slower does
+# there when only the tail moves (for lognormal latencies of sigma 0.75 to 1: 1.6 to 1.5
+# times); a larger worsening is followed above that by the plug-in's estimate
+P99_RATIO = 1.5
 P95_SHARE = 0.05  # the body test: slow = above the baseline's p95 ...
 # ... tuned to 1.5 times its share: what a whole distribution 20% slower does there (for
 # lognormal latencies of sigma 0.5 to 1, the usual spread of a web service's: 2 to 1.4
@@ -56,6 +60,7 @@ class Settings:
     min_requests: int = 100
     # the chance the comparisons ever fail an identical release over a whole deployment
     false_alarms: float = ALPHA
+    warmup: float = 0.0  # seconds from the canary's first traffic that are not compared
 
     @classmethod
     def of(cls, analysis: Analysis) -> Settings:
@@ -66,6 +71,7 @@ class Settings:
             margin=analysis.margin,
             min_requests=analysis.min_requests,
             false_alarms=analysis.false_alarms,
+            warmup=analysis.warmup,
         )
 
 
@@ -111,6 +117,18 @@ class JudgeState(BaseModel):
     bound: float | None = None  # the p99 test's latency bound, at the last batch
     bound_p95: float | None = None  # ... and the p95 test's (None: no bucket stands for it)
     new_window: bool = True
+    last_at: float = 0.0  # the last look's time
+    warm_from: float | None = None  # when the canary was first seen with traffic
+    warm_start: ReleaseCounters | None = None  # the canary when its warm-up ended (None: not yet)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warm_before(cls, data: Any) -> Any:
+        """A state stored before warm-ups were (looks taken, no warm_from) was comparing
+        already: it goes on as warm, from its last look."""
+        if isinstance(data, dict) and data.get("looks") and "warm_from" not in data:
+            data = {**data, "warm_from": 0.0, "warm_start": data.get("canary_last") or {}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -148,7 +166,7 @@ def add(a: ReleaseCounters, b: ReleaseCounters) -> ReleaseCounters:
         requests=a.requests + b.requests,
         errors_5xx=a.errors_5xx + b.errors_5xx,
         connect_failures=a.connect_failures + b.connect_failures,
-        latency_buckets=[x + y for x, y in zip(a.latency_buckets, b.latency_buckets, strict=True)],
+        latency_buckets=list(map(operator.add, a.latency_buckets, b.latency_buckets)),
         latency_sum=a.latency_sum + b.latency_sum,
     )
 
@@ -169,8 +187,9 @@ def slow_bound(
     """The bucket bound that stands for the baseline's p99 (`share` 1%) or p95 (5%):
     slow requests are those above it.
 
-    The histogram is coarse (bounds 2 to 2.5 times apart), so the bound is the one
-    whose share of the baseline above it is closest to `share` (on a log scale)
+    The bounds are about 12% apart (LATENCY_BUCKETS), so the bound is the one whose
+    share of the baseline above it is closest to `share` (on a log scale; a histogram
+    converted from the legacy layout has fewer distinct ones to choose from)
     among those `below` the p99's bound with a share in range (0.1% to 20% for the
     p99, 1% to 25% for the p95); failing that, for the p99, the one just above it.
     """
@@ -192,6 +211,18 @@ def slow_bound(
         return None
     p99 = quantile(baseline, 1 - share)
     return None if p99 is None or math.isinf(p99) else p99
+
+
+def warming(state: JudgeState) -> bool:
+    """Whether the canary is still in its warm-up: not compared, its latency not judged."""
+    return state.warm_start is None
+
+
+def warm_left(state: JudgeState, settings: Settings, at: float) -> float:
+    """Seconds of the warm-up still to run at `at` (all of it before any traffic)."""
+    if state.warm_from is None:
+        return settings.warmup
+    return max(0.0, state.warm_from + settings.warmup - at)
 
 
 def needed(baseline_rate: float, margin: float, ratio: float, alpha: float) -> int:

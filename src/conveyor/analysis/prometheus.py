@@ -127,12 +127,21 @@ def buckets(by_bound: Mapping[float, float], requests: int) -> list[int]:
     return out
 
 
+def _summed(series: Mapping[Labels, Mapping[float, float]], requests: int) -> list[int]:
+    total = [0] * len(LATENCY_BUCKETS)
+    for by_bound in series.values():
+        total = [a + b for a, b in zip(total, buckets(by_bound, requests), strict=True)]
+    return [min(count, requests) for count in total]
+
+
 def counters(
     totals: Mapping[str, Mapping[Labels, float]], releases: list[str], what: Mapping[str, str]
 ) -> dict[str, ReleaseCounters]:
     """ReleaseCounters per release from the totals per series of the three queries."""
     sums: dict[str, dict[str, float]] = {kind: {} for kind in ("requests", "errors")}
-    by_le: dict[str, dict[float, float]] = {}
+    # per series (a host's, with the default query): hosts may export different bounds (an
+    # agent one version older the legacy ones), so each is read onto LATENCY_BUCKETS alone
+    by_le: dict[str, dict[Labels, dict[float, float]]] = {}
     for kind in ("requests", "errors"):
         for labels, value in totals[kind].items():
             release = _release(labels, what[kind])
@@ -145,7 +154,8 @@ def counters(
         except ValueError:
             raise SourceError(f"{what['latency']} answered a bucket with le={le!r}") from None
         if not math.isinf(bound):
-            found = by_le.setdefault(release, {})
+            series = tuple((k, v) for k, v in labels if k != "le")
+            found = by_le.setdefault(release, {}).setdefault(series, {})
             found[bound] = found.get(bound, 0.0) + value
     out: dict[str, ReleaseCounters] = {}
     for release in releases:
@@ -158,7 +168,7 @@ def counters(
         out[release] = ReleaseCounters(
             requests=requests,
             errors_5xx=min(round(sums["errors"].get(release, 0.0)), requests),
-            latency_buckets=buckets(by_le.get(release, {}), requests),
+            latency_buckets=_summed(by_le.get(release, {}), requests),
         )
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from operator import sub
 
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
 
@@ -21,9 +22,9 @@ def delta(before: ReleaseCounters | None, after: ReleaseCounters) -> ReleaseCoun
         errors_5xx=max(0, after.errors_5xx - before.errors_5xx),
         connect_failures=max(0, after.connect_failures - before.connect_failures),
         in_flight=after.in_flight,
+        # map(sub): the judge takes deltas of 81 buckets several times a look
         latency_buckets=[
-            max(0, a - b)
-            for a, b in zip(after.latency_buckets, before.latency_buckets, strict=True)
+            d if d > 0 else 0 for d in map(sub, after.latency_buckets, before.latency_buckets)
         ],
         latency_sum=max(0.0, after.latency_sum - before.latency_sum),
     )

@@ -25,6 +25,11 @@ from conveyor.config.values import Batch, HttpProbe, NonEmptyStr, StatusCode, Tr
 from conveyor.config.window import Window
 
 Strategy = Literal["rolling", "blue-green", "canary"]
+# analysis.warmup: caches and JITs fill within the first hundreds of requests, which a
+# canary at normal traffic sees in seconds; 10 s leaves most of the default 60-s step
+# compared and delays a decision by no more than that
+WARMUP = 10.0
+MAX_WARMUP = 600.0
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _HOSTS_FORMS = (
     "expected a list of agent names like [web-1, web-2], "
@@ -135,6 +140,9 @@ class Analysis(Section):
     min_requests: Annotated[int, Strict(), Field(ge=0)] = 100
     advance: Literal["early", "full"] = "full"
     source: MetricSourceSetting = "router"
+    # the first seconds of the new release's traffic that are not compared (latency and
+    # the baseline comparisons; the 5xx ceiling applies): a cache or JIT warming up
+    warmup: Duration = WARMUP
     # compare: the chance its tests ever fail an identical release over a whole deployment
     false_alarms: Percent = 0.01
 
@@ -155,6 +163,22 @@ class Analysis(Section):
                 [((), "expected a margin above 0% (the worsening to look for, like 0.5%)", margin)]
             )
         return margin
+
+    @field_validator("warmup")
+    @classmethod
+    def _short_warmup(cls, warmup: float) -> float:
+        if warmup > MAX_WARMUP:
+            raise invalid(
+                [
+                    (
+                        (),
+                        f"expected a warm-up of at most {MAX_WARMUP / 60:g}m (like 10s or 30s): "
+                        "a longer one leaves regressions uncompared",
+                        warmup,
+                    )
+                ]
+            )
+        return warmup
 
     @model_validator(mode="after")
     def _judges_something(self) -> Analysis:

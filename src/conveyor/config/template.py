@@ -157,6 +157,7 @@ environments:                   # promotion order = this order
       # false_alarms: 1%        # ... the chance of ever failing a twin release, per deployment
       # min_requests: 200       # inconclusive below this; a canary step waits longer
       # advance: early          # canary: move on once the judge is sure (default: step_pause)
+      # warmup: 10s             # the new release's first seconds of traffic are not compared
       # source: router          # the routers' counters; or {{prometheus: http://HOST:9090}}
 
 # notify:

@@ -12,9 +12,13 @@ SERVER_PY = '''\
 import json
 import os
 import random
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GREETING = "hello from sample"
+_SEEN = [0]  # requests answered (but /healthz)
+_LOCK = threading.Lock()
 
 
 def greeting() -> str:
@@ -31,6 +35,19 @@ def error_rate() -> float:
     return float(os.environ.get("ERROR_RATE", "0"))
 
 
+def cold_delay() -> float:
+    """SLOW_DELAY seconds for each of the first SLOW_REQUESTS requests (a cache or a JIT
+    warming up), then none."""
+    slow = int(os.environ.get("SLOW_REQUESTS", "0"))
+    if slow <= 0:
+        return 0.0
+    with _LOCK:
+        _SEEN[0] += 1
+        if _SEEN[0] > slow:
+            return 0.0
+    return float(os.environ.get("SLOW_DELAY", "0"))
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # headers and body go out in two writes: with Nagle's algorithm the body waits for the
@@ -44,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
             status = int(os.environ.get("HEALTH_STATUS", "200"))
             body = b"ok\\n"
         else:
+            delay = cold_delay()
+            if delay:
+                time.sleep(delay)
             if random.random() < error_rate():
                 status = 500
             release = os.environ.get("CONVEYOR_RELEASE", "dev")
@@ -127,11 +147,14 @@ def sample_config(
     health_status: int = 200,
     error_rate: float = 0.0,
     error_rate_file: str = "",
+    slow_requests: int = 0,
+    slow_delay: float = 0.0,
     extra: str = "",
 ) -> str:
     """The sample app's conveyor.yml, with the knobs tests turn (port, start, timeouts).
 
-    `extra` is YAML appended as it is: environments, hooks…
+    `extra` is YAML appended as it is: environments, hooks… With `slow_requests`, each
+    instance answers its first `slow_requests` requests `slow_delay` seconds late.
     """
     return CONVEYOR_YML.format(
         app=app,
@@ -141,6 +164,11 @@ def sample_config(
         keep_warm=keep_warm,
         env=f"{{HEALTH_STATUS: '{health_status}', ERROR_RATE: '{error_rate}'"
         + (f", ERROR_RATE_FILE: '{error_rate_file}'" if error_rate_file else "")
+        + (
+            f", SLOW_REQUESTS: '{slow_requests}', SLOW_DELAY: '{slow_delay}'"
+            if slow_requests
+            else ""
+        )
         + "}",
     ) + textwrap.dedent(extra)
 

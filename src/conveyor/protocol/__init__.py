@@ -58,7 +58,14 @@ from .desired import (
     ServiceSpec,
 )
 from .hosts import Enrol, Enrolled, HostCreate, HostCreated, HostOut, HostState, Placement
-from .metrics import LATENCY_BUCKETS, AppMetrics, ReleaseCounters, RouterMetrics
+from .metrics import (
+    LATENCY_BUCKETS,
+    LEGACY_LATENCY_BUCKETS,
+    AppMetrics,
+    ReleaseCounters,
+    RouterMetrics,
+    from_legacy,
+)
 from .observed import ObservedApp, ObservedRelease, ObservedState, ReleasePhase
 from .wire import (
     BRANCH_PATTERN,
@@ -78,6 +85,7 @@ from .wire import (
 __all__ = [
     "BRANCH_PATTERN",
     "LATENCY_BUCKETS",
+    "LEGACY_LATENCY_BUCKETS",
     "MAX_BRANCH",
     "MAX_INT",
     "MAX_POLL",
@@ -146,4 +154,5 @@ __all__ = [
     "TrafficWait",
     "Webhooks",
     "Wire",
+    "from_legacy",
 ]

@@ -10,6 +10,7 @@ master lives.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -18,9 +19,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from conveyor.agent.routing.spec import LATENCY_BUCKETS, ReleaseCounters, RouterError, Target
+from conveyor.protocol import LEGACY_LATENCY_BUCKETS, from_legacy
 
 STATE_VERSION = 1
 APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -79,6 +81,22 @@ class Totals(_Model):
     # counts those above the largest bound.
     latency_counts: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+
+    @field_validator("latency_counts")
+    @classmethod
+    def _layout(cls, value: list[int]) -> list[int]:
+        """Counts saved by a driver before the finer buckets (issue 13) are moved onto
+        them: each legacy bucket's count to the fine bucket of the same upper bound."""
+        if len(value) == len(LEGACY_LATENCY_BUCKETS) + 1:
+            cumulative, total = [], 0
+            for count in value[:-1]:
+                total += count
+                cumulative.append(total)
+            fine = from_legacy(cumulative)
+            value = [b - a for a, b in itertools.pairwise([0, *fine])] + [value[-1]]
+        if len(value) != len(LATENCY_BUCKETS) + 1:
+            raise ValueError(f"expected {len(LATENCY_BUCKETS) + 1} latency counts")
+        return value
 
     def cumulative(self) -> list[int]:
         """Requests with latency <= each LATENCY_BUCKETS bound, as ReleaseCounters has them."""
