@@ -57,9 +57,9 @@ from conveyor.analysis.judge_state import (
     needed,
     slow,
     slow_bound,
-    with_budget,
     warm_left,
     warming,
+    with_budget,
     zero,
 )
 
