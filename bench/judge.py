@@ -34,7 +34,7 @@ STEP = 300  # seconds: one canary step, looked at every second
 LONGEST = (STEP // 60 + 4) * 60  # Flagger's analysis at 1m: 5 passes or 5 fails, 9 checks
 HISTORY = 600  # seconds the baseline served alone before the step (its router's counters)
 MEDIAN_LATENCY = 0.030  # lognormal latencies: median 30 ms, sigma 0.75 -> p99 ~172 ms,
-SIGMA = 0.75  # which sits mid-bucket (0.1-0.25 s), favouring no judge's bucket choice
+SIGMA = 0.75  # between two bounds (158 and 177 ms, 12% apart): no judge's bound choice favoured
 MARGIN = 0.005  # the worsening of the error rate every judge is told matters (0.5 pp)
 P99_TOLERANCE = 1.10  # Flagger's p99 ceiling: the baseline's p99 + 10% (the smallest shift)
 SETTINGS = Settings(compare=True, margin=MARGIN)  # no absolute ceilings: comparisons only
@@ -530,7 +530,7 @@ pp and its p99 × {P99_TOLERANCE};
 {LONGEST} s at 1m).
                The p99 ceiling is {ceiling * 1000:.0f} ms: histogram_quantile reads the \
 baseline's p99 as {ceiling / P99_TOLERANCE * 1000:.0f} ms
-               from the coarse buckets (the true one is {P99 * 1000:.0f} ms)
+               from the buckets, about 12% apart (the true one is {P99 * 1000:.0f} ms)
   Kayenta      Mann-Whitney per metric (5xx rate, p99) on 10 s points, 98% confidence, \
 tolerance 0.25
                (NetflixACAJudge): once at the end of the step, or again at every new point

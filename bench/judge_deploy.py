@@ -5,11 +5,13 @@ release alone for a minute before it (the judge's reference window), canary step
 2 minutes at 10% and 50% of the traffic, then a 10-minute watch window in which the new
 release takes all of the traffic but the holdback. The weather (issue 13) hits both
 releases alike: short shared 5xx blips, error rates and latencies drifting during the
-deployment, traffic ramps, low traffic, heavy-tailed latencies; a bad release is worse
-from the start, or turns bad in the middle of the watch window.
+deployment, traffic ramps, low traffic, heavy-tailed latencies; a release slow only for
+its first seconds (a cache or JIT warming up) is no worse; a bad release is worse from the
+start (in the tail alone, for one), or turns bad in the middle of the watch window.
 
 Judges, on streams from the same seed:
   conveyor 5%   conveyor's judge, the window with `holdback: 5%` (the default)
+  conveyor 20%  the same with `holdback: 20%`: what a larger holdback buys in the window
   conveyor 0%   the same with `holdback: 0%`: the window against the reference window
   Flagger 1m    the canary's last-minute error rate and p99 every minute against
                 ceilings from the reference (its rate + 0.5 pp, its p99 × 1.1), through
@@ -17,7 +19,9 @@ Judges, on streams from the same seed:
   Kayenta       Mann-Whitney (98%) of 10-s points, canary against the baseline beside it,
                 at the end of each step and of each 5 minutes of the window (holdback 5%)
 
-    make bench-judge        (or: uv run python bench/judge_deploy.py [--quick] [--workers 2])
+The judge runs with the defaults of `analysis` (`false_alarms: 1%`, `warmup: 10s`).
+
+    make bench-judge        (or: uv run python -m bench.judge_deploy [--quick] [--workers 2])
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ from bench.judge import (
     kayenta_high,
     prom_quantile,
 )
-from scipy.stats import beta
+from scipy.stats import beta, binom, poisson
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, observe, start_window
+from conveyor.config.environment import WARMUP
 from conveyor.protocol import ReleaseCounters
 
 LOOK = 2  # seconds between two looks (agents report every 2 s)
@@ -55,7 +60,8 @@ WINDOW_START = sum(s for _, s in STEPS)
 T = WINDOW_START + WINDOW
 TURNS_BAD = WINDOW_START + 330  # a release turning bad does so 5½ minutes into the window
 BLIP = 5  # seconds a shared blip lasts
-SETTINGS = Settings(compare=True, margin=MARGIN)
+SETTINGS = Settings(compare=True, margin=MARGIN, warmup=WARMUP)
+SLOW_START = 5  # seconds a release warming up is slow for, from its first request
 KAYENTA_EVERY = 300  # seconds of the window per Kayenta judgement
 
 
@@ -70,7 +76,7 @@ class Weather:
     slow_end: float = 1.0  # drift: both releases' latencies times this at the end
     blips: tuple[float, ...] = ()  # heights of shared 5-s blips, each at a random moment
     blips_in_steps: bool = False  # ... in the canary steps rather than the window
-    sigma: float = 0.75  # lognormal latencies (1.3: heavy-tailed)
+    sigma: float = 0.75  # lognormal latencies (1 or 1.3: heavy-tailed)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,8 @@ class Fault:
     """What is wrong with the new release, from second `start` (for `lasting` seconds)."""
 
     errors: float = 0.0  # 5xx rate added
-    slower: float = 1.0  # latencies multiplied
+    slower: float = 1.0  # latencies multiplied (the p99 only, with `tail`)
+    tail: bool = False  # only those above the p95 are stretched, the p99 to slower × p99
     start: int = 0
     lasting: int | None = None
     random_in_window: bool = False  # start at a random moment of the window
@@ -89,10 +96,17 @@ class Scenario:
     name: str
     weather: Weather = field(default_factory=Weather)
     fault: Fault | None = None
+    slow_start: float = 1.0  # the new release's first SLOW_START s of traffic: latencies ×
 
     @property
     def bad(self) -> bool:
         return self.fault is not None
+
+    @property
+    def normal_traffic(self) -> bool:
+        """200 req/s or more on average over the deployment (a ramp's mean)."""
+        w = self.weather
+        return (w.rps + (w.rps if w.rps_end is None else w.rps_end)) / 2 >= 200
 
     @property
     def turns_bad(self) -> bool:
@@ -109,12 +123,20 @@ SCENARIOS = [
     Scenario("5xx drift 1% -> 2%", W(errors_end=0.02)),
     Scenario("latency drift +30%", W(slow_end=1.3)),
     Scenario("traffic ramp 50 -> 400 req/s", W(rps=50.0, rps_end=400.0)),
+    Scenario("traffic ramp 400 -> 50 req/s", W(rps=400.0, rps_end=50.0)),
     Scenario("low traffic 20 req/s", W(rps=20.0)),
     Scenario("heavy-tailed latency", W(sigma=1.3)),
+    Scenario("heavy-tailed (sigma 1)", W(sigma=1.0)),
+    Scenario(f"warming up: 3x slower for {SLOW_START} s", slow_start=3.0),
     Scenario("5xx +1 pp", fault=Fault(errors=0.01)),
     Scenario("5xx +1 pp, blips and drift", W(blips=(0.10,), errors_end=0.02), Fault(errors=0.01)),
     Scenario("latency +20%", fault=Fault(slower=1.2)),
     Scenario("latency +20%, latency drift", W(slow_end=1.3), Fault(slower=1.2)),
+    Scenario(
+        "heavy-tailed (sigma 1): p99 +20%, tail only", W(sigma=1.0), Fault(slower=1.2, tail=True)
+    ),
+    Scenario("5xx +1 pp, ramp 50 -> 400 req/s", W(rps=50.0, rps_end=400.0), Fault(errors=0.01)),
+    Scenario("latency +20%, ramp 400 -> 50 req/s", W(rps=400.0, rps_end=50.0), Fault(slower=1.2)),
     Scenario("low traffic: 5xx +2 pp", W(rps=20.0), Fault(errors=0.02)),
     Scenario(
         "blip to 10% on the new release only",
@@ -151,12 +173,24 @@ def _linear(start: float, end: float | None, seconds: int) -> np.ndarray:
 
 
 def _binned(
-    rng: np.random.Generator, n: np.ndarray, rate: np.ndarray, factor: np.ndarray, sigma: float
+    rng: np.random.Generator,
+    n: np.ndarray,
+    rate: np.ndarray,
+    factor: np.ndarray,
+    sigma: float,
+    stretch: np.ndarray | None = None,
 ) -> Release:
+    """Each second's requests, 5xx and latency buckets: latencies lognormal, those above the
+    p95 stretched by that second's `stretch` (a slower tail alone), then all times `factor`."""
     seconds = len(n)
     errors = rng.binomial(n, np.clip(rate, 0.0, 1.0))
     second = np.repeat(np.arange(seconds), n)
-    latencies = rng.lognormal(math.log(MEDIAN_LATENCY), sigma, int(n.sum())) * factor[second]
+    latencies = rng.lognormal(math.log(MEDIAN_LATENCY), sigma, int(n.sum()))
+    if stretch is not None:
+        p95 = MEDIAN_LATENCY * math.exp(sigma * 1.6449)
+        tail = latencies > p95
+        latencies[tail] = p95 + (latencies[tail] - p95) * stretch[second[tail]]
+    latencies = latencies * factor[second]
     bucket = np.searchsorted(BOUNDS, latencies, side="left")
     counts = np.bincount(second * (K + 1) + bucket, minlength=seconds * (K + 1))
     within = np.cumsum(counts.reshape(seconds, K + 1), axis=1)[:, :K]
@@ -184,7 +218,7 @@ def generate(scenario: Scenario, seed: np.random.SeedSequence, holdback: float) 
         at = int(weather.integers(low, high - BLIP))
         errors[at : at + BLIP] = np.maximum(errors[at : at + BLIP], height)
     slow = _linear(1.0, w.slow_end, seconds)
-    new_errors, new_slow, fault_at = errors, slow, None
+    new_errors, new_slow, fault_at, stretch = errors, slow, None, None
     if fault is not None:
         start = fault.start
         if fault.random_in_window:
@@ -193,11 +227,18 @@ def generate(scenario: Scenario, seed: np.random.SeedSequence, holdback: float) 
         bad = np.zeros(seconds, dtype=bool)
         bad[REFERENCE + start : REFERENCE + end] = True
         new_errors = np.where(bad, errors + fault.errors, errors)
-        new_slow = np.where(bad, slow * fault.slower, slow)
+        if fault.tail:  # the p99 at slower × p99: the p95 and below stay
+            p95, p99 = (MEDIAN_LATENCY * math.exp(w.sigma * z) for z in (1.6449, 2.3263))
+            stretch = np.where(bad, (fault.slower * p99 - p95) / (p99 - p95), 1.0)
+        else:
+            new_slow = np.where(bad, slow * fault.slower, slow)
         fault_at = start
+    if scenario.slow_start != 1.0:  # its first traffic is the first canary step's
+        new_slow = new_slow.copy()
+        new_slow[REFERENCE : REFERENCE + SLOW_START] *= scenario.slow_start
     total = rng.poisson(_linear(w.rps, w.rps_end, seconds))
     n_new = rng.binomial(total, shares(holdback))
-    canary = _binned(rng, n_new, new_errors, new_slow, w.sigma)
+    canary = _binned(rng, n_new, new_errors, new_slow, w.sigma, stretch)
     baseline = _binned(rng, total - n_new, errors, slow, w.sigma)
     return Deployment(scenario, canary, baseline, fault_at)
 
@@ -286,11 +327,11 @@ def kayenta(d: Deployment) -> Outcome:
     return Outcome(None)
 
 
-JUDGES = ["conveyor 5%", "conveyor 0%", "Flagger 1m", "Kayenta"]
-# the faults a minute of a 5% holdback can tell from chance: +5 pp of 5xx, twice as slow
-# (+2 pp gives at most ~5 nats a minute against the holdback's 10 req/s, the threshold
-# needs ~11 with the late epoch's share of the budget: it is caught, in minutes)
-WITHIN_A_MINUTE = ("turns bad in the window: 5xx +5 pp", "turns bad in the window: latency x2")
+JUDGES = ["conveyor 5%", "conveyor 20%", "conveyor 0%", "Flagger 1m", "Kayenta"]
+# +2 pp of 5xx gives at most ~5 nats a minute against a 5% holdback's 10 req/s, and the
+# threshold needs ~11 with the late epoch's share of the budget: caught, in minutes. Even
+# the best fixed-sample test, told the minute and given the whole 1%, catches only ~81%
+# in that minute (bench/judge_deploy.py's oracle below); a 20% holdback's 40 req/s do.
 
 
 def run(task: tuple[int, int, int]) -> tuple[int, dict[str, Outcome], int | None, int]:
@@ -301,6 +342,7 @@ def run(task: tuple[int, int, int]) -> tuple[int, dict[str, Outcome], int | None
     alone = generate(scenario, sequence, 0.0)
     outcomes = {
         "conveyor 5%": conveyor(held),
+        "conveyor 20%": conveyor(generate(scenario, sequence, 0.20)),
         "conveyor 0%": conveyor(alone),
         "Flagger 1m": flagger(alone),
         "Kayenta": kayenta(held),
@@ -396,31 +438,57 @@ def goals(results: dict[int, list[Row]]) -> None:
                 f"{100 * k / n:.1f}% ({k}/{n}) [{100 * lower(k, n):.1f}% to "
                 f"{100 * upper(k, n):.1f}%]"
             )
-        elif s.weather.rps >= 200 and not s.turns_bad and s.fault and not s.fault.lasting:
+        elif s.normal_traffic and not s.turns_bad and s.fault and not s.fault.lasting:
             ok = k >= 0.99 * n
             print(
                 f"  {'PASS' if ok else 'MISS'}  ≥ 99% detected, {s.name}: "
                 f"{100 * k / n:.1f}% ({k}/{n}) [≥ {100 * lower(k, n):.1f}%]"
             )
-    for i, s in enumerate(SCENARIOS):
-        if not s.turns_bad or s.name not in WITHIN_A_MINUTE:
-            continue
-        rows = results[i]
-        quick = sum(
-            r[judge].at is not None and at is not None and r[judge].at - at <= 60 for r, at in rows
-        )
-        ok = quick >= 0.99 * len(rows)
-        print(
-            f"  {'PASS' if ok else 'MISS'}  ≥ 99% caught within a minute, {s.name}: "
-            f"{100 * quick / len(rows):.1f}% ({quick}/{len(rows)}) "
-            f"[≥ {100 * lower(quick, len(rows)):.1f}%]"
-        )
+    for name in (judge, "conveyor 20%"):
+        for i, s in enumerate(SCENARIOS):
+            if not s.turns_bad or not s.normal_traffic:
+                continue
+            rows = results[i]
+            quick = sum(
+                r[name].at is not None and at is not None and r[name].at - at <= 60
+                for r, at in rows
+            )
+            ok = quick >= 0.99 * len(rows)
+            print(
+                f"  {'PASS' if ok else 'MISS'}  ≥ 99% caught within a minute, {s.name}"
+                f"{'' if name == judge else f' ({name})'}: "
+                f"{100 * quick / len(rows):.1f}% ({quick}/{len(rows)}) "
+                f"[≥ {100 * lower(quick, len(rows)):.1f}%]"
+            )
+    oracle()
     identical = [i for i, s in enumerate(SCENARIOS) if not s.bad]
     k = sum(count(i)[0] for i in identical)
     n = sum(count(i)[1] for i in identical)
     print(
         f"  {'PASS' if k <= 0.01 * n else 'MISS'}  ≤ 1% false rollbacks, all identical "
         f"scenarios together: {100 * k / n:.2f}% ({k}/{n}) [≤ {100 * upper(k, n):.2f}%]"
+    )
+
+
+def oracle(rps: float = 200.0, before: float = 0.01, after: float = 0.03) -> None:
+    """The best any test can do for a release turning bad (5xx `before` -> `after`) in the
+    window, if it may blame no weather on it: the most powerful fixed-sample test of the
+    holdback's share of a minute's 5xx (the only evidence that cancels shared trouble),
+    told the very minute and given the whole 1%."""
+    cells = []
+    for holdback in (0.05, 0.10, 0.20):
+        n_old, n_new = rps * holdback * 60, rps * (1 - holdback) * 60
+        mean = n_old * before + n_new * after
+        share = n_old * before / mean  # the holdback's share of the 5xx, turned bad
+        events = np.arange(int(mean - 8 * mean**0.5), int(mean + 8 * mean**0.5))
+        cut = binom.ppf(0.01, events, holdback)
+        cut = np.where(binom.cdf(cut, events, holdback) <= 0.01, cut, cut - 1)
+        power = float((poisson.pmf(events, mean) * binom.cdf(cut, events, share)).sum())
+        cells.append(f"holdback {holdback:.0%} {100 * power:.0f}%")
+    print(
+        f"  bound: 5xx {100 * before:g}% -> {100 * after:g}% at {rps:g} req/s, the best "
+        "fixed-sample test of the holdback's\n         share of the minute's 5xx at 1% "
+        "catches it within that minute: " + ", ".join(cells)
     )
 
 
@@ -437,8 +505,8 @@ def main() -> None:
         + ", ".join(f"{share:.0%} for {s} s" for share, s in STEPS)
         + f", then a {WINDOW} s watch window (a release turning bad does so "
         f"{TURNS_BAD - WINDOW_START} s into it).\n200 req/s unless said; 1% 5xx; lognormal "
-        f"latencies (median {MEDIAN_LATENCY * 1000:g} ms, sigma 0.75; heavy-tailed: 1.3); "
-        f"blips last {BLIP} s. {seeds} seeds a scenario.\n"
+        f"latencies (median {MEDIAN_LATENCY * 1000:g} ms, sigma 0.75; heavy-tailed: 1 or 1.3); "
+        f"blips last {BLIP} s; warm-up {WARMUP:g} s. {seeds} seeds a scenario.\n"
     )
     tasks = [(args.seed, i, r) for i in range(len(SCENARIOS)) for r in range(seeds)]
     results: dict[int, list[Row]] = {i: [] for i in range(len(SCENARIOS))}
