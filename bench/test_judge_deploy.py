@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bench.judge import Release, prom_quantile
 from bench.judge_deploy import (
     REFERENCE,
     SCENARIOS,
+    SLOW_START,
     STEPS,
     TURNS_BAD,
     WINDOW_START,
@@ -64,3 +66,37 @@ def test_conveyor_passes_a_twin_and_catches_a_release_turning_bad() -> None:
         assert conveyor(generate(by_name(name), seed(4), 0.05)).failed_at is None
     caught = conveyor(generate(by_name("turns bad in the window: latency x2"), seed(5), 0.05))
     assert caught.at is not None and TURNS_BAD <= caught.at <= TURNS_BAD + 60
+
+
+def test_a_slower_tail_moves_the_p99_alone() -> None:
+    d = generate(by_name("heavy-tailed (sigma 1): p99 +20%, tail only"), seed(6), 0.05)
+    span = slice(REFERENCE, REFERENCE + T)
+    new, old = d.canary, d.baseline
+
+    def quantile(r: Release, q: float) -> float:
+        n = r.requests[span].sum()
+        return float(prom_quantile(r.within[span].sum(axis=0), np.array([n]), q)[0])
+
+    assert quantile(new, 0.95) == pytest.approx(quantile(old, 0.95), rel=0.03)
+    assert quantile(new, 0.99) / quantile(old, 0.99) == pytest.approx(1.2, abs=0.06)
+    assert quantile(new, 0.5) == pytest.approx(quantile(old, 0.5), rel=0.03)
+
+
+def test_a_release_warming_up_is_slow_for_its_first_seconds_only() -> None:
+    d = generate(by_name(f"warming up: 3x slower for {SLOW_START} s"), seed(7), 0.05)
+    first = slice(REFERENCE, REFERENCE + SLOW_START)
+    later = slice(REFERENCE + SLOW_START, REFERENCE + T)
+
+    def mean(r: Release, part: slice) -> float:
+        return float(r.latency_sum[part].sum() / r.requests[part].sum())
+
+    assert mean(d.canary, first) / mean(d.canary, later) == pytest.approx(3.0, rel=0.25)
+    assert mean(d.canary, later) == pytest.approx(mean(d.baseline, later), rel=0.05)
+
+
+def test_a_ramp_goes_where_it_says() -> None:
+    d = generate(by_name("traffic ramp 400 -> 50 req/s"), seed(8), 0.05)
+    total = d.canary.requests + d.baseline.requests
+    start = total[REFERENCE : REFERENCE + 30].mean()
+    end = total[-30:].mean()
+    assert start == pytest.approx(400, rel=0.1) and end == pytest.approx(50, rel=0.15)
