@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from conveyor.store.db import database_url
+from testbed.postgres import Cluster
 from tests.helpers import ServerProcess, running_server
 
 
@@ -14,6 +16,49 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A running `conveyor server` on a fresh data directory."""
     with running_server(tmp_path / "data") as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """This worker's PostgreSQL cluster (testbed/postgres.py), started at its first use."""
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_cluster: Cluster) -> str:
+    """A fresh, empty PostgreSQL database for this test module: its `--db` URL."""
+    return pg_cluster.url(pg_cluster.create_database())
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The SQLAlchemy URL of an empty store, on each engine: a new SQLite file, or the
+    module's PostgreSQL database with every table emptied (its schema, if any, kept)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    url: str = request.getfixturevalue("pg_database")
+    cluster.empty(url)
+    return database_url(url, tmp_path)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def bare_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """`store_url`, without a schema either: for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    url: str = request.getfixturevalue("pg_database")
+    cluster.empty(url, schema=True)
+    return database_url(url, tmp_path)
 
 
 # Files whose tests each set up their own world and may run on different workers at
