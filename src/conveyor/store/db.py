@@ -75,6 +75,20 @@ def make_engine(url: str, pool: Pool | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=connect, **sized)
 
 
+def unreachable(url: str, exc: BaseException) -> str:
+    """What to tell a person whose database could not be opened at start (`url` rendered
+    with its password hidden)."""
+    orig = getattr(exc, "orig", None) or exc
+    why = " ".join(str(orig).split())  # libpq's message spans lines
+    if not why.endswith((".", "?", "!")):
+        why += "."
+    return (
+        f"cannot open the database {url}: {why} Check that the database server runs and "
+        "accepts this user from here, and that the database exists (README: PostgreSQL), "
+        "or fix --db."
+    )
+
+
 class SchemaTooNew(Exception):
     """The database was migrated by a newer conveyor than this one: migrations only go forward."""
 
