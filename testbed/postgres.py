@@ -165,4 +165,12 @@ class Cluster:
                 conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
 
 
-__all__ = ["Cluster", "PostgresMissing", "bindir"]
+def database_on(socket_dir: str) -> str:
+    """A new empty database on the cluster listening in `socket_dir`: its `--db` URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://{USER}@/postgres?host={socket_dir}", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://{USER}@/{name}?host={socket_dir}"
+
+
+__all__ = ["Cluster", "PostgresMissing", "bindir", "database_on"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,7 +9,7 @@ import pytest
 
 from conveyor.store.db import database_url
 from testbed.postgres import Cluster
-from tests.helpers import ServerProcess, running_server
+from tests.helpers import TEST_CLUSTER_ENV, ServerProcess, running_server
 
 
 @pytest.fixture
@@ -26,6 +27,16 @@ def pg_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session", autouse=os.environ.get("CONVEYOR_TEST_DB") == "postgresql")
+def every_server_on_postgresql(pg_cluster: Cluster) -> Iterator[None]:
+    """With CONVEYOR_TEST_DB=postgresql, every `conveyor server` the tests start without a
+    `--db` of their own gets a new database on this worker's cluster (testbed/helpers.py):
+    the whole end-to-end suite, or a file of it, on PostgreSQL."""
+    os.environ[TEST_CLUSTER_ENV] = str(pg_cluster.socket_dir)
+    yield
+    os.environ.pop(TEST_CLUSTER_ENV, None)
 
 
 @pytest.fixture(scope="module")
