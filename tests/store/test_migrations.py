@@ -101,3 +101,21 @@ def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environme
         _deployment(conn, 21, "production", "cancelled")
         _deployment(conn, 22, "review", "running")
     engine.dispose()
+
+
+def test_an_artifact_may_pass_2_gib(store_url: str) -> None:
+    """Release.size is a 64-bit integer on PostgreSQL too (its `integer` stops at 2 GiB)."""
+    engine = make_engine(store_url)
+    migrate(engine)
+    with Session(engine) as session:
+        app = App(name="shop", repo_url="r", webhook_secret="s")
+        session.add(app)
+        session.flush()
+        run = Run(app_id=app.id, sha="abc", trigger="manual")
+        session.add(run)
+        session.flush()
+        big = 3 * 2**30
+        session.add(Release(id="r1", app_id=app.id, sha="abc", run_id=run.id, sha256="f", size=big))
+        session.commit()
+        assert session.get_one(Release, "r1").size == big
+    engine.dispose()
