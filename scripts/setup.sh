@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(git haproxy wrk iproute2 prometheus chromium)
+# postgresql: the server binaries the tests' throwaway clusters run (initdb, pg_ctl; 15 on
+# Debian 12); no service of its own is needed (tests/conftest.py, testbed/postgres.py)
+apt_packages=(git haproxy wrk iproute2 prometheus chromium postgresql)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -21,6 +21,9 @@ import httpx
 from conveyor.client import Client
 
 ADMIN_TOKEN = "cvy_test_admin_token_0123456789"
+# set (by tests/conftest.py, given CONVEYOR_TEST_DB=postgresql) to a cluster's socket
+# directory: each ServerProcess started without --db gets a new database there
+TEST_CLUSTER_ENV = "CONVEYOR_TEST_PG_SOCKET"
 
 # For a test's plain requests (no token), polls above all: each new httpx client loads
 # the CA bundle again, about 25 ms of CPU, and tests poll several times a second.
@@ -123,6 +126,11 @@ class ServerProcess(ManagedProcess):
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": self.token, **self.extra_env}
+        if "--db" not in self.args and os.environ.get(TEST_CLUSTER_ENV):
+            # every server of the run on PostgreSQL (tests/conftest.py), a database each
+            from testbed.postgres import database_on
+
+            self.args = (*self.args, "--db", database_on(os.environ[TEST_CLUSTER_ENV]))
         self.spawn(
             [
                 sys.executable,

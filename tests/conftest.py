@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import ServerProcess, running_server
+from conveyor.store.db import database_url
+from testbed.postgres import Cluster
+from tests.helpers import TEST_CLUSTER_ENV, ServerProcess, running_server
 
 
 @pytest.fixture
@@ -14,6 +17,59 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A running `conveyor server` on a fresh data directory."""
     with running_server(tmp_path / "data") as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """This worker's PostgreSQL cluster (testbed/postgres.py), started at its first use."""
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session", autouse=os.environ.get("CONVEYOR_TEST_DB") == "postgresql")
+def every_server_on_postgresql(pg_cluster: Cluster) -> Iterator[None]:
+    """With CONVEYOR_TEST_DB=postgresql, every `conveyor server` the tests start without a
+    `--db` of their own gets a new database on this worker's cluster (testbed/helpers.py):
+    the whole end-to-end suite, or a file of it, on PostgreSQL."""
+    os.environ[TEST_CLUSTER_ENV] = str(pg_cluster.socket_dir)
+    yield
+    os.environ.pop(TEST_CLUSTER_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_cluster: Cluster) -> str:
+    """A fresh, empty PostgreSQL database for this test module: its `--db` URL."""
+    return pg_cluster.url(pg_cluster.create_database())
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The SQLAlchemy URL of an empty store, on each engine: a new SQLite file, or the
+    module's PostgreSQL database with every table emptied (its schema, if any, kept)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    url: str = request.getfixturevalue("pg_database")
+    cluster.empty(url)
+    return database_url(url, tmp_path)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def bare_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """`store_url`, without a schema either: for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    url: str = request.getfixturevalue("pg_database")
+    cluster.empty(url, schema=True)
+    return database_url(url, tmp_path)
 
 
 # Files whose tests each set up their own world and may run on different workers at

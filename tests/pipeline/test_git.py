@@ -10,6 +10,7 @@ import pytest
 
 from conveyor.pipeline import git
 from tests.helpers import commit, make_repo
+from tests.helpers import git as git_cmd
 
 
 def test_commit_time_is_the_committer_time_in_utc(
@@ -52,3 +53,12 @@ def test_a_huge_commit_message_is_cut(tmp_path: Path) -> None:
     found = asyncio.run(git.commit_details(repo, sha))
     assert found is not None and len(found.message) == git.MAX_MESSAGE
     assert found.message.endswith("…")
+
+
+def test_a_huge_author_is_cut_to_what_the_store_holds(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {"a.txt": "a"})
+    git_cmd(repo, "commit", "-q", "--amend", "--no-edit", f"--author={'A' * 300} <a@example.com>")
+    found = asyncio.run(git.commit_details(repo, git_cmd(repo, "rev-parse", "HEAD")))
+    assert found is not None and len(found.author) == git.MAX_AUTHOR
+    assert found.author.startswith("AAA") and found.author.endswith("…")

@@ -15,10 +15,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
+import pytest
 
 from conveyor.store.db import database_url, make_engine, session_factory
+from conveyor.store.locking import APP_LOCKS
 from conveyor.store.models import App, Notification, utcnow
-from tests.helpers import running_server, wait_for
+from tests.helpers import ServerProcess, running_server, wait_for
 
 # generous bounds for a loaded 2-core machine; the failure they catch is a hang of 30 s+
 HEALTHZ_BOUND = 2.0
@@ -124,3 +127,31 @@ def test_engines_wait_for_the_database_off_the_loop(tmp_path: Path) -> None:
         wait_for(lambda: polled() != seen, timeout=30)
         wait_for(lambda: attempts() >= 1, timeout=30)
         assert server.http.get("/api/status").status_code == 200
+
+
+@pytest.mark.postgresql
+def test_a_postgresql_lock_waited_out_is_503_then_the_request_goes_through(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """On PostgreSQL the app's write lock is an advisory lock: a request that waits
+    `--db-wait` for it (lock_timeout) is told to come back, as with SQLite's lock."""
+    env = {"CONVEYOR_DB_WAIT": "1"}
+    server = ServerProcess(tmp_path / "data", env, args=("--db", pg_database)).start()
+    try:
+        server.add_app("shop", tmp_path / "none.git")
+        run = server.post("/api/apps/shop/runs", {})
+        with psycopg.connect(pg_database, autocommit=True) as holder:
+            row = holder.execute("SELECT id FROM apps WHERE name = 'shop'").fetchone()
+            assert row is not None
+            holder.execute("SELECT pg_advisory_lock(%s, %s)", (APP_LOCKS, row[0]))
+            started = time.monotonic()
+            r = server.http.post(f"/api/runs/{run['id']}/abort", timeout=30)
+            took = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.headers.get("retry-after") == "1" and "busy" in r.json()["detail"]
+        assert took < REQUEST_BOUND, took
+        # the lock is gone with its holder: the same request is answered
+        assert server.http.post(f"/api/runs/{run['id']}/abort").status_code in (200, 409)
+    finally:
+        server.stop()
+        server.http.close()

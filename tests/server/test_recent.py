@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -17,10 +17,11 @@ from conveyor.store.models import App
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def sessions(store_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(store_url)
     migrate(engine)
-    return session_factory(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 def names(sessions: sessionmaker[Session]) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -14,8 +13,8 @@ from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Token
 
 
-def test_deciders_that_read_first_take_turns_and_see_each_other(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_deciders_that_read_first_take_turns_and_see_each_other(store_url: str) -> None:
+    engine = make_engine(store_url)
     migrate(engine)
     errors: list[BaseException] = []
 

@@ -1,7 +1,5 @@
 """The Alembic migrations build exactly the schema the models describe, and keep old data."""
 
-from pathlib import Path
-
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -15,8 +13,8 @@ from conveyor.store.db import MIGRATIONS, make_engine, migrate
 from conveyor.store.models import App, Base, Release, Run
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_migrations_match_the_models(bare_store_url: str) -> None:
+    engine = make_engine(bare_store_url)
     migrate(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -45,9 +43,9 @@ def _deployment(conn: Connection, id: int, env: str, state: str) -> None:
 
 
 def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environment(
-    tmp_path: Path,
+    bare_store_url: str,
 ) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    engine = make_engine(bare_store_url)
     _upgrade(engine, "0006")
     with Session(engine) as session:  # apps, runs and releases are as they were in 0006
         app = App(name="shop", repo_url="r", webhook_secret="s")
@@ -102,4 +100,22 @@ def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environme
     with engine.begin() as conn:
         _deployment(conn, 21, "production", "cancelled")
         _deployment(conn, 22, "review", "running")
+    engine.dispose()
+
+
+def test_an_artifact_may_pass_2_gib(store_url: str) -> None:
+    """Release.size is a 64-bit integer on PostgreSQL too (its `integer` stops at 2 GiB)."""
+    engine = make_engine(store_url)
+    migrate(engine)
+    with Session(engine) as session:
+        app = App(name="shop", repo_url="r", webhook_secret="s")
+        session.add(app)
+        session.flush()
+        run = Run(app_id=app.id, sha="abc", trigger="manual")
+        session.add(run)
+        session.flush()
+        big = 3 * 2**30
+        session.add(Release(id="r1", app_id=app.id, sha="abc", run_id=run.id, sha256="f", size=big))
+        session.commit()
+        assert session.get_one(Release, "r1").size == big
     engine.dispose()

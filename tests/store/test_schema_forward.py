@@ -14,16 +14,16 @@ from conveyor import __version__
 from conveyor.store.db import SchemaTooNew, make_engine, migrate, unknown_revisions
 
 
-def _stamp_future(db: Path) -> None:
-    engine = make_engine(f"sqlite:///{db}")
+def _stamp_future(url: str) -> None:
+    engine = make_engine(url)
     migrate(engine)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
     engine.dispose()
 
 
-def test_a_current_database_migrates_again_without_complaint(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_a_current_database_migrates_again_without_complaint(bare_store_url: str) -> None:
+    engine = make_engine(bare_store_url)
     migrate(engine)
     migrate(engine)
     with engine.connect() as conn:
@@ -31,9 +31,9 @@ def test_a_current_database_migrates_again_without_complaint(tmp_path: Path) -> 
     engine.dispose()
 
 
-def test_a_database_stamped_by_a_newer_conveyor_is_refused(tmp_path: Path) -> None:
-    _stamp_future(tmp_path / "c.db")
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_a_database_stamped_by_a_newer_conveyor_is_refused(bare_store_url: str) -> None:
+    _stamp_future(bare_store_url)
+    engine = make_engine(bare_store_url)
     with pytest.raises(SchemaTooNew) as refused:
         migrate(engine)
     engine.dispose()
@@ -43,10 +43,12 @@ def test_a_database_stamped_by_a_newer_conveyor_is_refused(tmp_path: Path) -> No
     assert "never run backwards" in said
 
 
-def test_the_server_exits_1_on_a_database_from_a_newer_conveyor(tmp_path: Path) -> None:
+def test_the_server_exits_1_on_a_database_from_a_newer_conveyor(
+    tmp_path: Path, bare_store_url: str
+) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    _stamp_future(data / "conveyor.db")
+    _stamp_future(bare_store_url)
     done = subprocess.run(
         [
             sys.executable,
@@ -57,6 +59,8 @@ def test_the_server_exits_1_on_a_database_from_a_newer_conveyor(tmp_path: Path) 
             str(data),
             "--listen",
             "127.0.0.1:9",
+            "--db",
+            bare_store_url,
         ],
         capture_output=True,
         text=True,

@@ -20,7 +20,15 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
-from conveyor.config.values import AppName, EnvironmentName, EnvMap, NonEmptyStr, Port, SecretName
+from conveyor.config.values import (
+    AppName,
+    EnvironmentName,
+    EnvMap,
+    NonEmptyStr,
+    Port,
+    SecretName,
+    StepName,
+)
 
 MAX_KEEP_WARM_RELEASES = 10  # each warm release is a running instance on every host
 NotifyEvent = Literal["failure", "rollback", "approval", "success"]
@@ -39,7 +47,7 @@ class Step(Section):
 
     run: NonEmptyStr
     timeout: PositiveDuration = 600.0
-    name: NonEmptyStr | None = None
+    name: StepName | None = None
     env: EnvMap = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -95,13 +95,38 @@ AppName = Annotated[
     WithJsonSchema({"type": "string", "pattern": APP_NAME_PATTERN}),
 ]
 
+
+def _at_most(limit: int, what: str) -> AfterValidator:
+    """A length the store holds (a column of `limit` characters: PostgreSQL enforces it)."""
+
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"{what} of at most {limit} characters, got {len(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+MAX_ENVIRONMENT_NAME = 100  # store.models.Deployment.environment
+MAX_STEP_NAME = 255  # store.models.Step.name
+
 EnvironmentName = Annotated[
     str,
     _matching(
         ENVIRONMENT_NAME_PATTERN,
         "an environment name of lowercase letters, digits and dashes (like staging)",
     ),
-    WithJsonSchema({"type": "string", "pattern": ENVIRONMENT_NAME_PATTERN}),
+    _at_most(MAX_ENVIRONMENT_NAME, "an environment name"),
+    WithJsonSchema(
+        {"type": "string", "pattern": ENVIRONMENT_NAME_PATTERN, "maxLength": MAX_ENVIRONMENT_NAME}
+    ),
+]
+
+StepName = Annotated[
+    str,
+    AfterValidator(_non_empty),
+    _at_most(MAX_STEP_NAME, "a step name"),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_STEP_NAME}),
 ]
 
 EnvVarName = Annotated[

@@ -14,6 +14,7 @@ _SHA = re.compile(r"^[0-9a-f]{4,40}$")
 # a commit message is shown, not archived: past this it is cut (a generated changelog
 # pasted into a commit would otherwise fill the run's row)
 MAX_MESSAGE = 4000
+MAX_AUTHOR = 255  # store.models.Run.commit_author (PostgreSQL enforces it)
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "/bin/true",
@@ -148,4 +149,7 @@ async def commit_details(repo: Path, sha: str) -> Commit | None:
     message = message.strip()
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 1].rstrip() + "…"
-    return Commit(author=author.strip(), message=message, committed_at=committed)
+    author = author.strip()
+    if len(author) > MAX_AUTHOR:
+        author = author[: MAX_AUTHOR - 1].rstrip() + "…"
+    return Commit(author=author, message=message, committed_at=committed)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from .desired import MigrationResult
 from .metrics import RouterMetrics
-from .wire import MAX_INT, Wire
+from .wire import MAX_RECORD_INT, Wire
 
 ReleasePhase = Literal["installing", "starting", "healthy", "failed", "draining", "warm", "stopped"]
 
@@ -39,7 +39,7 @@ class ObservedState(Wire):
     host: str
     generation: int = Field(
         ge=-1,
-        le=MAX_INT,
+        le=MAX_RECORD_INT,
         description="the desired generation these observations converge to (-1: none yet)",
     )
     converged: bool = False

@@ -28,6 +28,9 @@ class Wire(BaseModel):
 # The largest integer a database column holds (SQLite's and PostgreSQL's bigint): ids,
 # offsets and generations above it are refused at the edge, never overflow in a query.
 MAX_INT = 2**63 - 1
+# The largest value of an Integer column (record ids, generations): PostgreSQL's `integer`
+# (SQLite's hold more, but a store may move from one engine to the other)
+MAX_RECORD_INT = 2**31 - 1
 
 
 def _naive_utc(value: datetime) -> datetime:

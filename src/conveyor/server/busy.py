@@ -2,8 +2,10 @@
 
 A request that finds no free connection within the pool's timeout (SQLAlchemy's
 pool TimeoutError), or finds SQLite's write lock held for as long (OperationalError
-"database is locked"), is told to come back: the server is busy, nothing is wrong
-with the request, and nothing was written (its transaction is rolled back).
+"database is locked"), or waits out a PostgreSQL lock (its `lock_timeout`, set in
+store/db.py) or loses a deadlock PostgreSQL broke, is told to come back: the
+server is busy, nothing is wrong with the request, and nothing was written (its
+transaction is rolled back).
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 log = logging.getLogger("conveyor.server")
 
-LOCKED = ("database is locked", "database table is locked")
+LOCKED = (
+    "database is locked",
+    "database table is locked",
+    "canceling statement due to lock timeout",
+    "deadlock detected",
+)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -36,7 +43,7 @@ def busy_response(retry_after: int) -> Response:
 
 
 def install(api: FastAPI, retry_after: int) -> None:
-    """Answer 503 + Retry-After for a pool timeout or a locked SQLite database."""
+    """Answer 503 + Retry-After for a pool timeout or a database lock waited out."""
 
     async def busy(request: Request, exc: Exception) -> Response:
         if not is_busy(exc):

@@ -9,12 +9,12 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.protocol import MAX_INT
+from conveyor.protocol import MAX_RECORD_INT
 from conveyor.store.models import App, Release, Run
 
 # Path and query parameters, bounded as the columns they are looked up in: an id above
 # 2^63 is a 422, never an integer overflow in the database.
-RecordId = Annotated[int, Path(ge=1, le=MAX_INT)]
+RecordId = Annotated[int, Path(ge=1, le=MAX_RECORD_INT)]
 AppName = Annotated[str, Path(max_length=100)]
 HostName = Annotated[str, Path(max_length=100)]
 EnvName = Annotated[str, Path(max_length=100)]

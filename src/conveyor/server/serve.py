@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Protocol, runtime_checkable
 
 import uvicorn
+from sqlalchemy.exc import OperationalError
 
 from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
@@ -26,6 +27,7 @@ from conveyor.store.db import (
     make_engine,
     migrate,
     session_factory,
+    unreachable,
 )
 from conveyor.threads import AGENT_THREADS, BACKGROUND_THREADS
 
@@ -77,6 +79,11 @@ def serve(
     except SchemaTooNew as exc:
         log.error("database schema is newer than this conveyor", extra={"error": str(exc)})
         print(f"conveyor server: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except OperationalError as exc:
+        said = unreachable(engine.url.render_as_string(), exc)
+        log.error("database unreachable", extra={"error": said})
+        print(f"conveyor server: {said}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     sessions = session_factory(engine)
     background = session_factory(make_engine(url, Pool(size=BACKGROUND_THREADS + 2)))

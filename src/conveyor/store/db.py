@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import __version__
@@ -66,7 +66,27 @@ def make_engine(url: str, pool: Pool | None = None) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **sized)
+    # PostgreSQL: row and advisory locks wait lock_wait, as SQLite's busy_timeout does, then
+    # fail the statement (server/busy.py answers 503). Times are kept as naive UTC (models.py):
+    # the session's zone is UTC, whatever the server's default. Options in the URL win.
+    connect: dict[str, Any] = {}
+    if "options" not in make_url(url).query:
+        connect["options"] = f"-c lock_timeout={int(lock_wait * 1000)} -c timezone=UTC"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect, **sized)
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """What to tell a person whose database could not be opened at start (`url` rendered
+    with its password hidden)."""
+    orig = getattr(exc, "orig", None) or exc
+    why = " ".join(str(orig).split())  # libpq's message spans lines
+    if not why.endswith((".", "?", "!")):
+        why += "."
+    return (
+        f"cannot open the database {url}: {why} Check that the database server runs and "
+        "accepts this user from here, and that the database exists (README: PostgreSQL), "
+        "or fix --db."
+    )
 
 
 class SchemaTooNew(Exception):

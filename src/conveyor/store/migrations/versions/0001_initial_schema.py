@@ -95,7 +95,9 @@ def upgrade() -> None:
         sa.Column("sha", sa.String(length=64), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
+        # BigInteger since PostgreSQL became a tested store (SQLite: the same column): an
+        # artifact may pass 2 GiB; nothing to migrate on SQLite, where integers are 64-bit
+        sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(["app_id"], ["apps.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
