@@ -111,7 +111,7 @@ def main() -> None:
                 ports[f"embedded/{n}w"] = asyncio.run(through(router, backend_port))
             names = list(ports)
             for rnd in range(args.rounds):
-                loads.append(os.getloadavg().__repr__())
+                loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
                 # Interleaved: every router in every round, the order turned each round.
                 order = names[rnd % len(names) :] + names[: rnd % len(names)]
                 for connections in args.connections:

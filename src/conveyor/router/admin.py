@@ -5,7 +5,10 @@ DELETE /apps/{app}          stop serving an app (404 if unknown)
 GET    /apps                {"apps": {app: RouteSpec}}
 GET    /metrics             RouterMetrics
 GET    /metrics/prometheus  the same counters in Prometheus text format
-GET    /healthz             {"status": "ok", "pid": ..., "started_at": ...}
+GET    /healthz             {"status": "ok", "pid": ..., "started_at": ..., "workers": N}
+
+With several worker processes (workers.py) this API is the primary's: a change is applied
+here, then in every worker, before the answer; the metrics are their sum.
 POST   /shutdown            stop the router (in-flight requests finish first)
 """
 
