@@ -24,6 +24,9 @@ from typing import Any
 from conveyor.routespec import AppMetrics, ReleaseCounters, RouterMetrics
 
 _PR_SET_PDEATHSIG = 1
+# Seconds a worker has to answer an admin request (a route change is quick; a stuck
+# worker fails the change rather than holding the agent's request).
+CALL_TIMEOUT = 5.0
 
 
 def worker_socket(primary: Path, index: int) -> Path:
@@ -63,7 +66,15 @@ def die_with_parent() -> None:
 
 
 async def call(path: Path, method: str, target: str, body: bytes = b"") -> tuple[int, Any]:
-    """One request to a worker's admin socket: (status, JSON body)."""
+    """One request to a worker's admin socket: (status, JSON body); OSError if it fails."""
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            return await _call(path, method, target, body)
+    except TimeoutError as exc:
+        raise OSError(f"worker at {path} did not answer {method} {target} in time") from exc
+
+
+async def _call(path: Path, method: str, target: str, body: bytes) -> tuple[int, Any]:
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:
         writer.write(
