@@ -1,15 +1,22 @@
 """Router cost: requests/s and p50/p99 latency direct to an instance, through HAProxy and
 through the embedded router, with the same load tool (wrk) in the same run.
 
-    uv run python bench/router_cost.py [--seconds 5] [--connections 16]
+    uv run python bench/router_cost.py [--seconds 5] [--connections 16 50] [--rounds 3]
+        [--workers 1 2]
+
+Each round runs wrk against every target in turn (the order turned each round), so that
+a busy machine weighs on all of them alike; the figures are medians over the rounds with
+each round's value beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,49 +78,97 @@ async def through(router: Router, backend_port: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections", type=int, nargs="+", default=[16, 50], help="wrk connections"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="embedded router worker counts, each its own router (0 = one per core)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("haproxy"):
         sys.exit("wrk and haproxy are needed: run scripts/setup.sh")
     backend = Backend("r1", "bench").spawn().wait_ready()
     backend_port = backend.port
+    # name -> round -> connections -> wrk figures
+    runs: dict[str, dict[int, dict[int, dict[str, float]]]] = {}
+    loads: list[str] = []
     with tempfile.TemporaryDirectory(prefix="conveyor-router-cost-") as tmp:
         root = Path(tmp)
-        embedded = EmbeddedRouter(root / "router.sock", root / "router.log")
+        embedded = {
+            n: EmbeddedRouter(root / f"router{n}.sock", root / f"router{n}.log", workers=n)
+            for n in args.workers
+        }
         haproxy = HAProxyRouter(root / "haproxy")
         try:
             wait_for(lambda: _up(backend_port), timeout=10)
-            e_port = asyncio.run(through(embedded, backend_port))
-            h_port = asyncio.run(through(haproxy, backend_port))
-            results: dict[int, dict[str, dict[str, float]]] = {}
-            for connections in (args.connections, 1):
-                results[connections] = {}
-                for name, port in (
-                    ("direct", backend_port),
-                    ("haproxy", h_port),
-                    ("embedded", e_port),
-                ):
-                    url = f"http://127.0.0.1:{port}/"
-                    wrk(url, 1, connections)  # warm up
-                    results[connections][name] = wrk(url, args.seconds, connections)
-                    time.sleep(0.5)
+            ports = {"direct": backend_port, "haproxy": asyncio.run(through(haproxy, backend_port))}
+            for n, router in embedded.items():
+                ports[f"embedded/{n}w"] = asyncio.run(through(router, backend_port))
+            names = list(ports)
+            for rnd in range(args.rounds):
+                loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
+                # Interleaved: every router in every round, the order turned each round.
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                for connections in args.connections:
+                    for name in order:
+                        url = f"http://127.0.0.1:{ports[name]}/"
+                        wrk(url, 1, connections)  # warm up
+                        figures = wrk(url, args.seconds, connections)
+                        runs.setdefault(name, {}).setdefault(rnd, {})[connections] = figures
+                        time.sleep(0.3)
         finally:
-            asyncio.run(embedded.stop())
+            for router in embedded.values():
+                asyncio.run(router.stop())
             asyncio.run(haproxy.stop())
             backend.stop()
-    for connections, by_name in results.items():
-        print(f"wrk -t1 -c{connections} -d{args.seconds}s, same backend (uvloop+httptools):")
-        for name, r in by_name.items():
+    report(runs, args.connections, args.rounds, args.seconds, loads)
+
+
+def _median_spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def report(
+    runs: dict[str, dict[int, dict[int, dict[str, float]]]],
+    connections_list: list[int],
+    rounds: int,
+    seconds: int,
+    loads: list[str],
+) -> None:
+    print(f"wrk -t1 -d{seconds}s, same backend (uvloop+httptools), {rounds} interleaved rounds")
+    print("load average (1, 5, 15 min) at the start of each round: " + "; ".join(loads))
+    for connections in connections_list:
+        print(f"\n{connections} connections: median req/s, p99 ms (per round)")
+        for name, by_round in runs.items():
+            rps = [by_round[r][connections]["rps"] for r in range(rounds)]
+            p99 = [by_round[r][connections]["p99"] for r in range(rounds)]
+            bad = sum(by_round[r][connections]["non2xx"] for r in range(rounds))
             print(
-                f"  {name:9} {r['rps']:9.0f} req/s   p50 {r['p50']:6.2f} ms   "
-                f"p99 {r['p99']:6.2f} ms   non-2xx {int(r['non2xx'])}"
+                f"  {name:13} {statistics.median(rps):8.0f} req/s "
+                f"[{', '.join(f'{v:.0f}' for v in rps)}]   "
+                f"p99 {statistics.median(p99):6.2f} ms [{', '.join(f'{v:.2f}' for v in p99)}]"
+                f"   non-2xx {int(bad)}"
             )
-        e, h, d = by_name["embedded"], by_name["haproxy"], by_name["direct"]
-        print(f"  embedded / haproxy requests/s: {e['rps'] / h['rps']:.2f}x   (goal >= 0.6x)")
-        print(
-            f"  added p99 over direct: embedded {e['p99'] - d['p99']:+.2f} ms, "
-            f"haproxy {h['p99'] - d['p99']:+.2f} ms   (goal < 1 ms)"
-        )
+        for name, by_round in runs.items():
+            if not name.startswith("embedded"):
+                continue
+            ratios = [
+                by_round[r][connections]["rps"] / runs["haproxy"][r][connections]["rps"]
+                for r in range(rounds)
+            ]
+            added = [
+                by_round[r][connections]["p99"] - runs["direct"][r][connections]["p99"]
+                for r in range(rounds)
+            ]
+            print(
+                f"  {name} / haproxy req/s: {_median_spread(ratios)}x (goal >= 0.8x at 50)"
+                f"   added p99 over direct: {_median_spread(added)} ms (goal < 1 ms at 16)"
+            )
 
 
 def _up(port: int) -> bool:

@@ -75,7 +75,12 @@ class AgentProcess(ManagedProcess):
         if self.metrics:
             args += ["--metrics", self.metrics]
         args += self.args
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        # CONVEYOR_ROUTER_WORKERS passes: the suite can run its agents' routers with workers
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CONVEYOR_") or k == "CONVEYOR_ROUTER_WORKERS"
+        }
         self.spawn(args, env)
         return self
 

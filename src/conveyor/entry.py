@@ -181,6 +181,13 @@ def agent(
     data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
     router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
     bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
+    router_workers: Annotated[
+        int,
+        typer.Option(
+            envvar="CONVEYOR_ROUTER_WORKERS",
+            help="Processes of the embedded router sharing each port (0: one per core).",
+        ),
+    ] = 1,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -237,6 +244,7 @@ def agent(
             bind=bind,
             metrics=metrics,
             trust=trust,
+            router_workers=router_workers,
         )
     )
 
@@ -256,11 +264,15 @@ def _read_token_file(path: Path) -> str:
 def router_cmd(
     socket: Annotated[Path, typer.Option(help="Unix socket of the admin interface.")],
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing each port (0: one per core).")
+    ] = 1,
 ) -> None:
     """The embedded router process (the agent starts it; rarely run by hand)."""
     from conveyor.router.main import main as router_main
 
-    raise typer.Exit(router_main(["--socket", str(socket), "--log-level", log_level]))
+    argv = ["--socket", str(socket), "--log-level", log_level, "--workers", str(workers)]
+    raise typer.Exit(router_main(argv))
 
 
 @_launcher(after="history")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -15,6 +16,10 @@ from conveyor.agent.routing.spec import RouteSpec, Target
 from tests.helpers import free_port
 
 T = TypeVar("T")
+
+# Worker processes of the test routers (EmbeddedRouter reads the same variable): the suite
+# runs with 1 (the default) and again with CONVEYOR_ROUTER_WORKERS=2.
+WORKERS = int(os.environ.get("CONVEYOR_ROUTER_WORKERS", "1"))
 
 # The router of these tests answers 504 after this long; slow paths stay well below it.
 BACKEND_TIMEOUT = 2.0

@@ -14,7 +14,7 @@ from conveyor.agent.routing.spec import PREVIEW_HEADER, RouteSpec, Target
 from tests.fleet import LoadGenerator
 from tests.helpers import wait_for
 from tests.router.backend import Backend
-from tests.router.support import Apps, client, dead_port, release_metrics, run
+from tests.router.support import WORKERS, Apps, client, dead_port, release_metrics, run
 
 Instances = Callable[..., list[Backend]]
 
@@ -46,7 +46,9 @@ def test_sticky_cookie_pins_a_client_to_its_release(apps: Apps, instances: Insta
                 again = http.get("/")
                 assert again.text.strip() == release
                 assert "set-cookie" not in again.headers
-    assert Counter(firsts) == {"a": 10, "b": 10}
+    # Exact with one process; each worker keeps its own turn, so new connections spread
+    # over N workers may stray by less than N from the exact split.
+    assert all(abs(Counter(firsts)[r] - 10) < WORKERS for r in "ab"), Counter(firsts)
     # a release taken out of traffic releases its clients to the others
     url = f"http://127.0.0.1:{spec.port}/"
     pinned = {"Cookie": f"{cookie}=a"}

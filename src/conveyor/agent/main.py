@@ -39,14 +39,14 @@ RETRY_MAX = 5.0
 EXIT_VERSION_REFUSED = 3
 
 
-def make_router(kind: str, data: Path) -> Router:
+def make_router(kind: str, data: Path, workers: int = 1) -> Router:
     if kind == "haproxy":
         from conveyor.agent.routing.haproxy import HAProxyRouter
 
         return HAProxyRouter(data / "haproxy")
     from conveyor.agent.routing.embedded import EmbeddedRouter
 
-    return EmbeddedRouter(data / "router.sock", data / "router.log")
+    return EmbeddedRouter(data / "router.sock", data / "router.log", workers=workers)
 
 
 def run_agent(
@@ -59,6 +59,7 @@ def run_agent(
     bind: str,
     metrics: str | None = None,
     trust: ServerTrust | None = None,
+    router_workers: int = 1,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ def run_agent(
                 bind,
                 metrics,
                 trust or ServerTrust(),
+                router_workers,
             )
         )
     except (EnrolmentError, ExporterError) as exc:
@@ -95,10 +97,11 @@ async def _main(
     bind: str,
     metrics: str | None,
     trust: ServerTrust,
+    router_workers: int = 1,
 ) -> int:
     link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
-    router = make_router(kind, data)
+    router = make_router(kind, data, router_workers)
     exporter = MetricsExporter(router, name, metrics) if metrics else None
     if exporter is not None:
         await exporter.start()  # a busy port stops the agent before it touches anything

@@ -5,7 +5,10 @@ DELETE /apps/{app}          stop serving an app (404 if unknown)
 GET    /apps                {"apps": {app: RouteSpec}}
 GET    /metrics             RouterMetrics
 GET    /metrics/prometheus  the same counters in Prometheus text format
-GET    /healthz             {"status": "ok", "pid": ..., "started_at": ...}
+GET    /healthz             {"status": "ok", "pid": ..., "started_at": ..., "workers": N}
+
+With several worker processes (workers.py) this API is the primary's: a change is applied
+here, then in every worker, before the answer; the metrics are their sum.
 POST   /shutdown            stop the router (in-flight requests finish first)
 """
 
@@ -24,7 +27,8 @@ from pydantic import ValidationError
 
 from conveyor.router.metrics import prometheus_text
 from conveyor.router.proxy import ApplyError, Proxy
-from conveyor.routespec import RouteSpec
+from conveyor.router.workers import Workers, sum_metrics
+from conveyor.routespec import RouterMetrics, RouteSpec
 from conveyor.tinyhttp import Reply, Request, serve_connection
 
 log = logging.getLogger("conveyor.router")
@@ -56,8 +60,18 @@ def _error(status: int, message: str) -> Reply:
 class AdminServer:
     """Serves the admin API for one Proxy on a unix socket."""
 
-    def __init__(self, proxy: Proxy, path: Path, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        path: Path,
+        on_shutdown: Callable[[], None],
+        workers: Workers | None = None,
+    ) -> None:
         self.proxy = proxy
+        # The other worker processes (see workers.py): changes fan out, metrics add up.
+        self.workers = workers
+        # One change at a time, here and in the workers alike: they apply them in one order.
+        self._changes = asyncio.Lock()
         self.path = path
         self.on_shutdown = on_shutdown
         self._server: asyncio.AbstractServer | None = None
@@ -105,14 +119,15 @@ class AdminServer:
                     "pid": os.getpid(),
                     "started_at": proxy.metrics.started_at,
                     "apps": len(proxy.apps),
+                    "workers": 1 + (len(self.workers.sockets) if self.workers else 0),
                 },
             )
         if path == "/metrics" and method == "GET":
-            return _reply(200, proxy.metrics.snapshot().model_dump(mode="json"))
+            return _reply(200, (await self._metrics()).model_dump(mode="json"))
         if path == "/metrics/prometheus" and method == "GET":
             return _reply(
                 200,
-                prometheus_text(proxy.metrics.snapshot()),
+                prometheus_text(await self._metrics()),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/apps" and method == "GET":
@@ -125,16 +140,34 @@ class AdminServer:
             return await self._app_resource(method, path, body)
         return _error(404, f"no such resource: {method} {path}")
 
+    async def _metrics(self) -> RouterMetrics:
+        own = self.proxy.metrics.snapshot()
+        if self.workers is None:
+            return own
+        return sum_metrics(own, await self.workers.metrics())
+
+    async def _fan_out(self, method: str, path: str, body: bytes = b"") -> Reply | None:
+        """The change just made here, made in every worker too; an error reply if one failed."""
+        if self.workers is None:
+            return None
+        for status, answer in await self.workers.fan_out(method, path, body):
+            if status >= 400 and not (method == "DELETE" and status == 404):
+                error = answer.get("error") if isinstance(answer, dict) else answer
+                return _error(500, f"a worker process refused {method} {path}: {error}")
+        return None
+
     async def _app_resource(self, method: str, path: str, body: bytes) -> Reply:
         """/apps/NAME: PUT a RouteSpec, DELETE the app, GET its spec."""
         name = path.removeprefix("/apps/")
         if not name or "/" in name:
             return _error(404, f"no such resource: {path}")
         if method == "PUT":
-            return await self._put(name, body)
+            async with self._changes:
+                return await self._put(name, body)
         if method == "DELETE":
-            if await self.proxy.remove(name):
-                return _reply(200, {"removed": name})
+            async with self._changes:
+                if await self.proxy.remove(name):
+                    return await self._fan_out("DELETE", path) or _reply(200, {"removed": name})
             return _error(404, f"no app named {name!r} on this router")
         if method == "GET":
             spec = self.proxy.specs().get(name)
@@ -161,4 +194,6 @@ class AdminServer:
             await self.proxy.apply(spec)
         except ApplyError as exc:
             return _error(exc.status, exc.message)
-        return _reply(200, spec.model_dump(mode="json"))
+        answer = spec.model_dump(mode="json")
+        failed = await self._fan_out("PUT", f"/apps/{name}", json.dumps(answer).encode())
+        return failed or _reply(200, answer)

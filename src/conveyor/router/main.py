@@ -16,6 +16,7 @@ from typing import Any
 from conveyor.logs import setup_logging
 from conveyor.router.admin import AdminServer
 from conveyor.router.proxy import Proxy
+from conveyor.router.workers import Workers, die_with_parent, worker_socket
 
 log = logging.getLogger("conveyor.router")
 
@@ -48,7 +49,21 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="on SIGTERM, longest wait for in-flight requests (default 10)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing each public port (SO_REUSEPORT); 0 = one per core "
+        "(default 1: a single process)",
+    )
     return parser
+
+
+def worker_count(requested: int) -> int:
+    """How many processes serve traffic: `requested`, or one per core for 0."""
+    if requested < 0:
+        raise ValueError(f"--workers must be 0 (one per core) or more, not {requested}")
+    return requested or len(os.sched_getaffinity(0)) or 1
 
 
 def answers(path: Path) -> bool:
@@ -62,23 +77,52 @@ def answers(path: Path) -> bool:
         return True
 
 
-async def serve(args: argparse.Namespace) -> None:
-    proxy = Proxy(backend_timeout=args.backend_timeout, client_timeout=args.client_timeout)
+async def serve(
+    args: argparse.Namespace, *, reuse_port: bool = False, workers: Workers | None = None
+) -> None:
+    proxy = Proxy(
+        backend_timeout=args.backend_timeout,
+        client_timeout=args.client_timeout,
+        reuse_port=reuse_port,
+    )
     proxy.start()
     stop = asyncio.Event()
-    admin = AdminServer(proxy, args.socket, stop.set)
-    await admin.start()
     loop = asyncio.get_running_loop()
+    watch = None
+    if workers is not None:
+        # The primary answers on its socket only once every worker can take changes.
+        await workers.ready()
+
+        def lost(pid: int) -> None:
+            log.error("a worker process exited; the router stops", extra={"worker": pid})
+            stop.set()
+
+        watch = loop.create_task(workers.watch(lost))
+    admin = AdminServer(proxy, args.socket, stop.set, workers)
+    await admin.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
         "router started",
-        extra={"socket": str(args.socket), "pid": os.getpid(), "loop": type(loop).__module__},
+        extra={
+            "socket": str(args.socket),
+            "pid": os.getpid(),
+            "loop": type(loop).__module__,
+            "workers": 1 + (len(workers.pids) if workers else 0),
+        },
     )
     await stop.wait()
     log.info("router stopping", extra={"grace": args.shutdown_grace})
+    if watch is not None:
+        watch.cancel()
     await admin.close()
-    await proxy.shutdown(args.shutdown_grace)
+    if workers is not None:
+        # Drains are awaited in every process before the primary exits.
+        await asyncio.gather(
+            proxy.shutdown(args.shutdown_grace), workers.stop(args.shutdown_grace + 5)
+        )
+    else:
+        await proxy.shutdown(args.shutdown_grace)
     log.info("router stopped")
 
 
@@ -103,6 +147,21 @@ def _lock(path: Path) -> int | None:
     return fd
 
 
+def _worker(args: argparse.Namespace, index: int, lock: int) -> int:
+    """A forked worker: the same proxy, its own admin socket, changes from the primary."""
+    os.close(lock)
+    die_with_parent()
+    args.socket = worker_socket(args.socket, index)
+    try:
+        _run(serve(args, reuse_port=True))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        log.error("router worker failed", extra={"error": str(exc), "worker": index})
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -111,7 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("another router already serves this socket", extra={"socket": str(args.socket)})
         return 1
     try:
-        _run(serve(args))
+        count = worker_count(args.workers)
+    except ValueError as exc:
+        log.error(str(exc))
+        return 2
+    workers = None
+    if count > 1:
+        pids = []
+        for index in range(1, count):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_worker(args, index, lock))
+            pids.append(pid)
+        workers = Workers([worker_socket(args.socket, i) for i in range(1, count)], pids)
+    try:
+        _run(serve(args, reuse_port=count > 1, workers=workers))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

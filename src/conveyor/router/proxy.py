@@ -45,7 +45,7 @@ class ApplyError(Exception):
         self.message = message
 
 
-def _bind(bind: str, port: int) -> socket.socket:
+def _bind(bind: str, port: int, reuse_port: bool = False) -> socket.socket:
     try:
         infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -54,6 +54,9 @@ def _bind(bind: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Several worker processes listen on the same port; the kernel spreads clients.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError as exc:
         sock.close()
@@ -66,8 +69,15 @@ def _bind(bind: str, port: int) -> socket.socket:
 class Proxy:
     """All apps of this host; `apply` and `remove` are what the admin API calls."""
 
-    def __init__(self, *, backend_timeout: float = 60.0, client_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        backend_timeout: float = 60.0,
+        client_timeout: float = 60.0,
+        reuse_port: bool = False,
+    ) -> None:
         self.backend_timeout = backend_timeout
+        self.reuse_port = reuse_port
         self.client_timeout = client_timeout
         self.metrics = MetricsRegistry(started_at=time.time())
         self.apps: dict[str, App] = {}
@@ -98,7 +108,7 @@ class Proxy:
         app = self.apps.get(spec.app)
         old_server = None
         if app is None or (app.spec.port, app.spec.bind) != (spec.port, spec.bind):
-            sock = _bind(spec.bind, spec.port)
+            sock = _bind(spec.bind, spec.port, self.reuse_port)
             new_app = app or App(self.metrics, spec)
             loop = asyncio.get_running_loop()
             try:

@@ -49,12 +49,17 @@ class EmbeddedRouter:
         backend_timeout: float = 60.0,
         log_level: str = "info",
         start_timeout: float = 15.0,
+        workers: int | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.log_path = log_path
         self.backend_timeout = backend_timeout
         self.log_level = log_level
         self.start_timeout = start_timeout
+        # Worker processes of the router (0: one per core); CONVEYOR_ROUTER_WORKERS by default.
+        self.workers = (
+            int(os.environ.get("CONVEYOR_ROUTER_WORKERS", "1")) if workers is None else workers
+        )
         # The router we spawned, if any; reaped when it exits.
         self._pid: int | None = None
 
@@ -157,6 +162,8 @@ class EmbeddedRouter:
             self.log_level,
             "--backend-timeout",
             str(self.backend_timeout),
+            "--workers",
+            str(self.workers),
         ]
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)
