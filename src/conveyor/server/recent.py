@@ -55,6 +55,21 @@ class Recent:
                 self._kept.clear()
             self._kept[key] = (generation, time.monotonic(), body)
 
+    async def kept(self, key: str) -> bytes | None:
+        """The answer for `key` without reading: the kept one if fresh, else that of a read
+        underway that will do; None when only a new read (`answer`) can tell, or it failed."""
+        arrived = self.generation()
+        body = self.get(key, arrived)
+        if body is not None:
+            return body
+        underway = self._reading.get(key)
+        if underway is None or underway[0] < arrived:
+            return None
+        try:
+            return await asyncio.shield(underway[1])
+        except Exception:
+            return None  # `answer` reads again and says what went wrong
+
     async def answer(self, key: str, read: Callable[[], bytes]) -> Response:
         """The kept answer for `key`, or `read()`'s (in a request thread), kept."""
         arrived = self.generation()

@@ -65,6 +65,8 @@ def serve(
         public_url=public_url or f"http://{shown_host}:{port}",
         threads=threads,
         retry_after=max(1, round(db_wait)),
+        # uvicorn's access lines, written by the app in batches (uvicorn's own: off below)
+        access_log=logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO),
     )
     app = create_app(settings, sessions, background)
     log.info(
@@ -79,7 +81,12 @@ def serve(
         },
     )
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=10
+        app,
+        host=host,
+        port=port,
+        log_config=log_config,
+        access_log=False,
+        timeout_graceful_shutdown=10,
     )
     _Server(config, app.state.notifier).run()
     sys.stdout.flush()

@@ -14,6 +14,7 @@ from conveyor.server.api.hosts import placements
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
 from conveyor.server.edge import responses
+from conveyor.server.fastpath import CachedRead, app_name
 from conveyor.server.recent import Recent
 from conveyor.server.views import app_out, release_out, run_out
 from conveyor.store.models import App, Release, Run
@@ -26,6 +27,8 @@ _recent = Recent(
     ("apps", "runs", "steps", "releases", "host_apps", "deployments", "deployment_steps")
 )
 _answers = TypeAdapter(list[AppStatus])
+# what the fast path (fastpath.py) may answer from `_recent` before FastAPI: the same key
+cached = CachedRead("/api/status", _recent, lambda q: q.get("app", ""), {"app": app_name})
 
 
 @router.get("/status", response_model=list[AppStatus], responses=responses(404))
@@ -34,7 +37,7 @@ async def get_status(caller: Viewer, request: Request, app: AppFilter = None) ->
 
     def read() -> bytes:
         with request.app.state.sessions() as session:
-            return _answers.dump_json(status(caller, session, app))
+            return _answers.dump_json(status(caller, session, app or None))
 
     return await _recent.answer(app or "", read)
 
@@ -82,4 +85,4 @@ def whoami(caller: Viewer) -> dict[str, str]:
     return {"name": caller.name, "role": caller.role}
 
 
-__all__ = ["router"]
+__all__ = ["cached", "router"]
