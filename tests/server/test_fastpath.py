@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token, hash_token
 from conveyor.server.fastpath import app_name, at_most, query
+from conveyor.server.recent import Answer
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import App, Token
 from tests.helpers import running_server, wait_for
@@ -126,6 +127,44 @@ def test_kept_reads_by_a_verified_token_are_answered_the_same(
     assert answered == 8
 
 
+def etag_of(apps: tuple[object, object], path: str) -> str:
+    async def main() -> str:
+        transport = httpx.ASGITransport(app=apps[1])  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get(path, headers=bearer(VIEWER))).headers["etag"]
+
+    return asyncio.run(main())
+
+
+def test_not_modified_is_answered_the_same(apps: tuple[object, object]) -> None:
+    compare(apps, [("/api/status", bearer(VIEWER)), ("/api/runs", bearer(VIEWER))])
+    requests = []
+    for path in ("/api/status", "/api/runs"):
+        etag = etag_of(apps, path)
+        for sent in (etag, f"W/{etag}", f'"other", {etag}', "*", '"other"'):
+            requests.append((path, {**bearer(VIEWER), "If-None-Match": sent}))
+    answered, codes = compare(apps, requests)
+    assert codes == [304, 304, 304, 304, 200] * 2
+    assert answered == 10
+
+
+@pytest.mark.parametrize(
+    ("sent", "unchanged"),
+    [
+        (None, False),
+        ("", False),
+        ('"abc"', True),
+        ('W/"abc"', True),
+        (' "x" , "abc" ', True),
+        ("*", True),
+        ('"abcd"', False),
+        ("abc", False),
+    ],
+)
+def test_if_none_match_names_the_answer(sent: str | None, unchanged: bool) -> None:
+    assert Answer(b"[]", '"abc"').unchanged_for(sent) is unchanged
+
+
 def test_refusals_and_other_forms_are_left_to_fastapi(
     apps: tuple[object, object], sessions: sessionmaker[Session]
 ) -> None:
@@ -177,10 +216,13 @@ def test_a_real_server_answers_alike_either_way_and_logs_each_access(tmp_path: P
     with running_server(tmp_path / "data") as server:
         server.add_app("shop", tmp_path / "none.git")
         anonymous = httpx.Client(base_url=server.url, timeout=30)
+        codes = set()
         with anonymous:
             for path in ("/api/status", "/api/runs?app=shop&limit=5", "/healthz"):
+                etag = server.http.get(path).headers.get("etag", '"none"')
                 for client in (server.http, anonymous):
-                    for if_none_match in ({}, {"If-None-Match": '"anything"'}):
+                    for sent in ('"anything"', etag):
+                        if_none_match = {"If-None-Match": sent}
                         client.get(path, headers=if_none_match)  # kept, token verified
                         fast = client.get(path, headers=if_none_match)
                         sep = "&" if "?" in path else "?"
@@ -188,6 +230,8 @@ def test_a_real_server_answers_alike_either_way_and_logs_each_access(tmp_path: P
                         assert fast.status_code == slow.status_code, path
                         assert fast.content == slow.content, path
                         assert without_date(fast) == without_date(slow), path
+                        codes.add(fast.status_code)
+        assert codes == {200, 304, 401}, codes
         accessed = wait_for(
             lambda: re.findall(r'"logger": "uvicorn.access", "msg": "(.*)"}', server.log()),
             timeout=10,

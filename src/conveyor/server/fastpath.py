@@ -8,7 +8,7 @@ of the event loop's time for every reader. Here, in front of all that, on the lo
 - `GET` of a kept read (`CachedRead`: status and runs) whose query is in the simple
   form this module parses, by a caller whose token was verified lately
   (auth.verified_caller), while the answer kept for that query is fresh (recent.Recent):
-  those bytes, with the headers the route would send.
+  those bytes, with the headers the route would send (or its 304 for If-None-Match).
 
 Anything else (no token, a token not verified lately, a stale answer that no read
 underway will bring, another query form, an error) goes through FastAPI as before:
@@ -110,23 +110,30 @@ class FastPath:
         params = query(scope.get("query_string", b""), read.params)
         if params is None:
             return False
-        authorization = ""
+        authorization = if_none_match = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
+            # the first of each, as Starlette's headers.get
+            if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-                break  # the first one, as Starlette's headers.get
-        caller = verified_caller(authorization)
+            elif name == b"if-none-match" and if_none_match is None:
+                if_none_match = value.decode("latin-1")
+        caller = verified_caller(authorization or "")
         if caller is None or not role_at_least(caller.role, read.role):
             return False
-        body = await read.recent.kept(read.key(params))
-        if body is None:
+        answer = await read.recent.kept(read.key(params))
+        if answer is None:
             return False
-        await self._send(send, body, json_headers(body))
+        if answer.unchanged_for(if_none_match):
+            await self._send(send, b"", [*answer.headers(True), *SECURITY_HEADERS], 304)
+        else:
+            await self._send(send, answer.body, [*answer.headers(False), *SECURITY_HEADERS])
         return True
 
-    async def _send(self, send: Send, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _send(
+        self, send: Send, body: bytes, headers: list[tuple[bytes, bytes]], status: int = 200
+    ) -> None:
         self.answered += 1
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

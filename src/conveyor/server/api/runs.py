@@ -25,7 +25,7 @@ from conveyor.server.deps import (
 from conveyor.server.edge import ErrorOut, responses
 from conveyor.server.fastpath import CachedRead, app_name, at_most
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
-from conveyor.server.recent import Recent
+from conveyor.server.recent import NOT_MODIFIED, Recent
 from conveyor.server.views import run_out
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Run, Step, utcnow
@@ -93,7 +93,7 @@ cached = CachedRead(
 )
 
 
-@router.get("/runs", response_model=list[RunOut], responses=responses(404))
+@router.get("/runs", response_model=list[RunOut], responses={**responses(404), **NOT_MODIFIED})
 async def list_runs(
     _: Viewer,
     request: Request,
@@ -106,7 +106,7 @@ async def list_runs(
         with request.app.state.sessions() as session:
             return _listing.dump_json(runs(session, app or None, limit))
 
-    return await _recent.answer(_key(app, limit), read)
+    return await _recent.answer(_key(app, limit), read, request.headers.get("if-none-match"))
 
 
 def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:

@@ -22,7 +22,7 @@ from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
 from conveyor.server.edge import responses
 from conveyor.server.fastpath import CachedRead, app_name
-from conveyor.server.recent import Recent
+from conveyor.server.recent import NOT_MODIFIED, Recent
 from conveyor.server.views import app_out, release_out, run_out
 from conveyor.store.models import App, Deployment, Host, HostApp, Release, Run
 
@@ -38,7 +38,7 @@ _answers = TypeAdapter(list[AppStatus])
 cached = CachedRead("/api/status", _recent, lambda q: q.get("app", ""), {"app": app_name})
 
 
-@router.get("/status", response_model=list[AppStatus], responses=responses(404))
+@router.get("/status", response_model=list[AppStatus], responses={**responses(404), **NOT_MODIFIED})
 async def get_status(caller: Viewer, request: Request, app: AppFilter = None) -> Response:
     """Per app: runs underway, the last run and release, hosts, environments."""
 
@@ -46,7 +46,7 @@ async def get_status(caller: Viewer, request: Request, app: AppFilter = None) ->
         with request.app.state.sessions() as session:
             return _answers.dump_json(status(caller, session, app or None))
 
-    return await _recent.answer(app or "", read)
+    return await _recent.answer(app or "", read, request.headers.get("if-none-match"))
 
 
 def status(_: Caller, session: Session, app: str | None = None) -> list[AppStatus]:
