@@ -4,7 +4,8 @@ A dashboard, a CLI `--follow` and scripts poll the same few lists; each answer i
 kept as the bytes sent, with the write generations of the tables it read
 (store/changes.py) taken *before* reading: a write through this server makes it
 stale at once, and everything else (what another server sharing the database
-wrote, what the clock changes) within `fresh_for`. A hit is answered on the
+wrote, what the clock changes) within `fresh_for`: an answer past half that age is
+still given while the next one is read. A hit is answered on the
 event loop, with no thread, query or serialisation; of the requests that miss
 on one key at once, one reads and the others wait for its answer.
 
@@ -78,25 +79,34 @@ class Recent:
         self._kept: dict[str, tuple[int, float, Answer]] = {}
         # the read underway per key, and the generation it started at
         self._reading: dict[str, tuple[int, asyncio.Task[Answer]]] = {}
+        self._readers: dict[str, Callable[[], bytes]] = {}  # the last read asked, per key
 
     def generation(self) -> int:
         return sum(changes.generation(t) for t in self.tables)
 
     def get(self, key: str, since: int | None = None) -> Answer | None:
-        """The kept answer if it was read after every write counted by `since` (default: now)."""
+        """The kept answer if it was read after every write counted by `since` (default: now)
+        and less than `fresh_for` ago. Past half that time, the next read starts (when one
+        was ever asked for the key): whoever asks meanwhile gets this answer, nobody waits."""
         found = self._kept.get(key)
         if found is None:
             return None
         generation, at, answer = found
         wanted = self.generation() if since is None else since
-        if generation < wanted or time.monotonic() - at > self.fresh_for:
+        age = time.monotonic() - at
+        if generation < wanted or age > self.fresh_for:
             return None
+        if age > self.fresh_for / 2 and key not in self._reading and _on_a_loop():
+            read = self._readers.get(key)
+            if read is not None:
+                self._start(key, self.generation(), read)
         return answer
 
     def put(self, key: str, generation: int, answer: Answer) -> None:
         with self._lock:
             if len(self._kept) >= MAX_KEYS:
                 self._kept.clear()
+                self._readers.clear()
             self._kept[key] = (generation, time.monotonic(), answer)
 
     async def kept(self, key: str) -> Answer | None:
@@ -119,6 +129,7 @@ class Recent:
     ) -> Response:
         """The kept answer for `key`, or `read()`'s (in a request thread), kept; 304 when
         `if_none_match` names it."""
+        self._readers[key] = read
         arrived = self.generation()
         answer = self.get(key, arrived)
         if answer is None:
@@ -127,11 +138,17 @@ class Recent:
             # know of; all its callers wake together when it ends (a lock would wake them
             # one by one, a turn of a busy event loop each)
             if underway is None or underway[0] < arrived:
-                underway = (arrived, asyncio.ensure_future(self._read(key, arrived, read)))
-                self._reading[key] = underway
+                underway = self._start(key, arrived, read)
             # a caller that goes away does not cancel the read the others wait for
             answer = await asyncio.shield(underway[1])
         return answer.response(if_none_match)
+
+    def _start(
+        self, key: str, generation: int, read: Callable[[], bytes]
+    ) -> tuple[int, asyncio.Task[Answer]]:
+        underway = (generation, asyncio.ensure_future(self._read(key, generation, read)))
+        self._reading[key] = underway
+        return underway
 
     async def _read(self, key: str, generation: int, read: Callable[[], bytes]) -> Answer:
         try:
@@ -145,6 +162,14 @@ class Recent:
             # the callers may all have gone: nobody else would retrieve an error
             if task is not None:
                 task.add_done_callback(_retrieved)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _retrieved(task: asyncio.Task[Answer]) -> None:
