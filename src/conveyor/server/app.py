@@ -64,6 +64,9 @@ class _ConveyorAPI(FastAPI):
         return SecurityHeaders(super().build_middleware_stack())
 
 
+GC_THRESHOLDS = (10_000, 20, 20)  # young objects, then collections of each generation
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -115,6 +118,12 @@ def create_app(
         # not the hundreds it took while it walked all of it (the event loop waits meanwhile)
         gc.collect()
         gc.freeze()
+        # and fewer collections: a request allocates thousands of short-lived objects, and
+        # with the default thresholds (700, 10, 10) enough of them lived through young
+        # collections to start a full one every few seconds under load (13 in 40 s of
+        # bench/control_plane.py, up to 120 ms each, the loop stopped); with these, one
+        # (memory alike: ~180 MB either way)
+        gc.set_threshold(*GC_THRESHOLDS)
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
