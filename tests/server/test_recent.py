@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.server.recent import Recent
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import App
+from tests.helpers import wait_for_async
 
 
 @pytest.fixture
@@ -119,5 +120,46 @@ def test_a_waiter_does_not_take_an_answer_older_than_its_write(
         release.set()
         assert (await first).body == b"a"
         assert (await second).body == b"a,b"
+
+    asyncio.run(main())
+
+
+def test_past_half_its_time_an_answer_is_given_while_the_next_is_read(
+    sessions: sessionmaker[Session],
+) -> None:
+    recent = Recent(("apps",), fresh_for=2.0)
+    reads = 0
+    release = threading.Event()
+
+    def read() -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            release.wait(10)  # the read ahead is slow: nobody waits for it
+        return str(reads).encode()
+
+    async def main() -> None:
+        assert (await recent.answer("", read)).body == b"1"
+        await asyncio.sleep(1.1)  # past half of fresh_for
+        assert (await recent.answer("", read)).body == b"1"  # given, and the next read starts
+        assert (await recent.kept("")) is not None  # the fast path too gets it meanwhile
+        await wait_for_async(lambda: reads == 2)
+        release.set()
+        await wait_for_async(lambda: (a := recent.get("")) is not None and a.body == b"2")
+        assert (await recent.answer("", read)).body == b"2"
+        assert reads == 2
+
+    asyncio.run(main())
+
+
+def test_a_write_is_never_hidden_by_a_read_ahead(sessions: sessionmaker[Session]) -> None:
+    recent = Recent(("apps",), fresh_for=60)
+
+    async def main() -> None:
+        add(sessions, "a")
+        assert (await recent.answer("", lambda: names(sessions))).body == b"a"
+        add(sessions, "b")
+        assert (await recent.kept("")) is None  # the fast path leaves it to a read
+        assert (await recent.answer("", lambda: names(sessions))).body == b"a,b"
 
     asyncio.run(main())

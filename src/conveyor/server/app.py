@@ -13,7 +13,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor import __version__
 from conveyor.deploy.desired import Notifier
@@ -22,6 +22,7 @@ from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
 from conveyor.server import busy, edge, idempotency, metrics
+from conveyor.server.accesslog import AccessLog
 from conveyor.server.api import (
     agents,
     apps,
@@ -35,6 +36,7 @@ from conveyor.server.api import (
     status,
     tokens,
 )
+from conveyor.server.fastpath import HEALTH, FastPath
 from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
@@ -44,10 +46,25 @@ from conveyor.store.models import Run
 
 class _ConveyorAPI(FastAPI):
     """FastAPI with the security headers as its outermost layer, so that even the 500 of
-    Starlette's error middleware (outside every added middleware) carries them."""
+    Starlette's error middleware (outside every added middleware) carries them; and the
+    fast path (fastpath.py) in front of it all."""
+
+    fast: FastPath | None = None
+    access: AccessLog | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if self.access is not None:
+                send = self.access.watch(scope, send)
+            if self.fast is not None and await self.fast.answer(scope, send):
+                return
+        await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> ASGIApp:
         return SecurityHeaders(super().build_middleware_stack())
+
+
+GC_THRESHOLDS = (10_000, 20, 20)  # young objects, then collections of each generation
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,8 @@ class Settings:
     public_url_given: bool = True  # --url: else answers use the URL each request came to
     parallel_runs: int = 2
     threads: int = 40  # anyio's limiter: sync routes and page renders at once
+    fast_path: bool = True  # /healthz and fresh kept reads before FastAPI (fastpath.py)
+    access_log: bool = False  # write uvicorn's access lines (accesslog.py; serve.py: on)
     retry_after: int = 5  # seconds a 503 for a busy database asks the client to wait
     server_fingerprint: str | None = None  # sha256 of the TLS certificate, when serving TLS
 
@@ -101,6 +120,12 @@ def create_app(
         # not the hundreds it took while it walked all of it (the event loop waits meanwhile)
         gc.collect()
         gc.freeze()
+        # and fewer collections: a request allocates thousands of short-lived objects, and
+        # with the default thresholds (700, 10, 10) enough of them lived through young
+        # collections to start a full one every few seconds under load (13 in 40 s of
+        # bench/control_plane.py, up to 120 ms each, the loop stopped); with these, one
+        # (memory alike: ~180 MB either way)
+        gc.set_threshold(*GC_THRESHOLDS)
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
@@ -109,6 +134,8 @@ def create_app(
         try:
             yield
         finally:
+            if api.access is not None:
+                api.access.flush()
             await deployer.stop()
             await engine.stop()
             await courier.stop()
@@ -153,14 +180,19 @@ def create_app(
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        # on the event loop, no database, no thread: it answers while both are busy
-        return {"status": "ok", "version": __version__}
+        # on the event loop, no database, no thread: it answers while both are busy (the
+        # fast path answers a GET before FastAPI; this route is its schema and fallback)
+        return HEALTH
 
     web.install(api)
     busy.install(api, settings.retry_after)
     idempotency.install(api)
     edge.install(api)
     api.add_middleware(BodyLimit)
+    if settings.fast_path:
+        api.fast = FastPath([status.cached, runs.cached])
+    if settings.access_log:
+        api.access = AccessLog()
     return api
 
 

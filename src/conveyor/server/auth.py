@@ -98,12 +98,23 @@ def ensure_admin_token(session: Session, token: str | None) -> str | None:
     return generated
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def bearer(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header's value, if it is one."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def _bearer(request: Request) -> str | None:
+    return bearer(request.headers.get("authorization", ""))
+
+
+def verified_caller(header: str) -> Caller | None:
+    """The caller of an Authorization header's value if its token was verified lately (no
+    query, no thread); None when it must be checked the usual way (`require`)."""
+    token = bearer(header)
+    return None if token is None else _verified.get(hash_token(token))
 
 
 def require(role: str) -> Callable[..., Awaitable[Caller]]:

@@ -103,6 +103,8 @@ def serve(
         threads=threads,
         retry_after=max(1, round(db_wait)),
         server_fingerprint=tls.fingerprint if tls else None,
+        # uvicorn's access lines, written by the app in batches (uvicorn's own: off below)
+        access_log=logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO),
     )
     if tls:
         # on stdout for the operator: agents may pin it (--server-fingerprint)
@@ -126,6 +128,7 @@ def serve(
         host=host,
         port=port,
         log_config=log_config,
+        access_log=False,
         timeout_graceful_shutdown=10,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,

@@ -23,8 +23,9 @@ from conveyor.server.deps import (
     get_run_or_404,
 )
 from conveyor.server.edge import ErrorOut, responses
+from conveyor.server.fastpath import CachedRead, app_name, at_most
 from conveyor.server.idempotency import IdempotencyKey, Once, answer_once
-from conveyor.server.recent import Recent
+from conveyor.server.recent import NOT_MODIFIED, Recent
 from conveyor.server.views import run_out
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Run, Step, utcnow
@@ -74,24 +75,38 @@ def start_run(
     return answer
 
 
+DEFAULT_LISTED, MAX_LISTED = 50, 1000
 _recent = Recent(("runs", "apps"))  # what a listing reads (a run's steps are not listed)
 _listing = TypeAdapter(list[RunOut])
 
 
-@router.get("/runs", response_model=list[RunOut], responses=responses(404))
+def _key(app: str | None, limit: int | str) -> str:
+    return f"{app or ''}\0{limit}"
+
+
+# what the fast path (fastpath.py) may answer from `_recent` before FastAPI: the same key
+cached = CachedRead(
+    "/api/runs",
+    _recent,
+    lambda q: _key(q.get("app"), q.get("limit", DEFAULT_LISTED)),
+    {"app": app_name, "limit": at_most(MAX_LISTED)},
+)
+
+
+@router.get("/runs", response_model=list[RunOut], responses={**responses(404), **NOT_MODIFIED})
 async def list_runs(
     _: Viewer,
     request: Request,
     app: AppFilter = None,
-    limit: int = Query(50, ge=1, le=1000),
+    limit: int = Query(DEFAULT_LISTED, ge=1, le=MAX_LISTED),
 ) -> Response:
     """The newest runs, of every app or of one (answered from memory while none changed)."""
 
     def read() -> bytes:
         with request.app.state.sessions() as session:
-            return _listing.dump_json(runs(session, app, limit))
+            return _listing.dump_json(runs(session, app or None, limit))
 
-    return await _recent.answer(f"{app or ''}\0{limit}", read)
+    return await _recent.answer(_key(app, limit), read, request.headers.get("if-none-match"))
 
 
 def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:
@@ -192,4 +207,4 @@ def _chunk(request: Request, step: Step, offset: int) -> LogChunk:
     )
 
 
-__all__ = ["log_file", "read_log", "router"]
+__all__ = ["cached", "log_file", "read_log", "router"]

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TypeVar
+
 from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, contains_eager, selectinload
 
-from conveyor.pipeline.runs import ACTIVE
-from conveyor.protocol import AppStatus
-from conveyor.server.api.deployments import environment_statuses
-from conveyor.server.api.hosts import placements
+from conveyor.deploy.desired import host_app_releases
+from conveyor.deploy.gates import release_config
+from conveyor.deploy.records import ACTIVE, PENDING
+from conveyor.pipeline.runs import ACTIVE as RUN_ACTIVE
+from conveyor.protocol import AppStatus, EnvironmentStatus, Placement
+from conveyor.server.api.deployments import _host_names, deployment_out
+from conveyor.server.api.hosts import host_out
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
 from conveyor.server.edge import responses
-from conveyor.server.recent import Recent
+from conveyor.server.fastpath import CachedRead, app_name
+from conveyor.server.recent import NOT_MODIFIED, Recent
 from conveyor.server.views import app_out, release_out, run_out
-from conveyor.store.models import App, Release, Run
+from conveyor.store.models import App, Deployment, Host, HostApp, Release, Run
 
 router = APIRouter(prefix="/api", tags=["status"])
 
@@ -26,55 +34,189 @@ _recent = Recent(
     ("apps", "runs", "steps", "releases", "host_apps", "deployments", "deployment_steps")
 )
 _answers = TypeAdapter(list[AppStatus])
+# what the fast path (fastpath.py) may answer from `_recent` before FastAPI: the same key
+cached = CachedRead("/api/status", _recent, lambda q: q.get("app", ""), {"app": app_name})
 
 
-@router.get("/status", response_model=list[AppStatus], responses=responses(404))
+@router.get("/status", response_model=list[AppStatus], responses={**responses(404), **NOT_MODIFIED})
 async def get_status(caller: Viewer, request: Request, app: AppFilter = None) -> Response:
     """Per app: runs underway, the last run and release, hosts, environments."""
 
     def read() -> bytes:
         with request.app.state.sessions() as session:
-            return _answers.dump_json(status(caller, session, app))
+            return _answers.dump_json(status(caller, session, app or None))
 
-    return await _recent.answer(app or "", read)
+    return await _recent.answer(app or "", read, request.headers.get("if-none-match"))
 
 
 def status(_: Caller, session: Session, app: str | None = None) -> list[AppStatus]:
-    """What GET /api/status answers (the dashboard's apps page shows the same)."""
+    """What GET /api/status answers (the dashboard's apps page shows the same).
+
+    A dozen queries whatever the number of apps (not ten per app): each kind of record
+    read for every app at once, then put together per app as hosts.placements and
+    deployments.environment_statuses would one app at a time."""
     apps = (
         [get_app_or_404(session, app)]
         if app is not None
         else list(session.scalars(select(App).order_by(App.name)).all())
     )
+    ids = [a.id for a in apps]
+    placed = _by_app(
+        session.scalars(
+            select(HostApp)
+            .join(Host)
+            .where(HostApp.app_id.in_(ids))
+            .order_by(Host.name)
+            .options(contains_eager(HostApp.host))
+        ),
+    )
+    active = _by_app(
+        session.scalars(
+            select(Run)
+            .where(Run.app_id.in_(ids), Run.state.in_(RUN_ACTIVE))
+            .order_by(Run.id)
+            .options(selectinload(Run.steps))
+        ),
+    )
+    last_ids = (
+        select(func.max(Run.id))
+        .where(Run.app_id.in_(ids), Run.state.not_in(RUN_ACTIVE))
+        .group_by(Run.app_id)
+    )
+    last_runs = {r.app_id: r for r in session.scalars(select(Run).where(Run.id.in_(last_ids)))}
+    newest = (
+        select(
+            Release.id,
+            func.row_number()
+            .over(partition_by=Release.app_id, order_by=Release.created_at.desc())
+            .label("n"),
+        )
+        .where(Release.app_id.in_(ids))
+        .subquery()
+    )
+    releases = {
+        r.app_id: r
+        for r in session.scalars(
+            select(Release).join(newest, newest.c.id == Release.id).where(newest.c.n == 1)
+        )
+    }
+    deployments = _Deployments(session, ids)
     out = []
     for a in apps:
-        hosts = placements(session, a)
-        active = session.scalars(
-            select(Run).where(Run.app_id == a.id, Run.state.in_(ACTIVE)).order_by(Run.id)
-        ).all()
-        last = session.scalar(
-            select(Run)
-            .where(Run.app_id == a.id, Run.state.not_in(ACTIVE))
-            .order_by(Run.id.desc())
-            .limit(1)
-        )
-        release = session.scalar(
-            select(Release)
-            .where(Release.app_id == a.id)
-            .order_by(Release.created_at.desc())
-            .limit(1)
-        )
+        hosts = [_placement(row, a) for row in placed.get(a.id, [])]
+        last, release = last_runs.get(a.id), releases.get(a.id)
         out.append(
             AppStatus(
                 app=app_out(a),
-                active_runs=[run_out(r, steps=True) for r in active],
+                active_runs=[run_out(r, steps=True) for r in active.get(a.id, [])],
                 last_run=run_out(last) if last else None,
                 last_release=release_out(release) if release else None,
                 hosts=hosts,
-                environments=environment_statuses(session, a, hosts),
+                environments=deployments.environments(a, release, hosts),
             )
         )
     return out
+
+
+_Row = TypeVar("_Row", HostApp, Run)
+
+
+def _by_app(rows: Iterable[_Row]) -> dict[int, list[_Row]]:
+    found: dict[int, list[_Row]] = defaultdict(list)
+    for row in rows:
+        found[row.app_id].append(row)
+    return found
+
+
+def _placement(row: HostApp, app: App) -> Placement:
+    """As hosts.placements, for one row already read."""
+    host = host_out(row.host)
+    observed = next(
+        (o for o in (host.observed.apps if host.observed else []) if o.app == app.name), None
+    )
+    return Placement(
+        host=host.name,
+        online=host.online,
+        converged=host.applied_generation == host.generation,
+        desired=host_app_releases(row),
+        observed=observed.releases if observed else [],
+        error=observed.error if observed else None,
+    )
+
+
+class _Deployments:
+    """The deployments that status shows, of every app at once, by app and environment."""
+
+    def __init__(self, session: Session, ids: list[int]) -> None:
+        self.active: dict[tuple[int, str], list[Deployment]] = defaultdict(list)
+        for d in session.scalars(
+            select(Deployment)
+            .where(Deployment.app_id.in_(ids), Deployment.state.in_(ACTIVE))
+            .order_by(Deployment.id)
+            .options(selectinload(Deployment.steps))
+        ):
+            self.active[(d.app_id, d.environment)].append(d)
+        ended = (
+            select(func.max(Deployment.id))
+            .where(Deployment.app_id.in_(ids), Deployment.state.not_in(ACTIVE))
+            .group_by(Deployment.app_id, Deployment.environment)
+        )
+        self.last = {
+            (d.app_id, d.environment): d
+            for d in session.scalars(
+                select(Deployment)
+                .where(Deployment.id.in_(ended))
+                .options(selectinload(Deployment.steps))
+            )
+        }
+        # as store.serving.serving_release: the last to finish in place
+        ranked = (
+            select(
+                Deployment.app_id,
+                Deployment.environment,
+                Deployment.release_id,
+                func.row_number()
+                .over(
+                    partition_by=(Deployment.app_id, Deployment.environment),
+                    order_by=(Deployment.finished_at.desc(), Deployment.id.desc()),
+                )
+                .label("n"),
+            )
+            .where(Deployment.app_id.in_(ids), Deployment.state == "succeeded")
+            .subquery()
+        )
+        self.serving = {
+            (app_id, env): release_id
+            for app_id, env, release_id in session.execute(
+                select(ranked.c.app_id, ranked.c.environment, ranked.c.release_id).where(
+                    ranked.c.n == 1
+                )
+            )
+        }
+
+    def environments(
+        self, app: App, release: Release | None, everywhere: list[Placement]
+    ) -> list[EnvironmentStatus]:
+        """As deployments.environment_statuses, from what was read."""
+        config = release_config(release) if release is not None and release.config else None
+        out = []
+        for env_name, env in (config.environments if config else {}).items():
+            active = self.active.get((app.id, env_name), [])
+            acting = next((d for d in active if d.state not in PENDING), None)
+            current = acting or (active[0] if active else None)
+            last = self.last.get((app.id, env_name))
+            names = _host_names(env.hosts, current, last)
+            out.append(
+                EnvironmentStatus(
+                    name=env_name,
+                    strategy=env.strategy,
+                    release=self.serving.get((app.id, env_name)),
+                    hosts=[p for p in everywhere if names is not None and p.host in names],
+                    deployment=deployment_out(current, steps=True) if current else None,
+                    last=deployment_out(last) if last else None,
+                )
+            )
+        return out
 
 
 @router.get("/whoami")
@@ -82,4 +224,4 @@ def whoami(caller: Viewer) -> dict[str, str]:
     return {"name": caller.name, "role": caller.role}
 
 
-__all__ = ["router"]
+__all__ = ["cached", "router"]
