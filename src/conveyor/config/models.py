@@ -218,6 +218,12 @@ class Config(Section):
                 "(expected service: with start and port)"
             )
             problems.append((("environments", KEY), message, None))
+        secret_names = set(self.service.secrets) if self.service else set()
+        for env_name, env in self.environments.items():
+            for key in env.env:
+                if key in secret_names:
+                    message = f"{key!r} is both in env and in service.secrets; expected one"
+                    problems.append((("environments", env_name, "env", key), message, key))
         # Each host's router listens on the app's one public port, so one host cannot
         # serve two environments of the same app.
         owner: dict[str, str] = {}
