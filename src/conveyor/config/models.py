@@ -223,7 +223,7 @@ class Config(Section):
             for key in env.env:
                 if key in secret_names:
                     message = f"{key!r} is both in env and in service.secrets; expected one"
-                    problems.append((("environments", env_name, "env", key), message, key))
+                    problems.append((("environments", env_name, "env", key, KEY), message, key))
         # Each host's router listens on the app's one public port, so one host cannot
         # serve two environments of the same app.
         owner: dict[str, str] = {}
