@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import parse_config
 from conveyor.notify import Announcer
+from conveyor.sealing import Sealer
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import (
     App,
@@ -19,9 +20,9 @@ from conveyor.store.models import (
     Notification,
     Release,
     Run,
-    Secret,
     Step,
 )
+from conveyor.store.secrets import set_secret
 
 SECRET = "hunter2-database-password"
 CONFIG = """
@@ -44,7 +45,9 @@ notify:
 def sessions(tmp_path: Path) -> sessionmaker[Session]:
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrate(engine)
-    return session_factory(engine)
+    sessions = session_factory(engine)
+    sessions.configure(info={"sealer": Sealer.open_or_create(tmp_path / "secrets.key")})
+    return sessions
 
 
 @pytest.fixture
@@ -54,9 +57,9 @@ def announcer(tmp_path: Path) -> Announcer:
 
 def seed(session: Session, config: str = CONFIG) -> tuple[App, Run, Release]:
     app = App(name="shop", repo_url="/repo", webhook_secret="x")
-    app.secrets.append(Secret(name="DATABASE_URL", value=SECRET))
     session.add(app)
     session.flush()
+    set_secret(session, app, "DATABASE_URL", None, SECRET, "value")
     run = Run(app_id=app.id, sha="1a2b3c4d5e6f" * 3, trigger="push", state="succeeded")
     session.add(run)
     session.flush()

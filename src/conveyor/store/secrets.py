@@ -39,6 +39,11 @@ def sealer_of(session: Session) -> Sealer:
     return sealer
 
 
+def _open(session: Session, token: str) -> str:
+    """Open one value (the sealer is looked up only when there is something to open)."""
+    return sealer_of(session).open(token)
+
+
 def _scope(environment: str | None) -> str:
     return environment or EVERY_ENVIRONMENT
 
@@ -103,7 +108,6 @@ def secret_values(session: Session, app: App, environment: str | None) -> dict[s
 
     A command's value is its last output for that environment, once a deployment ran it.
     """
-    sealer = sealer_of(session)
     values: dict[str, str] = {}
     resolved: dict[str, str] = {}
     if environment:
@@ -117,19 +121,27 @@ def secret_values(session: Session, app: App, environment: str | None) -> dict[s
         }
     for name, row in _effective(app, environment).items():
         if row.kind == "value":
-            values[name] = sealer.open(row.value)
+            values[name] = _open(session, row.value)
         elif name in resolved:
-            values[name] = sealer.open(resolved[name])
+            values[name] = _open(session, resolved[name])
     return values
+
+
+def every_value(session: Session, app: App) -> list[str]:
+    """Every value of the app, in any environment, commands' outputs too: what to mask."""
+    values = [_open(session, s.value) for s in app.secrets if s.kind == "value"]
+    resolved = session.scalars(select(ResolvedSecret.value).where(ResolvedSecret.app_id == app.id))
+    return values + [_open(session, v) for v in resolved]
 
 
 def secret_commands(
     session: Session, app: App, environment: str, names: list[str]
 ) -> dict[str, str]:
     """Of these names, those whose value comes from a command here: name -> command."""
-    sealer = sealer_of(session)
     rows = _effective(app, environment)
-    return {n: sealer.open(rows[n].value) for n in names if n in rows and rows[n].kind == "command"}
+    return {
+        n: _open(session, rows[n].value) for n in names if n in rows and rows[n].kind == "command"
+    }
 
 
 def store_resolved(session: Session, app: App, environment: str, values: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ Create Date: 2026-12-06 00:00:00
 The secrets table is built again (its unique key gains the environment). Existing
 values are copied as they are with `sealed` false: the migration has no key, so the
 server seals them with its key file right after migrating, at the same start
-(conveyor.store.secrets.seal_plaintext).
+(conveyor.store.secrets.open_store).
 """
 
 from collections.abc import Sequence
