@@ -34,7 +34,7 @@ def digest(name):
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/env":
-            seen = {n: digest(n) for n in ("DATABASE_URL", "API_TOKEN")}
+            seen = {n: digest(n) for n in ("DATABASE_URL", "API_TOKEN", "REGION_KEY")}
             seen["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "")
             body = json.dumps(seen).encode()
         else:
@@ -60,7 +60,10 @@ service:
   health: {{path: /healthz, interval: 1s}}
   drain: 1s
   env: {{LOG_LEVEL: info}}
-  secrets: [DATABASE_URL, API_TOKEN]
+  secrets:
+    - DATABASE_URL
+    - API_TOKEN
+    - REGION_KEY: {{command: "printf 'rk-%s-Jm8' $CONVEYOR_ENVIRONMENT"}}
 environments:
   staging:
     hosts: [stage-1]
@@ -99,6 +102,7 @@ def deployed(server: ServerProcess, run: int, env: str) -> Any:
     return wait_for(ended, timeout=120, interval=0.3)
 
 
+@pytest.mark.slow  # two hosts, three deployments
 def test_each_environment_gets_its_own_values_and_no_file_or_log_holds_one(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -119,7 +123,8 @@ def test_each_environment_gets_its_own_values_and_no_file_or_log_holds_one(
     commit(fleet.repo, {"envy.py": ENVY_PY, "conveyor.yml": CONFIG.format(port=fleet.port)})
     run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
     assert run["state"] == "succeeded", run
-    assert deployed(server, run["id"], "staging")["state"] == "succeeded"
+    staging = deployed(server, run["id"], "staging")
+    assert staging["state"] == "succeeded", staging["reason"]
     assert deployed(server, run["id"], "production")["state"] == "succeeded"
 
     def env_of(host: str) -> Any:
@@ -129,11 +134,13 @@ def test_each_environment_gets_its_own_values_and_no_file_or_log_holds_one(
     assert env_of("stage-1") == {
         "DATABASE_URL": sha(SHARED_URL),
         "API_TOKEN": sha("tok-staging-Wv3"),
+        "REGION_KEY": sha("rk-staging-Jm8"),
         "LOG_LEVEL": "debug",
     }
     assert env_of("prod-1") == {
         "DATABASE_URL": sha(PROD_URL),
         "API_TOKEN": sha("tok-production-Wv3"),
+        "REGION_KEY": sha("rk-production-Jm8"),
         "LOG_LEVEL": "info",
     }
     logs = server.get(f"/api/runs/{run['id']}/logs")
@@ -142,6 +149,7 @@ def test_each_environment_gets_its_own_values_and_no_file_or_log_holds_one(
     # the server's data dir (database, WAL, run logs, artifacts), its log, the agents'
     # data dirs (state, desired state, instance logs) and their logs: no value anywhere
     values = [SHARED_URL, PROD_URL, "tok-staging-Wv3", "tok-production-Wv3"]
+    values += ["rk-staging-Jm8", "rk-production-Jm8"]
     searched = 0
     for path in tmp_path.rglob("*"):
         if path.is_file() and fleet.repo not in path.parents:
@@ -210,3 +218,42 @@ def deployed_app(server: ServerProcess, app: str, run: int, env: str) -> Any:
         return None
 
     return wait_for(ended, timeout=60, interval=0.3)
+
+
+@pytest.mark.slow  # four server starts
+def test_rotate_key_then_a_wrong_key_file_stops_the_server_with_no_value_shown(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from tests.helpers import free_port, run_cli
+
+    value = "Rt6-rotated-secret-value"
+    server.add_app("shop", tmp_path / "repo")
+    assert server.cli("secret", "set", "shop", "DB", input=value).returncode == 0
+    key = server.data / "secrets.key"
+    before = key.read_bytes()
+    rotated = server.cli("secret", "rotate-key")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "key rotated: 1 value(s) sealed again with the new key" in rotated.stdout
+    assert key.read_bytes() != before and len(key.read_bytes().splitlines()) == 1
+    server.stop()
+    server.start()  # the rotated key file opens the store
+    server.stop()
+
+    def start_fails() -> str:
+        done = run_cli(
+            "server",
+            "--data",
+            str(server.data),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert value not in done.stdout + done.stderr
+        return done.stderr
+
+    key.unlink()
+    assert f"the key file {key} is missing" in start_fails()
+    key.write_bytes(before)  # the key from before the rotation opens nothing
+    key.chmod(0o600)
+    assert f"the key file {key} does not open the 1 secret(s)" in start_fails()

@@ -123,6 +123,7 @@ service:                        # how a release runs on a host, from its release
   keep_warm_releases: 1         # how many previous releases stay warm; older ones stop once drained
   env: {{LOG_LEVEL: info}}
   # secrets: [DATABASE_URL]     # values come from the server's secret store; masked in logs
+  #   (or a command the server runs at deployment: - API_KEY: {{command: "vault kv get ..."}})
 
 # hooks:                        # run on the host, in the release directory
 #   install: ./bin/install      # after unpack, before start

@@ -71,7 +71,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
             f"release {release.id}: its conveyor.yml has no service section, so it cannot run"
         )
     secrets = secret_values(session, release.app, environment)
-    missing = [name for name in service.secrets if name not in secrets]
+    missing = [name for name in service.secret_names if name not in secrets]
     if missing:
         where = f" for environment {environment}" if environment else ""
         raise DesiredStateError(
@@ -83,7 +83,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     env = dict(service.env)
     if environment and environment in config.environments:
         env |= config.environments[environment].env
-    env |= {name: secrets[name] for name in service.secrets}
+    env |= {name: secrets[name] for name in service.secret_names}
     return ServiceSpec(
         start=service.start,
         port=service.port,

@@ -96,8 +96,10 @@ class Starter(Ledger):
                 d = session.get_one(Deployment, deployment_id)
                 release = d.release
                 config, env = environment(release, d.environment)
-                wanted = list(config.service.secrets) if config.service else []
-                commands = secret_commands(session, release.app, d.environment, wanted)
+                service = config.service
+                wanted = service.secret_names if service else []
+                defaults = service.secret_commands if service else {}
+                commands = secret_commands(session, release.app, d.environment, wanted, defaults)
                 return release, d.app_id, d.environment, config, env, commands
 
         release, app_id, env_name, config, env, commands = await in_thread(read)

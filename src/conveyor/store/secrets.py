@@ -124,6 +124,9 @@ def secret_values(session: Session, app: App, environment: str | None) -> dict[s
             values[name] = _open(session, row.value)
         elif name in resolved:
             values[name] = _open(session, resolved[name])
+    for name, token in resolved.items():  # commands conveyor.yml gives, with no row here
+        if name not in values:
+            values[name] = _open(session, token)
     return values
 
 
@@ -135,13 +138,26 @@ def every_value(session: Session, app: App) -> list[str]:
 
 
 def secret_commands(
-    session: Session, app: App, environment: str, names: list[str]
+    session: Session,
+    app: App,
+    environment: str,
+    names: list[str],
+    defaults: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Of these names, those whose value comes from a command here: name -> command."""
+    """Of these names, those whose value comes from a command here: name -> command.
+
+    A value or command set on the server for the name wins over the command conveyor.yml
+    gives for it (`defaults`).
+    """
     rows = _effective(app, environment)
-    return {
-        n: _open(session, rows[n].value) for n in names if n in rows and rows[n].kind == "command"
-    }
+    commands = {}
+    for name in names:
+        if name in rows:
+            if rows[name].kind == "command":
+                commands[name] = _open(session, rows[name].value)
+        elif defaults and name in defaults:
+            commands[name] = defaults[name]
+    return commands
 
 
 def store_resolved(session: Session, app: App, environment: str, values: dict[str, str]) -> None:
