@@ -89,6 +89,7 @@ def test_a_backup_taken_during_a_deployment_restores_on_another_address(
         assert names[:3] == ["manifest.json", "conveyor.db", "secrets.key"]
         assert any(n.startswith("data/artifacts/") for n in names)
         assert any(n.startswith("data/logs/") for n in names)
+        assert not any(n.startswith(("data/repos/", "data/work/")) for n in names)  # caches
         assert manifest["schema_revision"] == "0008" and manifest["database"] == "sqlite"
         assert manifest["conveyor_version"]
 

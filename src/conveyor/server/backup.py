@@ -240,6 +240,9 @@ def restore_backup(source: Path, data_dir: Path, db: str | None) -> Manifest:
                 tar.extractall(work, filter="data")
             else:  # Python before 3.11.4: the names were checked above
                 tar.extractall(work)
+            dump = work / (SQLITE_FILE if manifest.database == "sqlite" else PG_FILE)
+            if not dump.is_file():
+                raise BackupError(f"{source} holds no {dump.name}: not restored")
             key = work / KEY_FILE
             if not key.is_file():
                 raise BackupError(f"{source} holds no key file: its secrets could not be opened")
