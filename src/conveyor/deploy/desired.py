@@ -179,7 +179,10 @@ def desired_state(session: Session, host: Host) -> DesiredState:
                     sha256=release.sha256,
                     artifact=f"/api/agent/artifacts/{release.id}",
                     weight=item.weight,
-                    service=service_spec(session, release, row.environment),
+                    # a row written before 0008 has no environment: its conveyor.yml's
+                    service=service_spec(
+                        session, release, row.environment or host_environment(release, host.name)
+                    ),
                     migrate=migrate_request(release, item.migrate),
                 )
             )
