@@ -205,6 +205,21 @@ def test_a_failing_secret_command_fails_the_deployment_without_showing_its_outpu
     )
     assert leaked not in server.log()
 
+    # a secret with no value at all: refused before anything acts, saying how to set it
+    assert server.cli("secret", "delete", "vaulty", "TOKEN", "--env", "production").returncode == 0
+    again = server.post(
+        "/api/apps/vaulty/environments/production/deploy", {"release": run["release"]}
+    )
+    ended = wait_for(
+        lambda: (d := server.get(f"/api/deployments/{again['id']}"))["state"] == "failed" and d,
+        timeout=60,
+    )
+    assert ended["reason"] == (
+        f"release {run['release']} needs secrets not set on the server for environment "
+        "production: TOKEN (conveyor secret set vaulty NAME --env production; a secret from "
+        "a command gets its value when a deployment runs it); nothing changed"
+    )
+
 
 def deployed_app(server: ServerProcess, app: str, run: int, env: str) -> Any:
     def ended() -> Any:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling, secretcommands
+from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
 from conveyor.deploy.gates import GateError, environment, waiting_for
 from conveyor.deploy.ledger import Ledger, dump_targets
@@ -131,6 +132,13 @@ class Starter(Ledger):
             d = session.get_one(Deployment, deployment_id)
             if d.state not in PENDING:
                 return
+            if resolved:
+                store_resolved(session, d.app, d.environment, resolved)
+            if problem is None:
+                try:  # every secret the release needs has a value here, before anything acts
+                    service_spec(session, d.release, d.environment)
+                except DesiredStateError as exc:
+                    problem = f"{exc}; nothing changed"
             if problem is None:
                 problem, offline = self._hosts_problem(session, names)
                 if offline and not all(self._gone(d.id, h) for h in offline):
@@ -144,8 +152,6 @@ class Starter(Ledger):
                 session.commit()
                 self._committed("deployment refused", deployment=d.id, reason=problem)
                 return
-            if resolved:
-                store_resolved(session, d.app, d.environment, resolved)
             planned = _write_plan(session, d, names, config, env)
             d.state, d.reason, d.started_at = "running", None, utcnow()
             try:
