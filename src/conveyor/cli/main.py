@@ -38,7 +38,8 @@ tokens_cli = typer.Typer(
     help="API tokens with a role (viewer, deployer, admin).", no_args_is_help=True
 )
 secrets_cli = typer.Typer(
-    help="Secrets handed to steps and instances, masked in logs.", no_args_is_help=True
+    help="Secrets handed to steps and instances: per environment, sealed at rest, masked in logs.",
+    no_args_is_help=True,
 )
 hosts_cli = typer.Typer(help="Hosts running `conveyor agent`.", no_args_is_help=True)
 app.add_typer(apps_cli, name="app")
