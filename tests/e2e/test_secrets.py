@@ -3,8 +3,11 @@ in any log (server, agents, app instances) holds a value."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,11 @@ HOSTS = {"stage-1": "127.0.46.11", "prod-1": "127.0.46.12"}
 
 ENVY_PY = '''\
 """Answers /env with a sha256 of each secret it got (never the value) and LOG_LEVEL."""
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -174,6 +180,26 @@ def test_each_environment_gets_its_own_values_and_no_file_or_log_holds_one(
     second = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
     assert deployed(server, second["id"], "production")["state"] == "succeeded"
     assert env_of("prod-1")["DATABASE_URL"] == sha(SHARED_URL)
+
+    # kill -9 recovery without the server: the agent and its instances die, the server is
+    # down; the agent started again restarts the instances with the env it kept sealed
+    before = env_of("prod-1")
+    server.stop()
+    agent = fleet.agents["prod-1"]
+    agent.kill()
+    state = json.loads((agent_data / "agent-state.json").read_text())
+    for item in state["instances"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(item["pgid"], signal.SIGKILL)
+    agent.launch()
+
+    def answers() -> Any:
+        try:  # the router answers 502 (not JSON) until the instance is back
+            return env_of("prod-1")
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    assert wait_for(answers, timeout=60) == before
 
 
 def test_a_failing_secret_command_fails_the_deployment_without_showing_its_output(
