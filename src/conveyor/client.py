@@ -30,8 +30,10 @@ from conveyor.protocol import (
     EnvironmentStatus,
     HostCreated,
     HostOut,
+    KeyRotated,
     LogChunk,
     RunOut,
+    SecretOut,
     TokenCreated,
     TokenOut,
 )
@@ -179,11 +181,29 @@ class Client:
     def revoke_token(self, token_id: int) -> None:
         self.request("DELETE", f"/api/tokens/{token_id}")
 
-    def secrets(self, app: str) -> list[str]:
-        return TypeAdapter(list[str]).validate_python(self.get(f"/api/apps/{app}/secrets"))
+    def secrets(self, app: str) -> list[SecretOut]:
+        return self._typed_list(SecretOut, self.get(f"/api/apps/{app}/secrets"))
 
-    def set_secret(self, app: str, name: str, value: str) -> None:
-        self.put(f"/api/apps/{app}/secrets/{name}", {"value": value})
+    def set_secret(
+        self,
+        app: str,
+        name: str,
+        value: str | None = None,
+        *,
+        environment: str | None = None,
+        command: str | None = None,
+    ) -> None:
+        """Set a value, or a command the server runs at deployment (for one environment)."""
+        body = {"command": command} if command is not None else {"value": value}
+        params = {"environment": environment} if environment else {}
+        self.request("PUT", f"/api/apps/{app}/secrets/{name}", json=body, params=params)
+
+    def delete_secret(self, app: str, name: str, *, environment: str | None = None) -> None:
+        params = {"environment": environment} if environment else {}
+        self.request("DELETE", f"/api/apps/{app}/secrets/{name}", params=params)
+
+    def rotate_key(self) -> KeyRotated:
+        return self._typed(KeyRotated, self.post("/api/secrets/rotate-key"))
 
     def start_run(self, app: str, sha: str | None) -> RunOut:
         return self._typed(RunOut, self.post(f"/api/apps/{app}/runs", {"sha": sha}, once=True))

@@ -287,3 +287,50 @@ def demo(
     from conveyor.demo import run_demo
 
     raise typer.Exit(run_demo(listen=listen, wait=wait))
+
+
+@_launcher(after="server")
+def backup(
+    file: Annotated[Path, typer.Argument(help="The tar to write (0600: it holds the key file).")],
+    data: Annotated[Path, typer.Option(help="The server's data directory.")] = Path(".conveyor"),
+    db: Annotated[
+        str | None,
+        typer.Option(help="The server's --db, if it has one (default: DATA/conveyor.db)."),
+    ] = None,
+) -> None:
+    """Back up the server's state while it runs: database, key file, artifacts, run logs."""
+    _needs_server_extra("backup")
+    from conveyor.server.backup import BackupError, take_backup
+
+    try:
+        manifest = take_backup(data, db, file)
+    except BackupError as exc:
+        fail(str(exc), 1)
+    typer.echo(
+        f"backup written to {file}: schema revision {manifest.schema_revision}, "
+        f"{manifest.files} file(s) beside the database and the key file"
+    )
+
+
+@_launcher(after="backup")
+def restore(
+    file: Annotated[Path, typer.Argument(help="A tar written by `conveyor backup`.")],
+    data: Annotated[Path, typer.Option(help="A new, empty data directory.")],
+    db: Annotated[
+        str | None,
+        typer.Option(help="Where the database goes (default: DATA/conveyor.db)."),
+    ] = None,
+) -> None:
+    """Restore a backup into a new data directory; then start `conveyor server --data` on it."""
+    _needs_server_extra("restore")
+    from conveyor.server.backup import BackupError, restore_backup
+
+    try:
+        manifest = restore_backup(file, data, db)
+    except BackupError as exc:
+        fail(str(exc), 2)
+    typer.echo(
+        f"restored into {data}: conveyor {manifest.conveyor_version}'s backup of "
+        f"{manifest.created_at} (schema revision {manifest.schema_revision}); "
+        f"start it with `conveyor server --data {data}`"
+    )

@@ -44,6 +44,7 @@ def test_agent_token_file_errors_say_what_is_wrong(tmp_path: Path) -> None:
         args = ["agent", "--server", "http://127.0.0.1:9", "--name", "h", "--data", str(tmp_path)]
         result = CliRunner().invoke(entry.app, [*args, "--token-file", str(path)])
         assert result.exit_code == 2
-        said = " ".join(result.output.split())
-        assert f"--token-file {path}" in said
-        assert expected in said
+        # rich folds a long path at the terminal's width: compare without the blanks
+        said = "".join(result.output.split())
+        assert f"--token-file{path}" in said
+        assert expected.replace(" ", "") in said

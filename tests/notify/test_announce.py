@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import parse_config
 from conveyor.notify import Announcer
+from conveyor.sealing import Sealer
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import (
     App,
@@ -20,9 +21,9 @@ from conveyor.store.models import (
     Notification,
     Release,
     Run,
-    Secret,
     Step,
 )
+from conveyor.store.secrets import set_secret
 
 SECRET = "hunter2-database-password"
 CONFIG = """
@@ -42,10 +43,12 @@ notify:
 
 
 @pytest.fixture
-def sessions(store_url: str) -> Iterator[sessionmaker[Session]]:
+def sessions(store_url: str, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(store_url)
     migrate(engine)
-    yield session_factory(engine)
+    sessions = session_factory(engine)
+    sessions.configure(info={"sealer": Sealer.open_or_create(tmp_path / "secrets.key")})
+    yield sessions
     engine.dispose()
 
 
@@ -56,9 +59,9 @@ def announcer(tmp_path: Path) -> Announcer:
 
 def seed(session: Session, config: str = CONFIG) -> tuple[App, Run, Release]:
     app = App(name="shop", repo_url="/repo", webhook_secret="x")
-    app.secrets.append(Secret(name="DATABASE_URL", value=SECRET))
     session.add(app)
     session.flush()
+    set_secret(session, app, "DATABASE_URL", None, SECRET, "value")
     run = Run(app_id=app.id, sha="1a2b3c4d5e6f" * 3, trigger="push", state="succeeded")
     session.add(run)
     session.flush()

@@ -62,8 +62,17 @@ class ServerLink:
     async def ensure_credential(self, enrolment_token: str | None) -> None:
         if self.credential_path.exists():
             saved = json.loads(self.credential_path.read_text())
-            if saved.get("name") == self.name and saved.get("server") == self.server:
+            same_server = saved.get("server") == self.server
+            # a new --server without --token: the same server moved (restored from a
+            # backup on another address), which knows this credential
+            if saved.get("name") == self.name and (same_server or not enrolment_token):
                 self.token = saved["agent_token"]
+                if not same_server:
+                    self._save_credential()
+                    log.info(
+                        "credential re-pointed",
+                        extra={"from": saved.get("server"), "to": self.server},
+                    )
                 return
         if not enrolment_token:
             raise EnrolmentError(
@@ -84,13 +93,16 @@ class ServerLink:
         if r.status_code != 200:
             raise EnrolmentError(_detail(r))
         self.token = Enrolled.model_validate(r.json()).agent_token
+        self._save_credential()
+        log.info("enrolled", extra={"host": self.name})
+
+    def _save_credential(self) -> None:
         tmp = self.credential_path.with_suffix(".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"server": self.server, "name": self.name, "agent_token": self.token}, fh)
         os.replace(tmp, self.credential_path)
-        log.info("enrolled", extra={"host": self.name})
 
     async def desired(self, after: int, wait: float) -> DesiredState:
         r = await self.http.get(

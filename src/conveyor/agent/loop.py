@@ -26,6 +26,7 @@ from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
+from conveyor.agent.records import agent_sealer
 from conveyor.agent.report import converged, observed_apps
 from conveyor.agent.routing.spec import Router, RouterError, RouterMetrics, RouteSpec
 from conveyor.agent.runtime import ReleaseRuntime
@@ -39,6 +40,7 @@ from conveyor.protocol import (
     MigrationResult,
     ObservedState,
 )
+from conveyor.sealing import InvalidToken, KeyFileError
 
 __all__ = ["DEFAULT_KEEP_WARM", "DEFAULT_KEEP_WARM_RELEASES", "Reconciler", "ReleaseRuntime"]
 
@@ -98,14 +100,26 @@ class Reconciler:
 
     def load_local(self) -> None:
         if self._desired_path.exists():
-            self.desired = DesiredState.model_validate_json(self._desired_path.read_text())
+            text = self._desired_path.read_text()
+            try:
+                if not text.startswith("{"):  # sealed (an older agent wrote plain JSON)
+                    text = agent_sealer(self._desired_path.parent).open(text)
+                self.desired = DesiredState.model_validate_json(text)
+            except (InvalidToken, KeyFileError) as exc:
+                log.error(
+                    "the saved desired state cannot be opened with the agent's key file; "
+                    "waiting for the server's",
+                    extra={"path": str(self._desired_path), "error": str(exc) or "InvalidToken"},
+                )
         if self._routes_path.exists():
             raw = json.loads(self._routes_path.read_text())
             self.applied = {k: RouteSpec.model_validate(v) for k, v in raw.items()}
 
     def set_desired(self, desired: DesiredState) -> None:
         self.desired = desired
-        _write_atomic(self._desired_path, desired.model_dump_json())
+        # sealed: it holds the service env and the secrets of every release
+        sealer = agent_sealer(self._desired_path.parent)
+        _write_atomic(self._desired_path, sealer.seal(desired.model_dump_json()))
         self.wake.set()
 
     def _save_routes(self) -> None:

@@ -23,8 +23,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from conveyor.protocol import InstanceLimits
+from conveyor.sealing import InvalidToken, KeyFileError, Sealer
 
 STATE_FILE = "agent-state.json"
+KEY_FILE = "agent.key"
 FORMAT_VERSION = 1
 
 log = logging.getLogger("conveyor.agent.records")
@@ -55,7 +57,8 @@ class InstanceRecord(Record):
     restarts: int = 0
     log_path: str
     env: dict[str, str] = Field(
-        default_factory=dict, description="service env and secrets, to restart it after a crash"
+        default_factory=dict,
+        description="service env and secrets, to restart it after a crash (sealed in the file)",
     )
     user: str | None = Field(default=None, description="service.user it runs as")
     limits: InstanceLimits = Field(default_factory=InstanceLimits)
@@ -77,6 +80,19 @@ class AgentState(BaseModel):
     releases: dict[str, dict[str, ReleaseRecord]] = Field(
         default_factory=dict, description="app -> release -> record"
     )
+
+
+_sealers: dict[Path, Sealer] = {}
+_sealers_guard = threading.Lock()
+
+
+def agent_sealer(data_dir: Path) -> Sealer:
+    """The sealer over `<data>/agent.key` (made 0600 on first use), one per process."""
+    path = (data_dir / KEY_FILE).absolute()
+    with _sealers_guard:
+        if path not in _sealers:
+            _sealers[path] = Sealer.open_or_create(path)
+        return _sealers[path]
 
 
 _locks: dict[Path, threading.Lock] = {}
@@ -116,11 +132,55 @@ def fsync_dir(path: Path) -> None:
 
 
 class StateFile:
-    """Read-modify-write access to the record, one writer at a time (threads and processes)."""
+    """Read-modify-write access to the record, one writer at a time (threads and processes).
+
+    The env of each instance (its service env and secrets) is sealed in the file with
+    the agent's own key file, `<data>/agent.key` (0600, made at the first write):
+    kept, rather than held in memory only, so that an agent started after a kill -9
+    or a reboot restarts a crashed instance before it reaches the server again.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / STATE_FILE
+        self.key_path = data_dir / KEY_FILE
         self._lock = _lock_for(self.path.absolute())
+        self._sealer: Sealer | None = None
+
+    def _sealing(self) -> Sealer:
+        if self._sealer is None:
+            self._sealer = agent_sealer(self.key_path.parent)
+        return self._sealer
+
+    def _open_envs(self, data: object) -> object:
+        """Open each instance's `env_sealed` into `env` (an unopenable one is logged, empty)."""
+        if not isinstance(data, dict):
+            return data
+        for item in data.get("instances") or []:
+            if not isinstance(item, dict) or "env_sealed" not in item:
+                continue
+            sealed = item.pop("env_sealed")
+            try:
+                item["env"] = json.loads(self._sealing().open(sealed))
+            except (KeyFileError, InvalidToken, ValueError, TypeError) as exc:
+                item["env"] = {}
+                log.error(
+                    "the env of an instance cannot be opened with the agent's key file; "
+                    "it restarts with the env the server sends next",
+                    extra={
+                        "instance": item.get("id"),
+                        "key_file": str(self.key_path),
+                        "error": exc.__class__.__name__,
+                    },
+                )
+        return data
+
+    def _seal_envs(self, data: dict[str, object]) -> dict[str, object]:
+        instances = data.get("instances")
+        if isinstance(instances, list):
+            for item in instances:
+                env = item.pop("env", None)
+                item["env_sealed"] = self._sealing().seal(json.dumps(env or {}))
+        return data
 
     def load(self) -> AgentState:
         """The current record; an unreadable one is set aside (and logged), not fatal."""
@@ -129,7 +189,7 @@ class StateFile:
         except FileNotFoundError:
             return AgentState()
         try:
-            return AgentState.model_validate(json.loads(raw))
+            return AgentState.model_validate(self._open_envs(json.loads(raw)))
         except (ValueError, ValidationError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
@@ -154,6 +214,7 @@ class StateFile:
             change(state)
             state.version = FORMAT_VERSION
             state.updated_at = time.time()
-            text = json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+            data = self._seal_envs(state.model_dump(mode="json"))
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             atomic_write(self.path, text.encode("utf-8"))
             return state

@@ -21,7 +21,14 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
-from conveyor.config.values import Batch, HttpProbe, NonEmptyStr, StatusCode, TrafficPercent
+from conveyor.config.values import (
+    Batch,
+    EnvMap,
+    HttpProbe,
+    NonEmptyStr,
+    StatusCode,
+    TrafficPercent,
+)
 from conveyor.config.window import Window
 
 Strategy = Literal["rolling", "blue-green", "canary"]
@@ -203,6 +210,9 @@ class Environment(Section):
     analysis: Analysis | None = None
     monitor: MonitorSetting = Field(default_factory=Monitor)
     verify: list[VerifyCheck] = Field(default_factory=list)
+    # over service.env for this environment's hosts (secrets differ per environment on the
+    # server: `conveyor secret set APP NAME --env ENV`)
+    env: EnvMap = Field(default_factory=dict)
 
     @field_validator("steps")
     @classmethod

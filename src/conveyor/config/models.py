@@ -20,13 +20,13 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
+from conveyor.config.secrets import SecretEntry, entry_name
 from conveyor.config.values import (
     AppName,
     EnvironmentName,
     EnvMap,
     NonEmptyStr,
     Port,
-    SecretName,
     StepName,
 )
 
@@ -150,7 +150,7 @@ class Service(Section):
         ),
     ] = 1
     env: EnvMap = Field(default_factory=dict)
-    secrets: list[SecretName] = Field(default_factory=list)
+    secrets: list[SecretEntry] = Field(default_factory=list)
     user: UserName | None = Field(
         default=None,
         description="The unprivileged user instances run as on each host (the agent runs as "
@@ -158,11 +158,20 @@ class Service(Section):
     )
     limits: Limits = Limits()
 
+    @property
+    def secret_names(self) -> list[str]:
+        return [entry_name(e) for e in self.secrets]
+
+    @property
+    def secret_commands(self) -> dict[str, str]:
+        """The secrets conveyor.yml gives a command for: name -> command."""
+        return {k: v.command for e in self.secrets if isinstance(e, dict) for k, v in e.items()}
+
     @model_validator(mode="after")
     def _secrets_are_distinct(self) -> Service:
         problems: list[tuple[Loc, str, object]] = []
         seen: set[str] = set()
-        for i, name in enumerate(self.secrets):
+        for i, name in enumerate(self.secret_names):
             if name in seen:
                 problems.append((("secrets", i), f"secret {name!r} is listed twice", name))
             elif name in self.env:
@@ -233,6 +242,12 @@ class Config(Section):
                 "(expected service: with start and port)"
             )
             problems.append((("environments", KEY), message, None))
+        secret_names = set(self.service.secret_names) if self.service else set()
+        for env_name, env in self.environments.items():
+            for key in env.env:
+                if key in secret_names:
+                    message = f"{key!r} is both in env and in service.secrets; expected one"
+                    problems.append((("environments", env_name, "env", key, KEY), message, key))
         # Each host's router listens on the app's one public port, so one host cannot
         # serve two environments of the same app.
         owner: dict[str, str] = {}

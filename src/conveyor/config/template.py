@@ -123,6 +123,7 @@ service:                        # how a release runs on a host, from its release
   keep_warm_releases: 1         # how many previous releases stay warm; older ones stop once drained
   env: {{LOG_LEVEL: info}}
   # secrets: [DATABASE_URL]     # values come from the server's secret store; masked in logs
+  #   (or a command the server runs at deployment: - API_KEY: {{command: "vault kv get ..."}})
   # user: my-app               # instances (and hooks.migrate) run as this user on every host
   # limits: {{memory: 512M, cpu: 1, files: 65536}}   # per instance: systemd, else setrlimit
 

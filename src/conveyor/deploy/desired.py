@@ -19,6 +19,7 @@ from conveyor.protocol import (
     ServiceSpec,
 )
 from conveyor.store.models import App, Host, HostApp, Release
+from conveyor.store.secrets import secret_values
 from conveyor.threads import call_on_loop
 
 
@@ -60,7 +61,8 @@ class Notifier:
             event.clear()
 
 
-def service_spec(release: Release) -> ServiceSpec:
+def service_spec(session: Session, release: Release, environment: str | None) -> ServiceSpec:
+    """How the release runs in this environment: its env over the service's, its secrets."""
     if not release.config:
         raise DesiredStateError(f"release {release.id} has no recorded conveyor.yml")
     config = Config.model_validate_json(release.config)
@@ -69,14 +71,20 @@ def service_spec(release: Release) -> ServiceSpec:
         raise DesiredStateError(
             f"release {release.id}: its conveyor.yml has no service section, so it cannot run"
         )
-    secrets = {s.name: s.value for s in release.app.secrets}
-    missing = [name for name in service.secrets if name not in secrets]
+    secrets = secret_values(session, release.app, environment)
+    missing = [name for name in service.secret_names if name not in secrets]
     if missing:
+        where = f" for environment {environment}" if environment else ""
         raise DesiredStateError(
-            f"release {release.id} needs secrets not set on the server: {', '.join(missing)} "
-            f"(conveyor secret set {release.app.name} NAME)"
+            f"release {release.id} needs secrets not set on the server{where}: "
+            f"{', '.join(missing)} (conveyor secret set {release.app.name} NAME"
+            f"{f' --env {environment}' if environment else ''}; a secret from a command "
+            "gets its value when a deployment runs it)"
         )
-    env = dict(service.env) | {name: secrets[name] for name in service.secrets}
+    env = dict(service.env)
+    if environment and environment in config.environments:
+        env |= config.environments[environment].env
+    env |= {name: secrets[name] for name in service.secret_names}
     return ServiceSpec(
         start=service.start,
         port=service.port,
@@ -101,10 +109,36 @@ def migrate_request(release: Release, migration: str | None) -> MigrateRequest |
     return MigrateRequest(id=migration, command=command) if command else None
 
 
+def host_environment(release: Release, host: str) -> str | None:
+    """The environment of the release's conveyor.yml that lists this host, if one does."""
+    if not release.config:
+        return None
+    config = Config.model_validate_json(release.config)
+    for name, env in config.environments.items():
+        if isinstance(env.hosts, list) and host in env.hosts:
+            return name
+    return None
+
+
 def set_host_app(
-    session: Session, host: Host, app: App, releases: list[ReleaseWeight], sticky: bool
+    session: Session,
+    host: Host,
+    app: App,
+    releases: list[ReleaseWeight],
+    sticky: bool,
+    environment: str | None = None,
 ) -> None:
-    """Record what one host should run for one app; bumps the host's generation."""
+    """Record what one host should run for one app; bumps the host's generation.
+
+    `environment` (whose env and secrets the releases get): a deployment's; else the
+    one the host had, else the one whose hosts list names it in the first release.
+    """
+    row = next((ha for ha in host.apps if ha.app_id == app.id), None)
+    if environment is None and row is not None:
+        environment = row.environment
+    if environment is None and releases:
+        first = session.get(Release, releases[0].release)
+        environment = host_environment(first, host.name) if first is not None else None
     seen: set[str] = set()
     for item in releases:
         if item.release in seen:
@@ -113,16 +147,19 @@ def set_host_app(
         release = session.get(Release, item.release)
         if release is None or release.app_id != app.id:
             raise DesiredStateError(f"unknown release {item.release!r} of app {app.name!r}")
-        service_spec(release)  # refuse what an agent could not run, before writing anything
+        # refuse what an agent could not run, before writing anything
+        service_spec(session, release, environment)
     if releases and sum(r.weight for r in releases) == 0:
         raise DesiredStateError("at least one release needs a weight above 0")
-    row = next((ha for ha in host.apps if ha.app_id == app.id), None)
     payload = json.dumps([r.model_dump() for r in releases])
     if row is None:
-        host.apps.append(HostApp(app_id=app.id, releases=payload, sticky=sticky))
+        host.apps.append(
+            HostApp(app_id=app.id, releases=payload, sticky=sticky, environment=environment)
+        )
     else:
         row.releases = payload
         row.sticky = sticky
+        row.environment = environment
     host.generation += 1
 
 
@@ -145,7 +182,10 @@ def desired_state(session: Session, host: Host) -> DesiredState:
                     sha256=release.sha256,
                     artifact=f"/api/agent/artifacts/{release.id}",
                     weight=item.weight,
-                    service=service_spec(release),
+                    # a row written before 0008 has no environment: its conveyor.yml's
+                    service=service_spec(
+                        session, release, row.environment or host_environment(release, host.name)
+                    ),
                     migrate=migrate_request(release, item.migrate),
                 )
             )

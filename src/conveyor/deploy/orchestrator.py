@@ -152,7 +152,7 @@ class DeployEngine(Starter, Watcher, Verifier):
                 self._fail(session, d, step, f"host {name} was removed during the deployment")
                 session.commit()
                 return False
-            set_host_app(session, host, app, releases, sticky=False)
+            set_host_app(session, host, app, releases, sticky=False, environment=d.environment)
             generations[name] = host.generation
         touched = json.loads(d.touched)
         touched += [h for h in targets if h not in touched]

@@ -17,16 +17,19 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
-from conveyor.deploy import bluegreen, canary, checks, rolling
+from conveyor.deploy import bluegreen, canary, checks, rolling, secretcommands
+from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
 from conveyor.deploy.gates import GateError, environment, waiting_for
 from conveyor.deploy.ledger import Ledger, dump_targets
 from conveyor.deploy.plan import Context, PlannedStep, Targets
 from conveyor.deploy.records import ACTING, PENDING
+from conveyor.deploy.secretcommands import SecretCommandError
 from conveyor.deploy.stepping import OFFLINE_AFTER, OFFLINE_GRACE
 from conveyor.protocol import ReleaseWeight
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import Deployment, DeploymentStep, Host, Release, utcnow
+from conveyor.store.secrets import secret_commands, store_resolved
 from conveyor.threads import in_thread
 
 log = logging.getLogger("conveyor.deploy")
@@ -89,19 +92,28 @@ class Starter(Ledger):
     async def _start(self, deployment_id: int) -> None:
         """Resolve the hosts, record what they run now, plan the steps: all before acting."""
 
-        def read() -> tuple[Release, int, Config, Environment]:
+        def read() -> tuple[Release, int, str, Config, Environment, dict[str, str]]:
             with self.sessions() as session:
                 d = session.get_one(Deployment, deployment_id)
                 release = d.release
-                return (release, d.app_id, *environment(release, d.environment))
+                config, env = environment(release, d.environment)
+                service = config.service
+                wanted = service.secret_names if service else []
+                defaults = service.secret_commands if service else {}
+                commands = secret_commands(session, release.app, d.environment, wanted, defaults)
+                return release, d.app_id, d.environment, config, env, commands
 
-        release, app_id, config, env = await in_thread(read)
+        release, app_id, env_name, config, env, commands = await in_thread(read)
         problem: str | None = None
+        resolved: dict[str, str] = {}
         try:
             names = await self._inventory(env, release, deployment_id)
+            resolved = await secretcommands.resolve(commands, release.app.name, env_name)
         except GateError as exc:
             names, problem = [], str(exc)
-        await in_thread(self._plan, deployment_id, app_id, names, problem, config, env)
+        except SecretCommandError as exc:
+            names, problem = [], f"{exc}; nothing changed"
+        await in_thread(self._plan, deployment_id, app_id, names, problem, config, env, resolved)
 
     def _plan(
         self,
@@ -111,6 +123,7 @@ class Starter(Ledger):
         problem: str | None,
         config: Config,
         env: Environment,
+        resolved: dict[str, str],
     ) -> None:
         with self.sessions() as session:
             # read and move it under the write lock: a deploy or rollback that supersedes,
@@ -119,6 +132,13 @@ class Starter(Ledger):
             d = session.get_one(Deployment, deployment_id)
             if d.state not in PENDING:
                 return
+            if resolved:
+                store_resolved(session, d.app, d.environment, resolved)
+            if problem is None:
+                try:  # every secret the release needs has a value here, before anything acts
+                    service_spec(session, d.release, d.environment)
+                except DesiredStateError as exc:
+                    problem = f"{exc}; nothing changed"
             if problem is None:
                 problem, offline = self._hosts_problem(session, names)
                 if offline and not all(self._gone(d.id, h) for h in offline):

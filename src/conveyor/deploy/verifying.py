@@ -9,6 +9,7 @@ from conveyor.deploy import checks
 from conveyor.deploy.ledger import Ledger, host_views
 from conveyor.deploy.progress import HostView
 from conveyor.store.models import Deployment, DeploymentStep, Release, utcnow
+from conveyor.store.secrets import every_value
 from conveyor.threads import in_thread
 
 
@@ -32,7 +33,7 @@ class Verifier(Ledger):
                     "CONVEYOR_SHA": release.sha,
                     "CONVEYOR_DEPLOYMENT": str(d.id),
                 }
-                secrets = [s.value for s in d.app.secrets]
+                secrets = every_value(session, d.app)
                 return hosts, host_views(session, hosts), release, secrets, meta
 
         hosts, views, release, secrets, meta = await in_thread(read)

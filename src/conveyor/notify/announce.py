@@ -31,6 +31,7 @@ from conveyor.notify.messages import (
 )
 from conveyor.pipeline.masking import Masker
 from conveyor.store.models import App, Deployment, Notification, Release, Run
+from conveyor.store.secrets import every_value
 from conveyor.store.serving import serving_release
 
 log = logging.getLogger("conveyor.notify")
@@ -201,7 +202,7 @@ class Announcer:
         if not urls:
             return
         already = set(session.scalars(select(Notification.target).where(Notification.key == key)))
-        mask = Masker(s.value for s in app.secrets)
+        mask = Masker(every_value(session, app))
         title, body = mask(message.title), mask(message.body)
         fresh = [u for u in urls if u not in already]
         for url in fresh:

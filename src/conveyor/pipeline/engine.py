@@ -244,7 +244,7 @@ class Engine(RunRecords):
         artifact_step = await self._add_step(
             ctx, len(planned) + 1, "artifact", "artifact", None, None
         )
-        wanted = set(config.service.secrets) if config.service else set()
+        wanted = set(config.service.secret_names) if config.service else set()
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
         for index, (sid, step) in enumerate(zip(step_ids, planned, strict=True)):
             env = ctx.environment(sid) | step.env | secret_env

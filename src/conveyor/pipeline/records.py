@@ -22,6 +22,7 @@ from conveyor.pipeline.process import STEP_MARKER, step_marker
 from conveyor.pipeline.runs import end_unfinished_steps
 from conveyor.releases.artifact import BuiltArtifact
 from conveyor.store.models import App, Release, Run, Step, utcnow
+from conveyor.store.secrets import secret_values
 from conveyor.threads import offloaded
 
 log = logging.getLogger("conveyor.engine")
@@ -97,7 +98,7 @@ class RunRecords:
                 branch=app.branch,
                 sha=run.sha,
                 ref=run.ref or "",
-                secrets={s.name: s.value for s in app.secrets},
+                secrets=secret_values(session, app, None),
                 data=self.paths.data,
             )
 

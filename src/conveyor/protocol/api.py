@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .deployments import EnvironmentStatus
 from .hosts import Placement
@@ -75,11 +75,38 @@ class AppCreated(AppOut):
 
 
 class SecretSet(Wire):
-    value: str = Field(
+    """A secret's value, or a command the server runs at each deployment to get it."""
+
+    value: str | None = Field(
+        default=None,
         min_length=4,
         max_length=64 * 1024,
         description="4 characters to 64 KiB (at least 4, so masking stays exact)",
     )
+    command: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="run on the server (sh -c) at each deployment; its output is the value",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSet:
+        if (self.value is None) == (self.command is None):
+            raise ValueError("expected either value or command")
+        return self
+
+
+class SecretOut(Wire):
+    """A secret's name and scope: never its value."""
+
+    name: str
+    environment: str | None = Field(description="null: every environment")
+    kind: Literal["value", "command"]
+
+
+class KeyRotated(Wire):
+    resealed: int = Field(description="values sealed again with the new key")
 
 
 class RunCreate(Wire):

@@ -20,6 +20,7 @@ from conveyor.logs import setup_logging
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
 from conveyor.server.datadir import make_private
+from conveyor.server.secretkey import KeyFileError, SecretStoreError, open_secret_store
 from conveyor.store.db import (
     Pool,
     SchemaTooNew,
@@ -87,6 +88,11 @@ def serve(
         raise SystemExit(1) from None
     sessions = session_factory(engine)
     background = session_factory(make_engine(url, Pool(size=BACKGROUND_THREADS + 2)))
+    try:
+        sealer = open_secret_store(data_dir, sessions, background)
+    except (SecretStoreError, KeyFileError) as exc:
+        print(f"conveyor server: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     with sessions() as session:
         generated = ensure_admin_token(session, os.environ.get("CONVEYOR_ADMIN_TOKEN"))
     if generated:
@@ -110,6 +116,7 @@ def serve(
         # on stdout for the operator: agents may pin it (--server-fingerprint)
         print(f"conveyor: TLS certificate {tls.fingerprint} ({tls.cert})", flush=True)
     app = create_app(settings, sessions, background)
+    app.state.sealer = sealer
     log.info(
         "server starting",
         extra={

@@ -74,19 +74,46 @@ class App(Base):
     secrets: Mapped[list[Secret]] = relationship(back_populates="app", cascade="all, delete-orphan")
 
 
+# Secret.environment for a value every environment gets (an environment's own one wins)
+EVERY_ENVIRONMENT = ""
+
+
 class Secret(Base):
-    """A value handed to steps and instances by name, masked in every log."""
+    """A value handed to steps and instances by name, masked in every log.
+
+    Sealed with the server's key file (conveyor.sealing): `value` holds the value
+    itself (kind "value") or a command run on the server at each deployment whose
+    output is the value (kind "command"). `sealed` is false only for rows written by
+    an older conveyor, until the next start seals them.
+    """
 
     __tablename__ = "secrets"
-    __table_args__ = (UniqueConstraint("app_id", "name"),)
+    __table_args__ = (UniqueConstraint("app_id", "name", "environment"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
+    environment: Mapped[str] = mapped_column(String(100), default=EVERY_ENVIRONMENT)
+    kind: Mapped[str] = mapped_column(String(20), default="value")
     value: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[bool] = mapped_column(default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     app: Mapped[App] = relationship(back_populates="secrets")
+
+
+class ResolvedSecret(Base):
+    """The output of a secret's command, from the last deployment to an environment (sealed)."""
+
+    __tablename__ = "resolved_secrets"
+    __table_args__ = (UniqueConstraint("app_id", "environment", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    resolved_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Run(Base):
@@ -208,6 +235,8 @@ class HostApp(Base):
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     releases: Mapped[str] = mapped_column(Text, default="[]")
     sticky: Mapped[bool] = mapped_column(default=False)
+    # the environment whose env and secrets these releases get (None: every one's only)
+    environment: Mapped[str | None] = mapped_column(String(100), default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     host: Mapped[Host] = relationship(back_populates="apps")

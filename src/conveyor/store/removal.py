@@ -16,6 +16,7 @@ from conveyor.store.models import (
     HostApp,
     Notification,
     Release,
+    ResolvedSecret,
     Run,
     Secret,
     Step,
@@ -131,6 +132,7 @@ def remove_app(session: Session, app: App) -> Removed:
         delete(Step).where(Step.run_id.in_(select(Run.id).where(Run.app_id == app.id))),
         delete(Run).where(Run.app_id == app.id),
         delete(Secret).where(Secret.app_id == app.id),
+        delete(ResolvedSecret).where(ResolvedSecret.app_id == app.id),
         delete(App).where(App.id == app.id),
     ):
         session.execute(statement.execution_options(synchronize_session=False))

@@ -11,13 +11,23 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from conveyor.protocol import AppCreate, AppCreated, AppOut, AppUpdate, SecretSet, Webhooks
+from conveyor.config.values import ENVIRONMENT_NAME_PATTERN
+from conveyor.protocol import (
+    AppCreate,
+    AppCreated,
+    AppOut,
+    AppUpdate,
+    SecretOut,
+    SecretSet,
+    Webhooks,
+)
 from conveyor.server.auth import Admin, Viewer
 from conveyor.server.deps import AppName, SessionDep, get_app_or_404, public_url
 from conveyor.server.edge import responses
 from conveyor.server.hookscript import hook_script
 from conveyor.server.views import app_out
-from conveyor.store.models import App, Secret
+from conveyor.store import secrets as store
+from conveyor.store.models import App
 from conveyor.store.removal import artifacts_in_use, find_blockers, refusal, remove_app
 
 router = APIRouter(prefix="/api/apps", tags=["apps"])
@@ -125,34 +135,59 @@ def get_webhook(name: AppName, request: Request, _: Admin, session: SessionDep) 
     )
 
 
+EnvironmentQuery = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        pattern=ENVIRONMENT_NAME_PATTERN,
+        description="the environment this value is for (none: every environment)",
+    ),
+]
+
+
 @router.get("/{name}/secrets", responses=responses(404))
-def list_secrets(name: AppName, _: Admin, session: SessionDep) -> list[str]:
+def list_secrets(name: AppName, _: Admin, session: SessionDep) -> list[SecretOut]:
+    """The app's secrets: names and scopes, never values."""
     app = get_app_or_404(session, name)
-    return sorted(s.name for s in app.secrets)
+    return [
+        SecretOut(name=s.name, environment=s.environment, kind=s.kind)
+        for s in store.list_secrets(app)
+    ]
 
 
 @router.put("/{name}/secrets/{key}", status_code=204, responses=responses(404))
 def set_secret(
-    name: AppName, key: SecretName, body: SecretSet, _: Admin, session: SessionDep
+    name: AppName,
+    key: SecretName,
+    body: SecretSet,
+    _: Admin,
+    session: SessionDep,
+    environment: EnvironmentQuery = None,
 ) -> None:
+    """Set a value for one environment (an environment's own value wins) or every one."""
     if not _SECRET_NAME.match(key):
         raise HTTPException(422, f"secret name {key!r} must look like an env var: [A-Z_][A-Z0-9_]*")
     app = get_app_or_404(session, name)
-    existing = next((s for s in app.secrets if s.name == key), None)
-    if existing is None:
-        app.secrets.append(Secret(name=key, value=body.value))
+    if body.command is not None:
+        store.set_secret(session, app, key, environment, body.command, "command")
     else:
-        existing.value = body.value
+        assert body.value is not None
+        store.set_secret(session, app, key, environment, body.value, "value")
     session.commit()
 
 
 @router.delete("/{name}/secrets/{key}", status_code=204, responses=responses(404))
-def delete_secret(name: AppName, key: SecretName, _: Admin, session: SessionDep) -> None:
+def delete_secret(
+    name: AppName,
+    key: SecretName,
+    _: Admin,
+    session: SessionDep,
+    environment: EnvironmentQuery = None,
+) -> None:
     app = get_app_or_404(session, name)
-    existing = next((s for s in app.secrets if s.name == key), None)
-    if existing is None:
-        raise HTTPException(404, f"app {name!r} has no secret {key!r}")
-    app.secrets.remove(existing)
+    if not store.delete_secret(session, app, key, environment):
+        scope = f" for environment {environment!r}" if environment else " for every environment"
+        raise HTTPException(404, f"app {name!r} has no secret {key!r}{scope}")
     session.commit()
 
 
