@@ -32,6 +32,13 @@ def test_the_value_is_stdout_without_its_last_newline_with_the_environment_named
         ("true", {}, "printed nothing; expected the value on stdout"),
         (f"echo {LEAK}; sleep 30", {"timeout": 0.5}, "did not finish within 0.5 s"),
         ("yes Ll5-printed-before-failing", {"limit": 1024}, "printed more than 1 KiB"),
+        # the first read gets one byte: the rest must still be read up to the limit (it
+        # was not, once: the pipe filled, and waiting for the command hung for ever)
+        (
+            "printf L; sleep 0.3; yes Ll5-printed-before-failing",
+            {"limit": 1024, "timeout": 20},
+            "printed more than 1 KiB",
+        ),
     ],
 )
 def test_a_failing_command_names_the_secret_and_never_its_output(

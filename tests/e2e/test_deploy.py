@@ -75,7 +75,7 @@ def test_a_commit_reaches_production_through_staging_with_no_human_step(fleet: F
     assert {fleet.serving(h) for h in HOSTS} == {v1}
 
     second = push(fleet, "v2")
-    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=8) as load:
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=8, rate=25) as load:
         staging = wait_deployed(server, second, "staging")
         production = wait_deployed(server, second, "production")
     assert staging["state"] == "succeeded", staging
@@ -137,7 +137,7 @@ def test_migrate_runs_once_on_the_first_host_before_traffic_and_its_failure_stop
     good = f'#!/bin/sh\necho "$CONVEYOR_MIGRATION $PWD" >> {ledger}\necho migrated\n'
     v1 = push_migrating("v1", good)
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6) as load:
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6, rate=25) as load:
         v2 = push_migrating("v2", good)
         assert v2["state"] == "succeeded", v2
         assert [s["kind"] for s in v2["steps"]][:2] == ["migrate", "batch"]
@@ -191,7 +191,7 @@ def test_abort_and_rollback_in_the_middle_of_a_canary_send_traffic_back_at_once(
 
     v1 = push_slow("v1")
     assert wait_deployed(server, v1["id"], "production")["state"] == "succeeded"
-    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6) as load:
+    with LoadGenerator(fleet.urls("web-1", "web-2"), clients=6, rate=25) as load:
         v2 = push_slow("v2")
         halfway(v2)
         started = time.monotonic()

@@ -59,8 +59,34 @@ def test_an_agent_install_from_the_wheel_runs_and_has_no_server_libraries(
         "UV_TOOL_BIN_DIR": str(bin_dir),
         "VIRTUAL_ENV": "",  # the test's own venv must not be the one installed into
     }
-    # --offline: the dependencies come from uv's cache, which `make sync` filled
-    _run(UV, "tool", "install", "--offline", "--python", sys.executable, str(wheel), env=env)
+    # the versions uv.lock pins (uv's cache holds them since `make sync`): `--offline`
+    # would resolve against uv's cached index pages instead, which may be older than the
+    # lock (it failed so once, on a clean clone)
+    constraints = tmp_path / "constraints.txt"
+    _run(
+        UV,
+        "export",
+        "--frozen",
+        "--no-dev",
+        "--no-emit-project",
+        "--no-hashes",
+        "--quiet",
+        "--project",
+        str(ROOT),
+        "-o",
+        str(constraints),
+    )
+    _run(
+        UV,
+        "tool",
+        "install",
+        "-c",
+        str(constraints),
+        "--python",
+        sys.executable,
+        str(wheel),
+        env=env,
+    )
     version = _run(str(bin_dir / "conveyor"), "--version")
     assert version.stdout == f"conveyor {conveyor.__version__}\n"
     _run(str(bin_dir / "conveyor"), "agent", "--help")

@@ -76,7 +76,7 @@ def test_the_judge_promotes_an_identical_release_and_rolls_back_one_with_2pp_mor
     # 0.5% 5xx on the baseline, 2.5% on the bad canary: +2 percentage points
     v1 = ended(fleet, push(fleet, "v1", CANARY, error_rate=0.005))
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls(), clients=8) as load:
+    with LoadGenerator(fleet.urls(), clients=8, rate=40) as load:
         same = ended(fleet, push(fleet, "v2", CANARY, error_rate=0.005))
         assert same["state"] == "succeeded", same
         judged = [s for s in same["steps"] if s.get("judgement")]

@@ -102,7 +102,7 @@ def test_the_server_killed_after_each_persisted_step_ends_consistent(
     server = fleet.server
     v1 = build(fleet, "v1")
     outcomes = []
-    with LoadGenerator(fleet.urls(), clients=6, max_seconds=900) as load:
+    with LoadGenerator(fleet.urls(), clients=6, max_seconds=900, rate=25) as load:
         v2 = build(fleet, "v2")  # under load: the canary's analysis needs traffic
         serving = consistent(fleet, {"state": "succeeded", "release": v2})
         k = first

@@ -238,7 +238,7 @@ def test_host_cut_off_during_a_rolling_deploy_fails_it_and_rejoins_on_the_old_re
         first = deploy("v1")
         v1 = wait_for(lambda: finished(first["id"]), timeout=90)
         assert v1["state"] == "succeeded", v1
-        with LoadGenerator(fleet.urls("web-1", "web-3"), clients=6) as load:
+        with LoadGenerator(fleet.urls("web-1", "web-3"), clients=6, rate=25) as load:
             second = deploy("v2")
             ns.cut()  # web-2, second in line, will never hear of v2
             record = wait_for(lambda: finished(second["id"]), timeout=120, interval=0.5)

@@ -48,7 +48,7 @@ def fleet(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def releases(fleet: Fleet) -> tuple[str, str]:
     """v1 built and deployed, then v2 built and sent out by canary under load."""
     v1 = build(fleet, "v1")
-    with LoadGenerator(fleet.urls(), clients=4, max_seconds=300) as load:
+    with LoadGenerator(fleet.urls(), clients=4, max_seconds=300, rate=25) as load:
         v2 = build(fleet, "v2")
     assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
     return v1, v2
@@ -99,7 +99,7 @@ def test_the_server_killed_at_crash_points_ends_consistent_on_postgresql(
     v1, v2 = releases
     serving = consistent(fleet, {"state": "succeeded", "release": v2})
     outcomes = []
-    with LoadGenerator(fleet.urls(), clients=4, max_seconds=600) as load:
+    with LoadGenerator(fleet.urls(), clients=4, max_seconds=600, rate=25) as load:
         for k in CRASH_POINTS:
             target = v1 if serving == v2 else v2
             server.stop()

@@ -192,7 +192,7 @@ def test_prometheus_and_the_routers_judge_the_same_traffic_alike(
 
     look()
     started = time.monotonic()
-    with LoadGenerator(fleet.urls(), clients=8, max_seconds=60) as load:
+    with LoadGenerator(fleet.urls(), clients=8, max_seconds=60, rate=40) as load:
         for _ in range(15):
             time.sleep(1.0)
             look()
@@ -289,7 +289,7 @@ def test_a_router_restart_sends_the_sum_back_but_not_the_source(
 
     old_pid = router_pid(fleet, "web-1")
     assert old_pid is not None
-    with LoadGenerator(fleet.urls(), clients=4, max_seconds=60) as load:
+    with LoadGenerator(fleet.urls(), clients=4, max_seconds=60, rate=40) as load:
         for _ in range(5):
             time.sleep(1.0)
             look()
@@ -355,7 +355,7 @@ def test_a_canary_judged_by_prometheus_is_rolled_back(
 
     v1 = build(fleet, "v1", environments)
     assert ended(v1)["state"] == "succeeded"  # a first deployment: 100% at once
-    with LoadGenerator(fleet.urls(), clients=8, max_seconds=120) as load:
+    with LoadGenerator(fleet.urls(), clients=8, max_seconds=120, rate=40) as load:
         v2 = build(fleet, "v2", environments, error_rate=0.05)
         bad = ended(v2)
     assert not load.result.errors, load.result.errors[:5]

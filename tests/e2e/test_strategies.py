@@ -86,7 +86,7 @@ def test_rolling_moves_one_host_at_a_time_and_a_failure_on_host_3_leaves_all_on_
 ) -> None:
     v1 = release(fleet, "v1", ROLLING)
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls(), clients=8) as load:
+    with LoadGenerator(fleet.urls(), clients=8, rate=25) as load:
         v2 = release(fleet, "v2", ROLLING)
         assert v2["state"] == "succeeded", v2
         batches = [s for s in v2["steps"] if s["kind"] == "batch"]
@@ -116,7 +116,7 @@ def test_rolling_moves_one_host_at_a_time_and_a_failure_on_host_3_leaves_all_on_
 def test_blue_green_previews_then_switches_every_host(fleet: Fleet) -> None:
     v1 = release(fleet, "v1", BLUE_GREEN)
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls(), clients=8) as load:
+    with LoadGenerator(fleet.urls(), clients=8, rate=25) as load:
         v2 = release(fleet, "v2", BLUE_GREEN)
         # healthy, but every page is a 500: the preview check catches it before users do
         broken = release(fleet, "broken", BLUE_GREEN, error_rate=1.0)
@@ -150,7 +150,7 @@ def test_canary_promotes_a_good_release_and_rolls_back_one_answering_5_percent_5
 ) -> None:
     v1 = release(fleet, "v1", CANARY)
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls(), clients=8) as load:
+    with LoadGenerator(fleet.urls(), clients=8, rate=25) as load:
         v2 = release(fleet, "v2", CANARY)
         assert v2["state"] == "succeeded", v2
         weights = [s["weight"] for s in v2["steps"] if s["kind"] == "weight"]

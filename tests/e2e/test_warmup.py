@@ -59,7 +59,7 @@ def deploy(fleet: Fleet, label: str, warmup: str, **config: Any) -> dict[str, An
 def test_a_release_slow_only_while_it_warms_up_is_promoted_with_a_warmup(fleet: Fleet) -> None:
     v1 = deploy(fleet, "v1", "15s")
     assert v1["state"] == "succeeded", v1
-    with LoadGenerator(fleet.urls(), clients=8) as load:
+    with LoadGenerator(fleet.urls(), clients=8, rate=40) as load:
         warmed = deploy(fleet, "v2", "15s", **COLD)
         assert warmed["state"] == "succeeded", warmed
         judged = next(s for s in warmed["steps"] if s.get("judgement"))

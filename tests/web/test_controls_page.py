@@ -121,7 +121,7 @@ def test_a_canary_is_paused_resumed_and_promoted_from_the_page(
 ) -> None:
     server = fleet.server
     page = dan.page
-    with LoadGenerator(fleet.urls("web-1"), clients=2) as load:
+    with LoadGenerator(fleet.urls("web-1"), clients=2, rate=20) as load:
         run = push(fleet, "v2", CANARY)
         dan.goto(PRODUCTION)
         # the first canary step: promote, promote to 100%, pause; no resume yet

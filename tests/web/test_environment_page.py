@@ -202,7 +202,7 @@ def test_a_canary_updates_the_page_by_itself_and_a_viewer_sees_no_buttons(
         viewer.page.wait_for_selector("[data-host=web-2] tr[data-release]")
         viewer.page.evaluate(WATCH_WEIGHTS)
         deployer.goto(PRODUCTION)
-        with LoadGenerator(fleet.urls("web-2"), clients=4) as load:
+        with LoadGenerator(fleet.urls("web-2"), clients=4, rate=20) as load:
             run = push(fleet, "v2", CANARY)
             # the page shows the deployment waiting for approval; only the deployer may answer
             deployer.page.wait_for_selector("form[data-action=approve]", timeout=120_000)

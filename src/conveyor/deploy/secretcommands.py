@@ -45,7 +45,7 @@ async def run_secret_command(
     what = f"the command of secret {name}"
     try:
         async with asyncio.timeout(timeout):
-            out = await proc.stdout.read(limit + 1)
+            out = await _read_at_most(proc.stdout, limit + 1)
             if len(out) > limit:
                 raise SecretCommandError(
                     f"{what} printed more than {limit // 1024} KiB; expected only the value"
@@ -54,10 +54,7 @@ async def run_secret_command(
     except TimeoutError:
         raise SecretCommandError(f"{what} did not finish within {timeout:g} s") from None
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await _reap(proc)
     if code != 0:
         raise SecretCommandError(
             f"{what} exited with status {code} (its output is not shown: it may hold the secret)"
@@ -67,6 +64,33 @@ async def run_secret_command(
     if not value:
         raise SecretCommandError(f"{what} printed nothing; expected the value on stdout")
     return value
+
+
+async def _read_at_most(stream: asyncio.StreamReader, size: int) -> bytes:
+    """Up to `size` bytes, fewer only at the end of the stream (one read() may return less
+    than it is asked for: a chunk is whatever the pipe held at that moment)."""
+    out = bytearray()
+    while len(out) < size:
+        chunk = await stream.read(size - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill the command's process group if it still runs, and wait for it.
+
+    The rest of its output is read (and dropped) first: asyncio stops reading a pipe
+    whose buffer is full, and a pipe never read to its end keeps proc.wait() waiting
+    for ever. A grandchild that left the group could hold the pipe open: 5 s at most.
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await proc.communicate()
 
 
 async def resolve(commands: dict[str, str], app: str, environment: str) -> dict[str, str]:
