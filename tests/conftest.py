@@ -107,3 +107,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return (0 if item.get_closest_marker("slow") else 1, -allowed)
 
     items.sort(key=order)
+
+
+# CONVEYOR_TEST_CPU=FILE: each test file's CPU seconds (the worker's own, and the
+# processes it has reaped: servers, agents, routers, CLIs and what they ran) appended to
+# FILE as "seconds<TAB>file", to find what makes the suite slow on two cores.
+_CPU_LOG = os.environ.get("CONVEYOR_TEST_CPU")
+_cpu_by_file: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+
+    own, reaped = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if not _CPU_LOG:
+        yield
+        return
+    before = _cpu_now()
+    yield
+    file = item.nodeid.split("::", 1)[0]
+    _cpu_by_file[file] = _cpu_by_file.get(file, 0.0) + _cpu_now() - before
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _CPU_LOG and _cpu_by_file:
+        with open(_CPU_LOG, "a") as out:
+            for file, seconds in _cpu_by_file.items():
+                out.write(f"{seconds:.1f}\t{file}\n")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.config.environment import Environment
 from conveyor.deploy.control import left
 from conveyor.deploy.detail import read_detail
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
@@ -318,23 +319,41 @@ def environment_statuses(
     config = release_config(release) if release is not None and release.config else None
     everywhere = placements(session, app) if everywhere is None else everywhere
     for env_name, env in (config.environments if config else {}).items():
-        active = active_in(session, app.id, env_name)
-        acting = next((d for d in active if d.state not in PENDING), None)
-        current = acting or (active[0] if active else None)
-        last = _last_ended(session, app.id, env_name)
-        names = _host_names(env.hosts, current, last)
         out.append(
-            EnvironmentStatus(
-                name=env_name,
-                strategy=env.strategy,
-                release=serving_release(session, app.id, env_name),
-                hosts=[p for p in everywhere if names is not None and p.host in names],
-                deployment=deployment_out(current, steps=True) if current else None,
-                last=deployment_out(last) if last else None,
-                holdback=holdback_of(acting, time.time()),
+            environment_status(
+                env_name,
+                env,
+                active_in(session, app.id, env_name),
+                _last_ended(session, app.id, env_name),
+                serving_release(session, app.id, env_name),
+                everywhere,
             )
         )
     return out
+
+
+def environment_status(
+    name: str,
+    env: Environment,
+    active: list[Deployment],
+    last: Deployment | None,
+    serving: str | None,
+    everywhere: list[Placement],
+) -> EnvironmentStatus:
+    """One environment's status from what was read of it: its active deployments (oldest
+    first), its last ended one, the release it serves, and every placement of the app."""
+    acting = next((d for d in active if d.state not in PENDING), None)
+    current = acting or (active[0] if active else None)
+    names = _host_names(env.hosts, current, last)
+    return EnvironmentStatus(
+        name=name,
+        strategy=env.strategy,
+        release=serving,
+        hosts=[p for p in everywhere if names is not None and p.host in names],
+        deployment=deployment_out(current, steps=True) if current else None,
+        last=deployment_out(last) if last else None,
+        holdback=holdback_of(acting, time.time()),
+    )
 
 
 def _last_ended(session: Session, app_id: int, env_name: str) -> Deployment | None:

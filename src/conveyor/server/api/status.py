@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session, contains_eager, selectinload
 
 from conveyor.deploy.desired import host_app_releases
 from conveyor.deploy.gates import release_config
-from conveyor.deploy.records import ACTIVE, PENDING
+from conveyor.deploy.records import ACTIVE
 from conveyor.pipeline.runs import ACTIVE as RUN_ACTIVE
 from conveyor.protocol import AppStatus, EnvironmentStatus, Placement
-from conveyor.server.api.deployments import _host_names, deployment_out
+from conveyor.server.api.deployments import environment_status
 from conveyor.server.api.hosts import host_out
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
@@ -201,19 +201,14 @@ class _Deployments:
         config = release_config(release) if release is not None and release.config else None
         out = []
         for env_name, env in (config.environments if config else {}).items():
-            active = self.active.get((app.id, env_name), [])
-            acting = next((d for d in active if d.state not in PENDING), None)
-            current = acting or (active[0] if active else None)
-            last = self.last.get((app.id, env_name))
-            names = _host_names(env.hosts, current, last)
             out.append(
-                EnvironmentStatus(
-                    name=env_name,
-                    strategy=env.strategy,
-                    release=self.serving.get((app.id, env_name)),
-                    hosts=[p for p in everywhere if names is not None and p.host in names],
-                    deployment=deployment_out(current, steps=True) if current else None,
-                    last=deployment_out(last) if last else None,
+                environment_status(
+                    env_name,
+                    env,
+                    self.active.get((app.id, env_name), []),
+                    self.last.get((app.id, env_name)),
+                    self.serving.get((app.id, env_name)),
+                    everywhere,
                 )
             )
         return out
