@@ -79,7 +79,7 @@ def test_deploy_rollback_and_failed_deploys_lose_no_request(world: World) -> Non
     agent.wait_routed("sample", {v1: 100})
     assert world.serving() == v1
 
-    with LoadGenerator(world.url, clients=16, rate=40) as load:
+    with LoadGenerator(world.url, clients=8, rate=25) as load:
         wait_for(lambda: load.result.ok > 200)
         agent.set("sample", {v2: 100})  # deploy
         agent.wait_routed("sample", {v2: 100})
@@ -108,7 +108,7 @@ def test_deploy_rollback_and_failed_deploys_lose_no_request(world: World) -> Non
         sent_before = load.result.sent
         wait_for(lambda: load.result.sent > sent_before + 200)
     result = load.result
-    assert result.sent > 2000
+    assert result.sent > 1000  # 200 a second, through six switches
     assert result.failures == 0, (result.errors[:5], result.statuses)
     assert set(result.releases) >= {v1, v2, v3}
     assert crash not in result.releases and sick not in result.releases
@@ -149,7 +149,7 @@ def test_agent_killed_mid_deploy_adopts_its_instances(world: World) -> None:
     agent.wait_routed("sample", {v1: 100})
     pid_v1 = agent.release("sample", v1)["pid"]  # type: ignore[index]
 
-    with LoadGenerator(world.url, clients=16, rate=40) as load:
+    with LoadGenerator(world.url, clients=8, rate=25) as load:
         agent.set("sample", {v2: 100})
         wait_for(
             lambda: (agent.release("sample", v2) or {}).get("phase") in ("starting", "healthy")
