@@ -88,6 +88,34 @@ def consistent(fleet: Fleet, record: dict[str, Any]) -> str:
     return serving.pop()
 
 
+def deploy_crashing_after(fleet: Fleet, target: str, k: int) -> tuple[bool, dict[str, Any]]:
+    """Deploy `target` with a server that kills itself after its k-th persisted change,
+    start it again if it died, and wait for the deployment to end: (died, its record)."""
+    server = fleet.server
+    server.stop()
+    server.extra_env = {CRASH_ENV: str(k)}
+    server.start()
+    try:
+        deployment: int | None = int(
+            server.post("/api/apps/sample/environments/production/deploy", {"release": target})[
+                "id"
+            ]
+        )
+    except httpx.TransportError:
+        deployment = None  # killed before the answer left: read it after the restart
+    proc = server.proc
+    assert proc is not None
+    wait_for(lambda: proc.poll() is not None or ended(server, deployment), timeout=90)
+    died = proc.poll() is not None
+    server.extra_env = {}
+    if died:
+        server.start()
+    if deployment is None:
+        deployment = int(server.get("/api/deployments?app=sample&limit=1")[0]["id"])
+    record = wait_for(lambda: ended(server, deployment), timeout=120)
+    return died, record
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "first",
@@ -99,7 +127,6 @@ def consistent(fleet: Fleet, record: dict[str, Any]) -> str:
 def test_the_server_killed_after_each_persisted_step_ends_consistent(
     fleet: Fleet, first: int
 ) -> None:
-    server = fleet.server
     v1 = build(fleet, "v1")
     outcomes = []
     with LoadGenerator(fleet.urls(), clients=6, max_seconds=900, rate=25) as load:
@@ -108,30 +135,7 @@ def test_the_server_killed_after_each_persisted_step_ends_consistent(
         k = first
         while True:
             target = v1 if serving == v2 else v2
-            server.stop()
-            server.extra_env = {CRASH_ENV: str(k)}
-            server.start()
-            try:
-                deployment = int(
-                    server.post(
-                        "/api/apps/sample/environments/production/deploy", {"release": target}
-                    )["id"]
-                )
-            except httpx.TransportError:
-                deployment = None  # killed before the answer left: read it after the restart
-            proc = server.proc
-            assert proc is not None
-            wait_for(
-                lambda: proc.poll() is not None or ended(server, deployment),  # noqa: B023
-                timeout=90,
-            )
-            died = proc.poll() is not None
-            server.extra_env = {}
-            if died:
-                server.start()
-            if deployment is None:
-                deployment = int(server.get("/api/deployments?app=sample&limit=1")[0]["id"])
-            record = wait_for(lambda: ended(server, deployment), timeout=120)  # noqa: B023
+            died, record = deploy_crashing_after(fleet, target, k)
             serving = consistent(fleet, record)
             outcomes.append((k, died, record["state"], [s["state"] for s in record["steps"]]))
             if not died:

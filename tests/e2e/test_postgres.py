@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import psycopg
 import pytest
 
-from conveyor.deploy.orchestrator import CRASH_ENV
 from testbed.postgres import Cluster
-from tests.e2e.test_kill_anywhere import build, consistent, ended
+from tests.e2e.test_kill_anywhere import build, consistent, deploy_crashing_after
 from tests.fleet import Fleet, LoadGenerator, running_fleet
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
 
@@ -95,37 +93,13 @@ def test_a_run_and_a_canary_deployment_are_recorded_in_postgresql(
 def test_the_server_killed_at_crash_points_ends_consistent_on_postgresql(
     fleet: Fleet, releases: tuple[str, str]
 ) -> None:
-    server = fleet.server
     v1, v2 = releases
     serving = consistent(fleet, {"state": "succeeded", "release": v2})
     outcomes = []
     with LoadGenerator(fleet.urls(), clients=4, max_seconds=600, rate=25) as load:
         for k in CRASH_POINTS:
             target = v1 if serving == v2 else v2
-            server.stop()
-            server.extra_env = {CRASH_ENV: str(k)}
-            server.start()
-            try:
-                deployment: int | None = int(
-                    server.post(
-                        "/api/apps/sample/environments/production/deploy", {"release": target}
-                    )["id"]
-                )
-            except httpx.TransportError:
-                deployment = None  # killed before the answer left: read it after the restart
-            proc = server.proc
-            assert proc is not None
-            wait_for(
-                lambda: proc.poll() is not None or ended(server, deployment),  # noqa: B023
-                timeout=90,
-            )
-            died = proc.poll() is not None
-            server.extra_env = {}
-            if died:
-                server.start()
-            if deployment is None:
-                deployment = int(server.get("/api/deployments?app=sample&limit=1")[0]["id"])
-            record = wait_for(lambda: ended(server, deployment), timeout=120)  # noqa: B023
+            died, record = deploy_crashing_after(fleet, target, k)
             serving = consistent(fleet, record)
             outcomes.append((k, died, record["state"], [s["state"] for s in record["steps"]]))
     for outcome in outcomes:
