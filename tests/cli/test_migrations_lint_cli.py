@@ -23,6 +23,7 @@ def lint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[i
     ("yml", "args", "code", "said"),
     [
         (None, ["drop.sql"], 1, "drop.sql:1: ban-drop-column"),
+        (None, ["*.sql"], 1, "drop.sql:1: ban-drop-column"),
         (None, ["add.sql"], 0, "1 statements, 0 findings"),
         (None, ["--command", "cat drop.sql add.sql"], 1, "`cat drop.sql add.sql`:1: ban-drop"),
         ("migrations:\n  sql: [add.sql, drop.sql]\n", [], 1, "drop.sql:1: ban-drop-column"),
@@ -52,5 +53,19 @@ def test_lint_locally(
             yml if yml.startswith("app") else "app: shop\n" + yml
         )
     exit_code, output = lint(tmp_path, monkeypatch, *args)
+    if args == ["add.sql"] and yml is None:  # the same file, by its absolute path
+        assert lint(tmp_path, monkeypatch, str(tmp_path / "add.sql"))[0] == 0
     assert exit_code == code, output
     assert said in " ".join(output.split()), output
+
+
+def test_without_the_server_extra_it_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "conveyor.sqllint", None)  # as if pglast were absent
+    (tmp_path / "add.sql").write_text(ADD)
+    exit_code, output = lint(tmp_path, monkeypatch, "add.sql")
+    assert exit_code == 2
+    assert "pip install 'conveyor[server]'" in " ".join(output.split())

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from conveyor.cli.client import fail
 from conveyor.cli.render import err
@@ -39,14 +40,16 @@ def lint(
         from conveyor.sqllint import lint_sql, merge
         from conveyor.sqllint.sources import SqlSourceError, command_output, read_files
     except ImportError as exc:  # an agent's install, without the server extra
-        fail(f"the lint needs pglast and sqlglot: pip install 'conveyor[server]' ({exc})", 2)
+        fail(
+            escape(f"the lint needs pglast and sqlglot: pip install 'conveyor[server]' ({exc})"), 2
+        )
     session_timeout = True
     sql = None
     if config_file.is_file():
         try:
             config = load_config(config_file)
         except ConfigError as exc:
-            fail(f"{exc}", 2)
+            fail(escape(str(exc)), 2)
         sql = config.migrations.sql
         session_timeout = config.migrations.lock_timeout > 0
     if files and command:
@@ -54,7 +57,7 @@ def lint(
     root = config_file.parent if not files and not command else Path.cwd()
     chosen = dialect or (sql.dialect if sql else "postgres")
     if chosen not in DIALECTS:
-        fail(f"--dialect: expected one of {', '.join(DIALECTS)}, got {chosen!r}", 2)
+        fail(escape(f"--dialect: expected one of {', '.join(DIALECTS)}, got {chosen!r}"), 2)
     try:
         if files:
             sources = read_files(Path.cwd(), [str(f) for f in files])
@@ -69,7 +72,7 @@ def lint(
                 2,
             )
     except SqlSourceError as exc:
-        fail(str(exc), 2)
+        fail(escape(str(exc)), 2)
     result = merge(
         [
             lint_sql(text, name, dialect=chosen, session_lock_timeout=session_timeout)

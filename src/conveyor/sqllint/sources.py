@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import subprocess
 from pathlib import Path
 
@@ -13,10 +14,11 @@ class SqlSourceError(Exception):
 
 
 def read_files(root: Path, patterns: list[str]) -> list[tuple[str, str]]:
-    """(name, text) of each file the patterns (globs, relative to root) match, in order."""
+    """(name, text) of each file the patterns (globs, relative to root or absolute) match."""
     found: list[tuple[str, str]] = []
     for pattern in patterns:
-        paths = sorted(p for p in root.glob(pattern) if p.is_file())
+        matches = glob.glob(pattern, root_dir=root, recursive=True)
+        paths = sorted(p for p in (root / m for m in matches) if p.is_file())
         if not paths:
             raise SqlSourceError(f"{pattern}: no such file (relative to {root})")
         for path in paths:
