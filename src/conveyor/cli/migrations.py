@@ -81,10 +81,15 @@ def lint(
     )
     sys.stdout.write(result.report())
     if not result.ok:
-        err.print(
+        said = (
             "migrations lint: the expand phase would break the release still serving; "
             "fix it as each finding says, or waive a statement with a comment "
-            "`-- conveyor: waive RULE: why`",
+            "`-- conveyor: waive RULE: why`"
+            if result.failed
+            else "migrations lint: the SQL does not parse (see the line and the parser's message)"
+        )
+        err.print(
+            said,
             style="red",
             soft_wrap=True,
             markup=False,
