@@ -407,7 +407,7 @@ def _step_outcome(result: StepResult, step: _PlannedStep) -> tuple[str, str]:
     if result.cancelled:
         return "cancelled", f"{step.kind} step '{step.name}' aborted"
     if step.kind == "lint" and result.exit_code == 1:
-        return "failed", "migrations lint: findings, or SQL that does not parse (see the step's log)"
+        return "failed", "migrations lint: findings, or SQL that does not parse (see its log)"
     if result.timed_out:
         return "failed", (
             f"{step.kind} step '{step.name}' timed out after {format_duration(step.timeout)}"
