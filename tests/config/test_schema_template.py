@@ -28,6 +28,7 @@ def test_schema_is_json_with_the_top_level_keys() -> None:
         "build",
         "artifact",
         "service",
+        "migrations",
         "hooks",
         "environments",
         "notify",

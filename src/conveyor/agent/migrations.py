@@ -142,7 +142,7 @@ class Migrations:
             done = await self.installer.exec_hook(
                 request.command,
                 release_dir,
-                dict(env) | {MIGRATION_VAR: request.id},
+                _migration_env(env, request),
                 log_path,
                 request.timeout,
                 name="migrate",
@@ -276,3 +276,12 @@ def _kill_leftover(rec: MigrationRecord) -> None:
                     "killed a migrate hook left by a previous agent",
                     extra={"pid": member.pid, "migration": rec.result.id},
                 )
+
+
+def _migration_env(env: Mapping[str, str], request: MigrateRequest) -> dict[str, str]:
+    """The instance's environment, with the migration's id and its PostgreSQL timeouts."""
+    extra = {MIGRATION_VAR: request.id}
+    if request.pg_options:
+        # ours first, the app's own after: libpq's last setting of an option wins, theirs
+        extra["PGOPTIONS"] = " ".join(o for o in (request.pg_options, env.get("PGOPTIONS")) if o)
+    return dict(env) | extra

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import controls, deploy, status
+from conveyor.cli import controls, deploy, migrations, status
 from conveyor.cli.chain import follow_chain
 from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.follow import FINAL, follow_run, step_title
@@ -503,3 +503,4 @@ def logs(
 deploy.register(app)
 controls.register(app)
 status.register(app)
+migrations.register(app)

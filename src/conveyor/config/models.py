@@ -20,6 +20,7 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
+from conveyor.config.migrations import Migrations
 from conveyor.config.secrets import SecretEntry, entry_name
 from conveyor.config.values import (
     AppName,
@@ -229,13 +230,25 @@ class Config(Section):
     artifact: Artifact = Artifact()
     service: Service | None = None
     hooks: Hooks = Hooks()
+    migrations: Migrations = Migrations()
     # Insertion order is the promotion order.
     environments: dict[EnvironmentName, Environment] = Field(default_factory=dict)
     notify: list[Notify] = Field(default_factory=list)
 
+    @property
+    def expand_command(self) -> str | None:
+        """The migration run before traffic moves: migrations.expand, or hooks.migrate."""
+        return self.migrations.expand or self.hooks.migrate
+
     @model_validator(mode="after")
     def _deployable(self) -> Config:
         problems: list[tuple[Loc, str, object]] = []
+        if self.hooks.migrate and self.migrations.expand:
+            message = (
+                "hooks.migrate is the older name of migrations.expand and both are set; "
+                "expected only migrations.expand (move the command there)"
+            )
+            problems.append((("hooks", "migrate", KEY), message, None))
         if self.environments and self.service is None:
             message = (
                 "environments need a service section to deploy "

@@ -129,7 +129,12 @@ service:                        # how a release runs on a host, from its release
 
 # hooks:                        # run on the host, in the release directory
 #   install: ./bin/install      # after unpack, before start
-#   migrate: ./bin/migrate      # once per deployment, before traffic moves
+
+# migrations:                   # schema changes, expand then contract (see the README)
+#   expand: ./bin/migrate       # once per deployment, before traffic moves (was hooks.migrate)
+#   sql: alembic upgrade head --sql   # the SQL it will run, linted before the release is built
+#   lock_timeout: 10s           # PostgreSQL session limits of the migration (PGOPTIONS)
+#   statement_timeout: 1h
 
 environments:                   # promotion order = this order
   staging:

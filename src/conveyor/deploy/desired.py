@@ -9,6 +9,7 @@ from collections import defaultdict
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
+from conveyor.config.migrations import pg_options
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
@@ -102,11 +103,17 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
 
 
 def migrate_request(release: Release, migration: str | None) -> MigrateRequest | None:
-    """hooks.migrate of the release, to run once under this id (None: nothing to run)."""
+    """The release's expand migration (migrations.expand or hooks.migrate), to run once
+    under this id, its PostgreSQL session limited by the timeouts (None: nothing to run)."""
     if migration is None or not release.config:
         return None
-    command = Config.model_validate_json(release.config).hooks.migrate
-    return MigrateRequest(id=migration, command=command) if command else None
+    config = Config.model_validate_json(release.config)
+    command = config.expand_command
+    if not command:
+        return None
+    limits = config.migrations
+    options = pg_options(limits.lock_timeout, limits.statement_timeout)
+    return MigrateRequest(id=migration, command=command, pg_options=options)
 
 
 def host_environment(release: Release, host: str) -> str | None:

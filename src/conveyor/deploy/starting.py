@@ -256,7 +256,7 @@ def _context(
         steps=tuple(env.steps),
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
-        migration=f"deployment-{d.id}" if config.hooks.migrate and d.kind == "deploy" else None,
+        migration=f"deployment-{d.id}" if config.expand_command and d.kind == "deploy" else None,
         monitor=env.monitor.duration,
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import shlex
 import shutil
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +48,7 @@ log = logging.getLogger("conveyor.engine")
 
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 CONFIG_FILE = "conveyor.yml"
+LINT_TIMEOUT = 600.0  # the migrations lint, its `migrations.sql` command included
 
 
 class Engine(RunRecords):
@@ -382,20 +385,29 @@ class _PlannedStep(NamedTuple):
 
 
 def _plan(config: Config) -> list[_PlannedStep]:
-    """The test then build steps of a config, in order."""
-    return [
+    """The test then build steps of a config, in order, then the lint of its migrations'
+    SQL (`migrations.sql`): its findings fail the run before the release is built."""
+    planned = [
         _PlannedStep(
             kind, step.name or _short(step.run), step.run, step.timeout, dict(step.env or {})
         )
         for kind, steps in (("test", config.test), ("build", config.build))
         for step in steps
     ]
+    if config.migrations.sql is not None:
+        # the lint runs as `conveyor migrations lint` does on a laptop, from this server's
+        # own install, in the checkout (after the build: `alembic ... --sql` may need it)
+        command = f"{shlex.quote(sys.executable)} -m conveyor migrations lint"
+        planned.append(_PlannedStep("lint", "migrations", command, LINT_TIMEOUT, {}))
+    return planned
 
 
 def _step_outcome(result: StepResult, step: _PlannedStep) -> tuple[str, str]:
     """The state and reason of a step (and its run) that did not succeed."""
     if result.cancelled:
         return "cancelled", f"{step.kind} step '{step.name}' aborted"
+    if step.kind == "lint" and result.exit_code == 1:
+        return "failed", "migrations lint: findings, or SQL that does not parse (see its log)"
     if result.timed_out:
         return "failed", (
             f"{step.kind} step '{step.name}' timed out after {format_duration(step.timeout)}"

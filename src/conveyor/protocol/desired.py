@@ -44,6 +44,11 @@ class MigrateRequest(Wire):
     )
     command: str
     timeout: float = 600.0
+    pg_options: str = Field(
+        default="",
+        description="PGOPTIONS for the command's PostgreSQL sessions (lock_timeout, "
+        "statement_timeout), before the app's own",
+    )
 
 
 class MigrationResult(Wire):
