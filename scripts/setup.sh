@@ -22,3 +22,14 @@ if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1;
     echo "setup: installing uv with pip" >&2
     python3 -m pip install --quiet uv
 fi
+
+# squawk, the migration linter conveyor's own lint is checked against
+# (tests/sqllint/test_squawk.py): from npm into .cache/, pinned; without npm the test skips
+SQUAWK_VERSION=2.66.0
+if command -v npm >/dev/null 2>&1 \
+    && ! .cache/squawk/node_modules/.bin/squawk --version 2>/dev/null | grep -q "$SQUAWK_VERSION"; then
+    echo "setup: installing squawk-cli $SQUAWK_VERSION with npm" >&2
+    mkdir -p .cache/squawk
+    npm install --prefix .cache/squawk --no-audit --no-fund --silent "squawk-cli@$SQUAWK_VERSION" >&2 \
+        || echo "setup: squawk-cli could not be installed; tests/sqllint/test_squawk.py will skip" >&2
+fi

@@ -31,7 +31,13 @@ import pytest
 from conveyor.sqllint import lint_sql
 from tests.sqllint.test_rules import PG
 
-SQUAWK = os.environ.get("CONVEYOR_SQUAWK") or shutil.which("squawk")
+# scripts/setup.sh (make sync) installs it there from npm
+_INSTALLED = Path(__file__).resolve().parents[2] / ".cache/squawk/node_modules/.bin/squawk"
+SQUAWK = (
+    os.environ.get("CONVEYOR_SQUAWK")
+    or (str(_INSTALLED) if _INSTALLED.exists() else None)
+    or shutil.which("squawk")
+)
 NOT_EXPAND_RULES = {
     "prefer-robust-stmts",
     "prefer-bigint-over-int",
