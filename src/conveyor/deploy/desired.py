@@ -85,6 +85,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     if environment and environment in config.environments:
         env |= config.environments[environment].env
     env |= {name: secrets[name] for name in service.secret_names}
+    routing = config.routing(environment)
     return ServiceSpec(
         start=service.start,
         port=service.port,
@@ -98,6 +99,9 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
         install_hook=config.hooks.install,
         user=service.user,
         limits=InstanceLimits.model_validate(service.limits.model_dump()),
+        domains=list(routing.domains),
+        path_prefix=routing.path_prefix,
+        strip_prefix=routing.strip_prefix,
     )
 
 
