@@ -9,6 +9,7 @@ from collections import defaultdict
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
+from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
@@ -153,6 +154,11 @@ def set_host_app(
             raise DesiredStateError(f"unknown release {item.release!r} of app {app.name!r}")
         # refuse what an agent could not run, before writing anything
         service_spec(session, release, environment)
+    for item in releases:
+        release = session.get_one(Release, item.release)
+        clash = domain_clash(session, app, release_claims(release, environment), [host.name])
+        if clash is not None:
+            raise DesiredStateError(clash)
     if releases and sum(r.weight for r in releases) == 0:
         raise DesiredStateError("at least one release needs a weight above 0")
     payload = json.dumps([r.model_dump() for r in releases])
