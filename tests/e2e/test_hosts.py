@@ -64,7 +64,7 @@ def answer(port: int, host: str) -> tuple[int, str]:
     return 200, str(r.json()["release"])
 
 
-@pytest.mark.parametrize("router", ["embedded"])
+@pytest.mark.parametrize("router", ["embedded", "haproxy"])
 def test_two_apps_by_host_name_on_one_port(
     server: ServerProcess, tmp_path: Path, router: str
 ) -> None:

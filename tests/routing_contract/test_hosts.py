@@ -22,7 +22,7 @@ from tests.router.backend import Backend
 from tests.router_haproxy.support import LoopThread
 from tests.routing_contract.test_contract import _make
 
-DRIVERS = ["embedded"]
+DRIVERS = ["embedded", "haproxy"]
 
 
 @pytest.fixture(scope="module")
