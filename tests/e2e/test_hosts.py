@@ -30,6 +30,9 @@ environments:
   production:
     hosts: [web-1]
     domains: [{domains}]
+    verify:
+      - http: GET /healthz
+      - run: python3 -c "import os, urllib.request as u; u.urlopen(u.Request(os.environ['CONVEYOR_URL'], headers=dict(Host=os.environ['CONVEYOR_HOST'])))"
 """
 
 

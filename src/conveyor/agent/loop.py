@@ -435,6 +435,7 @@ class Reconciler:
             router=self.router.name,
             router_alive=router_alive,
             address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
+            http_port=self.http_port,
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,
