@@ -25,6 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ADDRESS = "127.0.63.2"
 HOSTS = {"web-1": ADDRESS}
 
+# a verify script reaches the app as clients do: the shared port, by its name
+VERIFY_SCRIPT = (
+    "import os, urllib.request as u; e = os.environ; "
+    "u.urlopen(u.Request(e['CONVEYOR_URL'], headers=dict(Host=e['CONVEYOR_HOST'])))"
+)
 ENVIRONMENTS = """
 environments:
   production:
@@ -32,8 +37,8 @@ environments:
     domains: [{domains}]
     verify:
       - http: GET /healthz
-      - run: python3 -c "import os, urllib.request as u; u.urlopen(u.Request(os.environ['CONVEYOR_URL'], headers=dict(Host=os.environ['CONVEYOR_HOST'])))"
-"""
+      - run: python3 -c "SCRIPT"
+""".replace("SCRIPT", VERIFY_SCRIPT)
 
 
 def deployed(server: ServerProcess, app: str, run: int, timeout: float = 120) -> Any:
