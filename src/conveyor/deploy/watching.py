@@ -132,7 +132,7 @@ class Watcher(Ledger):
             assert move.reason is not None
             await self._fail_now(deployment_id, step_id, move.reason)
         elif move.act == Act.WATCH:
-            routers = [u for n in w.targets if (u := w.views[n].url(service.port))]
+            routers = list(checks.reach(w.views, w.targets, service, env).urls.values())
             args = (list(w.targets), w.app_name, w.release, w.detail.options.pause, routers)
             if await self._watch_pause(deployment_id, step_id, env, *args):
                 await self._end_step(deployment_id, step_id)
