@@ -228,3 +228,23 @@ def test_the_driver_reapplied_after_a_restart_keeps_both_apps(
     finally:
         for spec in specs:
             loop.run(router.remove(spec.app))
+
+
+def test_an_app_moves_between_its_own_port_and_the_shared_one(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    own_port, shared_port = free_port(), free_port()
+    own = _spec("mover", own_port, [], a1=(releases["a1"], 100))
+    loop.run(router.apply(own))
+    try:
+        wait_for(lambda: _answer(own_port, "anything") == "200 a1", timeout=10)
+        named = own.model_copy(update={"port": shared_port, "domains": ["mover.example.com"]})
+        loop.run(router.apply(named))
+        wait_for(lambda: _answer(shared_port, "mover.example.com") == "200 a1", timeout=10)
+        assert _answer(shared_port, "other.example.com").startswith("404")
+        wait_for(lambda: _answer(own_port, "anything").startswith("error"), timeout=10)
+        loop.run(router.apply(own))
+        wait_for(lambda: _answer(own_port, "anything") == "200 a1", timeout=10)
+        wait_for(lambda: _answer(shared_port, "mover.example.com").startswith("error"), timeout=10)
+    finally:
+        loop.run(router.remove("mover"))
