@@ -2,9 +2,9 @@
 
 Issue 14 point 1, with real processes: a server, an agent (`--http-port`) and its router
 (each backend), two apps whose conveyor.yml give `domains:`. Each is served by its name
-on the one port, an unknown name gets 404, one app deploys under load on both with no
-failed request, and a third app claiming a name already served is refused, nothing
-changed.
+on the one port, an unknown name gets 404, one app deploys and rolls back under load
+on both with no failed request, and a third app claiming a name already served is
+refused, nothing changed.
 """
 
 from __future__ import annotations
@@ -109,6 +109,17 @@ def test_two_apps_by_host_name_on_one_port(
             on_shop.wait_requests(20)
             shop_v2 = deployed(server, "shop", run_of(server, "shop"))
             wait_for(lambda: on_shop.snapshot()[shop_v2["release"]] >= 10, timeout=30)
+            # ... and rolls back under the same load
+            back = server.post("/api/apps/shop/environments/production/rollback", {})
+            assert back["release"] == shop_v1["release"], back
+
+            def rolled_back() -> Any:
+                d = server.get(f"/api/deployments/{back['id']}")
+                return d if d["state"] in ("succeeded", "failed") else None
+
+            assert wait_for(rolled_back, timeout=60)["state"] == "succeeded"
+            wait_for(lambda: answer(http_port, "shop.example.com")[1] == shop_v1["release"])
+            on_shop.wait_requests(20)
         assert shop_v2["state"] == "succeeded", shop_v2
         for load in (on_shop, on_blog):
             result = load.result
@@ -132,7 +143,7 @@ def test_two_apps_by_host_name_on_one_port(
         by_hand = server.http.put("/api/hosts/web-1/apps/thief", json=body)
         assert by_hand.status_code in (400, 409, 422), by_hand.text
         assert "app shop" in by_hand.text and "app thief" in by_hand.text, by_hand.text
-        assert answer(http_port, "shop.example.com") == (200, shop_v2["release"])
+        assert answer(http_port, "shop.example.com") == (200, shop_v1["release"])
         assert answer(http_port, "blog.example.com") == (200, blog_v1["release"])
     finally:
         fleet.stop_everything()
