@@ -167,6 +167,7 @@ class LoadGenerator:
     opens a new connection rather than reuse one that the server has closed while idle;
     any error on a request is counted as a failure (and the client pauses 10 ms).
 
+    `host` sends that Host header instead of the URL's (an app served by its domains).
     `rate` paces each client to that many requests a second (None: as fast as it can).
     A test that only needs traffic flowing through every switch should pace it: on two
     cores an unpaced generator and the routers and apps it keeps busy take over a core
@@ -180,11 +181,14 @@ class LoadGenerator:
         max_seconds: float = 300,
         max_requests: int = 2_000_000,
         rate: float | None = None,
+        host: str | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"rate must be positive, not {rate}")
         self.urls = [url] if isinstance(url, str) else list(url)
         self.interval = 0.0 if rate is None else 1.0 / rate
+        # the Host header sent (apps told apart by name on a shared port); None: the URL's
+        self.headers = {"Host": host} if host else {}
         self.clients = clients
         self.max_seconds = max_seconds
         self.max_requests = max_requests
@@ -245,7 +249,7 @@ class LoadGenerator:
                     conn = None
                 if conn is None:
                     conn = http.client.HTTPConnection(host, port, timeout=30)
-                conn.request("GET", path)
+                conn.request("GET", path, headers=self.headers)
                 response = conn.getresponse()
                 body = response.read()
                 if response.will_close:

@@ -181,6 +181,15 @@ def agent(
     data: Annotated[Path, typer.Option(help="Data directory.")] = Path("/var/lib/conveyor-agent"),
     router: Annotated[str, typer.Option(help="embedded or haproxy.")] = "embedded",
     bind: Annotated[str, typer.Option(help="Address the router listens on.")] = "0.0.0.0",
+    http_port: Annotated[
+        int,
+        typer.Option(
+            envvar="CONVEYOR_HTTP_PORT",
+            min=1,
+            max=65535,
+            help="The shared port where the router serves every app with domains (by Host header).",
+        ),
+    ] = 80,
     router_workers: Annotated[
         int,
         typer.Option(
@@ -245,6 +254,7 @@ def agent(
             metrics=metrics,
             trust=trust,
             router_workers=router_workers,
+            http_port=http_port,
         )
     )
 

@@ -7,7 +7,9 @@ parses a `RouteSpec` per app from its admin socket, and the agent's drivers
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from conveyor.hostroutes import Claim, check_domain, check_prefix, claims
 
 # what a router reports travels on to the server: those are wire models, defined once there
 from conveyor.protocol import (
@@ -59,3 +61,23 @@ class RouteSpec(Model):
     targets: list[Target] = []
     sticky: bool = Field(default=False, description="pin a client to a release by cookie")
     drain_timeout: float = Field(default=30.0, ge=0)
+    domains: list[str] = Field(
+        default=[],
+        description="host names this app answers on `port`, the host's shared HTTP port, "
+        "beside the other apps with domains (none: the port is the app's alone)",
+    )
+    path_prefix: str = Field(default="", description="only requests under it ('': all)")
+    strip_prefix: bool = Field(default=False, description="relay /prefix/x as /x")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        return [check_domain(d) for d in domains]
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        return check_prefix(prefix) if prefix else ""
+
+    def claims(self) -> list[Claim]:
+        return claims(self.domains, self.path_prefix or None)

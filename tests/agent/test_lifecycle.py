@@ -232,3 +232,23 @@ def test_a_healthy_release_at_weight_0_is_a_target_a_missing_one_is_not() -> Non
     assert isinstance(plan, Route)
     assert plan.top.release == "v2" and plan.spec.sticky and plan.spec.port == 9000
     assert [(t.release, t.weight) for t in plan.spec.targets] == [("v1", 0), ("v2", 100)]
+
+
+def test_an_app_with_domains_is_routed_on_the_shared_port() -> None:
+    service = ServiceSpec(
+        start="run", port=9000, domains=["shop.example.com"], path_prefix="/api", strip_prefix=True
+    )
+    release = DesiredRelease(release="v1", sha256="0", artifact="a", weight=100, service=service)
+    app = DesiredApp(app="web", releases=[release])
+    plan = plan_route(app, {"v1": UP1}, "127.0.0.1", http_port=8080)
+    assert isinstance(plan, Route)
+    spec = plan.spec
+    assert (spec.port, spec.domains, spec.path_prefix, spec.strip_prefix) == (
+        8080,
+        ["shop.example.com"],
+        "/api",
+        True,
+    )
+    # without domains: the app's own port, whatever the shared one
+    plan = plan_route(APP, {"v1": UP1, "v2": UP2}, "127.0.0.1", http_port=8080)
+    assert isinstance(plan, Route) and plan.spec.port == 9000 and plan.spec.domains == []

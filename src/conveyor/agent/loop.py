@@ -64,6 +64,7 @@ class Reconciler:
         installer: Installer,
         supervisor: Supervisor,
         bind: str,
+        http_port: int = 80,
     ) -> None:
         self.data = data
         self.name = name
@@ -81,6 +82,7 @@ class Reconciler:
             changed=self._changed,
         )
         self.bind = bind
+        self.http_port = http_port
         self.desired: DesiredState | None = None
         self.runtimes: dict[tuple[str, str], ReleaseRuntime] = {}
         self.applied: dict[str, RouteSpec] = {}
@@ -238,7 +240,7 @@ class Reconciler:
             for r in app.releases
             if (rt := self.runtimes.get((app.app, r.release))) is not None
         }
-        plan = plan_route(app, releases, self.bind)
+        plan = plan_route(app, releases, self.bind, self.http_port)
         if isinstance(plan, Hold):
             self.routed[app.app] = False
             self.app_errors[app.app] = plan.error
@@ -433,6 +435,7 @@ class Reconciler:
             router=self.router.name,
             router_alive=router_alive,
             address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
+            http_port=self.http_port,
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,

@@ -60,6 +60,7 @@ def run_agent(
     metrics: str | None = None,
     trust: ServerTrust | None = None,
     router_workers: int = 1,
+    http_port: int = 80,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def run_agent(
                 metrics,
                 trust or ServerTrust(),
                 router_workers,
+                http_port,
             )
         )
     except (EnrolmentError, ExporterError) as exc:
@@ -98,6 +100,7 @@ async def _main(
     metrics: str | None,
     trust: ServerTrust,
     router_workers: int = 1,
+    http_port: int = 80,
 ) -> int:
     link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
@@ -113,6 +116,7 @@ async def _main(
         installer=Installer(data),
         supervisor=Supervisor(data),
         bind=bind,
+        http_port=http_port,
     )
     reconciler.load_local()
     await router.start()

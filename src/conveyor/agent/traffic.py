@@ -41,7 +41,10 @@ class Route:
     top: DesiredRelease
 
 
-def plan_route(app: DesiredApp, releases: Mapping[str, Release], bind: str) -> Hold | Route:
+def plan_route(
+    app: DesiredApp, releases: Mapping[str, Release], bind: str, http_port: int = 80
+) -> Hold | Route:
+    """`http_port`: the host's shared port, where apps with domains are served."""
     weighted = [r for r in app.releases if r.weight > 0]
     ready = {
         name: found
@@ -64,10 +67,13 @@ def plan_route(app: DesiredApp, releases: Mapping[str, Release], bind: str) -> H
     ]
     spec = RouteSpec(
         app=app.app,
-        port=first.port,
+        port=http_port if first.domains else first.port,
         bind=bind,
         targets=targets,
         sticky=app.sticky,
         drain_timeout=first.drain,
+        domains=first.domains,
+        path_prefix=first.path_prefix,
+        strip_prefix=first.strip_prefix,
     )
     return Route(spec=spec, top=max(weighted, key=lambda r: r.weight))

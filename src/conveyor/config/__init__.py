@@ -31,6 +31,7 @@ from conveyor.config.models import (
     Step,
 )
 from conveyor.config.monitor import Monitor
+from conveyor.config.routing import HostRouting, Routing, effective_routing
 from conveyor.config.schema import config_json_schema
 from conveyor.config.template import STARTER_CONFIG, starter_config, suggest_app_name
 from conveyor.config.values import Batch, HttpProbe
@@ -49,6 +50,7 @@ __all__ = [
     "Environment",
     "HealthCheck",
     "Hooks",
+    "HostRouting",
     "Hosts",
     "HostsCommand",
     "HttpProbe",
@@ -60,12 +62,14 @@ __all__ = [
     "PositiveDuration",
     "Prometheus",
     "PrometheusQueries",
+    "Routing",
     "Service",
     "Step",
     "Strategy",
     "VerifyCheck",
     "Window",
     "config_json_schema",
+    "effective_routing",
     "format_duration",
     "format_percent",
     "load_config",

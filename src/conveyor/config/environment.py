@@ -21,6 +21,7 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
+from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
 from conveyor.config.values import (
     Batch,
     EnvMap,
@@ -197,7 +198,7 @@ class Analysis(Section):
 
 
 class Environment(Section):
-    """A named set of hosts with a strategy, checks and policies."""
+    """A named set of hosts with a strategy, checks and policies (domains: routing.py)."""
 
     hosts: Hosts
     approval: Literal["required"] | None = None
@@ -213,6 +214,9 @@ class Environment(Section):
     # over service.env for this environment's hosts (secrets differ per environment on the
     # server: `conveyor secret set APP NAME --env ENV`)
     env: EnvMap = Field(default_factory=dict)
+    domains: Domains = domains_field()
+    path_prefix: PathPrefix | None = prefix_field()
+    strip_prefix: bool | None = strip_field()
 
     @field_validator("steps")
     @classmethod

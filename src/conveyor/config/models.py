@@ -21,6 +21,15 @@ from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
 from conveyor.config.migrations import Migrations
+from conveyor.config.routing import (
+    Domains,
+    HostRouting,
+    PathPrefix,
+    domains_field,
+    effective_routing,
+    prefix_field,
+    strip_field,
+)
 from conveyor.config.secrets import SecretEntry, entry_name
 from conveyor.config.values import (
     AppName,
@@ -132,7 +141,7 @@ class HealthCheck(Section):
 
 
 class Service(Section):
-    """How a release runs on a host, from its release directory."""
+    """How a release runs on a host, from its release directory (domains: see routing.py)."""
 
     start: NonEmptyStr
     port: Port
@@ -158,6 +167,9 @@ class Service(Section):
         "root to switch to it); unset: the agent's own user.",
     )
     limits: Limits = Limits()
+    domains: Domains = domains_field()
+    path_prefix: PathPrefix | None = prefix_field()
+    strip_prefix: bool | None = strip_field()
 
     @property
     def secret_names(self) -> list[str]:
@@ -240,6 +252,11 @@ class Config(Section):
         """The migration run before traffic moves: migrations.expand, or hooks.migrate."""
         return self.migrations.expand or self.hooks.migrate
 
+    def routing(self, environment: str | None) -> HostRouting:
+        """The domains and path prefix of the app on this environment's hosts."""
+        env = self.environments.get(environment) if environment else None
+        return effective_routing(self.service, env)
+
     @model_validator(mode="after")
     def _deployable(self) -> Config:
         problems: list[tuple[Loc, str, object]] = []
@@ -261,6 +278,14 @@ class Config(Section):
                 if key in secret_names:
                     message = f"{key!r} is both in env and in service.secrets; expected one"
                     problems.append((("environments", env_name, "env", key, KEY), message, key))
+        for env_name, env in self.environments.items():
+            got = effective_routing(self.service, env)
+            if not got.domains and (got.path_prefix or got.strip_prefix):
+                message = (
+                    "path_prefix and strip_prefix apply to requests by host name; expected "
+                    "domains: (like [shop.example.com]) here or under service"
+                )
+                problems.append((("environments", env_name, "path_prefix", KEY), message, None))
         # Each host's router listens on the app's one public port, so one host cannot
         # serve two environments of the same app.
         owner: dict[str, str] = {}

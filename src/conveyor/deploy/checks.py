@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import os
 import tarfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from conveyor.config import Environment, Service, effective_routing
 from conveyor.config.environment import VerifyCheck
+from conveyor.deploy.progress import HostView
 from conveyor.protocol import PREVIEW_HEADER
 from conveyor.tls import client_tls
 
@@ -24,6 +27,46 @@ class CheckResult:
     line: str  # one line for the step's log: what was checked and what came back
 
 
+@dataclass(frozen=True)
+class Reach:
+    """Where checks reach an app on each host: URLs, and the Host header to send (None:
+    the URL's, for an app on its own port)."""
+
+    urls: dict[str, str]
+    host_header: str | None = None
+
+    def script_env(self) -> dict[str, str]:
+        first = next(iter(self.urls.values()), "")
+        env = {"CONVEYOR_URL": first, "CONVEYOR_URLS": " ".join(self.urls.values())}
+        return env | ({"CONVEYOR_HOST": self.host_header} if self.host_header else {})
+
+
+def reach(
+    views: Mapping[str, HostView], hosts: Iterable[str], service: Service, env: Environment
+) -> Reach:
+    """An app with domains is checked on each host's shared port, by its first name (a
+    wildcard's stand-in), under its path prefix; any other on its own port."""
+    routing = effective_routing(service, env)
+    if not routing.domains:
+        return Reach({n: u for n in hosts if (u := views[n].url(service.port))})
+    urls: dict[str, str] = {}
+    for name in hosts:
+        observed = views[name].observed
+        url = views[name].url(observed.http_port) if observed is not None else None
+        if url is not None:
+            urls[name] = url + routing.path_prefix
+    return Reach(urls, _stand_in(routing.domains))
+
+
+def _stand_in(domains: tuple[str, ...]) -> str:
+    """A name the app answers to: its first exact one, else one its wildcard covers."""
+    exact = [d for d in domains if "*" not in d]
+    if exact:
+        return exact[0]
+    first = domains[0]
+    return "conveyor-verify." + (first.removeprefix("*.") if first != "*" else "invalid")
+
+
 async def http_check(
     client: httpx.AsyncClient,
     url: str,
@@ -31,10 +74,13 @@ async def http_check(
     *,
     host: str,
     preview: str | None = None,
+    host_header: str | None = None,
 ) -> CheckResult:
     assert check.http is not None
     expect = check.expect or 200
     headers = {PREVIEW_HEADER: preview} if preview else {}
+    if host_header:
+        headers["Host"] = host_header
     what = f"{check.http.method} {url}{check.http.path} on {host}" + (
         f" (preview of {preview})" if preview else ""
     )
@@ -55,7 +101,11 @@ async def http_check(
 
 
 async def http_checks(
-    checks: list[VerifyCheck], urls: dict[str, str], *, preview: str | None = None
+    checks: list[VerifyCheck],
+    urls: dict[str, str],
+    *,
+    preview: str | None = None,
+    host_header: str | None = None,
 ) -> list[CheckResult]:
     """Every http check against every host's router, concurrently."""
     wanted = [c for c in checks if c.http is not None]
@@ -65,7 +115,9 @@ async def http_checks(
         return list(
             await asyncio.gather(
                 *(
-                    http_check(client, url, check, host=host, preview=preview)
+                    http_check(
+                        client, url, check, host=host, preview=preview, host_header=host_header
+                    )
                     for host, url in urls.items()
                     for check in wanted
                 )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Config
 from conveyor.config.migrations import pg_options
+from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
@@ -86,6 +87,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     if environment and environment in config.environments:
         env |= config.environments[environment].env
     env |= {name: secrets[name] for name in service.secret_names}
+    routing = config.routing(environment)
     return ServiceSpec(
         start=service.start,
         port=service.port,
@@ -99,6 +101,9 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
         install_hook=config.hooks.install,
         user=service.user,
         limits=InstanceLimits.model_validate(service.limits.model_dump()),
+        domains=list(routing.domains),
+        path_prefix=routing.path_prefix,
+        strip_prefix=routing.strip_prefix,
     )
 
 
@@ -156,6 +161,11 @@ def set_host_app(
             raise DesiredStateError(f"unknown release {item.release!r} of app {app.name!r}")
         # refuse what an agent could not run, before writing anything
         service_spec(session, release, environment)
+    for item in releases:
+        release = session.get_one(Release, item.release)
+        clash = domain_clash(session, app, release_claims(release, environment), [host.name])
+        if clash is not None:
+            raise DesiredStateError(clash)
     if releases and sum(r.weight for r in releases) == 0:
         raise DesiredStateError("at least one release needs a weight above 0")
     payload = json.dumps([r.model_dump() for r in releases])

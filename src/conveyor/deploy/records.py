@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.deploy.admission import Admit, Ask, Held, Refuse, admit
+from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.gates import GateError, check_hard_gates, environment, release_config
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import (
@@ -77,6 +78,11 @@ def create_deployment(
     """
     _, env = check_hard_gates(session, release, env_name, mirror)
     lock_for_writing(session, release.app_id)
+    if isinstance(env.hosts, list):
+        mine = release_claims(release, env_name)
+        clash = domain_clash(session, release.app, mine, env.hosts)
+        if clash is not None:
+            raise GateError(clash)
     ask = Ask("deploy", release.id, release.created_at, forced=forced_by is not None)
     decision = _admit(session, ask, release.app, env_name)
     deployment = Deployment(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, rolling, secretcommands
+from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
 from conveyor.deploy.gates import GateError, environment, waiting_for
@@ -139,6 +140,11 @@ class Starter(Ledger):
                     service_spec(session, d.release, d.environment)
                 except DesiredStateError as exc:
                     problem = f"{exc}; nothing changed"
+            if problem is None:
+                # checked when queued too; here for hosts from a command, rollbacks, and
+                # another app that took a name meanwhile
+                mine = release_claims(d.release, d.environment)
+                problem = domain_clash(session, d.app, mine, names)
             if problem is None:
                 problem, offline = self._hosts_problem(session, names)
                 if offline and not all(self._gone(d.id, h) for h in offline):

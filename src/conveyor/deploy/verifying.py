@@ -39,17 +39,16 @@ class Verifier(Ledger):
         hosts, views, release, secrets, meta = await in_thread(read)
         config = Config.model_validate_json(release.config or "{}")
         assert config.service is not None
-        urls = {n: u for n in hosts if (u := views[n].url(config.service.port))}
+        where = checks.reach(views, hosts, config.service, env)
         lines: list[str] = []
         failed: list[str] = []
-        results = await checks.http_checks(env.verify, urls)
+        results = await checks.http_checks(env.verify, where.urls, host_header=where.host_header)
         lines += [r.line for r in results]
         failed += [r.line for r in results if not r.ok]
         scripts = [c for c in env.verify if c.run is not None]
         if scripts and not failed:
             cwd = await self._release_files(release, deployment_id)
-            first = next(iter(urls.values()), "")
-            env_vars = meta | {"CONVEYOR_URL": first, "CONVEYOR_URLS": " ".join(urls.values())}
+            env_vars = meta | where.script_env()
             for check in scripts:
                 assert check.run is not None
                 result = await checks.run_script(check.run, cwd, env_vars, check.timeout, secrets)

@@ -132,7 +132,7 @@ class Watcher(Ledger):
             assert move.reason is not None
             await self._fail_now(deployment_id, step_id, move.reason)
         elif move.act == Act.WATCH:
-            routers = [u for n in w.targets if (u := w.views[n].url(service.port))]
+            routers = list(checks.reach(w.views, w.targets, service, env).urls.values())
             args = (list(w.targets), w.app_name, w.release, w.detail.options.pause, routers)
             if await self._watch_pause(deployment_id, step_id, env, *args):
                 await self._end_step(deployment_id, step_id)
@@ -193,10 +193,12 @@ class Watcher(Ledger):
     async def _check(self, deployment_id: int, step_id: int, env: Environment, w: _Watched) -> bool:
         """The step's HTTP checks on its converged hosts; False when they failed it."""
         assert w.config.service is not None
-        port = w.config.service.port
-        urls = {n: u for n in w.targets if (u := w.views[n].url(port))}
+        where = checks.reach(w.views, w.targets, w.config.service, env)
         results = await checks.http_checks(
-            env.verify, urls, preview=w.release if w.detail.options.preview else None
+            env.verify,
+            where.urls,
+            preview=w.release if w.detail.options.preview else None,
+            host_header=where.host_header,
         )
         failed = [r.line for r in results if not r.ok]
         await self._log(step_id, [r.line for r in results])

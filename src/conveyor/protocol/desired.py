@@ -34,6 +34,11 @@ class ServiceSpec(Wire):
     install_hook: str | None = None
     user: str | None = Field(default=None, description="service.user: instances run as it")
     limits: InstanceLimits = InstanceLimits()
+    domains: list[str] = Field(
+        default=[], description="served on the host's shared HTTP port by Host header"
+    )
+    path_prefix: str = Field(default="", description="only requests under it ('': all)")
+    strip_prefix: bool = False
 
 
 class MigrateRequest(Wire):

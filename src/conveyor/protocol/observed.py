@@ -50,6 +50,9 @@ class ObservedState(Wire):
         description="where clients reach this host's router: its --bind address, or the "
         "address the server saw the report come from when the router binds every address",
     )
+    http_port: int = Field(
+        default=80, ge=1, le=65535, description="the router's shared port (agent --http-port)"
+    )
     apps: list[ObservedApp] = []
     errors: list[str] = []
     metrics: RouterMetrics | None = None

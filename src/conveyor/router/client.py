@@ -14,8 +14,10 @@ from httptools import (
     HttpRequestParser,
 )
 
+from conveyor.hostroutes import strip_url
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
 from conveyor.router.request_head import rewrite_request_head
+from conveyor.router.shared import SharedPort
 
 if TYPE_CHECKING:
     # Types only (see the cycles explained in exchange.py and service.py).
@@ -47,6 +49,7 @@ class ClientConnection(asyncio.Protocol):
         "eof",
         "header_bytes",
         "headers",
+        "home",
         "idle_ticks",
         "last",
         "lingering",
@@ -55,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         "peer",
         "queue",
         "reading",
+        "shared",
         "transport",
         "tunnel",
         "upgrading",
@@ -62,8 +66,16 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, home: App | SharedPort) -> None:
+        # where this connection is counted (its app, or the shared port it came in on)
+        self.home = home
+        # the shared port whose table picks each request's app (None: always `app`)
+        self.shared: SharedPort | None = None
+        if isinstance(home, SharedPort):
+            self.shared = home
+            self.app: App = None  # type: ignore[assignment]  # set by each request
+        else:
+            self.app = home
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = HttpRequestParser(self)
         self.peer = b""
@@ -96,13 +108,13 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = str(peer[0]).encode()
-        self.app.connections.add(self)
-        if self.app.removed:
+        self.home.connections.add(self)
+        if self.home.removed:
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.app.connection_lost(self)
+        self.home.connection_lost(self)
         ex = self.current
         if ex is not None:
             self.current = None
@@ -148,7 +160,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(cause, _Reject):
             status, message = cause.status, str(cause)
         elif isinstance(exc, HttpParserCallbackError):
-            log.error("proxy error", exc_info=cause or exc, extra={"app": self.app.name})
+            log.error("proxy error", exc_info=cause or exc, extra={"app": self.home.name})
             status, message = 500, "internal error in the router"
         else:
             status, message = 400, f"malformed request: {exc}"
@@ -284,7 +296,11 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(405, "CONNECT is not supported")
         upgrade = parser.should_upgrade()
         keep_alive = parser.should_keep_alive()
-        req = rewrite_request_head(method, self.url, self.headers, self.peer, upgrade)
+        url = self.url
+        shared = self.shared
+        if shared is not None:
+            url = self._pick(shared, url)
+        req = rewrite_request_head(method, url, self.headers, self.peer, upgrade)
         # Only HTTP/1.1 keeps a connection alive without saying so: skip formatting the
         # version in the common case.
         http10 = (req.connection or not keep_alive) and parser.get_http_version() == "1.0"
@@ -306,6 +322,16 @@ class ClientConnection(asyncio.Protocol):
             None if preview is None else preview.strip().decode("latin-1"),
         )
         self._enqueue(ex)
+
+    def _pick(self, shared: SharedPort, url: bytes) -> bytes:
+        """The app of this request on a shared port, by Host and path; the URL to relay."""
+        host = next((v for n, v in self.headers if n.lower() == b"host"), None)
+        picked = shared.select(host, url)
+        if picked is None:
+            name = "(none)" if host is None else host.decode("latin-1")
+            raise _Reject(404, f"no app on this host answers to {name}")
+        self.app = picked.target
+        return strip_url(url, picked.strip) if picked.strip else url
 
     def _enqueue(self, ex: Exchange) -> None:
         """Answer `ex` now, or after the exchanges pipelined before it."""

@@ -30,6 +30,7 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 
 _REASONS = {
     400: b"Bad Request",
+    404: b"Not Found",
     405: b"Method Not Allowed",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",

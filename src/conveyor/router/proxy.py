@@ -15,13 +15,14 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.router.balancer import Balancer
 from conveyor.router.client import ClientConnection
 from conveyor.router.metrics import MetricsRegistry
 from conveyor.router.service import App
+from conveyor.router.shared import SharedPort
 from conveyor.routespec import RouteSpec
 
 if TYPE_CHECKING:
@@ -82,6 +83,9 @@ class Proxy:
         self.metrics = MetricsRegistry(started_at=time.time())
         self.apps: dict[str, App] = {}
         self.draining: set[App] = set()
+        # apps with domains, on the shared listener of their (bind, port)
+        self.shared: dict[tuple[str, int], SharedPort] = {}
+        self.shared_draining: set[SharedPort] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,10 +108,25 @@ class Proxy:
             seen.add((target.host, target.port))
         for other in self.apps.values():
             if other.name != spec.app and other.spec.port == spec.port:
+                if spec.domains and other.spec.domains:
+                    continue  # both on the shared port: told apart by their domains
                 raise ApplyError(409, f"port {spec.port} is already used by app {other.name}")
+        if spec.domains:
+            await self._apply_shared(spec)
+            return
         app = self.apps.get(spec.app)
         old_server = None
-        if app is None or (app.spec.port, app.spec.bind) != (spec.port, spec.bind):
+        if app is not None and app.shared is not None:
+            self._leave_shared(app)  # domains dropped: back to a port of its own
+        if (
+            app is None
+            or app.server is None
+            or (app.spec.port, app.spec.bind)
+            != (
+                spec.port,
+                spec.bind,
+            )
+        ):
             sock = _bind(spec.bind, spec.port, self.reuse_port)
             new_app = app or App(self.metrics, spec)
             loop = asyncio.get_running_loop()
@@ -134,10 +153,108 @@ class Proxy:
             },
         )
 
+    async def _apply_shared(self, spec: RouteSpec) -> None:
+        """An app with domains: on the shared listener of (bind, port), opened if needed."""
+        key = (spec.bind, spec.port)
+        shared = self.shared.get(key)
+        if shared is not None:
+            clash = shared.clash(spec)
+            if clash is not None:
+                raise ApplyError(409, clash)
+        else:
+            shared = SharedPort(spec.bind, spec.port)
+            sock = _bind(spec.bind, spec.port, self.reuse_port)
+            home = shared
+            try:
+                shared.server = await asyncio.get_running_loop().create_server(
+                    lambda: ClientConnection(home), sock=sock, backlog=1024
+                )
+            except OSError as exc:
+                sock.close()
+                raise ApplyError(409, f"cannot listen on {spec.bind}:{spec.port}: {exc}") from exc
+            self.shared[key] = shared
+        app = self.apps.get(spec.app)
+        if app is None:
+            app = self.apps[spec.app] = App(self.metrics, spec)
+        elif app.shared is not shared:
+            if app.shared is not None:
+                self._leave_shared(app)
+            if app.server is not None:
+                # from its own port to the shared one: its own listener closes, its
+                # connections finish what they are doing
+                app.server.close()
+                app.server = None
+        app.set_targets(spec)
+        app.shared = shared
+        shared.apps[spec.app] = app
+        shared.rebuild()
+        log.info(
+            "app applied",
+            extra={
+                "app": spec.app,
+                "listen": f"{spec.bind}:{spec.port}",
+                "domains": spec.domains,
+                "path_prefix": spec.path_prefix,
+                "targets": [f"{t.release}@{t.host}:{t.port}={t.weight}" for t in spec.targets],
+                "sticky": spec.sticky,
+            },
+        )
+
+    def _leave_shared(self, app: App) -> None:
+        """Take an app off its shared port; the last one to leave closes the listener."""
+        shared = app.shared
+        app.shared = None
+        if shared is None:
+            return
+        shared.apps.pop(app.name, None)
+        shared.rebuild()
+        if shared.apps:
+            return
+        self.shared.pop((shared.bind, shared.port), None)
+        shared.removed = True
+        if shared.server is not None:
+            shared.server.close()
+        for client in list(shared.connections):
+            if client.current is None:
+                client.close()
+            else:
+                client.closing = True
+        if shared.connections:
+            shared.drained = asyncio.Event()
+            self.shared_draining.add(shared)
+            self._spawn(self._drain_shared(shared, app.spec.drain_timeout))
+
+    async def _drain_shared(self, shared: SharedPort, timeout: float) -> None:
+        assert shared.drained is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await shared.drained.wait()
+        for client in list(shared.connections):
+            client.abort()
+        self.shared_draining.discard(shared)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def remove(self, name: str) -> bool:
         """Stop accepting connections for an app; in-flight requests finish (up to its drain)."""
         async with self._lock:
             app = self.apps.pop(name, None)
+            if app is not None and app.shared is not None:
+                # requests in flight keep their app; new ones for its names get 404
+                self._leave_shared(app)
+                app.removed = True
+                for up in list(app.upstreams.values()):
+                    up.retire(app.spec.drain_timeout)
+                    app.retired.add(up)
+                app.upstreams = {}
+                app.balancer = Balancer([])
+                # its targets' pools are still swept until the last of them is gone
+                self.draining.add(app)
+                log.info("app removed", extra={"app": name})
+                return True
         if app is None:
             return False
         app.removed = True
@@ -188,6 +305,11 @@ class Proxy:
         yield from self.apps.values()
         yield from self.draining
 
+    def _all_listeners(self) -> Iterator[App | SharedPort]:
+        yield from self._all_apps()
+        yield from self.shared.values()
+        yield from self.shared_draining
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(TICK)
@@ -198,11 +320,15 @@ class Proxy:
 
     def _sweep_once(self) -> None:
         now = time.monotonic()
+        for listener in list(self._all_listeners()):
+            self._sweep_clients(listener)
         for app in list(self._all_apps()):
-            self._sweep_clients(app)
             self._sweep_targets(app, now)
+            if app.shared is None and app.removed and not app.retired and not app.connections:
+                # an app that was on a shared port: done once its targets are gone
+                self.draining.discard(app)
 
-    def _sweep_clients(self, app: App) -> None:
+    def _sweep_clients(self, app: App | SharedPort) -> None:
         """Close idle clients; cut those that stopped reading a response or sending a body."""
         client_ticks = self.client_timeout / TICK
         for client in list(app.connections):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     # connection (and its exchange) reads its service; at run time neither imports the other.
     from conveyor.router.client import ClientConnection
     from conveyor.router.metrics import Counters, MetricsRegistry
+    from conveyor.router.shared import SharedPort
     from conveyor.routespec import RouteSpec
 
 
@@ -35,6 +36,8 @@ class App:
         self.removed = False
         self.drained: asyncio.Event | None = None
         self._counters: dict[str, Counters] = {}
+        # the shared port serving it by its domains (None: its own listener, `server`)
+        self.shared: SharedPort | None = None
 
     def counters(self, release: str) -> Counters:
         counters = self._counters.get(release)

@@ -32,7 +32,9 @@ from conveyor.agent.routing.haproxy_config import (
     runtime_commands,
     write_atomic,
     write_maps,
+    write_routes,
 )
+from conveyor.agent.routing.haproxy_hosts import check_claims, shares_port
 from conveyor.agent.routing.haproxy_logs import LogReceiver, Sample, bucket_index
 from conveyor.agent.routing.haproxy_runtime import (
     ProcInfo,
@@ -238,9 +240,12 @@ class HAProxyRouter:
             for t in spec.targets:
                 ip_literal(t.host, f"app {spec.app}: target host")
             current = self.state.apps.get(spec.app)
+            routing = (spec.domains, spec.path_prefix, spec.strip_prefix)
             moved = current is None or (current.bind, current.port) != (bind, spec.port)
             if moved:
-                check_listener(spec.app, bind, spec.port, self.state.apps, current)
+                check_listener(
+                    spec.app, bind, spec.port, self.state.apps, current, bool(spec.domains)
+                )
             busy = await self._observe()
             slots = plan_slots(
                 current.slots if current is not None else new_slots(self.slots),
@@ -257,7 +262,19 @@ class HAProxyRouter:
                 sticky=spec.sticky,
                 drain_timeout=spec.drain_timeout,
                 slots=slots,
+                domains=spec.domains,
+                path_prefix=spec.path_prefix,
+                strip_prefix=spec.strip_prefix,
             )
+            if app.domains:
+                check_claims(app, self.state.apps)
+            if current is not None:
+                # names or prefix changed: a new route map and backend rules, by a reload
+                moved = moved or routing != (
+                    current.domains,
+                    current.path_prefix,
+                    current.strip_prefix,
+                )
             if moved:
                 await self._reconfigure({**self.state.apps, spec.app: app})
             else:
@@ -308,6 +325,7 @@ class HAProxyRouter:
     def _write_config(self, apps: dict[str, AppState]) -> None:
         for app in apps.values():
             write_maps(app, self.paths)
+        write_routes(apps.values(), self.paths)
         write_atomic(self.paths.config, self._render(apps))
 
     async def _reconfigure(self, apps: dict[str, AppState]) -> None:
@@ -316,6 +334,7 @@ class HAProxyRouter:
         candidate = self.paths.config.with_name("haproxy.cfg.new")
         for app in apps.values():
             write_maps(app, self.paths)
+        write_routes(apps.values(), self.paths)
         write_atomic(candidate, self._render(apps))
         previous = self.paths.config.read_text() if self.paths.config.exists() else None
         reloaded = False
@@ -333,6 +352,7 @@ class HAProxyRouter:
                 remove_maps(name, self.paths)
             for app in self.state.apps.values():
                 write_maps(app, self.paths)
+            write_routes(self.state.apps.values(), self.paths)
             if reloaded:
                 with contextlib.suppress(RouterError):
                     await reload(self.paths)  # out of the master's wait mode, on the old config
@@ -346,6 +366,8 @@ class HAProxyRouter:
         for app in apps.values():
             old = self.state.apps.get(app.app)
             if old is None or (old.bind, old.port) != (app.bind, app.port):
+                if app.domains and shares_port(app.app, app.bind, app.port, self.state.apps):
+                    continue
                 try:
                     check_listener(app.app, app.bind, app.port, {}, None)
                 except RouterError as exc:

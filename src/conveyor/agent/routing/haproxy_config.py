@@ -16,6 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.agent.routing.haproxy_hosts import (
+    route_entries,
+    routes_map,
+    shared_frontend,
+    shared_key,
+    shares_port,
+    strip_lines,
+)
 from conveyor.agent.routing.haproxy_state import AppState, Slot, pins, previews, slot_releases
 from conveyor.agent.routing.spec import PREVIEW_HEADER, RouterError
 
@@ -95,6 +103,9 @@ class Paths:
     def previews_map(self, app: str) -> Path:
         return self.maps / f"{app}.previews"
 
+    def routes(self, bind: str, port: int) -> Path:
+        return routes_map(self.maps, bind, port)
+
 
 def ip_literal(value: str, what: str) -> str:
     try:
@@ -155,8 +166,15 @@ def render_config(apps: Iterable[AppState], paths: Paths, *, log_port: int, log_
         "    retry-on conn-failure empty-response",
         "    http-reuse safe",
     ]
+    shared: dict[tuple[str, int], list[AppState]] = {}
     for app in apps:
-        out += ["", *_frontend(app), "", *_backend(app, paths)]
+        if app.domains:
+            shared.setdefault(shared_key(app), []).append(app)
+        else:
+            out += ["", *_frontend(app)]
+        out += ["", *_backend(app, paths)]
+    for bind, port in sorted(shared):
+        out += ["", *shared_frontend(bind, port, address(bind, port), paths.routes(bind, port))]
     return "\n".join(out) + "\n"
 
 
@@ -178,6 +196,7 @@ def _backend(app: AppState, paths: Paths) -> list[str]:
     return [
         f"backend {backend_name(app.app)}",
         "    balance roundrobin",
+        *strip_lines(app),
         # METH_GET is GET and HEAD; other methods may not be idempotent.
         "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS",
         # Previews: the named release's slot whatever its weight, else a 503. Never another
@@ -235,10 +254,18 @@ def runtime_commands(old: AppState, new: AppState) -> tuple[list[str], list[str]
 
 
 def check_listener(
-    app: str, bind: str, port: int, apps: Mapping[str, AppState], current: AppState | None
+    app: str,
+    bind: str,
+    port: int,
+    apps: Mapping[str, AppState],
+    current: AppState | None,
+    domains: bool = False,
 ) -> None:
-    """Refuse a public port another app has, or another process holds."""
+    """Refuse a public port another app has, or another process holds (`domains`: the
+    app joins the shared port, which other apps with domains may already hold)."""
     wildcard = ("0.0.0.0", "::")
+    if domains and shares_port(app, bind, port, apps):
+        return
     for other in apps.values():
         if (
             other.app != app
@@ -264,6 +291,17 @@ def check_listener(
 
 def map_lines(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{key} {value}\n" for key, value in entries)
+
+
+def write_routes(apps: Iterable[AppState], paths: Paths) -> None:
+    """The route map of every shared port (each app with domains -> its backend)."""
+    shared: dict[tuple[str, int], list[AppState]] = {}
+    for app in apps:
+        if app.domains:
+            shared.setdefault(shared_key(app), []).append(app)
+    for (bind, port), group in shared.items():
+        names = {a.app: backend_name(a.app) for a in group}
+        write_atomic(paths.routes(bind, port), map_lines(route_entries(group, names)))
 
 
 def write_maps(app: AppState, paths: Paths) -> None:

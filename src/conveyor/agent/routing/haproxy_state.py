@@ -62,6 +62,10 @@ class AppState(_Model):
     sticky: bool = False
     drain_timeout: float = 30.0
     slots: list[Slot]
+    # served on the shared frontend of (bind, port) by these names (none: its own frontend)
+    domains: list[str] = []
+    path_prefix: str = ""
+    strip_prefix: bool = False
 
     def slot(self, name: str) -> Slot | None:
         return next((s for s in self.slots if s.name == name), None)
