@@ -135,10 +135,11 @@ def test_metrics_count_requests_errors_and_latency(
         assert len(c.latency_buckets) == len(LATENCY_BUCKETS)
         assert c.latency_buckets == sorted(c.latency_buckets)  # cumulative
         assert c.latency_buckets[-1] == c.requests  # nothing slower than 10 s
-        assert c.latency_buckets[0] >= 1  # some requests under 1 ms... or close
+        # one /slow?s=0.3 each, above 250 ms (how fast the others were is the machine's
+        # load: no bound on them)
         slow = c.requests - c.latency_buckets[LATENCY_BUCKETS.index(0.25)]
-        assert slow == 1  # one /slow?s=0.3 each
-        assert 0.3 <= c.latency_sum < 1.0
+        assert slow >= 1
+        assert c.latency_sum >= 0.3
     metrics = run(router.metrics())
     assert metrics.backend == "embedded" and metrics.started_at <= time.time()
     with admin(router) as http:
