@@ -54,6 +54,16 @@ def _status(server: ServerProcess) -> list[tuple[Any, ...]]:
     ]
 
 
+PRODUCTION = "/api/apps/sample/environments/production"
+
+
+def _paused(server: ServerProcess) -> bool:
+    """Pause the canary step once there is one (409 before it starts)."""
+    answer = server.http.post(f"{PRODUCTION}/pause", json={})
+    assert answer.status_code in (200, 409), answer.text
+    return answer.status_code == 200
+
+
 def _deployment(server: ServerProcess, run: int) -> Any:
     found = [d for d in server.get("/api/deployments?app=sample") if d["run"] == run]
     return found[0] if found else {"state": None}
@@ -77,12 +87,15 @@ def test_a_backup_taken_during_a_deployment_restores_on_another_address(
         first = _push(fleet, "v1")
         wait_for(lambda: _deployment(server, first)["state"] == "succeeded", timeout=120)
         second = _push(fleet, "v2")
-        wait_for(lambda: _deployment(server, second)["state"] == "running", timeout=120)
+        # held at its canary step while the backup is taken: on a loaded machine the backup
+        # took longer than the deployment once
+        wait_for(lambda: _paused(server), timeout=120)
 
         archive = tmp_path / "backup.tar"
         done = run_cli("backup", str(archive), "--data", str(server.data))
         assert done.returncode == 0, done.stderr
         assert _deployment(server, second)["state"] == "running"  # taken during it
+        server.post(f"{PRODUCTION}/resume")
         assert archive.stat().st_mode & 0o777 == 0o600
         with tarfile.open(archive) as tar:
             names = tar.getnames()
@@ -114,7 +127,9 @@ def test_a_backup_taken_during_a_deployment_restores_on_another_address(
         for agent in fleet.agents.values():  # re-pointed: its credential, a new --server
             agent.server, agent.enrolment = restored, None
             agent.launch()
-        # the restored server resumes the deployment the backup caught, with its hosts
+        # the restored server carries on with the deployment the backup caught (paused
+        # then: it is resumed there too), with its hosts
+        restored.post(f"{PRODUCTION}/resume")
         wait_for(lambda: _deployment(restored, second)["state"] in ENDED, timeout=120)
         try:
             wait_for(lambda: all(p[3] and all(h[1] for h in p[3]) for p in _status(restored)))
