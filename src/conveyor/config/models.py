@@ -20,6 +20,7 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
+from conveyor.config.flags import Flags
 from conveyor.config.secrets import SecretEntry, entry_name
 from conveyor.config.values import (
     AppName,
@@ -232,6 +233,7 @@ class Config(Section):
     # Insertion order is the promotion order.
     environments: dict[EnvironmentName, Environment] = Field(default_factory=dict)
     notify: list[Notify] = Field(default_factory=list)
+    flags: Flags = Flags()
 
     @model_validator(mode="after")
     def _deployable(self) -> Config:

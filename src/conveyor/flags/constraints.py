@@ -7,34 +7,10 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..protocol.unleash import Constraint
+from ..protocol.unleash import OPERATORS, Constraint
 from . import semver
 from .context import Context
 from .regex import compile_pattern
-
-OPERATORS = frozenset(
-    {
-        "IN",
-        "NOT_IN",
-        "STR_STARTS_WITH",
-        "STR_ENDS_WITH",
-        "STR_CONTAINS",
-        "NUM_EQ",
-        "NUM_GT",
-        "NUM_GTE",
-        "NUM_LT",
-        "NUM_LTE",
-        "DATE_AFTER",
-        "DATE_BEFORE",
-        "SEMVER_EQ",
-        "SEMVER_GT",
-        "SEMVER_GTE",
-        "SEMVER_LT",
-        "SEMVER_LTE",
-        "REGEX",
-        "IN_CIDR",
-    }
-)
 
 
 def _single(constraint: Constraint) -> str | None:

@@ -12,6 +12,31 @@ from typing import Any
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# the constraint operators of the Unleash client specification (6.1)
+OPERATORS = frozenset(
+    {
+        "IN",
+        "NOT_IN",
+        "STR_STARTS_WITH",
+        "STR_ENDS_WITH",
+        "STR_CONTAINS",
+        "NUM_EQ",
+        "NUM_GT",
+        "NUM_GTE",
+        "NUM_LT",
+        "NUM_LTE",
+        "DATE_AFTER",
+        "DATE_BEFORE",
+        "SEMVER_EQ",
+        "SEMVER_GT",
+        "SEMVER_GTE",
+        "SEMVER_LT",
+        "SEMVER_LTE",
+        "REGEX",
+        "IN_CIDR",
+    }
+)
+
 
 class UnleashWire(BaseModel):
     model_config = ConfigDict(

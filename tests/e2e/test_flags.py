@@ -1,0 +1,164 @@
+"""Feature flags against a real server: declared in conveyor.yml, changed through the API
+and the CLI with a recorded history, viewers read only, bad input refused by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import ServerProcess, make_repo, running_server
+
+CONFIG = """\
+app: shop
+test: []
+build: []
+service:
+  start: python3 -m http.server $PORT
+  port: 18080
+environments:
+  staging:
+    hosts: [web-1]
+  production:
+    hosts: [web-2]
+flags:
+  declare:
+    - name: new-checkout
+      description: the one-page checkout
+    - name: search
+      variants: [{name: a, weight: 50}, {name: b, weight: 50, payload: blue}]
+"""
+
+FLAGS = "/api/apps/shop/environments/{env}/flags"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with app `shop` and one release declaring two flags."""
+    root = tmp_path_factory.mktemp("flags")
+    with running_server(root / "data") as server:
+        make_repo(root / "repo", {"conveyor.yml": CONFIG})
+        server.add_app("shop", root / "repo")
+        run = server.post("/api/apps/shop/runs", {})
+        assert server.wait_run(run["id"])["state"] == "succeeded"
+        yield server
+
+
+def _token(server: ServerProcess, role: str) -> str:
+    return str(server.post("/api/tokens", {"name": f"{role}-person", "role": role})["token"])
+
+
+def _as(server: ServerProcess, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def test_declared_flags_start_off_in_every_environment(shop: ServerProcess) -> None:
+    for env in ("staging", "production"):
+        flags = {f["name"]: f for f in shop.get(FLAGS.format(env=env))}
+        assert set(flags) == {"new-checkout", "search"}
+        assert all(f["declared"] and not f["state"]["enabled"] for f in flags.values())
+        assert flags["new-checkout"]["description"] == "the one-page checkout"
+        assert [v["weight"] for v in flags["search"]["state"]["variants"]] == [50, 50]
+
+
+def test_a_change_is_recorded_with_who_when_before_and_after(shop: ServerProcess) -> None:
+    path = FLAGS.format(env="production") + "/new-checkout"
+    with _as(shop, _token(shop, "deployer")) as deployer:
+        changed = deployer.patch(path, json={"enabled": True, "rollout": 10})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["state"]["rollout"] == 10
+        second = deployer.patch(path, json={"rollout": 25}).json()
+    assert [h["by"] for h in second["history"]] == ["deployer-person", "deployer-person"]
+    first, last = second["history"]
+    assert first["before"]["enabled"] is False and first["after"]["enabled"] is True
+    assert last["before"]["rollout"] == 10 and last["after"]["rollout"] == 25
+    assert second["updated_by"] == "deployer-person" and second["updated_at"]
+    # the other environment is untouched
+    staging = shop.get(FLAGS.format(env="staging") + "/new-checkout")
+    assert staging["state"]["enabled"] is False and staging["history"] == []
+
+
+def test_viewers_read_but_never_change(shop: ServerProcess) -> None:
+    path = FLAGS.format(env="staging") + "/search"
+    with _as(shop, _token(shop, "viewer")) as viewer:
+        assert viewer.get(FLAGS.format(env="staging")).status_code == 200
+        assert viewer.patch(path, json={"enabled": True}).status_code == 403
+        assert viewer.post(FLAGS.format(env="staging"), json={"name": "x"}).status_code == 403
+    assert shop.get(path)["state"]["enabled"] is False
+
+
+def _refused(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    text = response.text
+    assert all(w in text for w in words), text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/api/apps/nope/environments/staging/flags/search", {"enabled": True}, 404, ["nope"]),
+        (FLAGS.format(env="qa") + "/search", {"enabled": True}, 404, ["qa", "staging"]),
+        (FLAGS.format(env="staging") + "/nope", {"enabled": True}, 404, ["nope", "search"]),
+        (FLAGS.format(env="staging") + "/search", {"rollout": 101}, 422, ["rollout", "100"]),
+        (FLAGS.format(env="staging") + "/search", {"rollout": -1}, 422, ["rollout"]),
+        (
+            FLAGS.format(env="staging") + "/search",
+            {"variants": [{"name": "a", "weight": 60}, {"name": "b", "weight": 30}]},
+            422,
+            ["add up to 90", "100"],
+        ),
+        (
+            FLAGS.format(env="staging") + "/search",
+            {"constraints": [{"context_name": "plan", "operator": "LIKE", "values": ["x"]}]},
+            422,
+            ["unknown constraint operator 'LIKE'"],
+        ),
+    ],
+)
+def test_bad_input_is_refused_by_name_and_changes_nothing(
+    shop: ServerProcess, path: str, body: dict[str, Any], status: int, words: list[str]
+) -> None:
+    before = shop.get(FLAGS.format(env="staging") + "/search")
+    _refused(shop.http.patch(path, json=body), status, *words)
+    assert shop.get(FLAGS.format(env="staging") + "/search") == before
+
+
+def test_a_flag_created_at_runtime(shop: ServerProcess) -> None:
+    body = {"name": "dark-mode", "description": "night", "variants": []}
+    created = shop.http.post(FLAGS.format(env="staging"), json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["declared"] is False
+    assert created.json()["history"][0]["before"] is None
+    _refused(shop.http.post(FLAGS.format(env="staging"), json=body), 409, "already exists")
+    names = [f["name"] for f in shop.get(FLAGS.format(env="staging"))]
+    assert names == ["dark-mode", "new-checkout", "search"]
+
+
+def test_the_cli(shop: ServerProcess) -> None:
+    def cli(*args: str) -> str:
+        done = shop.cli("flag", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "search  off" in cli("list", "shop", "staging")
+    assert "search in staging of shop: on" in cli("on", "shop", "staging", "search")
+    assert "30%  by sessionId" in cli(
+        "rollout", "shop", "staging", "search", "30", "--stickiness", "sessionId"
+    )
+    said = cli(
+        "target", "shop", "staging", "search", "--users", "u1,u2",
+        "--where", "plan in pro,team", "--where", "version not semver_lt 2.0.0",
+    )  # fmt: skip
+    assert "users u1,u2" in said and "where plan in pro,team" in said
+    assert "where version not semver_lt 2.0.0" in said
+    shown = cli("show", "shop", "staging", "search")
+    assert shown.count("admin (CONVEYOR_ADMIN_TOKEN)") == 3
+    assert "off" in cli("off", "shop", "staging", "search")
+    bad = shop.cli("flag", "target", "shop", "staging", "search", "--where", "plan like x")
+    assert bad.returncode == 2 and "unknown constraint operator 'LIKE'" in bad.stderr
+    bad = shop.cli("flag", "rollout", "shop", "staging", "search", "120")
+    assert bad.returncode == 2 and "outside 0-100" in bad.stderr
