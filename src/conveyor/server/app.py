@@ -37,6 +37,7 @@ from conveyor.server.api import (
     runs,
     status,
     tokens,
+    unleash,
 )
 from conveyor.server.fastpath import HEALTH, FastPath
 from conveyor.server.headers import SecurityHeaders
@@ -170,6 +171,7 @@ def create_app(
         notifications,
         status,
         tokens,
+        unleash,
         keys,
         hosts,
         agents,
