@@ -22,3 +22,10 @@ if ! command -v uv >/dev/null 2>&1 && ! python3 -m uv --version >/dev/null 2>&1;
     echo "setup: installing uv with pip" >&2
     python3 -m pip install --quiet uv
 fi
+
+# The official Unleash Node SDK, pinned (testbed/node_sdk/package-lock.json): the flags
+# end-to-end test checks it agrees with conveyor's evaluator. Without npm, that test skips.
+if command -v npm >/dev/null 2>&1 && [ ! -d testbed/node_sdk/node_modules/unleash-client ]; then
+    echo "setup: installing the Unleash Node SDK with npm ci (testbed/node_sdk)" >&2
+    npm ci --prefix testbed/node_sdk --no-audit --no-fund --silent >/dev/null
+fi

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,28 +213,42 @@ def test_features_carry_an_etag_and_answer_304_until_a_change(shop: ServerProces
         assert changed.status_code == 200 and changed.headers["etag"] != etag
 
 
+SEARCH = {
+    "enabled": True,
+    "rollout": 60,
+    "user_ids": ["vip-1"],
+    "constraints": [{"context_name": "plan", "operator": "NOT_IN", "values": ["blocked"]}],
+    "variants": [
+        {"name": "a", "weight": 30},
+        {"name": "b", "weight": 50, "payload": "blue"},
+        {"name": "c", "weight": 20},
+    ],
+}
+USERS = 10_000
+SCOPED_URL = "{url}/api/apps/shop/environments/production/unleash"
+
+
+def _user(i: int) -> dict[str, Any]:
+    """User i's context: every 50th is on plan "blocked" (as testbed/node_sdk/variants.js)."""
+    return {"userId": f"user-{i}", "properties": {"plan": "blocked" if i % 50 == 0 else "pro"}}
+
+
+def _search_in_production(shop: ServerProcess) -> tuple[str, FlagSet]:
+    """`search` rolled out to 60% of production with three variants; a client token for it
+    and conveyor's evaluator over the very document the SDKs read."""
+    path = FLAGS.format(env="production") + "/search"
+    assert shop.http.patch(path, json=SEARCH).status_code == 200
+    token = _client_token(shop, "production")
+    document = shop.http.get("/api/client/features", headers={"Authorization": token})
+    return token, FlagSet(ClientFeatures.model_validate_json(document.content))
+
+
 def test_the_python_sdk_gives_the_evaluators_answer_for_10000_users(
     shop: ServerProcess, tmp_path: Path
 ) -> None:
-    path = FLAGS.format(env="production") + "/search"
-    body = {
-        "enabled": True,
-        "rollout": 60,
-        "user_ids": ["vip-1"],
-        "constraints": [{"context_name": "plan", "operator": "NOT_IN", "values": ["blocked"]}],
-        "variants": [
-            {"name": "a", "weight": 30},
-            {"name": "b", "weight": 50, "payload": "blue"},
-            {"name": "c", "weight": 20},
-        ],
-    }
-    assert shop.http.patch(path, json=body).status_code == 200
-    token = _client_token(shop, "production")
-    document = shop.http.get("/api/client/features", headers={"Authorization": token})
-    ours = FlagSet(ClientFeatures.model_validate_json(document.content))
-
+    token, ours = _search_in_production(shop)
     sdk = UnleashClient(
-        url=f"{shop.url}/api/apps/shop/environments/production/unleash",
+        url=SCOPED_URL.format(url=shop.url),
         app_name="shop-web",
         environment="production",
         instance_id="test-1",
@@ -246,15 +262,13 @@ def test_the_python_sdk_gives_the_evaluators_answer_for_10000_users(
         wait_for(lambda: sdk.is_enabled("search", {"userId": "vip-1"}), timeout=30)
         differ = []
         on = 0
-        for i in range(10_000):
-            user = f"user-{i}"
-            plan = "blocked" if i % 50 == 0 else "pro"
-            context = {"userId": user, "properties": {"plan": plan}}
+        for i in range(USERS):
+            context = _user(i)
             theirs = sdk.get_variant("search", context)
             mine = ours.variant("search", Context.from_mapping(context)).as_json()
             on += mine["feature_enabled"]
             if {k: theirs.get(k) for k in mine} != mine:
-                differ.append((user, theirs, mine))
+                differ.append((i, theirs, mine))
         assert differ == []
         assert 5_500 < on < 6_300  # 60% of the 98% not blocked
         # metrics reach the server (the SDK sends them every second)
@@ -271,3 +285,32 @@ def _counted(db: Path, flag: str) -> bool:
         name == "shop-web" and json.loads(counts).get(flag, {}).get("yes", 0) > 0
         for name, counts in rows
     )
+
+
+NODE_SDK = Path(__file__).resolve().parents[2] / "testbed" / "node_sdk"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_SDK / "node_modules" / "unleash-client").is_dir(),
+    reason="the Unleash Node SDK is not installed (`make sync` runs npm ci in testbed/node_sdk)",
+)
+def test_the_node_sdk_gives_the_evaluators_answer_for_10000_users(shop: ServerProcess) -> None:
+    token, ours = _search_in_production(shop)
+    done = subprocess.run(
+        ["node", "variants.js", SCOPED_URL.format(url=shop.url), token, "search", str(USERS)],
+        cwd=NODE_SDK,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    theirs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(theirs) == USERS
+    differ = []
+    for i, answer in enumerate(theirs):
+        mine = ours.variant("search", Context.from_mapping(_user(i)))
+        payload = mine.payload.model_dump() if mine.payload else None
+        if answer != {"name": mine.name, "enabled": mine.enabled, "payload": payload}:
+            differ.append((i, answer, mine))
+    assert differ == []
+    assert {a["name"] for a in theirs} == {"a", "b", "c", "disabled"}
