@@ -6,23 +6,8 @@ import pytest
 
 from conveyor.flags import Context, FlagSet
 from conveyor.flags.definition import NamedFlag, to_document
-from conveyor.flags.header import header_value, parse_source, request_context
+from conveyor.flags.header import RequestFlags, header_value, parse_source
 from conveyor.protocol.flags import FlagState, FlagVariant
-
-
-@pytest.mark.parametrize(
-    ("source", "headers", "user"),
-    [
-        ("cookie:uid", [("Cookie", "a=1; uid=u-42")], "u-42"),
-        ("cookie:uid", [("cookie", "a=1")], None),
-        ("cookie:uid", [("Cookie", "a=1"), ("Cookie", "uid=u-7")], "u-7"),
-        ("cookie:uid", [("Cookie", 'uid="broken')], None),
-        ("header:X-User", [("x-user", " u-9 ")], "u-9"),
-        ("header:X-User", [("X-Other", "u-9")], None),
-    ],
-)
-def test_request_context(source: str, headers: list[tuple[str, str]], user: str | None) -> None:
-    assert request_context(source, headers).user_id == user
 
 
 @pytest.mark.parametrize("source", ["uid", "cookie:", "query:uid", ":uid"])
@@ -50,3 +35,50 @@ def test_header_value_names_every_flag() -> None:
     )
     value = header_value(flags, Context(user_id="u-1"))
     assert value == "dark=off; new-checkout=on; search=variant-b"
+
+
+@pytest.mark.parametrize(
+    ("source", "headers", "cookie", "user"),
+    [
+        ("cookie:uid", [], b"theme=dark; uid=u-1", "u-1"),
+        ("cookie:uid", [], b"myuid=u-2", None),
+        ("cookie:uid", [], b'uid="u-3"; a=b', "u-3"),
+        ("cookie:uid", [], None, None),
+        ("header:X-User", [(b"X-USER", b" u-4 ")], None, "u-4"),
+        ("header:X-User", [(b"X-Other", b"u-4")], b"X-User=u-5", None),
+    ],
+)
+def test_the_routers_reading_of_the_user(
+    source: str, headers: list[tuple[bytes, bytes]], cookie: bytes | None, user: str | None
+) -> None:
+    flags = RequestFlags(source, FlagSet(to_document([])))
+    assert flags.user(headers, cookie) == user
+
+
+def test_the_routers_header_line() -> None:
+    flags = RequestFlags(
+        "cookie:uid", FlagSet(to_document([NamedFlag("a", "", FlagState(enabled=True))]))
+    )
+    assert flags.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"
+
+
+def test_a_users_line_is_kept_unless_a_constraint_reads_the_clock() -> None:
+    plain = RequestFlags(
+        "cookie:uid", FlagSet(to_document([NamedFlag("a", "", FlagState(enabled=True))]))
+    )
+    assert plain.line([], b"uid=1") is plain.line([], b"uid=1")
+    dated = FlagState.model_validate(
+        {
+            "enabled": True,
+            "constraints": [
+                {
+                    "context_name": "currentTime",
+                    "operator": "DATE_AFTER",
+                    "values": ["2020-01-01T00:00:00Z"],
+                }
+            ],
+        }
+    )
+    clocked = RequestFlags("cookie:uid", FlagSet(to_document([NamedFlag("a", "", dated)])))
+    assert not clocked.cacheable
+    assert clocked.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"

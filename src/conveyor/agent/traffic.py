@@ -68,6 +68,7 @@ def plan_route(app: DesiredApp, releases: Mapping[str, Release], bind: str) -> H
         bind=bind,
         targets=targets,
         sticky=app.sticky,
+        flags=app.flags,
         drain_timeout=first.drain,
     )
     return Route(spec=spec, top=max(weighted, key=lambda r: r.weight))

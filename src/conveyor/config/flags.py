@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, field_validator
 
 from conveyor.config.base import Section
+from conveyor.flags.header import parse_source
 from conveyor.protocol.flags import FLAG_NAME_PATTERN, VARIANT_TOTAL
 
 FlagName = Annotated[str, StringConstraints(pattern=FLAG_NAME_PATTERN, max_length=255)]
@@ -43,6 +44,16 @@ class Flags(Section):
     """Feature flags: declared here, switched at runtime (`conveyor flag`), never deployed."""
 
     declare: list[FlagDeclaration] = Field(default_factory=list)
+    # each host's router evaluates the flags for each request and passes the answers to
+    # the app in X-Conveyor-Flags; who the request is for comes from this cookie or header
+    stickiness: str | None = None
+
+    @field_validator("stickiness")
+    @classmethod
+    def _source(cls, stickiness: str | None) -> str | None:
+        if stickiness is not None:
+            parse_source(stickiness)
+        return stickiness
 
     @field_validator("declare")
     @classmethod

@@ -166,6 +166,7 @@ environments:                   # promotion order = this order
 #     on: [failure, rollback, approval, success]
 
 # flags:                        # feature flags: off in every environment until switched
+#   stickiness: cookie:uid      # routers pass each request's answers in X-Conveyor-Flags
 #   declare:                    # `conveyor flag on|rollout|target APP ENV NAME`
 #     - name: new-checkout
 #       description: the one-page checkout

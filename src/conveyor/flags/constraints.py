@@ -8,9 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..protocol.unleash import OPERATORS, Constraint
-from . import semver
 from .context import Context
 from .regex import compile_pattern
+from .semver import parse as parse_version
 
 
 def _single(constraint: Constraint) -> str | None:
@@ -83,7 +83,7 @@ def _semver(constraint: Constraint, value: str | None) -> bool:
     wanted_text = _single(constraint)
     if value is None or wanted_text is None:
         return False
-    actual, wanted = semver.parse(value), semver.parse(wanted_text)
+    actual, wanted = parse_version(value), parse_version(wanted_text)
     if actual is None or wanted is None:
         return False
     return _COMPARE[constraint.operator.removeprefix("SEMVER_")](actual, wanted)

@@ -7,11 +7,10 @@ flags are those of its newest release's conveyor.yml.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from sqlalchemy import select
+from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from conveyor.deploy.gates import release_config
+from conveyor.deploy.flagstate import declared, hosts_serving, newest_config
 from conveyor.flags.definition import changed
 from conveyor.protocol.flags import (
     FlagChange,
@@ -21,14 +20,13 @@ from conveyor.protocol.flags import (
     FlagState,
     FlagTokenCreate,
     FlagTokenCreated,
-    FlagVariant,
 )
 from conveyor.server.api.deployments import _check_environment
 from conveyor.server.auth import Deployer, Viewer, hash_token, new_token
 from conveyor.server.deps import AppName, EnvName, SessionDep, get_app_or_404
 from conveyor.server.edge import responses
 from conveyor.store import flags as store
-from conveyor.store.models import App, FlagToken, Release
+from conveyor.store.models import App, FlagToken
 
 router = APIRouter(prefix="/api/apps/{name}/environments/{env}", tags=["flags"])
 
@@ -36,27 +34,13 @@ FLAGS = "/flags"
 FLAG = "/flags/{flag}"
 
 
-def declared(session: Session, app: App) -> list[store.Declared]:
-    """The flags the app's newest release's conveyor.yml declares."""
-    release = session.scalar(
-        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
-    )
-    if release is None or not release.config:
-        return []
-    return [
-        store.Declared(
-            f.name,
-            f.description,
-            [FlagVariant(name=v.name, weight=v.weight, payload=v.payload) for v in f.variants],
-        )
-        for f in release_config(release).flags.declare
-    ]
-
-
 def entries(session: Session, name: str, env: str) -> tuple[App, list[store.Entry]]:
     app = get_app_or_404(session, name)
     _check_environment(app, env, session)
-    return app, store.catalog(declared(session, app), store.rows_of(session, app.id, env))
+    found = store.catalog(
+        declared(newest_config(session, app)), store.rows_of(session, app.id, env)
+    )
+    return app, found
 
 
 def _entry(session: Session, name: str, env: str, flag: str) -> tuple[App, store.Entry]:
@@ -85,6 +69,16 @@ def _out(app: App, env: str, entry: store.Entry) -> FlagOut:
     )
 
 
+def _commit_and_wake(session: Session, request: Request, app: App, env: str) -> None:
+    """Commit a change; the hosts serving the environment get the new flags (long-poll)."""
+    hosts = hosts_serving(session, app, env)
+    for host in hosts:
+        host.generation += 1
+    session.commit()
+    for host in hosts:
+        request.app.state.notifier.changed(host.name)
+
+
 def _detail(app: App, env: str, entry: store.Entry) -> FlagDetail:
     return FlagDetail(**_out(app, env, entry).model_dump(), history=store.history(entry.row))
 
@@ -105,7 +99,12 @@ def show_flag(name: AppName, env: EnvName, flag: str, _: Viewer, session: Sessio
 
 @router.post(FLAGS, status_code=201, responses=responses(404, 409))
 def create_flag(
-    name: AppName, env: EnvName, body: FlagCreate, caller: Deployer, session: SessionDep
+    name: AppName,
+    env: EnvName,
+    body: FlagCreate,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
 ) -> FlagDetail:
     """A new flag in one environment, off (a flag conveyor.yml declares exists already)."""
     app, found = entries(session, name, env)
@@ -114,7 +113,7 @@ def create_flag(
     state = FlagState(variants=body.variants)
     entry = store.Entry(body.name, body.description, False, state, None)
     row = store.save(session, app.id, env, entry, state, caller.name, created=True)
-    session.commit()
+    _commit_and_wake(session, request, app, env)
     return _detail(app, env, store.Entry(body.name, body.description, False, state, row))
 
 
@@ -124,6 +123,7 @@ def change_flag(
     env: EnvName,
     flag: str,
     body: FlagChange,
+    request: Request,
     caller: Deployer,
     session: SessionDep,
 ) -> FlagDetail:
@@ -132,7 +132,7 @@ def change_flag(
     after = changed(entry.state, body)
     if after != entry.state:
         row = store.save(session, app.id, env, entry, after, caller.name)
-        session.commit()
+        _commit_and_wake(session, request, app, env)
         entry = store.Entry(entry.name, entry.description, entry.declared, after, row)
     return _detail(app, env, entry)
 

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from sqlalchemy import select
 
-from conveyor.flags.definition import NamedFlag, to_document
-from conveyor.server.api.flags import declared
+from conveyor.deploy.flagstate import document
 from conveyor.server.auth import bearer, hash_token
 from conveyor.server.deps import AppName, EnvName, SessionDep
 from conveyor.server.edge import responses
@@ -63,11 +62,8 @@ def _check_scope(session: SessionDep, token: FlagToken, name: str, env: str) -> 
 
 def features_body(session: SessionDep, token: FlagToken) -> bytes:
     """The features document of the token's app and environment, as the SDKs read it."""
-    app = _app_of(session, token)
-    rows = store.rows_of(session, app.id, token.environment)
-    entries = store.catalog(declared(session, app), rows)
-    document = to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
-    return document.model_dump_json(by_alias=True, exclude_none=True).encode()
+    found = document(session, _app_of(session, token), token.environment)
+    return found.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 def _features(request: Request, session: SessionDep, token: FlagToken) -> Response:
