@@ -14,9 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
 from UnleashClient import UnleashClient
 
 from conveyor.flags import Context, FlagSet
+from conveyor.flags.provider import ConveyorProvider
 from conveyor.protocol.unleash import ClientFeatures
 from tests.helpers import ServerProcess, make_repo, running_server, wait_for
 
@@ -314,3 +318,28 @@ def test_the_node_sdk_gives_the_evaluators_answer_for_10000_users(shop: ServerPr
             differ.append((i, answer, mine))
     assert differ == []
     assert {a["name"] for a in theirs} == {"a", "b", "c", "disabled"}
+
+
+def test_the_openfeature_provider_gives_the_evaluators_answers(shop: ServerProcess) -> None:
+    token, ours = _search_in_production(shop)
+    provider = ConveyorProvider(SCOPED_URL.format(url=shop.url), token, interval=0.5)
+    api.set_provider_and_wait(provider)  # initialize reads the flags once
+    try:
+        client = api.get_client()
+        details = client.get_boolean_details("search", False, EvaluationContext("vip-1"))
+        assert details.value is True, details
+        for i in range(2000):
+            context = _user(i)
+            of_context = EvaluationContext(context["userId"], context["properties"])
+            mine = ours.variant("search", Context.from_mapping(context))
+            assert client.get_boolean_value("search", False, of_context) is mine.feature_enabled
+            expected = mine.name if mine.enabled else "none"
+            assert client.get_string_value("search", "none", of_context) == expected
+        missing = client.get_boolean_details("nope", True, EvaluationContext("u"))
+        assert missing.value is True and missing.error_code == ErrorCode.FLAG_NOT_FOUND
+        # the server unreachable: the last flags read keep answering
+        provider.url = "http://127.0.0.1:9/api/client/features"
+        assert provider.refresh() is False
+        assert client.get_string_value("search", "none", EvaluationContext("vip-1")) in "abc"
+    finally:
+        api.shutdown()
