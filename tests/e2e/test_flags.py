@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -343,3 +344,32 @@ def test_the_openfeature_provider_gives_the_evaluators_answers(shop: ServerProce
         assert client.get_string_value("search", "none", EvaluationContext("vip-1")) in "abc"
     finally:
         api.shutdown()
+
+
+@contextlib.contextmanager
+def _signed_in(shop: ServerProcess, role: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shop.url, timeout=30) as http:
+        signed = http.post("/login", data={"token": _token(shop, role), "next": "/"})
+        assert signed.status_code == 303, signed.text
+        yield http
+
+
+def test_the_dashboard_shows_flags_and_deployers_switch_them(shop: ServerProcess) -> None:
+    page = "/apps/shop/environments/staging/flags"
+    with _signed_in(shop, "viewer") as viewer:
+        shown = viewer.get(page)
+        assert shown.status_code == 200 and 'data-flag="new-checkout"' in shown.text
+        assert "the one-page checkout" in shown.text and "data-action=" not in shown.text
+        refused = viewer.post(page + "/new-checkout/on", data={"csrf": "x"})
+        assert refused.status_code >= 400
+    with _signed_in(shop, "deployer") as deployer:
+        shown = deployer.get(page)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', shown.text)
+        assert csrf is not None
+        before = shop.get(FLAGS.format(env="staging") + "/new-checkout")["state"]["enabled"]
+        action = "off" if before else "on"
+        done = deployer.post(f"{page}/new-checkout/{action}", data={"csrf": csrf.group(1)})
+        assert done.status_code == 303, done.text
+    after = shop.get(FLAGS.format(env="staging") + "/new-checkout")
+    assert after["state"]["enabled"] is (not before)
+    assert after["history"][-1]["by"] == "deployer-person"

@@ -1,5 +1,6 @@
 """Flags without an SDK: each host's router evaluates the app's flags for each request and
-passes the answers in X-Conveyor-Flags; a change reaches the router without a deployment."""
+passes the answers in X-Conveyor-Flags; a change reaches the router without a deployment,
+and while the server is down a change is refused and the router keeps the last flags."""
 
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ def _deployed(server: ServerProcess, run: int) -> Any:
     return wait_for(ended, timeout=120, interval=0.3)
 
 
+@pytest.mark.slow  # a deployment, 600 requests, a server restart: some 40 s
 def test_the_router_passes_each_users_flags_and_a_change_reaches_it(fleet: Fleet) -> None:
     server = fleet.server
     commit(fleet.repo, {"flagapp.py": FLAGAPP_PY, "conveyor.yml": CONFIG.format(port=fleet.port)})
@@ -104,11 +106,13 @@ def test_the_router_passes_each_users_flags_and_a_change_reaches_it(fleet: Fleet
 
     server.http.patch(FLAGS + "/new-checkout", json={"enabled": True})
     server.http.patch(FLAGS + "/search", json={"enabled": True, "rollout": 50})
-    wait_for(lambda: _seen(fleet, "u-1")[0].startswith("new-checkout=on"), timeout=30)
 
     token = server.post("/api/apps/sample/environments/production/flag-tokens", {"name": "t"})
     document = server.http.get("/api/client/features", headers={"Authorization": token["token"]})
     ours = FlagSet(ClientFeatures.model_validate_json(document.content))
+    # both changes reached the router (each its own desired state)
+    expected = header_value(ours, Context(user_id="user-1"))
+    wait_for(lambda: _seen(fleet, "user-1") == [expected], timeout=30)
     for i in range(200):
         uid = f"user-{i}"
         assert _seen(fleet, uid) == [header_value(ours, Context(user_id=uid))], uid
@@ -120,3 +124,13 @@ def test_the_router_passes_each_users_flags_and_a_change_reaches_it(fleet: Fleet
     server.http.patch(FLAGS + "/new-checkout", json={"enabled": False})
     wait_for(lambda: _seen(fleet, "u-1")[0].startswith("new-checkout=off"), timeout=30)
     print(f"flag off to the router serving it off: {time.monotonic() - started:.2f} s")
+
+    # the server down: a change is refused, the router keeps serving the last flags
+    server.stop()
+    refused = server.cli("flag", "on", "sample", "production", "new-checkout", timeout=60)
+    assert refused.returncode == 1 and "cannot reach the conveyor server" in refused.stderr
+    assert _seen(fleet, "u-1")[0].startswith("new-checkout=off")
+    # back: a change made now reaches the host (generous bound: the agent polls again)
+    server.start()
+    assert server.http.patch(FLAGS + "/new-checkout", json={"enabled": True}).status_code == 200
+    wait_for(lambda: _seen(fleet, "u-1")[0].startswith("new-checkout=on"), timeout=60)

@@ -10,30 +10,14 @@ from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOp
 from conveyor.cli.deploy import AppArg, EnvArg
 from conveyor.cli.render import bare, out, print_json, when
 from conveyor.client import wire
-from conveyor.protocol.flags import FlagChange, FlagConstraint, FlagDetail, FlagState
+from conveyor.flags.definition import describe
+from conveyor.protocol.flags import FlagChange, FlagConstraint, FlagDetail
 
 flags_cli = typer.Typer(
     help="Feature flags per app and environment: switched at runtime, never deployed.",
     no_args_is_help=True,
 )
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The flag.")]
-
-
-def describe(state: FlagState) -> str:
-    """One line: on/off, rollout, targeting and variants."""
-    parts = ["on" if state.enabled else "off"]
-    if state.enabled:
-        parts.append(f"{state.rollout}%")
-        if state.stickiness != "default":
-            parts.append(f"by {state.stickiness}")
-    if state.user_ids:
-        parts.append(f"users {','.join(state.user_ids)}")
-    for c in state.constraints:
-        op = ("not " if c.inverted else "") + c.operator.lower()
-        parts.append(f"where {c.context_name} {op} {','.join(c.values)}")
-    if state.variants:
-        parts.append("variants " + " ".join(f"{v.name}={v.weight}%" for v in state.variants))
-    return "  ".join(parts)
 
 
 def _said(detail: FlagDetail, as_json: bool) -> None:

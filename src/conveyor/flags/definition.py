@@ -82,3 +82,20 @@ def changed(state: FlagState, change: FlagChange) -> FlagState:
     """The state after a change: the fields it gives replace the state's."""
     given = change.model_dump(exclude_none=True)
     return FlagState.model_validate({**state.model_dump(), **given})
+
+
+def describe(state: FlagState) -> str:
+    """One line: on/off, rollout, targeting and variants."""
+    parts = ["on" if state.enabled else "off"]
+    if state.enabled:
+        parts.append(f"{state.rollout}%")
+        if state.stickiness != "default":
+            parts.append(f"by {state.stickiness}")
+    if state.user_ids:
+        parts.append(f"users {','.join(state.user_ids)}")
+    for c in state.constraints:
+        op = ("not " if c.inverted else "") + c.operator.lower()
+        parts.append(f"where {c.context_name} {op} {','.join(c.values)}")
+    if state.variants:
+        parts.append("variants " + " ".join(f"{v.name}={v.weight}%" for v in state.variants))
+    return "  ".join(parts)
