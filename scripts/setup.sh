@@ -33,3 +33,11 @@ if command -v npm >/dev/null 2>&1 \
     npm install --prefix .cache/squawk --no-audit --no-fund --silent "squawk-cli@$SQUAWK_VERSION" >&2 \
         || echo "setup: squawk-cli could not be installed; tests/sqllint/test_squawk.py will skip" >&2
 fi
+
+# The official Unleash Node SDK, pinned (testbed/node_sdk/package-lock.json): the flags
+# end-to-end test checks it agrees with conveyor's evaluator. Without npm, that test skips.
+if command -v npm >/dev/null 2>&1 && [ ! -d testbed/node_sdk/node_modules/unleash-client ]; then
+    echo "setup: installing the Unleash Node SDK with npm ci (testbed/node_sdk)" >&2
+    npm ci --prefix testbed/node_sdk --no-audit --no-fund --silent >/dev/null \
+        || echo "setup: npm ci failed (offline?): the Node SDK test will skip" >&2
+fi

@@ -37,6 +37,7 @@ from conveyor.protocol import (
     TokenCreated,
     TokenOut,
 )
+from conveyor.protocol.flags import FlagChange, FlagDetail, FlagOut, FlagTokenCreated
 from conveyor.tls import ServerTrust, TrustError
 
 DEFAULT_SERVER = "http://127.0.0.1:8420"
@@ -264,6 +265,26 @@ class Client:
         """promote, pause or resume the running canary step (query: "?full=true")."""
         path = f"/api/apps/{app}/environments/{env}/{action}{query}"
         return self._typed(DeploymentOut, self.post(path))
+
+    # -- feature flags ------------------------------------------------------------------
+
+    def _flags_path(self, app: str, env: str) -> str:
+        return f"/api/apps/{app}/environments/{env}/flags"
+
+    def flags(self, app: str, env: str) -> list[FlagOut]:
+        return self._typed_list(FlagOut, self.get(self._flags_path(app, env)))
+
+    def flag(self, app: str, env: str, name: str) -> FlagDetail:
+        return self._typed(FlagDetail, self.get(f"{self._flags_path(app, env)}/{name}"))
+
+    def change_flag(self, app: str, env: str, name: str, change: FlagChange) -> FlagDetail:
+        body = change.model_dump(mode="json", exclude_none=True)
+        path = f"{self._flags_path(app, env)}/{name}"
+        return self._typed(FlagDetail, self.request("PATCH", path, json=body).json())
+
+    def create_flag_token(self, app: str, env: str, name: str) -> FlagTokenCreated:
+        path = f"/api/apps/{app}/environments/{env}/flag-tokens"
+        return self._typed(FlagTokenCreated, self.post(path, {"name": name}))
 
 
 def wire(data: BaseModel | list[Any]) -> Any:

@@ -19,6 +19,7 @@ from conveyor.protocol import (
     ReleaseCounters,
     RouterMetrics,
 )
+from conveyor.protocol.desired import HostFlags
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -60,6 +61,9 @@ class RouteSpec(Model):
     bind: str = "0.0.0.0"
     targets: list[Target] = []
     sticky: bool = Field(default=False, description="pin a client to a release by cookie")
+    flags: HostFlags | None = Field(
+        default=None, description="flags evaluated per request, passed in X-Conveyor-Flags"
+    )
     drain_timeout: float = Field(default=30.0, ge=0)
     domains: list[str] = Field(
         default=[],

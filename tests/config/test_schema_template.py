@@ -32,6 +32,7 @@ def test_schema_is_json_with_the_top_level_keys() -> None:
         "hooks",
         "environments",
         "notify",
+        "flags",
     }
 
 

@@ -71,6 +71,7 @@ def plan_route(
         bind=bind,
         targets=targets,
         sticky=app.sticky,
+        flags=app.flags,
         drain_timeout=first.drain,
         domains=first.domains,
         path_prefix=first.path_prefix,

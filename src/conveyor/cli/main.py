@@ -16,6 +16,7 @@ from conveyor import __version__
 from conveyor.cli import controls, deploy, migrations, status
 from conveyor.cli.chain import follow_chain
 from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
+from conveyor.cli.flags import flags_cli
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.listing import apps_table, hosts_table, tokens_table
 from conveyor.cli.render import bare, err, out, print_json
@@ -47,6 +48,7 @@ app.add_typer(apps_cli, name="app")
 app.add_typer(hosts_cli, name="host")
 app.add_typer(tokens_cli, name="token")
 app.add_typer(secrets_cli, name="secret")
+app.add_typer(flags_cli, name="flag")
 
 
 def _print_version(value: bool) -> None:

@@ -20,6 +20,7 @@ from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.confinement import Limits, UserName
 from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.environment import Environment
+from conveyor.config.flags import Flags
 from conveyor.config.migrations import Migrations
 from conveyor.config.routing import (
     Domains,
@@ -246,6 +247,7 @@ class Config(Section):
     # Insertion order is the promotion order.
     environments: dict[EnvironmentName, Environment] = Field(default_factory=dict)
     notify: list[Notify] = Field(default_factory=list)
+    flags: Flags = Flags()
 
     @property
     def expand_command(self) -> str | None:

@@ -169,6 +169,13 @@ environments:                   # promotion order = this order
 # notify:
 #   - url: "json://hooks.example.com/conveyor"   # any Apprise URL (slack://, mailto://, ...)
 #     on: [failure, rollback, approval, success]
+
+# flags:                        # feature flags: off in every environment until switched
+#   stickiness: cookie:uid      # routers pass each request's answers in X-Conveyor-Flags
+#   declare:                    # `conveyor flag on|rollout|target APP ENV NAME`
+#     - name: new-checkout
+#       description: the one-page checkout
+#       variants: [{{name: a, weight: 50}}, {{name: b, weight: 50}}]   # percent, adding up to 100
 """
 
 STARTER_CONFIG = starter_config("my-app")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Config
 from conveyor.config.migrations import pg_options
 from conveyor.deploy.claims import domain_clash, release_claims
+from conveyor.deploy.flagstate import host_flags
 from conveyor.protocol import (
     DesiredApp,
     DesiredRelease,
@@ -206,5 +207,6 @@ def desired_state(session: Session, host: Host) -> DesiredState:
                     migrate=migrate_request(release, item.migrate),
                 )
             )
-        apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky))
+        flags = host_flags(session, row.app, row.environment)
+        apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
     return DesiredState(host=host.name, generation=host.generation, apps=apps)

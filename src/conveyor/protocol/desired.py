@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .unleash import ClientFeatures
 from .wire import Wire
 
 
@@ -75,10 +76,19 @@ class DesiredRelease(Wire):
     migrate: MigrateRequest | None = None
 
 
+class HostFlags(Wire):
+    """An app's flags for its routers to evaluate on each request (conveyor.yml
+    `flags.stickiness`): who a request is for, and the flags' Unleash document."""
+
+    stickiness: str = Field(description="cookie:NAME or header:NAME")
+    document: ClientFeatures
+
+
 class DesiredApp(Wire):
     app: str
     releases: list[DesiredRelease]
     sticky: bool = False
+    flags: HostFlags | None = None
 
 
 class DesiredState(Wire):

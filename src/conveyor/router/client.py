@@ -309,10 +309,14 @@ class ClientConnection(asyncio.Protocol):
         if req.cookie is not None and app.sticky:
             cookie_release = app.cookie_release(req.cookie)
         preview = req.preview
+        head = req.head
+        if app.flags is not None:
+            # the flags' answers for this request's user, as the head's last header
+            head = head[:-2] + app.flags.line(self.headers, req.cookie) + b"\r\n"
         ex = Exchange(
             self,
             method,
-            req.head,
+            head,
             keep_alive and not upgrade,
             http10,
             upgrade,

@@ -27,6 +27,8 @@ _SPECIAL = {
     b"te": _HOP,
     b"trailer": _HOP,
     PREVIEW_HEADER.lower().encode(): _PREVIEW,
+    # the router's own answer (conveyor.flags.header): a client never sets it for the app
+    b"x-conveyor-flags": _HOP,
 }
 _CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 

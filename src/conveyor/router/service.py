@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from conveyor.flags import FlagSet
+from conveyor.flags.header import RequestFlags
 from conveyor.router.balancer import Balancer
 from conveyor.router.target import Upstream
 
@@ -31,6 +33,7 @@ class App:
         self.balancer = Balancer([])
         self.connections: set[ClientConnection] = set()
         self.sticky = spec.sticky
+        self.flags = _flags(spec)
         self.cookie_name = f"conveyor_release_{spec.app}"
         self._cookie_key = self.cookie_name.encode() + b"="
         self.removed = False
@@ -71,6 +74,7 @@ class App:
         """Swap in the targets of a new spec; in-flight requests keep their connections."""
         self.spec = spec
         self.sticky = spec.sticky
+        self.flags = _flags(spec)
         fresh: dict[tuple[str, str, int], Upstream] = {}
         for target in spec.targets:
             key = (target.release, target.host, target.port)
@@ -109,3 +113,10 @@ class App:
 
 def _key(up: Upstream) -> tuple[str, str, int]:
     return (up.release, up.host, up.port)
+
+
+def _flags(spec: RouteSpec) -> RequestFlags | None:
+    """The flags to evaluate for each request (X-Conveyor-Flags), if the app asks for it."""
+    if spec.flags is None:
+        return None
+    return RequestFlags(spec.flags.stickiness, FlagSet(spec.flags.document))

@@ -29,6 +29,7 @@ from conveyor.server.api import (
     controls,
     deployments,
     dora,
+    flags,
     hosts,
     keys,
     notifications,
@@ -36,6 +37,7 @@ from conveyor.server.api import (
     runs,
     status,
     tokens,
+    unleash,
 )
 from conveyor.server.fastpath import HEALTH, FastPath
 from conveyor.server.headers import SecurityHeaders
@@ -165,9 +167,11 @@ def create_app(
         deployments,
         controls,
         dora,
+        flags,
         notifications,
         status,
         tokens,
+        unleash,
         keys,
         hosts,
         agents,

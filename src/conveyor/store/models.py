@@ -371,3 +371,72 @@ class IdempotentRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     __table_args__ = (UniqueConstraint("token_id", "scope"),)
+
+
+class Flag(Base):
+    """A feature flag of one app in one environment: its state (protocol.flags.FlagState).
+
+    A flag conveyor.yml declares has no row until its first change (it is off until then).
+    """
+
+    __tablename__ = "flags"
+    __table_args__ = (UniqueConstraint("app_id", "environment", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(Text)  # FlagState as JSON
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(100))
+
+    changes: Mapped[list[FlagChange]] = relationship(
+        back_populates="flag", cascade="all, delete-orphan", order_by="FlagChange.id"
+    )
+
+
+class FlagChange(Base):
+    """One change of a flag: who, when, its state before (none: created) and after."""
+
+    __tablename__ = "flag_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    by: Mapped[str] = mapped_column(String(100))
+    before: Mapped[str | None] = mapped_column(Text, default=None)
+    after: Mapped[str] = mapped_column(Text)
+
+    flag: Mapped[Flag] = relationship(back_populates="changes")
+
+
+class FlagToken(Base):
+    """A client token of the Unleash SDKs: reads one app and environment's flags only."""
+
+    __tablename__ = "flag_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class FlagClient(Base):
+    """An SDK instance that registered or sent metrics, with what it counted of each flag."""
+
+    __tablename__ = "flag_clients"
+    __table_args__ = (UniqueConstraint("token_id", "instance_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("flag_tokens.id", ondelete="CASCADE"))
+    app_name: Mapped[str] = mapped_column(String(255))
+    instance_id: Mapped[str] = mapped_column(String(255))
+    sdk_version: Mapped[str] = mapped_column(String(255), default="")
+    # {flag: {"yes": n, "no": n, "variants": {name: n}}}, summed over its reports
+    counts: Mapped[str] = mapped_column(Text, default="{}")
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

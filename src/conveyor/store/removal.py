@@ -12,6 +12,10 @@ from conveyor.store.models import (
     App,
     Deployment,
     DeploymentStep,
+    Flag,
+    FlagChange,
+    FlagClient,
+    FlagToken,
     Host,
     HostApp,
     Notification,
@@ -133,6 +137,14 @@ def remove_app(session: Session, app: App) -> Removed:
         delete(Run).where(Run.app_id == app.id),
         delete(Secret).where(Secret.app_id == app.id),
         delete(ResolvedSecret).where(ResolvedSecret.app_id == app.id),
+        delete(FlagChange).where(
+            FlagChange.flag_id.in_(select(Flag.id).where(Flag.app_id == app.id))
+        ),
+        delete(Flag).where(Flag.app_id == app.id),
+        delete(FlagClient).where(
+            FlagClient.token_id.in_(select(FlagToken.id).where(FlagToken.app_id == app.id))
+        ),
+        delete(FlagToken).where(FlagToken.app_id == app.id),
         delete(App).where(App.id == app.id),
     ):
         session.execute(statement.execution_options(synchronize_session=False))

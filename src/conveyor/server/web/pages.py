@@ -16,6 +16,7 @@ from conveyor.server.web import (
     delivery,
     deployments,
     environments,
+    flags,
     history,
     live,
     public,
@@ -130,6 +131,7 @@ def install(api: FastAPI) -> None:
     api.include_router(controls.router)
     api.include_router(deployments.router)
     api.include_router(delivery.router)
+    api.include_router(flags.router)
     api.include_router(styles.router)  # before the mount, which would answer its paths 404
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 

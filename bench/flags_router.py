@@ -1,0 +1,144 @@
+"""Router cost of flags: requests/s and p99 through the embedded router with 20 flags
+evaluated per request (X-Conveyor-Flags) against the same router with none.
+
+    uv run python bench/flags_router.py [--seconds 5] [--connections 16] [--rounds 3]
+        [--flags 20] [--users 100000]
+
+wrk sends each request with a `uid` cookie drawn from --users distinct ids (the router
+keeps the answers of 65,536 users: fewer users measure the kept answers, more the
+evaluation). Rounds alternate the two routers; the figures are medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import RouteSpec, Target
+from conveyor.flags.definition import NamedFlag, to_document
+from conveyor.protocol.desired import HostFlags
+from conveyor.protocol.flags import FlagState
+from testbed.backend import Backend
+from testbed.helpers import free_port, wait_for
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+SCRIPT = """
+request = function()
+  return wrk.format(nil, nil, {{["Cookie"] = "uid=user-" .. math.random({users})}})
+end
+"""
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path) -> tuple[float, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
+    assert m, out
+    return rps, float(m.group(1)) * UNITS[m.group(2)]
+
+
+def flags(count: int) -> HostFlags:
+    """`count` flags as a rollout might leave them: half with variants, some constrained."""
+    named = []
+    for i in range(count):
+        state: dict[str, object] = {"enabled": i % 5 != 0, "rollout": 10 + (i * 17) % 90}
+        if i % 2:
+            state["variants"] = [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}]
+        if i % 4 == 3:
+            state["user_ids"] = ["user-1", "user-2"]
+        named.append(NamedFlag(f"flag-{i}", "", FlagState.model_validate(state)))
+    return HostFlags(stickiness="cookie:uid", document=to_document(named))
+
+
+async def through(router: EmbeddedRouter, backend_port: int, host_flags: HostFlags | None) -> int:
+    await router.start()
+    port = free_port()
+    await router.apply(
+        RouteSpec(
+            app="bench",
+            port=port,
+            bind="127.0.0.1",
+            targets=[Target(release="r1", port=backend_port, weight=100)],
+            flags=host_flags,
+        )
+    )
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/").status_code == 200, timeout=10)
+    return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--flags", type=int, default=20)
+    parser.add_argument("--users", type=int, default=100_000)
+    args = parser.parse_args()
+    backend = Backend("r1", "bench").spawn().wait_ready()
+    seen: dict[str, list[tuple[float, float]]] = {"none": [], f"{args.flags} flags": []}
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="conveyor-flags-bench-") as tmp:
+        root = Path(tmp)
+        script = root / "users.lua"
+        script.write_text(SCRIPT.format(users=args.users))
+        routers = {
+            name: EmbeddedRouter(root / f"{i}.sock", root / f"{i}.log", workers=1)
+            for i, name in enumerate(seen)
+        }
+        try:
+            ports = {
+                name: asyncio.run(
+                    through(router, backend.port, None if name == "none" else flags(args.flags))
+                )
+                for name, router in routers.items()
+            }
+            names = list(ports)
+            for rnd in range(args.rounds):
+                loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
+                for name in names[rnd % 2 :] + names[: rnd % 2]:
+                    url = f"http://127.0.0.1:{ports[name]}/"
+                    wrk(url, 1, args.connections, script)  # warm up
+                    seen[name].append(wrk(url, args.seconds, args.connections, script))
+                    time.sleep(0.3)
+        finally:
+            for router in routers.values():
+                asyncio.run(router.stop())
+            backend.stop()
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.users} distinct users, "
+        f"{args.rounds} alternating rounds; load average: {'; '.join(loads)}"
+    )
+    for name, figures in seen.items():
+        rps = statistics.median(f[0] for f in figures)
+        p99 = statistics.median(f[1] for f in figures)
+        print(f"  {name:10} {rps:8.0f} req/s   p99 {p99:6.2f} ms")
+    (none_rps, none_p99), (flag_rps, flag_p99) = (
+        (statistics.median(f[0] for f in v), statistics.median(f[1] for f in v))
+        for v in seen.values()
+    )
+    print(
+        f"  with flags / none: req/s {flag_rps / none_rps:.3f}x, p99 {flag_p99 / none_p99:.3f}x"
+        " (goal: within 5%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

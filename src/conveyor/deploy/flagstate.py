@@ -1,0 +1,72 @@
+"""An app's flags in one environment as the SDKs and the routers read them.
+
+What the app's newest release's conveyor.yml declares, merged with what the store
+holds (store.flags.catalog), as one Unleash document; and for the hosts, that document
+with the request field the routers read the user from (`flags.stickiness`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.config.models import Config
+from conveyor.deploy.gates import release_config
+from conveyor.flags.definition import NamedFlag, to_document
+from conveyor.protocol.desired import HostFlags
+from conveyor.protocol.flags import FlagVariant
+from conveyor.protocol.unleash import ClientFeatures
+from conveyor.store import flags as store
+from conveyor.store.models import App, Host, HostApp, Release
+
+
+def newest_config(session: Session, app: App) -> Config | None:
+    release = session.scalar(
+        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
+    )
+    if release is None or not release.config:
+        return None
+    return release_config(release)
+
+
+def declared(config: Config | None) -> list[store.Declared]:
+    """The flags a conveyor.yml declares."""
+    if config is None:
+        return []
+    return [
+        store.Declared(
+            f.name,
+            f.description,
+            [FlagVariant(name=v.name, weight=v.weight, payload=v.payload) for v in f.variants],
+        )
+        for f in config.flags.declare
+    ]
+
+
+def document(session: Session, app: App, environment: str) -> ClientFeatures:
+    """`/api/client/features` of one app and environment."""
+    rows = store.rows_of(session, app.id, environment)
+    entries = store.catalog(declared(newest_config(session, app)), rows)
+    return to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
+
+
+def host_flags(session: Session, app: App, environment: str | None) -> HostFlags | None:
+    """What a host's router evaluates for the app, if its conveyor.yml asks for it."""
+    config = newest_config(session, app)
+    if environment is None or config is None or config.flags.stickiness is None:
+        return None
+    return HostFlags(
+        stickiness=config.flags.stickiness, document=document(session, app, environment)
+    )
+
+
+def hosts_serving(session: Session, app: App, environment: str) -> list[Host]:
+    """The hosts whose desired state carries the app's flags of this environment."""
+    return list(
+        session.scalars(
+            select(Host)
+            .join(HostApp)
+            .where(HostApp.app_id == app.id, HostApp.environment == environment)
+            .order_by(Host.name)
+        ).all()
+    )

@@ -1,0 +1,84 @@
+"""One request's flags as a header: the user read from a cookie or header, each flag's answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.flags import Context, FlagSet
+from conveyor.flags.definition import NamedFlag, to_document
+from conveyor.flags.header import RequestFlags, header_value, parse_source
+from conveyor.protocol.flags import FlagState, FlagVariant
+
+
+@pytest.mark.parametrize("source", ["uid", "cookie:", "query:uid", ":uid"])
+def test_parse_source_refuses(source: str) -> None:
+    with pytest.raises(ValueError, match="expected cookie:NAME or header:NAME"):
+        parse_source(source)
+
+
+def test_header_value_names_every_flag() -> None:
+    flags = FlagSet(
+        to_document(
+            [
+                NamedFlag("new-checkout", "", FlagState(enabled=True)),
+                NamedFlag("dark", "", FlagState()),
+                NamedFlag(
+                    "search",
+                    "",
+                    FlagState(
+                        enabled=True,
+                        variants=[FlagVariant(name="variant-b", weight=100)],
+                    ),
+                ),
+            ]
+        )
+    )
+    value = header_value(flags, Context(user_id="u-1"))
+    assert value == "dark=off; new-checkout=on; search=variant-b"
+
+
+@pytest.mark.parametrize(
+    ("source", "headers", "cookie", "user"),
+    [
+        ("cookie:uid", [], b"theme=dark; uid=u-1", "u-1"),
+        ("cookie:uid", [], b"myuid=u-2", None),
+        ("cookie:uid", [], b'uid="u-3"; a=b', "u-3"),
+        ("cookie:uid", [], None, None),
+        ("header:X-User", [(b"X-USER", b" u-4 ")], None, "u-4"),
+        ("header:X-User", [(b"X-Other", b"u-4")], b"X-User=u-5", None),
+    ],
+)
+def test_the_routers_reading_of_the_user(
+    source: str, headers: list[tuple[bytes, bytes]], cookie: bytes | None, user: str | None
+) -> None:
+    flags = RequestFlags(source, FlagSet(to_document([])))
+    assert flags.user(headers, cookie) == user
+
+
+def test_the_routers_header_line() -> None:
+    flags = RequestFlags(
+        "cookie:uid", FlagSet(to_document([NamedFlag("a", "", FlagState(enabled=True))]))
+    )
+    assert flags.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"
+
+
+def test_a_users_line_is_kept_unless_a_constraint_reads_the_clock() -> None:
+    plain = RequestFlags(
+        "cookie:uid", FlagSet(to_document([NamedFlag("a", "", FlagState(enabled=True))]))
+    )
+    assert plain.line([], b"uid=1") is plain.line([], b"uid=1")
+    dated = FlagState.model_validate(
+        {
+            "enabled": True,
+            "constraints": [
+                {
+                    "context_name": "currentTime",
+                    "operator": "DATE_AFTER",
+                    "values": ["2020-01-01T00:00:00Z"],
+                }
+            ],
+        }
+    )
+    clocked = RequestFlags("cookie:uid", FlagSet(to_document([NamedFlag("a", "", dated)])))
+    assert not clocked.cacheable
+    assert clocked.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"
