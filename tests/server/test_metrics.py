@@ -17,6 +17,8 @@ from conveyor.server.metrics import rollback_reason
         ("deploy", "check failed: GET /healthz on web-1: 500", "check"),
         ("deploy", "verify failed: ./scripts/smoke.sh exited 1", "verify"),
         ("deploy", "hooks.migrate failed on web-1 (exit 3):\nno table", "hook"),
+        ("deploy", "migrations.expand failed on web-1 (exit 3):\nno table", "hook"),
+        ("deploy", "migrations.contract failed on web-1 (exit 1)", "hook"),
         (
             "deploy",
             "host web-2 lost its connection to the server during 'batch 1' (unreachable for "

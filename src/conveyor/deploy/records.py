@@ -11,6 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.deploy.admission import Admit, Ask, Held, Refuse, admit
+from conveyor.deploy.contract import rollback_refusal
+from conveyor.deploy.contracting import applied
 from conveyor.deploy.gates import GateError, check_hard_gates, environment, release_config
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import (
@@ -152,6 +154,9 @@ def create_rollback(
             f"did, or deploy it: conveyor deploy {app.name} {env_name} --release {target.id}"
         )
     lock_for_writing(session, app.id)
+    refusal = rollback_refusal(target.id, target.created_at, applied(session, app.id, env_name))
+    if refusal is not None:
+        raise GateError(refusal)
     decision = _admit(session, Ask("rollback", target.id, target.created_at), app, env_name)
     deployment = Deployment(
         app_id=app.id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
-from conveyor.deploy import bluegreen, canary, checks, rolling, secretcommands
+from conveyor.deploy import bluegreen, canary, checks, contracting, rolling, secretcommands
 from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
 from conveyor.deploy.gates import GateError, environment, waiting_for
@@ -221,11 +222,15 @@ def _write_plan(
         previous[name] = (
             [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)] if row else []
         )
-    ctx = _context(d, names, previous, config, env)
+    contract = None
+    due = contracting.pending(session, d.app, d.environment) if d.kind == "deploy" else None
+    if due is not None and due.waiting is None:
+        contract = (due.contract.release, contracting.contract_id(d.id))
+    ctx = replace(_context(d, names, previous, config, env), contract=contract)
     planned = (
         [ctx.switch_step()]
         if d.kind == "rollback"
-        else STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
+        else ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
     )
     d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
     d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
@@ -244,6 +249,13 @@ def _write_plan(
     return planned
 
 
+def expand_id(d: Deployment, config: Config) -> str | None:
+    """The id the deployment's expand migration runs under (its name says which key)."""
+    if not config.expand_command or d.kind != "deploy":
+        return None
+    return f"expand-{d.id}" if config.migrations.expand else f"deployment-{d.id}"
+
+
 def _context(
     d: Deployment, hosts: list[str], previous: Targets, config: Config, env: Environment
 ) -> Context:
@@ -256,7 +268,7 @@ def _context(
         steps=tuple(env.steps),
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
-        migration=f"deployment-{d.id}" if config.expand_command and d.kind == "deploy" else None,
+        migration=expand_id(d, config),
         monitor=env.monitor.duration,
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,

@@ -192,6 +192,17 @@ class Holdback(Wire):
     )
 
 
+class PendingContract(Wire):
+    """migrations.contract of the release serving an environment, not applied yet."""
+
+    release: str = Field(description="the release that brought it")
+    command: str
+    waiting: str | None = Field(
+        description="why it waits (the hosts serving or keeping warm an older release); "
+        "None: it runs as the first step of the next deployment"
+    )
+
+
 class EnvironmentStatus(Wire):
     name: str
     strategy: str
@@ -202,6 +213,9 @@ class EnvironmentStatus(Wire):
     holdback: Holdback | None = Field(
         default=None,
         description="while a watch window runs with a holdback: the previous release's share",
+    )
+    contract: PendingContract | None = Field(
+        default=None, description="a contract migration not applied yet, and why it waits"
     )
 
 

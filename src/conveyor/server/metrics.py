@@ -52,7 +52,7 @@ REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("monitor", re.compile(r"monitor")),
     ("check", re.compile(r"check failed")),
     ("verify", re.compile(r"verify failed")),
-    ("hook", re.compile(r"hooks\.\w+ failed")),
+    ("hook", re.compile(r"(hooks|migrations)\.\w+ failed")),
     (
         "host_offline",
         re.compile(r"host \S+ (lost its connection|is not connected|was removed)|host\(s\) not"),

@@ -15,8 +15,8 @@ from conveyor.deploy.desired import host_app_releases
 from conveyor.deploy.gates import release_config
 from conveyor.deploy.records import ACTIVE
 from conveyor.pipeline.runs import ACTIVE as RUN_ACTIVE
-from conveyor.protocol import AppStatus, EnvironmentStatus, Placement
-from conveyor.server.api.deployments import environment_status
+from conveyor.protocol import AppStatus, EnvironmentStatus, PendingContract, Placement
+from conveyor.server.api.deployments import environment_status, pending_contract
 from conveyor.server.api.hosts import host_out
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
@@ -148,6 +148,7 @@ class _Deployments:
     """The deployments that status shows, of every app at once, by app and environment."""
 
     def __init__(self, session: Session, ids: list[int]) -> None:
+        self.session = session
         self.active: dict[tuple[int, str], list[Deployment]] = defaultdict(list)
         for d in session.scalars(
             select(Deployment)
@@ -194,6 +195,13 @@ class _Deployments:
             )
         }
 
+    def _contract(self, app: App, env: str) -> PendingContract | None:
+        serving = self.serving.get((app.id, env))
+        release = self.session.get(Release, serving) if serving else None
+        if release is None or not release.config or '"contract":' not in release.config:
+            return None  # most releases have no contract: no more queries for them
+        return pending_contract(self.session, app, env, serving)
+
     def environments(
         self, app: App, release: Release | None, everywhere: list[Placement]
     ) -> list[EnvironmentStatus]:
@@ -209,6 +217,7 @@ class _Deployments:
                     self.last.get((app.id, env_name)),
                     self.serving.get((app.id, env_name)),
                     everywhere,
+                    self._contract(app, env_name),
                 )
             )
         return out
