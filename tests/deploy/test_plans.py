@@ -165,3 +165,24 @@ def test_no_contract_step_without_one_due_or_its_release_on_the_first_host(
     context: Context,
 ) -> None:
     assert context.contract_step() == []
+
+
+@pytest.mark.parametrize(
+    ("context", "kinds"),
+    [
+        (ctx(2, migration="expand-3", verify_previous=True), ["migrate", "compat"]),
+        (ctx(2, migration="expand-3"), ["migrate"]),
+        # a first deployment has no previous release to prove
+        (ctx(2, first=True, migration="expand-3", verify_previous=True), ["migrate"]),
+        (ctx(2, verify_previous=True), []),
+    ],
+)
+def test_the_previous_release_is_verified_right_after_the_expand(
+    context: Context, kinds: list[str]
+) -> None:
+    steps = context.migrate_step()
+    assert [s.kind for s in steps] == kinds
+    if "compat" in kinds:
+        assert steps[1].targets == {} and steps[1].name == f"verify {OLD} on the migrated schema"
+        # the old release keeps all of the traffic while its checks run
+        assert steps[0].targets["web-1"][0] == ReleaseWeight(release=OLD, weight=100)

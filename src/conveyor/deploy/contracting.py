@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
@@ -88,6 +88,38 @@ def held(session: Session, app: App, env: str) -> list[Held]:
             if r.phase in _COLD or release is None:
                 continue
             out.append(Held(host.name, r.release, release.created_at, serving=r.weight > 0))
+    return out
+
+
+def candidates(session: Session) -> list[tuple[App, str, str]]:
+    """(app, environment, serving release) where the release serving has a contract key:
+    the environments a contract may be pending in (the others need no further look)."""
+    ranked = (
+        select(
+            Deployment.app_id,
+            Deployment.environment,
+            Deployment.release_id,
+            func.row_number()
+            .over(
+                partition_by=(Deployment.app_id, Deployment.environment),
+                order_by=(Deployment.finished_at.desc(), Deployment.id.desc()),
+            )
+            .label("n"),
+        )
+        .where(Deployment.state == "succeeded")
+        .subquery()
+    )
+    rows = session.execute(
+        select(App, ranked.c.environment, Release.id)
+        .join(ranked, ranked.c.app_id == App.id)
+        .join(Release, Release.id == ranked.c.release_id)
+        .where(ranked.c.n == 1, Release.config.like('%"contract":"%'))
+    ).all()
+    out = []
+    for app, env, release_id in rows:
+        config = session.get_one(Release, release_id).config or "{}"
+        if Config.model_validate_json(config).migrations.contract:
+            out.append((app, env, release_id))
     return out
 
 

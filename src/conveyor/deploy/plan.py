@@ -55,6 +55,7 @@ class Context:
     migration: str | None = None  # the id hooks.migrate runs under, if the app has one
     # (the release that brought it, the id it runs under): a pending contract that may run
     contract: tuple[str, str] | None = None
+    verify_previous: bool = False  # the environment has verify checks to run on the old release
     monitor: float = 0.0  # the watch window after 100%
     holdback: int = 0  # percent of traffic the previous release keeps during the window
 
@@ -104,7 +105,12 @@ class Context:
             r.model_copy(update={"migrate": self.migration}) if r.release == self.release else r
             for r in targets
         ]
-        return [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
+        steps = [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
+        old = self.serving(first)
+        if self.verify_previous and old is not None and old != self.release:
+            # still all of the traffic: the verify checks reach it on the migrated schema
+            steps.append(PlannedStep("compat", f"verify {old} on the migrated schema"))
+        return steps
 
     def preview_step(self) -> PlannedStep:
         """The new release started beside the old on every host, checked by preview only."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.deploy import contracting
 from conveyor.deploy.admission import Admit, Ask, Held, Refuse, admit
 from conveyor.deploy.contract import rollback_refusal
 from conveyor.deploy.contracting import applied
@@ -256,3 +257,46 @@ def _chain_to(
         session.add(refused)
         session.flush()
         return refused
+
+
+def create_contracts(session: Session) -> list[Deployment]:
+    """A `contract` deployment for each idle environment whose pending contract may run now
+    (the previous release gone cold): the contract by itself, without a new release.
+
+    One that failed or was cancelled is not tried again by itself: a person looks, and the
+    next deployment of the environment runs it as its first step.
+    """
+    created = []
+    for app, env_name, serving in contracting.candidates(session):
+        lock_for_writing(session, app.id)
+        if active_in(session, app.id, env_name):
+            continue
+        due = contracting.pending(session, app, env_name, serving)
+        if due is None or due.waiting is not None:
+            continue
+        tried = session.scalar(
+            select(Deployment.id).where(
+                Deployment.app_id == app.id,
+                Deployment.environment == env_name,
+                Deployment.release_id == serving,
+                Deployment.kind == "contract",
+                Deployment.state.in_(("failed", "cancelled")),
+            )
+        )
+        if tried is not None:
+            continue
+        release = session.get_one(Release, serving)
+        deployment = Deployment(
+            app_id=app.id,
+            environment=env_name,
+            release_id=serving,
+            run_id=release.run_id,
+            kind="contract",
+            strategy="contract",
+            trigger="contract",
+            triggered_by="conveyor",
+        )
+        session.add(deployment)
+        session.flush()
+        created.append(deployment)
+    return created

@@ -154,6 +154,11 @@ class Starter(Ledger):
                 self._committed("deployment refused", deployment=d.id, reason=problem)
                 return
             planned = _write_plan(session, d, names, config, env)
+            if not planned and d.kind == "contract":
+                why = f"release {d.release_id} is not desired on {names[0]}: no contract ran"
+                self._end(d, "failed", why)
+                session.commit()
+                return
             d.state, d.reason, d.started_at = "running", None, utcnow()
             try:
                 session.commit()
@@ -223,15 +228,16 @@ def _write_plan(
             [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)] if row else []
         )
     contract = None
-    due = contracting.pending(session, d.app, d.environment) if d.kind == "deploy" else None
+    due = contracting.pending(session, d.app, d.environment) if d.kind != "rollback" else None
     if due is not None and due.waiting is None:
         contract = (due.contract.release, contracting.contract_id(d.id))
     ctx = replace(_context(d, names, previous, config, env), contract=contract)
-    planned = (
-        [ctx.switch_step()]
-        if d.kind == "rollback"
-        else ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
-    )
+    if d.kind == "rollback":
+        planned = [ctx.switch_step()]
+    elif d.kind == "contract":
+        planned = ctx.contract_step()  # none: it was applied or waits again meanwhile
+    else:
+        planned = ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
     d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
     d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
     for i, step in enumerate(planned):
@@ -269,6 +275,7 @@ def _context(
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
         migration=expand_id(d, config),
+        verify_previous=bool(env.verify),
         monitor=env.monitor.duration,
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,

@@ -144,7 +144,9 @@ class DeploymentOut(Wire):
     release: str
     previous_release: str | None
     run: int | None
-    kind: Literal["deploy", "rollback"]
+    kind: Literal["deploy", "rollback", "contract"] = Field(
+        description="contract: a contract migration by itself, once older releases went cold"
+    )
     strategy: str
     state: DeploymentState
     reason: str | None

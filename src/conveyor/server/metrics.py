@@ -51,7 +51,7 @@ REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("analysis", re.compile(r"analysis failed|not enough traffic to judge")),
     ("monitor", re.compile(r"monitor")),
     ("check", re.compile(r"check failed")),
-    ("verify", re.compile(r"verify failed")),
+    ("verify", re.compile(r"verify failed|the previous release \S+ failed the verify")),
     ("hook", re.compile(r"(hooks|migrations)\.\w+ failed")),
     (
         "host_offline",

@@ -186,21 +186,28 @@ class _Deployments:
             .where(Deployment.app_id.in_(ids), Deployment.state == "succeeded")
             .subquery()
         )
-        self.serving = {
-            (app_id, env): release_id
-            for app_id, env, release_id in session.execute(
-                select(ranked.c.app_id, ranked.c.environment, ranked.c.release_id).where(
-                    ranked.c.n == 1
-                )
+        self.serving: dict[tuple[int, str], str] = {}
+        # whether each serving release may have a contract (a string value under a key
+        # "contract" in its conveyor.yml as stored), read in the same query
+        self.contracting: set[tuple[int, str]] = set()
+        for app_id, env, release_id, has_contract in session.execute(
+            select(
+                ranked.c.app_id,
+                ranked.c.environment,
+                ranked.c.release_id,
+                Release.config.like('%"contract":"%'),
             )
-        }
+            .join(Release, Release.id == ranked.c.release_id)
+            .where(ranked.c.n == 1)
+        ):
+            self.serving[(app_id, env)] = release_id
+            if has_contract:
+                self.contracting.add((app_id, env))
 
     def _contract(self, app: App, env: str) -> PendingContract | None:
-        serving = self.serving.get((app.id, env))
-        release = self.session.get(Release, serving) if serving else None
-        if release is None or not release.config or '"contract":' not in release.config:
+        if (app.id, env) not in self.contracting:
             return None  # most releases have no contract: no more queries for them
-        return pending_contract(self.session, app, env, serving)
+        return pending_contract(self.session, app, env, self.serving[(app.id, env)])
 
     def environments(
         self, app: App, release: Release | None, everywhere: list[Placement]
