@@ -407,9 +407,9 @@ def list_deployments(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     state: DeploymentState | None = None,
     trigger: Annotated[
-        str | None, Query(max_length=20, description="pipeline | api | rollback")
+        str | None, Query(max_length=20, description="pipeline | api | rollback | contract")
     ] = None,
-    kind: Literal["deploy", "rollback"] | None = None,
+    kind: Literal["deploy", "rollback", "contract"] | None = None,
 ) -> list[DeploymentOut]:
     """Deployments, newest first, of an app, an environment, a result, a trigger, a kind.
 
