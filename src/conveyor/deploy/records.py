@@ -268,22 +268,12 @@ def create_contracts(session: Session) -> list[Deployment]:
     """
     created = []
     for app, env_name, serving in contracting.candidates(session):
+        if not _contract_due(session, app, env_name, serving):
+            continue
+        # decided again under the write lock (taken only then: this runs every few seconds)
         lock_for_writing(session, app.id)
-        if active_in(session, app.id, env_name):
-            continue
-        due = contracting.pending(session, app, env_name, serving)
-        if due is None or due.waiting is not None:
-            continue
-        tried = session.scalar(
-            select(Deployment.id).where(
-                Deployment.app_id == app.id,
-                Deployment.environment == env_name,
-                Deployment.release_id == serving,
-                Deployment.kind == "contract",
-                Deployment.state.in_(("failed", "cancelled")),
-            )
-        )
-        if tried is not None:
+        session.expire_all()
+        if not _contract_due(session, app, env_name, serving):
             continue
         release = session.get_one(Release, serving)
         deployment = Deployment(
@@ -300,3 +290,25 @@ def create_contracts(session: Session) -> list[Deployment]:
         session.flush()
         created.append(deployment)
     return created
+
+
+def _contract_due(session: Session, app: App, env_name: str, serving: str) -> bool:
+    """Whether the environment is idle, its release serving `serving`, and its contract
+    may run and was not tried by itself before."""
+    if active_in(session, app.id, env_name):
+        return False
+    if serving_release(session, app.id, env_name) != serving:
+        return False
+    due = contracting.pending(session, app, env_name, serving)
+    if due is None or due.waiting is not None:
+        return False
+    tried = session.scalar(
+        select(Deployment.id).where(
+            Deployment.app_id == app.id,
+            Deployment.environment == env_name,
+            Deployment.release_id == serving,
+            Deployment.kind == "contract",
+            Deployment.state.in_(("failed", "cancelled")),
+        )
+    )
+    return tried is None
