@@ -1,7 +1,7 @@
 """Contract migrations deployed for real (a server, an agent, its router, the sample app):
 the contract waits while the previous release is kept warm and says so in status, runs by
 itself (after the backup) once it went cold, and a rollback past it is refused; a failing
-backup stops the contract. The commands write to a file: what ran, in which order."""
+backup stops the contract, which the next deployment then tries as its first step. The commands write to a file: what ran, in which order."""
 
 from __future__ import annotations
 
@@ -120,4 +120,17 @@ def test_a_contract_waits_for_the_old_release_to_go_cold_then_runs_after_its_bac
     assert "migrations.backup failed" in failed["reason"], failed["reason"]
     assert ran.read_text().endswith(f"backup {v3['release']}\n")
     assert fleet.serving("web-1") == v3["release"]
-    assert contract_of(server)["release"] == v3["release"]
+    pending = contract_of(server)
+    assert pending == {
+        "release": v3["release"],
+        "command": "./bin/migrate-contract",
+        "waiting": None,
+    }, pending
+
+    # not retried by itself: the next deployment takes it as its first step (from v3's
+    # files, whose backup still fails): that deployment fails there, nothing moved
+    v4 = push("v4", CONTRACTING)
+    assert v4["state"] == "failed", v4
+    assert [s["kind"] for s in v4["steps"] if s["state"] != "skipped"][0] == "contract"
+    assert "migrations.contract failed on web-1 (exit 3)" in v4["reason"], v4["reason"]
+    assert fleet.serving("web-1") == v3["release"]
