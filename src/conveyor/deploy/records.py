@@ -80,6 +80,12 @@ def create_deployment(
     """
     _, env = check_hard_gates(session, release, env_name, mirror)
     lock_for_writing(session, release.app_id)
+    # deploying an older release is a rollback by another name
+    past = rollback_refusal(
+        release.id, release.created_at, applied(session, release.app_id, env_name)
+    )
+    if past is not None:
+        raise GateError(past)
     ask = Ask("deploy", release.id, release.created_at, forced=forced_by is not None)
     decision = _admit(session, ask, release.app, env_name)
     deployment = Deployment(
