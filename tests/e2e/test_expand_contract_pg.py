@@ -1,6 +1,7 @@
 """Issue 18's acceptance on a real PostgreSQL cluster: the sample app reads a column of
 its database (DB_QUERY), each environment its own database; staging then production.
 
+- A rename in one step fails its run at the lint: no release.
 - A rename split into expand (add full_name, backfill; the release reads it) and contract
   (drop name) deploys through both under paced load with 0 failed requests; each
   environment's contract runs by itself only once the previous release went cold.
@@ -90,25 +91,42 @@ def test_expand_then_contract_under_load_and_the_old_release_check(
             conn.execute("INSERT INTO users VALUES (1, 'ada')")
     psql = f"{pg_cluster.bin / 'psql'} -X -v ON_ERROR_STOP=1"
 
-    def push(label: str, query: str, expand: str = "", contract: str = "") -> str:
-        """A release reading `query`, with these migrations (SQL run by psql); its id."""
+    def run(label: str, query: str, expand: str = "", contract: str = "", waiver: str = "") -> Any:
+        """A run of a release reading `query`, with these migrations (SQL run by psql); the
+        expand's SQL is also in migrations/expand.sql, which the lint reads."""
         phases = {name: sql for name, sql in (("expand", expand), ("contract", contract)) if sql}
-        scripts = {
+        files = {
             f"bin/{name}": f'#!/bin/sh\nexec {psql} "$DATABASE_URL" -c "{sql}"\n'
             for name, sql in phases.items()
         }
         keys = "".join(f"  {name}: ./bin/{name}\n" for name in phases)
-        if scripts:
-            commit(fleet.repo, scripts, executable=tuple(scripts))
+        if expand:
+            files["migrations/expand.sql"] = waiver + expand.replace("; ", ";\n") + ";\n"
+            keys += "  sql: cat migrations/expand.sql\n"
+        if files:
+            commit(fleet.repo, files, executable=tuple(f for f in files if f.startswith("bin/")))
         text = CONFIG.format(migrations=keys, query=query, **urls)
         fleet.commit(label, text, keep_warm="3s", start=f"{sys.executable} app/server.py")
-        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"], timeout=120)
-        assert run["state"] == "succeeded", run
-        return str(run["release"])
+        return server.wait_run(server.post("/api/apps/sample/runs", {})["id"], timeout=120)
+
+    def push(label: str, query: str, expand: str = "", contract: str = "", waiver: str = "") -> str:
+        """As run, which must succeed: the release's id."""
+        done = run(label, query, expand, contract, waiver)
+        assert done["state"] == "succeeded", done
+        return str(done["release"])
 
     v1 = push("v1", "SELECT name FROM users WHERE id = 1")
     for env in ("staging", "production"):
         assert deployment(server, "deploy", env, v1)["state"] == "succeeded"
+
+    # the rename in one step: the lint stops it before a release is built
+    renamed = run(
+        "rename",
+        "SELECT full_name FROM users",
+        expand="ALTER TABLE users RENAME COLUMN name TO full_name",
+    )
+    assert renamed["state"] == "failed" and renamed["release"] is None, renamed
+    assert "migrations lint" in renamed["reason"], renamed["reason"]
 
     with LoadGenerator(fleet.urls(), clients=2, rate=25) as load:
         # expand: the new column beside the old, backfilled; the new release reads it
@@ -149,7 +167,13 @@ def test_expand_then_contract_under_load_and_the_old_release_check(
 
     # an expand dropping the column the serving release (v3) reads: stopped on staging
     with LoadGenerator(fleet.urls("web-1"), clients=2, rate=25) as load:
-        v4 = push("v4", "SELECT 1", expand="ALTER TABLE users DROP COLUMN full_name")
+        # (its lint finding waived: a person believed it safe; the old-release check knows)
+        v4 = push(
+            "v4",
+            "SELECT 1",
+            expand="ALTER TABLE users DROP COLUMN full_name",
+            waiver="-- conveyor: waive ban-drop-column: nothing reads it any more\n",
+        )
         staged = deployment(server, "deploy", "staging", v4)
         assert staged["state"] == "failed", staged
         reason = staged["reason"]
