@@ -6,10 +6,12 @@ commands write to a file: what ran, in which order."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fleet import Fleet, running_fleet
@@ -95,6 +97,11 @@ def test_a_contract_waits_for_the_old_release_to_go_cold_then_runs_after_its_bac
         assert f"release {v1['release']} (kept warm on web-1" in waiting["waiting"], waiting
         shown = server.cli("status", "sample")
         assert "contract pending" in " ".join(shown.stdout.split()), shown.stdout
+        ca = ssl.create_default_context(cafile=str(server.ca)) if server.ca else True
+        with httpx.Client(base_url=server.url, verify=ca) as web:
+            web.post("/login", data={"token": server.token})
+            page = web.get("/apps/sample/environments/production").text
+        assert f"contract migration of <code>{v2['release']}</code> pending" in page, page[-3000:]
 
     applied = ended(server, "contract", v2["release"])
     assert applied["state"] == "succeeded", applied
