@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
-from conveyor.cli.render import bare, history_table, holdback_text, status_view
+from conveyor.cli.render import bare, contract_text, history_table, holdback_text, status_view
 from conveyor.cli.tables import Column, fitted
 from conveyor.cli.watch import step_line, traffic_count, traffic_hint
-from conveyor.protocol import DeploymentOut, Holdback, Placement, TrafficWait
+from conveyor.protocol import DeploymentOut, Holdback, PendingContract, Placement, TrafficWait
 from tests.cli.records import (
     app_status,
     deployment_out,
@@ -242,3 +242,22 @@ def test_a_watch_windows_holdback_is_said_after_the_deployment_underway(
     holdback: dict[str, object] | None, said: str
 ) -> None:
     assert holdback_text(Holdback.model_validate(holdback) if holdback else None) == said
+
+
+@pytest.mark.parametrize(
+    ("waiting", "said"),
+    [
+        (None, "; contract of r3 pending: runs first in the next deployment"),
+        (
+            "the contract of release r3 waits: release r2 (kept warm on web-1), which is older",
+            "; contract pending: the contract of release r3 waits: release r2 (kept warm on "
+            "web-1), which is older",
+        ),
+    ],
+)
+def test_a_pending_contract_says_when_it_runs_or_why_it_waits(
+    waiting: str | None, said: str
+) -> None:
+    contract = PendingContract(release="r3", command="./bin/contract", waiting=waiting)
+    assert contract_text(contract) == said
+    assert contract_text(None) == ""

@@ -144,3 +144,45 @@ def test_blue_green_keeps_its_old_colour_warm_for_the_holdback() -> None:
     ]
     assert steps[3].targets["web-2"] == rw(old=5, new=95)
     assert steps[4].targets["web-2"] == rw(new=100)
+
+
+def test_a_contract_runs_first_on_the_first_host_its_desired_state_unchanged() -> None:
+    c = ctx(3, contract=(OLD, "contract-9"), migration="expand-9")
+    steps = c.contract_step() + rolling.plan(c)
+    assert shape(steps)[:2] == [("contract", ["web-1"], None), ("migrate", ["web-1"], None)]
+    assert steps[0].targets["web-1"] == [
+        ReleaseWeight(release=OLD, weight=100, migrate="contract-9")
+    ]
+    # the expand step writes its own split: the contract is not asked of the old release again
+    assert steps[1].targets["web-1"][0] == ReleaseWeight(release=OLD, weight=100)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [ctx(2), ctx(2, first=True, contract=(OLD, "contract-9")), ctx(2, contract=(NEW, "c-9"))],
+)
+def test_no_contract_step_without_one_due_or_its_release_on_the_first_host(
+    context: Context,
+) -> None:
+    assert context.contract_step() == []
+
+
+@pytest.mark.parametrize(
+    ("context", "kinds"),
+    [
+        (ctx(2, migration="expand-3", verify_previous=True), ["migrate", "compat"]),
+        (ctx(2, migration="expand-3"), ["migrate"]),
+        # a first deployment has no previous release to prove
+        (ctx(2, first=True, migration="expand-3", verify_previous=True), ["migrate"]),
+        (ctx(2, verify_previous=True), []),
+    ],
+)
+def test_the_previous_release_is_verified_right_after_the_expand(
+    context: Context, kinds: list[str]
+) -> None:
+    steps = context.migrate_step()
+    assert [s.kind for s in steps] == kinds
+    if "compat" in kinds:
+        assert steps[1].targets == {} and steps[1].name == f"verify {OLD} on the migrated schema"
+        # the old release keeps all of the traffic while its checks run
+        assert steps[0].targets["web-1"][0] == ReleaseWeight(release=OLD, weight=100)

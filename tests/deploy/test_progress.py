@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.deploy.progress import HostView, Progress, host_progress
-from conveyor.protocol import ObservedApp, ObservedRelease, ObservedState, ReleaseWeight
+from conveyor.deploy.progress import HostView, Progress, host_progress, migration_key
+from conveyor.protocol import (
+    MigrationResult,
+    ObservedApp,
+    ObservedRelease,
+    ObservedState,
+    ReleaseWeight,
+)
 
 NEW = [ReleaseWeight(release="new-1", weight=100)]
 
@@ -61,3 +67,29 @@ def test_host_progress(host: HostView, targets: list[ReleaseWeight], expected: P
 )
 def test_router_url(address: str | None, url: str | None) -> None:
     assert view(address=address).url(8000) == url
+
+
+@pytest.mark.parametrize(
+    ("migration", "key"),
+    [
+        ("deployment-7", "hooks.migrate"),
+        ("expand-7", "migrations.expand"),
+        ("contract-9", "migrations.contract"),
+    ],
+)
+def test_a_failed_migration_names_the_key_it_ran(migration: str, key: str) -> None:
+    failed = ObservedRelease(
+        release="r2",
+        phase="failed",
+        migration=MigrationResult(id=migration, state="failed", exit_code=3, output="no table"),
+    )
+    observed = ObservedState(
+        host="web-1", generation=2, apps=[ObservedApp(app="shop", releases=[failed])]
+    )
+    view = HostView("web-1", online=True, applied=1, observed=observed)
+    target = ReleaseWeight(release="r2", weight=0, migrate=migration)
+    assert migration_key(migration) == key
+    assert host_progress(view, "shop", 2, [target]) == (
+        Progress.FAILED,
+        f"{key} failed on web-1 (exit 3):\nno table",
+    )

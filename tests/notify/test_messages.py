@@ -69,6 +69,17 @@ MANUAL_ROLLBACK = replace(
     triggered_by="admin",
     link=f"{URL}/deployments/13",
 )
+CONTRACT = replace(
+    SUCCEEDED,
+    id=14,
+    kind="contract",
+    hosts=["web-1"],
+    previous_release="1a2b3c4-3",
+    strategy="contract",
+    trigger="contract",
+    triggered_by="conveyor",
+    link=f"{URL}/deployments/14",
+)
 WAITING = replace(
     FAILED,
     state="waiting",
@@ -191,6 +202,24 @@ CASES = [
         ["rollback of 0f0f0f0-2 failed"],
         {"What": ["rollback 13"], "Why": ["switch failed"]},
         id="manual-rollback-failed",
+    ),
+    pytest.param(
+        deployment_ended(CONTRACT),
+        {"success"},
+        ["shop production", "contract migration of 1a2b3c4-3 applied"],
+        {
+            "What": ["contract 14: migrations.contract of release 1a2b3c4-3 ran in production"],
+            "Why": ["no host serves or keeps warm a release older than 1a2b3c4-3"],
+            "Done": ["the migration ran on web-1; production keeps serving 1a2b3c4-3"],
+        },
+        id="contract",
+    ),
+    pytest.param(
+        deployment_ended(replace(CONTRACT, state="failed", reason="migrations.contract failed")),
+        {"failure"},
+        ["contract migration of 1a2b3c4-3 failed"],
+        {"What": ["contract migration 14 of release 1a2b3c4-3"]},
+        id="contract-failed",
     ),
     pytest.param(
         approval_needed(WAITING),

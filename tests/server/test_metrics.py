@@ -16,7 +16,10 @@ from conveyor.server.metrics import rollback_reason
         ("deploy", "monitor: p99 2.1 s above 1 s after 100%", "monitor"),
         ("deploy", "check failed: GET /healthz on web-1: 500", "check"),
         ("deploy", "verify failed: ./scripts/smoke.sh exited 1", "verify"),
+        ("deploy", "the previous release r1 failed the verify checks on the migrated", "verify"),
         ("deploy", "hooks.migrate failed on web-1 (exit 3):\nno table", "hook"),
+        ("deploy", "migrations.expand failed on web-1 (exit 3):\nno table", "hook"),
+        ("deploy", "migrations.contract failed on web-1 (exit 1)", "hook"),
         (
             "deploy",
             "host web-2 lost its connection to the server during 'batch 1' (unreachable for "

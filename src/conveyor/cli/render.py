@@ -27,6 +27,7 @@ from conveyor.protocol import (
     DoraReport,
     Holdback,
     Judgement,
+    PendingContract,
     Placement,
     RunOut,
 )
@@ -334,11 +335,22 @@ def _environment_rows(rows: list[AppStatus]) -> list[list[RenderableType]]:
                     env.name,
                     env.strategy,
                     env.release or "-",
-                    underway(env.deployment) + holdback_text(env.holdback),
+                    underway(env.deployment)
+                    + holdback_text(env.holdback)
+                    + contract_text(env.contract),
                     f"#{last.id} {last.kind} {last.release} {state(last.state)}" if last else "-",
                 ]
             )
     return envs
+
+
+def contract_text(c: PendingContract | None) -> str:
+    """A contract migration not applied yet: when it runs, or why it waits."""
+    if not c:
+        return ""
+    if c.waiting is None:
+        return f"; contract of {c.release} pending: runs first in the next deployment"
+    return f"; contract pending: {c.waiting}"
 
 
 def holdback_text(h: Holdback | None) -> str:

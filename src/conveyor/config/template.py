@@ -132,6 +132,8 @@ service:                        # how a release runs on a host, from its release
 
 # migrations:                   # schema changes, expand then contract (see the README)
 #   expand: ./bin/migrate       # once per deployment, before traffic moves (was hooks.migrate)
+#   contract: ./bin/contract    # later, once no host serves or keeps warm an older release
+#   backup: ./bin/backup        # run, and must succeed, before any contract
 #   sql: alembic upgrade head --sql   # the SQL it will run, linted before the release is built
 #   lock_timeout: 10s           # PostgreSQL session limits of the migration (PGOPTIONS)
 #   statement_timeout: 1h

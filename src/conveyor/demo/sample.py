@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 SERVER_PY = '''\
-"""The sample app: says hello, tells its release, answers /healthz."""
+"""The sample app: says hello, tells its release (and DB_QUERY's value), answers /healthz."""
 import json
 import os
 import random
@@ -48,6 +48,31 @@ def cold_delay() -> float:
     return float(os.environ.get("SLOW_DELAY", "0"))
 
 
+_IDLE = []  # database connections between two requests
+
+
+def read_database():
+    """DB_QUERY's first value, on DATABASE_URL (PostgreSQL, psycopg): the app's tiny real
+    use of a database, None without one. A failing query raises (the request fails)."""
+    query = os.environ.get("DB_QUERY")
+    if not query:
+        return None
+    import psycopg
+
+    with _LOCK:
+        conn = _IDLE.pop() if _IDLE else None
+    if conn is None or conn.closed:
+        conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    try:
+        row = conn.execute(query).fetchone()
+    except Exception:
+        conn.close()
+        raise
+    with _LOCK:
+        _IDLE.append(conn)
+    return None if row is None else row[0]
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # headers and body go out in two writes: with Nagle's algorithm the body waits for the
@@ -67,7 +92,13 @@ class Handler(BaseHTTPRequestHandler):
             if random.random() < error_rate():
                 status = 500
             release = os.environ.get("CONVEYOR_RELEASE", "dev")
-            body = (json.dumps({"greeting": greeting(), "release": release}) + "\\n").encode()
+            answer = {"greeting": greeting(), "release": release}
+            try:
+                if os.environ.get("DB_QUERY"):
+                    answer["db"] = read_database()
+            except Exception as exc:
+                status, answer["error"] = 500, f"{type(exc).__name__}: {exc}"
+            body = (json.dumps(answer) + "\\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

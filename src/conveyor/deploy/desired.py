@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Config
 from conveyor.config.migrations import pg_options
 from conveyor.deploy.claims import domain_clash, release_claims
+from conveyor.deploy.contracting import CONTRACT_PREFIX
 from conveyor.deploy.flagstate import host_flags
 from conveyor.protocol import (
     DesiredApp,
@@ -109,17 +110,31 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
 
 
 def migrate_request(release: Release, migration: str | None) -> MigrateRequest | None:
-    """The release's expand migration (migrations.expand or hooks.migrate), to run once
-    under this id, its PostgreSQL session limited by the timeouts (None: nothing to run)."""
+    """The release's expand migration (migrations.expand or hooks.migrate), or its contract
+    for a contract id, to run once under this id, its PostgreSQL sessions limited by the
+    timeouts (None: nothing to run)."""
     if migration is None or not release.config:
         return None
     config = Config.model_validate_json(release.config)
+    limits = config.migrations
     command = config.expand_command
+    if migration.startswith(CONTRACT_PREFIX):
+        command = contract_command(limits.contract, limits.backup)
     if not command:
         return None
-    limits = config.migrations
     options = pg_options(limits.lock_timeout, limits.statement_timeout)
     return MigrateRequest(id=migration, command=command, pg_options=options)
+
+
+def contract_command(contract: str | None, backup: str | None) -> str | None:
+    """migrations.contract, after migrations.backup when there is one: a failed backup
+    stops it (the agent runs it with bash; a subshell: its `exit` is its own)."""
+    if not contract or not backup:
+        return contract
+    return (
+        f'( {backup}\n) || {{ code=$?; echo "conveyor: migrations.backup failed (exit $code); '
+        f'the contract did not run" >&2; exit $code; }}\n{contract}'
+    )
 
 
 def host_environment(release: Release, host: str) -> str | None:

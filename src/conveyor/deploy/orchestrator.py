@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import shutil
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ from conveyor.deploy.desired import set_host_app
 from conveyor.deploy.detail import write_detail
 from conveyor.deploy.gates import environment
 from conveyor.deploy.ledger import CRASH_ENV, load_targets
-from conveyor.deploy.records import ACTING
+from conveyor.deploy.records import ACTING, create_contracts
 from conveyor.deploy.starting import Starter
 from conveyor.deploy.verifying import Verifier
 from conveyor.deploy.watching import Watcher
@@ -37,12 +38,15 @@ from conveyor.threads import in_thread
 log = logging.getLogger("conveyor.deploy")
 
 TICK = 0.25
+CONTRACTS_EVERY = 2.0  # seconds between two looks for contracts that may run by themselves
 
 __all__ = ["CRASH_ENV", "TICK", "DeployEngine"]
 
 
 class DeployEngine(Starter, Watcher, Verifier):
     """Schedules deployments (one per environment) and drives each as an asyncio task."""
+
+    _contracts_at = float("-inf")
 
     async def serve(self) -> None:
         self._wake.bind()
@@ -64,6 +68,10 @@ class DeployEngine(Starter, Watcher, Verifier):
             await asyncio.wait(list(self._tasks.values()), timeout=10)
 
     async def _schedule(self) -> None:
+        now = time.monotonic()
+        if now - self._contracts_at >= CONTRACTS_EVERY:
+            self._contracts_at = now
+            await in_thread(self._contracts)
         starting, ids = await in_thread(self._pending)
         for deployment_id in starting:
             await self._start(deployment_id)
@@ -75,6 +83,14 @@ class DeployEngine(Starter, Watcher, Verifier):
                 )
                 self._tasks[deployment_id] = task
                 task.add_done_callback(functools.partial(self._finished, deployment_id))
+
+    def _contracts(self) -> None:
+        """Contracts that may run by themselves now (their older releases went cold)."""
+        with self.sessions() as session:
+            created = create_contracts(session)
+            session.commit()
+        for d in created:
+            self._committed("contract deployment created", deployment=d.id, release=d.release_id)
 
     def _finished(self, deployment_id: int, _task: object = None) -> None:
         self._tasks.pop(deployment_id, None)
@@ -116,7 +132,7 @@ class DeployEngine(Starter, Watcher, Verifier):
         if isinstance(look, bool):
             return look
         kind, step_id, env = look
-        if kind == "verify":
+        if kind in ("verify", "compat"):
             await self._verify(deployment_id, step_id, env)
             return False
         await self._watch(deployment_id, step_id, env)

@@ -21,7 +21,9 @@ Targets = dict[str, list[ReleaseWeight]]
 class PlannedStep:
     """One step before it is stored: what it writes to which hosts and what it waits for."""
 
-    kind: str  # migrate | batch | preview | switch | weight | verify | monitor | rollback
+    kind: (
+        str  # contract | migrate | batch | preview | switch | weight | verify | monitor | rollback
+    )
     name: str
     targets: Targets = field(default_factory=dict)
     weight: int | None = None
@@ -51,6 +53,9 @@ class Context:
     step_pause: float = 0.0
     analyse: bool = False
     migration: str | None = None  # the id hooks.migrate runs under, if the app has one
+    # (the release that brought it, the id it runs under): a pending contract that may run
+    contract: tuple[str, str] | None = None
+    verify_previous: bool = False  # the environment has verify checks to run on the old release
     monitor: float = 0.0  # the watch window after 100%
     holdback: int = 0  # percent of traffic the previous release keeps during the window
 
@@ -74,6 +79,22 @@ class Context:
             ReleaseWeight(release=self.release, weight=weight),
         ]
 
+    def contract_step(self) -> list[PlannedStep]:
+        """migrations.contract of the release serving, on the first host, before anything
+        else moves: its desired state unchanged but for the contract asked of that release."""
+        if self.contract is None:
+            return []
+        release, migration = self.contract
+        first = self.hosts[0]
+        items = self.previous.get(first, [])
+        if not any(r.release == release for r in items):
+            return []
+        targets = [
+            r.model_copy(update={"migrate": migration}) if r.release == release else r
+            for r in items
+        ]
+        return [PlannedStep("contract", f"contract of {release} on {first}", {first: targets})]
+
     def migrate_step(self) -> list[PlannedStep]:
         """hooks.migrate on the first host: the new release installed beside the old, no traffic."""
         if self.migration is None:
@@ -84,7 +105,12 @@ class Context:
             r.model_copy(update={"migrate": self.migration}) if r.release == self.release else r
             for r in targets
         ]
-        return [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
+        steps = [PlannedStep("migrate", f"migrate on {first}", {first: targets})]
+        old = self.serving(first)
+        if self.verify_previous and old is not None and old != self.release:
+            # still all of the traffic: the verify checks reach it on the migrated schema
+            steps.append(PlannedStep("compat", f"verify {old} on the migrated schema"))
+        return steps
 
     def preview_step(self) -> PlannedStep:
         """The new release started beside the old on every host, checked by preview only."""

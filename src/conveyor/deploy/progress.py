@@ -62,8 +62,8 @@ def host_progress(
             ):
                 output = migration.output.strip()
                 return Progress.FAILED, (
-                    f"hooks.migrate failed on {view.name} (exit {migration.exit_code})"
-                    + (f":\n{output}" if output else "")
+                    f"{migration_key(target.migrate)} failed on {view.name} "
+                    f"(exit {migration.exit_code})" + (f":\n{output}" if output else "")
                 )
             if release.phase == "failed":
                 return Progress.FAILED, (
@@ -75,3 +75,12 @@ def host_progress(
     if view.applied is not None and view.applied >= written:
         return Progress.CONVERGED, None
     return Progress.WAITING, None
+
+
+def migration_key(migration: str) -> str:
+    """The conveyor.yml key a migration id ran (ids are named by starting.py, contracting.py)."""
+    if migration.startswith("contract-"):
+        return "migrations.contract"
+    if migration.startswith("expand-"):
+        return "migrations.expand"
+    return "hooks.migrate"

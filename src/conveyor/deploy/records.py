@@ -10,8 +10,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.deploy import contracting
 from conveyor.deploy.admission import Admit, Ask, Held, Refuse, admit
 from conveyor.deploy.claims import domain_clash, release_claims
+from conveyor.deploy.contract import rollback_refusal
+from conveyor.deploy.contracting import applied
 from conveyor.deploy.gates import GateError, check_hard_gates, environment, release_config
 from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import (
@@ -83,6 +86,12 @@ def create_deployment(
         clash = domain_clash(session, release.app, mine, env.hosts)
         if clash is not None:
             raise GateError(clash)
+    # deploying an older release is a rollback by another name
+    past = rollback_refusal(
+        release.id, release.created_at, applied(session, release.app_id, env_name)
+    )
+    if past is not None:
+        raise GateError(past)
     ask = Ask("deploy", release.id, release.created_at, forced=forced_by is not None)
     decision = _admit(session, ask, release.app, env_name)
     deployment = Deployment(
@@ -158,6 +167,9 @@ def create_rollback(
             f"did, or deploy it: conveyor deploy {app.name} {env_name} --release {target.id}"
         )
     lock_for_writing(session, app.id)
+    refusal = rollback_refusal(target.id, target.created_at, applied(session, app.id, env_name))
+    if refusal is not None:
+        raise GateError(refusal)
     decision = _admit(session, Ask("rollback", target.id, target.created_at), app, env_name)
     deployment = Deployment(
         app_id=app.id,
@@ -257,3 +269,58 @@ def _chain_to(
         session.add(refused)
         session.flush()
         return refused
+
+
+def create_contracts(session: Session) -> list[Deployment]:
+    """A `contract` deployment for each idle environment whose pending contract may run now
+    (the previous release gone cold): the contract by itself, without a new release.
+
+    One that failed or was cancelled is not tried again by itself: a person looks, and the
+    next deployment of the environment runs it as its first step.
+    """
+    created = []
+    for app, env_name, serving in contracting.candidates(session):
+        if not _contract_due(session, app, env_name, serving):
+            continue
+        # decided again under the write lock (taken only then: this runs every few seconds)
+        lock_for_writing(session, app.id)
+        session.expire_all()
+        if not _contract_due(session, app, env_name, serving):
+            continue
+        release = session.get_one(Release, serving)
+        deployment = Deployment(
+            app_id=app.id,
+            environment=env_name,
+            release_id=serving,
+            run_id=release.run_id,
+            kind="contract",
+            strategy="contract",
+            trigger="contract",
+            triggered_by="conveyor",
+        )
+        session.add(deployment)
+        session.flush()
+        created.append(deployment)
+    return created
+
+
+def _contract_due(session: Session, app: App, env_name: str, serving: str) -> bool:
+    """Whether the environment is idle, its release serving `serving`, and its contract
+    may run and was not tried by itself before."""
+    if active_in(session, app.id, env_name):
+        return False
+    if serving_release(session, app.id, env_name) != serving:
+        return False
+    due = contracting.pending(session, app, env_name, serving)
+    if due is None or due.waiting is not None:
+        return False
+    tried = session.scalar(
+        select(Deployment.id).where(
+            Deployment.app_id == app.id,
+            Deployment.environment == env_name,
+            Deployment.release_id == serving,
+            Deployment.kind == "contract",
+            Deployment.state.in_(("failed", "cancelled")),
+        )
+    )
+    return tried is None

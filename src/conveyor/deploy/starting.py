@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
-from conveyor.deploy import bluegreen, canary, checks, rolling, secretcommands
+from conveyor.deploy import bluegreen, canary, checks, contracting, rolling, secretcommands
 from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
@@ -159,6 +160,11 @@ class Starter(Ledger):
                 self._committed("deployment refused", deployment=d.id, reason=problem)
                 return
             planned = _write_plan(session, d, names, config, env)
+            if not planned and d.kind == "contract":
+                why = f"release {d.release_id} is not desired on {names[0]}: no contract ran"
+                self._end(d, "failed", why)
+                session.commit()
+                return
             d.state, d.reason, d.started_at = "running", None, utcnow()
             try:
                 session.commit()
@@ -227,12 +233,17 @@ def _write_plan(
         previous[name] = (
             [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)] if row else []
         )
-    ctx = _context(d, names, previous, config, env)
-    planned = (
-        [ctx.switch_step()]
-        if d.kind == "rollback"
-        else STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
-    )
+    contract = None
+    due = contracting.pending(session, d.app, d.environment) if d.kind != "rollback" else None
+    if due is not None and due.waiting is None:
+        contract = (due.contract.release, contracting.contract_id(d.id))
+    ctx = replace(_context(d, names, previous, config, env), contract=contract)
+    if d.kind == "rollback":
+        planned = [ctx.switch_step()]
+    elif d.kind == "contract":
+        planned = ctx.contract_step()  # none: it was applied or waits again meanwhile
+    else:
+        planned = ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
     d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
     d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
     for i, step in enumerate(planned):
@@ -250,6 +261,13 @@ def _write_plan(
     return planned
 
 
+def expand_id(d: Deployment, config: Config) -> str | None:
+    """The id the deployment's expand migration runs under (its name says which key)."""
+    if not config.expand_command or d.kind != "deploy":
+        return None
+    return f"expand-{d.id}" if config.migrations.expand else f"deployment-{d.id}"
+
+
 def _context(
     d: Deployment, hosts: list[str], previous: Targets, config: Config, env: Environment
 ) -> Context:
@@ -262,7 +280,8 @@ def _context(
         steps=tuple(env.steps),
         step_pause=env.step_pause,
         analyse=env.analysis is not None,
-        migration=f"deployment-{d.id}" if config.expand_command and d.kind == "deploy" else None,
+        migration=expand_id(d, config),
+        verify_previous=bool(env.verify),
         monitor=env.monitor.duration,
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,

@@ -1,4 +1,9 @@
-"""Executing a verify step: the environment's HTTP checks and scripts against the release."""
+"""Executing a verify step: the environment's HTTP checks and scripts against the release.
+
+A `compat` step runs the same checks right after the expand migration, while the
+previous release still takes all of the traffic: they reach it on the migrated schema.
+If they fail, the migration is not backward compatible and the deployment stops there.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ class Verifier(Ledger):
     """The engine's part that runs a deployment's verify step."""
 
     async def _verify(self, deployment_id: int, step_id: int, env: Environment) -> None:
-        def read() -> tuple[list[str], dict[str, HostView], Release, list[str], dict[str, str]]:
+        def read() -> tuple[
+            list[str], dict[str, HostView], Release, list[str], dict[str, str], str | None
+        ]:
             with self.sessions() as session:
                 d = session.get_one(Deployment, deployment_id)
                 step = session.get_one(DeploymentStep, step_id)
@@ -26,17 +33,18 @@ class Verifier(Ledger):
                     session.commit()
                 hosts = json.loads(d.touched)
                 release = d.release
+                previous = d.previous_release if step.kind == "compat" else None
                 meta = {
                     "CONVEYOR_APP": d.app.name,
                     "CONVEYOR_ENVIRONMENT": d.environment,
-                    "CONVEYOR_RELEASE": release.id,
+                    "CONVEYOR_RELEASE": previous or release.id,
                     "CONVEYOR_SHA": release.sha,
                     "CONVEYOR_DEPLOYMENT": str(d.id),
                 }
                 secrets = every_value(session, d.app)
-                return hosts, host_views(session, hosts), release, secrets, meta
+                return hosts, host_views(session, hosts), release, secrets, meta, previous
 
-        hosts, views, release, secrets, meta = await in_thread(read)
+        hosts, views, release, secrets, meta, previous = await in_thread(read)
         config = Config.model_validate_json(release.config or "{}")
         assert config.service is not None
         where = checks.reach(views, hosts, config.service, env)
@@ -58,6 +66,13 @@ class Verifier(Ledger):
                     break
         await self._log(step_id, lines)
         if failed:
-            await self._fail_now(deployment_id, step_id, "verify failed: " + "; ".join(failed))
+            what = "verify failed: "
+            if previous is not None:
+                what = (
+                    f"the previous release {previous} failed the verify checks on the migrated "
+                    "schema: the migration is not backward compatible (split it: expand now, "
+                    "contract later): "
+                )
+            await self._fail_now(deployment_id, step_id, what + "; ".join(failed))
             return
         await self._end_step(deployment_id, step_id)

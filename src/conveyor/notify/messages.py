@@ -55,7 +55,7 @@ class DeploymentFacts:
     id: int
     app: str
     environment: str
-    kind: str  # deploy | rollback
+    kind: str  # deploy | rollback | contract
     state: str
     release: str
     sha: str
@@ -166,6 +166,12 @@ def _succeeded(f: DeploymentFacts) -> Message:
         done = f"switched {hosts}{back_from} back to {f.release}"
         kinds = frozenset({"success", "rollback"})
         why = f.reason or f"asked by {f.triggered_by or 'someone'}"
+    elif f.kind == "contract":
+        title = f"{f.app} {f.environment}: contract migration of {f.release} applied"
+        what = f"contract {f.id}: migrations.contract of release {f.release} ran in {f.environment}"
+        done = f"the migration ran on {hosts}; {f.environment} keeps serving {f.release}"
+        kinds = frozenset({"success"})
+        why = f"no host serves or keeps warm a release older than {f.release} any more"
     else:
         title = f"{f.app} {f.environment}: release {f.release} deployed"
         what = f"deployment {f.id} of release {f.release} to {f.environment} succeeded"
@@ -186,7 +192,7 @@ def _succeeded(f: DeploymentFacts) -> Message:
 
 def _failed(f: DeploymentFacts) -> Message:
     rb = f.rollback
-    noun = "rollback" if f.kind == "rollback" else "deployment"
+    noun = {"rollback": "rollback", "contract": "contract migration"}.get(f.kind, "deployment")
     at = f" at step {f.failed_step!r}" if f.failed_step else ""
     what = f"{noun} {f.id} of release {f.release} to {f.environment} failed{at}"
     if rb is None:

@@ -144,7 +144,9 @@ class DeploymentOut(Wire):
     release: str
     previous_release: str | None
     run: int | None
-    kind: Literal["deploy", "rollback"]
+    kind: Literal["deploy", "rollback", "contract"] = Field(
+        description="contract: a contract migration by itself, once older releases went cold"
+    )
     strategy: str
     state: DeploymentState
     reason: str | None
@@ -192,6 +194,17 @@ class Holdback(Wire):
     )
 
 
+class PendingContract(Wire):
+    """migrations.contract of the release serving an environment, not applied yet."""
+
+    release: str = Field(description="the release that brought it")
+    command: str
+    waiting: str | None = Field(
+        description="why it waits (the hosts serving or keeping warm an older release); "
+        "None: it runs as the first step of the next deployment"
+    )
+
+
 class EnvironmentStatus(Wire):
     name: str
     strategy: str
@@ -202,6 +215,9 @@ class EnvironmentStatus(Wire):
     holdback: Holdback | None = Field(
         default=None,
         description="while a watch window runs with a holdback: the previous release's share",
+    )
+    contract: PendingContract | None = Field(
+        default=None, description="a contract migration not applied yet, and why it waits"
     )
 
 

@@ -51,8 +51,8 @@ REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("analysis", re.compile(r"analysis failed|not enough traffic to judge")),
     ("monitor", re.compile(r"monitor")),
     ("check", re.compile(r"check failed")),
-    ("verify", re.compile(r"verify failed")),
-    ("hook", re.compile(r"hooks\.\w+ failed")),
+    ("verify", re.compile(r"verify failed|the previous release \S+ failed the verify")),
+    ("hook", re.compile(r"(hooks|migrations)\.\w+ failed")),
     (
         "host_offline",
         re.compile(r"host \S+ (lost its connection|is not connected|was removed)|host\(s\) not"),

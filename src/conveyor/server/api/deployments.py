@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.config.environment import Environment
+from conveyor.deploy import contracting
 from conveyor.deploy.control import left
 from conveyor.deploy.detail import read_detail
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
@@ -32,6 +33,7 @@ from conveyor.protocol import (
     DeploymentStepOut,
     DeployRequest,
     EnvironmentStatus,
+    PendingContract,
     Placement,
     ReleaseWeight,
     RollbackRequest,
@@ -327,9 +329,21 @@ def environment_statuses(
                 _last_ended(session, app.id, env_name),
                 serving_release(session, app.id, env_name),
                 everywhere,
+                pending_contract(session, app, env_name),
             )
         )
     return out
+
+
+def pending_contract(
+    session: Session, app: App, env: str, serving: str | None = None
+) -> PendingContract | None:
+    """The environment's contract migration not applied yet, and why it waits."""
+    due = contracting.pending(session, app, env, serving)
+    if due is None:
+        return None
+    c = due.contract
+    return PendingContract(release=c.release, command=c.command, waiting=due.waiting)
 
 
 def environment_status(
@@ -339,6 +353,7 @@ def environment_status(
     last: Deployment | None,
     serving: str | None,
     everywhere: list[Placement],
+    contract: PendingContract | None = None,
 ) -> EnvironmentStatus:
     """One environment's status from what was read of it: its active deployments (oldest
     first), its last ended one, the release it serves, and every placement of the app."""
@@ -353,6 +368,7 @@ def environment_status(
         deployment=deployment_out(current, steps=True) if current else None,
         last=deployment_out(last) if last else None,
         holdback=holdback_of(acting, time.time()),
+        contract=contract,
     )
 
 
@@ -391,9 +407,9 @@ def list_deployments(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     state: DeploymentState | None = None,
     trigger: Annotated[
-        str | None, Query(max_length=20, description="pipeline | api | rollback")
+        str | None, Query(max_length=20, description="pipeline | api | rollback | contract")
     ] = None,
-    kind: Literal["deploy", "rollback"] | None = None,
+    kind: Literal["deploy", "rollback", "contract"] | None = None,
 ) -> list[DeploymentOut]:
     """Deployments, newest first, of an app, an environment, a result, a trigger, a kind.
 

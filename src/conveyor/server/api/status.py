@@ -15,8 +15,8 @@ from conveyor.deploy.desired import host_app_releases
 from conveyor.deploy.gates import release_config
 from conveyor.deploy.records import ACTIVE
 from conveyor.pipeline.runs import ACTIVE as RUN_ACTIVE
-from conveyor.protocol import AppStatus, EnvironmentStatus, Placement
-from conveyor.server.api.deployments import environment_status
+from conveyor.protocol import AppStatus, EnvironmentStatus, PendingContract, Placement
+from conveyor.server.api.deployments import environment_status, pending_contract
 from conveyor.server.api.hosts import host_out
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404
@@ -148,6 +148,7 @@ class _Deployments:
     """The deployments that status shows, of every app at once, by app and environment."""
 
     def __init__(self, session: Session, ids: list[int]) -> None:
+        self.session = session
         self.active: dict[tuple[int, str], list[Deployment]] = defaultdict(list)
         for d in session.scalars(
             select(Deployment)
@@ -185,14 +186,28 @@ class _Deployments:
             .where(Deployment.app_id.in_(ids), Deployment.state == "succeeded")
             .subquery()
         )
-        self.serving = {
-            (app_id, env): release_id
-            for app_id, env, release_id in session.execute(
-                select(ranked.c.app_id, ranked.c.environment, ranked.c.release_id).where(
-                    ranked.c.n == 1
-                )
+        self.serving: dict[tuple[int, str], str] = {}
+        # whether each serving release may have a contract (a string value under a key
+        # "contract" in its conveyor.yml as stored), read in the same query
+        self.contracting: set[tuple[int, str]] = set()
+        for app_id, env, release_id, has_contract in session.execute(
+            select(
+                ranked.c.app_id,
+                ranked.c.environment,
+                ranked.c.release_id,
+                Release.config.like('%"contract":"%'),
             )
-        }
+            .join(Release, Release.id == ranked.c.release_id)
+            .where(ranked.c.n == 1)
+        ):
+            self.serving[(app_id, env)] = release_id
+            if has_contract:
+                self.contracting.add((app_id, env))
+
+    def _contract(self, app: App, env: str) -> PendingContract | None:
+        if (app.id, env) not in self.contracting:
+            return None  # most releases have no contract: no more queries for them
+        return pending_contract(self.session, app, env, self.serving[(app.id, env)])
 
     def environments(
         self, app: App, release: Release | None, everywhere: list[Placement]
@@ -209,6 +224,7 @@ class _Deployments:
                     self.last.get((app.id, env_name)),
                     self.serving.get((app.id, env_name)),
                     everywhere,
+                    self._contract(app, env_name),
                 )
             )
         return out
