@@ -41,6 +41,11 @@ def test_every_api_route_checks_its_token_and_role(server: ServerProcess) -> Non
                 r = http.post(url, json={"name": "x", "token": "cvy_wrong"})
                 assert r.status_code == 401, (method, path, r.text)
                 continue
+            if needed == "flag-client":  # an SDK's client token (`conveyor flag token`) only
+                for headers in ({}, *({"Authorization": f"Bearer {t}"} for t in tokens.values())):
+                    r = http.request(method, url, json={}, headers=headers)
+                    assert r.status_code == 401, (method, path, r.text)
+                continue
             missing = http.request(method, url, json={})
             assert missing.status_code == 401, (method, path, missing.text)
             bad = http.request(method, url, json={}, headers={"Authorization": "Bearer cvy_nope"})

@@ -53,6 +53,8 @@ def _app_of(session: SessionDep, token: FlagToken) -> App:
 def _check_scope(session: SessionDep, token: FlagToken, name: str, env: str) -> None:
     app = _app_of(session, token)
     if (app.name, token.environment) != (name, env):
+        if session.scalar(select(App.id).where(App.name == name)) is None:
+            raise HTTPException(404, f"unknown app {name!r}")
         raise HTTPException(
             403,
             f"this client token reads {token.environment} of {app.name}, not {env} of {name}: "
@@ -112,27 +114,39 @@ def _metrics(session: SessionDep, token: FlagToken, data: dict[str, Any]) -> Res
 
 Payload = Annotated[dict[str, Any], Body()]
 ERRORS = responses(401, 403)
+SCOPED_ERRORS = responses(401, 403, 404)
+# its own kind of token, not a role's: OpenAPI says so (x-role), as /api/agents/enrol does
+CLIENT = {"x-role": "flag-client"}
 
 
-@router.get("/client/features", responses=ERRORS, response_model=None)
+@router.get("/client/features", responses=ERRORS, response_model=None, openapi_extra=CLIENT)
 def client_features(request: Request, token: ClientToken, session: SessionDep) -> Response:
     """Every flag of the token's app and environment (304 when the ETag still holds)."""
     return _features(request, session, token)
 
 
-@router.post("/client/register", status_code=202, responses=ERRORS, response_model=None)
+@router.post(
+    "/client/register", status_code=202, responses=ERRORS, response_model=None, openapi_extra=CLIENT
+)
 def client_register(data: Payload, token: ClientToken, session: SessionDep) -> Response:
     """An SDK instance says it started (app name, instance id, SDK version)."""
     return _register(session, token, data)
 
 
-@router.post("/client/metrics", status_code=202, responses=ERRORS, response_model=None)
+@router.post(
+    "/client/metrics", status_code=202, responses=ERRORS, response_model=None, openapi_extra=CLIENT
+)
 def client_metrics(data: Payload, token: ClientToken, session: SessionDep) -> Response:
     """An SDK instance's counts of each flag's evaluations (on, off, per variant)."""
     return _metrics(session, token, data)
 
 
-@router.get(SCOPED + "/client/features", responses=ERRORS, response_model=None)
+@router.get(
+    SCOPED + "/client/features",
+    responses=SCOPED_ERRORS,
+    response_model=None,
+    openapi_extra=CLIENT,
+)
 def scoped_features(
     name: AppName, env: EnvName, request: Request, token: ClientToken, session: SessionDep
 ) -> Response:
@@ -141,7 +155,13 @@ def scoped_features(
     return _features(request, session, token)
 
 
-@router.post(SCOPED + "/client/register", status_code=202, responses=ERRORS, response_model=None)
+@router.post(
+    SCOPED + "/client/register",
+    status_code=202,
+    responses=SCOPED_ERRORS,
+    response_model=None,
+    openapi_extra=CLIENT,
+)
 def scoped_register(
     name: AppName, env: EnvName, data: Payload, token: ClientToken, session: SessionDep
 ) -> Response:
@@ -149,7 +169,13 @@ def scoped_register(
     return _register(session, token, data)
 
 
-@router.post(SCOPED + "/client/metrics", status_code=202, responses=ERRORS, response_model=None)
+@router.post(
+    SCOPED + "/client/metrics",
+    status_code=202,
+    responses=SCOPED_ERRORS,
+    response_model=None,
+    openapi_extra=CLIENT,
+)
 def scoped_metrics(
     name: AppName, env: EnvName, data: Payload, token: ClientToken, session: SessionDep
 ) -> Response:
