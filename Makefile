@@ -1,10 +1,10 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-# Four workers on two cores: most of an end-to-end test is waiting on real processes.
+# Six workers on two cores: most of an end-to-end test is waiting on real processes.
 # A file's tests share a worker (module fleets are set up once); files go out slowest
 # first, in our order (tests/conftest.py), not xdist's.
-PYTEST_ARGS ?= -n 4 --dist loadfile --no-loadscope-reorder
+PYTEST_ARGS ?= -n 6 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup sync lint test demo bench bench-judge bench-fleet bench-control
 
