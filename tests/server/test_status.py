@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.config.loader import parse_config
 from conveyor.pipeline.runs import ACTIVE
 from conveyor.protocol import AppStatus
-from conveyor.server.api.deployments import environment_statuses
+from conveyor.server.api.environments import environment_statuses
 from conveyor.server.api.hosts import placements
 from conveyor.server.api.status import status
 from conveyor.server.auth import Caller

@@ -16,7 +16,7 @@ from conveyor.deploy.gates import release_config
 from conveyor.deploy.records import ACTIVE
 from conveyor.pipeline.runs import ACTIVE as RUN_ACTIVE
 from conveyor.protocol import AppStatus, EnvironmentStatus, PendingContract, Placement
-from conveyor.server.api.deployments import environment_status, pending_contract
+from conveyor.server.api.environments import environment_status, pending_contract
 from conveyor.server.api.hosts import host_out
 from conveyor.server.auth import Caller, Viewer
 from conveyor.server.deps import AppFilter, get_app_or_404

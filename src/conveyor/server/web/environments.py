@@ -36,10 +36,10 @@ from conveyor.server.api.deployments import (
     abort_deployment,
     approve,
     deploy,
-    environments,
     get_deployment,
     rollback,
 )
+from conveyor.server.api.environments import environments
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web import live
 from conveyor.server.web.answers import refused

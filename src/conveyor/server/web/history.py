@@ -20,7 +20,8 @@ from conveyor.deploy.control import done
 from conveyor.deploy.detail import control_actions
 from conveyor.deploy.gates import GateError, check_hard_gates, release_config
 from conveyor.protocol import DeploymentOut, DeploymentState, DeployRequest
-from conveyor.server.api.deployments import deploy, environments, list_deployments
+from conveyor.server.api.deployments import deploy, list_deployments
+from conveyor.server.api.environments import environments
 from conveyor.server.deps import get_app_or_404
 from conveyor.server.web.render import page
 from conveyor.server.web.session import PageViewer, WebCaller, action_caller, api_role

@@ -16,11 +16,8 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
 from conveyor.protocol import DeploymentOut, EnvironmentStatus
-from conveyor.server.api.deployments import (
-    environment_statuses,
-    get_deployment,
-    list_deployments,
-)
+from conveyor.server.api.deployments import get_deployment, list_deployments
+from conveyor.server.api.environments import environment_statuses
 from conveyor.server.auth import Caller
 from conveyor.server.web.render import page
 from conveyor.store.models import App, utcnow
