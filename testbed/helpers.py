@@ -30,10 +30,35 @@ TEST_CLUSTER_ENV = "CONVEYOR_TEST_PG_SOCKET"
 plain_http = httpx.Client(timeout=30, trust_env=False)
 
 
+# Ports a test's own servers listen on: a block per xdist worker, below the agents' instance
+# ports (20000-32767) and the kernel's ephemeral range (32768-60999). A port the kernel chose
+# (bind to 0) is free only until it is closed: another worker's next bind to 0 can get the
+# same one before our server listens on it (CI once saw a sample app answer a server's POST).
+PORT_BLOCK = 800
+_next_port: dict[str, int] = {}
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return 10000 + (int(worker) if worker.isdigit() else 0) % 12 * PORT_BLOCK
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on at host, from this worker's block, never handed out twice in
+    a row: the next one after the last (wrapping), checked as a server binds (SO_REUSEADDR)."""
+    low = _port_block()
+    for _ in range(PORT_BLOCK):
+        offset = _next_port.get(host, os.getpid() % PORT_BLOCK)
+        _next_port[host] = (offset + 1) % PORT_BLOCK
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, low + offset))
+                s.listen(1)
+            except OSError:
+                continue
+            return low + offset
+    raise AssertionError(f"no free port on {host} in {low}-{low + PORT_BLOCK - 1}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
