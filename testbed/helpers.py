@@ -35,7 +35,7 @@ plain_http = httpx.Client(timeout=30, trust_env=False)
 # (bind to 0) is free only until it is closed: another worker's next bind to 0 can get the
 # same one before our server listens on it (CI once saw a sample app answer a server's POST).
 PORT_BLOCK = 800
-_next_port: dict[str, int] = {}
+_next_port: list[int] = []  # the offset in the block of the next port to try
 
 
 def _port_block() -> int:
@@ -44,12 +44,16 @@ def _port_block() -> int:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on at host, from this worker's block, never handed out twice in
-    a row: the next one after the last (wrapping), checked as a server binds (SO_REUSEADDR)."""
+    """A port nothing listens on at host, from this worker's block, checked as a server binds
+    (SO_REUSEADDR). One counter for every address: a port handed out for one address is not
+    handed out again (for any) until the block wraps, since what got it may not listen yet
+    and may listen on several addresses."""
     low = _port_block()
+    if not _next_port:
+        _next_port.append(os.getpid() % PORT_BLOCK)
     for _ in range(PORT_BLOCK):
-        offset = _next_port.get(host, os.getpid() % PORT_BLOCK)
-        _next_port[host] = (offset + 1) % PORT_BLOCK
+        offset = _next_port[0]
+        _next_port[0] = (offset + 1) % PORT_BLOCK
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
