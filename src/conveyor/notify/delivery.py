@@ -104,6 +104,7 @@ class Courier:
         self._wake: asyncio.Event | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
+        self._prepared = False
 
     def wake(self) -> None:
         """Look for new rows now (callable from any thread)."""
@@ -116,8 +117,6 @@ class Courier:
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        # importing Apprise takes a while: not on the event loop
-        await asyncio.to_thread(_prepare_apprise)
         while not self._stopping:
             try:
                 await self._start_due()
@@ -140,7 +139,14 @@ class Courier:
         free = IN_FLIGHT - len(self._tasks)
         if free <= 0:
             return
-        for row_id in await in_thread(self._due, free, list(self._tasks)):
+        due = await in_thread(self._due, free, list(self._tasks))
+        if due and not self._prepared:
+            # Apprise loads its plugins on first use (most of a second of CPU, seconds on a
+            # busy host): before the first message, in a thread, and only in a server that
+            # has a message to send
+            await asyncio.to_thread(_prepare_apprise)
+            self._prepared = True
+        for row_id in due:
             task = asyncio.create_task(self._deliver(row_id), name=f"notify-{row_id}")
             self._tasks[row_id] = task
             task.add_done_callback(functools.partial(self._done, row_id))
