@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.stats import mannwhitneyu, norm
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, Verdict, decide, observe
 from conveyor.protocol import LATENCY_BUCKETS, ReleaseCounters
@@ -188,6 +187,8 @@ def _history(rng: np.random.Generator, scenario: Scenario) -> Release:
     """The baseline's counters before the step, as one reading: only its totals are ever
     read, so its buckets are one multinomial draw (its latency sum, the expectation)."""
     n = int(rng.poisson(scenario.traffic.rps * HISTORY))
+    from scipy.stats import norm  # scipy.stats: a second to import, not at collection
+
     cdf = norm.cdf((np.log(BOUNDS) - math.log(MEDIAN_LATENCY)) / SIGMA)
     buckets = rng.multinomial(n, np.diff(np.concatenate([[0.0], cdf, [1.0]])))
     mean = MEDIAN_LATENCY * math.exp(SIGMA**2 / 2)
@@ -347,7 +348,7 @@ def _without_outliers(x: np.ndarray) -> np.ndarray:
     return x[(x >= lo) & (x <= hi)]
 
 
-Z98 = float(norm.ppf(0.99))  # a two-sided 98% interval
+Z98 = statistics.NormalDist().inv_cdf(0.99)  # a two-sided 98% interval
 
 
 def kayenta_high(canary: np.ndarray, baseline: np.ndarray) -> bool:
@@ -369,6 +370,8 @@ def kayenta_high(canary: np.ndarray, baseline: np.ndarray) -> bool:
         return False
     # the interval above is the untied normal approximation: confirm with scipy's
     # tie-corrected test that the 98% interval excludes no shift
+    from scipy.stats import mannwhitneyu
+
     return bool(mannwhitneyu(x, y, alternative="greater").pvalue < 0.01)
 
 

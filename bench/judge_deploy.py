@@ -46,7 +46,6 @@ from bench.judge import (
     kayenta_high,
     prom_quantile,
 )
-from scipy.stats import beta, binom, poisson
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, observe, start_window
 from conveyor.config.environment import WARMUP
@@ -355,10 +354,14 @@ def run(task: tuple[int, int, int]) -> tuple[int, dict[str, Outcome], int | None
 
 def upper(k: int, n: int, level: float = 0.95) -> float:
     """Clopper-Pearson's one-sided upper bound on a rate seen k times in n."""
+    from scipy.stats import beta  # a second to import: not when tests collect this module
+
     return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
 
 
 def lower(k: int, n: int, level: float = 0.95) -> float:
+    from scipy.stats import beta
+
     return 0.0 if k <= 0 else float(beta.ppf(1 - level, k, n - k + 1))
 
 
@@ -475,6 +478,8 @@ def oracle(rps: float = 200.0, before: float = 0.01, after: float = 0.03) -> Non
     window, if it may blame no weather on it: the most powerful fixed-sample test of the
     holdback's share of a minute's 5xx (the only evidence that cancels shared trouble),
     told the very minute and given the whole 1%."""
+    from scipy.stats import binom, poisson
+
     cells = []
     for holdback in (0.05, 0.10, 0.20):
         n_old, n_new = rps * holdback * 60, rps * (1 - holdback) * 60
