@@ -190,6 +190,15 @@ def agent(
             help="The shared port where the router serves every app with domains (by Host header).",
         ),
     ] = 80,
+    https_port: Annotated[
+        int,
+        typer.Option(
+            envvar="CONVEYOR_HTTPS_PORT",
+            min=1,
+            max=65535,
+            help="The shared port where the router serves the apps with tls over HTTPS (by SNI).",
+        ),
+    ] = 443,
     router_workers: Annotated[
         int,
         typer.Option(
@@ -255,6 +264,7 @@ def agent(
             trust=trust,
             router_workers=router_workers,
             http_port=http_port,
+            https_port=https_port,
         )
     )
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import conveyor
 from conveyor.agent.bringup import BringUp
+from conveyor.agent.certstore import CertError, CertStore
 from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
@@ -39,6 +40,7 @@ from conveyor.protocol import (
     DesiredState,
     MigrationResult,
     ObservedState,
+    ServiceSpec,
 )
 from conveyor.sealing import InvalidToken, KeyFileError
 
@@ -65,6 +67,8 @@ class Reconciler:
         supervisor: Supervisor,
         bind: str,
         http_port: int = 80,
+        https_port: int = 443,
+        certs: CertStore | None = None,
     ) -> None:
         self.data = data
         self.name = name
@@ -73,6 +77,7 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
+        self.certs = certs or CertStore(data, https_port)
         self.bring_up = BringUp(
             data=data,
             link=link,
@@ -80,9 +85,11 @@ class Reconciler:
             supervisor=supervisor,
             migrations=self.migrations,
             changed=self._changed,
+            tls_ready=self._tls_ready,
         )
         self.bind = bind
         self.http_port = http_port
+        self.https_port = https_port
         self.desired: DesiredState | None = None
         self.runtimes: dict[tuple[str, str], ReleaseRuntime] = {}
         self.applied: dict[str, RouteSpec] = {}
@@ -248,7 +255,18 @@ class Reconciler:
         top = plan.top
         self.keep_warm[app.app] = top.service.keep_warm
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
-        if self.applied.get(app.app) != plan.spec and not await self._apply(plan.spec, top):
+        spec = plan.spec
+        if top.service.tls is not None and spec.domains:
+            try:
+                tls = self.certs.route(app.app, spec.domains, top.service.tls)
+            except CertError as exc:
+                self.routed[app.app] = False
+                self.app_errors[app.app] = (
+                    f"TLS: {exc}; the previous certificate and routing are kept"
+                )
+                return
+            spec = spec.model_copy(update={"tls": tls})
+        if self.applied.get(app.app) != spec and not await self._apply(spec, top):
             return
         self.routed[app.app] = True
         self._mark_current(app.app, top.release)
@@ -277,6 +295,14 @@ class Reconciler:
         )
         self._changed()
         return True
+
+    async def _tls_ready(self, app: str, service: ServiceSpec) -> None:
+        """Before a release is brought up: its certificate can serve its domains."""
+        assert service.tls is not None
+        try:
+            self.certs.route(app, service.domains, service.tls)
+        except CertError as exc:
+            raise CertError(f"TLS: {exc}") from None
 
     def _mark_current(self, app: str, current: str) -> None:
         """Note which release is the app's current one, and when the others stopped being it."""
@@ -436,6 +462,7 @@ class Reconciler:
             router_alive=router_alive,
             address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
             http_port=self.http_port,
+            https_port=self.https_port,
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,

@@ -61,6 +61,7 @@ def run_agent(
     trust: ServerTrust | None = None,
     router_workers: int = 1,
     http_port: int = 80,
+    https_port: int = 443,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,7 @@ def run_agent(
                 trust or ServerTrust(),
                 router_workers,
                 http_port,
+                https_port,
             )
         )
     except (EnrolmentError, ExporterError) as exc:
@@ -101,6 +103,7 @@ async def _main(
     trust: ServerTrust,
     router_workers: int = 1,
     http_port: int = 80,
+    https_port: int = 443,
 ) -> int:
     link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
@@ -117,6 +120,7 @@ async def _main(
         supervisor=Supervisor(data),
         bind=bind,
         http_port=http_port,
+        https_port=https_port,
     )
     reconciler.load_local()
     await router.start()

@@ -235,6 +235,8 @@ class HAProxyRouter:
     async def apply(self, spec: RouteSpec) -> None:
         async with self._lock:
             self._require_started()
+            if spec.tls is not None:
+                raise RouterError(f"app {spec.app}: tls is not served by the haproxy router yet")
             validate_targets(spec.app, spec.targets)
             bind = ip_literal(spec.bind, f"app {spec.app}: bind address")
             for t in spec.targets:
@@ -286,6 +288,10 @@ class HAProxyRouter:
             write_atomic(self.paths.config, self._render(self.state.apps))
             save_state(self.paths.state, self.state, durable=True)
             self._kick_janitor()
+
+    async def challenges(self, answers: dict[str, str]) -> None:
+        if answers:
+            raise RouterError("ACME challenges are not served by the haproxy router yet")
 
     async def remove(self, app: str) -> None:
         async with self._lock:
