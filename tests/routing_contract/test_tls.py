@@ -23,6 +23,8 @@ import trustme
 from cryptography import x509
 
 from conveyor.agent.certs import served_pem
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.haproxy_runtime import show_proc
 from conveyor.agent.routing.spec import Router, RouterError, RouteSpec, Target, TlsRoute
 from testbed.fleet import LoadGenerator
 from tests.helpers import free_port, wait_for
@@ -30,7 +32,7 @@ from tests.router.backend import Backend
 from tests.router_haproxy.support import LoopThread
 from tests.routing_contract.test_contract import _make
 
-DRIVERS = ["embedded"]  # haproxy: next commit
+DRIVERS = ["embedded", "haproxy"]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,12 @@ def served_serial(ca: trustme.CA, port: int, name: str) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+def _reloads(loop: LoopThread, router: Router) -> int | None:
+    if not isinstance(router, HAProxyRouter):
+        return None
+    return loop.run(show_proc(router.paths)).reloads
+
+
 def _answer(ca: trustme.CA, port: int, name: str) -> str:
     try:
         r = https_get(ca, port, name)
@@ -198,6 +206,7 @@ def test_sni_redirect_swap_and_bad_certificate(
             host="shop.example.com",
             tls=_client(ca),
         )
+        reloads = _reloads(loop, router)
         with load:
             load.wait_requests(20)
             loop.run(router.apply(renewed))
@@ -206,6 +215,7 @@ def test_sni_redirect_swap_and_bad_certificate(
         result = load.result
         assert not result.errors and result.ok == result.sent, (result.errors[:3], result.statuses)
         assert result.releases.keys() == {"a1"}
+        assert _reloads(loop, router) == reloads  # HAProxy: through the Runtime API
 
         # a file that is no certificate: refused, the renewed one keeps serving
         bad = tmp_path / "bad.pem"
@@ -237,7 +247,7 @@ def test_acme_challenges_answered_on_the_plain_port(
     )
     loop.run(router.apply(shop))
     try:
-        loop.run(router.challenges({"tok-1": "tok-1.thumb"}))
+        loop.run(router.challenges("127.0.0.1", ports[0], {"tok-1": "tok-1.thumb"}))
 
         def challenge(name: str, token: str) -> tuple[int, str]:
             r = httpx.get(
@@ -251,8 +261,8 @@ def test_acme_challenges_answered_on_the_plain_port(
         # any name: a certificate is obtained before its app is routed
         assert challenge("new.example.com", "tok-1") == (200, "tok-1.thumb")
         assert challenge("acme.example.com", "other")[0] == 404
-        loop.run(router.challenges({}))
+        loop.run(router.challenges("127.0.0.1", ports[0], {}))
         wait_for(lambda: challenge("acme.example.com", "tok-1")[0] == 404, timeout=10)
     finally:
-        loop.run(router.challenges({}))
+        loop.run(router.challenges("127.0.0.1", ports[0], {}))
         loop.run(router.remove("acmeshop"))

@@ -283,10 +283,15 @@ class Proxy:
         self.shared[(bind, port)] = shared
         return shared
 
-    async def set_challenges(self, answers: dict[str, str]) -> None:
-        """The ACME HTTP-01 answers every plain shared port gives (token -> key authorization)."""
-        self.challenges.clear()
-        self.challenges.update(answers)
+    async def set_challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
+        """The ACME HTTP-01 answers every plain shared port gives (token -> key authorization);
+        (bind, port) is opened if no app with domains has it yet (it answers 404 but these)."""
+        async with self._lock:
+            if (bind, port) not in self.shared:
+                shared = await self._open_shared(bind, port, None)
+                shared.challenges = self.challenges
+            self.challenges.clear()
+            self.challenges.update(answers)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

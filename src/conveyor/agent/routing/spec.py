@@ -55,9 +55,10 @@ class Router(Protocol):
     async def remove(self, app: str) -> None:
         """Stop serving an app (its listener closes after in-flight requests finish)."""
 
-    async def challenges(self, answers: dict[str, str]) -> None:
+    async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
         """Answer these ACME HTTP-01 challenges (token -> key authorization) on every plain
-        shared port, whatever the Host; replaces the previous set."""
+        shared port, whatever the Host, listening on (bind, port) if no app does yet;
+        replaces the previous set."""
 
     async def metrics(self) -> RouterMetrics:
         """Counters per app and release."""
