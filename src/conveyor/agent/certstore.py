@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conveyor.agent.certs import CertError, CertInfo, check_pair, served_pem
 from conveyor.protocol import TlsSpec
-from conveyor.routespec import TlsRoute
+from conveyor.routespec import RouteSpec, TlsRoute
 
 __all__ = ["CertError", "CertStore"]
 
@@ -58,6 +58,24 @@ class CertStore:
         if not found[0].exists():
             self._write(app, served_pem(cert, key))
         return TlsRoute(port=self.https_port, pem=str(found[0]), redirect_http=tls.redirect_http)
+
+    def with_tls(
+        self, spec: RouteSpec, tls: TlsSpec | None, served: RouteSpec | None
+    ) -> tuple[RouteSpec | None, str | None]:
+        """The spec with the app's certificate; one that fails its checks leaves the
+        certificate already `served` in place (the weights still move: a rollback is never
+        held by a certificate), and says why. None: no certificate to serve at all."""
+        if tls is None or not spec.domains:
+            return spec, None
+        try:
+            route = self.route(spec.app, spec.domains, tls)
+        except CertError as exc:
+            error = f"TLS: {exc}; the previous certificate is kept"
+            if served is None or served.tls is None:
+                return None, error
+            kept = served.tls.model_copy(update={"redirect_http": tls.redirect_http})
+            return spec.model_copy(update={"tls": kept}), error
+        return spec.model_copy(update={"tls": route}), None
 
     def info(self, pem: str) -> CertInfo | None:
         """What was checked of a served file (None: not made by this agent process)."""

@@ -255,22 +255,17 @@ class Reconciler:
         top = plan.top
         self.keep_warm[app.app] = top.service.keep_warm
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
-        spec = plan.spec
-        if top.service.tls is not None and spec.domains:
-            try:
-                tls = self.certs.route(app.app, spec.domains, top.service.tls)
-            except CertError as exc:
-                self.routed[app.app] = False
-                self.app_errors[app.app] = (
-                    f"TLS: {exc}; the previous certificate and routing are kept"
-                )
-                return
-            spec = spec.model_copy(update={"tls": tls})
+        served = self.applied.get(app.app)
+        spec, tls_error = self.certs.with_tls(plan.spec, top.service.tls, served)
+        if spec is None:
+            self.routed[app.app] = False
+            self.app_errors[app.app] = tls_error
+            return
         if self.applied.get(app.app) != spec and not await self._apply(spec, top):
             return
         self.routed[app.app] = True
         self._mark_current(app.app, top.release)
-        self.app_errors[app.app] = None
+        self.app_errors[app.app] = tls_error
 
     async def _apply(self, spec: RouteSpec, top: DesiredRelease) -> bool:
         """Hand the router a new routing; False if it refused it (and kept the previous one)."""

@@ -74,7 +74,7 @@ from conveyor.agent.routing.haproxy_state import (
     slot_releases,
     validate_targets,
 )
-from conveyor.agent.routing.haproxy_tls import cert_name
+from conveyor.agent.routing.haproxy_tls import cert_digest, cert_file
 from conveyor.agent.routing.spec import (
     AppMetrics,
     RouterError,
@@ -273,7 +273,7 @@ class HAProxyRouter:
                 path_prefix=spec.path_prefix,
                 strip_prefix=spec.strip_prefix,
                 tls_port=spec.tls.port if spec.tls else None,
-                tls_cert=cert_name(spec.app, pem) if pem is not None else "",
+                tls_cert=cert_digest(pem) if pem is not None else "",
                 redirect_http=spec.tls.redirect_http if spec.tls else True,
             )
             if app.domains:
@@ -295,15 +295,23 @@ class HAProxyRouter:
                     app.redirect_http,
                     bool(app.tls_cert),
                 )
+            cert = cert_file(self.paths.certs, spec.app)
             if moved:
-                await self._reconfigure({**self.state.apps, spec.app: app})
+                before = cert.read_bytes() if cert.exists() else None
+                if pem is not None:
+                    write_atomic(cert, pem.decode(errors="replace"))
+                try:
+                    await self._reconfigure({**self.state.apps, spec.app: app})
+                except RouterError:
+                    if before is not None:  # the certificate the running HAProxy has
+                        write_atomic(cert, before.decode(errors="replace"))
+                    raise
             else:
                 assert current is not None
                 if pem is not None and current.tls_cert != app.tls_cert:
                     # a new certificate: swapped through the Runtime API, no reload
-                    await swap_certificate(
-                        self.paths.admin_sock, self.paths.certs, current, app, pem
-                    )
+                    await swap_certificate(self.paths.admin_sock, cert, pem)
+                    write_atomic(cert, pem.decode(errors="replace"))
                 await self._steer(current, app)
             self.state.apps[spec.app] = app
             self._sinks.clear()
@@ -315,7 +323,7 @@ class HAProxyRouter:
             self._kick_janitor()
 
     def _certificate(self, spec: RouteSpec) -> bytes | None:
-        """The spec's certificate, copied among HAProxy's under a name from its content."""
+        """The bytes of the spec's certificate file (None: no tls)."""
         if spec.tls is None:
             return None
         try:
@@ -324,9 +332,6 @@ class HAProxyRouter:
             raise RouterError(
                 f"app {spec.app}: cannot read the certificate {spec.tls.pem}: {exc.strerror or exc}"
             ) from exc
-        path = self.paths.certs / cert_name(spec.app, pem)
-        if not path.exists():
-            write_atomic(path, pem.decode(errors="replace"))
         return pem
 
     async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:

@@ -11,42 +11,27 @@ from pathlib import Path
 
 from conveyor.agent.routing.haproxy_runtime import cli
 from conveyor.agent.routing.haproxy_state import AppState
-from conveyor.agent.routing.haproxy_tls import crt_line, crt_list_path
+from conveyor.agent.routing.haproxy_tls import cert_file
 from conveyor.agent.routing.spec import RouterError
 
 __all__ = ["prune_certificates", "set_challenges", "swap_certificate"]
 
 
-async def swap_certificate(
-    admin: Path, certs: Path, old: AppState, new: AppState, pem: bytes
-) -> None:
-    """Serve the app's new certificate on its HTTPS port now, without a reload."""
-    assert new.tls_port is not None and new.tls_cert and old.tls_cert
-    fresh = certs / new.tls_cert
-    stale = certs / old.tls_cert
-    crt_list = crt_list_path(certs, new.bind, new.tls_port)
-    await _ok(admin, f"new ssl cert {fresh}", "New empty certificate store")
+async def swap_certificate(admin: Path, cert: Path, pem: bytes) -> None:
+    """Serve an app's new certificate now, without a reload: its one file (named in the
+    crt-list, maybe the frontend's default certificate) gets the new PEM in a transaction."""
+    await _ok(admin, f"set ssl cert {cert} <<\n{pem.decode().strip()}\n", "Transaction")
     try:
-        await _ok(admin, f"set ssl cert {fresh} <<\n{pem.decode().strip()}\n", "Transaction")
-        await _ok(admin, f"commit ssl cert {fresh}", "Success!")
-        await _ok(admin, f"add ssl crt-list {crt_list} <<\n{crt_line(fresh, new)}\n", "Success!")
+        await _ok(admin, f"commit ssl cert {cert}", "Success!")
     except RouterError:
-        # nothing serves the new one yet: forget it, the old one keeps serving
-        for undo in (
-            f"abort ssl cert {fresh}",
-            f"del ssl crt-list {crt_list} {fresh}",
-            f"del ssl cert {fresh}",
-        ):
-            with contextlib.suppress(RouterError):
-                await cli(admin, undo)
+        with contextlib.suppress(RouterError):
+            await cli(admin, f"abort ssl cert {cert}")
         raise
-    await _ok(admin, f"del ssl crt-list {crt_list} {stale}", "deleted")
-    await _ok(admin, f"del ssl cert {stale}", "deleted")
 
 
 def prune_certificates(certs: Path, apps: Iterable[AppState]) -> None:
     """Remove the certificate files no app serves any more."""
-    used = {a.tls_cert for a in apps if a.tls_cert}
+    used = {cert_file(certs, a.app).name for a in apps if a.tls_cert}
     for path in certs.glob("*.pem"):
         if path.name not in used:
             path.unlink(missing_ok=True)
@@ -71,5 +56,6 @@ async def runtime_quiet(admin: Path, command: str) -> None:
 
 async def _ok(admin: Path, command: str, expect: str) -> None:
     answer = (await cli(admin, command)).strip()
-    if expect.lower() not in answer.lower():
+    refused = any(word in answer.lower() for word in ("can't", "cannot", "error", "unable"))
+    if refused or expect.lower() not in answer.lower():
         raise RouterError(f"HAProxy refused {command.split(' <<')[0]!r}: {answer}")

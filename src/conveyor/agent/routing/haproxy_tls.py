@@ -3,14 +3,13 @@
 Apps with tls get a frontend per shared HTTPS (bind, port): `bind … ssl crt-list FILE`,
 one crt-list line per app (its certificate file, then its names as SNI filters), the
 same route map as plain HTTP (a map of its own, `fe_shared_…_PORT.routes`) and
-`X-Forwarded-Proto: https`. HAProxy's certificate files are named after their content
-(`certs/<app>-<digest>.pem`), so a renewed certificate is swapped through the Runtime
-API without a reload: `new ssl cert`, `set ssl cert` with the PEM, `commit ssl cert`,
-`add ssl crt-list` of its line, `del ssl crt-list` and `del ssl cert` of the old one;
-the crt-list file is rewritten too, for the next reload. An app joining or leaving the
-HTTPS port reloads, as joining the HTTP port does. On the plain shared port, ACME
-HTTP-01 answers come from a map (`maps/acme.challenges`) replaced through the Runtime
-API, and an app with redirect_http gets a 308 to https.
+`X-Forwarded-Proto: https`. HAProxy's copy of an app's certificate keeps one name,
+`certs/<app>.pem`, so a renewed certificate is swapped through the Runtime API without a
+reload (`set ssl cert` with the PEM, `commit ssl cert`: haproxy_certs.py), even when it
+is the frontend's default one (which `del ssl crt-list` refuses to remove). An app
+joining or leaving the HTTPS port reloads, as joining the HTTP port does. On the plain
+shared port, ACME HTTP-01 answers come from a map (`maps/acme.challenges`) replaced
+through the Runtime API, and an app with redirect_http gets a 308 to https.
 """
 
 from __future__ import annotations
@@ -26,8 +25,14 @@ from conveyor.hostroutes import CATCH_ALL
 ACME_PREFIX = "/.well-known/acme-challenge/"
 
 
-def cert_name(app: str, pem: bytes) -> str:
-    return f"{app}-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+def cert_digest(pem: bytes) -> str:
+    return hashlib.sha256(pem).hexdigest()[:16]
+
+
+def cert_file(certs: Path, app: str) -> Path:
+    """HAProxy's copy of an app's certificate: one name for its life, so that the Runtime
+    API can replace what it holds (even the frontend's default certificate)."""
+    return certs / f"{app}.pem"
 
 
 def crt_list_path(certs: Path, bind: str, port: int) -> Path:
@@ -54,7 +59,7 @@ def tls_files(
     """Every HTTPS port's crt-list and route map (the certificate files are already there)."""
     files: dict[Path, str] = {}
     for (bind, port), group in tls_groups(apps).items():
-        lines = "".join(crt_line(certs / a.tls_cert, a) + "\n" for a in group)
+        lines = "".join(crt_line(cert_file(certs, a.app), a) + "\n" for a in group)
         files[crt_list_path(certs, bind, port)] = lines
         names = {a.app: backend[a.app] for a in group}
         entries = route_entries(group, names)
@@ -108,7 +113,8 @@ def redirect_lines(apps: Iterable[AppState], backend: Mapping[str, str]) -> list
 
 __all__ = [
     "acme_lines",
-    "cert_name",
+    "cert_digest",
+    "cert_file",
     "crt_line",
     "crt_list_path",
     "redirect_lines",
