@@ -199,6 +199,14 @@ def agent(
             help="The shared port where the router serves the apps with tls over HTTPS (by SNI).",
         ),
     ] = 443,
+    acme_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_ACME_CA",
+            help="Trust this CA bundle (PEM) for the ACME directory of `tls: acme` instead "
+            "of the system's (a private ACME CA).",
+        ),
+    ] = None,
     router_workers: Annotated[
         int,
         typer.Option(
@@ -265,6 +273,7 @@ def agent(
             router_workers=router_workers,
             http_port=http_port,
             https_port=https_port,
+            acme_ca=str(acme_ca) if acme_ca else None,
         )
     )
 

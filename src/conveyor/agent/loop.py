@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import conveyor
+from conveyor.agent.acme import AcmeCertificates
 from conveyor.agent.bringup import BringUp
 from conveyor.agent.certstore import CertError, CertStore
 from conveyor.agent.installer import Installer
@@ -68,7 +69,7 @@ class Reconciler:
         bind: str,
         http_port: int = 80,
         https_port: int = 443,
-        certs: CertStore | None = None,
+        acme_ca: str | None = None,
     ) -> None:
         self.data = data
         self.name = name
@@ -77,7 +78,12 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
-        self.certs = certs or CertStore(data, https_port)
+        self.acme = AcmeCertificates(
+            data,
+            lambda answers: router.challenges(bind, http_port, answers),
+            verify=acme_ca or True,
+        )
+        self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
         self.bring_up = BringUp(
             data=data,
             link=link,
@@ -256,7 +262,12 @@ class Reconciler:
         self.keep_warm[app.app] = top.service.keep_warm
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
         served = self.applied.get(app.app)
-        spec, tls_error = self.certs.with_tls(plan.spec, top.service.tls, served)
+        tls = top.service.tls
+        if tls is not None and tls.acme_directory and plan.spec.domains:
+            self.acme.keep_fresh(app.app, plan.spec.domains, tls)
+        spec, tls_error = self.certs.with_tls(plan.spec, tls, served)
+        if tls_error is None and tls is not None and app.app in self.acme.errors:
+            tls_error = f"TLS: {self.acme.errors[app.app]}; the current certificate keeps serving"
         if spec is None:
             self.routed[app.app] = False
             self.app_errors[app.app] = tls_error
@@ -295,6 +306,8 @@ class Reconciler:
         """Before a release is brought up: its certificate can serve its domains."""
         assert service.tls is not None
         try:
+            if service.tls.acme_directory:
+                await self.acme.ensure(app, service.domains, service.tls)
             self.certs.route(app, service.domains, service.tls)
         except CertError as exc:
             raise CertError(f"TLS: {exc}") from None

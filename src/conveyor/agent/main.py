@@ -62,6 +62,7 @@ def run_agent(
     router_workers: int = 1,
     http_port: int = 80,
     https_port: int = 443,
+    acme_ca: str | None = None,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ def run_agent(
                 router_workers,
                 http_port,
                 https_port,
+                acme_ca,
             )
         )
     except (EnrolmentError, ExporterError) as exc:
@@ -104,6 +106,7 @@ async def _main(
     router_workers: int = 1,
     http_port: int = 80,
     https_port: int = 443,
+    acme_ca: str | None = None,
 ) -> int:
     link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
@@ -121,6 +124,7 @@ async def _main(
         bind=bind,
         http_port=http_port,
         https_port=https_port,
+        acme_ca=acme_ca,
     )
     reconciler.load_local()
     await router.start()
