@@ -248,7 +248,9 @@ class HAProxyRouter:
             current = self.state.apps.get(spec.app)
             routing = (spec.domains, spec.path_prefix, spec.strip_prefix)
             moved = current is None or (current.bind, current.port) != (bind, spec.port)
-            if moved:
+            # the shared port may already be HAProxy's own, for ACME answers
+            acme_port = bool(spec.domains) and self.state.acme == (bind, spec.port)
+            if moved and not acme_port:
                 check_listener(
                     spec.app, bind, spec.port, self.state.apps, current, bool(spec.domains)
                 )
@@ -426,6 +428,8 @@ class HAProxyRouter:
             old = self.state.apps.get(app.app)
             if old is None or (old.bind, old.port) != (app.bind, app.port):
                 if app.domains and shares_port(app.app, app.bind, app.port, self.state.apps):
+                    continue
+                if app.domains and self.state.acme == (app.bind, app.port):
                     continue
                 try:
                     check_listener(app.app, app.bind, app.port, {}, None)
