@@ -115,6 +115,8 @@ def test_certificate_from_files_served_checked_and_kept(
         )
         wait_for(lambda: "certificate is kept" in status_errors(server), timeout=30)
         assert f"tls.cert {cert} expired on" in status_errors(server)
+        shown = server.cli("status", "shop")
+        assert shown.returncode == 0 and "expired on" in shown.stdout, shown.stdout
         assert served_serial(ca, https_port) == good
         assert https_release(ca, https_port) == v1["release"]
 

@@ -23,6 +23,7 @@ import trustme
 from cryptography import x509
 
 from conveyor.agent.certs import served_pem
+from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.haproxy_runtime import show_proc
 from conveyor.agent.routing.spec import Router, RouterError, RouteSpec, Target, TlsRoute
@@ -32,7 +33,8 @@ from tests.router.backend import Backend
 from tests.router_haproxy.support import LoopThread
 from tests.routing_contract.test_contract import _make
 
-DRIVERS = ["embedded", "haproxy"]
+# embedded-2w: the embedded router with two worker processes (each loads the certificates)
+DRIVERS = ["embedded", "embedded-2w", "haproxy"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,12 @@ def loop() -> Iterator[LoopThread]:
 def router(
     request: pytest.FixtureRequest, loop: LoopThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Router]:
-    driver = _make(request.param, tmp_path_factory.mktemp(request.param))
+    base = tmp_path_factory.mktemp(request.param)
+    driver: Router
+    if request.param == "embedded-2w":
+        driver = EmbeddedRouter(base / "router.sock", base / "router.log", workers=2)
+    else:
+        driver = _make(request.param, base)
     loop.run(driver.start())
     try:
         yield driver
