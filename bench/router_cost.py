@@ -36,9 +36,12 @@ from testbed.helpers import free_port, wait_for
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+def wrk(
+    url: str, seconds: int, connections: int, headers: list[str] | None = None
+) -> dict[str, float]:
+    extra = [arg for header in headers or [] for arg in ("-H", header)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,

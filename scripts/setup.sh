@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # postgresql: the server binaries the tests' throwaway clusters run (initdb, pg_ctl; 15 on
-# Debian 12); no service of its own is needed (tests/conftest.py, testbed/postgres.py)
-apt_packages=(git haproxy wrk iproute2 prometheus chromium postgresql)
+# Debian 12); no service of its own is needed (tests/conftest.py, testbed/postgres.py).
+# pebble: Let's Encrypt's ACME test server and its mock DNS, started by the `tls: acme`
+# tests (testbed/pebble.py)
+apt_packages=(git haproxy wrk iproute2 prometheus chromium postgresql pebble)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

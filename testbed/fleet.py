@@ -8,6 +8,8 @@ import json
 import os
 import select
 import signal
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -182,6 +184,7 @@ class LoadGenerator:
         max_requests: int = 2_000_000,
         rate: float | None = None,
         host: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"rate must be positive, not {rate}")
@@ -189,6 +192,9 @@ class LoadGenerator:
         self.interval = 0.0 if rate is None else 1.0 / rate
         # the Host header sent (apps told apart by name on a shared port); None: the URL's
         self.headers = {"Host": host} if host else {}
+        # HTTPS (the URL's scheme is ignored): `host` is also the server name (SNI)
+        self.tls = tls
+        self.server_name = host
         self.clients = clients
         self.max_seconds = max_seconds
         self.max_requests = max_requests
@@ -248,7 +254,7 @@ class LoadGenerator:
                     conn.close()
                     conn = None
                 if conn is None:
-                    conn = http.client.HTTPConnection(host, port, timeout=30)
+                    conn = self._connect(host, port)
                 conn.request("GET", path, headers=self.headers)
                 response = conn.getresponse()
                 body = response.read()
@@ -274,6 +280,19 @@ class LoadGenerator:
                 self._stop.wait(0.01)  # a refused connection fails at once: no busy loop
         if conn is not None:
             conn.close()
+
+    def _connect(self, host: str, port: int) -> http.client.HTTPConnection:
+        if self.tls is None:
+            return http.client.HTTPConnection(host, port, timeout=30)
+        # to `host`, with the Host header's name as the TLS server name
+        conn = http.client.HTTPSConnection(
+            self.server_name or host, port, timeout=30, context=self.tls
+        )
+        address = (host, port)
+        conn._create_connection = (  # type: ignore[attr-defined]
+            lambda _addr, timeout=30, source=None: socket.create_connection(address, timeout)
+        )
+        return conn
 
 
 def _release_of(body: bytes) -> str:

@@ -190,6 +190,23 @@ def agent(
             help="The shared port where the router serves every app with domains (by Host header).",
         ),
     ] = 80,
+    https_port: Annotated[
+        int,
+        typer.Option(
+            envvar="CONVEYOR_HTTPS_PORT",
+            min=1,
+            max=65535,
+            help="The shared port where the router serves the apps with tls over HTTPS (by SNI).",
+        ),
+    ] = 443,
+    acme_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_ACME_CA",
+            help="Trust this CA bundle (PEM) for the ACME directory of `tls: acme` instead "
+            "of the system's (a private ACME CA).",
+        ),
+    ] = None,
     router_workers: Annotated[
         int,
         typer.Option(
@@ -255,6 +272,8 @@ def agent(
             trust=trust,
             router_workers=router_workers,
             http_port=http_port,
+            https_port=https_port,
+            acme_ca=str(acme_ca) if acme_ca else None,
         )
     )
 

@@ -7,7 +7,7 @@ parses a `RouteSpec` per app from its admin socket, and the agent's drivers
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conveyor.hostroutes import Claim, check_domain, check_prefix, claims
 
@@ -29,6 +29,7 @@ __all__ = [
     "RouteSpec",
     "RouterMetrics",
     "Target",
+    "TlsRoute",
 ]
 
 
@@ -45,6 +46,17 @@ class Target(Model):
     weight: int = Field(
         ge=0, le=100, description="share of new requests; 0: none but previews (PREVIEW_HEADER)"
     )
+
+
+class TlsRoute(Model):
+    """HTTPS for an app with domains: the host's shared HTTPS port and the app's certificate.
+
+    `pem` is a file the agent wrote (the certificate, its chain, then the key); a new
+    certificate comes as a new file name, which the router loads without a restart."""
+
+    port: int = Field(ge=1, le=65535, description="the host's shared HTTPS port")
+    pem: str = Field(description="path of the PEM certificate chain followed by its key")
+    redirect_http: bool = Field(default=True, description="answer plain HTTP with a redirect")
 
 
 class RouteSpec(Model):
@@ -72,6 +84,9 @@ class RouteSpec(Model):
     )
     path_prefix: str = Field(default="", description="only requests under it ('': all)")
     strip_prefix: bool = Field(default=False, description="relay /prefix/x as /x")
+    tls: TlsRoute | None = Field(
+        default=None, description="also serve the domains over HTTPS (needs domains)"
+    )
 
     @field_validator("domains")
     @classmethod
@@ -82,6 +97,12 @@ class RouteSpec(Model):
     @classmethod
     def _prefix(cls, prefix: str) -> str:
         return check_prefix(prefix) if prefix else ""
+
+    @model_validator(mode="after")
+    def _tls_needs_domains(self) -> RouteSpec:
+        if self.tls is not None and not self.domains:
+            raise ValueError("tls needs domains (HTTPS is served by host name)")
+        return self
 
     def claims(self) -> list[Claim]:
         return claims(self.domains, self.path_prefix or None)

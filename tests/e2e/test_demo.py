@@ -3,7 +3,8 @@
 The demo is driven as a user runs it, in an 80-column terminal: started, left until it
 says everything is up, looked at (its hosts over HTTP, its server's API), its suggested
 next steps pasted into another shell exactly as printed, then stopped with Ctrl-C.
-Only the demo listens on port 8000 of 127.0.0.2-4.
+Only the demo listens on port 8000 of 127.0.0.2 and 8080/8443 of 127.0.0.3-4 (production
+serves the sample app by its name over HTTPS, with a certificate from the demo's own CA).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +31,24 @@ from tests.helpers import free_port, wait_for
 pytestmark = pytest.mark.slow
 
 HOSTS = {"stage-1": "127.0.0.2", "web-1": "127.0.0.3", "web-2": "127.0.0.4"}
+NAME = "sample.conveyor.test"
+STAGING = "127.0.0.2"
+
+
+def ports(address: str) -> tuple[int, ...]:
+    return (8000,) if address == STAGING else (8080, 8443)
+
+
+def page(address: str, root: Path) -> dict[str, str]:
+    """What a host serves: staging on its own port, production by name over HTTPS."""
+    if address == STAGING:
+        return dict(httpx.get(f"http://{address}:8000/", timeout=5).json())
+    trust = ssl.create_default_context(cafile=str(root / "tls" / "ca.pem"))
+    with httpx.Client(verify=trust, timeout=5) as client:
+        answer = client.get(
+            f"https://{address}:8443/", headers={"Host": NAME}, extensions={"sni_hostname": NAME}
+        )
+    return dict(answer.json())
 
 
 def listening(address: str, port: int) -> bool:
@@ -51,7 +71,9 @@ def found(pattern: str, text: str) -> str:
 @pytest.mark.timeout(600)
 def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up(tmp_path: Path) -> None:
     # another checkout's demo test may hold port 8000 for a minute on this shared machine
-    wait_for(lambda: not any(listening(a, 8000) for a in HOSTS.values()), timeout=150)
+    wait_for(
+        lambda: not any(listening(a, p) for a in HOSTS.values() for p in ports(a)), timeout=150
+    )
     port = free_port()
     server = f"http://127.0.0.1:{port}"
     env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
@@ -81,8 +103,11 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up(tmp_path: Path) -
         assert "25% of traffic to" in out and "analysis pass" in out, out
         assert re.search(r"load generator: \d+ requests during the deployment, 0 failed", out), out
         # the URLs to open and what to try
-        for url in [server, f"{server}/docs", *(f"http://{a}:8000/" for a in HOSTS.values())]:
+        for url in [server, f"{server}/docs", f"http://{STAGING}:8000/"]:
             assert url in out, url
+        # production by name over HTTPS: the curl line printed, run as it is
+        curl = found(r"(curl --cacert \S+ --resolve \S+ https://\S+)", out)
+        assert f"--resolve {NAME}:8443:127.0.0.3 https://{NAME}:8443/" in out, out
         assert token.startswith("cvy_demo_")
         for command in ("status sample", "history sample", "rollback sample production"):
             assert f"conveyor {command}" in out
@@ -115,17 +140,23 @@ def test_demo_pushes_two_commits_to_three_hosts_then_cleans_up(tmp_path: Path) -
         ], steps
         assert [s["judgement"]["verdict"] for s in production["steps"][1:3]] == ["pass", "pass"]
         for address in HOSTS.values():
-            page = httpx.get(f"http://{address}:8000/", timeout=5).json()
-            assert page == {"greeting": "hello from sample, v2", "release": v2}, address
+            seen = page(address, root)
+            assert seen == {"greeting": "hello from sample, v2", "release": v2}, address
+        if shutil.which("curl"):
+            done = subprocess.run(curl.split(), capture_output=True, text=True, check=False)
+            assert done.returncode == 0 and v2 in done.stdout, (curl, done.stdout, done.stderr)
+        plain = httpx.get("http://127.0.0.3:8080/", headers={"Host": NAME}, timeout=5)
+        assert plain.status_code == 308 and plain.headers["location"] == f"https://{NAME}:8443/"
 
-        run_next_steps(out, tmp_path, server, token, v2)
+        run_next_steps(out, tmp_path, server, token, v2, root)
 
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=90) == 0, "".join(lines)
         reader.join(timeout=10)
         assert "conveyor demo stopped" in "".join(lines[-3:]), "".join(lines)
         for address in HOSTS.values():
-            assert not listening(address, 8000), f"a router still listens on {address}:8000"
+            for port_ in ports(address):
+                assert not listening(address, port_), f"a router still listens on {address}:{port_}"
         assert not listening("127.0.0.1", port), "the server still listens"
         left = _pids_with_env(str(root))
         assert left == [], f"processes left behind: {left}"
@@ -149,7 +180,7 @@ def next_steps(out: str) -> list[str]:
     return [line[2:] for line in itertools.takewhile(lambda x: x.startswith("  "), lines)]
 
 
-def run_next_steps(out: str, tmp_path: Path, server: str, token: str, v2: str) -> None:
+def run_next_steps(out: str, tmp_path: Path, server: str, token: str, v2: str, root: Path) -> None:
     """Paste each suggested command into a fresh shell, after the exports printed before it.
 
     The shell has none of conveyor's variables and no virtualenv on its PATH; $EDITOR
@@ -190,5 +221,4 @@ def run_next_steps(out: str, tmp_path: Path, server: str, token: str, v2: str) -
 
         wait_for(v3_deployed, timeout=240, interval=0.5)
     for address in HOSTS.values():
-        page = httpx.get(f"http://{address}:8000/", timeout=5).json()
-        assert page["greeting"] == "hello from sample, v3", address
+        assert page(address, root)["greeting"] == "hello from sample, v3", address

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conveyor.agent.errors import MigrationFailed
@@ -22,7 +22,7 @@ from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
 from conveyor.agent.runtime import ReleaseRuntime
 from conveyor.agent.supervisor import Supervisor
-from conveyor.protocol import DesiredRelease
+from conveyor.protocol import DesiredRelease, ServiceSpec
 
 __all__ = ["BringUp"]
 
@@ -41,6 +41,7 @@ class BringUp:
         supervisor: Supervisor,
         migrations: Migrations,
         changed: Callable[[], None],
+        tls_ready: Callable[[str, ServiceSpec], Awaitable[None]] | None = None,
     ) -> None:
         self.data = data
         self.link = link
@@ -48,6 +49,8 @@ class BringUp:
         self.supervisor = supervisor
         self.migrations = migrations
         self._changed = changed
+        # the release's certificate is fit to serve (or obtained over ACME); raises if not
+        self.tls_ready = tls_ready
 
     def migration_due(self, rt: ReleaseRuntime) -> bool:
         """Whether the desired migration of a release has not (successfully) run."""
@@ -83,6 +86,8 @@ class BringUp:
         if rt.instance is None:
             rt.phase = Phase.INSTALLING
             self._changed()
+            if service.tls is not None and self.tls_ready is not None:
+                await self.tls_ready(rt.app, service)
             release_dir = await self._install(rt.app, spec)
             await self._migrate(rt, spec, release_dir)
             rt.phase = Phase.STARTING

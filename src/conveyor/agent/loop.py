@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import conveyor
+from conveyor.agent.acme import AcmeCertificates
 from conveyor.agent.bringup import BringUp
+from conveyor.agent.certstore import CertError, CertStore
 from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
@@ -39,6 +41,7 @@ from conveyor.protocol import (
     DesiredState,
     MigrationResult,
     ObservedState,
+    ServiceSpec,
 )
 from conveyor.sealing import InvalidToken, KeyFileError
 
@@ -65,6 +68,8 @@ class Reconciler:
         supervisor: Supervisor,
         bind: str,
         http_port: int = 80,
+        https_port: int = 443,
+        acme_ca: str | None = None,
     ) -> None:
         self.data = data
         self.name = name
@@ -73,6 +78,12 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
+        self.acme = AcmeCertificates(
+            data,
+            lambda answers: router.challenges(bind, http_port, answers),
+            verify=acme_ca or True,
+        )
+        self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
         self.bring_up = BringUp(
             data=data,
             link=link,
@@ -80,9 +91,11 @@ class Reconciler:
             supervisor=supervisor,
             migrations=self.migrations,
             changed=self._changed,
+            tls_ready=self._tls_ready,
         )
         self.bind = bind
         self.http_port = http_port
+        self.https_port = https_port
         self.desired: DesiredState | None = None
         self.runtimes: dict[tuple[str, str], ReleaseRuntime] = {}
         self.applied: dict[str, RouteSpec] = {}
@@ -248,11 +261,22 @@ class Reconciler:
         top = plan.top
         self.keep_warm[app.app] = top.service.keep_warm
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
-        if self.applied.get(app.app) != plan.spec and not await self._apply(plan.spec, top):
+        served = self.applied.get(app.app)
+        tls = top.service.tls
+        if tls is not None and tls.acme_directory and plan.spec.domains:
+            self.acme.keep_fresh(app.app, plan.spec.domains, tls)
+        spec, tls_error = self.certs.with_tls(plan.spec, tls, served)
+        if tls_error is None and tls is not None and app.app in self.acme.errors:
+            tls_error = f"TLS: {self.acme.errors[app.app]}; the current certificate keeps serving"
+        if spec is None:
+            self.routed[app.app] = False
+            self.app_errors[app.app] = tls_error
+            return
+        if self.applied.get(app.app) != spec and not await self._apply(spec, top):
             return
         self.routed[app.app] = True
         self._mark_current(app.app, top.release)
-        self.app_errors[app.app] = None
+        self.app_errors[app.app] = tls_error
 
     async def _apply(self, spec: RouteSpec, top: DesiredRelease) -> bool:
         """Hand the router a new routing; False if it refused it (and kept the previous one)."""
@@ -277,6 +301,16 @@ class Reconciler:
         )
         self._changed()
         return True
+
+    async def _tls_ready(self, app: str, service: ServiceSpec) -> None:
+        """Before a release is brought up: its certificate can serve its domains."""
+        assert service.tls is not None
+        try:
+            if service.tls.acme_directory:
+                await self.acme.ensure(app, service.domains, service.tls)
+            self.certs.route(app, service.domains, service.tls)
+        except CertError as exc:
+            raise CertError(f"TLS: {exc}") from None
 
     def _mark_current(self, app: str, current: str) -> None:
         """Note which release is the app's current one, and when the others stopped being it."""
@@ -436,6 +470,7 @@ class Reconciler:
             router_alive=router_alive,
             address=None if self.bind in ("0.0.0.0", "::", "") else self.bind,
             http_port=self.http_port,
+            https_port=self.https_port,
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,

@@ -61,6 +61,8 @@ def run_agent(
     trust: ServerTrust | None = None,
     router_workers: int = 1,
     http_port: int = 80,
+    https_port: int = 443,
+    acme_ca: str | None = None,
 ) -> int:
     setup_logging(os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
     data.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,8 @@ def run_agent(
                 trust or ServerTrust(),
                 router_workers,
                 http_port,
+                https_port,
+                acme_ca,
             )
         )
     except (EnrolmentError, ExporterError) as exc:
@@ -101,6 +105,8 @@ async def _main(
     trust: ServerTrust,
     router_workers: int = 1,
     http_port: int = 80,
+    https_port: int = 443,
+    acme_ca: str | None = None,
 ) -> int:
     link = ServerLink(server, name, data, trust)
     await link.ensure_credential(token)
@@ -117,6 +123,8 @@ async def _main(
         supervisor=Supervisor(data),
         bind=bind,
         http_port=http_port,
+        https_port=https_port,
+        acme_ca=acme_ca,
     )
     reconciler.load_local()
     await router.start()

@@ -22,6 +22,7 @@ from conveyor.config.durations import Duration, Percent, PositiveDuration
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
+from conveyor.config.tls import TlsSetting, redirect_field, tls_field
 from conveyor.config.values import (
     Batch,
     EnvMap,
@@ -217,6 +218,8 @@ class Environment(Section):
     domains: Domains = domains_field()
     path_prefix: PathPrefix | None = prefix_field()
     strip_prefix: bool | None = strip_field()
+    tls: TlsSetting | None = tls_field()
+    redirect_http: bool | None = redirect_field()
 
     @field_validator("steps")
     @classmethod

@@ -32,6 +32,7 @@ from conveyor.config.routing import (
     strip_field,
 )
 from conveyor.config.secrets import SecretEntry, entry_name
+from conveyor.config.tls import TlsSetting, redirect_field, tls_field
 from conveyor.config.values import (
     AppName,
     EnvironmentName,
@@ -171,6 +172,8 @@ class Service(Section):
     domains: Domains = domains_field()
     path_prefix: PathPrefix | None = prefix_field()
     strip_prefix: bool | None = strip_field()
+    tls: TlsSetting | None = tls_field()
+    redirect_http: bool | None = redirect_field()
 
     @property
     def secret_names(self) -> list[str]:
@@ -288,6 +291,20 @@ class Config(Section):
                     "domains: (like [shop.example.com]) here or under service"
                 )
                 problems.append((("environments", env_name, "path_prefix", KEY), message, None))
+            if got.tls is not None and not got.domains:
+                message = (
+                    "tls serves the app's domains over HTTPS; expected domains: (like "
+                    "[shop.example.com]) here or under service"
+                )
+                problems.append((("environments", env_name, "tls", KEY), message, None))
+            if got.tls is not None and got.tls.acme is not None:
+                wild = [d for d in got.domains if "*" in d]
+                if wild:
+                    message = (
+                        f"tls: acme gets certificates over HTTP-01, which cannot prove "
+                        f"{wild[0]}; expected names without '*', or cert and key files"
+                    )
+                    problems.append((("environments", env_name, "tls", KEY), message, None))
         # Each host's router listens on the app's one public port, so one host cannot
         # serve two environments of the same app.
         owner: dict[str, str] = {}

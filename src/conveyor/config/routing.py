@@ -13,6 +13,7 @@ from typing import Annotated, Any, NamedTuple, Protocol
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from conveyor.config.base import invalid
+from conveyor.config.tls import Tls, as_tls
 from conveyor.hostroutes import check_domain, check_prefix
 
 Domain = Annotated[
@@ -75,6 +76,10 @@ class Routing(Protocol):
     def path_prefix(self) -> str | None: ...
     @property
     def strip_prefix(self) -> bool | None: ...
+    @property
+    def tls(self) -> str | Tls | None: ...
+    @property
+    def redirect_http(self) -> bool | None: ...
 
 
 class HostRouting(NamedTuple):
@@ -83,6 +88,8 @@ class HostRouting(NamedTuple):
     domains: tuple[str, ...] = ()
     path_prefix: str = ""
     strip_prefix: bool = False
+    tls: Tls | None = None
+    redirect_http: bool = False
 
 
 def effective_routing(service: Routing | None, environment: Routing | None) -> HostRouting:
@@ -91,4 +98,12 @@ def effective_routing(service: Routing | None, environment: Routing | None) -> H
     domains = next((s.domains for s in sections if s.domains is not None), None)
     prefix = next((s.path_prefix for s in sections if s.path_prefix is not None), None)
     strip = next((s.strip_prefix for s in sections if s.strip_prefix is not None), None)
-    return HostRouting(tuple(domains or ()), prefix or "", bool(strip))
+    tls = as_tls(next((s.tls for s in sections if s.tls is not None), None))
+    redirect = next((s.redirect_http for s in sections if s.redirect_http is not None), None)
+    return HostRouting(
+        tuple(domains or ()),
+        prefix or "",
+        bool(strip),
+        tls,
+        tls is not None and redirect is not False,
+    )

@@ -14,6 +14,7 @@ import os
 import secrets
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,12 +32,14 @@ from conveyor.cli.render import bare
 from conveyor.cli.tables import Column, fitted
 from conveyor.client import Client
 from conveyor.demo.hosts import (
+    DEMO_NAME,
     LocalHost,
     check_ports_free,
     conveyor_process,
     start_agents,
     stop_hosts,
 )
+from conveyor.demo.localca import DemoCertificates, make_certificates
 from conveyor.demo.sample import GIT_IDENTITY, git, sample_server, write_sample_app
 from conveyor.demo.traffic import Traffic
 from conveyor.demo.watch import ChainWatcher
@@ -73,6 +76,8 @@ environments:
     step_pause: 10s
     analysis: {error_rate: 5%, min_requests: 30, advance: early}
     monitor: 5s             # after 100%: the judge keeps looking, a breach rolls back
+    domains: [NAME]        # by host name, on each router's shared ports
+    tls: {cert: CERT, key: KEY}   # from the demo's own CA
     verify:
       - http: GET /
 """
@@ -110,9 +115,14 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
     root = Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
     token = "cvy_demo_" + secrets.token_urlsafe(16)
     url = f"http://{listen}"
-    hosts = [LocalHost(name, env, address, root) for name, env, address in HOSTS]
+    hosts = [
+        LocalHost(name, env, address, root, by_name=env == HOSTS[-1][1])
+        for name, env, address in HOSTS
+    ]
+    certificates = make_certificates(root / "tls", DEMO_NAME)
+    trust = ssl.create_default_context(cafile=str(certificates.ca))
     production = [h.url for h in hosts if h.environment == HOSTS[-1][1]]
-    traffic = Traffic(production, rate=DEPLOY_RATE)
+    traffic = Traffic(production, rate=DEPLOY_RATE, host=DEMO_NAME, verify=trust)
     console.print(f"[bold]conveyor demo[/bold] in {root}")
     server: subprocess.Popen[bytes] | None = None
     code = 0
@@ -131,11 +141,11 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
                 f"host [bold]{host.name}[/bold] ({host.environment}): agent and router "
                 f"on {host.address} (log: {host.log})"
             )
-        work = make_repositories(client, root)
-        if not pipeline(client, work, hosts, traffic):
+        work = make_repositories(client, root, certificates)
+        if not pipeline(client, work, hosts, traffic, trust):
             code = 1
             return code
-        print_urls(url, token, hosts, work, root)
+        print_urls(url, token, hosts, work, root, certificates.ca)
         if wait:
             # the next deployment's canary is judged on traffic: keep some coming
             traffic.set_rate(IDLE_RATE)
@@ -173,7 +183,7 @@ def run_demo(listen: str = "127.0.0.1:8420", wait: bool = True) -> int:
         )
 
 
-def make_repositories(client: Client, root: Path) -> Path:
+def make_repositories(client: Client, root: Path, certificates: DemoCertificates) -> Path:
     """The app's bare repository (with conveyor's post-receive hook) and a working copy.
 
     The app is registered from the bare repository; the demo commits in the working
@@ -190,7 +200,12 @@ def make_repositories(client: Client, root: Path) -> Path:
     work = root / f"{APP}-app"
     (work / "scripts").mkdir(parents=True)
     (work / "scripts" / "smoke.py").write_text(SMOKE_PY)
-    write_sample_app(work, APP, extra=ENVIRONMENTS)
+    environments = (
+        ENVIRONMENTS.replace("NAME", DEMO_NAME)
+        .replace("CERT", str(certificates.cert))
+        .replace("KEY", str(certificates.key))
+    )
+    write_sample_app(work, APP, extra=environments)
     git(work, "remote", "add", "origin", str(bare))
     # `git push` alone works too: main tracks the bare repository's main; and a commit
     # made in another shell has an author even where git has no identity configured
@@ -205,7 +220,9 @@ def make_repositories(client: Client, root: Path) -> Path:
     return work
 
 
-def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffic) -> bool:
+def pipeline(
+    client: Client, work: Path, hosts: list[LocalHost], traffic: Traffic, trust: ssl.SSLContext
+) -> bool:
     """Push v1 and see it reach production, then v2 under load; True if both got there."""
     environments = list(dict.fromkeys(h.environment for h in hosts))
     labels: dict[str, str] = {}
@@ -215,7 +232,7 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffi
     v1 = climb(client, watcher, push(client, work), labels, "v1")
     if v1 is None:
         return False
-    show_serving(hosts, {h.name: v1 for h in hosts})
+    show_serving(hosts, {h.name: v1 for h in hosts}, trust)
 
     console.rule("[bold]v2: a change, pushed while production takes traffic[/bold]")
     traffic.start()
@@ -238,7 +255,7 @@ def pipeline(client: Client, work: Path, hosts: list[LocalHost], traffic: Traffi
         console.print(f"  [red]{escape(error)}[/red]")
     if v2 is None:
         return False
-    show_serving(hosts, {h.name: v2 for h in hosts})
+    show_serving(hosts, {h.name: v2 for h in hosts}, trust)
     return True
 
 
@@ -283,15 +300,18 @@ def climb(
     return release
 
 
-def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:
-    """Ask every host's router what it serves: each must answer with the expected release."""
+def show_serving(hosts: list[LocalHost], expected: dict[str, str], trust: ssl.SSLContext) -> None:
+    """Ask every host's router what it serves: each must answer with the expected release
+    (by the app's name over HTTPS, checked against the demo's CA, where it has one)."""
     rows: list[list[RenderableType]] = []
     for host in hosts:
         page: dict[str, Any] = {}
         deadline = time.monotonic() + 10
+        named = {"headers": {"Host": DEMO_NAME}, "extensions": {"sni_hostname": DEMO_NAME}}
         while page.get("release") != expected[host.name] and time.monotonic() < deadline:
             try:
-                page = httpx.get(host.url, timeout=2).json()
+                with httpx.Client(verify=trust, timeout=2) as http:
+                    page = http.get(host.url, **(named if host.by_name else {})).json()  # type: ignore[arg-type]
             except (httpx.HTTPError, ValueError):
                 time.sleep(0.2)
         if page.get("release") != expected[host.name]:
@@ -309,7 +329,9 @@ def show_serving(hosts: list[LocalHost], expected: dict[str, str]) -> None:
     console.print(fitted(console, columns, rows))
 
 
-def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: Path) -> None:
+def print_urls(
+    url: str, token: str, hosts: list[LocalHost], work: Path, root: Path, ca: Path
+) -> None:
     console.rule("[bold green]conveyor demo is up[/bold green]")
     grid = Table.grid(padding=(0, 2))
     grid.add_row("server (API)", url)
@@ -318,9 +340,15 @@ def print_urls(url: str, token: str, hosts: list[LocalHost], work: Path, root: P
     grid.add_row("environment", f"{url}/apps/{APP}/environments/production")
     grid.add_row("admin token", token)
     for host in hosts:
-        grid.add_row(f"{host.environment} {host.name}", host.url)
+        where = f"https://{DEMO_NAME}:{host.url.rsplit(':', 1)[1]} at {host.address}"
+        grid.add_row(f"{host.environment} {host.name}", where if host.by_name else host.url)
+    grid.add_row("demo CA", str(ca))
     grid.add_row("logs", f"{root}/*.log")
     console.print(grid)
+    console.print(f"\nproduction serves the app by its name {DEMO_NAME} over HTTPS; try:")
+    for host in hosts:
+        if host.by_name:
+            bare(f"  {host.curl(ca)}", console)
     console.print("\ntry, in another shell (each line as it is):")
     for line in next_steps(url, token, work):
         bare(f"  {line}", console)

@@ -14,6 +14,10 @@ from pathlib import Path
 from conveyor.client import Client
 
 APP_PORT = 8000  # the sample app's public port, on every host's router
+# production serves it by its name instead, on each router's shared ports
+HTTP_PORT = 8080
+HTTPS_PORT = 8443
+DEMO_NAME = "sample.conveyor.test"
 
 
 @dataclass
@@ -34,9 +38,23 @@ class LocalHost:
     def log(self) -> Path:
         return self.root / f"{self.name}-agent.log"
 
+    # by name over HTTPS (the app's domains in this host's environment)
+    by_name: bool = False
+
     @property
     def url(self) -> str:
+        if self.by_name:
+            return f"https://{self.address}:{HTTPS_PORT}/"
         return f"http://{self.address}:{APP_PORT}/"
+
+    def curl(self, ca: Path) -> str:
+        """The command that asks this host for the app as a client would."""
+        if not self.by_name:
+            return f"curl {self.url}"
+        return (
+            f"curl --cacert {ca} --resolve {DEMO_NAME}:{HTTPS_PORT}:{self.address} "
+            f"https://{DEMO_NAME}:{HTTPS_PORT}/"
+        )
 
 
 def conveyor_process(
@@ -52,15 +70,17 @@ def conveyor_process(
 def check_ports_free(hosts: list[LocalHost]) -> None:
     """Fail early, and say why, if a router could not listen (an earlier demo still up?)."""
     for host in hosts:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host.address, APP_PORT))
-            except OSError as exc:
-                raise RuntimeError(
-                    f"{host.address}:{APP_PORT} is taken ({exc.strerror}): the router of "
-                    f"{host.name} must listen there; is another conveyor demo still running?"
-                ) from None
+        for port in (HTTP_PORT, HTTPS_PORT) if host.by_name else (APP_PORT,):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host.address, port))
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"{host.address}:{port} is taken ({exc.strerror}): the router of "
+                        f"{host.name} must listen there; is another conveyor demo still "
+                        "running?"
+                    ) from None
 
 
 def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> None:
@@ -81,6 +101,10 @@ def start_agents(client: Client, server_url: str, hosts: list[LocalHost]) -> Non
                 "embedded",
                 "--bind",
                 host.address,
+                "--http-port",
+                str(HTTP_PORT),
+                "--https-port",
+                str(HTTPS_PORT),
             ],
             host.log,
             env | {"CONVEYOR_TOKEN": token},  # not in argv, where `ps` would show it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -34,8 +35,19 @@ class TrafficResult:
 class Traffic:
     """GET each URL `rate` times a second in all, until stopped; a context manager."""
 
-    def __init__(self, urls: list[str], *, rate: float = 60.0, window: float = 3.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        rate: float = 60.0,
+        window: float = 3.0,
+        host: str | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
         self.urls = urls
+        # by host name (HTTPS to the routers' shared port: the name is the SNI too)
+        self.host = host
+        self.verify = verify
         self.interval = len(urls) / rate  # between two requests of one client
         self.window = window
         self.result = TrafficResult()
@@ -83,12 +95,14 @@ class Traffic:
         # Ctrl-C is for the main thread, which waits for it with sigwait: a signal taken
         # by this thread would never reach it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        with httpx.Client(timeout=10) as client:
+        headers = {"Host": self.host} if self.host else {}
+        extensions = {"sni_hostname": self.host} if self.host else None
+        with httpx.Client(timeout=10, verify=self.verify or True) as client:
             next_at = time.monotonic()
             while not self._stop.is_set():
                 release = "?"
                 try:
-                    answer = client.get(url)
+                    answer = client.get(url, headers=headers, extensions=extensions)
                     status: int | None = answer.status_code
                     with contextlib.suppress(ValueError):
                         release = str(answer.json().get("release", "?"))

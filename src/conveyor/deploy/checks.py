@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class Reach:
 
     urls: dict[str, str]
     host_header: str | None = None
+    # HTTPS on the shared HTTPS port (an app with tls: its HTTP port only redirects); the
+    # certificate is the agent's to check, the app's answer the check's
+    https: bool = False
 
     def script_env(self) -> dict[str, str]:
         first = next(iter(self.urls.values()), "")
@@ -50,12 +54,17 @@ def reach(
     if not routing.domains:
         return Reach({n: u for n in hosts if (u := views[n].url(service.port))})
     urls: dict[str, str] = {}
+    https = routing.tls is not None
     for name in hosts:
         observed = views[name].observed
-        url = views[name].url(observed.http_port) if observed is not None else None
+        url = None
+        if observed is not None:
+            url = views[name].url(observed.https_port if https else observed.http_port)
         if url is not None:
-            urls[name] = url + routing.path_prefix
-    return Reach(urls, _stand_in(routing.domains))
+            urls[name] = (url.replace("http://", "https://", 1) if https else url) + (
+                routing.path_prefix
+            )
+    return Reach(urls, _stand_in(routing.domains), https)
 
 
 def _stand_in(domains: tuple[str, ...]) -> str:
@@ -76,6 +85,7 @@ async def http_check(
     preview: str | None = None,
     host_header: str | None = None,
 ) -> CheckResult:
+    """One check; with a Host header, the TLS server name (SNI) is that name too."""
     assert check.http is not None
     expect = check.expect or 200
     headers = {PREVIEW_HEADER: preview} if preview else {}
@@ -86,7 +96,11 @@ async def http_check(
     )
     try:
         response = await client.request(
-            check.http.method, url + check.http.path, headers=headers, timeout=check.timeout
+            check.http.method,
+            url + check.http.path,
+            headers=headers,
+            timeout=check.timeout,
+            extensions={"sni_hostname": host_header} if host_header else None,
         )
     except httpx.HTTPError as exc:
         return CheckResult(False, f"{what}: {type(exc).__name__}: {exc}")
@@ -106,12 +120,14 @@ async def http_checks(
     *,
     preview: str | None = None,
     host_header: str | None = None,
+    https: bool = False,
 ) -> list[CheckResult]:
-    """Every http check against every host's router, concurrently."""
+    """Every http check against every host's router, concurrently (`https`: the routers'
+    certificates are not verified here: the agents checked them before serving them)."""
     wanted = [c for c in checks if c.http is not None]
     if not wanted:
         return []
-    async with httpx.AsyncClient(verify=client_tls()) as client:
+    async with httpx.AsyncClient(verify=_unverified() if https else client_tls()) as client:
         return list(
             await asyncio.gather(
                 *(
@@ -123,6 +139,13 @@ async def http_checks(
                 )
             )
         )
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def unpack_release(archive: Path, into: Path) -> Path:

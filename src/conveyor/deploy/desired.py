@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
 from conveyor.config.migrations import pg_options
+from conveyor.config.tls import Tls
 from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.contracting import CONTRACT_PREFIX
 from conveyor.deploy.flagstate import host_flags
@@ -21,6 +23,7 @@ from conveyor.protocol import (
     MigrateRequest,
     ReleaseWeight,
     ServiceSpec,
+    TlsSpec,
 )
 from conveyor.store.models import App, Host, HostApp, Release
 from conveyor.store.secrets import secret_values
@@ -76,7 +79,11 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
             f"release {release.id}: its conveyor.yml has no service section, so it cannot run"
         )
     secrets = secret_values(session, release.app, environment)
-    missing = [name for name in service.secret_names if name not in secrets]
+    routing = config.routing(environment)
+    tls_secrets = (
+        [n for n in (routing.tls.cert_secret, routing.tls.key_secret) if n] if routing.tls else []
+    )
+    missing = [name for name in [*service.secret_names, *tls_secrets] if name not in secrets]
     if missing:
         where = f" for environment {environment}" if environment else ""
         raise DesiredStateError(
@@ -89,7 +96,6 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     if environment and environment in config.environments:
         env |= config.environments[environment].env
     env |= {name: secrets[name] for name in service.secret_names}
-    routing = config.routing(environment)
     return ServiceSpec(
         start=service.start,
         port=service.port,
@@ -106,6 +112,22 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
         domains=list(routing.domains),
         path_prefix=routing.path_prefix,
         strip_prefix=routing.strip_prefix,
+        tls=tls_spec(routing.tls, routing.redirect_http, secrets),
+    )
+
+
+def tls_spec(tls: Tls | None, redirect_http: bool, secrets: Mapping[str, str]) -> TlsSpec | None:
+    """`tls:` as the host gets it: file paths, the secrets' PEM values, or ACME's settings."""
+    if tls is None:
+        return None
+    return TlsSpec(
+        cert_file=tls.cert,
+        key_file=tls.key,
+        cert_pem=secrets[tls.cert_secret] if tls.cert_secret else None,
+        key_pem=secrets[tls.key_secret] if tls.key_secret else None,
+        acme_directory=tls.acme.directory if tls.acme else None,
+        acme_email=tls.acme.email if tls.acme else None,
+        redirect_http=redirect_http,
     )
 
 

@@ -50,7 +50,9 @@ class Verifier(Ledger):
         where = checks.reach(views, hosts, config.service, env)
         lines: list[str] = []
         failed: list[str] = []
-        results = await checks.http_checks(env.verify, where.urls, host_header=where.host_header)
+        results = await checks.http_checks(
+            env.verify, where.urls, host_header=where.host_header, https=where.https
+        )
         lines += [r.line for r in results]
         failed += [r.line for r in results if not r.ok]
         scripts = [c for c in env.verify if c.run is not None]

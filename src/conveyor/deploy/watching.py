@@ -199,6 +199,7 @@ class Watcher(Ledger):
             where.urls,
             preview=w.release if w.detail.options.preview else None,
             host_header=where.host_header,
+            https=where.https,
         )
         failed = [r.line for r in results if not r.ok]
         await self._log(step_id, [r.line for r in results])

@@ -59,6 +59,7 @@ from .desired import (
     MigrationResult,
     ReleaseWeight,
     ServiceSpec,
+    TlsSpec,
 )
 from .hosts import Enrol, Enrolled, HostCreate, HostCreated, HostOut, HostState, Placement
 from .metrics import (
@@ -156,6 +157,7 @@ __all__ = [
     "StepSeries",
     "StepState",
     "Timestamp",
+    "TlsSpec",
     "TokenCreate",
     "TokenCreated",
     "TokenOut",

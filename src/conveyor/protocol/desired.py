@@ -18,6 +18,19 @@ class InstanceLimits(Wire):
     files: int | None = Field(default=None, description="open files")
 
 
+class TlsSpec(Wire):
+    """`tls:` of conveyor.yml for one environment, secrets resolved: where the host gets
+    the certificate of the app's domains (exactly one source is set)."""
+
+    cert_file: str | None = Field(default=None, description="PEM certificate path on the host")
+    key_file: str | None = Field(default=None, description="PEM key path on the host")
+    cert_pem: str | None = Field(default=None, description="PEM certificate from a secret")
+    key_pem: str | None = Field(default=None, description="PEM key from a secret")
+    acme_directory: str | None = Field(default=None, description="ACME directory URL")
+    acme_email: str | None = None
+    redirect_http: bool = True
+
+
 class ServiceSpec(Wire):
     """How a release runs on a host: SPEC §2 `service`, with secret values resolved."""
 
@@ -40,6 +53,7 @@ class ServiceSpec(Wire):
     )
     path_prefix: str = Field(default="", description="only requests under it ('': all)")
     strip_prefix: bool = False
+    tls: TlsSpec | None = Field(default=None, description="HTTPS on the shared HTTPS port")
 
 
 class MigrateRequest(Wire):

@@ -53,6 +53,9 @@ class ObservedState(Wire):
     http_port: int = Field(
         default=80, ge=1, le=65535, description="the router's shared port (agent --http-port)"
     )
+    https_port: int = Field(
+        default=443, ge=1, le=65535, description="the router's shared HTTPS port (--https-port)"
+    )
     apps: list[ObservedApp] = []
     errors: list[str] = []
     metrics: RouterMetrics | None = None

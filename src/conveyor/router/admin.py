@@ -3,6 +3,8 @@
 PUT    /apps/{app}          a RouteSpec: listener, targets, weights (400 bad input, 409 port in use)
 DELETE /apps/{app}          stop serving an app (404 if unknown)
 GET    /apps                {"apps": {app: RouteSpec}}
+PUT    /challenges          {"bind", "port", "answers": {token: key authorization}}: the ACME
+                            HTTP-01 answers (all of them), (bind, port) opened if need be
 GET    /metrics             RouterMetrics
 GET    /metrics/prometheus  the same counters in Prometheus text format
 GET    /healthz             {"status": "ok", "pid": ..., "started_at": ..., "workers": N}
@@ -138,6 +140,8 @@ class AdminServer:
             return _reply(202, {"status": "stopping"})
         if path.startswith("/apps/"):
             return await self._app_resource(method, path, body)
+        if path == "/challenges" and method == "PUT":
+            return await self._challenges(body)
         return _error(404, f"no such resource: {method} {path}")
 
     async def _metrics(self) -> RouterMetrics:
@@ -175,6 +179,27 @@ class AdminServer:
                 return _error(404, f"no app named {name!r} on this router")
             return _reply(200, spec.model_dump(mode="json"))
         return _error(405, f"{method} is not allowed on {path}")
+
+    async def _challenges(self, body: bytes) -> Reply:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, f"the body is not JSON: {exc}")
+        answers = data.get("answers") if isinstance(data, dict) else None
+        if (
+            not isinstance(answers, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in answers.items())
+            or not isinstance(data.get("bind"), str)
+            or not isinstance(data.get("port"), int)
+        ):
+            return _error(400, 'expected {"bind": ADDR, "port": N, "answers": {token: key}}')
+        async with self._changes:
+            try:
+                await self.proxy.set_challenges(data["bind"], data["port"], answers)
+            except ApplyError as exc:
+                return _error(exc.status, exc.message)
+            failed = await self._fan_out("PUT", "/challenges", body)
+        return failed or _reply(200, {"challenges": len(answers)})
 
     async def _put(self, name: str, body: bytes) -> Reply:
         try:

@@ -16,6 +16,7 @@ from httptools import (
 
 from conveyor.hostroutes import strip_url
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
+from conveyor.router.redirect import ACME_PATH, acme_answer, https_redirect
 from conveyor.router.request_head import rewrite_request_head
 from conveyor.router.shared import SharedPort
 
@@ -32,9 +33,11 @@ LINGER = 2.0
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, response: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # the whole answer, when it is not an error page (a redirect, an ACME answer)
+        self.response = response
 
 
 class ClientConnection(asyncio.Protocol):
@@ -157,6 +160,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, exc: HttpParserError) -> None:
         cause = exc.__context__
+        if isinstance(cause, _Reject) and cause.response is not None:
+            self._refuse(cause.status, str(cause), cause.response)
+            return
         if isinstance(cause, _Reject):
             status, message = cause.status, str(cause)
         elif isinstance(exc, HttpParserCallbackError):
@@ -166,12 +172,12 @@ class ClientConnection(asyncio.Protocol):
             status, message = 400, f"malformed request: {exc}"
         self._refuse(status, message)
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, response: bytes | None = None) -> None:
         """Answer a request the router will not relay, and close."""
         if self.current is not None or self.closed:
             self.close()
             return
-        self.transport.write(error_response(status, message, False))
+        self.transport.write(response or error_response(status, message, False))
         # Closing with unread bytes would reset the connection, and the client might lose
         # the answer: end our side, drop what still comes in, close a little later.
         self.lingering = True
@@ -298,9 +304,11 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         url = self.url
         shared = self.shared
+        proto = b"http"
         if shared is not None:
             url = self._pick(shared, url)
-        req = rewrite_request_head(method, url, self.headers, self.peer, upgrade)
+            proto = shared.proto
+        req = rewrite_request_head(method, url, self.headers, self.peer, upgrade, proto)
         # Only HTTP/1.1 keeps a connection alive without saying so: skip formatting the
         # version in the common case.
         http10 = (req.connection or not keep_alive) and parser.get_http_version() == "1.0"
@@ -330,11 +338,17 @@ class ClientConnection(asyncio.Protocol):
     def _pick(self, shared: SharedPort, url: bytes) -> bytes:
         """The app of this request on a shared port, by Host and path; the URL to relay."""
         host = next((v for n, v in self.headers if n.lower() == b"host"), None)
+        if shared.tls is None and url.startswith(ACME_PATH):
+            answer = acme_answer(shared.challenges, url)
+            raise _Reject(answer[0], "ACME challenge", answer[1])
         picked = shared.select(host, url)
         if picked is None:
             name = "(none)" if host is None else host.decode("latin-1")
             raise _Reject(404, f"no app on this host answers to {name}")
-        self.app = picked.target
+        app = self.app = picked.target
+        tls = app.spec.tls
+        if tls is not None and tls.redirect_http and shared.tls is None and host is not None:
+            raise _Reject(308, "to HTTPS", https_redirect(host, tls.port, url))
         return strip_url(url, picked.strip) if picked.strip else url
 
     def _enqueue(self, ex: Exchange) -> None:

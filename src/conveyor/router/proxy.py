@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -23,6 +24,7 @@ from conveyor.router.client import ClientConnection
 from conveyor.router.metrics import MetricsRegistry
 from conveyor.router.service import App
 from conveyor.router.shared import SharedPort
+from conveyor.router.tlsport import TlsNames
 from conveyor.routespec import RouteSpec
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ TICK = 0.25
 # Idle pooled connections to instances are closed after this long (below the keep-alive
 # timeout of common servers, so that the pool rarely holds a connection about to close).
 POOL_IDLE_TIMEOUT = 2.0
+# A TLS client that has not finished its handshake by then is cut.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class ApplyError(Exception):
@@ -86,6 +90,8 @@ class Proxy:
         # apps with domains, on the shared listener of their (bind, port)
         self.shared: dict[tuple[str, int], SharedPort] = {}
         self.shared_draining: set[SharedPort] = set()
+        # ACME HTTP-01 answers, served on every plain shared port (admin PUT /challenges)
+        self.challenges: dict[str, str] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -155,24 +161,17 @@ class Proxy:
 
     async def _apply_shared(self, spec: RouteSpec) -> None:
         """An app with domains: on the shared listener of (bind, port), opened if needed."""
-        key = (spec.bind, spec.port)
-        shared = self.shared.get(key)
+        shared = self.shared.get((spec.bind, spec.port))
         if shared is not None:
             clash = shared.clash(spec)
             if clash is not None:
                 raise ApplyError(409, clash)
-        else:
-            shared = SharedPort(spec.bind, spec.port)
-            sock = _bind(spec.bind, spec.port, self.reuse_port)
-            home = shared
-            try:
-                shared.server = await asyncio.get_running_loop().create_server(
-                    lambda: ClientConnection(home), sock=sock, backlog=1024
-                )
-            except OSError as exc:
-                sock.close()
-                raise ApplyError(409, f"cannot listen on {spec.bind}:{spec.port}: {exc}") from exc
-            self.shared[key] = shared
+        tls_shared = None
+        if spec.tls is not None:
+            tls_shared = await self._tls_port(spec)
+        if shared is None:
+            shared = await self._open_shared(spec.bind, spec.port, None)
+            shared.challenges = self.challenges
         app = self.apps.get(spec.app)
         if app is None:
             app = self.apps[spec.app] = App(self.metrics, spec)
@@ -188,6 +187,13 @@ class Proxy:
         app.shared = shared
         shared.apps[spec.app] = app
         shared.rebuild()
+        if app.tls_shared is not None and app.tls_shared is not tls_shared:
+            old, app.tls_shared = app.tls_shared, None
+            self._leave_port(app, old)
+        if tls_shared is not None:
+            app.tls_shared = tls_shared
+            tls_shared.apps[spec.app] = app
+            tls_shared.rebuild()
         log.info(
             "app applied",
             extra={
@@ -195,17 +201,21 @@ class Proxy:
                 "listen": f"{spec.bind}:{spec.port}",
                 "domains": spec.domains,
                 "path_prefix": spec.path_prefix,
+                "tls": None if spec.tls is None else f"{spec.tls.port} {spec.tls.pem}",
                 "targets": [f"{t.release}@{t.host}:{t.port}={t.weight}" for t in spec.targets],
                 "sticky": spec.sticky,
             },
         )
 
     def _leave_shared(self, app: App) -> None:
-        """Take an app off its shared port; the last one to leave closes the listener."""
-        shared = app.shared
-        app.shared = None
-        if shared is None:
-            return
+        """Take an app off its shared ports; the last one to leave closes a listener."""
+        shared, tls_shared = app.shared, app.tls_shared
+        app.shared = app.tls_shared = None
+        for port in (shared, tls_shared):
+            if port is not None:
+                self._leave_port(app, port)
+
+    def _leave_port(self, app: App, shared: SharedPort) -> None:
         shared.apps.pop(app.name, None)
         shared.rebuild()
         if shared.apps:
@@ -232,6 +242,56 @@ class Proxy:
         for client in list(shared.connections):
             client.abort()
         self.shared_draining.discard(shared)
+
+    async def _tls_port(self, spec: RouteSpec) -> SharedPort:
+        """The shared HTTPS port of the spec, opened if needed, its certificate loaded (or
+        ApplyError: nothing changed)."""
+        assert spec.tls is not None
+        key = (spec.bind, spec.tls.port)
+        shared = self.shared.get(key)
+        if shared is not None and shared.tls is None:
+            raise ApplyError(409, f"port {spec.tls.port} is the shared HTTP port, not HTTPS")
+        if shared is not None:
+            clash = shared.clash(spec)
+            if clash is not None:
+                raise ApplyError(409, clash)
+        names = shared.tls if shared is not None else TlsNames()
+        assert names is not None
+        try:
+            names.prepare(spec)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApplyError(400, f"cannot load the certificate {spec.tls.pem}: {exc}") from exc
+        if shared is None:
+            shared = await self._open_shared(spec.bind, spec.tls.port, names)
+        return shared
+
+    async def _open_shared(self, bind: str, port: int, tls: TlsNames | None) -> SharedPort:
+        shared = SharedPort(bind, port, tls)
+        sock = _bind(bind, port, self.reuse_port)
+        home = shared
+        try:
+            shared.server = await asyncio.get_running_loop().create_server(
+                lambda: ClientConnection(home),
+                sock=sock,
+                backlog=1024,
+                ssl=None if tls is None else tls.listener,
+                ssl_handshake_timeout=None if tls is None else HANDSHAKE_TIMEOUT,
+            )
+        except OSError as exc:
+            sock.close()
+            raise ApplyError(409, f"cannot listen on {bind}:{port}: {exc}") from exc
+        self.shared[(bind, port)] = shared
+        return shared
+
+    async def set_challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
+        """The ACME HTTP-01 answers every plain shared port gives (token -> key authorization);
+        (bind, port) is opened if no app with domains has it yet (it answers 404 but these)."""
+        async with self._lock:
+            if (bind, port) not in self.shared:
+                shared = await self._open_shared(bind, port, None)
+                shared.challenges = self.challenges
+            self.challenges.clear()
+            self.challenges.update(answers)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -72,6 +72,7 @@ def rewrite_request_head(
     headers: list[tuple[bytes, bytes]],
     peer: bytes,
     upgrade: bool,
+    proto: bytes = b"http",
 ) -> RequestHead:
     """The head to send to a target for one client request (always HTTP/1.1).
 
@@ -128,7 +129,7 @@ def rewrite_request_head(
     else:
         parts += (b"X-Forwarded-For: ", peer, b"\r\n")
     if not xfp:
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if host is None:
         parts.append(b"Host: localhost\r\n")
     elif not xfh:

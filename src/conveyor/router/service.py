@@ -41,6 +41,8 @@ class App:
         self._counters: dict[str, Counters] = {}
         # the shared port serving it by its domains (None: its own listener, `server`)
         self.shared: SharedPort | None = None
+        # the shared HTTPS port serving it too, when its spec has tls
+        self.tls_shared: SharedPort | None = None
 
     def counters(self, release: str) -> Counters:
         counters = self._counters.get(release)

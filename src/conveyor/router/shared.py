@@ -17,15 +17,22 @@ if TYPE_CHECKING:
     # Types only, as in service.py: connections read their listener, it holds them.
     from conveyor.router.client import ClientConnection
     from conveyor.router.service import App
+    from conveyor.router.tlsport import TlsNames
     from conveyor.routespec import RouteSpec
 
 
 class SharedPort:
     """One shared listener (bind, port), its apps by name and its client connections."""
 
-    def __init__(self, bind: str, port: int) -> None:
+    def __init__(self, bind: str, port: int, tls: TlsNames | None = None) -> None:
         self.bind = bind
         self.port = port
+        # HTTPS: the certificates by server name (tlsport.py); None: plain HTTP
+        self.tls = tls
+        self.proto = b"https" if tls is not None else b"http"
+        # plain HTTP: the answers to ACME HTTP-01 challenges, token -> key authorization
+        # (the router's one dict, shared by every plain shared port)
+        self.challenges: dict[str, str] = {}
         self.name = f"shared port {bind}:{port}"
         self.server: asyncio.Server | None = None
         self.apps: dict[str, App] = {}
@@ -47,6 +54,8 @@ class SharedPort:
             spec = app.spec
             table.add(app, spec.domains, spec.path_prefix, spec.strip_prefix)
         self.table = table
+        if self.tls is not None:
+            self.tls.rebuild([a.spec for a in self.apps.values()])
         self.drain_timeout = max((a.spec.drain_timeout for a in self.apps.values()), default=0.0)
 
     def select(self, host: bytes | None, url: bytes) -> Picked[App] | None:

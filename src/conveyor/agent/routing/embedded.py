@@ -122,6 +122,10 @@ class EmbeddedRouter:
         if response.status_code != 404:
             self._check(response)
 
+    async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
+        body = {"bind": bind, "port": port, "answers": answers}
+        self._check(await self._call("PUT", "/challenges", json=body))
+
     async def metrics(self) -> RouterMetrics:
         return RouterMetrics.model_validate(self._check(await self._call("GET", "/metrics")))
 

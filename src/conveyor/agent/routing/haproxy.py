@@ -20,6 +20,11 @@ import os
 import time
 from pathlib import Path
 
+from conveyor.agent.routing.haproxy_certs import (
+    prune_certificates,
+    set_challenges,
+    swap_certificate,
+)
 from conveyor.agent.routing.haproxy_config import (
     PIN_SPREAD,
     Paths,
@@ -69,6 +74,7 @@ from conveyor.agent.routing.haproxy_state import (
     slot_releases,
     validate_targets,
 )
+from conveyor.agent.routing.haproxy_tls import cert_digest, cert_file
 from conveyor.agent.routing.spec import (
     AppMetrics,
     RouterError,
@@ -242,7 +248,9 @@ class HAProxyRouter:
             current = self.state.apps.get(spec.app)
             routing = (spec.domains, spec.path_prefix, spec.strip_prefix)
             moved = current is None or (current.bind, current.port) != (bind, spec.port)
-            if moved:
+            # the shared port may already be HAProxy's own, for ACME answers
+            acme_port = bool(spec.domains) and self.state.acme == (bind, spec.port)
+            if moved and not acme_port:
                 check_listener(
                     spec.app, bind, spec.port, self.state.apps, current, bool(spec.domains)
                 )
@@ -255,6 +263,7 @@ class HAProxyRouter:
                 drain_timeout=spec.drain_timeout,
                 app=spec.app,
             )
+            pem = self._certificate(spec)
             app = AppState(
                 app=spec.app,
                 bind=bind,
@@ -265,6 +274,9 @@ class HAProxyRouter:
                 domains=spec.domains,
                 path_prefix=spec.path_prefix,
                 strip_prefix=spec.strip_prefix,
+                tls_port=spec.tls.port if spec.tls else None,
+                tls_cert=cert_digest(pem) if pem is not None else "",
+                redirect_http=spec.tls.redirect_http if spec.tls else True,
             )
             if app.domains:
                 check_claims(app, self.state.apps)
@@ -275,17 +287,66 @@ class HAProxyRouter:
                     current.path_prefix,
                     current.strip_prefix,
                 )
+                # joining or leaving the HTTPS port, or redirecting: by a reload too
+                moved = moved or (
+                    current.tls_port,
+                    current.redirect_http,
+                    bool(current.tls_cert),
+                ) != (
+                    app.tls_port,
+                    app.redirect_http,
+                    bool(app.tls_cert),
+                )
+            cert = cert_file(self.paths.certs, spec.app)
             if moved:
-                await self._reconfigure({**self.state.apps, spec.app: app})
+                before = cert.read_bytes() if cert.exists() else None
+                if pem is not None:
+                    write_atomic(cert, pem.decode(errors="replace"))
+                try:
+                    await self._reconfigure({**self.state.apps, spec.app: app})
+                except RouterError:
+                    if before is not None:  # the certificate the running HAProxy has
+                        write_atomic(cert, before.decode(errors="replace"))
+                    raise
             else:
                 assert current is not None
+                if pem is not None and current.tls_cert != app.tls_cert:
+                    # a new certificate: swapped through the Runtime API, no reload
+                    await swap_certificate(self.paths.admin_sock, cert, pem)
+                    write_atomic(cert, pem.decode(errors="replace"))
                 await self._steer(current, app)
             self.state.apps[spec.app] = app
             self._sinks.clear()
             write_maps(app, self.paths)
+            write_routes(self.state.apps.values(), self.paths, self.state.acme)
             write_atomic(self.paths.config, self._render(self.state.apps))
+            prune_certificates(self.paths.certs, self.state.apps.values())
             save_state(self.paths.state, self.state, durable=True)
             self._kick_janitor()
+
+    def _certificate(self, spec: RouteSpec) -> bytes | None:
+        """The bytes of the spec's certificate file (None: no tls)."""
+        if spec.tls is None:
+            return None
+        try:
+            pem = Path(spec.tls.pem).read_bytes()
+        except OSError as exc:
+            raise RouterError(
+                f"app {spec.app}: cannot read the certificate {spec.tls.pem}: {exc.strerror or exc}"
+            ) from exc
+        return pem
+
+    async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
+        async with self._lock:
+            self._require_started()
+            where = (ip_literal(bind, "ACME bind address"), port)
+            if self.state.acme != where:
+                # a plain shared frontend there, even before any app with domains
+                self.state.acme = where
+                await self._reconfigure(dict(self.state.apps))
+                save_state(self.paths.state, self.state, durable=True)
+            await set_challenges(self.paths.admin_sock, self.paths.challenges, answers)
+            write_atomic(self.paths.challenges, "".join(f"{k} {v}\n" for k, v in answers.items()))
 
     async def remove(self, app: str) -> None:
         async with self._lock:
@@ -325,7 +386,7 @@ class HAProxyRouter:
     def _write_config(self, apps: dict[str, AppState]) -> None:
         for app in apps.values():
             write_maps(app, self.paths)
-        write_routes(apps.values(), self.paths)
+        write_routes(apps.values(), self.paths, self.state.acme)
         write_atomic(self.paths.config, self._render(apps))
 
     async def _reconfigure(self, apps: dict[str, AppState]) -> None:
@@ -334,7 +395,7 @@ class HAProxyRouter:
         candidate = self.paths.config.with_name("haproxy.cfg.new")
         for app in apps.values():
             write_maps(app, self.paths)
-        write_routes(apps.values(), self.paths)
+        write_routes(apps.values(), self.paths, self.state.acme)
         write_atomic(candidate, self._render(apps))
         previous = self.paths.config.read_text() if self.paths.config.exists() else None
         reloaded = False
@@ -352,7 +413,7 @@ class HAProxyRouter:
                 remove_maps(name, self.paths)
             for app in self.state.apps.values():
                 write_maps(app, self.paths)
-            write_routes(self.state.apps.values(), self.paths)
+            write_routes(self.state.apps.values(), self.paths, self.state.acme)
             if reloaded:
                 with contextlib.suppress(RouterError):
                     await reload(self.paths)  # out of the master's wait mode, on the old config
@@ -368,6 +429,8 @@ class HAProxyRouter:
             if old is None or (old.bind, old.port) != (app.bind, app.port):
                 if app.domains and shares_port(app.app, app.bind, app.port, self.state.apps):
                     continue
+                if app.domains and self.state.acme == (app.bind, app.port):
+                    continue
                 try:
                     check_listener(app.app, app.bind, app.port, {}, None)
                 except RouterError as exc:
@@ -380,6 +443,7 @@ class HAProxyRouter:
             self.paths,
             log_port=self.state.log_port,
             log_token=self.state.log_token,
+            acme=self.state.acme,
         )
 
     # -- metrics -----------------------------------------------------------

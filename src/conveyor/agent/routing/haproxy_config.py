@@ -25,6 +25,13 @@ from conveyor.agent.routing.haproxy_hosts import (
     strip_lines,
 )
 from conveyor.agent.routing.haproxy_state import AppState, Slot, pins, previews, slot_releases
+from conveyor.agent.routing.haproxy_tls import (
+    acme_lines,
+    redirect_lines,
+    tls_files,
+    tls_frontend,
+    tls_groups,
+)
 from conveyor.agent.routing.spec import PREVIEW_HEADER, RouterError
 
 COOKIE = "conveyor_release"
@@ -60,6 +67,9 @@ class Paths:
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.maps.mkdir(exist_ok=True)
+        self.certs.mkdir(mode=0o700, exist_ok=True)
+        if not self.challenges.exists():
+            write_atomic(self.challenges, "")
         self.rundir.mkdir(mode=0o700, exist_ok=True)
         if self.rundir != self.workdir and self.rundir.stat().st_uid != os.getuid():
             raise RouterError(
@@ -94,6 +104,14 @@ class Paths:
     def admin_sock(self) -> Path:
         return self.rundir / "admin.sock"
 
+    @property
+    def certs(self) -> Path:
+        return self.workdir / "certs"
+
+    @property
+    def challenges(self) -> Path:
+        return self.maps / "acme.challenges"
+
     def slots_map(self, app: str) -> Path:
         return self.maps / f"{app}.slots"
 
@@ -127,7 +145,14 @@ def app_of_backend(name: str) -> str | None:
     return name[3:] if name.startswith("be_") else None
 
 
-def render_config(apps: Iterable[AppState], paths: Paths, *, log_port: int, log_token: str) -> str:
+def render_config(
+    apps: Iterable[AppState],
+    paths: Paths,
+    *,
+    log_port: int,
+    log_token: str,
+    acme: tuple[str, int] | None = None,
+) -> str:
     """haproxy.cfg for `apps`; request logs go to the driver on 127.0.0.1:`log_port`."""
     apps = sorted(apps, key=lambda a: a.app)
     longest_drain = max((a.drain_timeout for a in apps), default=0.0)
@@ -173,8 +198,25 @@ def render_config(apps: Iterable[AppState], paths: Paths, *, log_port: int, log_
         else:
             out += ["", *_frontend(app)]
         out += ["", *_backend(app, paths)]
+    if acme is not None:
+        shared.setdefault(acme, [])  # ACME answers before any app with domains is here
+    backends = {a.app: backend_name(a.app) for a in apps}
     for bind, port in sorted(shared):
-        out += ["", *shared_frontend(bind, port, address(bind, port), paths.routes(bind, port))]
+        group = shared[(bind, port)]
+        out += [
+            "",
+            *shared_frontend(
+                bind,
+                port,
+                address(bind, port),
+                paths.routes(bind, port),
+                before=acme_lines(paths.challenges),
+                after=redirect_lines(group, backends),
+            ),
+        ]
+    for bind, port in sorted(tls_groups(apps)):
+        where = address(bind, port)
+        out += ["", *tls_frontend(bind, port, where, paths.certs, paths.routes(bind, port))]
     return "\n".join(out) + "\n"
 
 
@@ -293,8 +335,17 @@ def map_lines(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{key} {value}\n" for key, value in entries)
 
 
-def write_routes(apps: Iterable[AppState], paths: Paths) -> None:
-    """The route map of every shared port (each app with domains -> its backend)."""
+def write_routes(
+    apps: Iterable[AppState], paths: Paths, acme: tuple[str, int] | None = None
+) -> None:
+    """The route map of every shared port (each app with domains -> its backend), and the
+    crt-lists of the HTTPS ones."""
+    apps = list(apps)
+    backends = {a.app: backend_name(a.app) for a in apps}
+    for path, text in tls_files(apps, paths.certs, paths.maps, backends).items():
+        write_atomic(path, text)
+    if acme is not None and not paths.routes(*acme).exists():
+        write_atomic(paths.routes(*acme), "")
     shared: dict[tuple[str, int], list[AppState]] = {}
     for app in apps:
         if app.domains:

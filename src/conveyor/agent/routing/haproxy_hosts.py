@@ -58,17 +58,27 @@ def route_entries(apps: Iterable[AppState], backend: Mapping[str, str]) -> list[
     return [(_pattern(d, p), be) for d, p, be in rows]
 
 
-def shared_frontend(bind: str, port: int, address: str, routes: Path) -> list[str]:
+def shared_frontend(
+    bind: str,
+    port: int,
+    address: str,
+    routes: Path,
+    before: Iterable[str] = (),
+    after: Iterable[str] = (),
+) -> list[str]:
+    """`before` the route lookup, `after` it (with `txn.be` set): rules of TLS (haproxy_tls)."""
     return [
         f"frontend {frontend_name(bind, port)}",
         f"    bind {address}",
         "    http-request set-var(txn.t0) date(0,us)",
+        *before,
         "    http-request set-var(txn.path) path",
         "    http-request set-var(txn.rk) req.hdr(host),lower,field(1,:),concat(,txn.path)",
         f"    http-request set-var(txn.be) var(txn.rk),map_reg({routes})",
         '    http-request return status 404 content-type "text/plain; charset=utf-8"'
         ' lf-string "no app on this host answers to %[req.hdr(host)]\\n"'
         " if !{ var(txn.be) -m found }",
+        *after,
         "    use_backend %[var(txn.be)]",
     ]
 

@@ -66,6 +66,10 @@ class AppState(_Model):
     domains: list[str] = []
     path_prefix: str = ""
     strip_prefix: bool = False
+    # also served over HTTPS on the shared (bind, tls_port), with certs/<tls_cert>
+    tls_port: int | None = None
+    tls_cert: str = ""
+    redirect_http: bool = True
 
     def slot(self, name: str) -> Slot | None:
         return next((s for s in self.slots if s.name == name), None)
@@ -119,6 +123,8 @@ class RouterState(_Model):
     log_port: int = 0
     log_token: str = Field(default_factory=lambda: secrets.token_hex(16))
     apps: dict[str, AppState] = {}
+    # the plain shared port (bind, port) where ACME HTTP-01 answers are served
+    acme: tuple[str, int] | None = None
     # Connection failures last read per worker pid -> app -> slot.
     seen: dict[str, dict[str, dict[str, int]]] = {}
     # app -> release -> totals since `started_at`.

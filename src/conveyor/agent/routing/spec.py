@@ -17,6 +17,7 @@ from conveyor.routespec import (
     RouterMetrics,
     RouteSpec,
     Target,
+    TlsRoute,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RouterError",
     "RouterMetrics",
     "Target",
+    "TlsRoute",
 ]
 
 
@@ -52,6 +54,11 @@ class Router(Protocol):
 
     async def remove(self, app: str) -> None:
         """Stop serving an app (its listener closes after in-flight requests finish)."""
+
+    async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
+        """Answer these ACME HTTP-01 challenges (token -> key authorization) on every plain
+        shared port, whatever the Host, listening on (bind, port) if no app does yet;
+        replaces the previous set."""
 
     async def metrics(self) -> RouterMetrics:
         """Counters per app and release."""
