@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.test_flags_router import _deployed
 from tests.fleet import Fleet, LoadGenerator, running_fleet
 from tests.helpers import ServerProcess, commit, wait_for
+from tests.notify.receivers import Receiver
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -68,6 +69,8 @@ flags:
   declare:
     - name: bad-path
     - name: good-path
+notify:
+  - url: "{receiver}"
 """
 
 FLAGS = "/api/apps/sample/environments/production/flags"
@@ -89,20 +92,28 @@ def _ended(server: ServerProcess, flag: str) -> Any:
 @pytest.mark.slow  # a deployment and two guarded rollouts under load: some 60 s
 def test_a_regressing_flag_is_turned_off_and_an_identical_one_reaches_100(fleet: Fleet) -> None:
     server = fleet.server
-    commit(fleet.repo, {"flagapp.py": FLAGAPP_PY, "conveyor.yml": CONFIG.format(port=fleet.port)})
-    run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
-    assert run["state"] == "succeeded", run
-    assert _deployed(server, run["id"])["state"] == "succeeded"
+    with Receiver() as receiver:
+        config = CONFIG.format(port=fleet.port, receiver=receiver.url("/flags"))
+        commit(fleet.repo, {"flagapp.py": FLAGAPP_PY, "conveyor.yml": config})
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        assert _deployed(server, run["id"])["state"] == "succeeded"
 
-    # users without a uid cookie: each request hashed anew, on for the step's share
-    with LoadGenerator(fleet.urls(), clients=4, max_seconds=300, rate=25) as load:
-        for flag in ("bad-path", "good-path"):
-            started = server.post(f"{FLAGS}/{flag}/rollout", {"steps": STEPS, "step_pause": 2})
-            assert started["state"]["enabled"] and started["state"]["rollout"] == 5
-            assert started["rollout"]["state"] == "running"
-        bad = wait_for(lambda: _ended(server, "bad-path"), timeout=240, interval=0.5)
-        good = wait_for(lambda: _ended(server, "good-path"), timeout=240, interval=0.5)
-        result = load.stop()
+        # users without a uid cookie: each request hashed anew, on for the step's share
+        with LoadGenerator(fleet.urls(), clients=4, max_seconds=300, rate=25) as load:
+            for flag in ("bad-path", "good-path"):
+                body = {"steps": STEPS, "step_pause": 2}
+                started = server.post(f"{FLAGS}/{flag}/rollout", body)
+                assert started["state"]["enabled"] and started["state"]["rollout"] == 5
+                assert started["rollout"]["state"] == "running"
+            # the server restarted mid-way: the rollouts go on from their records
+            wait_for(lambda: server.get(f"{FLAGS}/good-path")["rollout"]["step"] >= 1, timeout=120)
+            server.stop()
+            server.start()
+            bad = wait_for(lambda: _ended(server, "bad-path"), timeout=240, interval=0.5)
+            good = wait_for(lambda: _ended(server, "good-path"), timeout=240, interval=0.5)
+            result = load.stop()
+        wait_for(lambda: receiver.received, timeout=60)
 
     assert result.errors == [], result.errors[:5]  # no connection error
     assert bad["rollout"]["state"] == "stopped", bad["rollout"]
@@ -125,3 +136,9 @@ def test_a_regressing_flag_is_turned_off_and_an_identical_one_reaches_100(fleet:
         html = http.get("/apps/sample/environments/production/flags").text
     assert 'data-rollout="stopped"' in html and 'data-rollout="completed"' in html
     assert 'data-verdict="fail"' in html
+
+    # notified like a rolled-back deployment, once
+    [sent] = receiver.received
+    assert "flag bad-path failed at" in sent["title"], sent
+    for label in ("What:", "Where:", "Release:", "Why:", "Done:", "Link:"):
+        assert label in sent["message"], sent
