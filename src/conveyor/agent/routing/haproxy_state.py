@@ -66,6 +66,7 @@ class AppState(_Model):
     domains: list[str] = []
     path_prefix: str = ""
     strip_prefix: bool = False
+    flags: str = ""  # the compiled flags the Lua action reads (agent.routing.haproxy_flags)
 
     def slot(self, name: str) -> Slot | None:
         return next((s for s in self.slots if s.name == name), None)
