@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conveyor.flags import Context, FlagSet
-from conveyor.flags.compiled import Unsupported, compile_document, encode
+from conveyor.flags.compiled import FastLine, Unsupported, compile_document, encode
 from conveyor.flags.definition import NamedFlag, to_document
 from conveyor.flags.header import header_value
 from conveyor.protocol.flags import FlagState
@@ -56,11 +56,12 @@ def _document() -> Any:
 def test_the_compiled_flags_answer_as_the_evaluator_for_every_user() -> None:
     document = _document()
     full, compiled = FlagSet(document), compile_document(document)
+    fast = FastLine(compiled)
     for i in range(3000):
         user = f"u-{i}"
-        assert "; ".join(f.answer(user) for f in compiled) == header_value(
-            full, Context(user_id=user)
-        )
+        expected = header_value(full, Context(user_id=user))
+        assert "; ".join(f.answer(user) for f in compiled) == expected
+        assert fast.line(user).decode() == expected
 
 
 def test_encode_keeps_separators_out_of_the_values() -> None:

@@ -8,13 +8,16 @@ request it relays. The flags' document reaches it in the host's desired state.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from .compiled import FastLine, Unsupported, compile_document
 from .context import Context
 from .evaluate import FlagSet
 
 FLAGS_HEADER = "X-Conveyor-Flags"
+_PREFIX = FLAGS_HEADER.encode() + b": "
 SOURCES = ("cookie", "header")
 
 
@@ -87,12 +90,14 @@ class RequestFlags:
         flags: FlagSet,
         guarded: Iterable[str] = (),
         counters: Callable[[str], Observer] | None = None,
+        source: object = None,
     ) -> None:
         kind, name = parse_source(stickiness)
         self.from_cookie = kind == "cookie"
         self.key = name.encode("latin-1") + b"=" if self.from_cookie else b""
         self.header = name.lower().encode("latin-1")
         self.flags = flags
+        self.source = source  # what it was made from (the router keeps it while unchanged)
         self.cacheable = not any(
             c.operator.startswith("DATE_")
             for f in flags.features.values()
@@ -101,7 +106,12 @@ class RequestFlags:
         )
         self.guarded = frozenset(guarded) if counters is not None else frozenset()
         self._counters = counters
-        self._lines: dict[str, tuple[bytes, tuple[Observer, ...]]] = {}
+        # users' answers, the oldest dropped first once CACHED_USERS are kept
+        self._lines: OrderedDict[str, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
+        try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
+            self._fast: FastLine | None = FastLine(compile_document(flags.document))
+        except Unsupported:
+            self._fast = None
 
     def user(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> str | None:
         if self.from_cookie:
@@ -111,10 +121,18 @@ class RequestFlags:
         return found.decode("latin-1") if found else None
 
     def _answer(self, user: str | None) -> tuple[bytes, tuple[Observer, ...]]:
-        found = answers(self.flags, Context(user_id=user))
-        line = f"{FLAGS_HEADER}: {'; '.join(found)}\r\n".encode("latin-1", "replace")
-        if not self.guarded or self._counters is None:
-            return line, NO_OBSERVERS
+        fast = self._fast
+        if fast is not None and user:
+            value = fast.line(user)
+            line = _PREFIX + value + b"\r\n"
+            if not self.guarded or self._counters is None:
+                return line, NO_OBSERVERS
+            found = value.decode().split("; ")
+        else:
+            found = answers(self.flags, Context(user_id=user))
+            line = f"{FLAGS_HEADER}: {'; '.join(found)}\r\n".encode("latin-1", "replace")
+            if not self.guarded or self._counters is None:
+                return line, NO_OBSERVERS
         counted = self._counters
         return line, tuple(counted(a) for a in found if a.partition("=")[0] in self.guarded)
 
@@ -126,11 +144,12 @@ class RequestFlags:
         user = self.user(headers, cookie)
         if user is None or not self.cacheable:
             return self._answer(user)  # no user: the SDKs' random stickiness, never kept
-        found = self._lines.get(user)
+        lines = self._lines
+        found = lines.get(user)
         if found is None:
-            if len(self._lines) >= CACHED_USERS:
-                self._lines.clear()
-            found = self._lines[user] = self._answer(user)
+            if len(lines) >= CACHED_USERS:
+                lines.popitem(last=False)
+            found = lines[user] = self._answer(user)
         return found
 
     def line(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> bytes:

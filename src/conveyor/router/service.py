@@ -74,7 +74,7 @@ class App:
         """Swap in the targets of a new spec; in-flight requests keep their connections."""
         self.spec = spec
         self.sticky = spec.sticky
-        self.flags = _flags(spec, self.metrics)
+        self.flags = _flags(spec, self.metrics, self.flags)
         fresh: dict[tuple[str, str, int], Upstream] = {}
         for target in spec.targets:
             key = (target.release, target.host, target.port)
@@ -115,15 +115,21 @@ def _key(up: Upstream) -> tuple[str, str, int]:
     return (up.release, up.host, up.port)
 
 
-def _flags(spec: RouteSpec, metrics: MetricsRegistry) -> RequestFlags | None:
+def _flags(
+    spec: RouteSpec, metrics: MetricsRegistry, current: RequestFlags | None = None
+) -> RequestFlags | None:
     """The flags to evaluate for each request (X-Conveyor-Flags), if the app asks for it;
-    the answers of flags under a guarded rollout are counted (metrics.flag_counters)."""
+    the answers of flags under a guarded rollout are counted (metrics.flag_counters).
+    Unchanged flags (a spec that changes weights) keep their users' answers."""
     if spec.flags is None:
         return None
+    if current is not None and current.source == spec.flags:
+        return current
     app = spec.app
     return RequestFlags(
         spec.flags.stickiness,
         FlagSet(spec.flags.document),
         spec.flags.guarded,
         lambda answer: metrics.flag_counters(app, answer),
+        source=spec.flags,
     )
