@@ -37,7 +37,13 @@ from conveyor.protocol import (
     TokenCreated,
     TokenOut,
 )
-from conveyor.protocol.flags import FlagChange, FlagDetail, FlagOut, FlagTokenCreated
+from conveyor.protocol.flags import (
+    FlagChange,
+    FlagDetail,
+    FlagOut,
+    FlagTokenCreated,
+    GuardedRolloutStart,
+)
 from conveyor.tls import ServerTrust, TrustError
 
 DEFAULT_SERVER = "http://127.0.0.1:8420"
@@ -281,6 +287,12 @@ class Client:
         body = change.model_dump(mode="json", exclude_none=True)
         path = f"{self._flags_path(app, env)}/{name}"
         return self._typed(FlagDetail, self.request("PATCH", path, json=body).json())
+
+    def start_guarded_rollout(
+        self, app: str, env: str, name: str, start: GuardedRolloutStart
+    ) -> FlagDetail:
+        path = f"{self._flags_path(app, env)}/{name}/rollout"
+        return self._typed(FlagDetail, self.post(path, start.model_dump(mode="json")))
 
     def create_flag_token(self, app: str, env: str, name: str) -> FlagTokenCreated:
         path = f"/api/apps/{app}/environments/{env}/flag-tokens"

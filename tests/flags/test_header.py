@@ -82,3 +82,38 @@ def test_a_users_line_is_kept_unless_a_constraint_reads_the_clock() -> None:
     clocked = RequestFlags("cookie:uid", FlagSet(to_document([NamedFlag("a", "", dated)])))
     assert not clocked.cacheable
     assert clocked.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def observe(self, status: int, latency: float) -> None:
+        self.statuses.append(status)
+
+
+def test_a_request_gets_the_counters_of_its_guarded_flags_answers_only() -> None:
+    document = to_document(
+        [
+            NamedFlag("new-checkout", "", FlagState(enabled=True, rollout=50)),
+            NamedFlag("search", "", FlagState(enabled=True)),
+        ]
+    )
+    made: dict[str, _Seen] = {}
+
+    def counters(answer: str) -> _Seen:
+        return made.setdefault(answer, _Seen())
+
+    flags = RequestFlags("cookie:uid", FlagSet(document), ["new-checkout"], counters)
+    answers = set()
+    for i in range(40):
+        line, counted = flags.answer([], f"uid=u-{i}".encode())
+        assert line.startswith(b"X-Conveyor-Flags: new-checkout=")
+        assert len(counted) == 1  # search is not guarded: not counted
+        again = flags.answer([], f"uid=u-{i}".encode())
+        assert again[1][0] is counted[0]  # kept with the user's line
+        answers.add(next(a for a, c in made.items() if c is counted[0]))
+    assert answers == {"new-checkout=on", "new-checkout=off"}
+    # no guarded flag: nothing to count
+    plain = RequestFlags("cookie:uid", FlagSet(document))
+    assert plain.answer([], b"uid=u-1")[1] == ()

@@ -321,3 +321,28 @@ def test_recipients_get_a_message_once_if_they_want_any_of_its_kinds(
 def test_event_names_the_kinds_in_a_fixed_order() -> None:
     assert Message(frozenset({"rollback", "failure"}), "t", "b").event == "failure,rollback"
     assert Message(frozenset({"success", "rollback"}), "t", "b").event == "rollback,success"
+
+
+def test_a_stopped_guarded_rollout_says_what_a_rolled_back_deployment_says() -> None:
+    from conveyor.notify.messages import FlagStopFacts, flag_stopped
+
+    message = flag_stopped(
+        FlagStopFacts(
+            app="shop",
+            environment="production",
+            flag="new-checkout",
+            percent=25,
+            hosts=["web-1", "web-2"],
+            release="r-12",
+            sha="0123456789abcdef",
+            reason="errors vs baseline: 5.0% against 0.1%",
+            link="https://cd.example.com/apps/shop/environments/production/flags",
+            started_by="alice",
+        )
+    )
+    assert message.kinds == {"failure", "rollback"}
+    assert message.title == "shop production: flag new-checkout failed at 25% and was turned off"
+    labels = [line.split(":", 1)[0] for line in message.body.splitlines()]
+    assert labels == ["What", "Where", "Release", "Why", "Done", "Link"]
+    assert "Release: r-12, commit 0123456" in message.body
+    assert "Done: turned new-checkout off for everyone on web-1, web-2" in message.body

@@ -189,3 +189,21 @@ def test_request_head_rewrite(
     req = rewrite_request_head(b"GET", b"/", headers, b"10.0.0.9", upgrade)
     assert req.head == head
     assert (req.chunked, req.has_body, req.connection, req.cookie, req.preview) == framing
+
+
+def test_guarded_flags_answers_are_counted_per_app_and_summed_over_workers() -> None:
+    from conveyor.router.workers import sum_metrics
+
+    registry = MetricsRegistry(started_at=1.0)
+    registry.counters("shop", "r1").observe(200, 0.01)
+    on = registry.flag_counters("shop", "new-checkout=on")
+    assert registry.flag_counters("shop", "new-checkout=on") is on  # kept across changes
+    on.observe(500, 0.01)
+    registry.flag_counters("shop", "new-checkout=off").observe(200, 0.01)
+    snap = registry.snapshot()
+    flags = snap.apps["shop"].flags
+    assert (flags["new-checkout=on"].requests, flags["new-checkout=on"].errors_5xx) == (1, 1)
+    assert flags["new-checkout=off"].errors_5xx == 0
+    total = sum_metrics(snap, [snap])
+    assert total.apps["shop"].flags["new-checkout=on"].requests == 2
+    assert total.apps["shop"].releases["r1"].requests == 2

@@ -223,3 +223,84 @@ def _close(loop: LoopThread, driver: Router) -> None:
     close = getattr(driver, "close", None)
     if close is not None:
         loop.run(close())
+
+
+FLAGS_CASES = [
+    ("new-checkout", {"enabled": True}),
+    ("half", {"enabled": True, "rollout": 50, "user_ids": ["vip-1"]}),
+    ("dark", {}),
+    (
+        "search",
+        {
+            "enabled": True,
+            "rollout": 70,
+            "variants": [{"name": "a", "weight": 30}, {"name": "b", "weight": 70}],
+        },
+    ),
+    (
+        "pros",
+        {
+            "enabled": True,
+            "constraints": [
+                {"context_name": "userId", "operator": "STR_ENDS_WITH", "values": ["7", "9"]}
+            ],
+        },
+    ),
+    (
+        "plan",
+        {
+            "enabled": True,
+            "constraints": [{"context_name": "plan", "operator": "IN", "values": ["pro"]}],
+        },
+    ),
+]
+
+
+def test_the_flags_header_is_the_same_for_each_user(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    from conveyor.flags import Context, FlagSet
+    from conveyor.flags.definition import NamedFlag, to_document
+    from conveyor.flags.header import header_value
+    from conveyor.protocol.desired import HostFlags
+    from conveyor.protocol.flags import FlagState
+
+    document = to_document([NamedFlag(n, "", FlagState.model_validate(s)) for n, s in FLAGS_CASES])
+    spec = serve(loop, router, "flagged", a=(releases["a"], 100))
+    spec = spec.model_copy(update={"flags": HostFlags(stickiness="cookie:uid", document=document)})
+    loop.run(router.apply(spec))
+    ours = FlagSet(document)
+    url = f"http://127.0.0.1:{spec.port}/headers"
+
+    def seen(uid: str, extra: dict[str, str] | None = None) -> str | None:
+        headers = {"Cookie": f"theme=dark; uid={uid}", **(extra or {})}
+        got: dict[str, str] = http.get(url, headers=headers).json()
+        return {k.lower(): v for k, v in got.items()}.get("x-conveyor-flags")
+
+    with httpx.Client(timeout=10) as http:
+        wait_for(lambda: seen("u-0") is not None, timeout=10, interval=0.1)
+        for i in range(300):
+            uid = f"u-{i}"
+            assert seen(uid) == header_value(ours, Context(user_id=uid)), uid
+        # a client's own header never reaches the app
+        assert seen("vip-1", {"X-Conveyor-Flags": "dark=on"}) == header_value(
+            ours, Context(user_id="vip-1")
+        )
+        # a change reaches it without a restart of anything: the kill switch
+        off = to_document(
+            [
+                NamedFlag(n, "", FlagState.model_validate({**s, "enabled": False}))
+                for n, s in FLAGS_CASES
+            ]
+        )
+        loop.run(
+            router.apply(
+                spec.model_copy(update={"flags": HostFlags(stickiness="cookie:uid", document=off)})
+            )
+        )
+        everything_off = "; ".join(f"{n}=off" for n in sorted(n for n, _ in FLAGS_CASES))
+        wait_for(lambda: seen("u-1") == everything_off, timeout=10, interval=0.1)
+        # no flags any more: no header
+        loop.run(router.apply(spec.model_copy(update={"flags": None})))
+        wait_for(lambda: seen("u-1") is None, timeout=10, interval=0.1)
+    loop.run(router.remove(spec.app))

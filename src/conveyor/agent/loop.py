@@ -132,10 +132,14 @@ class Reconciler:
 
     def set_desired(self, desired: DesiredState) -> None:
         self.desired = desired
+        self.save_desired(desired)
+        self.wake.set()
+
+    def save_desired(self, desired: DesiredState) -> None:
+        """Keep the desired state on disk (a restarted agent serves it without the server)."""
         # sealed: it holds the service env and the secrets of every release
         sealer = agent_sealer(self._desired_path.parent)
         _write_atomic(self._desired_path, sealer.seal(desired.model_dump_json()))
-        self.wake.set()
 
     def _save_routes(self) -> None:
         _write_atomic(
@@ -186,12 +190,14 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # cleared before the tick: a desired state that arrives during it wakes the next
+            # one at once (cleared after, it waited for the timeout)
+            self.wake.clear()
             try:
                 await self.tick()
             except Exception as exc:
                 log.exception("reconcile tick failed")
                 self.errors = [f"reconcile failed: {exc}"]
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=0.5)
 

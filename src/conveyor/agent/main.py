@@ -177,7 +177,10 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
             backoff = RETRY_FIRST
             if reconciler.desired is None or desired.generation != reconciler.desired.generation:
                 log.info("desired state", extra={"generation": desired.generation})
-                reconciler.set_desired(desired)
+                # acted on at once, kept on disk meanwhile (its fsync off the loop)
+                reconciler.desired = desired
+                reconciler.wake.set()
+                await asyncio.to_thread(reconciler.save_desired, desired)
         except VersionRefused:
             stop.set()  # the agent stops (instances keep running) and says why
             raise

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOpt, TokenOpt, fail
 from conveyor.cli.deploy import AppArg, EnvArg
 from conveyor.cli.render import bare, out, print_json, when
 from conveyor.client import wire
+from conveyor.config.durations import parse_duration
 from conveyor.flags.definition import describe
-from conveyor.protocol.flags import FlagChange, FlagConstraint, FlagDetail
+from conveyor.protocol.flags import FlagChange, FlagConstraint, FlagDetail, GuardedRolloutStart
 
 flags_cli = typer.Typer(
     help="Feature flags per app and environment: switched at runtime, never deployed.",
@@ -75,9 +77,21 @@ def flag_show(
     _said(detail, False)
     if detail.description:
         out.print(f"  {detail.description}")
+    r = detail.rollout
+    if r is not None:
+        steps = ",".join(map(str, r.steps))
+        out.print(
+            f"  guarded rollout {r.state}: step {r.step + 1} of {len(r.steps)} "
+            f"({r.steps[r.step]}%; steps {steps}%, {r.step_pause:g} s each)"
+            + (f": {r.reason}" if r.reason else "")
+        )
+        if r.judgement is not None:
+            out.print(f"  judge: {r.judgement.verdict}, {r.judgement.requests} requests on")
     for change in reversed(detail.history):
         before = describe(change.before) if change.before else "(created)"
         out.print(f"  {when(change.at)}  {change.by}: {before} -> {describe(change.after)}")
+        for line in (change.note or "").splitlines():
+            out.print(f"      {line}")
 
 
 @flags_cli.command("on")
@@ -113,21 +127,61 @@ def flag_rollout(
     app_name: AppArg,
     env: EnvArg,
     name: NameArg,
-    percent: Annotated[int, typer.Argument(metavar="PERCENT", help="0 to 100.")],
+    percent: Annotated[
+        int | None, typer.Argument(metavar="[PERCENT]", help="0 to 100 (or --steps).")
+    ] = None,
     stickiness: Annotated[
         str | None,
         typer.Option(help="The context field users are hashed by (default: the user id)."),
     ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="A guarded rollout through these rising percentages, e.g. 5,25,50,100: "
+            "each step judged (on against off), a regression turns the flag off."
+        ),
+    ] = None,
+    step_pause: Annotated[
+        str, typer.Option(help="How long each step of --steps lasts at least: 30s, 10m, 1h.")
+    ] = "10m",
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the share of users a flag is on for (the same users stay in as it grows)."""
+    """Set the share of users a flag is on for (the same users stay in as it grows), or
+    raise it step by step under the judge's watch (--steps)."""
+    client = Client(server, token, ca)
+    if steps is not None:
+        if percent is not None:
+            fail("give PERCENT or --steps, not both", 2)
+        if stickiness is not None:
+            _change(app_name, env, name, FlagChange(stickiness=stickiness), server, token, ca)
+        start = guarded_start(steps, step_pause)
+        _said(client.start_guarded_rollout(app_name, env, name, start), as_json)
+        return
+    if percent is None:
+        fail("give the rollout PERCENT (0-100) or --steps 5,25,50,100", 2)
     if not 0 <= percent <= 100:
         fail(f"rollout percentage {percent} is outside 0-100", 2)
     change = FlagChange(rollout=percent, stickiness=stickiness)
     _said(_change(app_name, env, name, change, server, token, ca), as_json)
+
+
+def guarded_start(steps: str, step_pause: str) -> GuardedRolloutStart:
+    """`--steps 5,25,50,100 --step-pause 10m` as the API's body; exits naming a bad one."""
+    try:
+        pause = parse_duration(step_pause)
+    except ValueError as exc:
+        fail(f"--step-pause {step_pause!r}: {exc}", 2)
+    try:
+        percents = [int(p) for p in steps.split(",") if p.strip()]
+    except ValueError:
+        fail(f"--steps {steps!r}: expected rising percentages like 5,25,50,100", 2)
+    try:
+        return GuardedRolloutStart(steps=percents, step_pause=pause)
+    except ValidationError as exc:
+        fail("; ".join(str(e["msg"]) for e in exc.errors()), 2)
 
 
 def parse_where(text: str) -> FlagConstraint:

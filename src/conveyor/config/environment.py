@@ -239,20 +239,3 @@ class Environment(Section):
         if problems:
             raise invalid(problems)
         return steps
-
-    @model_validator(mode="after")
-    def _analysis_is_used(self) -> Environment:
-        # The canary judge and the post-deploy monitor are the only readers of analysis;
-        # thresholds nothing reads would give a false sense of safety.
-        if self.analysis is not None and self.strategy != "canary" and not self.monitor:
-            raise invalid(
-                [
-                    (
-                        ("analysis", KEY),
-                        "analysis is only used by strategy: canary or a monitor period; "
-                        "expected strategy: canary or monitor: (like 15m)",
-                        None,
-                    )
-                ]
-            )
-        return self

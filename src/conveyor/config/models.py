@@ -284,6 +284,22 @@ class Config(Section):
                     message = f"{key!r} is both in env and in service.secrets; expected one"
                     problems.append((("environments", env_name, "env", key, KEY), message, key))
         for env_name, env in self.environments.items():
+            # the canary judge, the post-deploy monitor and guarded flag rollouts (which
+            # need the routers' flags) read analysis: thresholds nothing reads would give
+            # a false sense of safety
+            if (
+                env.analysis is not None
+                and env.strategy != "canary"
+                and not env.monitor
+                and self.flags.stickiness is None
+            ):
+                message = (
+                    "analysis is only used by strategy: canary or a monitor period (or guarded "
+                    "flag rollouts, with flags.stickiness); expected strategy: canary or "
+                    "monitor: (like 15m)"
+                )
+                problems.append((("environments", env_name, "analysis", KEY), message, None))
+        for env_name, env in self.environments.items():
             got = effective_routing(self.service, env)
             if not got.domains and (got.path_prefix or got.strip_prefix):
                 message = (

@@ -56,7 +56,9 @@ def host_flags(session: Session, app: App, environment: str | None) -> HostFlags
     if environment is None or config is None or config.flags.stickiness is None:
         return None
     return HostFlags(
-        stickiness=config.flags.stickiness, document=document(session, app, environment)
+        stickiness=config.flags.stickiness,
+        document=document(session, app, environment),
+        guarded=store.guarded_names(session, app.id, environment),
     )
 
 
@@ -70,3 +72,12 @@ def hosts_serving(session: Session, app: App, environment: str) -> list[Host]:
             .order_by(Host.name)
         ).all()
     )
+
+
+def hosts_woken(session: Session, app: App, environment: str) -> list[str]:
+    """Before committing a flag change: the hosts to wake once it is committed (their
+    desired state's generation is raised in the same transaction)."""
+    hosts = hosts_serving(session, app, environment)
+    for host in hosts:
+        host.generation += 1
+    return [h.name for h in hosts]

@@ -41,6 +41,7 @@ class FlagSet:
     """The flags of a features document, ready to answer `is_enabled` and `variant`."""
 
     def __init__(self, document: ClientFeatures, rng: Random = random_stickiness) -> None:
+        self.document = document
         self.features = {f.name: f for f in document.features}
         self.segments = {s.id: s.constraints for s in document.segments}
         self.rng = rng

@@ -8,12 +8,16 @@ request it relays. The flags' document reaches it in the host's desired state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
+from .compiled import FastLine, Unsupported, compile_document
 from .context import Context
 from .evaluate import FlagSet
 
 FLAGS_HEADER = "X-Conveyor-Flags"
+_PREFIX = FLAGS_HEADER.encode() + b": "
 SOURCES = ("cookie", "header")
 
 
@@ -27,16 +31,30 @@ def parse_source(text: str) -> tuple[str, str]:
     return kind, name.strip()
 
 
-def header_value(flags: FlagSet, context: Context) -> str:
-    """`new-checkout=on; search=variant-b`: every flag, by name, on/off or its variant."""
-    answers = []
+def answers(flags: FlagSet, context: Context) -> list[str]:
+    """`new-checkout=on`, `search=variant-b`: every flag by name, on/off or its variant."""
+    out = []
     for name in sorted(flags.features):
         variant = flags.variant(name, context)
         if variant.enabled:
-            answers.append(f"{name}={variant.name}")
+            out.append(f"{name}={variant.name}")
         else:
-            answers.append(f"{name}={'on' if variant.feature_enabled else 'off'}")
-    return "; ".join(answers)
+            out.append(f"{name}={'on' if variant.feature_enabled else 'off'}")
+    return out
+
+
+def header_value(flags: FlagSet, context: Context) -> str:
+    """`new-checkout=on; search=variant-b`: every flag, by name, on/off or its variant."""
+    return "; ".join(answers(flags, context))
+
+
+class Observer(Protocol):
+    """What counts a request's outcome (the router's counters of a flag's answer)."""
+
+    def observe(self, status: int, latency: float) -> None: ...
+
+
+NO_OBSERVERS: tuple[Observer, ...] = ()
 
 
 def _cookie_value(cookie: bytes, key: bytes) -> bytes | None:
@@ -61,22 +79,39 @@ class RequestFlags:
     """A router's flags for one app: the header line to add to each proxied request.
 
     A user's line is kept until the flags change (a new RequestFlags): the answer depends
-    on the user id alone, unless a constraint compares dates with the clock.
+    on the user id alone, unless a constraint compares dates with the clock. With
+    `guarded` flags (under a guarded rollout) and `counters` (the router's counters of
+    one answer, `name=on`), each request also gets the counters its answers are counted in.
     """
 
-    def __init__(self, stickiness: str, flags: FlagSet) -> None:
+    def __init__(
+        self,
+        stickiness: str,
+        flags: FlagSet,
+        guarded: Iterable[str] = (),
+        counters: Callable[[str], Observer] | None = None,
+        source: object = None,
+    ) -> None:
         kind, name = parse_source(stickiness)
         self.from_cookie = kind == "cookie"
         self.key = name.encode("latin-1") + b"=" if self.from_cookie else b""
         self.header = name.lower().encode("latin-1")
         self.flags = flags
+        self.source = source  # what it was made from (the router keeps it while unchanged)
         self.cacheable = not any(
             c.operator.startswith("DATE_")
             for f in flags.features.values()
             for s in f.strategies
             for c in s.constraints
         )
-        self._lines: dict[str, bytes] = {}
+        self.guarded = frozenset(guarded) if counters is not None else frozenset()
+        self._counters = counters
+        # users' answers, the oldest dropped first once CACHED_USERS are kept
+        self._lines: OrderedDict[str, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
+        try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
+            self._fast: FastLine | None = FastLine(compile_document(flags.document))
+        except Unsupported:
+            self._fast = None
 
     def user(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> str | None:
         if self.from_cookie:
@@ -85,18 +120,38 @@ class RequestFlags:
             found = next((v.strip() for n, v in headers if n.lower() == self.header), None)
         return found.decode("latin-1") if found else None
 
-    def _line(self, user: str | None) -> bytes:
-        value = header_value(self.flags, Context(user_id=user))
-        return f"{FLAGS_HEADER}: {value}\r\n".encode("latin-1", "replace")
+    def _answer(self, user: str | None) -> tuple[bytes, tuple[Observer, ...]]:
+        fast = self._fast
+        if fast is not None and user:
+            value = fast.line(user)
+            line = _PREFIX + value + b"\r\n"
+            if not self.guarded or self._counters is None:
+                return line, NO_OBSERVERS
+            found = value.decode().split("; ")
+        else:
+            found = answers(self.flags, Context(user_id=user))
+            line = f"{FLAGS_HEADER}: {'; '.join(found)}\r\n".encode("latin-1", "replace")
+            if not self.guarded or self._counters is None:
+                return line, NO_OBSERVERS
+        counted = self._counters
+        return line, tuple(counted(a) for a in found if a.partition("=")[0] in self.guarded)
+
+    def answer(
+        self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None
+    ) -> tuple[bytes, tuple[Observer, ...]]:
+        """`X-Conveyor-Flags: …\\r\\n` for a request with these headers, and the counters
+        of its guarded flags' answers."""
+        user = self.user(headers, cookie)
+        if user is None or not self.cacheable:
+            return self._answer(user)  # no user: the SDKs' random stickiness, never kept
+        lines = self._lines
+        found = lines.get(user)
+        if found is None:
+            if len(lines) >= CACHED_USERS:
+                lines.popitem(last=False)
+            found = lines[user] = self._answer(user)
+        return found
 
     def line(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> bytes:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers."""
-        user = self.user(headers, cookie)
-        if user is None or not self.cacheable:
-            return self._line(user)  # no user: the SDKs' random stickiness, never kept
-        found = self._lines.get(user)
-        if found is None:
-            if len(self._lines) >= CACHED_USERS:
-                self._lines.clear()
-            found = self._lines[user] = self._line(user)
-        return found
+        return self.answer(headers, cookie)[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from sqlalchemy.orm import Session, object_session
 from conveyor.config import Config, ConfigError, HostsCommand, Notify, load_config
 from conveyor.notify.messages import (
     DeploymentFacts,
+    FlagStopFacts,
     Message,
     RollbackFacts,
     RunFacts,
     approval_needed,
     deployment_ended,
+    flag_stopped,
     recipients,
     run_failed,
 )
@@ -70,7 +73,20 @@ class Announcer:
         """A run reached its end state (in the session that records it)."""
         self._guarded(self._run_ended, session, run, run=run.id)
 
+    def flag_stopped(self, session: Session, app: App, rollout_id: int, f: FlagStopFacts) -> None:
+        """A guarded rollout's flag was turned off by the judge (in the session that
+        records it); the link and the release serving are filled in here."""
+        self._guarded(self._flag_stopped, session, app, rollout_id, f, rollout=rollout_id)
+
     # -- what to say ------------------------------------------------------------
+
+    def _flag_stopped(self, session: Session, app: App, rollout_id: int, f: FlagStopFacts) -> None:
+        config = _latest_config(session, app.id)
+        release = serving_release(session, app.id, f.environment)
+        row = session.get(Release, release) if release is not None else None
+        link = f"{self.public_url}/apps/{app.name}/environments/{f.environment}/flags"
+        facts = replace(f, link=link, release=release, sha=row.sha if row else None)
+        self._queue(session, app, f"flag-rollout:{rollout_id}:stop", flag_stopped(facts), config)
 
     def _deployment_ended(self, d: Deployment) -> None:
         session = _session_of(d)

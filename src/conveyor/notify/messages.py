@@ -227,6 +227,41 @@ def _failed(f: DeploymentFacts) -> Message:
     return Message(kinds, title, _body(lines))
 
 
+@dataclass(frozen=True)
+class FlagStopFacts:
+    """A guarded rollout of a flag the judge stopped (the flag turned off everywhere)."""
+
+    app: str
+    environment: str
+    flag: str
+    percent: int  # the step it was stopped at
+    hosts: Sequence[str]
+    release: str | None  # what the environment serves
+    sha: str | None
+    reason: str  # the judge's failed checks
+    link: str
+    started_by: str
+
+
+def flag_stopped(f: FlagStopFacts) -> Message:
+    """A rolled-back deployment's message, for a flag: the same labelled lines."""
+    hosts = ", ".join(f.hosts) or "no host"
+    release = "none serving" if f.release is None else f.release
+    if f.release is not None and f.sha:
+        release = _release(f.release, f.sha)
+    lines = {
+        "What": f"guarded rollout of flag {f.flag} failed at {f.percent}% and the flag was "
+        f"turned off (started by {f.started_by})",
+        "Where": f"app {f.app}, environment {f.environment}, hosts {hosts}",
+        "Release": release,
+        "Why": f.reason,
+        "Done": f"turned {f.flag} off for everyone on {hosts}",
+        "Link": f.link,
+    }
+    title = f"{f.app} {f.environment}: flag {f.flag} failed at {f.percent}% and was turned off"
+    return Message(frozenset({"failure", "rollback"}), title, _body(lines))
+
+
 # -- pieces ---------------------------------------------------------------
 
 

@@ -96,6 +96,10 @@ class HostFlags(Wire):
 
     stickiness: str = Field(description="cookie:NAME or header:NAME")
     document: ClientFeatures
+    guarded: list[str] = Field(
+        default_factory=list,
+        description="flags under a guarded rollout: the router counts requests per answer",
+    )
 
 
 class DesiredApp(Wire):

@@ -7,10 +7,12 @@ the Unleash document the SDKs read. Bad input is refused here, naming the proble
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from .deployments import Judgement
 from .unleash import OPERATORS
 from .wire import Timestamp, Wire
 
@@ -131,10 +133,63 @@ class FlagChangeOut(Wire):
     by: str
     before: FlagState | None
     after: FlagState
+    note: str | None = Field(
+        default=None, description="why, for a guarded rollout's change (the judge's evidence)"
+    )
+
+
+# a step lasts at least a second and at most a day
+MIN_STEP_PAUSE = 1.0
+MAX_STEP_PAUSE = 86400.0
+
+
+class GuardedRolloutStart(Wire):
+    """A guarded rollout: the percentages to go through, and how long each step lasts."""
+
+    steps: list[Percentage] = Field(description="rising percentages, e.g. [5, 25, 50, 100]")
+    step_pause: float = Field(description="seconds each step lasts at least (judged meanwhile)")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, steps: list[int]) -> list[int]:
+        if not steps:
+            raise ValueError("no steps; expected rising percentages like 5,25,50,100")
+        if any(b <= a for a, b in pairwise(steps)) or steps[0] <= 0:
+            shown = ",".join(map(str, steps))
+            raise ValueError(f"steps {shown} do not rise; expected e.g. 5,25,50,100")
+        return steps
+
+    @field_validator("step_pause")
+    @classmethod
+    def _pause(cls, pause: float) -> float:
+        if not MIN_STEP_PAUSE <= pause <= MAX_STEP_PAUSE:
+            raise ValueError(
+                f"step pause {pause:g} s is outside 1 s to 1 day; expected e.g. 600 (10m)"
+            )
+        return pause
+
+
+class GuardedRolloutOut(Wire):
+    """A guarded rollout as it stands: its step and the judge's last word."""
+
+    id: int
+    steps: list[int]
+    step_pause: float
+    step: int = Field(description="index of the current step in `steps`")
+    step_started_at: Timestamp
+    state: str = Field(description="running | completed | stopped | cancelled")
+    judgement: Judgement | None = None
+    reason: str | None = None
+    started_by: str
+    started_at: Timestamp
+    ended_at: Timestamp | None = None
 
 
 class FlagDetail(FlagOut):
     history: list[FlagChangeOut] = Field(default_factory=list)
+    rollout: GuardedRolloutOut | None = Field(
+        default=None, description="the flag's last guarded rollout, if any"
+    )
 
 
 class FlagTokenCreate(Wire):

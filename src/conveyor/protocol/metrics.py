@@ -88,6 +88,11 @@ class ReleaseCounters(Wire):
 class AppMetrics(Wire):
     app: str
     releases: dict[str, ReleaseCounters] = {}
+    flags: dict[str, ReleaseCounters] = Field(
+        default={},
+        description="per guarded flag and its answer (`new-checkout=on`, `…=off`, `…=b`): "
+        "the requests the router evaluated it for",
+    )
 
 
 class RouterMetrics(Wire):

@@ -14,6 +14,7 @@ from httptools import (
     HttpRequestParser,
 )
 
+from conveyor.flags.header import NO_OBSERVERS
 from conveyor.hostroutes import strip_url
 from conveyor.router.exchange import PENDING_MAX, Exchange, error_response
 from conveyor.router.redirect import ACME_PATH, acme_answer, https_redirect
@@ -318,9 +319,11 @@ class ClientConnection(asyncio.Protocol):
             cookie_release = app.cookie_release(req.cookie)
         preview = req.preview
         head = req.head
+        flagged = NO_OBSERVERS
         if app.flags is not None:
             # the flags' answers for this request's user, as the head's last header
-            head = head[:-2] + app.flags.line(self.headers, req.cookie) + b"\r\n"
+            line, flagged = app.flags.answer(self.headers, req.cookie)
+            head = head[:-2] + line + b"\r\n"
         ex = Exchange(
             self,
             method,
@@ -333,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
             cookie_release,
             None if preview is None else preview.strip().decode("latin-1"),
         )
+        ex.flagged = flagged
         self._enqueue(ex)
 
     def _pick(self, shared: SharedPort, url: bytes) -> bytes:

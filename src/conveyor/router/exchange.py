@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+from conveyor.flags.header import NO_OBSERVERS, Observer
 from conveyor.router.backend import BackendConnection
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Exchange:
         "cookie_release",
         "counters",
         "finished",
+        "flagged",
         "head",
         "head_request",
         "http10",
@@ -118,6 +120,8 @@ class Exchange:
         self.sent_size = 0
         self.upstream: Upstream | None = None
         self.counters: Counters | None = None
+        # the counters of this request's guarded flags' answers (flags.header.RequestFlags)
+        self.flagged: tuple[Observer, ...] = NO_OBSERVERS
         self.backend: BackendConnection | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.tried: list[Upstream] | None = None
@@ -360,7 +364,10 @@ class Exchange:
             counters.in_flight -= 1
         if not self.tunneling:
             # A tunnel was counted when it opened; its end is no new response.
-            counters.observe(status, time.monotonic() - self.start)
+            latency = time.monotonic() - self.start
+            counters.observe(status, latency)
+            for flagged in self.flagged:
+                flagged.observe(status, latency)
         self.client.exchange_done(self)
 
     def client_gone(self) -> None:

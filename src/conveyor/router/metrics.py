@@ -64,6 +64,8 @@ class MetricsRegistry:
     def __init__(self, started_at: float) -> None:
         self.started_at = started_at
         self.apps: dict[str, dict[str, Counters]] = {}
+        # per app, per guarded flag's answer ("new-checkout=on"): kept across flag changes
+        self.flags: dict[str, dict[str, Counters]] = {}
 
     def counters(self, app: str, release: str) -> Counters:
         releases = self.apps.get(app)
@@ -74,7 +76,16 @@ class MetricsRegistry:
             counters = releases[release] = Counters()
         return counters
 
+    def flag_counters(self, app: str, answer: str) -> Counters:
+        """The counters of one answer of a guarded flag (`name=on`, `name=off`, `name=b`)."""
+        answers = self.flags.setdefault(app, {})
+        counters = answers.get(answer)
+        if counters is None:
+            counters = answers[answer] = Counters()
+        return counters
+
     def snapshot(self) -> RouterMetrics:
+        flags = self.flags
         return RouterMetrics(
             backend="embedded",
             started_at=self.started_at,
@@ -82,6 +93,7 @@ class MetricsRegistry:
                 app: AppMetrics(
                     app=app,
                     releases={release: c.snapshot() for release, c in releases.items()},
+                    flags={k: c.snapshot() for k, c in flags.get(app, {}).items()},
                 )
                 for app, releases in self.apps.items()
             },

@@ -33,7 +33,7 @@ class App:
         self.balancer = Balancer([])
         self.connections: set[ClientConnection] = set()
         self.sticky = spec.sticky
-        self.flags = _flags(spec)
+        self.flags = _flags(spec, metrics)
         self.cookie_name = f"conveyor_release_{spec.app}"
         self._cookie_key = self.cookie_name.encode() + b"="
         self.removed = False
@@ -76,7 +76,7 @@ class App:
         """Swap in the targets of a new spec; in-flight requests keep their connections."""
         self.spec = spec
         self.sticky = spec.sticky
-        self.flags = _flags(spec)
+        self.flags = _flags(spec, self.metrics, self.flags)
         fresh: dict[tuple[str, str, int], Upstream] = {}
         for target in spec.targets:
             key = (target.release, target.host, target.port)
@@ -117,8 +117,21 @@ def _key(up: Upstream) -> tuple[str, str, int]:
     return (up.release, up.host, up.port)
 
 
-def _flags(spec: RouteSpec) -> RequestFlags | None:
-    """The flags to evaluate for each request (X-Conveyor-Flags), if the app asks for it."""
+def _flags(
+    spec: RouteSpec, metrics: MetricsRegistry, current: RequestFlags | None = None
+) -> RequestFlags | None:
+    """The flags to evaluate for each request (X-Conveyor-Flags), if the app asks for it;
+    the answers of flags under a guarded rollout are counted (metrics.flag_counters).
+    Unchanged flags (a spec that changes weights) keep their users' answers."""
     if spec.flags is None:
         return None
-    return RequestFlags(spec.flags.stickiness, FlagSet(spec.flags.document))
+    if current is not None and current.source == spec.flags:
+        return current
+    app = spec.app
+    return RequestFlags(
+        spec.flags.stickiness,
+        FlagSet(spec.flags.document),
+        spec.flags.guarded,
+        lambda answer: metrics.flag_counters(app, answer),
+        source=spec.flags,
+    )

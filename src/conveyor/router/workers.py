@@ -33,29 +33,37 @@ def worker_socket(primary: Path, index: int) -> Path:
     return primary.with_name(f"{primary.name}.w{index}")
 
 
+def _summed(into: dict[str, ReleaseCounters], counters: dict[str, ReleaseCounters]) -> None:
+    for key, c in counters.items():
+        total = into.get(key)
+        if total is None:
+            into[key] = c.model_copy(deep=True)
+            continue
+        total.requests += c.requests
+        total.errors_5xx += c.errors_5xx
+        total.connect_failures += c.connect_failures
+        total.in_flight += c.in_flight
+        total.latency_sum += c.latency_sum
+        total.latency_buckets = [
+            a + b for a, b in zip(total.latency_buckets, c.latency_buckets, strict=True)
+        ]
+
+
 def sum_metrics(first: RouterMetrics, others: list[RouterMetrics]) -> RouterMetrics:
     """The counters of several processes as one router's (`started_at` is the first's)."""
     apps: dict[str, dict[str, ReleaseCounters]] = {}
+    flags: dict[str, dict[str, ReleaseCounters]] = {}
     for metrics in (first, *others):
         for name, app in metrics.apps.items():
-            releases = apps.setdefault(name, {})
-            for release, c in app.releases.items():
-                total = releases.get(release)
-                if total is None:
-                    releases[release] = c.model_copy(deep=True)
-                    continue
-                total.requests += c.requests
-                total.errors_5xx += c.errors_5xx
-                total.connect_failures += c.connect_failures
-                total.in_flight += c.in_flight
-                total.latency_sum += c.latency_sum
-                total.latency_buckets = [
-                    a + b for a, b in zip(total.latency_buckets, c.latency_buckets, strict=True)
-                ]
+            _summed(apps.setdefault(name, {}), app.releases)
+            _summed(flags.setdefault(name, {}), app.flags)
     return RouterMetrics(
         backend=first.backend,
         started_at=first.started_at,
-        apps={name: AppMetrics(app=name, releases=rel) for name, rel in apps.items()},
+        apps={
+            name: AppMetrics(app=name, releases=rel, flags=flags.get(name, {}))
+            for name, rel in apps.items()
+        },
     )
 
 

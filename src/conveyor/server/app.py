@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor import __version__
 from conveyor.deploy.desired import Notifier
+from conveyor.deploy.flagrollouts import FlagRollouts
 from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
 from conveyor.notify import Announcer, Courier
@@ -113,6 +114,7 @@ def create_app(
     deployer = DeployEngine(
         background, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
     )
+    guard = FlagRollouts(background, notifier, announcer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +136,7 @@ def create_app(
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
             asyncio.create_task(courier.serve(), name="courier"),
+            asyncio.create_task(guard.serve(), name="flag-rollouts"),
         ]
         try:
             yield
@@ -143,6 +146,7 @@ def create_app(
             await deployer.stop()
             await engine.stop()
             await courier.stop()
+            await guard.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -161,6 +165,7 @@ def create_app(
     api.state.deployer = deployer
     api.state.notifier = notifier
     api.state.courier = courier
+    api.state.flag_rollouts = guard
     for module in (
         apps,
         runs,

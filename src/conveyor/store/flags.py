@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.protocol.flags import FlagChangeOut, FlagState, FlagVariant
-from conveyor.store.models import Flag, FlagChange, FlagToken, utcnow
+from conveyor.protocol.deployments import Judgement
+from conveyor.protocol.flags import FlagChangeOut, FlagState, FlagVariant, GuardedRolloutOut
+from conveyor.store.models import Flag, FlagChange, FlagRollout, FlagToken, utcnow
+
+RUNNING = "running"
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,12 @@ def save(
     by: str,
     *,
     created: bool = False,
+    note: str | None = None,
 ) -> Flag:
     """Store a flag's new state and a line of history (not committed).
 
-    `created`: the flag did not exist before (its history's `before` is empty).
+    `created`: the flag did not exist before (its history's `before` is empty); `note`:
+    why, when a guarded rollout changed it.
     """
     row = entry.row
     before = None if created else entry.state.model_dump_json()
@@ -95,7 +100,7 @@ def save(
         row.state = after.model_dump_json()
         row.updated_by = by
         row.updated_at = utcnow()
-    row.changes.append(FlagChange(by=by, before=before, after=after.model_dump_json()))
+    row.changes.append(FlagChange(by=by, before=before, after=after.model_dump_json(), note=note))
     return row
 
 
@@ -108,9 +113,50 @@ def history(row: Flag | None) -> list[FlagChangeOut]:
             by=c.by,
             before=None if c.before is None else FlagState.model_validate_json(c.before),
             after=FlagState.model_validate_json(c.after),
+            note=c.note,
         )
         for c in row.changes
     ]
+
+
+def running_rollout(row: Flag | None) -> FlagRollout | None:
+    """The flag's guarded rollout under way, if any."""
+    if row is None:
+        return None
+    return next((r for r in row.rollouts if r.state == RUNNING), None)
+
+
+def guarded_names(session: Session, app_id: int, environment: str) -> list[str]:
+    """The flags of an environment under a guarded rollout (the routers count them)."""
+    return sorted(
+        session.scalars(
+            select(Flag.name)
+            .join(FlagRollout)
+            .where(
+                Flag.app_id == app_id,
+                Flag.environment == environment,
+                FlagRollout.state == RUNNING,
+            )
+        ).all()
+    )
+
+
+def rollout_out(rollout: FlagRollout | None) -> GuardedRolloutOut | None:
+    if rollout is None:
+        return None
+    return GuardedRolloutOut(
+        id=rollout.id,
+        steps=json.loads(rollout.steps),
+        step_pause=rollout.step_pause,
+        step=rollout.step,
+        step_started_at=rollout.step_started_at,
+        state=rollout.state,
+        judgement=(Judgement.model_validate_json(rollout.judgement) if rollout.judgement else None),
+        reason=rollout.reason,
+        started_by=rollout.started_by,
+        started_at=rollout.started_at,
+        ended_at=rollout.ended_at,
+    )
 
 
 def token_scope(session: Session, digest: str) -> FlagToken | None:

@@ -394,6 +394,9 @@ class Flag(Base):
     changes: Mapped[list[FlagChange]] = relationship(
         back_populates="flag", cascade="all, delete-orphan", order_by="FlagChange.id"
     )
+    rollouts: Mapped[list[FlagRollout]] = relationship(
+        back_populates="flag", cascade="all, delete-orphan", order_by="FlagRollout.id"
+    )
 
 
 class FlagChange(Base):
@@ -407,8 +410,37 @@ class FlagChange(Base):
     by: Mapped[str] = mapped_column(String(100))
     before: Mapped[str | None] = mapped_column(Text, default=None)
     after: Mapped[str] = mapped_column(Text)
+    # why, when it was not a person's change (a guarded rollout's step, the judge's evidence)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
 
     flag: Mapped[Flag] = relationship(back_populates="changes")
+
+
+class FlagRollout(Base):
+    """A guarded rollout of a flag: its percentage raised step by step, each step judged.
+
+    The server drives it (deploy/flagrollouts.py) from this record, so a restarted
+    server continues where it was: the step, when it began, the judge's state.
+    """
+
+    __tablename__ = "flag_rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
+    steps: Mapped[str] = mapped_column(Text)  # JSON list of percentages
+    step_pause: Mapped[float] = mapped_column()  # seconds each step lasts at least
+    step: Mapped[int] = mapped_column(Integer, default=0)  # index into steps
+    step_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # running | completed | stopped (the judge: a regression) | cancelled (a person)
+    state: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    judge: Mapped[str | None] = mapped_column(Text, default=None)  # JudgeState as JSON
+    judgement: Mapped[str | None] = mapped_column(Text, default=None)  # the judge's last word
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    started_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    flag: Mapped[Flag] = relationship(back_populates="rollouts")
 
 
 class FlagToken(Base):

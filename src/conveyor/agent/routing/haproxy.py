@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from conveyor.agent.routing import haproxy_flags
 from conveyor.agent.routing.haproxy_certs import (
     prune_certificates,
     set_challenges,
@@ -277,6 +278,7 @@ class HAProxyRouter:
                 tls_port=spec.tls.port if spec.tls else None,
                 tls_cert=cert_digest(pem) if pem is not None else "",
                 redirect_http=spec.tls.redirect_http if spec.tls else True,
+                flags=haproxy_flags.program(spec),
             )
             if app.domains:
                 check_claims(app, self.state.apps)
@@ -315,6 +317,8 @@ class HAProxyRouter:
                     await swap_certificate(self.paths.admin_sock, cert, pem)
                     write_atomic(cert, pem.decode(errors="replace"))
                 await self._steer(current, app)
+                if current.flags != app.flags and not await self._flags(app):
+                    await self._reconfigure({**self.state.apps, spec.app: app})
             self.state.apps[spec.app] = app
             self._sinks.clear()
             write_maps(app, self.paths)
@@ -382,6 +386,16 @@ class HAProxyRouter:
             await replace_map(self.paths, previews_map, after)
         for command in down:
             await runtime(self.paths, command)
+
+    async def _flags(self, app: AppState) -> bool:
+        """New flags through the Runtime API; False if the running HAProxy has no flags map
+        for the app (a configuration written before flags were): it takes a reload."""
+        path = haproxy_flags.flags_map(self.paths.maps, app.app)
+        try:
+            await replace_map(self.paths, path, haproxy_flags.entries(app.flags))
+        except RouterError:
+            return False
+        return True
 
     def _write_config(self, apps: dict[str, AppState]) -> None:
         for app in apps.values():

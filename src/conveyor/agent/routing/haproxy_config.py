@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.agent.routing import haproxy_flags
 from conveyor.agent.routing.haproxy_hosts import (
     route_entries,
     routes_map,
@@ -162,6 +163,7 @@ def render_config(
         f"    stats socket {paths.admin_sock} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
         f"    log 127.0.0.1:{log_port} len 1024 format raw local0 info",
+        *haproxy_flags.global_lines(),
         # An old worker after a reload lives until its requests end, at most this long.
         f"    hard-stop-after {int(max(longest_drain, 30.0)) + 30}s",
         "",
@@ -239,6 +241,7 @@ def _backend(app: AppState, paths: Paths) -> list[str]:
         f"backend {backend_name(app.app)}",
         "    balance roundrobin",
         *strip_lines(app),
+        *haproxy_flags.backend_lines(paths.maps, app.app),
         # METH_GET is GET and HEAD; other methods may not be idempotent.
         "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS",
         # Previews: the named release's slot whatever its weight, else a 503. Never another
@@ -359,10 +362,14 @@ def write_maps(app: AppState, paths: Paths) -> None:
     write_atomic(paths.slots_map(app.app), map_lines(slot_releases(app)))
     write_atomic(paths.pins_map(app.app), map_lines(pins(app, PIN_SPREAD)))
     write_atomic(paths.previews_map(app.app), map_lines(previews(app, PIN_SPREAD)))
+    write_atomic(
+        haproxy_flags.flags_map(paths.maps, app.app), map_lines(haproxy_flags.entries(app.flags))
+    )
 
 
 def remove_maps(app: str, paths: Paths) -> None:
-    for path in (paths.slots_map(app), paths.pins_map(app), paths.previews_map(app)):
+    flags = haproxy_flags.flags_map(paths.maps, app)
+    for path in (paths.slots_map(app), paths.pins_map(app), paths.previews_map(app), flags):
         path.unlink(missing_ok=True)
 
 

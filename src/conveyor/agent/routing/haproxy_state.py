@@ -70,6 +70,7 @@ class AppState(_Model):
     tls_port: int | None = None
     tls_cert: str = ""
     redirect_http: bool = True
+    flags: str = ""  # the compiled flags the Lua action reads (agent.routing.haproxy_flags)
 
     def slot(self, name: str) -> Slot | None:
         return next((s for s in self.slots if s.name == name), None)

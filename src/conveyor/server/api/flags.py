@@ -10,7 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from conveyor.deploy.flagstate import declared, hosts_serving, newest_config
+from conveyor.deploy.flagrollouts import begin, cancel
+from conveyor.deploy.flagstate import declared, hosts_woken, newest_config
 from conveyor.flags.definition import changed
 from conveyor.protocol.flags import (
     FlagChange,
@@ -20,6 +21,7 @@ from conveyor.protocol.flags import (
     FlagState,
     FlagTokenCreate,
     FlagTokenCreated,
+    GuardedRolloutStart,
 )
 from conveyor.server.api.deployments import _check_environment
 from conveyor.server.auth import Deployer, Viewer, hash_token, new_token
@@ -71,16 +73,19 @@ def _out(app: App, env: str, entry: store.Entry) -> FlagOut:
 
 def _commit_and_wake(session: Session, request: Request, app: App, env: str) -> None:
     """Commit a change; the hosts serving the environment get the new flags (long-poll)."""
-    hosts = hosts_serving(session, app, env)
-    for host in hosts:
-        host.generation += 1
+    hosts = hosts_woken(session, app, env)
     session.commit()
     for host in hosts:
-        request.app.state.notifier.changed(host.name)
+        request.app.state.notifier.changed(host)
 
 
 def _detail(app: App, env: str, entry: store.Entry) -> FlagDetail:
-    return FlagDetail(**_out(app, env, entry).model_dump(), history=store.history(entry.row))
+    last = entry.row.rollouts[-1] if entry.row is not None and entry.row.rollouts else None
+    return FlagDetail(
+        **_out(app, env, entry).model_dump(),
+        history=store.history(entry.row),
+        rollout=store.rollout_out(last),
+    )
 
 
 @router.get(FLAGS, responses=responses(404))
@@ -131,9 +136,36 @@ def change_flag(
     app, entry = _entry(session, name, env, flag)
     after = changed(entry.state, body)
     if after != entry.state:
+        # a person's change ends the flag's guarded rollout under way: they took over
+        cancel(session, entry.row, f"{caller.name} changed the flag")
         row = store.save(session, app.id, env, entry, after, caller.name)
         _commit_and_wake(session, request, app, env)
         entry = store.Entry(entry.name, entry.description, entry.declared, after, row)
+    return _detail(app, env, entry)
+
+
+@router.post(FLAG + "/rollout", status_code=201, responses=responses(404))
+def start_guarded_rollout(
+    name: AppName,
+    env: EnvName,
+    flag: str,
+    body: GuardedRolloutStart,
+    request: Request,
+    caller: Deployer,
+    session: SessionDep,
+) -> FlagDetail:
+    """Raise a flag's percentage step by step, each step judged (on against off by the
+    canary judge); a regression turns the flag off everywhere."""
+    app, entry = _entry(session, name, env, flag)
+    begin(session, app, env, entry, body, caller.name)
+    _commit_and_wake(session, request, app, env)
+    request.app.state.flag_rollouts.wake()
+    session.expire_all()
+    return _entry_detail(session, app, env, flag)
+
+
+def _entry_detail(session: Session, app: App, env: str, flag: str) -> FlagDetail:
+    _, entry = _entry(session, app.name, env, flag)
     return _detail(app, env, entry)
 
 

@@ -1,0 +1,185 @@
+-- conveyor's flags in HAProxy: the X-Conveyor-Flags header of a request, as the embedded
+-- router gives it. The agent compiles an app's flags (conveyor.flags.compiled.encode) into
+-- one line, the value of key "p" of the app's flags map; the backend puts that line in
+-- txn.cvyflags and calls this action. A user's line is kept until the flags change.
+
+local CACHED_USERS = 65536
+local programs = {}   -- encoded line -> parsed program
+local nprograms = 0
+
+local function mul32(a, b) return (a * b) & 0xffffffff end
+local function rotl(x, r) return ((x << r) | (x >> (32 - r))) & 0xffffffff end
+
+-- murmur3 x86 32 bits, as mmh3.hash(..., signed=False)
+local function murmur3(s, seed)
+  local c1, c2 = 0xcc9e2d51, 0x1b873593
+  local h = seed & 0xffffffff
+  local len = #s
+  local nblocks = len // 4
+  for i = 0, nblocks - 1 do
+    local b1, b2, b3, b4 = s:byte(i * 4 + 1, i * 4 + 4)
+    local k = b1 | (b2 << 8) | (b3 << 16) | (b4 << 24)
+    k = mul32(rotl(mul32(k, c1), 15), c2)
+    h = rotl(h ~ k, 13)
+    h = (mul32(h, 5) + 0xe6546b64) & 0xffffffff
+  end
+  local tail, rem, k = nblocks * 4, len & 3, 0
+  if rem == 3 then k = k ~ (s:byte(tail + 3) << 16) end
+  if rem >= 2 then k = k ~ (s:byte(tail + 2) << 8) end
+  if rem >= 1 then
+    k = k ~ s:byte(tail + 1)
+    h = h ~ mul32(rotl(mul32(k, c1), 15), c2)
+  end
+  h = h ~ len
+  h = mul32(h ~ (h >> 16), 0x85ebca6b)
+  h = mul32(h ~ (h >> 13), 0xc2b2ae35)
+  return h ~ (h >> 16)
+end
+
+local function bucket(value, group, n, seed)
+  return murmur3(group .. ":" .. value, seed) % n + 1
+end
+
+local function unquote(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function split(s, sep)
+  local out = {}
+  if s == "" then return out end
+  local start = 1
+  while true do
+    local i = s:find(sep, start, true)
+    if not i then out[#out + 1] = s:sub(start); return out end
+    out[#out + 1] = s:sub(start, i - 1)
+    start = i + 1
+  end
+end
+
+local function parse(text)
+  local parts = split(text, "!")
+  local head = split(parts[1], "|")
+  local prog = { cookie = head[1] == "cookie", source = unquote(head[2]), flags = {},
+                 cache = {}, cached = 0 }
+  for i = 2, #parts do
+    local f = split(parts[i], "|")
+    local flag = { name = unquote(f[1]), enabled = f[2] == "1", users = {},
+                   always = f[4] == "1", rollout = tonumber(f[5]), by = f[6],
+                   group = unquote(f[7]), constraints = {}, variants = {}, total = 0,
+                   variant_by_user = f[10] == "1" }
+    for _, u in ipairs(split(f[3], ",")) do flag.users[unquote(u)] = true end
+    for _, c in ipairs(split(f[8], ",")) do
+      local op, inv, ci, values = c:match("^([^:]*):([01]):([01]):(.*)$")
+      local list = {}
+      for _, v in ipairs(split(values, "+")) do list[#list + 1] = unquote(v) end
+      flag.constraints[#flag.constraints + 1] =
+        { op = op, inverted = inv == "1", ci = ci == "1", values = list }
+    end
+    for _, v in ipairs(split(f[9], ",")) do
+      local name, weight = v:match("^(.*):(%d+)$")
+      flag.variants[#flag.variants + 1] = { name = unquote(name), weight = tonumber(weight) }
+      flag.total = flag.total + tonumber(weight)
+    end
+    prog.flags[#prog.flags + 1] = flag
+  end
+  return prog
+end
+
+local function satisfied(c, user)
+  local result
+  if c.op == "IN" or c.op == "NOT_IN" then
+    local found = false
+    if user then for _, v in ipairs(c.values) do if v == user then found = true end end end
+    if c.op == "IN" then result = found else result = not found end
+  elseif user == nil then
+    result = false
+  else
+    local value = user
+    if c.ci then value = value:lower() end
+    result = false
+    for _, v in ipairs(c.values) do
+      if c.ci then v = v:lower() end
+      if c.op == "STR_STARTS_WITH" then
+        if value:sub(1, #v) == v then result = true end
+      elseif c.op == "STR_ENDS_WITH" then
+        if v == "" or value:sub(-#v) == v then result = true end
+      elseif value:find(v, 1, true) then
+        result = true
+      end
+    end
+  end
+  return c.inverted ~= result
+end
+
+local function on(flag, user)
+  if flag.always or (user and flag.users[user]) then return true end
+  if flag.rollout <= 0 then return false end
+  for _, c in ipairs(flag.constraints) do
+    if not satisfied(c, user) then return false end
+  end
+  local value = user
+  if flag.by == "random" or (flag.by == "default" and not user) then
+    value = tostring(math.random(1, 100))
+  end
+  if not value then return false end
+  return bucket(value, flag.group, 100, 0) <= flag.rollout
+end
+
+local function answer(flag, user)
+  if not flag.enabled or not on(flag, user) then return flag.name .. "=off" end
+  if #flag.variants == 0 or flag.total <= 0 then return flag.name .. "=on" end
+  local value = user
+  if not (user and flag.variant_by_user) then value = tostring(math.random(1, 100)) end
+  local target = bucket(value, flag.name, flag.total, 86028157)
+  local counter = 0
+  for _, v in ipairs(flag.variants) do
+    if v.weight > 0 then
+      counter = counter + v.weight
+      if counter >= target then return flag.name .. "=" .. v.name end
+    end
+  end
+  return flag.name .. "=on"
+end
+
+local function line(prog, user)
+  local out = {}
+  for i, flag in ipairs(prog.flags) do out[i] = answer(flag, user) end
+  return table.concat(out, "; ")
+end
+
+local function user_of(txn, prog)
+  local value
+  if prog.cookie then
+    value = txn.f:req_cook(prog.source)
+    if value then value = value:gsub("^%s+", ""):gsub("%s+$", ""):gsub('^"+', ""):gsub('"+$', "") end
+  else
+    value = txn.f:req_fhdr(prog.source, 1)
+    if value then value = value:gsub("^%s+", ""):gsub("%s+$", "") end
+  end
+  if value == nil or value == "" then return nil end
+  return value
+end
+
+core.register_action("conveyor_flags", { "http-req" }, function(txn)
+  local text = txn:get_var("txn.cvyflags")
+  if text == nil or text == "" then return end
+  local prog = programs[text]
+  if prog == nil then
+    if nprograms >= 64 then programs, nprograms = {}, 0 end
+    prog = parse(text)
+    programs[text], nprograms = prog, nprograms + 1
+  end
+  local user = user_of(txn, prog)
+  local value
+  if user then
+    value = prog.cache[user]
+    if value == nil then
+      if prog.cached >= CACHED_USERS then prog.cache, prog.cached = {}, 0 end
+      value = line(prog, user)
+      prog.cache[user], prog.cached = value, prog.cached + 1
+    end
+  else
+    value = line(prog, nil)
+  end
+  txn.http:req_set_header("X-Conveyor-Flags", value)
+end)
