@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from conveyor.server import healthlane
 from conveyor.server.healthlane import HealthLane, health_request, keeps_alive
 from tests.helpers import ServerProcess, running_server, wait_for
 
@@ -135,6 +136,21 @@ def test_a_health_request_in_pieces_and_http_1_0(
         got = exchange(conn, b"GET /healthz HTTP/1.0\r\n\r\n", b'"ok"')
         assert b"\r\nconnection: close\r\n" in got
         assert conn.recv(10) == b""  # closed after it
+
+
+def test_an_idle_health_connection_is_closed_and_a_slow_request_goes_to_the_loop(
+    lane: tuple[HealthLane, asyncio.AbstractEventLoop, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, port = lane
+    monkeypatch.setattr(healthlane, "IDLE", 0.3)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        exchange(conn, H11, b'"ok"')
+        assert conn.recv(10) == b""  # closed once idle
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /heal")
+        time.sleep(healthlane.PATIENCE + 0.3)
+        got = exchange(conn, b"thz HTTP/1.1\r\n\r\n", b"\r\n\r\n")
+        assert got.startswith(b"loop got: GET /heal"), got  # uvicorn's timeouts apply
 
 
 @pytest.fixture(scope="module")

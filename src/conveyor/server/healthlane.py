@@ -20,6 +20,7 @@ Plain HTTP only: with TLS the bytes cannot be peeked at, and uvicorn listens its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -43,6 +44,8 @@ STALLED = 5.0  # seconds without a beat after which /healthz answers 503
 PEEK = 8192  # bytes looked at: a health request is far shorter
 REQUESTS = (b"GET /healthz HTTP/1.1\r\n", b"GET /healthz HTTP/1.0\r\n")
 AGAIN = 0.005  # seconds before looking again at a connection whose request is incomplete
+PATIENCE = 0.5  # seconds an incomplete request may take here before uvicorn gets it
+IDLE = 5.0  # seconds a kept-alive health connection may idle (uvicorn's keep-alive timeout)
 
 Headers = Sequence[tuple[bytes, bytes]]
 Protocols = Callable[[], asyncio.Protocol]
@@ -139,6 +142,7 @@ class HealthLane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._protocols: Protocols | None = None
         self._later: dict[socket.socket, float] = {}  # incomplete requests: look again then
+        self._since: dict[socket.socket, float] = {}  # when each connection was last heard
 
     @classmethod
     def bind(cls, host: str, port: int, backlog: int = 2048) -> HealthLane:
@@ -181,7 +185,7 @@ class HealthLane:
         sel.register(self._waker_r, selectors.EVENT_READ, "wake")
         try:
             while not self._stopping:
-                timeout = None
+                timeout = 1.0  # the idle ones are looked for each second
                 if self._later:
                     timeout = max(0.0, min(self._later.values()) - time.monotonic())
                 for key, _ in sel.select(timeout):
@@ -194,17 +198,25 @@ class HealthLane:
                     del self._later[conn]
                     sel.register(conn, selectors.EVENT_READ, "conn")
                     self._look(conn)
+                for conn in [c for c, at in self._since.items() if now - at > IDLE]:
+                    if conn not in self._later:
+                        self._drop(conn)
         except Exception:  # the lane must never take the server down with it
             log.exception("the /healthz lane failed; connections go to the event loop")
         finally:
-            for key in list(sel.get_map().values()):
-                if key.data == "conn":
-                    key.fileobj.close()  # type: ignore[union-attr]
-            for conn in self._later:
+            for conn in list(self._since):
                 conn.close()
             sel.close()
             self._waker_r.close()
             self._waker_w.close()
+
+    def _drop(self, conn: socket.socket) -> None:
+        """Forget and close a connection of the lane."""
+        self._since.pop(conn, None)
+        self._later.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        conn.close()
 
     def _accept(self) -> None:
         while True:
@@ -216,6 +228,7 @@ class HealthLane:
                 log.warning("accept failed", exc_info=True)
                 return
             conn.setblocking(False)
+            self._since[conn] = time.monotonic()
             self._selector.register(conn, selectors.EVENT_READ, "conn")
 
     def _look(self, conn: socket.socket) -> None:
@@ -229,29 +242,32 @@ class HealthLane:
             except OSError:
                 data = b""
             if not data:
-                self._selector.unregister(conn)
-                conn.close()
+                self._drop(conn)
                 return
+            now = time.monotonic()
             size = health_request(data)
+            if size == 0 and now - self._since[conn] > PATIENCE:
+                size = None  # a slow client: uvicorn has the timeouts for it
             if size is None:
                 self._selector.unregister(conn)
+                del self._since[conn]
                 self._hand_over(conn)
                 return
             if size == 0:
                 self._selector.unregister(conn)
-                self._later[conn] = time.monotonic() + AGAIN
+                self._later[conn] = now + AGAIN
                 return
             request = conn.recv(size)  # consumed: exactly the health request
+            self._since[conn] = now
             alive = keeps_alive(request)
-            age = time.monotonic() - self._beat
+            age = now - self._beat
             try:
                 conn.sendall(answer(self._defaults(), age if age > self.stalled else None, alive))
             except OSError:
                 alive = False
             self.answered += 1
             if not alive:
-                self._selector.unregister(conn)
-                conn.close()
+                self._drop(conn)
                 return
 
     def _hand_over(self, conn: socket.socket) -> None:
