@@ -15,6 +15,7 @@ def test_defaults_and_every_key() -> None:
     assert config.expand_command is None
     assert config.migrations.sql is None
     assert (config.migrations.lock_timeout, config.migrations.statement_timeout) == (10.0, 3600.0)
+    assert config.migrations.timeout == 3600.0
     text = APP + (
         "migrations:\n"
         "  expand: ./bin/migrate-expand\n"
@@ -23,6 +24,7 @@ def test_defaults_and_every_key() -> None:
         "  backup: ./bin/backup\n"
         "  lock_timeout: 2s\n"
         "  statement_timeout: 5m\n"
+        "  timeout: 20m\n"
     )
     m = parse_config(text).migrations
     assert (m.expand, m.contract, m.backup) == (
@@ -32,7 +34,7 @@ def test_defaults_and_every_key() -> None:
     )
     assert m.sql is not None and m.sql.command == "alembic upgrade head --sql"
     assert m.sql.dialect == "postgres" and m.sql.files == []
-    assert (m.lock_timeout, m.statement_timeout) == (2.0, 300.0)
+    assert (m.lock_timeout, m.statement_timeout, m.timeout) == (2.0, 300.0, 1200.0)
     assert parse_config(text).expand_command == "./bin/migrate-expand"
 
 
@@ -72,6 +74,7 @@ BROKEN = [
     ("sql outside", "migrations:\n  sql: [../up.sql]\n", 3, 9, "inside the repository"),
     ("dialect", "migrations:\n  sql: {files: [a.sql], dialect: oracle}\n", 3, 34, "postgres"),
     ("lock_timeout", "migrations:\n  lock_timeout: soon\n", 3, 17, "a duration like"),
+    ("timeout 0", "migrations:\n  timeout: 0s\n", 3, 12, "a duration above zero"),
 ]
 
 

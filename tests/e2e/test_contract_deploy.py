@@ -55,7 +55,7 @@ def ended(server: ServerProcess, kind: str, release: str) -> Any:
             for d in server.get("/api/deployments?app=sample")
             if d["kind"] == kind and d["release"] == release
         ]
-        if found and found[0]["state"] not in ("queued", "running", "rolling_back"):
+        if found and found[0]["state"] not in ("queued", "waiting", "running", "rolling_back"):
             return server.get(f"/api/deployments/{found[0]['id']}")
         return None
 
@@ -147,3 +147,66 @@ def test_a_contract_waits_for_the_old_release_to_go_cold_then_runs_after_its_bac
     assert v4["steps"][0]["kind"] == "contract", v4["steps"]
     assert "migrations.contract failed on web-1 (exit 3)" in v4["reason"], v4["reason"]
     assert fleet.serving("web-1") == v3["release"]
+
+
+def test_a_deployment_waiting_while_the_contract_became_due_applies_it_as_its_first_step(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The success path of a contract taken by the next deployment: that deployment was
+    waiting (for approval) when the old release went cold, so no contract deployment
+    could start by itself; once approved, it applies the contract first, then moves."""
+    server = fleet.server
+    ran = tmp_path / "ran.log"
+    approval = "    approval: required\n"
+    scripts = {
+        "bin/backup": '#!/bin/sh\necho "backup $CONVEYOR_RELEASE" >> "$RAN"\n',
+        "bin/migrate-contract": '#!/bin/sh\necho "contract $CONVEYOR_RELEASE" >> "$RAN"\n',
+    }
+    commit(fleet.repo, scripts, executable=tuple(scripts))
+
+    def push(label: str, environments: str) -> Any:
+        fleet.commit(label, environments.format(ran=ran) + approval, keep_warm="30s")
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        return run
+
+    v1 = push("v1", PLAIN)
+    server.post(f"/api/runs/{v1['id']}/approve")
+    assert ended(server, "deploy", v1["release"])["state"] == "succeeded"
+    v2 = push("v2", CONTRACTING)
+    server.post(f"/api/runs/{v2['id']}/approve")
+    # v3 (its conveyor.yml without the contract key) waits for approval behind v2
+    v3 = push("v3", PLAIN)
+    assert ended(server, "deploy", v2["release"])["state"] == "succeeded"
+    queued = [d for d in server.get("/api/deployments?app=sample") if d["run"] == v3["id"]]
+    assert [d["state"] for d in queued] == ["waiting"], queued
+
+    # v1 goes cold; the contract may run, but the environment has v3 waiting: no
+    # contract deployment starts by itself, status says it is due
+    def due() -> Any:
+        found = contract_of(server)
+        return found if found and found["waiting"] is None else None
+
+    assert wait_for(due, timeout=120, interval=0.5)["release"] == v2["release"]
+    waiting = [d for d in server.get("/api/deployments?app=sample") if d["kind"] == "contract"]
+    assert waiting == [], waiting
+
+    server.post(f"/api/runs/{v3['id']}/approve")
+    done = ended(server, "deploy", v3["release"])
+    assert done["state"] == "succeeded", done
+    first = done["steps"][0]
+    assert (first["kind"], first["state"]) == ("contract", "succeeded"), done["steps"]
+    assert first["name"] == f"contract of {v2['release']} on web-1", first
+    assert [s["kind"] for s in done["steps"][1:]] and "contract" not in [
+        s["kind"] for s in done["steps"][1:]
+    ]
+    assert ran.read_text() == f"backup {v2['release']}\ncontract {v2['release']}\n"
+    assert fleet.serving("web-1") == v3["release"]
+    assert contract_of(server) is None  # applied; v3 brings none
+    kinds = [d["kind"] for d in server.get("/api/deployments?app=sample")]
+    assert "contract" not in kinds, kinds
+    refused = server.http.post(
+        "/api/apps/sample/environments/production/rollback", json={"to": v1["release"]}
+    )
+    assert refused.status_code == 409, refused.text
+    assert f"the contract migration of release {v2['release']} has been applied" in refused.text

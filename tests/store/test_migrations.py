@@ -5,7 +5,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,7 +54,12 @@ def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environme
         run = Run(app_id=app.id, sha="abc", trigger="manual")
         session.add(run)
         session.flush()
-        session.add(Release(id="r1", app_id=app.id, sha="abc", run_id=run.id, sha256="f", size=1))
+        # the columns a release had then (later ones, as migration_hash, did not exist)
+        session.execute(
+            insert(Release.__table__).values(
+                id="r1", app_id=app.id, sha="abc", run_id=run.id, sha256="f", size=1
+            )
+        )
         session.commit()
     with engine.begin() as conn:
         for id, env, state in [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,7 +39,13 @@ def lint(
     """Check a migration's SQL against the expand-phase rules; exit 1 on findings."""
     try:
         from conveyor.sqllint import lint_sql, merge
-        from conveyor.sqllint.sources import SqlSourceError, command_output, read_files
+        from conveyor.sqllint.sources import (
+            SQL_DIGEST_ENV,
+            SqlSourceError,
+            command_output,
+            read_files,
+            sources_digest,
+        )
     except ImportError as exc:  # an agent's install, without the server extra
         fail(
             escape(f"the lint needs pglast and sqlglot: pip install 'conveyor[server]' ({exc})"), 2
@@ -73,6 +80,9 @@ def lint(
             )
     except SqlSourceError as exc:
         fail(escape(str(exc)), 2)
+    digest_to = os.environ.get(SQL_DIGEST_ENV)
+    if digest_to:  # the run's lint step: what the release's migration hash covers
+        Path(digest_to).write_text(sources_digest(sources) + "\n", encoding="utf-8")
     result = merge(
         [
             lint_sql(text, name, dialect=chosen, session_lock_timeout=session_timeout)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from conveyor.config.base import Section, describe
-from conveyor.config.durations import Duration
+from conveyor.config.durations import Duration, PositiveDuration
 from conveyor.config.values import NonEmptyStr
 
 SqlDialect = Literal["postgres", "sqlite", "mysql"]
@@ -22,6 +22,8 @@ SqlDialect = Literal["postgres", "sqlite", "mysql"]
 # most an hour.
 DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_STATEMENT_TIMEOUT = 3600.0
+# the whole command, as long as one statement may run
+DEFAULT_TIMEOUT = 3600.0
 
 
 def _sql_file(value: str) -> str:
@@ -97,6 +99,11 @@ class Migrations(Section):
     statement_timeout: Duration = Field(
         default=DEFAULT_STATEMENT_TIMEOUT,
         description="PostgreSQL statement_timeout of the migration's session (PGOPTIONS); 0: none.",
+    )
+    timeout: PositiveDuration = Field(
+        default=DEFAULT_TIMEOUT,
+        description="How long the expand or contract command (its backup included) may run "
+        "on the host: killed after it, the deployment fails with its output.",
     )
 
 

@@ -137,6 +137,7 @@ service:                        # how a release runs on a host, from its release
 #   sql: alembic upgrade head --sql   # the SQL it will run, linted before the release is built
 #   lock_timeout: 10s           # PostgreSQL session limits of the migration (PGOPTIONS)
 #   statement_timeout: 1h
+#   timeout: 1h                 # the whole command; killed after it
 
 environments:                   # promotion order = this order
   staging:

@@ -1,6 +1,6 @@
 """When a contract migration may run, and which rollbacks an applied one forbids.
 
-Pure decisions (not wired into the orchestrator yet): a contract removes what releases
+Pure decisions (contracting.py applies them to the records): a contract removes what releases
 older than the one that brought it still need, so it waits while any host of the
 environment serves or keeps warm such a release; once applied, a rollback to a release
 older than the one that brought it would run code on a schema it cannot read.

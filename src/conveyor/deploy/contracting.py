@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
+from conveyor.deploy import migrationgate
 from conveyor.deploy.contract import Contract, Held, contract_wait
 from conveyor.protocol import ObservedState, ReleaseWeight
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, HostApp, Release
@@ -130,8 +131,15 @@ def pending(session: Session, app: App, env: str, serving: str | None = None) ->
     release = session.get(Release, serving) if serving else None
     if release is None or not release.config:
         return None
-    command = Config.model_validate_json(release.config).migrations.contract
+    config = Config.model_validate_json(release.config)
+    command = config.migrations.contract
     if not command or release.id in applied(session, app.id, env):
         return None
     contract = Contract(release.id, release.created_at, command)
-    return Pending(contract, contract_wait(contract, held(session, app, env)))
+    waiting = contract_wait(contract, held(session, app, env))
+    if waiting is None:  # the same contract succeeded in every environment before this one
+        digest = release.migration_hash
+        done = migrationgate.successes(session, app.id, digest)
+        order = list(config.environments)
+        waiting = migrationgate.refusal("contract", release.id, digest, env, order, done)
+    return Pending(contract, waiting)

@@ -145,7 +145,7 @@ def migrate_request(release: Release, migration: str | None) -> MigrateRequest |
     if not command:
         return None
     options = pg_options(limits.lock_timeout, limits.statement_timeout)
-    return MigrateRequest(id=migration, command=command, pg_options=options)
+    return MigrateRequest(id=migration, command=command, pg_options=options, timeout=limits.timeout)
 
 
 def contract_command(contract: str | None, backup: str | None) -> str | None:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
+from conveyor.deploy import migrationgate
 from conveyor.store.models import Deployment, Release, Run
 
 SUCCEEDED = "succeeded"
@@ -80,6 +81,23 @@ def earlier_environments_passed(
             )
 
 
+def expand_passed(session: Session, release: Release, config: Config, name: str) -> None:
+    """The same expand migration (by content hash) succeeded in every earlier environment."""
+    if not config.expand_command:
+        return
+    digest = release.migration_hash
+    refusal = migrationgate.refusal(
+        "expand",
+        release.id,
+        digest,
+        name,
+        list(config.environments),
+        migrationgate.successes(session, release.app_id, digest),
+    )
+    if refusal is not None:
+        raise GateError(refusal)
+
+
 def on_branch(session: Session, release: Release, config: Config, mirror: Path) -> None:
     """Only commits on the app's branch may reach the last environment."""
     branch = config.branch
@@ -110,6 +128,7 @@ def check_hard_gates(
     config, env = environment(release, name)
     tests_passed(session, release)
     earlier_environments_passed(session, release, config, name)
+    expand_passed(session, release, config, name)
     if name == list(config.environments)[-1]:
         on_branch(session, release, config, mirror)
     return config, env

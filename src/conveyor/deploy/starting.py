@@ -22,7 +22,7 @@ from conveyor.deploy import bluegreen, canary, checks, contracting, rolling, sec
 from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
-from conveyor.deploy.gates import GateError, environment, waiting_for
+from conveyor.deploy.gates import GateError, environment, expand_passed, waiting_for
 from conveyor.deploy.ledger import Ledger, dump_targets
 from conveyor.deploy.plan import Context, PlannedStep, Targets
 from conveyor.deploy.records import ACTING, PENDING
@@ -147,6 +147,9 @@ class Starter(Ledger):
                 mine = release_claims(d.release, d.environment)
                 problem = domain_clash(session, d.app, mine, names)
             if problem is None:
+                # checked when queued too; here for what changed meanwhile
+                problem = _expand_refused(session, d, config)
+            if problem is None:
                 problem, offline = self._hosts_problem(session, names)
                 if offline and not all(self._gone(d.id, h) for h in offline):
                     why = f"waiting for host(s) {', '.join(offline)} to connect"
@@ -246,6 +249,10 @@ def _write_plan(
         planned = ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
     d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
     d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
+    # the migration's content hash, recorded with the outcome of the step that runs it
+    hashes = {"migrate": d.release.migration_hash}
+    if contract is not None and (brought := session.get(Release, contract[0])) is not None:
+        hashes["contract"] = brought.migration_hash
     for i, step in enumerate(planned):
         detail = StepDetail(options=StepOptions.model_validate(step.options()))
         d.steps.append(
@@ -256,9 +263,21 @@ def _write_plan(
                 targets=dump_targets(step.targets),
                 weight=step.weight,
                 detail=detail.model_dump_json(include={"options"}),
+                migration_hash=hashes.get(step.kind),
             )
         )
     return planned
+
+
+def _expand_refused(session: Session, d: Deployment, config: Config) -> str | None:
+    """Why the deployment's expand may not run here (not succeeded before), or None."""
+    if expand_id(d, config) is None:
+        return None
+    try:
+        expand_passed(session, d.release, config, d.environment)
+    except GateError as exc:
+        return f"refused: {exc}; nothing changed"
+    return None
 
 
 def expand_id(d: Deployment, config: Config) -> str | None:

@@ -15,6 +15,8 @@ import json
 import time
 from dataclasses import dataclass, replace
 
+from sqlalchemy.orm import Session
+
 from conveyor.analysis.judge import JudgeState, Look, Settings, decide, observe, start_window
 from conveyor.analysis.sources import SourceError
 from conveyor.config import Analysis, Config, Environment
@@ -45,7 +47,7 @@ from conveyor.deploy.stepping import (
     traffic_until,
 )
 from conveyor.protocol import Judgement, ReleaseCounters, StepControl
-from conveyor.store.models import Deployment, DeploymentStep, utcnow
+from conveyor.store.models import Deployment, DeploymentStep, Release, utcnow
 from conveyor.threads import in_thread
 
 
@@ -65,6 +67,7 @@ class _Watched:
     first: bool  # the deployment's first step
     previous_release: str | None
     all_hosts: list[str]  # the environment's hosts in this deployment
+    migrating: float = 0.0  # a migrate or contract step: the time its command may take
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class Watcher(Ledger):
             views=w.views,
             app=w.app_name,
             elapsed=w.elapsed,
-            converge_limit=service.health.timeout + CONVERGE_MARGIN,
+            converge_limit=service.health.timeout + CONVERGE_MARGIN + w.migrating,
             checks=w.detail.options.checks,
             checked=w.detail.checked,
             pause=w.detail.options.pause,
@@ -158,6 +161,7 @@ class Watcher(Ledger):
                 first=step.position == min(s.position for s in d.steps),
                 previous_release=d.previous_release,
                 all_hosts=list(json.loads(d.previous or "{}")),
+                migrating=_migration_timeout(session, targets),
             )
 
     async def _measure_reference(self, step_id: int, env: Environment, w: _Watched) -> None:
@@ -324,3 +328,15 @@ def _said(verdict: Judgement) -> list[str]:
         f"analysis: {verdict.verdict} after {verdict.requests} requests"
         + (f": {'; '.join(verdict.reasons)}" if verdict.reasons else "")
     ] + [f"  {e.check}: {e.summary}" for e in verdict.evidence]
+
+
+def _migration_timeout(session: Session, targets: Targets) -> float:
+    """The longest migrations.timeout of the releases a step asks to migrate (0: none):
+    the hosts converge once the migration is done, so it may take that much longer."""
+    limits = [0.0]
+    for items in targets.values():
+        for item in items:
+            release = session.get(Release, item.release) if item.migrate else None
+            if release is not None and release.config:
+                limits.append(Config.model_validate_json(release.config).migrations.timeout)
+    return max(limits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import shlex
 import shutil
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import Config, ConfigError, load_config
+from conveyor.deploy.migrationgate import SQL_DIGEST_ENV, command_files, migration_hash
 from conveyor.pipeline import git
 from conveyor.pipeline.masking import Masker
 from conveyor.pipeline.process import (
@@ -227,6 +229,7 @@ class Engine(RunRecords):
             await self._end_run(run_id, "failed", f"internal error: {exc}")
         finally:
             await in_thread(shutil.rmtree, self.paths.workspace(run_id), ignore_errors=True)
+            await in_thread(self._sql_digest_file(run_id).unlink, missing_ok=True)
 
     async def _execute_run(self, run_id: int) -> None:
         cancel = self._cancels[run_id]
@@ -251,6 +254,8 @@ class Engine(RunRecords):
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
         for index, (sid, step) in enumerate(zip(step_ids, planned, strict=True)):
             env = ctx.environment(sid) | step.env | secret_env
+            if step.kind == "lint":  # where it leaves the digest of the SQL it read
+                env[SQL_DIGEST_ENV] = str(self._sql_digest_file(run_id))
             result = await self._run_one(sid, step, workspace, env, masker, cancel)
             if result.ok:
                 await self._end_step(sid, "succeeded", exit_code=0)
@@ -265,6 +270,10 @@ class Engine(RunRecords):
             await self._end_run(run_id, state, reason)
             return
         await self._artifact_step(ctx, config, workspace, artifact_step, masker, cancel)
+
+    def _sql_digest_file(self, run_id: int) -> Path:
+        """Beside the run's checkout, not in it (it would join the artifact)."""
+        return self.paths.workspace(run_id).with_name(f"run-{run_id}.sql-digest")
 
     async def _checkout_step(
         self, ctx: RunContext, workspace: Path, masker: Masker
@@ -354,7 +363,14 @@ class Engine(RunRecords):
         include, exclude = list(config.artifact.include), list(config.artifact.exclude)
         built = await asyncio.to_thread(build_artifact, workspace, include, exclude, tmp)
         await asyncio.to_thread(self.store.put, built.path, built.sha256)
-        release_id = await self._record_release(ctx, config, built)
+        digest = await asyncio.to_thread(
+            release_migration_hash,
+            config,
+            workspace,
+            self._sql_digest_file(ctx.run_id),
+            built.sha256,
+        )
+        release_id = await self._record_release(ctx, config, built, digest)
         await self._append_log(
             step_id,
             f"release {release_id}: {built.files} files, {built.size} bytes, "
@@ -365,6 +381,26 @@ class Engine(RunRecords):
             extra={"run": ctx.run_id, "release": release_id, "sha256": built.sha256},
         )
         return release_id
+
+
+def release_migration_hash(
+    config: Config, workspace: Path, sql_digest: Path, artifact: str
+) -> str | None:
+    """The content hash of what the release's migrations run (deploy/migrationgate.py):
+    the lint step left the digest of the SQL it read in `sql_digest`."""
+    sql = None
+    if config.migrations.sql is not None and sql_digest.is_file():
+        sql = sql_digest.read_text(encoding="utf-8").strip() or None
+    root = workspace.resolve()
+    files: dict[str, str | None] = {}
+    for name in command_files(config):
+        path = (workspace / name).resolve()
+        try:
+            inside = path.is_relative_to(root) and path.is_file()
+            files[name] = hashlib.sha256(path.read_bytes()).hexdigest() if inside else None
+        except OSError:
+            files[name] = None
+    return migration_hash(config, sql=sql, files=files, artifact=artifact)
 
 
 def _discard(items: set[int], item: int, _task: object) -> None:

@@ -103,7 +103,9 @@ class RunRecords:
             )
 
     @offloaded
-    def _record_release(self, ctx: RunContext, config: Config, built: BuiltArtifact) -> str:
+    def _record_release(
+        self, ctx: RunContext, config: Config, built: BuiltArtifact, migration_hash: str | None
+    ) -> str:
         with self.sessions() as session:
             # a retry after a crash between this commit and the run's end reuses the release
             existing = session.scalar(select(Release).where(Release.run_id == ctx.run_id))
@@ -126,6 +128,7 @@ class RunRecords:
                 sha256=built.sha256,
                 size=built.size,
                 config=config.model_dump_json(),
+                migration_hash=migration_hash,
             )
             session.add(release)
             session.commit()

@@ -166,6 +166,8 @@ class ReleaseOut(Wire):
     sha256: str
     size: int
     created_at: Timestamp
+    # what its migrations run, by content (None: it has none, or was built before hashes)
+    migration_hash: str | None = None
 
 
 class NotificationOut(Wire):

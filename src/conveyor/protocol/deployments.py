@@ -135,6 +135,8 @@ class DeploymentStepOut(Wire):
     control: StepControl | None = None
     pause: float | None = None
     left: float | None = None
+    # migrate and contract steps: the content hash of the migration the step ran
+    migration_hash: str | None = None
 
 
 class DeploymentOut(Wire):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from conveyor.deploy.desired import Notifier
 from conveyor.logs import setup_logging
+from conveyor.server import healthlane
 from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
 from conveyor.server.datadir import make_private
@@ -142,7 +143,8 @@ def serve(
         # X-Forwarded-Proto/-For from these proxies only (uvicorn's default: loopback)
         forwarded_allow_ips=forwarded_allow_ips,
     )
-    _Server(config, app.state.notifier).run()
+    lane = healthlane.listen(host, port, tls=tls is not None)
+    _Server(config, app.state.notifier, lane).run()
     sys.stdout.flush()
 
 
@@ -156,9 +158,18 @@ class _Transport(Protocol):
 class _Server(uvicorn.Server):
     """uvicorn, plus: on SIGTERM/SIGINT, end the agents' long-polls before waiting for requests."""
 
-    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+    def __init__(
+        self, config: uvicorn.Config, notifier: Notifier, lane: healthlane.HealthLane | None
+    ) -> None:
         super().__init__(config)
         self._notifier = notifier
+        self._lane = lane  # /healthz in a thread of its own, listening for uvicorn
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._lane is None:
+            await super().startup(sockets)
+        else:
+            await healthlane.start_uvicorn(self, self._lane)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -170,6 +181,8 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         closer = asyncio.create_task(self._end_tls_closes()) if self.config.is_ssl else None
+        if self._lane is not None:
+            self._lane.stop()  # no new connection, as uvicorn closing its listener
         try:
             await super().shutdown(sockets)
         finally:

@@ -74,4 +74,5 @@ def release_out(release: Release) -> ReleaseOut:
         sha256=release.sha256,
         size=release.size,
         created_at=release.created_at,
+        migration_hash=release.migration_hash,
     )

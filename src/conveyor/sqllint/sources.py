@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 COMMAND_TIMEOUT = 300.0  # seconds a `migrations.sql` command may take to print the SQL
+# a run's lint step writes the sources_digest of the SQL it read to the file this names:
+# the release's migration hash covers it (deploy/migrationgate.py)
+SQL_DIGEST_ENV = "CONVEYOR_SQL_DIGEST"
 
 
 class SqlSourceError(Exception):
@@ -46,3 +51,13 @@ def command_output(command: str, cwd: Path, timeout: float = COMMAND_TIMEOUT) ->
     if done.returncode != 0:
         raise SqlSourceError(f"`{command}` failed (exit {done.returncode}): see its output above")
     return done.stdout
+
+
+def sources_digest(sources: Iterable[tuple[str, str]]) -> str:
+    """sha256 of the SQL a migration prints or lists: (name, text) in order."""
+    h = hashlib.sha256()
+    for name, text in sources:
+        for part in (name, text):
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()

@@ -184,6 +184,8 @@ class Release(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     config: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # sha256 of what its migrations run (deploy/migrationhash.py); None: it has none
+    migration_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
     app: Mapped[App] = relationship()
 
@@ -321,6 +323,9 @@ class DeploymentStep(Base):
     log: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # migrate and contract steps: the migration's content hash (its release's), recorded
+    # with the step's outcome: what a later environment's gate asks for
+    migration_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
     deployment: Mapped[Deployment] = relationship(back_populates="steps")
 

@@ -82,6 +82,7 @@ def step_out(step: DeploymentStep) -> DeploymentStepOut:
         control=control,
         pause=pause,
         left=remaining,
+        migration_hash=step.migration_hash,
     )
 
 
