@@ -33,6 +33,7 @@ from conveyor.config.values import (
 from conveyor.config.window import Window
 
 Strategy = Literal["rolling", "blue-green", "canary"]
+AnnounceMoment = Literal["before", "after"]
 # analysis.warmup: caches and JITs fill within the first hundreds of requests, which a
 # canary at normal traffic sees in seconds; 10 s leaves most of the default 60-s step
 # compared and delays a decision by no more than that
@@ -217,6 +218,16 @@ class Environment(Section):
     domains: Domains = domains_field()
     path_prefix: PathPrefix | None = prefix_field()
     strip_prefix: bool | None = strip_field()
+    # notifications to the notify targets before a deployment moves traffic and after it
+    # ends (notify/announcements.py)
+    announce: list[AnnounceMoment] = Field(default_factory=list)
+
+    @field_validator("announce")
+    @classmethod
+    def _each_moment_once(cls, moments: list[str]) -> list[str]:
+        if len(set(moments)) != len(moments):
+            raise invalid([((), "expected before and after at most once each", moments)])
+        return moments
 
     @field_validator("steps")
     @classmethod

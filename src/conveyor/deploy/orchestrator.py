@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Environment
+from conveyor.deploy.announcing import Announcing
 from conveyor.deploy.desired import set_host_app
 from conveyor.deploy.detail import write_detail
 from conveyor.deploy.gates import environment
@@ -43,7 +44,7 @@ CONTRACTS_EVERY = 2.0  # seconds between two looks for contracts that may run by
 __all__ = ["CRASH_ENV", "TICK", "DeployEngine"]
 
 
-class DeployEngine(Starter, Watcher, Verifier):
+class DeployEngine(Starter, Watcher, Verifier, Announcing):
     """Schedules deployments (one per environment) and drives each as an asyncio task."""
 
     _contracts_at = float("-inf")
@@ -101,6 +102,7 @@ class DeployEngine(Starter, Watcher, Verifier):
             while not self._stopping:
                 done = await self._advance(deployment_id)
                 if done:
+                    await self._announce_after(deployment_id)
                     break
                 await asyncio.sleep(TICK)
         except asyncio.CancelledError:

@@ -166,6 +166,8 @@ class Starter(Ledger):
                 session.commit()
                 return
             d.state, d.reason, d.started_at = "running", None, utcnow()
+            if self.announcer is not None:  # `announce: before`, committed with the start
+                self.announcer.deployment_starting(d)
             try:
                 session.commit()
             except IntegrityError:
