@@ -22,6 +22,7 @@ from pathlib import Path
 
 import conveyor
 from conveyor.agent.bringup import BringUp
+from conveyor.agent.infrachecks import InfraChecks
 from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
@@ -73,6 +74,7 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
+        self.infra = InfraChecks(installer.shared_dir, self._changed)
         self.bring_up = BringUp(
             data=data,
             link=link,
@@ -186,6 +188,7 @@ class Reconciler:
         desired = self.desired
         if desired is None:
             return
+        self.infra.want(desired.checks)
         wanted: set[tuple[str, str]] = set()
         for app in desired.apps:
             for spec in app.releases:
@@ -439,6 +442,7 @@ class Reconciler:
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,
+            checks=self.infra.results(),
             agent_version=conveyor.__version__,
         )
 

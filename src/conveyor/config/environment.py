@@ -19,6 +19,7 @@ from pydantic import (
 
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
+from conveyor.config.infra import InfraCheckSetting
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
@@ -221,6 +222,8 @@ class Environment(Section):
     # notifications to the notify targets before a deployment moves traffic and after it
     # ends (notify/announcements.py)
     announce: list[AnnounceMoment] = Field(default_factory=list)
+    # infrastructure checks each host's agent runs before traffic moves (config/infra.py)
+    checks: list[InfraCheckSetting] = Field(default_factory=list)
 
     @field_validator("announce")
     @classmethod

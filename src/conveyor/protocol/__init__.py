@@ -31,6 +31,7 @@ from .api import (
     TokenOut,
     Webhooks,
 )
+from .checks import CheckOutcome, ChecksRequest, ChecksResult, InfraCheck
 from .deployments import (
     ControlAction,
     DeploymentOut,
@@ -105,6 +106,9 @@ __all__ = [
     "AppOut",
     "AppStatus",
     "AppUpdate",
+    "CheckOutcome",
+    "ChecksRequest",
+    "ChecksResult",
     "CommitStatusOut",
     "ControlAction",
     "DeployRequest",
@@ -127,6 +131,7 @@ __all__ = [
     "HostCreated",
     "HostOut",
     "HostState",
+    "InfraCheck",
     "InstanceLimits",
     "Judgement",
     "KeyRotated",

@@ -222,6 +222,8 @@ class Host(Base):
     generation: Mapped[int] = mapped_column(Integer, default=0)
     applied_generation: Mapped[int | None] = mapped_column(Integer, default=None)
     observed: Mapped[str | None] = mapped_column(Text, default=None)
+    # infrastructure checks its agent should run now (a JSON list of protocol.ChecksRequest)
+    checks: Mapped[str | None] = mapped_column(Text, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,4 +1,5 @@
-"""pull-request runs, the commit statuses posted to forges, and each app's forge API URL
+"""pull-request runs, the commit statuses posted to forges, each app's forge API URL, and
+the infrastructure checks each host's agent should run
 
 Revision ID: 0012
 Revises: 0009
@@ -19,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("apps") as batch:
         batch.add_column(sa.Column("forge_api", sa.Text(), nullable=True))
+    with op.batch_alter_table("hosts") as batch:
+        batch.add_column(sa.Column("checks", sa.Text(), nullable=True))
     op.create_table(
         "pull_request_runs",
         sa.Column("run_id", sa.Integer(), nullable=False),
@@ -61,5 +64,7 @@ def downgrade() -> None:
     op.drop_table("commit_statuses")
     op.drop_index("ix_pull_request_runs_done", table_name="pull_request_runs")
     op.drop_table("pull_request_runs")
+    with op.batch_alter_table("hosts") as batch:
+        batch.drop_column("checks")
     with op.batch_alter_table("apps") as batch:
         batch.drop_column("forge_api")
