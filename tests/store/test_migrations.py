@@ -47,17 +47,21 @@ def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environme
 ) -> None:
     engine = make_engine(bare_store_url)
     _upgrade(engine, "0006")
-    with Session(engine) as session:  # apps, runs and releases are as they were in 0006
-        app = App(name="shop", repo_url="r", webhook_secret="s")
-        session.add(app)
-        session.flush()
-        run = Run(app_id=app.id, sha="abc", trigger="manual")
+    with engine.begin() as conn:  # the app as 0006 had it: the model has columns added since
+        conn.execute(
+            text(
+                "INSERT INTO apps (id, name, repo_url, branch, webhook_secret, public_status, "
+                "created_at) VALUES (1, 'shop', 'r', 'main', 's', false, '2026-12-01 00:00:00')"
+            )
+        )
+    with Session(engine) as session:  # runs and releases are as they were in 0006
+        run = Run(app_id=1, sha="abc", trigger="manual")
         session.add(run)
         session.flush()
         # the columns a release had then (later ones, as migration_hash, did not exist)
         session.execute(
             insert(Release.__table__).values(
-                id="r1", app_id=app.id, sha="abc", run_id=run.id, sha256="f", size=1
+                id="r1", app_id=1, sha="abc", run_id=run.id, sha256="f", size=1
             )
         )
         session.commit()

@@ -24,6 +24,7 @@ import conveyor
 from conveyor.agent.acme import AcmeCertificates
 from conveyor.agent.bringup import BringUp
 from conveyor.agent.certstore import CertError, CertStore
+from conveyor.agent.infrachecks import InfraChecks
 from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
@@ -84,6 +85,7 @@ class Reconciler:
             verify=acme_ca or True,
         )
         self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
+        self.infra = InfraChecks(installer.shared_dir, self._changed)
         self.bring_up = BringUp(
             data=data,
             link=link,
@@ -205,6 +207,7 @@ class Reconciler:
         desired = self.desired
         if desired is None:
             return
+        self.infra.want(desired.checks)
         wanted: set[tuple[str, str]] = set()
         for app in desired.apps:
             for spec in app.releases:
@@ -480,6 +483,7 @@ class Reconciler:
             apps=list(apps.values()),
             errors=list(self.errors),
             metrics=self.metrics,
+            checks=self.infra.results(),
             agent_version=conveyor.__version__,
         )
 

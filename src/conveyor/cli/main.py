@@ -19,6 +19,7 @@ from conveyor.cli.client import DEFAULT_SERVER, CaOpt, Client, JsonOpt, ServerOp
 from conveyor.cli.flags import flags_cli
 from conveyor.cli.follow import FINAL, follow_run, step_title
 from conveyor.cli.listing import apps_table, hosts_table, tokens_table
+from conveyor.cli.pulls import pull_request_lines
 from conveyor.cli.render import bare, err, out, print_json
 from conveyor.cli.secrets import secrets_cli
 from conveyor.client import wire
@@ -123,6 +124,10 @@ def app_add(
     poll: Annotated[
         int | None, typer.Option(help="Also poll the repository every N seconds.")
     ] = None,
+    forge_api: Annotated[
+        str | None,
+        typer.Option(help="The forge's API base URL, for pull requests' commit statuses."),
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca: CaOpt = None,
@@ -133,6 +138,7 @@ def app_add(
         repo = str(Path(repo).expanduser().resolve())
     created = Client(server, token, ca).add_app(
         {"name": name, "repo": repo, "branch": branch, "poll_interval": poll}
+        | ({"forge_api": forge_api} if forge_api else {})
     )
     if as_json:
         print_json(wire(created))
@@ -160,14 +166,24 @@ def app_set(
             "token: releases and results, never hosts, logs or secrets.",
         ),
     ] = None,
+    forge_api: Annotated[
+        str | None,
+        typer.Option(
+            help="The forge's API base URL, for pull requests' commit statuses "
+            '("" goes back to the default).'
+        ),
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an app's settings."""
-    if repo is None and branch is None and poll is None and public_status is None:
-        fail("nothing to change: give --repo, --branch, --poll or --[no-]public-status", 2)
+    if (repo, branch, poll, public_status, forge_api) == (None,) * 5:
+        fail(
+            "nothing to change: give --repo, --branch, --poll, --[no-]public-status or --forge-api",
+            2,
+        )
     if repo and re.match(r"^[./~]", repo) and Path(repo).expanduser().exists():
         repo = str(Path(repo).expanduser().resolve())
     body = {
@@ -175,6 +191,7 @@ def app_set(
         "branch": branch,
         "poll_interval": poll,
         "public_status": public_status,
+        "forge_api": forge_api,
     }
     updated = Client(server, token, ca).update_app(
         name, {k: v for k, v in body.items() if v is not None}
@@ -414,6 +431,8 @@ def logs(
         if text:
             out.out(text, end="" if text.endswith("\n") else "\n", highlight=False)
     out.print(f"run {run_id}: {found.state}" + (f" ({found.reason})" if found.reason else ""))
+    for line in pull_request_lines(found):
+        bare(line)
 
 
 deploy.register(app)

@@ -198,7 +198,7 @@ def runs_table(rows: list[RunOut], console: Console | None = None) -> Table:
             r.sha[:7] or "(head)",
             state(r.state),
             took(r.duration),
-            r.trigger,
+            f"{r.trigger} PR #{r.pull_request.number}" if r.pull_request else r.trigger,
             r.triggered_by,
             r.release or "-",
             when(r.started_at or r.created_at),

@@ -19,6 +19,7 @@ from pydantic import (
 
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
+from conveyor.config.infra import InfraCheckSetting
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
@@ -34,6 +35,7 @@ from conveyor.config.values import (
 from conveyor.config.window import Window
 
 Strategy = Literal["rolling", "blue-green", "canary"]
+AnnounceMoment = Literal["before", "after"]
 # analysis.warmup: caches and JITs fill within the first hundreds of requests, which a
 # canary at normal traffic sees in seconds; 10 s leaves most of the default 60-s step
 # compared and delays a decision by no more than that
@@ -220,6 +222,18 @@ class Environment(Section):
     strip_prefix: bool | None = strip_field()
     tls: TlsSetting | None = tls_field()
     redirect_http: bool | None = redirect_field()
+    # notifications to the notify targets before a deployment moves traffic and after it
+    # ends (notify/announcements.py)
+    announce: list[AnnounceMoment] = Field(default_factory=list)
+    # infrastructure checks each host's agent runs before traffic moves (config/infra.py)
+    checks: list[InfraCheckSetting] = Field(default_factory=list)
+
+    @field_validator("announce")
+    @classmethod
+    def _each_moment_once(cls, moments: list[str]) -> list[str]:
+        if len(set(moments)) != len(moments):
+            raise invalid([((), "expected before and after at most once each", moments)])
+        return moments
 
     @field_validator("steps")
     @classmethod

@@ -43,7 +43,7 @@ from conveyor.config.values import (
 )
 
 MAX_KEEP_WARM_RELEASES = 10  # each warm release is a running instance on every host
-NotifyEvent = Literal["failure", "rollback", "approval", "success"]
+NotifyEvent = Literal["failure", "rollback", "approval", "success", "announce"]
 
 
 def _shorthand_schema(
@@ -231,7 +231,13 @@ class Notify(Section):
     def _some_event(cls, on: list[str]) -> list[str]:
         if not on:
             raise invalid(
-                [((), "expected at least one of failure, rollback, approval, success", on)]
+                [
+                    (
+                        (),
+                        "expected at least one of failure, rollback, approval, success, announce",
+                        on,
+                    )
+                ]
             )
         return on
 

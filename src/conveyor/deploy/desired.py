@@ -16,6 +16,7 @@ from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.contracting import CONTRACT_PREFIX
 from conveyor.deploy.flagstate import host_flags
 from conveyor.protocol import (
+    ChecksRequest,
     DesiredApp,
     DesiredRelease,
     DesiredState,
@@ -246,4 +247,5 @@ def desired_state(session: Session, host: Host) -> DesiredState:
             )
         flags = host_flags(session, row.app, row.environment)
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
-    return DesiredState(host=host.name, generation=host.generation, apps=apps)
+    checks = [ChecksRequest.model_validate(c) for c in json.loads(host.checks or "[]")]
+    return DesiredState(host=host.name, generation=host.generation, apps=apps, checks=checks)

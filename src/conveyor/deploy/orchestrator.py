@@ -24,9 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Environment
+from conveyor.deploy.announcing import Announcing
 from conveyor.deploy.desired import set_host_app
 from conveyor.deploy.detail import write_detail
 from conveyor.deploy.gates import environment
+from conveyor.deploy.infrachecking import InfraChecking
 from conveyor.deploy.ledger import CRASH_ENV, load_targets
 from conveyor.deploy.records import ACTING, create_contracts
 from conveyor.deploy.starting import Starter
@@ -43,7 +45,7 @@ CONTRACTS_EVERY = 2.0  # seconds between two looks for contracts that may run by
 __all__ = ["CRASH_ENV", "TICK", "DeployEngine"]
 
 
-class DeployEngine(Starter, Watcher, Verifier):
+class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
     """Schedules deployments (one per environment) and drives each as an asyncio task."""
 
     _contracts_at = float("-inf")
@@ -101,6 +103,7 @@ class DeployEngine(Starter, Watcher, Verifier):
             while not self._stopping:
                 done = await self._advance(deployment_id)
                 if done:
+                    await self._announce_after(deployment_id)
                     break
                 await asyncio.sleep(TICK)
         except asyncio.CancelledError:
@@ -134,6 +137,9 @@ class DeployEngine(Starter, Watcher, Verifier):
         kind, step_id, env = look
         if kind in ("verify", "compat"):
             await self._verify(deployment_id, step_id, env)
+            return False
+        if kind == "checks":
+            await self._infra_checks(deployment_id, step_id, env)
             return False
         await self._watch(deployment_id, step_id, env)
         return False

@@ -169,6 +169,8 @@ class Starter(Ledger):
                 session.commit()
                 return
             d.state, d.reason, d.started_at = "running", None, utcnow()
+            if self.announcer is not None:  # `announce: before`, committed with the start
+                self.announcer.deployment_starting(d)
             try:
                 session.commit()
             except IntegrityError:
@@ -246,7 +248,14 @@ def _write_plan(
     elif d.kind == "contract":
         planned = ctx.contract_step()  # none: it was applied or waits again meanwhile
     else:
-        planned = ctx.contract_step() + STRATEGIES[env.strategy](ctx) + ctx.monitor_steps()
+        # the infrastructure checks first: a failure there stops it before any change
+        checks = [PlannedStep("checks", f"infrastructure checks on {len(names)} host(s)")]
+        planned = (
+            (checks if env.checks else [])
+            + ctx.contract_step()
+            + STRATEGIES[env.strategy](ctx)
+            + ctx.monitor_steps()
+        )
     d.previous = json.dumps({h: [r.model_dump() for r in items] for h, items in previous.items()})
     d.previous_release = next((ctx.serving(h) for h in names if ctx.serving(h)), None)
     # the migration's content hash, recorded with the outcome of the step that runs it

@@ -20,6 +20,17 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, object_session
 
 from conveyor.config import Config, ConfigError, HostsCommand, Notify, load_config
+from conveyor.notify.announcements import KIND as ANNOUNCE
+from conveyor.notify.announcements import (
+    Measured,
+    OutcomeFacts,
+    Plan,
+    StartFacts,
+    announce_recipients,
+)
+from conveyor.notify.announcements import after as announce_after
+from conveyor.notify.announcements import before as announce_before
+from conveyor.notify.commits import commits_since
 from conveyor.notify.messages import (
     DeploymentFacts,
     FlagStopFacts,
@@ -33,6 +44,7 @@ from conveyor.notify.messages import (
     run_failed,
 )
 from conveyor.pipeline.masking import Masker
+from conveyor.pipeline.records import Paths
 from conveyor.store.models import App, Deployment, Notification, Release, Run
 from conveyor.store.secrets import every_value
 from conveyor.store.serving import serving_release
@@ -68,6 +80,23 @@ class Announcer:
     def deployment_waiting(self, d: Deployment) -> None:
         """A deployment is waiting: announces it once if what it waits for is an approval."""
         self._guarded(self._deployment_waiting, d, deployment=d.id)
+
+    def deployment_starting(self, d: Deployment) -> None:
+        """A deployment is about to move traffic (in the session that starts it): announced
+        when its environment's `announce:` lists before."""
+        self._guarded(self._deployment_starting, d, deployment=d.id)
+
+    def deployment_measured(
+        self,
+        d: Deployment,
+        source: str,
+        before: Measured | None,
+        after: Measured | None,
+        error: str | None,
+    ) -> None:
+        """A deployment ended and its releases were measured: announced when its
+        environment's `announce:` lists after."""
+        self._guarded(self._deployment_measured, d, source, before, after, error, deployment=d.id)
 
     def run_ended(self, session: Session, run: Run) -> None:
         """A run reached its end state (in the session that records it)."""
@@ -106,6 +135,79 @@ class Announcer:
         facts = self._deployment_facts(session, d, config)
         message = approval_needed(facts)
         self._queue(session, d.app, f"deployment:{d.id}:approval", message, config, deployment=d)
+
+    def _deployment_starting(self, d: Deployment) -> None:
+        session = _session_of(d)
+        config = _deployment_config(session, d)
+        env = config.environments.get(d.environment) if config else None
+        if d.kind != "deploy" or env is None or "before" not in env.announce:
+            return
+        hosts = list(json.loads(d.previous or "{}"))
+        previous = session.get(Release, d.previous_release) if d.previous_release else None
+        commits = (
+            commits_since(Paths(self.data).mirror(d.app.name), previous.sha, d.release.sha)
+            if previous is not None
+            else ()
+        )
+        plan = Plan(
+            strategy=env.strategy,
+            steps=tuple(env.steps),
+            step_pause=env.step_pause,
+            batch=env.batch.size(len(hosts)) if hosts else 1,
+            monitor=env.monitor.duration,
+        )
+        facts = StartFacts(
+            id=d.id,
+            app=d.app.name,
+            environment=d.environment,
+            release=d.release_id,
+            sha=d.release.sha,
+            link=f"{self.public_url}/deployments/{d.id}",
+            hosts=hosts,
+            plan=plan,
+            previous_release=d.previous_release,
+            commits=commits,
+            history=_took(session, d),
+            keep_warm=config.service.keep_warm if config and config.service else 0.0,
+        )
+        key = f"deployment:{d.id}:before"
+        self._queue(session, d.app, key, announce_before(facts), config, deployment=d)
+
+    def _deployment_measured(
+        self,
+        d: Deployment,
+        source: str,
+        before: Measured | None,
+        after: Measured | None,
+        error: str | None,
+    ) -> None:
+        session = _session_of(d)
+        config = _deployment_config(session, d)
+        env = config.environments.get(d.environment) if config else None
+        if d.kind != "deploy" or env is None or "after" not in env.announce:
+            return
+        took = (
+            (d.finished_at - d.started_at).total_seconds()
+            if d.started_at and d.finished_at
+            else None
+        )
+        facts = OutcomeFacts(
+            id=d.id,
+            app=d.app.name,
+            environment=d.environment,
+            release=d.release_id,
+            sha=d.release.sha,
+            link=f"{self.public_url}/deployments/{d.id}",
+            hosts=json.loads(d.touched),
+            previous_release=d.previous_release,
+            source=source,
+            before=before,
+            after=after,
+            took=took,
+            error=error,
+        )
+        key = f"deployment:{d.id}:after"
+        self._queue(session, d.app, key, announce_after(facts), config, deployment=d)
 
     def _run_ended(self, session: Session, run: Run) -> None:
         if run.state != "failed":
@@ -214,7 +316,11 @@ class Announcer:
         deployment: Deployment | None = None,
     ) -> None:
         targets: Sequence[Notify] = config.notify if config is not None else ()
-        urls = recipients(targets, message.kinds)
+        urls = (
+            announce_recipients(targets)
+            if message.kinds == ANNOUNCE
+            else recipients(targets, message.kinds)
+        )
         if not urls:
             return
         already = set(session.scalars(select(Notification.target).where(Notification.key == key)))
@@ -263,6 +369,27 @@ class Announcer:
             fn(*args)
         except Exception:
             log.exception("could not queue a notification", extra=where)
+
+
+def _took(session: Session, d: Deployment, last: int = 5) -> list[float]:
+    """Seconds the last successful deployments of this environment took."""
+    rows = session.scalars(
+        select(Deployment)
+        .where(
+            Deployment.app_id == d.app_id,
+            Deployment.environment == d.environment,
+            Deployment.kind == "deploy",
+            Deployment.state == "succeeded",
+            Deployment.id != d.id,
+        )
+        .order_by(Deployment.id.desc())
+        .limit(last)
+    )
+    return [
+        (r.finished_at - r.started_at).total_seconds()
+        for r in rows
+        if r.started_at is not None and r.finished_at is not None
+    ]
 
 
 def _session_of(row: object) -> Session:

@@ -85,6 +85,8 @@ def notify_type(event: str) -> str:
         return "failure"
     if "success" in kinds:
         return "success"
+    if "announce" in kinds:
+        return "info"  # a deployment about to start, or how it went
     return "warning"  # an approval waiting, a rollback
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from conveyor.config import Notify
 
-KINDS = ("failure", "rollback", "approval", "success")
+KINDS = ("failure", "rollback", "approval", "success", "announce")
 SHORT_SHA = 7
 
 

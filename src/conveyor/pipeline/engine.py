@@ -34,6 +34,7 @@ from conveyor.pipeline.process import (
     run_step,
     step_marker,
 )
+from conveyor.pipeline.pulls import checkout_pull
 from conveyor.pipeline.records import Paths, RunContext, RunRecords
 from conveyor.pipeline.runs import (
     enqueue_run,
@@ -241,14 +242,17 @@ class Engine(RunRecords):
         if config is None:
             return
 
-        # test and build steps, then the artifact, all recorded before any starts
-        planned = _plan(config)
+        # test and build steps, then the artifact, all recorded before any starts; a pull
+        # request's run has its test steps only: it never builds a release
+        planned = _plan(config, tests_only=ctx.pull is not None)
         step_ids = [
             await self._add_step(ctx, i + 1, step.kind, step.name, step.command, step.timeout)
             for i, step in enumerate(planned)
         ]
-        artifact_step = await self._add_step(
-            ctx, len(planned) + 1, "artifact", "artifact", None, None
+        artifact_step = (
+            await self._add_step(ctx, len(planned) + 1, "artifact", "artifact", None, None)
+            if ctx.pull is None
+            else None
         )
         wanted = set(config.service.secret_names) if config.service else set()
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
@@ -266,8 +270,12 @@ class Engine(RunRecords):
             state, reason = _step_outcome(result, step)
             await self._end_step(sid, state, reason, exit_code=result.exit_code)
             for later in [*step_ids[index + 1 :], artifact_step]:
-                await self._end_step(later, "skipped")
+                if later is not None:
+                    await self._end_step(later, "skipped")
             await self._end_run(run_id, state, reason)
+            return
+        if artifact_step is None:
+            await self._end_run(run_id, "succeeded", None)
             return
         await self._artifact_step(ctx, config, workspace, artifact_step, masker, cancel)
 
@@ -281,7 +289,7 @@ class Engine(RunRecords):
         """Check the commit out and load its config; None when the run has ended failed."""
         step_id = await self._add_step(ctx, 0, "checkout", "checkout", None, None, state="running")
         try:
-            sha = await self._checkout(ctx, workspace)
+            sha, line = await self._checkout(ctx, workspace)
             await self._set_commit(ctx.run_id, sha, await git.commit_details(workspace, sha))
             ctx.sha = sha
             # a hostile conveyor.yml costs up to a second or two to refuse: not on the loop
@@ -298,7 +306,7 @@ class Engine(RunRecords):
             await self._end_step(step_id, "failed", reason)
             await self._end_run(ctx.run_id, "failed", reason)
             return None
-        await self._append_log(step_id, f"checked out {ctx.sha}\n")
+        await self._append_log(step_id, f"{line}\n")
         await self._end_step(step_id, "succeeded")
         return config
 
@@ -349,12 +357,17 @@ class Engine(RunRecords):
         await self._end_step(artifact_step, "succeeded")
         await self._end_run(run_id, "succeeded", None, release_id=release_id)
 
-    async def _checkout(self, ctx: RunContext, workspace: Path) -> str:
+    async def _checkout(self, ctx: RunContext, workspace: Path) -> tuple[str, str]:
+        """Check the run's commit out: its sha (a pull request's head), and a log line."""
         mirror = self.paths.mirror(ctx.app)
+        if ctx.pull is not None:
+            tested, line = await checkout_pull(mirror, ctx.repo_url, ctx.pull, workspace)
+            await self._record_tested(ctx.run_id, tested)
+            return ctx.pull.head_sha, line
         await git.update_mirror(mirror, ctx.repo_url)
         sha = await git.resolve(mirror, ctx.sha or f"refs/heads/{ctx.branch}")
         await git.checkout(mirror, sha, workspace)
-        return sha
+        return sha, f"checked out {sha}"
 
     async def _build_release(
         self, ctx: RunContext, config: Config, workspace: Path, step_id: int
@@ -420,17 +433,21 @@ class _PlannedStep(NamedTuple):
     env: dict[str, str]
 
 
-def _plan(config: Config) -> list[_PlannedStep]:
+def _plan(config: Config, *, tests_only: bool = False) -> list[_PlannedStep]:
     """The test then build steps of a config, in order, then the lint of its migrations'
-    SQL (`migrations.sql`): its findings fail the run before the release is built."""
+    SQL (`migrations.sql`): its findings fail the run before the release is built.
+    `tests_only` (a pull request's run): the test steps alone."""
+    kinds = (
+        (("test", config.test),) if tests_only else (("test", config.test), ("build", config.build))
+    )
     planned = [
         _PlannedStep(
             kind, step.name or _short(step.run), step.run, step.timeout, dict(step.env or {})
         )
-        for kind, steps in (("test", config.test), ("build", config.build))
+        for kind, steps in kinds
         for step in steps
     ]
-    if config.migrations.sql is not None:
+    if config.migrations.sql is not None and not tests_only:
         # the lint runs as `conveyor migrations lint` does on a laptop, from this server's
         # own install, in the checkout (after the build: `alembic ... --sql` may need it)
         command = f"{shlex.quote(sys.executable)} -m conveyor migrations lint"

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.config import Config
 from conveyor.pipeline import git
 from conveyor.pipeline.process import STEP_MARKER, step_marker
+from conveyor.pipeline.pulls import PullCheckout
 from conveyor.pipeline.runs import end_unfinished_steps
 from conveyor.releases.artifact import BuiltArtifact
-from conveyor.store.models import App, Release, Run, Step, utcnow
+from conveyor.store.models import App, PullRequestRun, Release, Run, Step, utcnow
 from conveyor.store.secrets import secret_values
 from conveyor.threads import offloaded
 
@@ -60,10 +61,13 @@ class RunContext:
     ref: str
     secrets: dict[str, str]
     data: Path
+    pull: PullCheckout | None = None  # a pull request's run: tests only
 
     def environment(self, step_id: int) -> dict[str, str]:
         # the server's own CONVEYOR_* settings (its admin token) never reach a step
         base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        if self.pull is not None:
+            base["CONVEYOR_PULL_REQUEST"] = str(self.pull.number)
         return base | {
             "CI": "true",
             "CONVEYOR": "true",
@@ -90,6 +94,12 @@ class RunRecords:
         with self.sessions() as session:
             run = session.get_one(Run, run_id)
             app = run.app
+            row = session.get(PullRequestRun, run_id)
+            pull = (
+                PullCheckout(row.number, row.head_sha, row.head_ref, row.merge_ref)
+                if row is not None
+                else None
+            )
             return RunContext(
                 run_id=run.id,
                 attempt=run.attempt,
@@ -98,8 +108,11 @@ class RunRecords:
                 branch=app.branch,
                 sha=run.sha,
                 ref=run.ref or "",
-                secrets=secret_values(session, app, None),
+                # a pull request's code is not trusted with the app's secrets (a fork's
+                # could print them): its steps get none
+                secrets={} if pull else secret_values(session, app, None),
                 data=self.paths.data,
+                pull=pull,
             )
 
     @offloaded
@@ -219,6 +232,14 @@ class RunRecords:
                 run.commit_author = commit.author[:255] or None
                 run.commit_message = commit.message or None
             session.commit()
+
+    @offloaded
+    def _record_tested(self, run_id: int, sha: str) -> None:
+        with self.sessions() as session:
+            row = session.get(PullRequestRun, run_id)
+            if row is not None:
+                row.tested_sha = sha
+                session.commit()
 
     @offloaded
     def _end_run(

@@ -17,6 +17,7 @@ ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "superseded", "cancelled")
 MAX_ATTEMPTS = 2
 INTERRUPTED = "interrupted"
+PULL_REFS = ("refs/pull/", "refs/merge-requests/")  # pull-request heads (forge/pulls.py)
 
 
 def enqueue_run(
@@ -28,15 +29,17 @@ def enqueue_run(
     trigger: str,
     triggered_by: str = "",
 ) -> Run:
-    """Queue a run; a run of the app's branch supersedes older queued runs of that branch."""
+    """Queue a run; a run of the app's branch (or of a pull request's head) supersedes older
+    queued runs of that ref."""
     run = Run(app_id=app.id, sha=sha, ref=ref, trigger=trigger, triggered_by=triggered_by)
-    if ref == f"refs/heads/{app.branch}":
+    if ref == f"refs/heads/{app.branch}" or (ref or "").startswith(PULL_REFS):
         older = session.scalars(
             select(Run).where(Run.app_id == app.id, Run.state == "queued", Run.ref == ref)
         ).all()
         for stale in older:
             stale.state = "superseded"
-            stale.reason = f"superseded by a newer commit of {app.branch} ({sha[:7]})"
+            what = app.branch if ref == f"refs/heads/{app.branch}" else ref
+            stale.reason = f"superseded by a newer commit of {what} ({sha[:7]})"
             stale.finished_at = utcnow()
     session.add(run)
     session.flush()

@@ -21,6 +21,9 @@ from .wire import (
     Wire,
 )
 
+# an http(s) URL without spaces or control characters; "" (AppUpdate) clears it
+FORGE_API_PATTERN = r"^(https?://[^\s\x00-\x1f]+)?$"
+
 
 class AppCreate(Wire):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=100)
@@ -39,6 +42,13 @@ class AppCreate(Wire):
     poll_interval: int | None = Field(
         default=None, ge=1, le=MAX_POLL, description="seconds (at most a week); none: no polling"
     )
+    forge_api: str | None = Field(
+        default=None,
+        max_length=MAX_REPO,
+        pattern=FORGE_API_PATTERN,
+        description="the forge's API base URL, for commit statuses of pull requests "
+        "(e.g. https://gitea.example.com/api/v1); none: the forge's default",
+    )
 
 
 class AppUpdate(Wire):
@@ -52,6 +62,14 @@ class AppUpdate(Wire):
     public_status: bool | None = Field(
         default=None, description="a read-only page at /status/NAME that needs no token"
     )
+    forge_api: str | None = Field(
+        default=None,
+        max_length=MAX_REPO,
+        pattern=FORGE_API_PATTERN,
+        description="the forge's API base URL, for commit statuses of pull requests; "
+        '"" goes back to the default (GitHub: https://api.github.com, GitLab: '
+        "https://gitlab.com/api/v4)",
+    )
 
 
 class AppOut(Wire):
@@ -61,6 +79,7 @@ class AppOut(Wire):
     poll_interval: int | None
     created_at: Timestamp
     public_status: bool = False
+    forge_api: str | None = None
 
 
 class Webhooks(Wire):
@@ -128,6 +147,32 @@ class StepOut(Wire):
     duration: float | None
 
 
+class CommitStatusOut(Wire):
+    """A commit status posted (or attempted) to the forge of a pull request."""
+
+    state: Literal["pending", "running", "success", "failure", "error"]
+    description: str
+    target_url: str
+    outcome: Literal["sending", "sent", "failed"]
+    http_status: int | None
+    error: str | None = Field(description="why the forge did not take it (a refused token…)")
+    attempts: int
+    created_at: Timestamp
+
+
+class PullRequestOut(Wire):
+    """The pull (merge) request a run tests: its head, and what was checked out."""
+
+    forge: Literal["github", "gitlab", "gitea"]
+    project: str
+    number: int
+    title: str
+    url: str | None
+    head_sha: str
+    tested_sha: str | None = Field(description="the head, or the forge's merge result")
+    statuses: list[CommitStatusOut] = []
+
+
 class RunOut(Wire):
     id: int
     app: str
@@ -148,6 +193,8 @@ class RunOut(Wire):
     committed_at: Timestamp | None = None
     commit_author: str | None = Field(default=None, description='"Name <email>"')
     commit_message: str | None = None
+    # a pull request's run: tests only, no release (none for runs of the branch)
+    pull_request: PullRequestOut | None = None
 
 
 class LogChunk(Wire):

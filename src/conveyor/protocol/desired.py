@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .checks import ChecksRequest
 from .unleash import ClientFeatures
 from .wire import Wire
 
@@ -115,6 +116,8 @@ class DesiredState(Wire):
     host: str
     generation: int
     apps: list[DesiredApp] = []
+    # infrastructure checks a deployment waits for before it moves traffic (checks.py)
+    checks: list[ChecksRequest] = []
 
 
 class HostAppSet(Wire):

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .checks import ChecksResult
 from .desired import MigrationResult
 from .metrics import RouterMetrics
 from .wire import MAX_RECORD_INT, Wire
@@ -59,6 +60,9 @@ class ObservedState(Wire):
     apps: list[ObservedApp] = []
     errors: list[str] = []
     metrics: RouterMetrics | None = None
+    checks: list[ChecksResult] = Field(
+        default=[], description="the infrastructure checks of the desired state, as they went"
+    )
     agent_version: str | None = Field(
         default=None, max_length=64, description="the agent's conveyor version (None: 0.1.0)"
     )

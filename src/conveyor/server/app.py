@@ -20,8 +20,10 @@ from conveyor.deploy.desired import Notifier
 from conveyor.deploy.flagrollouts import FlagRollouts
 from conveyor.deploy.orchestrator import DeployEngine
 from conveyor.deploy.records import start_chain
+from conveyor.forge.reporter import Reporter
 from conveyor.notify import Announcer, Courier
 from conveyor.pipeline.engine import Engine
+from conveyor.pipeline.runs import PULL_REFS
 from conveyor.server import busy, edge, idempotency, metrics
 from conveyor.server.accesslog import AccessLog
 from conveyor.server.api import (
@@ -101,15 +103,21 @@ def create_app(
                 announcer.deployment_ended(deployment)
             deployer.wake()
 
+    def ended(session: Session, run: Run) -> None:
+        # a pull request's result goes to its forge (forge/reporter.py), not to the team
+        if not (run.ref or "").startswith(PULL_REFS):
+            announcer.run_ended(session, run)
+
     engine = Engine(
         background,
         settings.data_dir,
         parallel=settings.parallel_runs,
         on_release=promote,
-        on_end=lambda session, run: announcer.run_ended(session, run),
+        on_end=ended,
     )
     announcer = Announcer(settings.public_url, settings.data_dir, engine.paths.workspace)
     courier = Courier(background)
+    reporter = Reporter(background, settings.public_url)
     announcer.on_queued = courier.wake
     deployer = DeployEngine(
         background, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
@@ -137,6 +145,7 @@ def create_app(
             asyncio.create_task(deployer.serve(), name="deployer"),
             asyncio.create_task(courier.serve(), name="courier"),
             asyncio.create_task(guard.serve(), name="flag-rollouts"),
+            asyncio.create_task(reporter.serve(), name="reporter"),
         ]
         try:
             yield
@@ -147,6 +156,7 @@ def create_app(
             await engine.stop()
             await courier.stop()
             await guard.stop()
+            await reporter.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +176,7 @@ def create_app(
     api.state.notifier = notifier
     api.state.courier = courier
     api.state.flag_rollouts = guard
+    api.state.reporter = reporter
     for module in (
         apps,
         runs,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conveyor.protocol import AppOut, ReleaseOut, RunOut, StepOut
+from conveyor.protocol import (
+    AppOut,
+    CommitStatusOut,
+    PullRequestOut,
+    ReleaseOut,
+    RunOut,
+    StepOut,
+)
 from conveyor.store.models import App, Release, Run, Step
 
 
@@ -22,6 +29,7 @@ def app_out(app: App) -> AppOut:
         poll_interval=app.poll_interval,
         created_at=app.created_at,
         public_status=app.public_status,
+        forge_api=app.forge_api,
     )
 
 
@@ -62,6 +70,37 @@ def run_out(run: Run, *, steps: bool = False) -> RunOut:
         committed_at=run.committed_at,
         commit_author=run.commit_author,
         commit_message=run.commit_message,
+        pull_request=pull_request_out(run, statuses=steps),
+    )
+
+
+def pull_request_out(run: Run, *, statuses: bool) -> PullRequestOut | None:
+    pull = run.pull_request
+    if pull is None:
+        return None
+    return PullRequestOut(
+        forge=pull.forge,
+        project=pull.project,
+        number=pull.number,
+        title=pull.title,
+        url=pull.url,
+        head_sha=pull.head_sha,
+        tested_sha=pull.tested_sha,
+        statuses=[
+            CommitStatusOut(
+                state=s.state,
+                description=s.description,
+                target_url=s.target_url,
+                outcome=s.outcome,
+                http_status=s.http_status,
+                error=s.error,
+                attempts=s.attempts,
+                created_at=s.created_at,
+            )
+            for s in run.commit_statuses
+        ]
+        if statuses
+        else [],
     )
 
 

@@ -69,6 +69,8 @@ class App(Base):
     last_polled_at: Mapped[datetime | None] = mapped_column(default=None)
     # opt-in: a read-only page at /status/<app> that anyone may read, without a token
     public_status: Mapped[bool] = mapped_column(default=False)
+    # where commit statuses of pull-request runs go (forge/statuses.py); none: the forge's default
+    forge_api: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     secrets: Mapped[list[Secret]] = relationship(back_populates="app", cascade="all, delete-orphan")
@@ -144,6 +146,11 @@ class Run(Base):
     steps: Mapped[list[Step]] = relationship(
         back_populates="run", order_by="(Step.attempt, Step.position)", cascade="all, delete-orphan"
     )
+    # a pull request's run (forge/): what it tests, and the statuses posted to its forge
+    pull_request: Mapped[PullRequestRun | None] = relationship(viewonly=True)
+    commit_statuses: Mapped[list[CommitStatus]] = relationship(
+        viewonly=True, order_by="CommitStatus.id"
+    )
 
 
 class Step(Base):
@@ -217,6 +224,8 @@ class Host(Base):
     generation: Mapped[int] = mapped_column(Integer, default=0)
     applied_generation: Mapped[int | None] = mapped_column(Integer, default=None)
     observed: Mapped[str | None] = mapped_column(Text, default=None)
+    # infrastructure checks its agent should run now (a JSON list of protocol.ChecksRequest)
+    checks: Mapped[str | None] = mapped_column(Text, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -477,3 +486,44 @@ class FlagClient(Base):
     counts: Mapped[str] = mapped_column(Text, default="{}")
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PullRequestRun(Base):
+    """What a pull-request run tests, and which commit status the forge last got of it.
+
+    A run with such a row runs its test steps only: no release, no deployment.
+    """
+
+    __tablename__ = "pull_request_runs"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    forge: Mapped[str] = mapped_column(String(20))  # github | gitlab | gitea
+    project: Mapped[str] = mapped_column(String(255))  # "owner/repo", or GitLab's project id
+    number: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(Text, default=None)  # the request's page
+    head_sha: Mapped[str] = mapped_column(String(64))  # statuses are posted on it
+    head_ref: Mapped[str] = mapped_column(String(255))
+    merge_ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    tested_sha: Mapped[str | None] = mapped_column(String(64), default=None)  # head or merge
+    # the last status handed to the forge (or given up on), and whether the last is final
+    reported: Mapped[str | None] = mapped_column(String(20), default=None)
+    done: Mapped[bool] = mapped_column(default=False, index=True)
+
+
+class CommitStatus(Base):
+    """One commit status posted (or attempted) to a forge for a pull-request run."""
+
+    __tablename__ = "commit_statuses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20))  # pending, running, success, failure, error
+    description: Mapped[str] = mapped_column(Text, default="")
+    target_url: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str] = mapped_column(String(20), default="sending")  # sent | failed
+    http_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

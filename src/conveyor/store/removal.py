@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.store.models import (
     App,
+    CommitStatus,
     Deployment,
     DeploymentStep,
     Flag,
@@ -19,6 +20,7 @@ from conveyor.store.models import (
     Host,
     HostApp,
     Notification,
+    PullRequestRun,
     Release,
     ResolvedSecret,
     Run,
@@ -134,6 +136,12 @@ def remove_app(session: Session, app: App) -> Removed:
         delete(WebhookDelivery).where(WebhookDelivery.app_id == app.id),
         delete(Release).where(Release.app_id == app.id),
         delete(Step).where(Step.run_id.in_(select(Run.id).where(Run.app_id == app.id))),
+        delete(CommitStatus).where(
+            CommitStatus.run_id.in_(select(Run.id).where(Run.app_id == app.id))
+        ),
+        delete(PullRequestRun).where(
+            PullRequestRun.run_id.in_(select(Run.id).where(Run.app_id == app.id))
+        ),
         delete(Run).where(Run.app_id == app.id),
         delete(Secret).where(Secret.app_id == app.id),
         delete(ResolvedSecret).where(ResolvedSecret.app_id == app.id),

@@ -61,6 +61,7 @@ def add_app(body: AppCreate, request: Request, caller: Admin, session: SessionDe
         repo_url=body.repo,
         branch=body.branch,
         poll_interval=body.poll_interval,
+        forge_api=body.forge_api,
         webhook_secret=pysecrets.token_hex(24),
     )
     session.add(app)
@@ -79,7 +80,8 @@ def get_app(name: AppName, _: Viewer, session: SessionDep) -> AppOut:
 
 @router.patch("/{name}", responses=responses(404))
 def update_app(name: AppName, body: AppUpdate, _: Admin, session: SessionDep) -> AppOut:
-    """Change the repository, branch, polling interval or public status page of an app."""
+    """Change the repository, branch, polling interval, public status page or forge API URL of
+    an app."""
     app = get_app_or_404(session, name)
     if body.repo is not None:
         app.repo_url = body.repo
@@ -90,6 +92,8 @@ def update_app(name: AppName, body: AppUpdate, _: Admin, session: SessionDep) ->
         app.last_polled_at = None
     if body.public_status is not None:
         app.public_status = body.public_status
+    if body.forge_api is not None:
+        app.forge_api = body.forge_api or None
     session.commit()
     return app_out(app)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import TypeAdapter
 from sqlalchemy import select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
 from conveyor.protocol import MAX_INT, LogChunk, RunCreate, RunOut
@@ -110,7 +110,12 @@ async def list_runs(
 
 
 def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:
-    query = select(Run).options(joinedload(Run.app)).order_by(Run.id.desc()).limit(limit)
+    query = (
+        select(Run)
+        .options(joinedload(Run.app), selectinload(Run.pull_request))
+        .order_by(Run.id.desc())
+        .limit(limit)
+    )
     if app is not None:
         query = query.where(Run.app_id == get_app_or_404(session, app).id)
     return [run_out(r) for r in session.scalars(query).all()]

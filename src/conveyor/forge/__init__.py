@@ -1,0 +1,1 @@
+"""Pull and merge requests: their webhook events, and commit statuses posted back to forges."""
