@@ -19,6 +19,7 @@ from pydantic import (
 
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
+from conveyor.config.load import LoadTest
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
@@ -96,14 +97,18 @@ Hosts = Annotated[
 
 
 class VerifyCheck(Section):
-    """A check after a deployment: an HTTP request or a command; failure rolls back."""
+    """A check after a deployment: an HTTP request, a command or a load test (judged
+    against the previous release's); failure rolls back."""
 
     model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["http"]}, {"required": ["run"]}]}
+        json_schema_extra={
+            "oneOf": [{"required": ["http"]}, {"required": ["run"]}, {"required": ["load"]}]
+        }
     )
 
     http: HttpProbe | None = None
     run: NonEmptyStr | None = None
+    load: LoadTest | None = None
     # 200 for http checks (set below); commands have no status.
     expect: StatusCode | None = Field(
         default=None, description="The status an http check expects. Default: 200."
@@ -126,13 +131,29 @@ class VerifyCheck(Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> VerifyCheck:
-        if self.http is not None and self.run is not None:
-            raise invalid([((), "expected either http or run in a check, not both", None)])
-        if self.http is None and self.run is None:
+        kinds = [k for k in ("http", "run", "load") if getattr(self, k) is not None]
+        if len(kinds) > 1:
             raise invalid(
-                [((), "expected a check with http: (like GET /healthz) or run: (a command)", None)]
+                [
+                    (
+                        (),
+                        f"expected one of http, run or load in a check, not {' and '.join(kinds)}",
+                        None,
+                    )
+                ]
             )
-        if self.run is not None and self.expect is not None:
+        if not kinds:
+            raise invalid(
+                [
+                    (
+                        (),
+                        "expected a check with http: (like GET /healthz), run: (a command) or "
+                        "load: (like {rate: 200/s, duration: 2m})",
+                        None,
+                    )
+                ]
+            )
+        if self.http is None and self.expect is not None:
             raise invalid([(("expect", KEY), "expect only applies to http checks", None)])
         return self
 
