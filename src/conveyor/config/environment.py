@@ -238,6 +238,55 @@ class Environment(Section):
     domains: Domains = domains_field()
     path_prefix: PathPrefix | None = prefix_field()
     strip_prefix: bool | None = strip_field()
+    # a fresh environment for each deployment (deploy/provisioning.py): the command prints
+    # the hosts' names, one a line (it stands for hosts:); teardown always runs after
+    provision: NonEmptyStr | None = None
+    teardown: NonEmptyStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provision_names_the_hosts(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("provision") is None:
+            return data
+        derived = {"command": data["provision"]}
+        if "hosts" in data and data["hosts"] not in (derived, HostsCommand(**derived)):
+            # (a stored config, dumped after validation, holds the hosts derived below)
+            raise invalid(
+                [
+                    (
+                        ("hosts", KEY),
+                        "an environment with provision: gets its hosts from the provision "
+                        "command's output; leave hosts out",
+                        None,
+                    )
+                ]
+            )
+        return {**data, "hosts": derived}
+
+    @model_validator(mode="after")
+    def _teardown_with_provision(self) -> Environment:
+        if self.provision is not None and self.teardown is None:
+            raise invalid(
+                [
+                    (
+                        ("provision", KEY),
+                        "expected teardown: (like ./infra/down.sh) beside provision: what is "
+                        "created for a deployment is always torn down",
+                        None,
+                    )
+                ]
+            )
+        if self.teardown is not None and self.provision is None:
+            raise invalid(
+                [
+                    (
+                        ("teardown", KEY),
+                        "teardown only applies with provision: (like ./infra/up.sh)",
+                        None,
+                    )
+                ]
+            )
+        return self
 
     @field_validator("steps")
     @classmethod
