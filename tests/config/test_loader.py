@@ -242,7 +242,7 @@ BROKEN = [
         BASE + "    verify:\n      - http: GET /healthz\n        run: ./smoke.sh\n",
         13,
         9,
-        "either http or run in a check, not both",
+        "expected one of http, run or load in a check, not http and run",
     ),
     (
         "verify with neither",

@@ -20,6 +20,7 @@ from pydantic import (
 from conveyor.config.base import KEY, Loc, Section, describe, invalid
 from conveyor.config.durations import Duration, Percent, PositiveDuration
 from conveyor.config.infra import InfraCheckSetting
+from conveyor.config.load import LoadTest
 from conveyor.config.metric_source import MetricSourceSetting
 from conveyor.config.monitor import Monitor, MonitorSetting
 from conveyor.config.routing import Domains, PathPrefix, domains_field, prefix_field, strip_field
@@ -99,14 +100,18 @@ Hosts = Annotated[
 
 
 class VerifyCheck(Section):
-    """A check after a deployment: an HTTP request or a command; failure rolls back."""
+    """A check after a deployment: an HTTP request, a command or a load test (judged
+    against the previous release's); failure rolls back."""
 
     model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["http"]}, {"required": ["run"]}]}
+        json_schema_extra={
+            "oneOf": [{"required": ["http"]}, {"required": ["run"]}, {"required": ["load"]}]
+        }
     )
 
     http: HttpProbe | None = None
     run: NonEmptyStr | None = None
+    load: LoadTest | None = None
     # 200 for http checks (set below); commands have no status.
     expect: StatusCode | None = Field(
         default=None, description="The status an http check expects. Default: 200."
@@ -129,13 +134,29 @@ class VerifyCheck(Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> VerifyCheck:
-        if self.http is not None and self.run is not None:
-            raise invalid([((), "expected either http or run in a check, not both", None)])
-        if self.http is None and self.run is None:
+        kinds = [k for k in ("http", "run", "load") if getattr(self, k) is not None]
+        if len(kinds) > 1:
             raise invalid(
-                [((), "expected a check with http: (like GET /healthz) or run: (a command)", None)]
+                [
+                    (
+                        (),
+                        f"expected one of http, run or load in a check, not {' and '.join(kinds)}",
+                        None,
+                    )
+                ]
             )
-        if self.run is not None and self.expect is not None:
+        if not kinds:
+            raise invalid(
+                [
+                    (
+                        (),
+                        "expected a check with http: (like GET /healthz), run: (a command) or "
+                        "load: (like {rate: 200/s, duration: 2m})",
+                        None,
+                    )
+                ]
+            )
+        if self.http is None and self.expect is not None:
             raise invalid([(("expect", KEY), "expect only applies to http checks", None)])
         return self
 
@@ -234,6 +255,56 @@ class Environment(Section):
         if len(set(moments)) != len(moments):
             raise invalid([((), "expected before and after at most once each", moments)])
         return moments
+
+    # a fresh environment for each deployment (deploy/provisioning.py): the command prints
+    # the hosts' names, one a line (it stands for hosts:); teardown always runs after
+    provision: NonEmptyStr | None = None
+    teardown: NonEmptyStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provision_names_the_hosts(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("provision") is None:
+            return data
+        derived = {"command": data["provision"]}
+        if "hosts" in data and data["hosts"] not in (derived, HostsCommand(**derived)):
+            # (a stored config, dumped after validation, holds the hosts derived below)
+            raise invalid(
+                [
+                    (
+                        ("hosts", KEY),
+                        "an environment with provision: gets its hosts from the provision "
+                        "command's output; leave hosts out",
+                        None,
+                    )
+                ]
+            )
+        return {**data, "hosts": derived}
+
+    @model_validator(mode="after")
+    def _teardown_with_provision(self) -> Environment:
+        if self.provision is not None and self.teardown is None:
+            raise invalid(
+                [
+                    (
+                        ("provision", KEY),
+                        "expected teardown: (like ./infra/down.sh) beside provision: what is "
+                        "created for a deployment is always torn down",
+                        None,
+                    )
+                ]
+            )
+        if self.teardown is not None and self.provision is None:
+            raise invalid(
+                [
+                    (
+                        ("teardown", KEY),
+                        "teardown only applies with provision: (like ./infra/up.sh)",
+                        None,
+                    )
+                ]
+            )
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -74,6 +74,8 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
         if now - self._contracts_at >= CONTRACTS_EVERY:
             self._contracts_at = now
             await in_thread(self._contracts)
+        # before any deployment starts: a killed server's environments go first
+        await self._sweep_provisioned()
         starting, ids = await in_thread(self._pending)
         for deployment_id in starting:
             await self._start(deployment_id)

@@ -23,8 +23,9 @@ from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.desired import DesiredStateError, service_spec
 from conveyor.deploy.detail import StepDetail, StepOptions
 from conveyor.deploy.gates import GateError, environment, expand_passed, waiting_for
-from conveyor.deploy.ledger import Ledger, dump_targets
+from conveyor.deploy.ledger import dump_targets
 from conveyor.deploy.plan import Context, PlannedStep, Targets
+from conveyor.deploy.provisioning import Provisioner
 from conveyor.deploy.records import ACTING, PENDING
 from conveyor.deploy.secretcommands import SecretCommandError
 from conveyor.deploy.stepping import OFFLINE_AFTER, OFFLINE_GRACE
@@ -43,7 +44,7 @@ STRATEGIES: dict[str, Callable[[Context], list[PlannedStep]]] = {
 }
 
 
-class Starter(Ledger):
+class Starter(Provisioner):
     """The engine's part that moves a deployment from pending to running."""
 
     def _pending(self) -> tuple[list[int], list[int]]:
@@ -188,6 +189,8 @@ class Starter(Ledger):
             )
 
     async def _inventory(self, env: Environment, release: Release, deployment_id: int) -> list[str]:
+        if env.provision is not None:
+            return await self._provision(env, release, deployment_id)
         if isinstance(env.hosts, list):
             return list(env.hosts)
         command = env.hosts

@@ -11,14 +11,15 @@ import json
 
 from conveyor.config import Config, Environment
 from conveyor.deploy import checks
-from conveyor.deploy.ledger import Ledger, host_views
+from conveyor.deploy.ledger import host_views
+from conveyor.deploy.loading import LoadTester
 from conveyor.deploy.progress import HostView
 from conveyor.store.models import Deployment, DeploymentStep, Release, utcnow
 from conveyor.store.secrets import every_value
 from conveyor.threads import in_thread
 
 
-class Verifier(Ledger):
+class Verifier(LoadTester):
     """The engine's part that runs a deployment's verify step."""
 
     async def _verify(self, deployment_id: int, step_id: int, env: Environment) -> None:
@@ -67,6 +68,8 @@ class Verifier(Ledger):
                     failed.append(result.line.split("\n", 1)[0])
                     break
         await self._log(step_id, lines)
+        if not failed and previous is None:  # load tests judge the new release only
+            failed += await self._load_tests(deployment_id, step_id, env, where)
         if failed:
             what = "verify failed: "
             if previous is not None:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -527,3 +537,48 @@ class CommitStatus(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LoadRecord(Base):
+    """One load test of a release on an environment: what the next release is judged by."""
+
+    __tablename__ = "load_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment: Mapped[str] = mapped_column(String(100))
+    test: Mapped[str] = mapped_column(String(255))  # rate and paths: only like is compared
+    release_id: Mapped[str] = mapped_column(String(80))
+    deployment_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    rate_asked: Mapped[float] = mapped_column(Float)
+    rate: Mapped[float] = mapped_column(Float)  # requests a second achieved
+    seconds: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    p50: Mapped[float | None] = mapped_column(Float, default=None)  # seconds
+    p95: Mapped[float | None] = mapped_column(Float, default=None)
+    p99: Mapped[float | None] = mapped_column(Float, default=None)
+    counters: Mapped[str] = mapped_column(Text)  # ReleaseCounters (JSON): what the judge reads
+    verdict: Mapped[str] = mapped_column(String(20))  # baseline | pass | fail
+
+    __table_args__ = (Index("ix_load_records_app_env", "app_id", "environment"),)
+
+
+class Provisioned(Base):
+    """An environment a provision command created for one deployment, until torn down:
+    written before the command runs, so a restarted server tears down what it left."""
+
+    __tablename__ = "provisioned"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment: Mapped[str] = mapped_column(String(100))
+    deployment_id: Mapped[int] = mapped_column(Integer, index=True)
+    # provisioning | up | torn_down | teardown_failed (retried)
+    state: Mapped[str] = mapped_column(String(20), default="provisioning")
+    hosts: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the host names it made
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # teardowns tried
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    torn_down_at: Mapped[datetime | None] = mapped_column(default=None)
