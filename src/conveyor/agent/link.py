@@ -38,9 +38,12 @@ class ServerLink:
     """
 
     def __init__(
-        self, server: str, name: str, data: Path, trust: ServerTrust | None = None
+        self, server: str | list[str], name: str, data: Path, trust: ServerTrust | None = None
     ) -> None:
-        self.server = server.rstrip("/")
+        # several servers sharing one database: any of them will do, the first one first
+        self.servers = server_urls([server] if isinstance(server, str) else server)
+        self.server = self.servers[0]
+        self._failed = 0  # servers tried in a row without an answer
         self.name = name
         self.credential_path = data / "credential.json"
         self.token: str | None = None
@@ -55,6 +58,24 @@ class ServerLink:
             verify=self.trust.context(),
         )
 
+    def fail_over(self) -> bool:
+        """The current server did not answer: move to the next one. False once every
+        server was tried since the last answer (then wait before the next round)."""
+        self._failed += 1
+        if len(self.servers) < 2:
+            return False
+        before = self.server
+        self.server = self.servers[(self.servers.index(before) + 1) % len(self.servers)]
+        self.http.base_url = httpx.URL(self.server)
+        log.warning("moving to another server", extra={"from": before, "to": self.server})
+        if self._failed >= len(self.servers):
+            self._failed = 0
+            return False
+        return True
+
+    def answered(self) -> None:
+        self._failed = 0
+
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -62,7 +83,7 @@ class ServerLink:
     async def ensure_credential(self, enrolment_token: str | None) -> None:
         if self.credential_path.exists():
             saved = json.loads(self.credential_path.read_text())
-            same_server = saved.get("server") == self.server
+            same_server = saved.get("server") in self.servers
             # a new --server without --token: the same server moved (restored from a
             # backup on another address), which knows this credential
             if saved.get("name") == self.name and (same_server or not enrolment_token):
@@ -131,6 +152,19 @@ class ServerLink:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def server_urls(given: list[str]) -> list[str]:
+    """`--server` values (repeated, or comma-separated) as a list of URLs, each once."""
+    urls: list[str] = []
+    for value in given:
+        for url in value.split(","):
+            url = url.strip().rstrip("/")
+            if url and url not in urls:
+                urls.append(url)
+    if not urls:
+        raise EnrolmentError("--server: give the URL of at least one server")
+    return urls
 
 
 def _detail(r: httpx.Response) -> str:

@@ -51,7 +51,7 @@ def make_router(kind: str, data: Path, workers: int = 1) -> Router:
 
 def run_agent(
     *,
-    server: str,
+    server: str | list[str],
     name: str,
     token: str | None,
     data: Path,
@@ -91,7 +91,7 @@ def run_agent(
 
 
 async def _main(
-    server: str,
+    server: str | list[str],
     name: str,
     token: str | None,
     data: Path,
@@ -166,6 +166,7 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
         after = reconciler.desired.generation if reconciler.desired else -1
         try:
             desired = await link.desired(after, LONG_POLL)
+            link.answered()
             backoff = RETRY_FIRST
             if reconciler.desired is None or desired.generation != reconciler.desired.generation:
                 log.info("desired state", extra={"generation": desired.generation})
@@ -186,6 +187,8 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
                 )
             else:
                 log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
+            if link.fail_over():
+                continue  # another server (sharing the database) answers at once
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, RETRY_MAX)
 
