@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ from conveyor.tls import ServerTrust
 
 log = logging.getLogger("conveyor.agent")
 LONG_POLL_MAX = 25.0
+REPORT_TIMEOUT = 8.0  # seconds; a host is offline after 15 s without a word
 
 
 class EnrolmentError(Exception):
@@ -44,6 +47,7 @@ class ServerLink:
         self.servers = server_urls([server] if isinstance(server, str) else server)
         self.server = self.servers[0]
         self._failed = 0  # servers tried in a row without an answer
+        self.moved = asyncio.Event()  # set when the link moved to another server
         self.name = name
         self.credential_path = data / "credential.json"
         self.token: str | None = None
@@ -58,13 +62,17 @@ class ServerLink:
             verify=self.trust.context(),
         )
 
-    def fail_over(self) -> bool:
-        """The current server did not answer: move to the next one. False once every
-        server was tried since the last answer (then wait before the next round)."""
+    def fail_over(self, failed: str | None = None) -> bool:
+        """The server did not answer (`failed`: the URL that did not, if known): move to
+        the next one. False once every server was tried since the last answer (then wait
+        before the next round)."""
+        if failed is not None and failed != self.server:
+            return True  # the other loop moved already: go on with the new one
         self._failed += 1
         if len(self.servers) < 2:
             return False
         before = self.server
+        self.moved.set()
         self.server = self.servers[(self.servers.index(before) + 1) % len(self.servers)]
         self.http.base_url = httpx.URL(self.server)
         log.warning("moving to another server", extra={"from": before, "to": self.server})
@@ -132,11 +140,30 @@ class ServerLink:
         self._check(r)
         return DesiredState.model_validate(r.json())
 
+    async def desired_unless_moved(self, after: int, wait: float) -> DesiredState | None:
+        """`desired`, given up (None) when the link moves to another server meanwhile: a
+        long-poll to a server that froze would otherwise hang for its whole read timeout."""
+        self.moved.clear()
+        poll = asyncio.create_task(self.desired(after, wait))
+        moved = asyncio.create_task(self.moved.wait())
+        try:
+            await asyncio.wait({poll, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+        if poll.done():
+            return poll.result()
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poll
+        return None
+
     async def report(self, observed: ObservedState) -> None:
         r = await self.http.post(
             "/api/agent/report",
             content=observed.model_dump_json(),
             headers={**self.headers, "Content-Type": "application/json"},
+            # short: a report that hangs (a frozen server) moves the agent to another
+            timeout=REPORT_TIMEOUT,
         )
         self._check(r)
 
