@@ -162,7 +162,14 @@ def server(
 
 @_launcher(after="hook-script")
 def agent(
-    server: Annotated[str, typer.Option(envvar="CONVEYOR_SERVER", help="Server URL.")],
+    server: Annotated[
+        list[str],
+        typer.Option(
+            envvar="CONVEYOR_SERVER",
+            help="Server URL; several servers sharing one database: repeat it or separate "
+            "the URLs with commas (the agent moves to the next when one does not answer).",
+        ),
+    ],
     name: Annotated[str, typer.Option(help="This host's name, as in `conveyor host add`.")],
     token: Annotated[
         str | None,
@@ -257,12 +264,16 @@ def agent(
             fail(str(exc), 2)
     try:
         trust = ServerTrust.of(ca, server_fingerprint)
-        trust.check_url(server)
+        servers = [url.strip() for value in server for url in value.split(",") if url.strip()]
+        if not servers:
+            fail("--server: give the URL of at least one server", 2)
+        for url in servers:
+            trust.check_url(url)
     except TrustError as exc:
         fail(escape(str(exc)), 2)
     raise typer.Exit(
         run_agent(
-            server=server,
+            server=servers,
             name=name,
             token=token,
             data=data,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,10 @@ def _background() -> ThreadPoolExecutor:
 async def in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `fn` (a blocking database block) in a background thread and wait for it."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_background(), functools.partial(fn, *args, **kwargs))
+    # with the caller's context variables (a deployment's lease fence: store/leases.py)
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, fn, *args, **kwargs)
+    return await loop.run_in_executor(_background(), call)
 
 
 def offloaded(fn: Callable[P, T]) -> Callable[P, Awaitable[T]]:

@@ -86,7 +86,7 @@ def test_a_run_and_a_canary_deployment_are_recorded_in_postgresql(
     assert steps and all(state == "succeeded" for _, state, _ in steps), steps
     # a canary step's detail was written key by key with jsonb (store/steps.py)
     assert any('"judge' in str(detail) or '"points' in str(detail) for *_, detail in steps)
-    assert rows(db, "SELECT version_num FROM alembic_version") == [("0011",)]
+    assert rows(db, "SELECT version_num FROM alembic_version") == [("0014",)]
 
 
 @pytest.mark.timeout(600)

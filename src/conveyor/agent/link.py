@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ from conveyor.tls import ServerTrust
 
 log = logging.getLogger("conveyor.agent")
 LONG_POLL_MAX = 25.0
+REPORT_TIMEOUT = 8.0  # seconds; a host is offline after 15 s without a word
 
 
 class EnrolmentError(Exception):
@@ -38,9 +41,13 @@ class ServerLink:
     """
 
     def __init__(
-        self, server: str, name: str, data: Path, trust: ServerTrust | None = None
+        self, server: str | list[str], name: str, data: Path, trust: ServerTrust | None = None
     ) -> None:
-        self.server = server.rstrip("/")
+        # several servers sharing one database: any of them will do, the first one first
+        self.servers = server_urls([server] if isinstance(server, str) else server)
+        self.server = self.servers[0]
+        self._failed = 0  # servers tried in a row without an answer
+        self.moved = asyncio.Event()  # set when the link moved to another server
         self.name = name
         self.credential_path = data / "credential.json"
         self.token: str | None = None
@@ -55,6 +62,28 @@ class ServerLink:
             verify=self.trust.context(),
         )
 
+    def fail_over(self, failed: str | None = None) -> bool:
+        """The server did not answer (`failed`: the URL that did not, if known): move to
+        the next one. False once every server was tried since the last answer (then wait
+        before the next round)."""
+        if failed is not None and failed != self.server:
+            return True  # the other loop moved already: go on with the new one
+        self._failed += 1
+        if len(self.servers) < 2:
+            return False
+        before = self.server
+        self.moved.set()
+        self.server = self.servers[(self.servers.index(before) + 1) % len(self.servers)]
+        self.http.base_url = httpx.URL(self.server)
+        log.warning("moving to another server", extra={"from": before, "to": self.server})
+        if self._failed >= len(self.servers):
+            self._failed = 0
+            return False
+        return True
+
+    def answered(self) -> None:
+        self._failed = 0
+
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -62,7 +91,7 @@ class ServerLink:
     async def ensure_credential(self, enrolment_token: str | None) -> None:
         if self.credential_path.exists():
             saved = json.loads(self.credential_path.read_text())
-            same_server = saved.get("server") == self.server
+            same_server = saved.get("server") in self.servers
             # a new --server without --token: the same server moved (restored from a
             # backup on another address), which knows this credential
             if saved.get("name") == self.name and (same_server or not enrolment_token):
@@ -111,11 +140,30 @@ class ServerLink:
         self._check(r)
         return DesiredState.model_validate(r.json())
 
+    async def desired_unless_moved(self, after: int, wait: float) -> DesiredState | None:
+        """`desired`, given up (None) when the link moves to another server meanwhile: a
+        long-poll to a server that froze would otherwise hang for its whole read timeout."""
+        self.moved.clear()
+        poll = asyncio.create_task(self.desired(after, wait))
+        moved = asyncio.create_task(self.moved.wait())
+        try:
+            await asyncio.wait({poll, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+        if poll.done():
+            return poll.result()
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poll
+        return None
+
     async def report(self, observed: ObservedState) -> None:
         r = await self.http.post(
             "/api/agent/report",
             content=observed.model_dump_json(),
             headers={**self.headers, "Content-Type": "application/json"},
+            # short: a report that hangs (a frozen server) moves the agent to another
+            timeout=REPORT_TIMEOUT,
         )
         self._check(r)
 
@@ -131,6 +179,19 @@ class ServerLink:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def server_urls(given: list[str]) -> list[str]:
+    """`--server` values (repeated, or comma-separated) as a list of URLs, each once."""
+    urls: list[str] = []
+    for value in given:
+        for url in value.split(","):
+            url = url.strip().rstrip("/")
+            if url and url not in urls:
+                urls.append(url)
+    if not urls:
+        raise EnrolmentError("--server: give the URL of at least one server")
+    return urls
 
 
 def _detail(r: httpx.Response) -> str:

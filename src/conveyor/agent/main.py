@@ -51,7 +51,7 @@ def make_router(kind: str, data: Path, workers: int = 1) -> Router:
 
 def run_agent(
     *,
-    server: str,
+    server: str | list[str],
     name: str,
     token: str | None,
     data: Path,
@@ -95,7 +95,7 @@ def run_agent(
 
 
 async def _main(
-    server: str,
+    server: str | list[str],
     name: str,
     token: str | None,
     data: Path,
@@ -172,8 +172,12 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
     backoff = RETRY_FIRST
     while not stop.is_set():
         after = reconciler.desired.generation if reconciler.desired else -1
+        polled = link.server
         try:
-            desired = await link.desired(after, LONG_POLL)
+            desired = await link.desired_unless_moved(after, LONG_POLL)
+            if desired is None:
+                continue  # the report loop found the server gone: poll the next one
+            link.answered()
             backoff = RETRY_FIRST
             if reconciler.desired is None or desired.generation != reconciler.desired.generation:
                 log.info("desired state", extra={"generation": desired.generation})
@@ -197,6 +201,8 @@ async def _fetch(link: ServerLink, reconciler: Reconciler, stop: asyncio.Event) 
                 )
             else:
                 log.warning("server unreachable", extra={"error": str(exc), "retry_in": backoff})
+            if link.fail_over(polled):
+                continue  # another server (sharing the database) answers at once
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, RETRY_MAX)
 
@@ -216,6 +222,7 @@ async def _report(
         except Exception as exc:
             log.warning("router metrics unavailable", extra={"error": str(exc)})
         reconciler.changed.clear()
+        reported = link.server
         try:
             await link.report(reconciler.observed(alive))
             failures = 0
@@ -224,6 +231,9 @@ async def _report(
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("report failed", extra={"error": str(exc)})
             failures += 1
+            if link.fail_over(reported):
+                failures = 0  # another server: report to it at once
+                continue
         wait = min(RETRY_FIRST * 2 ** (failures - 1), REPORT_EVERY) if failures else REPORT_EVERY
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reconciler.changed.wait(), timeout=wait)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from sqlalchemy.orm import Session
 
@@ -42,13 +42,31 @@ class Notifier:
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        # the other servers on the same database (store/cluster.py Cluster.publish)
+        self.publish: Callable[[Collection[str]], None] | None = None
 
     def bind(self) -> None:
         """Remember the server's loop: `changed` may then be called from any thread."""
         self._loop = asyncio.get_running_loop()
 
     def changed(self, host: str) -> None:
-        call_on_loop(self._loop, self._events[host].set)
+        self.changed_many([host])
+
+    def changed_many(self, hosts: Collection[str]) -> None:
+        """These hosts' desired state changed (one commit): wake their polls, here and on
+        the other servers (one wake-up for them all)."""
+        self.woken(hosts)
+        if self.publish is not None:
+            self.publish(hosts)
+
+    def woken(self, hosts: Collection[str] | None) -> None:
+        """Wake the polls of these hosts in this process (None: every poll)."""
+
+        def wake() -> None:
+            for host in list(self._events) if hosts is None else hosts:
+                self._events[host].set()
+
+        call_on_loop(self._loop, wake)
 
     def close(self) -> None:
         """End every long-poll now (the server is stopping): agents simply poll again."""

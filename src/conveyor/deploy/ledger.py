@@ -34,6 +34,7 @@ from conveyor.deploy.stepping import FAILURE_CONFIRM, OFFLINE_AFTER, OFFLINE_GRA
 from conveyor.notify import Announcer
 from conveyor.protocol import ObservedState, ReleaseWeight, RouterMetrics
 from conveyor.releases.store import ArtifactStore
+from conveyor.store.cluster import Cluster
 from conveyor.store.models import Deployment, DeploymentStep, Host, Release, utcnow
 from conveyor.store.steps import append_log
 from conveyor.threads import Wakeup, offloaded
@@ -64,6 +65,9 @@ class Ledger:
         self.mirror = mirror
         self._wake = Wakeup()  # set from request threads and the engines' threads
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # several servers on one PostgreSQL database (store/cluster.py): leases, wake-ups
+        self.cluster: Cluster | None = None
+        self._lost: set[int] = set()  # deployments whose lease another server took
         self._stopping = False
         self._failures_seen: dict[tuple[int, str], float] = {}
         self._offline_seen: dict[tuple[int, str], float] = {}

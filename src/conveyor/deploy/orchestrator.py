@@ -34,6 +34,9 @@ from conveyor.deploy.records import ACTING, create_contracts
 from conveyor.deploy.starting import Starter
 from conveyor.deploy.verifying import Verifier
 from conveyor.deploy.watching import Watcher
+from conveyor.store import leases
+from conveyor.store.cluster import alive
+from conveyor.store.leases import Held, fenced
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, utcnow
 from conveyor.threads import in_thread
 
@@ -77,16 +80,78 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
         # before any deployment starts: a killed server's environments go first
         await self._sweep_provisioned()
         starting, ids = await in_thread(self._pending)
+        held: dict[int, Held | None] = {}
         for deployment_id in starting:
-            await self._start(deployment_id)
+            # another server sharing the database may be starting it: whoever holds its
+            # lease starts and drives it
+            mine, lease = await self._claim(deployment_id)
+            if not mine:
+                continue
+            with fenced(lease):
+                await self._start(deployment_id)
             ids.append(deployment_id)
+            held[deployment_id] = lease
         for deployment_id in ids:
-            if deployment_id not in self._tasks and not self._stopping:
-                task = asyncio.create_task(
-                    self._drive(deployment_id), name=f"deploy-{deployment_id}"
-                )
-                self._tasks[deployment_id] = task
-                task.add_done_callback(functools.partial(self._finished, deployment_id))
+            if deployment_id in self._tasks or self._stopping:
+                continue
+            if deployment_id in held:
+                lease = held[deployment_id]
+            else:
+                mine, lease = await self._claim(deployment_id)
+                if not mine:
+                    continue
+            task = asyncio.create_task(
+                self._drive(deployment_id, lease), name=f"deploy-{deployment_id}"
+            )
+            self._tasks[deployment_id] = task
+            task.add_done_callback(functools.partial(self._finished, deployment_id))
+
+    async def _claim(self, deployment_id: int) -> tuple[bool, Held | None]:
+        """Whether this server drives the deployment, and under which lease (None: the
+        only server, on SQLite)."""
+        if self.cluster is None:
+            return True, None
+        me = self.cluster.holder
+
+        def claim_it() -> Held | None:
+            with self.sessions() as session:
+                return leases.claim(session, "deployment", deployment_id, me, alive)
+
+        lease = await in_thread(claim_it)
+        if lease is not None and lease.generation > 1:
+            log.warning(
+                "deployment taken over",
+                extra={"deployment": deployment_id, "generation": lease.generation},
+            )
+        return lease is not None, lease
+
+    async def _keep(self, lease: Held, driving: asyncio.Task[None]) -> None:
+        """Renew the lease while the deployment is driven; stop driving once it is lost
+        (taken over, or not renewed for its whole TTL: others may take it now)."""
+
+        def renew() -> bool:
+            with self.sessions() as session:
+                return leases.renew(session, lease)
+
+        renewed = time.monotonic()
+        while not driving.done():
+            await asyncio.sleep(leases.RENEW_EVERY)
+            try:
+                if await in_thread(renew):
+                    renewed = time.monotonic()
+                    continue
+                why = "taken over"
+            except leases.LeaseLost as exc:
+                why = str(exc)
+            except Exception as exc:  # the database is away: keep trying until the TTL
+                if time.monotonic() - renewed < leases.TTL:
+                    log.warning("lease not renewed", extra={"error": str(exc)})
+                    continue
+                why = f"not renewed for {leases.TTL:.0f} s: {exc}"
+            log.warning("lease lost", extra={"deployment": lease.key, "why": why})
+            self._lost.add(lease.key)
+            driving.cancel()
+            return
 
     def _contracts(self) -> None:
         """Contracts that may run by themselves now (their older releases went cold)."""
@@ -100,7 +165,31 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
         self._tasks.pop(deployment_id, None)
         self._wake.set()
 
-    async def _drive(self, deployment_id: int) -> None:
+    async def _drive(self, deployment_id: int, lease: Held | None) -> None:
+        """Drive one deployment to its end; every commit fenced by its lease, if any."""
+        with fenced(lease):
+            me = asyncio.current_task()
+            keeper = None
+            if lease is not None and me is not None:
+                keeper = asyncio.create_task(self._keep(lease, me), name=f"lease-{deployment_id}")
+            try:
+                await self._steps(deployment_id)
+            except asyncio.CancelledError:
+                if deployment_id in self._lost:
+                    return  # another server drives it now: nothing more from this one
+                raise
+            except leases.LeaseLost as exc:
+                log.warning("lease lost", extra={"deployment": deployment_id, "why": str(exc)})
+                self._lost.add(deployment_id)
+            finally:
+                if keeper is not None:
+                    keeper.cancel()
+                if deployment_id in self._lost:
+                    self._lost.discard(deployment_id)
+                else:
+                    await in_thread(self._clean_up, deployment_id, lease)
+
+    async def _steps(self, deployment_id: int) -> None:
         try:
             while not self._stopping:
                 done = await self._advance(deployment_id)
@@ -108,13 +197,11 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
                     await self._announce_after(deployment_id)
                     break
                 await asyncio.sleep(TICK)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, leases.LeaseLost):
             raise
         except Exception as exc:  # a bug must not leave hosts half-way: roll back
             log.exception("deployment crashed", extra={"deployment": deployment_id})
             await in_thread(self._crashed, deployment_id, exc)
-        finally:
-            await in_thread(self._clean_up, deployment_id)
 
     def _crashed(self, deployment_id: int, exc: Exception) -> None:
         with self.sessions() as session:
@@ -124,10 +211,12 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
                 self._fail(session, d, step, f"internal error: {exc}")
                 session.commit()
 
-    def _clean_up(self, deployment_id: int) -> None:
+    def _clean_up(self, deployment_id: int, lease: Held | None = None) -> None:
         with self.sessions() as session:
             d = session.get(Deployment, deployment_id)
             ended = d is None or d.state not in ACTING
+            if ended and lease is not None:
+                leases.release(session, lease)
         if ended:
             shutil.rmtree(self.data / "work" / f"deploy-{deployment_id}", ignore_errors=True)
 
@@ -185,7 +274,6 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
         write_detail(session, step.id, generations=generations)
         step.state, step.started_at = "running", utcnow()
         session.commit()
-        for name in targets:
-            self.notifier.changed(name)
+        self.notifier.changed_many(list(targets))  # one wake-up for every host of the step
         self._committed("step started", deployment=d.id, step=step.name)
         return False

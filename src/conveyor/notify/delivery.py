@@ -193,8 +193,11 @@ class Courier:
         """Count the attempt before making it: (url, title, body, event, attempt), or None."""
         policy = self.policy
         with self.sessions() as session:
-            row = session.get(Notification, row_id)
+            # locked, and due again: another server sharing the database may have taken it
+            row = session.get(Notification, row_id, with_for_update=True)
             if row is None or row.state != "pending":
+                return None
+            if row.next_attempt_at is not None and row.next_attempt_at > utcnow():
                 return None
             row.attempts += 1
             # the lease: if this process dies during the attempt, the next one retries then

@@ -14,6 +14,7 @@ import logging
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.config import Config, ConfigError, load_config
 from conveyor.deploy.migrationgate import SQL_DIGEST_ENV, command_files, migration_hash
 from conveyor.pipeline import git
+from conveyor.pipeline.claims import hold_run, orphaned_runs
 from conveyor.pipeline.masking import Masker
 from conveyor.pipeline.process import (
     StepResult,
@@ -44,6 +46,7 @@ from conveyor.pipeline.runs import (
 )
 from conveyor.releases.artifact import ArtifactError, build_artifact
 from conveyor.releases.store import ArtifactStore
+from conveyor.store.cluster import Cluster
 from conveyor.store.models import App, Run, utcnow
 from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
@@ -52,6 +55,7 @@ log = logging.getLogger("conveyor.engine")
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 CONFIG_FILE = "conveyor.yml"
 LINT_TIMEOUT = 600.0  # the migrations lint, its `migrations.sql` command included
+RECOVER_EVERY = 5.0  # seconds between two looks for runs of a dead server (several servers)
 
 
 class Engine(RunRecords):
@@ -81,6 +85,7 @@ class Engine(RunRecords):
         self._cancels: dict[int, asyncio.Event] = {}
         self._polling: set[int] = set()
         self._stopping = False
+        self.cluster: Cluster | None = None  # several servers on one database
 
     # -- scheduling ---------------------------------------------------------
 
@@ -96,14 +101,21 @@ class Engine(RunRecords):
         return True
 
     def recover(self) -> None:
-        """Stop what a killed server left running, and requeue or fail its runs."""
+        """Stop what a killed server left running, and requeue or fail its runs.
+
+        With several servers on one database: only the runs whose server died (its
+        liveness lock is gone, store/cluster.py), whenever that is seen.
+        """
         with self.sessions() as session:
-            steps = interrupted_steps(session)
+            only = None if self.cluster is None else orphaned_runs(session, set(self._tasks))
+            if only == []:
+                return
+            steps = interrupted_steps(session, only)
             leftovers = find_step_processes({step_marker(self.paths.data, s.id) for s in steps})
             if leftovers:
                 log.warning("stopping processes of interrupted steps", extra={"pids": leftovers})
                 kill_processes(leftovers)
-            for run in recover_runs(session):
+            for run in recover_runs(session, only):
                 log.warning(
                     "run interrupted by a server stop",
                     extra={"run": run.id, "state": run.state, "attempt": run.attempt},
@@ -116,8 +128,12 @@ class Engine(RunRecords):
         self._loop = asyncio.get_running_loop()
         self._wake.bind()
         await in_thread(self.recover)
+        recovered = time.monotonic()
         while not self._stopping:
             try:
+                if self.cluster is not None and time.monotonic() - recovered >= RECOVER_EVERY:
+                    recovered = time.monotonic()
+                    await in_thread(self.recover)  # runs of a server that died meanwhile
                 await self._start_runnable()
                 await self._poll_due()
             except Exception:
@@ -151,6 +167,8 @@ class Engine(RunRecords):
             for run in runs:
                 run.state = "running"
                 run.started_at = run.started_at or utcnow()
+                if self.cluster is not None:  # who runs it, in the same commit
+                    hold_run(session, run.id, self.cluster.holder)
             session.commit()
             return [r.id for r in runs]
 

@@ -5,12 +5,13 @@ Pure database work; the engine (engine.py) does the side effects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from conveyor.store.locking import lock_for_writing
 from conveyor.store.models import App, Run, Step, utcnow
 
 ACTIVE = ("queued", "running")
@@ -47,10 +48,24 @@ def enqueue_run(
 
 
 def next_runnable(session: Session, limit: int) -> list[Run]:
-    """Queued runs that may start now: the oldest per app, and none for a busy app."""
+    """Queued runs that may start now: the oldest per app, and none for a busy app.
+
+    Claimed by the transaction: the queued rows are locked (SKIP LOCKED: those another
+    server is taking are not waited for) and so are their apps' write locks, in order,
+    before the busy apps are read; another server sharing the database sees them
+    running once this transaction commits.
+    """
+    queued = session.scalars(
+        select(Run).where(Run.state == "queued").order_by(Run.id).with_for_update(skip_locked=True)
+    ).all()
+    for app_id in sorted({run.app_id for run in queued}):
+        lock_for_writing(session, app_id)
     busy = set(session.scalars(select(Run.app_id).where(Run.state == "running")).all())
     picked: list[Run] = []
-    for run in session.scalars(select(Run).where(Run.state == "queued").order_by(Run.id)).all():
+    for run in queued:
+        session.refresh(run)  # another server may have superseded it before our lock
+        if run.state != "queued":
+            continue
         if len(picked) >= limit:
             break
         if run.app_id in busy:
@@ -60,13 +75,12 @@ def next_runnable(session: Session, limit: int) -> list[Run]:
     return picked
 
 
-def interrupted_steps(session: Session) -> list[Step]:
-    """Steps that a previous server process left in state running."""
-    return list(
-        session.scalars(
-            select(Step).join(Run).where(Run.state == "running", Step.state == "running")
-        ).all()
-    )
+def interrupted_steps(session: Session, only: Collection[int] | None = None) -> list[Step]:
+    """Steps that a previous server process left in state running (of these runs only)."""
+    query = select(Step).join(Run).where(Run.state == "running", Step.state == "running")
+    if only is not None:
+        query = query.where(Run.id.in_(only))
+    return list(session.scalars(query).all())
 
 
 def end_unfinished_steps(
@@ -91,7 +105,7 @@ def end_unfinished_steps(
     return broken
 
 
-def recover_runs(session: Session) -> list[Run]:
+def recover_runs(session: Session, only: Collection[int] | None = None) -> list[Run]:
     """After a crash: mark interrupted steps, then retry each run once or fail it.
 
     Called with the leftover processes already stopped. A retry starts again
@@ -99,7 +113,10 @@ def recover_runs(session: Session) -> list[Run]:
     """
     recovered: list[Run] = []
     now = utcnow()
-    for run in session.scalars(select(Run).where(Run.state == "running")).all():
+    query = select(Run).where(Run.state == "running")
+    if only is not None:
+        query = query.where(Run.id.in_(only))
+    for run in session.scalars(query.with_for_update()).all():
         for step in run.steps:
             if step.attempt != run.attempt:
                 continue

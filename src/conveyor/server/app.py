@@ -48,6 +48,7 @@ from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
 from conveyor.server.web import pages as web
+from conveyor.store.cluster import Cluster
 from conveyor.store.models import Run
 
 
@@ -91,8 +92,10 @@ def create_app(
     settings: Settings,
     sessions: sessionmaker[Session],
     background: sessionmaker[Session] | None = None,
+    cluster: Cluster | None = None,
 ) -> FastAPI:
-    """The application; `background` is the engines' own pool (default: `sessions`)."""
+    """The application; `background` is the engines' own pool (default: `sessions`);
+    `cluster`: the other servers on the same PostgreSQL database (store/cluster.py)."""
     notifier = Notifier()
     background = background or sessions
 
@@ -140,6 +143,11 @@ def create_app(
         # bench/control_plane.py, up to 120 ms each, the loop stopped); with these, one
         # (memory alike: ~180 MB either way)
         gc.set_threshold(*GC_THRESHOLDS)
+        if cluster is not None:
+            # the liveness lock is held before this server takes any lease or run
+            await asyncio.to_thread(cluster.start, notifier.woken)
+            notifier.publish = cluster.publish
+            engine.cluster = deployer.cluster = cluster
         tasks = [
             asyncio.create_task(engine.serve(), name="engine"),
             asyncio.create_task(deployer.serve(), name="deployer"),
@@ -161,6 +169,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if cluster is not None:
+                await asyncio.to_thread(cluster.stop)
 
     api = _ConveyorAPI(
         title="conveyor",

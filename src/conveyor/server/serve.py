@@ -22,6 +22,7 @@ from conveyor.server.app import Settings, create_app
 from conveyor.server.auth import ensure_admin_token
 from conveyor.server.datadir import make_private
 from conveyor.server.secretkey import KeyFileError, SecretStoreError, open_secret_store
+from conveyor.store.cluster import Cluster
 from conveyor.store.db import (
     Pool,
     SchemaTooNew,
@@ -116,7 +117,12 @@ def serve(
     if tls:
         # on stdout for the operator: agents may pin it (--server-fingerprint)
         print(f"conveyor: TLS certificate {tls.fingerprint} ({tls.cert})", flush=True)
-    app = create_app(settings, sessions, background)
+    cluster = None
+    if engine.dialect.name == "postgresql":
+        # any number of servers may share this database (README: Several servers)
+        libpq = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        cluster = Cluster(libpq, settings.public_url)
+    app = create_app(settings, sessions, background, cluster)
     app.state.sealer = sealer
     log.info(
         "server starting",

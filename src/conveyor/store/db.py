@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import __version__
-from conveyor.store import changes
+from conveyor.store import changes, leases
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_WAIT = 30.0  # seconds the engines wait for SQLite's write lock (they would rather wait)
@@ -122,4 +122,5 @@ def unknown_revisions(conn: Connection) -> list[str]:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     sessions = sessionmaker(engine, expire_on_commit=False)
     changes.watch(sessions)  # the generations that tell caches what went stale
+    leases.watch(sessions)  # a lease holder's commits check it still holds it
     return sessions

@@ -582,3 +582,16 @@ class Provisioned(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     torn_down_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Lease(Base):
+    """Which server drives a deployment (or a run) and until when (store/leases.py)."""
+
+    __tablename__ = "leases"
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)  # deployment | run
+    key: Mapped[int] = mapped_column(Integer, primary_key=True)  # its id
+    holder: Mapped[str] = mapped_column(String(100))  # the server: name, pid, number
+    server: Mapped[int] = mapped_column(Integer)  # its liveness lock (store/cluster.py)
+    generation: Mapped[int] = mapped_column(Integer)  # +1 at each takeover: the fence
+    expires_at: Mapped[datetime] = mapped_column()  # naive UTC, the database's clock
