@@ -48,3 +48,14 @@ def test_files_checked_served_and_kept_when_bad(tmp_path: Path) -> None:
     # a key without its file
     missing = tls.model_copy(update={"key_file": str(tmp_path / "nope.key")})
     assert "cannot read it" in (store.with_tls(spec, missing, served)[1] or "")
+
+
+def test_agent_refuses_one_port_for_http_and_https() -> None:
+    from testbed.helpers import run_cli
+
+    done = run_cli(
+        "agent", "--server", "http://127.0.0.1:1", "--name", "x",
+        "--http-port", "8443", "--https-port", "8443",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--http-port and --https-port are both 8443" in done.stderr + done.stdout
