@@ -100,7 +100,11 @@ class Pebble:
         self.pebble.spawn(
             ["pebble", "-config", str(self.workdir / "pebble.json"), "-dnsserver", dns], env
         )
-        wait_for(self._ready, timeout=30, interval=0.2)
+        try:
+            wait_for(self._ready, timeout=30, interval=0.2)
+        except BaseException:
+            self.stop()  # never left running by a start that failed
+            raise
         return self
 
     def _ready(self) -> bool:

@@ -249,6 +249,8 @@ def agent(
     """The agent on a host: dials out to the server and converges toward its desired state."""
     if router not in ("embedded", "haproxy"):
         fail(f"--router {router!r}: expected embedded or haproxy", 2)
+    if http_port == https_port:
+        fail(f"--http-port and --https-port are both {http_port}: expected two ports", 2)
     # once enrolled the agent needs the token no more: its file may have been deleted
     enrolled = (data / "credential.json").exists()
     if token_file is not None and (token_file.exists() or not enrolled):

@@ -48,3 +48,30 @@ def test_files_checked_served_and_kept_when_bad(tmp_path: Path) -> None:
     # a key without its file
     missing = tls.model_copy(update={"key_file": str(tmp_path / "nope.key")})
     assert "cannot read it" in (store.with_tls(spec, missing, served)[1] or "")
+
+
+def test_agent_refuses_one_port_for_http_and_https() -> None:
+    from testbed.helpers import run_cli
+
+    done = run_cli(
+        "agent", "--server", "http://127.0.0.1:1", "--name", "x",
+        "--http-port", "8443", "--https-port", "8443",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--http-port and --https-port are both 8443" in done.stderr + done.stdout
+
+
+def test_secrets_checked_like_files(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf, other = ca.issue_cert("shop.example.com"), ca.issue_cert("shop.example.com")
+    cert = leaf.cert_chain_pems[0].bytes().decode()
+    store = CertStore(tmp_path / "agent", 443)
+    spec = RouteSpec(app="shop", port=80, domains=["shop.example.com"])
+    good = TlsSpec(cert_pem=cert, key_pem=leaf.private_key_pem.bytes().decode())
+    served, error = store.with_tls(spec, good, None)
+    assert error is None and served is not None and served.tls is not None
+    assert Path(served.tls.pem).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    bad = good.model_copy(update={"key_pem": other.private_key_pem.bytes().decode()})
+    kept, error = store.with_tls(spec, bad, served)
+    assert kept == served
+    assert error is not None and "the key of tls.key_secret is not the key of" in error

@@ -22,9 +22,12 @@ from pathlib import Path
 
 from conveyor.agent.routing import haproxy_flags
 from conveyor.agent.routing.haproxy_certs import (
+    certificate_file,
     prune_certificates,
+    read_certificate,
     set_challenges,
     swap_certificate,
+    tls_moved,
 )
 from conveyor.agent.routing.haproxy_config import (
     PIN_SPREAD,
@@ -33,6 +36,7 @@ from conveyor.agent.routing.haproxy_config import (
     backend_name,
     check_listener,
     ip_literal,
+    listener_problem,
     remove_maps,
     render_config,
     runtime_commands,
@@ -40,7 +44,7 @@ from conveyor.agent.routing.haproxy_config import (
     write_maps,
     write_routes,
 )
-from conveyor.agent.routing.haproxy_hosts import check_claims, shares_port
+from conveyor.agent.routing.haproxy_hosts import check_claims
 from conveyor.agent.routing.haproxy_logs import LogReceiver, Sample, bucket_index
 from conveyor.agent.routing.haproxy_runtime import (
     ProcInfo,
@@ -264,7 +268,7 @@ class HAProxyRouter:
                 drain_timeout=spec.drain_timeout,
                 app=spec.app,
             )
-            pem = self._certificate(spec)
+            pem = read_certificate(spec)
             app = AppState(
                 app=spec.app,
                 bind=bind,
@@ -290,26 +294,11 @@ class HAProxyRouter:
                     current.strip_prefix,
                 )
                 # joining or leaving the HTTPS port, or redirecting: by a reload too
-                moved = moved or (
-                    current.tls_port,
-                    current.redirect_http,
-                    bool(current.tls_cert),
-                ) != (
-                    app.tls_port,
-                    app.redirect_http,
-                    bool(app.tls_cert),
-                )
+                moved = moved or tls_moved(current, app)
             cert = cert_file(self.paths.certs, spec.app)
             if moved:
-                before = cert.read_bytes() if cert.exists() else None
-                if pem is not None:
-                    write_atomic(cert, pem.decode(errors="replace"))
-                try:
+                with certificate_file(cert, pem):
                     await self._reconfigure({**self.state.apps, spec.app: app})
-                except RouterError:
-                    if before is not None:  # the certificate the running HAProxy has
-                        write_atomic(cert, before.decode(errors="replace"))
-                    raise
             else:
                 assert current is not None
                 if pem is not None and current.tls_cert != app.tls_cert:
@@ -327,18 +316,6 @@ class HAProxyRouter:
             prune_certificates(self.paths.certs, self.state.apps.values())
             save_state(self.paths.state, self.state, durable=True)
             self._kick_janitor()
-
-    def _certificate(self, spec: RouteSpec) -> bytes | None:
-        """The bytes of the spec's certificate file (None: no tls)."""
-        if spec.tls is None:
-            return None
-        try:
-            pem = Path(spec.tls.pem).read_bytes()
-        except OSError as exc:
-            raise RouterError(
-                f"app {spec.app}: cannot read the certificate {spec.tls.pem}: {exc.strerror or exc}"
-            ) from exc
-        return pem
 
     async def challenges(self, bind: str, port: int, answers: dict[str, str]) -> None:
         async with self._lock:
@@ -420,7 +397,7 @@ class HAProxyRouter:
             await reload(self.paths)
         except RouterError as exc:
             # The master does not say why its new worker failed; a listener is the usual cause.
-            reason = self._listener_problem(apps) if reloaded else None
+            reason = listener_problem(apps, self.state.apps, self.state.acme) if reloaded else None
             if previous is not None:
                 write_atomic(self.paths.config, previous)
             for name in set(apps) - set(self.state.apps):
@@ -436,20 +413,6 @@ class HAProxyRouter:
             raise
         with contextlib.suppress(RouterError):
             await self._observe()
-
-    def _listener_problem(self, apps: dict[str, AppState]) -> str | None:
-        for app in apps.values():
-            old = self.state.apps.get(app.app)
-            if old is None or (old.bind, old.port) != (app.bind, app.port):
-                if app.domains and shares_port(app.app, app.bind, app.port, self.state.apps):
-                    continue
-                if app.domains and self.state.acme == (app.bind, app.port):
-                    continue
-                try:
-                    check_listener(app.app, app.bind, app.port, {}, None)
-                except RouterError as exc:
-                    return str(exc)
-        return None
 
     def _render(self, apps: dict[str, AppState]) -> str:
         return render_config(

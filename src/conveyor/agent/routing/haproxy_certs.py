@@ -6,15 +6,56 @@ See haproxy_tls.py for what is rendered; this module drives the Runtime API.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from conveyor.agent.routing.haproxy_config import write_atomic
 from conveyor.agent.routing.haproxy_runtime import cli
 from conveyor.agent.routing.haproxy_state import AppState
 from conveyor.agent.routing.haproxy_tls import cert_file
-from conveyor.agent.routing.spec import RouterError
+from conveyor.agent.routing.spec import RouterError, RouteSpec
 
-__all__ = ["prune_certificates", "set_challenges", "swap_certificate"]
+__all__ = [
+    "certificate_file",
+    "prune_certificates",
+    "read_certificate",
+    "set_challenges",
+    "swap_certificate",
+    "tls_moved",
+]
+
+
+def read_certificate(spec: RouteSpec) -> bytes | None:
+    """The bytes of the spec's certificate file (None: no tls)."""
+    if spec.tls is None:
+        return None
+    try:
+        return Path(spec.tls.pem).read_bytes()
+    except OSError as exc:
+        raise RouterError(
+            f"app {spec.app}: cannot read the certificate {spec.tls.pem}: {exc.strerror or exc}"
+        ) from exc
+
+
+def tls_moved(old: AppState, new: AppState) -> bool:
+    """Joining or leaving the HTTPS port, or redirecting or not: a reload (not a swap)."""
+    before = (old.tls_port, old.redirect_http, bool(old.tls_cert))
+    return before != (new.tls_port, new.redirect_http, bool(new.tls_cert))
+
+
+@contextlib.contextmanager
+def certificate_file(cert: Path, pem: bytes | None) -> Iterator[None]:
+    """HAProxy's copy of the certificate for a reload; put back if the reload fails (the
+    running HAProxy still has the previous one)."""
+    before = cert.read_bytes() if cert.exists() else None
+    if pem is not None:
+        write_atomic(cert, pem.decode(errors="replace"))
+    try:
+        yield
+    except RouterError:
+        if before is not None:
+            write_atomic(cert, before.decode(errors="replace"))
+        raise
 
 
 async def swap_certificate(admin: Path, cert: Path, pem: bytes) -> None:

@@ -334,6 +334,26 @@ def check_listener(
             ) from exc
 
 
+def listener_problem(
+    apps: Mapping[str, AppState],
+    current: Mapping[str, AppState],
+    acme: tuple[str, int] | None,
+) -> str | None:
+    """Why a new listener of `apps` (not in `current`) could not open, if one cannot."""
+    for app in apps.values():
+        old = current.get(app.app)
+        if old is None or (old.bind, old.port) != (app.bind, app.port):
+            if app.domains and shares_port(app.app, app.bind, app.port, current):
+                continue
+            if app.domains and acme == (app.bind, app.port):
+                continue  # HAProxy's own, for ACME answers
+            try:
+                check_listener(app.app, app.bind, app.port, {}, None)
+            except RouterError as exc:
+                return str(exc)
+    return None
+
+
 def map_lines(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{key} {value}\n" for key, value in entries)
 
