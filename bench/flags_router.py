@@ -2,11 +2,12 @@
 evaluated per request (X-Conveyor-Flags) against the same router with none.
 
     uv run python bench/flags_router.py [--seconds 5] [--connections 16] [--rounds 3]
-        [--flags 20] [--users 100000]
+        [--flags 20] [--users 100000] [--router embedded|haproxy]
 
 wrk sends each request with a `uid` cookie drawn from --users distinct ids (the router
 keeps the answers of 65,536 users: fewer users measure the kept answers, more the
 evaluation). Rounds alternate the two routers; the figures are medians over the rounds.
+With --router haproxy, the same through HAProxy (its Lua action, conveyor_flags.lua).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conveyor.agent.routing.embedded import EmbeddedRouter
-from conveyor.agent.routing.spec import RouteSpec, Target
+from conveyor.agent.routing.haproxy import HAProxyRouter
+from conveyor.agent.routing.spec import Router, RouteSpec, Target
 from conveyor.flags.definition import NamedFlag, to_document
 from conveyor.protocol.desired import HostFlags
 from conveyor.protocol.flags import FlagState
@@ -68,7 +70,7 @@ def flags(count: int) -> HostFlags:
     return HostFlags(stickiness="cookie:uid", document=to_document(named))
 
 
-async def through(router: EmbeddedRouter, backend_port: int, host_flags: HostFlags | None) -> int:
+async def through(router: Router, backend_port: int, host_flags: HostFlags | None) -> int:
     await router.start()
     port = free_port()
     await router.apply(
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flags", type=int, default=20)
     parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--router", choices=["embedded", "haproxy"], default="embedded")
     args = parser.parse_args()
     backend = Backend("r1", "bench").spawn().wait_ready()
     seen: dict[str, list[tuple[float, float]]] = {"none": [], f"{args.flags} flags": []}
@@ -99,8 +102,12 @@ def main() -> None:
         root = Path(tmp)
         script = root / "users.lua"
         script.write_text(SCRIPT.format(users=args.users))
-        routers = {
-            name: EmbeddedRouter(root / f"{i}.sock", root / f"{i}.log", workers=1)
+        routers: dict[str, Router] = {
+            name: (
+                HAProxyRouter(root / f"haproxy-{i}")
+                if args.router == "haproxy"
+                else EmbeddedRouter(root / f"{i}.sock", root / f"{i}.log", workers=1)
+            )
             for i, name in enumerate(seen)
         }
         try:
@@ -123,6 +130,7 @@ def main() -> None:
                 asyncio.run(router.stop())
             backend.stop()
     print(
+        f"{args.router} router; "
         f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.users} distinct users, "
         f"{args.rounds} alternating rounds; load average: {'; '.join(loads)}"
     )

@@ -373,3 +373,27 @@ def test_the_dashboard_shows_flags_and_deployers_switch_them(shop: ServerProcess
     after = shop.get(FLAGS.format(env="staging") + "/new-checkout")
     assert after["state"]["enabled"] is (not before)
     assert after["history"][-1]["by"] == "deployer-person"
+
+
+def test_a_guarded_rollout_from_the_cli_and_a_person_taking_over(shop: ServerProcess) -> None:
+    created = shop.http.post(FLAGS.format(env="staging"), json={"name": "guarded-cli"})
+    assert created.status_code == 201, created.text
+    bad = shop.cli("flag", "rollout", "shop", "staging", "guarded-cli", "--steps", "50,25")
+    assert bad.returncode == 2 and "steps 50,25 do not rise" in bad.stderr, bad.stderr
+    path = FLAGS.format(env="staging") + "/guarded-cli"
+    _refused(shop.http.post(path + "/rollout", json={"steps": [5], "step_pause": 0}), 422, "1 s")
+    assert shop.get(path)["rollout"] is None  # nothing started
+
+    done = shop.cli(
+        "flag", "rollout", "shop", "staging", "guarded-cli", "--steps", "5,25,100",
+        "--step-pause", "10m",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "on  5%" in done.stdout
+    shown = shop.cli("flag", "show", "shop", "staging", "guarded-cli").stdout
+    assert "guarded rollout running: step 1 of 3 (5%; steps 5,25,100%, 600 s each)" in shown
+    assert "guarded rollout started: steps 5,25,100%" in shown
+    # a person's change ends it: they took over
+    assert shop.cli("flag", "off", "shop", "staging", "guarded-cli").returncode == 0
+    rollout = shop.get(path)["rollout"]
+    assert rollout["state"] == "cancelled" and "changed the flag" in rollout["reason"]

@@ -43,10 +43,13 @@ def declared(config: Config | None) -> list[store.Declared]:
     ]
 
 
-def document(session: Session, app: App, environment: str) -> ClientFeatures:
-    """`/api/client/features` of one app and environment."""
+def document(
+    session: Session, app: App, environment: str, config: Config | None = None
+) -> ClientFeatures:
+    """`/api/client/features` of one app and environment (`config`: the app's newest
+    release's conveyor.yml, if the caller read it already)."""
     rows = store.rows_of(session, app.id, environment)
-    entries = store.catalog(declared(newest_config(session, app)), rows)
+    entries = store.catalog(declared(config or newest_config(session, app)), rows)
     return to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
 
 
@@ -57,7 +60,7 @@ def host_flags(session: Session, app: App, environment: str | None) -> HostFlags
         return None
     return HostFlags(
         stickiness=config.flags.stickiness,
-        document=document(session, app, environment),
+        document=document(session, app, environment, config),
         guarded=store.guarded_names(session, app.id, environment),
     )
 

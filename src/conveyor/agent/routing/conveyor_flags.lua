@@ -1,7 +1,7 @@
 -- conveyor's flags in HAProxy: the X-Conveyor-Flags header of a request, as the embedded
 -- router gives it. The agent compiles an app's flags (conveyor.flags.compiled.encode) into
 -- one line, the value of key "p" of the app's flags map; the backend puts that line in
--- txn.cvyflags and calls this action. A user's line is kept until the flags change.
+-- txn.cvyflags and sets the header to this fetch's answer. A user's line is kept until the flags change.
 
 local CACHED_USERS = 65536
 local programs = {}   -- encoded line -> parsed program
@@ -160,9 +160,10 @@ local function user_of(txn, prog)
   return value
 end
 
-core.register_action("conveyor_flags", { "http-req" }, function(txn)
+-- a sample fetch (set-header %[lua.conveyor_flags]): lighter than an action per request
+core.register_fetches("conveyor_flags", function(txn)
   local text = txn:get_var("txn.cvyflags")
-  if text == nil or text == "" then return end
+  if text == nil or text == "" then return "" end
   local prog = programs[text]
   if prog == nil then
     if nprograms >= 64 then programs, nprograms = {}, 0 end
@@ -170,16 +171,12 @@ core.register_action("conveyor_flags", { "http-req" }, function(txn)
     programs[text], nprograms = prog, nprograms + 1
   end
   local user = user_of(txn, prog)
-  local value
-  if user then
-    value = prog.cache[user]
-    if value == nil then
-      if prog.cached >= CACHED_USERS then prog.cache, prog.cached = {}, 0 end
-      value = line(prog, user)
-      prog.cache[user], prog.cached = value, prog.cached + 1
-    end
-  else
-    value = line(prog, nil)
+  if not user then return line(prog, nil) end
+  local value = prog.cache[user]
+  if value == nil then
+    if prog.cached >= CACHED_USERS then prog.cache, prog.cached = {}, 0 end
+    value = line(prog, user)
+    prog.cache[user], prog.cached = value, prog.cached + 1
   end
-  txn.http:req_set_header("X-Conveyor-Flags", value)
+  return value
 end)

@@ -1,11 +1,11 @@
-"""Flags without an SDK on the HAProxy driver: the X-Conveyor-Flags header by a Lua action.
+"""Flags without an SDK on the HAProxy driver: the X-Conveyor-Flags header from Lua.
 
 The agent compiles an app's flags (conveyor.flags.compiled) into one line, kept as key
 `p` of the app's flags map and changed through the Runtime API like the other maps (no
 reload). Each backend drops a client's own header, reads the line and, when there is
-one, runs the `conveyor_flags` action (conveyor_flags.lua, loaded once per thread), which
-evaluates the flags for the request's user as the embedded router does. Requests of
-apps without flags pay one map lookup.
+one, sets the header to the `conveyor_flags` sample fetch (conveyor_flags.lua, loaded
+once per thread), which evaluates the flags for the request's user as the embedded
+router does. Requests of apps without flags pay one map lookup and no Lua.
 """
 
 from __future__ import annotations
@@ -49,5 +49,6 @@ def backend_lines(maps: Path, app: str) -> list[str]:
     return [
         f"    http-request del-header {header}",
         f"    http-request set-var(txn.cvyflags) str({KEY}),map({flags_map(maps, app)})",
-        "    http-request lua.conveyor_flags if { var(txn.cvyflags) -m found }",
+        f"    http-request set-header {header} %[lua.conveyor_flags]"
+        " if { var(txn.cvyflags) -m found }",
     ]
