@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.config.loader import parse_config
 from conveyor.deploy import contracting, migrationgate
 from conveyor.deploy.gates import GateError, expand_passed
+from conveyor.deploy.watching import migration_timeout
+from conveyor.protocol import ReleaseWeight
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import App, Deployment, DeploymentStep, Release, Run
 
@@ -117,3 +119,22 @@ def test_a_contract_waits_for_the_same_contract_to_succeed_on_staging(session: S
     assert due is not None and due.waiting is None
     staging = contracting.pending(session, app, "staging", serving="r2")
     assert staging is not None and staging.waiting is None  # staging: nothing before it
+
+
+def test_a_migrate_step_waits_as_long_as_its_migration_may_run(session: Session) -> None:
+    """On top of the start-up time: the hosts converge only once the migration is done."""
+    assert parse_config("app: shop\n").migrations.timeout == 3600.0  # the default
+    r2 = session.get_one(Release, "r2")
+    r2.config = CONFIG.model_copy(
+        update={"migrations": CONFIG.migrations.model_copy(update={"timeout": 7200.0})}
+    ).model_dump_json()
+    session.commit()
+    plain = {"s-1": [ReleaseWeight(release="r1", weight=100)]}
+    migrating = {
+        "s-1": [
+            ReleaseWeight(release="r1", weight=100),
+            ReleaseWeight(release="r2", weight=0, migrate="expand-7"),
+        ]
+    }
+    assert migration_timeout(session, plain) == 0.0
+    assert migration_timeout(session, migrating) == 7200.0
