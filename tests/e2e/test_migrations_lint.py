@@ -19,7 +19,8 @@ def test_a_rename_in_one_step_fails_the_run_and_its_expand_half_passes(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    yml = config("shop", ["true"], ["touch BUILT"], "migrations:\n  sql: cat migrations/*.sql\n")
+    migrations = "migrations:\n  expand: psql -f migrations/0002.sql\n  sql: cat migrations/*.sql\n"
+    yml = config("shop", ["true"], ["touch BUILT"], migrations)
     make_repo(repo, {"conveyor.yml": yml, "migrations/0002.sql": "\n" + RENAME})
     server.add_app("shop", repo)
     run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"])
@@ -44,3 +45,18 @@ def test_a_rename_in_one_step_fails_the_run_and_its_expand_half_passes(
     log = server.get(f"/api/runs/{run['id']}/logs")[3]["text"]
     assert "waived: users has 40 rows" in log  # the waiver is recorded in the run's log
     assert "2 statements, 0 findings, 1 waived" in log
+
+    # the release's migration hash covers the SQL the lint read, not the rest of the tree
+    def release(files: dict[str, str]) -> dict[str, str]:
+        commit(repo, files)
+        built = server.wait_run(server.post("/api/apps/shop/runs", {})["id"])
+        assert built["state"] == "succeeded", built
+        return server.get(f"/api/releases/{built['release']}")  # type: ignore[no-any-return]
+
+    first = server.get(f"/api/releases/{run['release']}")
+    assert first["migration_hash"], first
+    other = release({"README": "another file"})
+    assert other["sha256"] != first["sha256"]
+    assert other["migration_hash"] == first["migration_hash"]
+    more = release({"migrations/0003.sql": "ALTER TABLE users ADD COLUMN email text;\n"})
+    assert more["migration_hash"] not in (None, first["migration_hash"]), more

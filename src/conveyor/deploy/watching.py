@@ -161,7 +161,7 @@ class Watcher(Ledger):
                 first=step.position == min(s.position for s in d.steps),
                 previous_release=d.previous_release,
                 all_hosts=list(json.loads(d.previous or "{}")),
-                migrating=_migration_timeout(session, targets),
+                migrating=migration_timeout(session, targets),
             )
 
     async def _measure_reference(self, step_id: int, env: Environment, w: _Watched) -> None:
@@ -330,7 +330,7 @@ def _said(verdict: Judgement) -> list[str]:
     ] + [f"  {e.check}: {e.summary}" for e in verdict.evidence]
 
 
-def _migration_timeout(session: Session, targets: Targets) -> float:
+def migration_timeout(session: Session, targets: Targets) -> float:
     """The longest migrations.timeout of the releases a step asks to migrate (0: none):
     the hosts converge once the migration is done, so it may take that much longer."""
     limits = [0.0]
