@@ -199,7 +199,7 @@ def test_each_forge_gets_pending_then_the_result_on_the_head(
     ]
     for kind, accepted, sha, result in cases:
         assert accepted["status"] == "queued", accepted
-        run = server.wait_run(accepted["run"])
+        run = server.wait_run(accepted["run"], timeout=120)
         assert run["state"] == ("succeeded" if result == "success" else "failed"), run
         assert run["release"] is None
         assert [s["kind"] for s in run["steps"]] == ["checkout", "test"], run["steps"]
@@ -215,7 +215,15 @@ def test_each_forge_gets_pending_then_the_result_on_the_head(
             assert p.body[label] == f"conveyor/shop-{kind}"
             assert p.body["target_url"] == f"{server.url}/runs/{run['id']}"
             assert p.project == ("42" if kind == "gitlab" else "acme/shop")
-        shown = server.get(f"/api/runs/{run['id']}")["pull_request"]["statuses"]
+        # the forge has them; the run's record says so once the reporter heard back
+        shown = wait_for(
+            lambda r=run: (
+                (s := server.get(f"/api/runs/{r['id']}")["pull_request"]["statuses"])
+                and all(x["outcome"] != "sending" for x in s)
+                and s
+            ),
+            timeout=30,
+        )
         assert [s["outcome"] for s in shown] == ["sent"] * len(posted), shown
     assert forge.problems == []
 
