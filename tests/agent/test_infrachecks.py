@@ -98,3 +98,49 @@ def test_passing_checks_pass(tmp_path: Path) -> None:
         "mount /",
         "command true",
     ]
+
+
+def test_the_tls_probe_verifies_the_chain_the_name_and_the_days_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(served)
+    trusted = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(trusted))
+
+    async def probe(*checks: InfraCheck) -> list[tuple[bool, str]]:
+        async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=served)
+        port = server.sockets[0].getsockname()[1]
+        done = asyncio.Event()
+        infra = InfraChecks(lambda app: tmp_path / app, done.set)
+        wanted = [c.model_copy(update={"port": port}) for c in checks]
+        infra.want([ChecksRequest(id="t", app="shop", checks=wanted)])
+        await asyncio.wait_for(done.wait(), 30)
+        server.close()
+        return [(o.ok, o.detail) for o in infra.results()[0].outcomes]
+
+    # the host trusts a CA of its own (SSL_CERT_FILE, as OpenSSL reads it)
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+    ok, short, other_name = asyncio.run(
+        probe(
+            InfraCheck(kind="tls", target="localhost", min_days=14),
+            InfraCheck(kind="tls", target="localhost", min_days=400_000),
+            InfraCheck(kind="tls", target="127.0.0.1", min_days=0),
+        )
+    )
+    assert ok[0] and "valid until" in ok[1], ok
+    assert not short[0] and "below 400000" in short[1], short
+    assert not other_name[0] and "certificate not valid for 127.0.0.1" in other_name[1], other_name
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing.pem"))  # an unknown CA
+    (unknown,) = asyncio.run(probe(InfraCheck(kind="tls", target="localhost")))
+    assert not unknown[0] and "certificate not valid for localhost" in unknown[1], unknown

@@ -88,28 +88,35 @@ def gitlab_event(project: int, iid: int, sha: str, action: str = "open") -> dict
     }
 
 
-def deliver(server: ServerProcess, forge: str, app: dict[str, Any], event: dict[str, Any]) -> Any:
+def deliver(
+    server: ServerProcess,
+    forge: str,
+    app: dict[str, Any],
+    event: dict[str, Any],
+    delivery: str | None = None,
+) -> Any:
     body = json.dumps(event).encode()
+    delivery = delivery or str(uuid.uuid4())
     secret = app["webhook_secret"]
     signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     headers = {"Content-Type": "application/json"}
     if forge == "github":
         headers |= {
             "X-GitHub-Event": "pull_request",
-            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-GitHub-Delivery": delivery,
             "X-Hub-Signature-256": f"sha256={signature}",
         }
     elif forge == "gitlab":
         headers |= {
             "X-Gitlab-Event": "Merge Request Hook",
-            "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+            "X-Gitlab-Event-UUID": delivery,
             "X-Gitlab-Token": secret,
         }
     else:
         kind = "pull_request_sync" if event["action"] == "synchronized" else "pull_request"
         headers |= {
             "X-Gitea-Event": kind,
-            "X-Gitea-Delivery": str(uuid.uuid4()),
+            "X-Gitea-Delivery": delivery,
             "X-Gitea-Signature": signature,
         }
     r = httpx.post(f"{server.url}/hooks/{forge}/{app['name']}", content=body, headers=headers)
@@ -199,7 +206,7 @@ def test_each_forge_gets_pending_then_the_result_on_the_head(
     ]
     for kind, accepted, sha, result in cases:
         assert accepted["status"] == "queued", accepted
-        run = server.wait_run(accepted["run"])
+        run = server.wait_run(accepted["run"], timeout=120)
         assert run["state"] == ("succeeded" if result == "success" else "failed"), run
         assert run["release"] is None
         assert [s["kind"] for s in run["steps"]] == ["checkout", "test"], run["steps"]
@@ -215,7 +222,15 @@ def test_each_forge_gets_pending_then_the_result_on_the_head(
             assert p.body[label] == f"conveyor/shop-{kind}"
             assert p.body["target_url"] == f"{server.url}/runs/{run['id']}"
             assert p.project == ("42" if kind == "gitlab" else "acme/shop")
-        shown = server.get(f"/api/runs/{run['id']}")["pull_request"]["statuses"]
+        # the forge has them; the run's record says so once the reporter heard back
+        shown = wait_for(
+            lambda r=run: (
+                (s := server.get(f"/api/runs/{r['id']}")["pull_request"]["statuses"])
+                and all(x["outcome"] != "sending" for x in s)
+                and s
+            ),
+            timeout=30,
+        )
         assert [s["outcome"] for s in shown] == ["sent"] * len(posted), shown
     assert forge.problems == []
 
@@ -274,9 +289,12 @@ def test_no_token_no_api_and_events_that_change_no_code(
     app = server.add_app("shop", repo.path)  # GitHub's default API, and no FORGE_TOKEN
     closed = deliver(server, "github", app, github_event("acme/shop", 7, repo.good, "closed"))
     assert closed["status"] == "ignored" and "changes no code" in closed["detail"]
-    accepted = deliver(server, "github", app, github_event("acme/shop", 7, repo.good))
-    run = server.wait_run(accepted["run"])
+    accepted = deliver(server, "github", app, github_event("acme/shop", 7, repo.good), "d-1")
+    again = deliver(server, "github", app, github_event("acme/shop", 7, repo.good), "d-1")
+    assert again["status"] == "duplicate", again  # a redelivery runs nothing twice
+    run = server.wait_run(accepted["run"], timeout=120)
     assert run["state"] == "succeeded"
+    assert len(server.get("/api/runs", params={"app": "shop"})) == 1
     shown = wait_for(
         lambda: (
             (s := server.get(f"/api/runs/{run['id']}")["pull_request"]["statuses"])

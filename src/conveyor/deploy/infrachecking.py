@@ -9,6 +9,7 @@ until every host has answered (or the time is up), then takes the request back.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -20,6 +21,8 @@ from conveyor.protocol import ChecksRequest, ChecksResult, InfraCheck, ObservedS
 from conveyor.store.models import Deployment, DeploymentStep, Host, utcnow
 from conveyor.store.steps import append_log
 from conveyor.threads import in_thread
+
+log = logging.getLogger("conveyor.deploy")
 
 REPORT_GRACE = 60.0  # seconds, past the checks' own timeouts, for every agent to report
 
@@ -143,6 +146,32 @@ class InfraChecking(Ledger):
             session.commit()
             self._committed("infrastructure checks " + state, deployment=d.id, reason=reason)
             return list(rows)
+
+    async def _checks_ended(self, deployment_id: int) -> None:
+        """The deployment ended (aborted during its checks, say): no host keeps its request."""
+        try:
+            changed = await in_thread(self._take_back_all, f"checks-{deployment_id}")
+        except Exception:  # left in the desired state it is harmless: each id runs once
+            log.exception(
+                "could not take infrastructure checks back", extra={"deployment": deployment_id}
+            )
+            return
+        for name in changed:
+            self.notifier.changed(name)
+
+    def _take_back_all(self, request_id: str) -> list[str]:
+        with self.sessions() as session:
+            hosts = session.scalars(
+                select(Host).where(Host.checks.is_not(None), Host.checks.contains(request_id))
+            ).all()
+            changed = []
+            for host in hosts:
+                before = host.generation
+                self._take_back(host, request_id)
+                if host.generation != before:
+                    changed.append(host.name)
+            session.commit()
+            return changed
 
     @staticmethod
     def _ask(host: Host, request: ChecksRequest) -> bool:

@@ -194,6 +194,7 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
             while not self._stopping:
                 done = await self._advance(deployment_id)
                 if done:
+                    await self._checks_ended(deployment_id)
                     await self._announce_after(deployment_id)
                     break
                 await asyncio.sleep(TICK)

@@ -50,7 +50,9 @@ def step_out(step: Step) -> StepOut:
     )
 
 
-def run_out(run: Run, *, steps: bool = False) -> RunOut:
+def run_out(run: Run, *, steps: bool = False, statuses: bool | None = None) -> RunOut:
+    """A run; `steps` with its steps, `statuses` (default: as `steps`) with the commit
+    statuses of its pull request."""
     return RunOut(
         id=run.id,
         app=run.app.name,
@@ -70,7 +72,7 @@ def run_out(run: Run, *, steps: bool = False) -> RunOut:
         committed_at=run.committed_at,
         commit_author=run.commit_author,
         commit_message=run.commit_message,
-        pull_request=pull_request_out(run, statuses=steps),
+        pull_request=pull_request_out(run, statuses=steps if statuses is None else statuses),
     )
 
 

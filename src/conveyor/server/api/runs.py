@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import TypeAdapter
 from sqlalchemy import select
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
 from conveyor.protocol import MAX_INT, LogChunk, RunCreate, RunOut
@@ -76,7 +76,8 @@ def start_run(
 
 
 DEFAULT_LISTED, MAX_LISTED = 50, 1000
-_recent = Recent(("runs", "apps"))  # what a listing reads (a run's steps are not listed)
+# what a listing reads (a run's steps are not listed; its pull request is)
+_recent = Recent(("runs", "apps", "pull_request_runs"))
 _listing = TypeAdapter(list[RunOut])
 
 
@@ -112,7 +113,7 @@ async def list_runs(
 def runs(session: Session, app: str | None, limit: int) -> list[RunOut]:
     query = (
         select(Run)
-        .options(joinedload(Run.app), selectinload(Run.pull_request))
+        .options(joinedload(Run.app), joinedload(Run.pull_request))
         .order_by(Run.id.desc())
         .limit(limit)
     )

@@ -9,7 +9,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, contains_eager, selectinload
+from sqlalchemy.orm import Session, contains_eager, joinedload, selectinload
 
 from conveyor.deploy.desired import host_app_releases
 from conveyor.deploy.gates import release_config
@@ -31,7 +31,16 @@ router = APIRouter(prefix="/api", tags=["status"])
 # every table the answer reads but `hosts`: a change to any shows at once; what agents
 # report (hosts' observed state, last seen: several writes a second in a fleet) within 1 s
 _recent = Recent(
-    ("apps", "runs", "steps", "releases", "host_apps", "deployments", "deployment_steps")
+    (
+        "apps",
+        "runs",
+        "steps",
+        "releases",
+        "host_apps",
+        "deployments",
+        "deployment_steps",
+        "pull_request_runs",
+    )
 )
 _answers = TypeAdapter(list[AppStatus])
 # what the fast path (fastpath.py) may answer from `_recent` before FastAPI: the same key
@@ -75,7 +84,7 @@ def status(_: Caller, session: Session, app: str | None = None) -> list[AppStatu
             select(Run)
             .where(Run.app_id.in_(ids), Run.state.in_(RUN_ACTIVE))
             .order_by(Run.id)
-            .options(selectinload(Run.steps))
+            .options(selectinload(Run.steps), joinedload(Run.pull_request))
         ),
     )
     last_ids = (
@@ -83,7 +92,12 @@ def status(_: Caller, session: Session, app: str | None = None) -> list[AppStatu
         .where(Run.app_id.in_(ids), Run.state.not_in(RUN_ACTIVE))
         .group_by(Run.app_id)
     )
-    last_runs = {r.app_id: r for r in session.scalars(select(Run).where(Run.id.in_(last_ids)))}
+    last_runs = {
+        r.app_id: r
+        for r in session.scalars(
+            select(Run).where(Run.id.in_(last_ids)).options(joinedload(Run.pull_request))
+        )
+    }
     newest = (
         select(
             Release.id,
@@ -108,7 +122,8 @@ def status(_: Caller, session: Session, app: str | None = None) -> list[AppStatu
         out.append(
             AppStatus(
                 app=app_out(a),
-                active_runs=[run_out(r, steps=True) for r in active.get(a.id, [])],
+                # a pull request's statuses: on the run's own page, not here
+                active_runs=[run_out(r, steps=True, statuses=False) for r in active.get(a.id, [])],
                 last_run=run_out(last) if last else None,
                 last_release=release_out(release) if release else None,
                 hosts=hosts,
