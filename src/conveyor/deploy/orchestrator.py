@@ -76,6 +76,10 @@ class DeployEngine(Starter, Watcher, Verifier):
         await self._sweep_provisioned()
         starting, ids = await in_thread(self._pending)
         for deployment_id in starting:
+            if await in_thread(self._provisions, deployment_id):
+                # minutes, maybe: the others are scheduled meanwhile (deploy/provisioning.py)
+                self._start_aside(deployment_id)
+                continue
             await self._start(deployment_id)
             ids.append(deployment_id)
         for deployment_id in ids:

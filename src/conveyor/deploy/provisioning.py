@@ -50,6 +50,7 @@ _TEARDOWN_MARK = " [teardown: "
 @dataclass
 class _Underway:
     provisioning: set[int] = field(default_factory=set)  # deployment ids
+    starting: set[int] = field(default_factory=set)  # ... started aside (_start_aside)
     tearing: set[int] = field(default_factory=set)  # Provisioned ids
     not_before: dict[int, float] = field(default_factory=dict)  # Provisioned id: monotonic
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
@@ -73,6 +74,38 @@ class Provisioner(Ledger):
         return found
 
     # -- provision ----------------------------------------------------------
+
+    def _provisions(self, deployment_id: int) -> bool:
+        """Whether this pending deployment's environment is provisioned for it."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            try:
+                _, env = environment(d.release, d.environment)
+            except GateError:
+                return False  # said when it starts
+            return env.provision is not None
+
+    def _start_aside(self, deployment_id: int) -> None:
+        """Start a deployment in a task of its own (once), the scheduler woken when done."""
+        underway = self._underway
+        if deployment_id in underway.starting:
+            return
+        underway.starting.add(deployment_id)
+
+        async def start() -> bool:
+            try:
+                await self._start(deployment_id)
+            finally:
+                underway.starting.discard(deployment_id)
+                self.wake()
+            return True
+
+        task = asyncio.create_task(start(), name=f"provision-{deployment_id}")
+        underway.tasks.add(task)
+        task.add_done_callback(underway.tasks.discard)
+
+    async def _start(self, deployment_id: int) -> None:
+        raise NotImplementedError  # the Starter's
 
     async def _provision(self, env: Environment, release: Release, deployment_id: int) -> list[str]:
         """The hosts of a fresh environment for this deployment (reused if already up)."""
