@@ -102,9 +102,11 @@ class Integration:
         return self.ended()
 
     def commit_and_run(self, label: str) -> None:
+        # notifications go nowhere (a refused port): their records are what is checked
+        notify = 'notify:\n  - url: "json://127.0.64.1:9/"\n    on: [failure]\n'
         files = {
             "conveyor.yml": sample_config(
-                port=self.port, extra=ENVIRONMENTS.format(state=self.state)
+                port=self.port, extra=ENVIRONMENTS.format(state=self.state) + notify
             ),
             "VERSION": label,
             "infra/up.sh": UP.format(state=self.state, py=sys.executable),
@@ -252,6 +254,8 @@ def test_a_failed_teardown_is_said_and_tried_again(integration: Integration) -> 
     assert not integration.agent_alive(f"int-{number}")
     log = integration.server.log()
     assert "teardown failed" in log and "the cloud said no" in log
+    titles = [n["title"] for n in integration.server.get("/api/notifications?app=sample")]
+    assert any(t.startswith("❌ teardown failed: sample integration") for t in titles), titles
 
 
 def test_other_deployments_go_on_while_an_environment_is_provisioned(

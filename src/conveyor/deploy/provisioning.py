@@ -32,7 +32,15 @@ from conveyor.config import Environment
 from conveyor.deploy import checks
 from conveyor.deploy.gates import GateError, environment
 from conveyor.deploy.ledger import Ledger
-from conveyor.deploy.provision import STANDING, Standing, host_names, retry_delay, teardown_due
+from conveyor.deploy.provision import (
+    STANDING,
+    Standing,
+    host_names,
+    notify_of,
+    retry_delay,
+    teardown_due,
+    teardown_failed,
+)
 from conveyor.deploy.stepping import OFFLINE_AFTER
 from conveyor.store.models import Deployment, Host, Provisioned, Release, Token, utcnow
 from conveyor.threads import in_thread
@@ -328,6 +336,12 @@ class Provisioner(Ledger):
             d = session.get(Deployment, row.deployment_id)
             if d is not None:
                 d.reason = (d.reason or "").split(_TEARDOWN_MARK)[0] + f"{_TEARDOWN_MARK}{what}]"
+                if self.announcer is not None and notify_of(row.attempts):
+                    link = f"{self.announcer.public_url}/deployments/{d.id}"
+                    message = teardown_failed(
+                        d.app.name, d.environment, d.id, row.attempts, wait, output, link
+                    )
+                    self.announcer.queue(d, f"provisioned:{row.id}:{row.attempts}", message)
             session.commit()
         self._underway.not_before[row_id] = time.monotonic() + wait
         log.error(

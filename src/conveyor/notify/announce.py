@@ -70,6 +70,16 @@ class Announcer:
         """A run reached its end state (in the session that records it)."""
         self._guarded(self._run_ended, session, run, run=run.id)
 
+    def queue(self, d: Deployment, key: str, message: Message) -> None:
+        """Any other message about a deployment (a failed teardown of its environment),
+        to the targets its release's config names for the message's kinds, once per key."""
+
+        def queue() -> None:
+            session = _session_of(d)
+            self._queue(session, d.app, key, message, _deployment_config(session, d), deployment=d)
+
+        self._guarded(queue, deployment=d.id)
+
     # -- what to say ------------------------------------------------------------
 
     def _deployment_ended(self, d: Deployment) -> None:
