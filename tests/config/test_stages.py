@@ -86,3 +86,13 @@ def test_bad_provisions(keys: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(HEAD + keys)
     assert message in str(caught.value)
+
+
+def test_the_schema_asks_for_hosts_or_provision_and_teardown() -> None:
+    from conveyor.config.schema import config_json_schema
+
+    env = config_json_schema()["$defs"]["Environment"]
+    assert "hosts" not in env.get("required", [])
+    assert env["oneOf"] == [{"required": ["hosts"]}, {"required": ["provision", "teardown"]}]
+    check = config_json_schema()["$defs"]["VerifyCheck"]
+    assert {"required": ["load"]} in check["oneOf"]

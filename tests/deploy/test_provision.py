@@ -73,3 +73,25 @@ CASES = [
 @pytest.mark.parametrize(("what", "s", "due"), CASES, ids=[c[0] for c in CASES])
 def test_teardown_due(what: str, s: Standing, due: bool) -> None:
     assert teardown_due(s) is due
+
+
+@pytest.mark.parametrize(
+    ("attempt", "notified"),
+    [(1, True), (2, False), (9, False), (10, True), (11, False), (20, True)],
+)
+def test_failed_teardowns_notified(attempt: int, notified: bool) -> None:
+    from conveyor.deploy.provision import notify_of
+
+    assert notify_of(attempt) is notified
+
+
+def test_the_failed_teardown_message_says_what_where_and_why() -> None:
+    from conveyor.deploy.provision import teardown_failed
+
+    m = teardown_failed(
+        "shop", "integration", 7, 1, 5.0, "the cloud said no", "http://c/deployments/7"
+    )
+    assert m.kinds == frozenset({"failure"})
+    assert "shop integration (deployment #7)" in m.title
+    assert "the cloud said no" in m.body and "http://c/deployments/7" in m.body
+    assert "Tried again in 5 s" in m.body

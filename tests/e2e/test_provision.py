@@ -24,6 +24,7 @@ import pytest
 
 from conveyor.agent.procfs import pids_under
 from conveyor.demo.sample import sample_config, write_sample_app
+from tests.fleet import Fleet
 from tests.helpers import ServerProcess, commit, free_port, running_server, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -38,6 +39,7 @@ mode=$(cat "{state}/mode" 2>/dev/null || echo ok)
 name="int-$CONVEYOR_PROVISION_ID"
 echo "provisioning $name for $CONVEYOR_RELEASE" >&2
 echo "$CONVEYOR_PROVISION_ID" >> "{state}/provisioned"
+while [ "$mode" = wait ] && [ ! -e "{state}/go" ]; do sleep 0.2; done
 case "$mode" in
   fail) echo "no capacity left" >&2; exit 3 ;;
   silent) exit 0 ;;
@@ -100,9 +102,11 @@ class Integration:
         return self.ended()
 
     def commit_and_run(self, label: str) -> None:
+        # notifications go nowhere (a refused port): their records are what is checked
+        notify = 'notify:\n  - url: "json://127.0.64.1:9/"\n    on: [failure]\n'
         files = {
             "conveyor.yml": sample_config(
-                port=self.port, extra=ENVIRONMENTS.format(state=self.state)
+                port=self.port, extra=ENVIRONMENTS.format(state=self.state) + notify
             ),
             "VERSION": label,
             "infra/up.sh": UP.format(state=self.state, py=sys.executable),
@@ -250,3 +254,35 @@ def test_a_failed_teardown_is_said_and_tried_again(integration: Integration) -> 
     assert not integration.agent_alive(f"int-{number}")
     log = integration.server.log()
     assert "teardown failed" in log and "the cloud said no" in log
+    titles = [n["title"] for n in integration.server.get("/api/notifications?app=sample")]
+    assert any(t.startswith("❌ teardown failed: sample integration") for t in titles), titles
+
+
+def test_other_deployments_go_on_while_an_environment_is_provisioned(
+    integration: Integration, tmp_path: Path
+) -> None:
+    (integration.state / "mode").write_text("wait")  # up.sh waits for the go file
+    integration.commit_and_run("v1")
+    wait_for(integration.provisioned, timeout=120, interval=0.3)
+    other = Fleet(integration.server, tmp_path / "other", {"web-1": "127.0.64.3"}, app="other")
+    try:
+        other.start()
+        other.commit("o1", "\nenvironments:\n  production:\n    hosts: [web-1]\n")
+        server = integration.server
+        run = server.wait_run(server.post("/api/apps/other/runs", {})["id"], 120)
+
+        def deployed() -> Any:
+            found = server.get("/api/deployments?app=other&environment=production")
+            return found if found and found[0]["state"] == "succeeded" else None
+
+        wait_for(deployed, timeout=120, interval=0.3)
+        assert other.serving("web-1") == run["release"]
+        pending = integration.deployment()
+        assert pending is not None and pending["state"] == "queued", pending  # still provisioning
+    finally:
+        (integration.state / "go").touch()
+        other.stop_everything()
+    done = integration.ended()
+    assert done["state"] == "succeeded", done
+    (number,) = integration.provisioned()
+    assert integration.torn_down() == [f"{number} int-{number}"]

@@ -79,3 +79,13 @@ def test_settings_keep_the_environments_budget() -> None:
     settings = settings_for(Settings(false_alarms=0.001, min_requests=500, warmup=30.0))
     assert (settings.compare, settings.min_requests, settings.warmup) == (True, 0, 0.0)
     assert settings.false_alarms == 0.001
+
+
+@pytest.mark.parametrize(
+    ("rate", "users", "pace"),
+    [(40.0, 200, 5.0), (200.0, 1000, 5.0), (0.1, 1, 10.0), (5000.0, 4000, 0.8)],
+)
+def test_users_and_their_pace_make_the_rate(rate: float, users: int, pace: float) -> None:
+    from conveyor.load.runner import users_for
+
+    assert users_for(rate) == (users, pytest.approx(pace))

@@ -221,8 +221,18 @@ class Analysis(Section):
         return self
 
 
+def _hosts_or_provision(schema: dict[str, Any]) -> None:
+    """In the JSON Schema: hosts, unless provision names them."""
+    schema["required"] = [k for k in schema.get("required", []) if k != "hosts"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["oneOf"] = [{"required": ["hosts"]}, {"required": ["provision", "teardown"]}]
+
+
 class Environment(Section):
     """A named set of hosts with a strategy, checks and policies (domains: routing.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_hosts_or_provision)
 
     hosts: Hosts
     approval: Literal["required"] | None = None

@@ -88,6 +88,11 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
             if not mine:
                 continue
             with fenced(lease):
+                if await in_thread(self._provisions, deployment_id):
+                    # minutes, maybe: the others are scheduled meanwhile (its task keeps
+                    # the fence: deploy/provisioning.py)
+                    self._start_aside(deployment_id)
+                    continue
                 await self._start(deployment_id)
             ids.append(deployment_id)
             held[deployment_id] = lease

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from conveyor.config.environment import HOST_NAME_PATTERN
+from conveyor.notify.messages import Message
 from conveyor.store.models import DEPLOYMENT_ACTING, DEPLOYMENT_PENDING
 
 # provisioning: the command runs (or ran when a server was killed); up: its hosts serve the
@@ -61,3 +62,34 @@ def teardown_due(s: Standing) -> bool:
     if ended:
         return not s.provisioning_here
     return s.state == "provisioning" and not s.provisioning_here
+
+
+def notify_of(attempt: int) -> bool:
+    """Whether a failed teardown's `attempt` is notified: the first, then every tenth
+    (each one is logged as an error and said in the deployment's reason)."""
+    return attempt == 1 or attempt % 10 == 0
+
+
+def teardown_failed(
+    app: str,
+    environment: str,
+    deployment: int,
+    attempt: int,
+    retry_in: float,
+    output: str,
+    link: str,
+) -> Message:
+    """The notification of a failed teardown (kind: failure)."""
+    title = f"❌ teardown failed: {app} {environment} (deployment #{deployment})"
+    body = "\n".join(
+        [
+            f"The environment provisioned for deployment #{deployment} of {app} to "
+            f"{environment} could not be torn down (attempt {attempt}); it still runs, and "
+            f"costs. Tried again in {retry_in:g} s, then less and less often, until it works.",
+            "",
+            output[-1500:],
+            "",
+            link,
+        ]
+    )
+    return Message(frozenset({"failure"}), title, body)

@@ -32,7 +32,15 @@ from conveyor.config import Environment
 from conveyor.deploy import checks
 from conveyor.deploy.gates import GateError, environment
 from conveyor.deploy.ledger import Ledger
-from conveyor.deploy.provision import STANDING, Standing, host_names, retry_delay, teardown_due
+from conveyor.deploy.provision import (
+    STANDING,
+    Standing,
+    host_names,
+    notify_of,
+    retry_delay,
+    teardown_due,
+    teardown_failed,
+)
 from conveyor.deploy.stepping import OFFLINE_AFTER
 from conveyor.store.models import Deployment, Host, Provisioned, Release, Token, utcnow
 from conveyor.threads import in_thread
@@ -50,6 +58,7 @@ _TEARDOWN_MARK = " [teardown: "
 @dataclass
 class _Underway:
     provisioning: set[int] = field(default_factory=set)  # deployment ids
+    starting: set[int] = field(default_factory=set)  # ... started aside (_start_aside)
     tearing: set[int] = field(default_factory=set)  # Provisioned ids
     not_before: dict[int, float] = field(default_factory=dict)  # Provisioned id: monotonic
     tasks: set[asyncio.Task[bool]] = field(default_factory=set)
@@ -73,6 +82,38 @@ class Provisioner(Ledger):
         return found
 
     # -- provision ----------------------------------------------------------
+
+    def _provisions(self, deployment_id: int) -> bool:
+        """Whether this pending deployment's environment is provisioned for it."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            try:
+                _, env = environment(d.release, d.environment)
+            except GateError:
+                return False  # said when it starts
+            return env.provision is not None
+
+    def _start_aside(self, deployment_id: int) -> None:
+        """Start a deployment in a task of its own (once), the scheduler woken when done."""
+        underway = self._underway
+        if deployment_id in underway.starting:
+            return
+        underway.starting.add(deployment_id)
+
+        async def start() -> bool:
+            try:
+                await self._start(deployment_id)
+            finally:
+                underway.starting.discard(deployment_id)
+                self.wake()
+            return True
+
+        task = asyncio.create_task(start(), name=f"provision-{deployment_id}")
+        underway.tasks.add(task)
+        task.add_done_callback(underway.tasks.discard)
+
+    async def _start(self, deployment_id: int) -> None:
+        raise NotImplementedError  # the Starter's
 
     async def _provision(self, env: Environment, release: Release, deployment_id: int) -> list[str]:
         """The hosts of a fresh environment for this deployment (reused if already up)."""
@@ -295,6 +336,12 @@ class Provisioner(Ledger):
             d = session.get(Deployment, row.deployment_id)
             if d is not None:
                 d.reason = (d.reason or "").split(_TEARDOWN_MARK)[0] + f"{_TEARDOWN_MARK}{what}]"
+                if self.announcer is not None and notify_of(row.attempts):
+                    link = f"{self.announcer.public_url}/deployments/{d.id}"
+                    message = teardown_failed(
+                        d.app.name, d.environment, d.id, row.attempts, wait, output, link
+                    )
+                    self.announcer.queue(d, f"provisioned:{row.id}:{row.attempts}", message)
             session.commit()
         self._underway.not_before[row_id] = time.monotonic() + wait
         log.error(

@@ -19,12 +19,15 @@ from collections import Counter
 from itertools import count
 from typing import Any
 
-PACE = 2.0  # seconds between two requests of one simulated user: latencies up to it keep the rate
+# seconds between two requests of one simulated user: answers up to this slow keep the rate
+# (a user waits for its answer; a slower one is caught up on, as far as the others allow)
+PACE = 5.0
+MAX_USERS = 4000  # greenlets: above it, each user sends more often
 
 
 def users_for(rate: float) -> tuple[int, float]:
     """How many users, each sending a request every how many seconds, make `rate`."""
-    users = max(1, math.ceil(rate * PACE))
+    users = min(MAX_USERS, max(1, math.ceil(rate * PACE)))
     return users, users / rate
 
 
@@ -42,6 +45,7 @@ def main() -> None:
     users, pace = users_for(plan.rate)
     urls = [t.rstrip("/") + p for t in plan.targets for p in plan.paths]
     turn = count()
+    spawned = count()
     headers = {"Host": plan.host_header} if plan.host_header else {}
 
     class Visitor(FastHttpUser):
@@ -52,8 +56,9 @@ def main() -> None:
         next_at = 0.0
 
         def on_start(self) -> None:
-            # each user at its own phase of the pace: requests arrive evenly, not in bursts
-            self.next_at = started + random.uniform(0, pace)
+            # each user at its own phase of the pace, one in each of `users` equal slices:
+            # requests arrive evenly (not in bursts), and as many as asked in any duration
+            self.next_at = started + (next(spawned) + random.random()) * pace / users
             time.sleep(max(0.0, self.next_at - time.monotonic()))
 
         def wait_time(self) -> float:

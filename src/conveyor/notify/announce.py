@@ -107,6 +107,16 @@ class Announcer:
         records it); the link and the release serving are filled in here."""
         self._guarded(self._flag_stopped, session, app, rollout_id, f, rollout=rollout_id)
 
+    def queue(self, d: Deployment, key: str, message: Message) -> None:
+        """Any other message about a deployment (a failed teardown of its environment),
+        to the targets its release's config names for the message's kinds, once per key."""
+
+        def queue() -> None:
+            session = _session_of(d)
+            self._queue(session, d.app, key, message, _deployment_config(session, d), deployment=d)
+
+        self._guarded(queue, deployment=d.id)
+
     # -- what to say ------------------------------------------------------------
 
     def _flag_stopped(self, session: Session, app: App, rollout_id: int, f: FlagStopFacts) -> None:

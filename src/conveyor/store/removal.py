@@ -19,7 +19,9 @@ from conveyor.store.models import (
     FlagToken,
     Host,
     HostApp,
+    LoadRecord,
     Notification,
+    Provisioned,
     PullRequestRun,
     Release,
     ResolvedSecret,
@@ -153,6 +155,8 @@ def remove_app(session: Session, app: App) -> Removed:
             FlagClient.token_id.in_(select(FlagToken.id).where(FlagToken.app_id == app.id))
         ),
         delete(FlagToken).where(FlagToken.app_id == app.id),
+        delete(LoadRecord).where(LoadRecord.app_id == app.id),
+        delete(Provisioned).where(Provisioned.app_id == app.id),
         delete(App).where(App.id == app.id),
     ):
         session.execute(statement.execution_options(synchronize_session=False))
