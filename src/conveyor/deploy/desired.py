@@ -9,9 +9,9 @@ from collections.abc import Callable, Collection
 
 from sqlalchemy.orm import Session
 
-from conveyor.config import Config
 from conveyor.config.migrations import pg_options
 from conveyor.deploy.claims import domain_clash, release_claims
+from conveyor.deploy.configs import release_config
 from conveyor.deploy.contracting import CONTRACT_PREFIX
 from conveyor.deploy.flagstate import host_flags
 from conveyor.protocol import (
@@ -88,7 +88,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     """How the release runs in this environment: its env over the service's, its secrets."""
     if not release.config:
         raise DesiredStateError(f"release {release.id} has no recorded conveyor.yml")
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     service = config.service
     if service is None:
         raise DesiredStateError(
@@ -134,7 +134,7 @@ def migrate_request(release: Release, migration: str | None) -> MigrateRequest |
     timeouts (None: nothing to run)."""
     if migration is None or not release.config:
         return None
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     limits = config.migrations
     command = config.expand_command
     if migration.startswith(CONTRACT_PREFIX):
@@ -160,7 +160,7 @@ def host_environment(release: Release, host: str) -> str | None:
     """The environment of the release's conveyor.yml that lists this host, if one does."""
     if not release.config:
         return None
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     for name, env in config.environments.items():
         if isinstance(env.hosts, list) and host in env.hosts:
             return name

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
+from conveyor.deploy.configs import release_config as parsed_config
 from conveyor.store.models import Deployment, Release, Run
 
 SUCCEEDED = "succeeded"
@@ -27,7 +28,7 @@ class GateError(Exception):
 def release_config(release: Release) -> Config:
     if not release.config:
         raise GateError(f"release {release.id} has no recorded conveyor.yml; rebuild it")
-    return Config.model_validate_json(release.config)
+    return parsed_config(release.config)
 
 
 def environment(release: Release, name: str) -> tuple[Config, Environment]:
