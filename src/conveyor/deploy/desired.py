@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
@@ -23,6 +25,7 @@ from conveyor.protocol import (
     ReleaseWeight,
     ServiceSpec,
 )
+from conveyor.store import changes
 from conveyor.store.models import App, Host, HostApp, Release
 from conveyor.store.secrets import secret_values
 from conveyor.threads import call_on_loop
@@ -219,28 +222,53 @@ def host_app_releases(row: HostApp) -> list[ReleaseWeight]:
     return [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)]
 
 
+# A deployment step for a thousand hosts wakes a thousand long-polls at once, each for
+# the same releases: their part of the answer (service, secrets, migration) is made once
+# and served for SERVED_FOR seconds. The key holds what the host's row says (releases,
+# weights, environment) and this process's writes of secrets (a secret set here is in the
+# next answer; one set through another server sharing the database, within SERVED_FOR);
+# flags are read for each answer.
+SERVED_FOR = 1.0
+_served: dict[tuple[int, str, str, int], tuple[float, list[DesiredRelease]]] = {}
+_served_lock = threading.Lock()
+
+
 def desired_state(session: Session, host: Host) -> DesiredState:
     apps = []
     for row in host.apps:
-        items = host_app_releases(row)
-        releases = []
-        for item in items:
-            release = session.get(Release, item.release)
-            if release is None:
-                continue
-            releases.append(
-                DesiredRelease(
-                    release=release.id,
-                    sha256=release.sha256,
-                    artifact=f"/api/agent/artifacts/{release.id}",
-                    weight=item.weight,
-                    # a row written before 0008 has no environment: its conveyor.yml's
-                    service=service_spec(
-                        session, release, row.environment or host_environment(release, host.name)
-                    ),
-                    migrate=migrate_request(release, item.migrate),
-                )
-            )
+        releases = _desired_releases(session, row, host.name)
         flags = host_flags(session, row.app, row.environment)
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
     return DesiredState(host=host.name, generation=host.generation, apps=apps)
+
+
+def _desired_releases(session: Session, row: HostApp, host_name: str) -> list[DesiredRelease]:
+    secrets = changes.generation("secrets") + changes.generation("resolved_secrets")
+    key = (row.app_id, row.releases, row.environment or f"host {host_name}", secrets)
+    now = time.monotonic()
+    found = _served.get(key)
+    if found is not None and now - found[0] < SERVED_FOR:
+        return found[1]
+    releases = []
+    for item in host_app_releases(row):
+        release = session.get(Release, item.release)
+        if release is None:
+            continue
+        releases.append(
+            DesiredRelease(
+                release=release.id,
+                sha256=release.sha256,
+                artifact=f"/api/agent/artifacts/{release.id}",
+                weight=item.weight,
+                # a row written before 0008 has no environment: its conveyor.yml's
+                service=service_spec(
+                    session, release, row.environment or host_environment(release, host_name)
+                ),
+                migrate=migrate_request(release, item.migrate),
+            )
+        )
+    with _served_lock:
+        if len(_served) > 1000:
+            _served.clear()
+        _served[key] = (now, releases)
+    return releases
