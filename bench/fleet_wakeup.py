@@ -186,8 +186,11 @@ async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cl
         async with httpx.AsyncClient(base_url=urls[0], timeout=60, headers=admin) as api:
             for _ in range(120):  # every host reported: online
                 await asyncio.sleep(1)
-                if all(h["online"] for h in (await api.get("/api/hosts")).json()):
-                    break
+                try:
+                    if all(h["online"] for h in (await api.get("/api/hosts")).json()):
+                        break
+                except httpx.HTTPError:
+                    continue  # a kept-alive connection the server closed meanwhile
         meter = CpuMeter(tmp)
         await asyncio.sleep(rest)
         cpu = meter.stop().get("server", 0.0)
