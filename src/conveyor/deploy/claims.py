@@ -13,7 +13,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.config import Config
+from conveyor.deploy.configs import release_config
 from conveyor.hostroutes import Claim, claims, clashes
 from conveyor.store.models import App, Host, Release
 
@@ -21,7 +21,7 @@ from conveyor.store.models import App, Host, Release
 def release_claims(release: Release, environment: str | None) -> list[Claim]:
     if not release.config:
         return []
-    routing = Config.model_validate_json(release.config).routing(environment)
+    routing = release_config(release.config).routing(environment)
     return claims(routing.domains, routing.path_prefix or None)
 
 

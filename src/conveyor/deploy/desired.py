@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 
 from sqlalchemy.orm import Session
 
-from conveyor.config import Config
 from conveyor.config.migrations import pg_options
 from conveyor.config.tls import Tls
 from conveyor.deploy.claims import domain_clash, release_claims
+from conveyor.deploy.configs import release_config
 from conveyor.deploy.contracting import CONTRACT_PREFIX
 from conveyor.deploy.flagstate import host_flags
 from conveyor.protocol import (
@@ -26,6 +28,7 @@ from conveyor.protocol import (
     ServiceSpec,
     TlsSpec,
 )
+from conveyor.store import changes
 from conveyor.store.models import App, Host, HostApp, Release
 from conveyor.store.secrets import secret_values
 from conveyor.threads import call_on_loop
@@ -91,7 +94,7 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
     """How the release runs in this environment: its env over the service's, its secrets."""
     if not release.config:
         raise DesiredStateError(f"release {release.id} has no recorded conveyor.yml")
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     service = config.service
     if service is None:
         raise DesiredStateError(
@@ -156,7 +159,7 @@ def migrate_request(release: Release, migration: str | None) -> MigrateRequest |
     timeouts (None: nothing to run)."""
     if migration is None or not release.config:
         return None
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     limits = config.migrations
     command = config.expand_command
     if migration.startswith(CONTRACT_PREFIX):
@@ -182,7 +185,7 @@ def host_environment(release: Release, host: str) -> str | None:
     """The environment of the release's conveyor.yml that lists this host, if one does."""
     if not release.config:
         return None
-    config = Config.model_validate_json(release.config)
+    config = release_config(release.config)
     for name, env in config.environments.items():
         if isinstance(env.hosts, list) and host in env.hosts:
             return name
@@ -241,29 +244,54 @@ def host_app_releases(row: HostApp) -> list[ReleaseWeight]:
     return [ReleaseWeight.model_validate(r) for r in json.loads(row.releases)]
 
 
+# A deployment step for a thousand hosts wakes a thousand long-polls at once, each for
+# the same releases: their part of the answer (service, secrets, migration) is made once
+# and served for SERVED_FOR seconds. The key holds what the host's row says (releases,
+# weights, environment) and this process's writes of secrets (a secret set here is in the
+# next answer; one set through another server sharing the database, within SERVED_FOR);
+# flags are read for each answer.
+SERVED_FOR = 1.0
+_served: dict[tuple[int, str, str, int], tuple[float, list[DesiredRelease]]] = {}
+_served_lock = threading.Lock()
+
+
 def desired_state(session: Session, host: Host) -> DesiredState:
     apps = []
     for row in host.apps:
-        items = host_app_releases(row)
-        releases = []
-        for item in items:
-            release = session.get(Release, item.release)
-            if release is None:
-                continue
-            releases.append(
-                DesiredRelease(
-                    release=release.id,
-                    sha256=release.sha256,
-                    artifact=f"/api/agent/artifacts/{release.id}",
-                    weight=item.weight,
-                    # a row written before 0008 has no environment: its conveyor.yml's
-                    service=service_spec(
-                        session, release, row.environment or host_environment(release, host.name)
-                    ),
-                    migrate=migrate_request(release, item.migrate),
-                )
-            )
+        releases = _desired_releases(session, row, host.name)
         flags = host_flags(session, row.app, row.environment)
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
     checks = [ChecksRequest.model_validate(c) for c in json.loads(host.checks or "[]")]
     return DesiredState(host=host.name, generation=host.generation, apps=apps, checks=checks)
+
+
+def _desired_releases(session: Session, row: HostApp, host_name: str) -> list[DesiredRelease]:
+    secrets = changes.generation("secrets") + changes.generation("resolved_secrets")
+    key = (row.app_id, row.releases, row.environment or f"host {host_name}", secrets)
+    now = time.monotonic()
+    found = _served.get(key)
+    if found is not None and now - found[0] < SERVED_FOR:
+        return found[1]
+    releases = []
+    for item in host_app_releases(row):
+        release = session.get(Release, item.release)
+        if release is None:
+            continue
+        releases.append(
+            DesiredRelease(
+                release=release.id,
+                sha256=release.sha256,
+                artifact=f"/api/agent/artifacts/{release.id}",
+                weight=item.weight,
+                # a row written before 0008 has no environment: its conveyor.yml's
+                service=service_spec(
+                    session, release, row.environment or host_environment(release, host_name)
+                ),
+                migrate=migrate_request(release, item.migrate),
+            )
+        )
+    with _served_lock:
+        if len(_served) > 1000:
+            _served.clear()
+        _served[key] = (now, releases)
+    return releases

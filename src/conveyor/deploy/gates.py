@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Config, Environment
 from conveyor.deploy import migrationgate
+from conveyor.deploy.configs import release_config as parsed_config
 from conveyor.store.models import Deployment, Release, Run
 
 SUCCEEDED = "succeeded"
@@ -28,7 +29,7 @@ class GateError(Exception):
 def release_config(release: Release) -> Config:
     if not release.config:
         raise GateError(f"release {release.id} has no recorded conveyor.yml; rebuild it")
-    return Config.model_validate_json(release.config)
+    return parsed_config(release.config)
 
 
 def environment(release: Release, name: str) -> tuple[Config, Environment]:

@@ -30,7 +30,7 @@ from conveyor.deploy.detail import write_detail
 from conveyor.deploy.gates import environment
 from conveyor.deploy.infrachecking import InfraChecking
 from conveyor.deploy.ledger import CRASH_ENV, load_targets
-from conveyor.deploy.records import ACTING, create_contracts
+from conveyor.deploy.records import ACTING, PENDING, create_contracts
 from conveyor.deploy.starting import Starter
 from conveyor.deploy.verifying import Verifier
 from conveyor.deploy.watching import Watcher
@@ -221,7 +221,8 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
         with self.sessions() as session:
             d = session.get(Deployment, deployment_id)
             ended = d is None or d.state not in ACTING
-            if ended and lease is not None:
+            # a deployment still pending (waiting for its hosts) keeps its lease
+            if lease is not None and (d is None or d.state not in ACTING + PENDING):
                 leases.release(session, lease)
         if ended:
             shutil.rmtree(self.data / "work" / f"deploy-{deployment_id}", ignore_errors=True)

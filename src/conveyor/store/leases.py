@@ -141,7 +141,16 @@ def renew(session: Session, held: Held) -> bool:
 
 
 def release(session: Session, held: Held) -> None:
-    """Give the lease up (the deployment or run ended), if it is still ours."""
+    """Give the lease up (the deployment or run ended), if it is still ours (the delete
+    says so itself: no fence check, which would find the row gone)."""
+    token = _fence.set(None)
+    try:
+        _delete(session, held)
+    finally:
+        _fence.reset(token)
+
+
+def _delete(session: Session, held: Held) -> None:
     session.execute(
         delete(Lease).where(
             Lease.kind == held.kind,

@@ -1,0 +1,269 @@
+"""A thousand hosts: one deployment step's desired state reaching every agent.
+
+PostgreSQL 15 (a throwaway cluster, testbed/postgres.py) and one or two real
+`conveyor server` processes sharing it; N simulated agents (one asyncio process,
+httpx: one long-poll each, and a report every `--report-every` seconds, so that the
+hosts are online) enrolled like real ones, spread over the servers. Then:
+
+1. at rest for `--rest` seconds: the servers' RSS and CPU (cores);
+2. a run of the sample app builds a release whose `production` lists all N hosts,
+   rolling with `batch: 100%`: the deployment's first step writes the desired state of
+   every host in one transaction, with one wake-up (a NOTIFY for the other server);
+3. from that step's start (its `started_at`, written just before the commit) to each
+   agent's long-poll returning the new state: p50, p99, max, and how many got it.
+
+The simulated agents never converge, so the deployment fails later: only the delivery
+is measured. Their own CPU (parsing N answers at once) is in the figures: they share
+the machine's cores with the servers.
+
+    uv run python bench/fleet_wakeup.py [--agents 100,1000] [--servers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procstat import CpuMeter, memory
+
+from conveyor.demo.sample import write_sample_app
+from conveyor.protocol import ObservedState
+from testbed.helpers import free_port, wait_for
+from testbed.postgres import Cluster
+
+TOKEN = "bench-admin-token-" + "x" * 20
+ADDRESS = "127.0.65.{}"  # the servers: .1, .2
+
+
+def environments(hosts: list[str]) -> str:
+    return (
+        "\nenvironments:\n  production:\n"
+        f"    hosts: [{', '.join(hosts)}]\n"
+        "    strategy: rolling\n    batch: 100%\n"
+    )
+
+
+class Fleet:
+    """N simulated agents on this process's event loop."""
+
+    def __init__(self, urls: list[str], credentials: dict[str, str], report_every: float) -> None:
+        self.urls, self.credentials = urls, credentials
+        self.report_every = report_every
+        self.got: dict[str, float] = {}  # host -> when (time.time()) it got an app
+        self.errors: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.polling = 0
+
+    async def start(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self.clients = [httpx.AsyncClient(base_url=u, timeout=90, limits=limits) for u in self.urls]
+        for i, (name, token) in enumerate(sorted(self.credentials.items())):
+            http = self.clients[i % len(self.clients)]
+            self._tasks.append(asyncio.create_task(self._poll(http, name, token)))
+            self._tasks.append(asyncio.create_task(self._report(http, name, token)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in self.clients:
+            await client.aclose()
+
+    async def _poll(self, http: httpx.AsyncClient, name: str, token: str) -> None:
+        after, headers = -1, {"Authorization": f"Bearer {token}"}
+        counted = False
+        while True:
+            try:
+                r = await http.get(
+                    "/api/agent/desired", params={"after": after, "wait": 25}, headers=headers
+                )
+                if r.status_code != 200:
+                    self.errors.append(f"desired: HTTP {r.status_code}")
+                    await asyncio.sleep(1)
+                    continue
+                body = r.json()
+                if body["apps"] and name not in self.got:
+                    self.got[name] = time.time()
+                after = int(body["generation"])
+                if not counted:
+                    counted, self.polling = True, self.polling + 1
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                continue
+            except httpx.HTTPError as exc:
+                self.errors.append(f"desired: {type(exc).__name__}")
+                await asyncio.sleep(1)
+
+    async def _report(self, http: httpx.AsyncClient, name: str, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        body = ObservedState(host=name, generation=0, converged=True).model_dump_json()
+        await asyncio.sleep(self.report_every * (hash(name) % 1000) / 1000)
+        while True:
+            try:
+                r = await http.post("/api/agent/report", content=body, headers=headers)
+                if r.status_code != 204:
+                    self.errors.append(f"report: HTTP {r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                self.errors.append(f"report: {type(exc).__name__}")
+            await asyncio.sleep(self.report_every)
+
+
+def start_server(tmp: Path, db: str, index: int) -> tuple[subprocess.Popen[bytes], str]:
+    address = ADDRESS.format(index + 1)
+    port = free_port(address)
+    env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": TOKEN, "CONVEYOR_LOG_LEVEL": "warning"}
+    argv = [sys.executable, "-m", "conveyor", "server", "--data", str(tmp / "data")]
+    argv += ["--listen", f"{address}:{port}", "--db", db]
+    with open(tmp / f"server-{index + 1}.log", "wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{address}:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, (tmp / f"server-{index + 1}.log").read_text()
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=120)
+    return proc, url
+
+
+async def enrol(url: str, names: list[str]) -> dict[str, str]:
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    found: dict[str, str] = {}
+    limit = asyncio.Semaphore(20)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def one(name: str) -> None:
+            async with limit:
+                r = await http.post("/api/hosts", json={"name": name}, headers=admin)
+                r.raise_for_status()
+                r = await http.post(
+                    "/api/agent/enrol",
+                    json={"name": name, "token": r.json()["enrolment_token"]},
+                )
+                r.raise_for_status()
+                found[name] = r.json()["agent_token"]
+
+        await asyncio.gather(*(one(n) for n in names))
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cluster) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="conveyor-wakeup-"))
+    db = pg.url(pg.create_database())
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        urls = []
+        for i in range(servers):
+            proc, url = start_server(tmp, db, i)
+            procs.append(proc)
+            urls.append(url)
+        names = [f"h{i:05d}" for i in range(n)]
+        fleet = Fleet(urls, await enrol(urls[0], names), report_every)
+        await fleet.start()
+        while fleet.polling < n:
+            await asyncio.sleep(0.2)
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=urls[0], timeout=60, headers=admin) as api:
+            for _ in range(120):  # every host reported: online
+                await asyncio.sleep(1)
+                try:
+                    if all(h["online"] for h in (await api.get("/api/hosts")).json()):
+                        break
+                except httpx.HTTPError:
+                    continue  # a kept-alive connection the server closed meanwhile
+        meter = CpuMeter(tmp)
+        await asyncio.sleep(rest)
+        cpu = meter.stop().get("server", 0.0)
+        rss = memory(tmp).get("server", (0, 0, 0))[1] / 1024
+        repo = tmp / "sample"
+        write_sample_app(repo, "sample", port=free_port("127.0.0.1"), extra=environments(names))
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=urls[-1], timeout=60, headers=admin) as api:
+            (
+                await api.post("/api/apps", json={"name": "sample", "repo": str(repo)})
+            ).raise_for_status()
+            (await api.post("/api/apps/sample/runs", json={})).raise_for_status()
+            step_start = None
+            deadline = time.monotonic() + 120
+            while step_start is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                found = (await api.get("/api/deployments?app=sample")).json()
+                for listed in found:
+                    d = (await api.get(f"/api/deployments/{listed['id']}")).json()
+                    started = [s["started_at"] for s in d["steps"] if s.get("started_at")]
+                    if started:
+                        step_start = min(started)
+                    elif d["state"] in ("failed", "cancelled"):
+                        raise SystemExit(f"the deployment ended at once: {d['reason']}")
+        assert step_start is not None, f"no deployment step started within 120 s: {found}"
+        at = datetime.fromisoformat(step_start.replace("Z", "+00:00"))
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        deadline = time.monotonic() + 30
+        while len(fleet.got) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        delays = [t - at.timestamp() for t in fleet.got.values()]
+        await fleet.stop()
+        print(
+            f"N={n:>5} servers={servers}: at rest RSS {rss:.0f} MB (all servers), "
+            f"CPU {cpu * 100:.0f}% of a core; step write -> agents: {len(delays)}/{n} got it, "
+            f"p50 {statistics.median(delays) * 1000:.0f} ms, "
+            f"p99 {percentile(delays, 0.99) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms; "
+            f"errors {len(fleet.errors)}",
+            flush=True,
+        )
+        if n >= 1000:
+            goal = rss / servers < 300 and percentile(delays, 0.99) < 1.0
+            print(f"  goal (<300 MB a server, p99 < 1 s): {'PASS' if goal else 'MISS'}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("kept", tmp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--agents", default="100,1000", help="N, comma-separated")
+    parser.add_argument("--servers", default="1,2", help="servers sharing the database")
+    parser.add_argument("--rest", type=float, default=10.0, help="seconds measured at rest")
+    parser.add_argument("--report-every", type=float, default=5.0, help="agents' reports")
+    args = parser.parse_args()
+    pg = Cluster().start()
+    try:
+        print(f"load before: {os.getloadavg()[0]:.1f}", flush=True)
+        for servers in (int(s) for s in args.servers.split(",")):
+            for n in (int(a) for a in args.agents.split(",")):
+                asyncio.run(measure(n, servers, args.rest, args.report_every, pg))
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
