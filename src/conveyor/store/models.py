@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -397,193 +396,6 @@ class IdempotentRequest(Base):
     __table_args__ = (UniqueConstraint("token_id", "scope"),)
 
 
-class Flag(Base):
-    """A feature flag of one app in one environment: its state (protocol.flags.FlagState).
-
-    A flag conveyor.yml declares has no row until its first change (it is off until then).
-    """
-
-    __tablename__ = "flags"
-    __table_args__ = (UniqueConstraint("app_id", "environment", "name"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
-    environment: Mapped[str] = mapped_column(String(100))
-    name: Mapped[str] = mapped_column(String(255))
-    description: Mapped[str] = mapped_column(Text, default="")
-    state: Mapped[str] = mapped_column(Text)  # FlagState as JSON
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_by: Mapped[str] = mapped_column(String(100))
-
-    changes: Mapped[list[FlagChange]] = relationship(
-        back_populates="flag", cascade="all, delete-orphan", order_by="FlagChange.id"
-    )
-    rollouts: Mapped[list[FlagRollout]] = relationship(
-        back_populates="flag", cascade="all, delete-orphan", order_by="FlagRollout.id"
-    )
-
-
-class FlagChange(Base):
-    """One change of a flag: who, when, its state before (none: created) and after."""
-
-    __tablename__ = "flag_changes"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-    by: Mapped[str] = mapped_column(String(100))
-    before: Mapped[str | None] = mapped_column(Text, default=None)
-    after: Mapped[str] = mapped_column(Text)
-    # why, when it was not a person's change (a guarded rollout's step, the judge's evidence)
-    note: Mapped[str | None] = mapped_column(Text, default=None)
-
-    flag: Mapped[Flag] = relationship(back_populates="changes")
-
-
-class FlagRollout(Base):
-    """A guarded rollout of a flag: its percentage raised step by step, each step judged.
-
-    The server drives it (deploy/flagrollouts.py) from this record, so a restarted
-    server continues where it was: the step, when it began, the judge's state.
-    """
-
-    __tablename__ = "flag_rollouts"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id", ondelete="CASCADE"), index=True)
-    steps: Mapped[str] = mapped_column(Text)  # JSON list of percentages
-    step_pause: Mapped[float] = mapped_column()  # seconds each step lasts at least
-    step: Mapped[int] = mapped_column(Integer, default=0)  # index into steps
-    step_started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # running | completed | stopped (the judge: a regression) | cancelled (a person)
-    state: Mapped[str] = mapped_column(String(20), default="running", index=True)
-    judge: Mapped[str | None] = mapped_column(Text, default=None)  # JudgeState as JSON
-    judgement: Mapped[str | None] = mapped_column(Text, default=None)  # the judge's last word
-    reason: Mapped[str | None] = mapped_column(Text, default=None)
-    started_by: Mapped[str] = mapped_column(String(100))
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(default=None)
-
-    flag: Mapped[Flag] = relationship(back_populates="rollouts")
-
-
-class FlagToken(Base):
-    """A client token of the Unleash SDKs: reads one app and environment's flags only."""
-
-    __tablename__ = "flag_tokens"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
-    environment: Mapped[str] = mapped_column(String(100))
-    name: Mapped[str] = mapped_column(String(100))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class FlagClient(Base):
-    """An SDK instance that registered or sent metrics, with what it counted of each flag."""
-
-    __tablename__ = "flag_clients"
-    __table_args__ = (UniqueConstraint("token_id", "instance_id"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    token_id: Mapped[int] = mapped_column(ForeignKey("flag_tokens.id", ondelete="CASCADE"))
-    app_name: Mapped[str] = mapped_column(String(255))
-    instance_id: Mapped[str] = mapped_column(String(255))
-    sdk_version: Mapped[str] = mapped_column(String(255), default="")
-    # {flag: {"yes": n, "no": n, "variants": {name: n}}}, summed over its reports
-    counts: Mapped[str] = mapped_column(Text, default="{}")
-    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class PullRequestRun(Base):
-    """What a pull-request run tests, and which commit status the forge last got of it.
-
-    A run with such a row runs its test steps only: no release, no deployment.
-    """
-
-    __tablename__ = "pull_request_runs"
-
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    forge: Mapped[str] = mapped_column(String(20))  # github | gitlab | gitea
-    project: Mapped[str] = mapped_column(String(255))  # "owner/repo", or GitLab's project id
-    number: Mapped[int] = mapped_column(Integer)
-    title: Mapped[str] = mapped_column(Text, default="")
-    url: Mapped[str | None] = mapped_column(Text, default=None)  # the request's page
-    head_sha: Mapped[str] = mapped_column(String(64))  # statuses are posted on it
-    head_ref: Mapped[str] = mapped_column(String(255))
-    merge_ref: Mapped[str | None] = mapped_column(String(255), default=None)
-    tested_sha: Mapped[str | None] = mapped_column(String(64), default=None)  # head or merge
-    # the last status handed to the forge (or given up on), and whether the last is final
-    reported: Mapped[str | None] = mapped_column(String(20), default=None)
-    done: Mapped[bool] = mapped_column(default=False, index=True)
-
-
-class CommitStatus(Base):
-    """One commit status posted (or attempted) to a forge for a pull-request run."""
-
-    __tablename__ = "commit_statuses"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(20))  # pending, running, success, failure, error
-    description: Mapped[str] = mapped_column(Text, default="")
-    target_url: Mapped[str] = mapped_column(Text, default="")
-    outcome: Mapped[str] = mapped_column(String(20), default="sending")  # sent | failed
-    http_status: Mapped[int | None] = mapped_column(Integer, default=None)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class LoadRecord(Base):
-    """One load test of a release on an environment: what the next release is judged by."""
-
-    __tablename__ = "load_records"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
-    environment: Mapped[str] = mapped_column(String(100))
-    test: Mapped[str] = mapped_column(String(255))  # rate and paths: only like is compared
-    release_id: Mapped[str] = mapped_column(String(80))
-    deployment_id: Mapped[int | None] = mapped_column(Integer, default=None)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-    rate_asked: Mapped[float] = mapped_column(Float)
-    rate: Mapped[float] = mapped_column(Float)  # requests a second achieved
-    seconds: Mapped[float] = mapped_column(Float)
-    requests: Mapped[int] = mapped_column(Integer)
-    failures: Mapped[int] = mapped_column(Integer)
-    p50: Mapped[float | None] = mapped_column(Float, default=None)  # seconds
-    p95: Mapped[float | None] = mapped_column(Float, default=None)
-    p99: Mapped[float | None] = mapped_column(Float, default=None)
-    counters: Mapped[str] = mapped_column(Text)  # ReleaseCounters (JSON): what the judge reads
-    verdict: Mapped[str] = mapped_column(String(20))  # baseline | pass | fail
-
-    __table_args__ = (Index("ix_load_records_app_env", "app_id", "environment"),)
-
-
-class Provisioned(Base):
-    """An environment a provision command created for one deployment, until torn down:
-    written before the command runs, so a restarted server tears down what it left."""
-
-    __tablename__ = "provisioned"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
-    environment: Mapped[str] = mapped_column(String(100))
-    deployment_id: Mapped[int] = mapped_column(Integer, index=True)
-    # provisioning | up | torn_down | teardown_failed (retried)
-    state: Mapped[str] = mapped_column(String(20), default="provisioning")
-    hosts: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the host names it made
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # teardowns tried
-    reason: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    torn_down_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
 class Lease(Base):
     """Which server drives a deployment (or a run) and until when (store/leases.py)."""
 
@@ -595,3 +407,15 @@ class Lease(Base):
     server: Mapped[int] = mapped_column(Integer)  # its liveness lock (store/cluster.py)
     generation: Mapped[int] = mapped_column(Integer)  # +1 at each takeover: the fence
     expires_at: Mapped[datetime] = mapped_column()  # naive UTC, the database's clock
+
+
+# the tables kept in modules of their own, importable from here as every other table
+from conveyor.store.flag_models import Flag as Flag  # noqa: E402
+from conveyor.store.flag_models import FlagChange as FlagChange  # noqa: E402
+from conveyor.store.flag_models import FlagClient as FlagClient  # noqa: E402
+from conveyor.store.flag_models import FlagRollout as FlagRollout  # noqa: E402
+from conveyor.store.flag_models import FlagToken as FlagToken  # noqa: E402
+from conveyor.store.stage_models import CommitStatus as CommitStatus  # noqa: E402
+from conveyor.store.stage_models import LoadRecord as LoadRecord  # noqa: E402
+from conveyor.store.stage_models import Provisioned as Provisioned  # noqa: E402
+from conveyor.store.stage_models import PullRequestRun as PullRequestRun  # noqa: E402
