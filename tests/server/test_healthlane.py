@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -59,9 +60,12 @@ def test_keep_alive(request_: bytes, alive: bool) -> None:
 class Echo(asyncio.Protocol):
     """Stands for uvicorn's protocol: says what it got, on the event loop."""
 
+    opened: ClassVar[list[asyncio.Transport]] = []  # closed by the fixture, before its loop closes
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        Echo.opened.append(transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(b"loop got: " + data)
@@ -77,6 +81,17 @@ def lane() -> Iterator[tuple[HealthLane, asyncio.AbstractEventLoop, int]]:
     loop.call_soon_threadsafe(lane.start, loop, Echo, lambda: [(b"server", b"t")])
     yield lane, loop, port
     lane.stop()
+    # the connections handed to the loop: closed on it (their sockets close a turn later),
+    # or a transport collected during a later test warns there (unraisable, an error)
+    closed = threading.Event()
+
+    def close_all() -> None:
+        while Echo.opened:
+            Echo.opened.pop().close()
+        loop.call_soon(loop.call_soon, closed.set)
+
+    loop.call_soon_threadsafe(close_all)
+    closed.wait(5)
     loop.call_soon_threadsafe(loop.stop)
     runner.join(timeout=5)
     loop.close()
