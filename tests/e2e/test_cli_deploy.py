@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,12 +173,30 @@ def test_deploy_approve_rollback_status_and_history(fleet: Fleet) -> None:
     assert "production" in text.stdout and f"#{rolled['id']} rollback {v1}" in text.stdout
 
     follow_status = background(server, "status", "sample", "--follow", "--json")
-    assert follow_status.stdout is not None
-    first = json.loads(follow_status.stdout.readline())
-    assert first[0]["environments"][1]["name"] == "production"
-    follow_status.send_signal(signal.SIGINT)
-    follow_status.communicate(timeout=60)  # a loaded machine: the exit, not the answer
-    assert follow_status.returncode == 0
+    try:
+        assert follow_status.stdout is not None
+        first = json.loads(follow_status.stdout.readline())
+        assert first[0]["environments"][1]["name"] == "production"
+        follow_status.send_signal(signal.SIGINT)
+        try:
+            follow_status.communicate(timeout=60)  # a loaded machine: the exit, not the answer
+        except subprocess.TimeoutExpired:
+            spy = shutil.which("py-spy")  # where it waits, when this machine has py-spy
+            where = (
+                subprocess.run(
+                    [spy, "dump", "--pid", str(follow_status.pid)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                if spy
+                else ""
+            )
+            raise AssertionError(f"status --follow ignored Ctrl-C:\n{where}") from None
+        assert follow_status.returncode == 0
+    finally:  # never left running: its pipes would fail a later test as unraisable
+        follow_status.kill()
+        follow_status.communicate()
 
     history = json.loads(server.cli("history", "sample", "production", "--json").stdout)
     rows = [(d["kind"], d["release"], d["state"], d["trigger"]) for d in history]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -305,6 +307,15 @@ def summary(d: DeploymentOut, console: Console) -> None:
         console.print(f"↩ {escape(back.name)}: {outcome}{note}", soft_wrap=True)
 
 
+def interruptible() -> None:
+    """Ctrl-C (SIGINT) stops a command that runs until it: even when started from a parent
+    that ignored or blocked it (a non-interactive shell's background job ignores SIGINT,
+    and Python then installs no KeyboardInterrupt handler)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def follow_status(
     client: Client,
     app: str | None,
@@ -316,6 +327,7 @@ def follow_status(
     """Redraw `conveyor status` until Ctrl-C; not on a terminal, print it again only when
     what it shows changed (with --json: a new JSON line per change of the records)."""
     last = None
+    interruptible()
     try:
         if console.is_terminal and not as_json:
             with Live(console=console, auto_refresh=False) as live:
