@@ -299,6 +299,7 @@ def test_no_token_no_api_and_events_that_change_no_code(
         lambda: (
             (s := server.get(f"/api/runs/{run['id']}")["pull_request"]["statuses"])
             and len(s) == 2
+            and all(x["outcome"] != "sending" for x in s)  # both settled, not one in flight
             and s
         ),
         timeout=60,
