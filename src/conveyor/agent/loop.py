@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from conveyor.agent.installer import Installer
 from conveyor.agent.lifecycle import BRINGING_UP, Phase, Retire, Retiring, Wanted, retire, want
 from conveyor.agent.link import ServerLink
 from conveyor.agent.migrations import Migrations
-from conveyor.agent.records import agent_sealer
+from conveyor.agent.records import agent_sealer, atomic_write
 from conveyor.agent.report import converged, observed_apps
 from conveyor.agent.routing.spec import Router, RouterError, RouterMetrics, RouteSpec
 from conveyor.agent.runtime import ReleaseRuntime
@@ -141,12 +140,12 @@ class Reconciler:
         """Keep the desired state on disk (a restarted agent serves it without the server)."""
         # sealed: it holds the service env and the secrets of every release
         sealer = agent_sealer(self._desired_path.parent)
-        _write_atomic(self._desired_path, sealer.seal(desired.model_dump_json()))
+        atomic_write(self._desired_path, sealer.seal(desired.model_dump_json()).encode())
 
     def _save_routes(self) -> None:
-        _write_atomic(
+        atomic_write(
             self._routes_path,
-            json.dumps({k: v.model_dump() for k, v in self.applied.items()}),
+            json.dumps({k: v.model_dump() for k, v in self.applied.items()}).encode(),
         )
 
     async def adopt(self) -> None:
@@ -490,13 +489,3 @@ class Reconciler:
 
 def _empty(app: str) -> RouteSpec:
     return RouteSpec(app=app, port=1)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

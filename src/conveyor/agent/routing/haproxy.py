@@ -32,7 +32,6 @@ from conveyor.agent.routing.haproxy_certs import (
 from conveyor.agent.routing.haproxy_config import (
     PIN_SPREAD,
     Paths,
-    app_of_backend,
     backend_name,
     check_listener,
     ip_literal,
@@ -44,8 +43,9 @@ from conveyor.agent.routing.haproxy_config import (
     write_maps,
     write_routes,
 )
+from conveyor.agent.routing.haproxy_counting import Sinks, count_sample
 from conveyor.agent.routing.haproxy_hosts import check_claims
-from conveyor.agent.routing.haproxy_logs import LogReceiver, Sample, bucket_index
+from conveyor.agent.routing.haproxy_logs import LogReceiver, Sample
 from conveyor.agent.routing.haproxy_runtime import (
     ProcInfo,
     check_version,
@@ -65,7 +65,6 @@ from conveyor.agent.routing.haproxy_runtime import (
 from conveyor.agent.routing.haproxy_state import (
     AppState,
     RouterState,
-    Totals,
     credit,
     load_state,
     new_slots,
@@ -119,7 +118,7 @@ class HAProxyRouter:
         self._logs: LogReceiver | None = None
         self._janitor: asyncio.Task[None] | None = None
         # (backend, slot) -> where its log lines count; cleared whenever slots or totals change
-        self._sinks: dict[tuple[str, str], Totals | None] = {}
+        self._sinks: Sinks = {}
 
     # -- process -----------------------------------------------------------
 
@@ -451,28 +450,7 @@ class HAProxyRouter:
             return RouterMetrics(backend="haproxy", started_at=self.state.started_at, apps=apps)
 
     def _on_log(self, sample: Sample) -> None:
-        """One request done: count it for the release its slot carries."""
-        backend, slot_name, status, latency = sample
-        key = (backend, slot_name)
-        try:
-            totals = self._sinks[key]
-        except KeyError:
-            totals = self._sinks[key] = self._sink(backend, slot_name)
-        if totals is None:
-            return  # e.g. a 503 for want of any server: no release to blame
-        totals.requests += 1
-        if status >= 500:
-            totals.errors_5xx += 1
-        totals.latency_counts[bucket_index(latency)] += 1
-        totals.latency_sum += latency
-
-    def _sink(self, backend: str, slot_name: str) -> Totals | None:
-        app_name = app_of_backend(backend)
-        app = self.state.apps.get(app_name) if app_name is not None else None
-        slot = app.slot(slot_name) if app is not None else None
-        if app is None or slot is None or slot.release is None:
-            return None
-        return self.state.totals.setdefault(app.app, {}).setdefault(slot.release, Totals())
+        count_sample(self.state, self._sinks, sample)
 
     # -- draining ----------------------------------------------------------
 
