@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 
 from conveyor.client import Client
+from testbed import forked
+from testbed.forked import ForkedProcess
 
 ADMIN_TOKEN = "cvy_test_admin_token_0123456789"
 # set (by tests/conftest.py, given CONVEYOR_TEST_DB=postgresql) to a cluster's socket
@@ -98,9 +100,13 @@ class ManagedProcess:
     """A conveyor process started by a test: its log file, SIGKILL, graceful stop."""
 
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     def spawn(self, args: list[str], env: dict[str, str]) -> None:
+        # servers and agents forked from pre-imported modules: testbed/zygote.py says why
+        self.proc = forked.start(args, env, self.log_path)
+        if self.proc is not None:
+            return
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps its own copy
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -248,9 +254,13 @@ def run_cli(
     cwd: Path | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "conveyor", *args]
+    env = env or {**os.environ, "COLUMNS": "200"}
+    if (done := forked.run(command, env, input, timeout, cwd)) is not None:
+        return done
     return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args],
-        env=env or {**os.environ, "COLUMNS": "200"},
+        command,
+        env=env,
         input=input,
         capture_output=True,
         text=True,

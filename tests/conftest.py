@@ -123,7 +123,9 @@ def _cpu_now() -> float:
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
-    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    from testbed.forked import reaped_cpu  # servers and agents forked by the zygote
+
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + reaped_cpu()
 
 
 @pytest.hookimpl(hookwrapper=True)
