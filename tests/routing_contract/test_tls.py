@@ -22,11 +22,11 @@ import pytest
 import trustme
 from cryptography import x509
 
-from conveyor.agent.certs import served_pem
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.haproxy_runtime import show_proc
 from conveyor.agent.routing.spec import Router, RouterError, RouteSpec, Target, TlsRoute
+from conveyor.certs import served_pem
 from testbed.fleet import LoadGenerator
 from tests.helpers import free_port, wait_for
 from tests.router.backend import Backend

@@ -42,6 +42,7 @@ from conveyor.protocol import (
     MigrationResult,
     ObservedState,
     ServiceSpec,
+    TlsSpec,
 )
 from conveyor.sealing import InvalidToken, KeyFileError
 
@@ -78,11 +79,12 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
-        self.acme = AcmeCertificates(
-            data,
-            lambda answers: router.challenges(bind, http_port, answers),
-            verify=acme_ca or True,
-        )
+        self.acme = AcmeCertificates(data, self._own_challenges, verify=acme_ca or True)
+        # ACME answers: those of this agent's own orders, those the server's orders put in
+        # the desired state (one order per environment, answered by each of its hosts),
+        # and what the router answers now (None: nothing handed to it yet)
+        self._own_answers: dict[str, str] = {}
+        self._published: dict[str, str] | None = None
         self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
         self.infra = InfraChecks(installer.shared_dir, self._changed)
         self.bring_up = BringUp(
@@ -207,6 +209,8 @@ class Reconciler:
         if desired is None:
             return
         self.infra.want(desired.checks)
+        if self._answers() != (self._published or {}):
+            await self._publish_answers()
         wanted: set[tuple[str, str]] = set()
         for app in desired.apps:
             for spec in app.releases:
@@ -271,7 +275,7 @@ class Reconciler:
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
         served = self.applied.get(app.app)
         tls = top.service.tls
-        if tls is not None and tls.acme_directory and plan.spec.domains:
+        if tls is not None and _orders_itself(tls) and plan.spec.domains:
             self.acme.keep_fresh(app.app, plan.spec.domains, tls)
         spec, tls_error = self.certs.with_tls(plan.spec, tls, served)
         if tls_error is None and tls is not None and app.app in self.acme.errors:
@@ -314,11 +318,28 @@ class Reconciler:
         """Before a release is brought up: its certificate can serve its domains."""
         assert service.tls is not None
         try:
-            if service.tls.acme_directory:
+            if _orders_itself(service.tls):
                 await self.acme.ensure(app, service.domains, service.tls)
             self.certs.route(app, service.domains, service.tls)
         except CertError as exc:
             raise CertError(f"TLS: {exc}") from None
+
+    # -- ACME HTTP-01 answers on the shared HTTP port ---------------------------
+
+    def _answers(self) -> dict[str, str]:
+        served = self.desired.challenges if self.desired is not None else {}
+        return {**served, **self._own_answers}
+
+    async def _own_challenges(self, answers: dict[str, str]) -> None:
+        """The answers of this agent's own order (AcmeCertificates), served at once."""
+        self._own_answers = dict(answers)
+        await self._publish_answers()
+
+    async def _publish_answers(self) -> None:
+        answers = self._answers()
+        await self.router.challenges(self.bind, self.http_port, answers)
+        self._published = answers
+        self._changed()  # the server waits for the report that they are answered
 
     def _mark_current(self, app: str, current: str) -> None:
         """Note which release is the app's current one, and when the others stopped being it."""
@@ -484,7 +505,14 @@ class Reconciler:
             metrics=self.metrics,
             checks=self.infra.results(),
             agent_version=conveyor.__version__,
+            challenges=sorted(self._published or {}),
         )
+
+
+def _orders_itself(tls: TlsSpec) -> bool:
+    """`tls: acme` whose certificate the server did not order for the environment: this
+    agent orders it (a server older than the one-order-per-environment one)."""
+    return bool(tls.acme_directory) and tls.cert_pem is None
 
 
 def _empty(app: str) -> RouteSpec:

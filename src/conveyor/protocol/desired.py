@@ -118,6 +118,12 @@ class DesiredState(Wire):
     apps: list[DesiredApp] = []
     # infrastructure checks a deployment waits for before it moves traffic (checks.py)
     checks: list[ChecksRequest] = []
+    challenges: dict[str, str] = Field(
+        default={},
+        description="ACME HTTP-01 answers (token -> key authorization) the host's router "
+        "serves on its shared HTTP port while the server orders a certificate for an "
+        "environment of this host (deploy/certificates.py)",
+    )
 
 
 class HostAppSet(Wire):
