@@ -21,6 +21,7 @@ from pathlib import Path
 
 import conveyor
 from conveyor.agent.acme import AcmeCertificates
+from conveyor.agent.answers import ChallengeAnswers
 from conveyor.agent.bringup import BringUp
 from conveyor.agent.certstore import CertError, CertStore
 from conveyor.agent.infrachecks import InfraChecks
@@ -79,12 +80,10 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
-        self.acme = AcmeCertificates(data, self._own_challenges, verify=acme_ca or True)
-        # ACME answers: those of this agent's own orders, those the server's orders put in
-        # the desired state (one order per environment, answered by each of its hosts),
-        # and what the router answers now (None: nothing handed to it yet)
-        self._own_answers: dict[str, str] = {}
-        self._published: dict[str, str] | None = None
+        self.answers = ChallengeAnswers(
+            lambda answers: router.challenges(bind, http_port, answers), self._changed
+        )
+        self.acme = AcmeCertificates(data, self.answers.from_own_order, verify=acme_ca or True)
         self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
         self.infra = InfraChecks(installer.shared_dir, self._changed)
         self.bring_up = BringUp(
@@ -209,8 +208,7 @@ class Reconciler:
         if desired is None:
             return
         self.infra.want(desired.checks)
-        if self._answers() != (self._published or {}):
-            await self._publish_answers()
+        await self.answers.from_desired(desired.challenges)
         wanted: set[tuple[str, str]] = set()
         for app in desired.apps:
             for spec in app.releases:
@@ -323,23 +321,6 @@ class Reconciler:
             self.certs.route(app, service.domains, service.tls)
         except CertError as exc:
             raise CertError(f"TLS: {exc}") from None
-
-    # -- ACME HTTP-01 answers on the shared HTTP port ---------------------------
-
-    def _answers(self) -> dict[str, str]:
-        served = self.desired.challenges if self.desired is not None else {}
-        return {**served, **self._own_answers}
-
-    async def _own_challenges(self, answers: dict[str, str]) -> None:
-        """The answers of this agent's own order (AcmeCertificates), served at once."""
-        self._own_answers = dict(answers)
-        await self._publish_answers()
-
-    async def _publish_answers(self) -> None:
-        answers = self._answers()
-        await self.router.challenges(self.bind, self.http_port, answers)
-        self._published = answers
-        self._changed()  # the server waits for the report that they are answered
 
     def _mark_current(self, app: str, current: str) -> None:
         """Note which release is the app's current one, and when the others stopped being it."""
@@ -505,7 +486,7 @@ class Reconciler:
             metrics=self.metrics,
             checks=self.infra.results(),
             agent_version=conveyor.__version__,
-            challenges=sorted(self._published or {}),
+            challenges=self.answers.answering(),
         )
 
 
