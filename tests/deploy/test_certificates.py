@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from conveyor.config.tls import Acme, Tls
-from conveyor.deploy.certificates import CERT_SECRET, Stored, due_in, parse_stored, stored_pair
+from conveyor.deploy.certificates import CERT_SECRET, Stored, due_in, parse_stored, stored_for
 from conveyor.deploy.desired import tls_spec
 from conveyor.protocol import TlsSpec
 
@@ -31,13 +31,13 @@ def _stored(days: int = 90, names: tuple[str, ...] = ("shop.example.com",)) -> S
     )
 
 
-def test_stored_pair_fits_only_its_domains_and_directory() -> None:
+def test_stored_for_fits_only_its_domains_and_directory() -> None:
     stored = _stored()
     secrets = {CERT_SECRET: json.dumps(stored._asdict())}
-    assert stored_pair(secrets, ["shop.example.com"], DIRECTORY) == (stored.cert, stored.key)
-    assert stored_pair(secrets, ["www.example.com"], DIRECTORY) is None
-    assert stored_pair(secrets, ["shop.example.com"], "https://other.test/dir") is None
-    assert stored_pair({}, ["shop.example.com"], DIRECTORY) is None
+    assert stored_for(secrets, ["shop.example.com"], DIRECTORY) == stored
+    assert stored_for(secrets, ["www.example.com"], DIRECTORY) is None
+    assert stored_for(secrets, ["shop.example.com"], "https://other.test/dir") is None
+    assert stored_for({}, ["shop.example.com"], DIRECTORY) is None
     assert parse_stored("not json") is None
     assert parse_stored('{"domains": []}') is None
 
@@ -68,3 +68,11 @@ def test_tls_spec_carries_the_servers_certificate() -> None:
     )
     # other names: no certificate yet (the deployment orders one first)
     assert tls_spec(tls, True, secrets, ["www.example.com"]) == TlsSpec(acme_directory=DIRECTORY)
+    # a failed renewal: the hosts keep the certificate and show why
+    failed = json.dumps(stored._replace(error="ACME at … refused")._asdict())
+    assert tls_spec(tls, True, {CERT_SECRET: failed}, ["shop.example.com"]) == TlsSpec(
+        cert_pem=stored.cert,
+        key_pem=stored.key,
+        acme_directory=DIRECTORY,
+        acme_error="ACME at … refused",
+    )

@@ -7,7 +7,9 @@ answers the challenge tokens it puts in their desired state, so the CA's validat
 against web-2 succeeds whichever host asked. All three hosts then serve the same
 certificate (one order, not three), and no agent ordered or cached one of its own.
 Pebble's certificates live 30 s: with the name now resolving to web-3, the server
-renews once, under paced HTTPS load on all three hosts, without one failed request.
+renews once, under paced HTTPS load on all three hosts, without one failed request. Then
+the CA cannot reach the name at all: the next renewal fails, every host shows why in
+`conveyor status`, and the certificate it has keeps serving.
 """
 
 from __future__ import annotations
@@ -108,6 +110,23 @@ def test_one_order_for_three_hosts_renewed_under_load(tmp_path: Path) -> None:
             for load in loads:
                 assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
                 assert set(load.result.statuses) == {200}, load.result.statuses
+
+            # a renewal the CA refuses (the name now resolves where nothing answers): every
+            # host shows why in `conveyor status`, the current certificate keeps serving
+            pebble.resolve(NAME, "127.0.74.99")
+            current = renewed.pop()
+
+            def errors() -> list[str]:
+                (shop,) = [a for a in server.get("/api/status") if a["app"]["name"] == "shop"]
+                return [str(h["error"] or "") for h in shop["hosts"]]
+
+            shown = wait_for(
+                lambda: (e := errors()) and all("refused the certificate" in x for x in e) and e,
+                timeout=90,
+                interval=0.5,
+            )
+            assert len(shown) == 3 and "keeps serving" in shown[0], shown
+            assert {served_serial(root, a, https_port) for a in addresses} == {current}
         finally:
             fleet.stop_everything()
             pebble.stop()

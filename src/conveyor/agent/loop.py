@@ -276,8 +276,9 @@ class Reconciler:
         if tls is not None and _orders_itself(tls) and plan.spec.domains:
             self.acme.keep_fresh(app.app, plan.spec.domains, tls)
         spec, tls_error = self.certs.with_tls(plan.spec, tls, served)
-        if tls_error is None and tls is not None and app.app in self.acme.errors:
-            tls_error = f"TLS: {self.acme.errors[app.app]}; the current certificate keeps serving"
+        why = (self.acme.errors.get(app.app) or tls.acme_error) if tls is not None else None
+        if tls_error is None and why:
+            tls_error = f"TLS: {why}; the current certificate keeps serving"
         if spec is None:
             self.routed[app.app] = False
             self.app_errors[app.app] = tls_error
@@ -491,8 +492,7 @@ class Reconciler:
 
 
 def _orders_itself(tls: TlsSpec) -> bool:
-    """`tls: acme` whose certificate the server did not order for the environment: this
-    agent orders it (a server older than the one-order-per-environment one)."""
+    """`tls: acme` with no certificate from the server (an older one): the agent orders."""
     return bool(tls.acme_directory) and tls.cert_pem is None
 
 

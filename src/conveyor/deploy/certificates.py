@@ -48,7 +48,7 @@ __all__ = [
     "Certificates",
     "Stored",
     "challenges_for",
-    "stored_pair",
+    "stored_for",
 ]
 
 log = logging.getLogger("conveyor.deploy")
@@ -74,6 +74,7 @@ class Stored(NamedTuple):
     email: str | None
     cert: str
     key: str
+    error: str | None = None  # why its last renewal failed (it keeps serving meanwhile)
 
     def fits(self, domains: Sequence[str], directory: str) -> bool:
         return self.domains == sorted(domains) and self.directory == directory
@@ -88,20 +89,19 @@ def parse_stored(value: str) -> Stored | None:
             email=raw.get("email"),
             cert=str(raw["cert"]),
             key=str(raw["key"]),
+            error=raw.get("error"),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def stored_pair(
-    secrets: Mapping[str, str], domains: Sequence[str], directory: str
-) -> tuple[str, str] | None:
-    """The environment's ACME certificate and key for exactly these domains and directory
-    (from `secret_values` of the environment), None when the server holds none."""
+def stored_for(secrets: Mapping[str, str], domains: Sequence[str], directory: str) -> Stored | None:
+    """The environment's ACME certificate for exactly these domains and directory (from
+    `secret_values` of the environment), None when the server holds none."""
     found = parse_stored(secrets.get(CERT_SECRET, ""))
     if found is None or not found.fits(domains, directory):
         return None
-    return found.cert, found.key
+    return found
 
 
 def due_in(stored: Stored | None, domains: Sequence[str], now: dt.datetime) -> float:
@@ -286,11 +286,11 @@ class Certificates:
         """Renew every stored certificate when due, until stopped."""
         while not self._stopping:
             wait = CHECK_AT_LEAST
+            self._wake.clear()  # before the look: an order stored meanwhile wakes the next
             try:
                 wait = await self._renew_due()
             except Exception:
                 log.exception("ACME renewal check failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(CHECK_AT_MOST, wait))
 
@@ -317,10 +317,13 @@ class Certificates:
                     app_id, environment, stored.domains, stored.directory, stored.email, hosts
                 )
                 self._failed_at.pop(key, None)
+                wait = CHECK_AT_MOST  # the next look reads the new one's renewal time
                 log.info("ACME certificate renewed", extra={"environment": environment})
             except CertError as exc:
                 self._failed_at[key] = time.monotonic()
                 wait = min(wait, RETRY_AFTER)
+                # the hosts show it (conveyor status) while the certificate keeps serving
+                await in_thread(self._store, app_id, environment, stored._replace(error=str(exc)))
                 log.error(
                     "ACME renewal failed; the current certificate keeps serving",
                     extra={"environment": environment, "error": str(exc)},

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config.migrations import pg_options
 from conveyor.config.tls import Tls
-from conveyor.deploy.certificates import challenges_for, stored_pair
+from conveyor.deploy.certificates import challenges_for, stored_for
 from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.configs import release_config
 from conveyor.deploy.contracting import CONTRACT_PREFIX
@@ -152,9 +152,9 @@ def tls_spec(
         return None
     cert_pem = secrets[tls.cert_secret] if tls.cert_secret else None
     key_pem = secrets[tls.key_secret] if tls.key_secret else None
-    if tls.acme is not None:
-        ordered = stored_pair(secrets, domains, tls.acme.directory)
-        cert_pem, key_pem = ordered if ordered is not None else (None, None)
+    ordered = stored_for(secrets, domains, tls.acme.directory) if tls.acme else None
+    if ordered is not None:
+        cert_pem, key_pem = ordered.cert, ordered.key
     return TlsSpec(
         cert_file=tls.cert,
         key_file=tls.key,
@@ -162,6 +162,7 @@ def tls_spec(
         key_pem=key_pem,
         acme_directory=tls.acme.directory if tls.acme else None,
         acme_email=tls.acme.email if tls.acme else None,
+        acme_error=ordered.error if ordered is not None else None,
         redirect_http=redirect_http,
     )
 

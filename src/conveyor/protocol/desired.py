@@ -29,6 +29,11 @@ class TlsSpec(Wire):
     key_pem: str | None = Field(default=None, description="PEM key from a secret")
     acme_directory: str | None = Field(default=None, description="ACME directory URL")
     acme_email: str | None = None
+    acme_error: str | None = Field(
+        default=None,
+        description="why the server's last renewal of the ACME certificate failed (it keeps "
+        "serving; the host shows this as the app's error)",
+    )
     redirect_http: bool = True
 
 
