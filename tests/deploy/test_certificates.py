@@ -59,6 +59,15 @@ def test_nothing_stored_is_due_now() -> None:
     assert due_in(None, ["shop.example.com"], NOW) == 0.0
 
 
+def test_a_later_server_renews_closer_to_the_expiry() -> None:
+    stored = _stored(90)  # 170 days, renewed with 56.7 left: in 33.3 days
+    first = due_in(stored, ["shop.example.com"], NOW)
+    assert abs(first - 33.33 * 86400) < 3600, first
+    assert due_in(stored, ["shop.example.com"], NOW, later=0.1) - first == pytest.approx(
+        170 / 3 * 0.1 * 86400, rel=1e-3
+    )
+
+
 def test_tls_spec_carries_the_servers_certificate() -> None:
     stored = _stored()
     secrets = {CERT_SECRET: json.dumps(stored._asdict())}

@@ -10,8 +10,9 @@ lets the CA validate whichever host the name resolves to, and keeps the certific
 its key in the secret store, sealed, under a name users cannot set (`conveyor.acme`, one
 per environment). Hosts get them as they get a certificate from secrets
 (`TlsSpec.cert_pem`), and swap them at run time. A background task renews each one once
-a third of its lifetime is left (`certs.renewal_due`), the same way, and wakes the
-environment's hosts.
+a third of its lifetime is left (`certs.renewal_due`; each server a little later, drawn
+at its start, so that servers sharing a database seldom renew together), the same way,
+and wakes the environment's hosts.
 
 The ACME account key is the server's, `<data>/acme/account-<digest>.pem` (0600). The
 CA's API is trusted with the system's CAs, or the file in CONVEYOR_ACME_CA (a test CA).
@@ -25,6 +26,7 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -104,8 +106,14 @@ def stored_for(secrets: Mapping[str, str], domains: Sequence[str], directory: st
     return found
 
 
-def due_in(stored: Stored | None, domains: Sequence[str], now: dt.datetime) -> float:
-    """Seconds until this certificate should be renewed (0: order now: none, unfit, or due)."""
+def due_in(
+    stored: Stored | None, domains: Sequence[str], now: dt.datetime, later: float = 0.0
+) -> float:
+    """Seconds until this certificate should be renewed (0: order now: none, unfit, or due).
+
+    `later` (0 to 0.1) moves the renewal that share of the renewal window closer to the
+    expiry: each server draws its own, so servers sharing a database seldom renew the same
+    certificate at the same moment (the later one then finds it renewed)."""
     if stored is None:
         return 0.0
     try:
@@ -114,7 +122,8 @@ def due_in(stored: Stored | None, domains: Sequence[str], now: dt.datetime) -> f
         return 0.0
     if renewal_due(info, now):
         return 0.0
-    return (info.not_after - now).total_seconds() - info.lifetime() / 3
+    left = (info.not_after - now).total_seconds() - info.lifetime() / 3 * (1 - later)
+    return max(left, 0.0)
 
 
 # the answers per host, made once per commit of the secret store in this process (and
@@ -154,6 +163,7 @@ class Certificates:
         self._failed_at: dict[tuple[int, str], float] = {}
         self._stopping = False
         self._wake = asyncio.Event()
+        self._later = random.uniform(0.0, 0.1)  # this server's renewals: due_in(later=)
 
     # -- a deployment's certificate -------------------------------------------
 
@@ -304,7 +314,7 @@ class Certificates:
         wait = CHECK_AT_LEAST
         for app_id, environment, stored, hosts in await in_thread(self._stored):
             key = (app_id, environment)
-            left = due_in(stored, stored.domains, now)
+            left = due_in(stored, stored.domains, now, self._later)
             failed = self._failed_at.get(key)
             if left > 0 or not hosts:
                 wait = min(wait, left or CHECK_AT_LEAST)
