@@ -115,6 +115,7 @@ class Starter(Provisioner):
             resolved = await secretcommands.resolve(commands, release.app.name, env_name)
             acme = _acme(config, env_name)
             if acme is not None:  # one order for the environment, answered by its hosts
+                await in_thread(self._ordering, deployment_id, acme)
                 await self.certificates.ensure(app_id, env_name, *acme, hosts=names)
         except GateError as exc:
             names, problem = [], str(exc)
@@ -123,6 +124,20 @@ class Starter(Provisioner):
         except CertError as exc:
             names, problem = [], f"TLS: {exc}; nothing changed"
         await in_thread(self._plan, deployment_id, app_id, names, problem, config, env, resolved)
+
+    def _ordering(self, deployment_id: int, acme: tuple[list[str], str, str | None]) -> None:
+        """Say why a deployment waits while its certificate is ordered."""
+        domains, directory, _ = acme
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            app_id, env_name = d.app_id, d.environment
+        if not self.certificates.needs_order(app_id, env_name, domains, directory):
+            return
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state in PENDING:
+                d.reason = f"ordering the TLS certificate of {', '.join(domains)} from {directory}"
+                session.commit()
 
     def _orders_certificate(self, deployment_id: int) -> bool:
         """Whether starting it orders a certificate (seconds: started aside)."""
