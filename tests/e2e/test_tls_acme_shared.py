@@ -80,6 +80,8 @@ def test_one_order_for_three_hosts_renewed_under_load(tmp_path: Path) -> None:
             assert len(serials) == 1, serials
             for name in HOSTS:
                 assert not (tmp_path / name / "tls" / "acme" / "shop").exists()
+            orders = server.log_path.read_text().count('"msg": "ACME order"')
+            assert orders == 1, orders
             secrets = server.get("/api/apps/shop/secrets")
             assert any(s["name"] == "conveyor.acme" for s in secrets), secrets
 
