@@ -4,7 +4,9 @@ through the embedded router, with the same load tool (wrk) in the same run.
     uv run python bench/router_cost.py [--seconds 5] [--connections 16 50] [--rounds 3]
         [--workers 1 2]
 
-Each round runs wrk against every target in turn (the order turned each round), so that
+Beside wrk's figures, the CPU each target's processes spent per request during its run
+(/proc: user + system), which the machine's other load does not inflate the way it does
+p99. Each round runs wrk against every target in turn (the order turned each round), so that
 a busy machine weighs on all of them alike; the figures are medians over the rounds with
 each round's value beside them.
 """
@@ -27,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from conveyor.agent.procfs import pids_under
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.spec import Router, RouteSpec, Target
@@ -36,16 +39,39 @@ from testbed.helpers import free_port, wait_for
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU these processes used so far (those gone meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / TICK
+
+
 def wrk(
-    url: str, seconds: int, connections: int, headers: list[str] | None = None
+    url: str,
+    seconds: int,
+    connections: int,
+    headers: list[str] | None = None,
+    pids: list[int] | None = None,
 ) -> dict[str, float]:
+    """wrk's figures; with `pids`, also the CPU microseconds those processes spent per
+    request meanwhile (what a router costs, whatever else the machine runs)."""
     extra = [arg for header in headers or [] for arg in ("-H", header)]
+    before = cpu_seconds(pids or [])
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    spent = cpu_seconds(pids or []) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {}
     for pct in ("50", "99"):
@@ -54,8 +80,11 @@ def wrk(
         lat[pct] = float(m.group(1)) * UNITS[m.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
+    total = re.search(r"(\d+) requests in", out)
+    requests = int(total.group(1)) if total else 0
     return {
         "rps": rps,
+        "cpu_us": spent * 1e6 / requests if requests else 0.0,
         "p50": lat["50"],
         "p99": lat["99"],
         "non2xx": float(errors.group(1)) if errors else 0.0,
@@ -113,6 +142,12 @@ def main() -> None:
             for n, router in embedded.items():
                 ports[f"embedded/{n}w"] = asyncio.run(through(router, backend_port))
             names = list(ports)
+            # the processes of each target, for its CPU per request
+            owners = {
+                "direct": [backend.proc.pid] if backend.proc else [],
+                "haproxy": pids_under(str(root / "haproxy")),
+                **{f"embedded/{n}w": pids_under(str(root / f"router{n}.sock")) for n in embedded},
+            }
             for rnd in range(args.rounds):
                 loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
                 # Interleaved: every router in every round, the order turned each round.
@@ -121,7 +156,7 @@ def main() -> None:
                     for name in order:
                         url = f"http://127.0.0.1:{ports[name]}/"
                         wrk(url, 1, connections)  # warm up
-                        figures = wrk(url, args.seconds, connections)
+                        figures = wrk(url, args.seconds, connections, pids=owners[name])
                         runs.setdefault(name, {}).setdefault(rnd, {})[connections] = figures
                         time.sleep(0.3)
         finally:
@@ -151,10 +186,13 @@ def report(
             rps = [by_round[r][connections]["rps"] for r in range(rounds)]
             p99 = [by_round[r][connections]["p99"] for r in range(rounds)]
             bad = sum(by_round[r][connections]["non2xx"] for r in range(rounds))
+            cpu = [by_round[r][connections]["cpu_us"] for r in range(rounds)]
+            cpus = ", ".join(f"{v:.1f}" for v in cpu)
             print(
                 f"  {name:13} {statistics.median(rps):8.0f} req/s "
                 f"[{', '.join(f'{v:.0f}' for v in rps)}]   "
                 f"p99 {statistics.median(p99):6.2f} ms [{', '.join(f'{v:.2f}' for v in p99)}]"
+                f"   CPU {statistics.median(cpu):5.1f} us/req [{cpus}]"
                 f"   non-2xx {int(bad)}"
             )
         for name, by_round in runs.items():

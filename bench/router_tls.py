@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.router_cost import wrk
 
-from conveyor.agent.certs import served_pem
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.spec import Router, RouteSpec, Target, TlsRoute
+from conveyor.certs import served_pem
 from testbed.backend import Backend
 from testbed.helpers import free_port, wait_for
 

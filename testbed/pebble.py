@@ -127,10 +127,17 @@ class Pebble:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def resolve(self, name: str, address: str) -> None:
-        """Make `name` resolve to `address` (where nothing answers: its challenges fail)."""
+        """Make `name` resolve to `address` alone (where nothing answers: its challenges
+        fail); challtestsrv adds to what a name had, so that is cleared first."""
+        host = name.rstrip(".") + "."
+        httpx.post(
+            f"http://{self.address}:{self.dns_management_port}/clear-a",
+            json={"host": host},
+            timeout=5,
+        ).raise_for_status()
         httpx.post(
             f"http://{self.address}:{self.dns_management_port}/add-a",
-            json={"host": name.rstrip(".") + ".", "addresses": [address]},
+            json={"host": host, "addresses": [address]},
             timeout=5,
         ).raise_for_status()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conveyor.agent.acme import AcmeCertificates
-from conveyor.agent.certs import CertError, check_pair
 from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.certs import CertError, check_pair
 from conveyor.protocol import TlsSpec
 from testbed.pebble import Pebble, pebble_installed
 from tests.helpers import free_port

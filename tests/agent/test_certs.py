@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 import trustme
 
-from conveyor.agent.certs import CertError, check_pair, covers, renewal_due, served_pem
+from conveyor.certs import CertError, check_pair, covers, renewal_due, served_pem
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -1,10 +1,11 @@
 """`tls: acme` through the whole system, against Pebble (issue 14 point 2 acceptance).
 
-Real processes: a server, an agent (`--http-port`, `--https-port`, `--acme-ca`) and its
-router (each backend), Pebble validating HTTP-01 for real through that router, its mock
+Real processes: a server (which orders, trusting Pebble with CONVEYOR_ACME_CA), an agent
+(`--http-port`, `--https-port`) and its router (each backend), Pebble validating HTTP-01
+for real through that router (the answers in the agent's desired state), its mock
 DNS resolving every name to the agent's address. A new domain gets its certificate at
 its first deployment (served by SNI, verified up to Pebble's root); plain HTTP is
-redirected to HTTPS; Pebble's certificates live 30 s, so the agent renews one while
+redirected to HTTPS; Pebble's certificates live 30 s, so the server renews one while
 paced load runs over HTTPS, and not one request fails. Then a release whose name the CA
 cannot reach (Pebble's DNS sends it where nothing listens) fails its deployment with
 what the CA said, and the app keeps its name, certificate and release.
@@ -73,19 +74,17 @@ def served_serial(root: str, port: int) -> int:
 
 @pytest.mark.parametrize("router", ["embedded", "haproxy"])
 def test_acme_certificate_at_first_deployment_renewed_under_load(
-    server: ServerProcess, tmp_path: Path, router: str
+    tmp_path: Path, router: str
 ) -> None:
     if router == "haproxy" and shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed")
     http_port, https_port = free_port(ADDRESS), free_port(ADDRESS)
     pebble = Pebble(tmp_path / "pebble", PEBBLE_ADDRESS, ADDRESS, http_port, validity=30)
     pebble.start()
-    fleet = Fleet(server, tmp_path, HOSTS, router=router, app="shop")
-    fleet.agents["web-1"].args += [
-        "--http-port", str(http_port),
-        "--https-port", str(https_port),
-        "--acme-ca", str(pebble.ca_file),
-    ]  # fmt: skip
+    # the server orders (deploy/certificates.py): it trusts Pebble's API
+    server = ServerProcess(tmp_path / "data", {"CONVEYOR_ACME_CA": str(pebble.ca_file)})
+    fleet = Fleet(server.start(), tmp_path, HOSTS, router=router, app="shop")
+    fleet.agents["web-1"].args += ["--http-port", str(http_port), "--https-port", str(https_port)]
     try:
         fleet.start()
         fleet.commit("v1", ENVIRONMENTS.format(name=NAME, directory=pebble.directory))
@@ -121,4 +120,6 @@ def test_acme_certificate_at_first_deployment_renewed_under_load(
         assert https_release(root, https_port) == v1["release"]
     finally:
         fleet.stop_everything()
+        server.stop()
+        server.http.close()
         pebble.stop()

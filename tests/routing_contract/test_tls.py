@@ -22,11 +22,11 @@ import pytest
 import trustme
 from cryptography import x509
 
-from conveyor.agent.certs import served_pem
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.haproxy_runtime import show_proc
 from conveyor.agent.routing.spec import Router, RouterError, RouteSpec, Target, TlsRoute
+from conveyor.certs import served_pem
 from testbed.fleet import LoadGenerator
 from tests.helpers import free_port, wait_for
 from tests.router.backend import Backend
@@ -273,3 +273,45 @@ def test_acme_challenges_answered_on_the_plain_port(
     finally:
         loop.run(router.challenges("127.0.0.1", ports[0], {}))
         loop.run(router.remove("acmeshop"))
+
+
+def test_an_app_joining_the_https_port_loses_no_request(
+    loop: LoopThread, router: Router, releases: dict[str, Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A second app with its own name and certificate joins a shared HTTPS port under paced
+    HTTPS load on the first: not one request of the first fails. HAProxy 2.6 reloads for
+    it (a backend cannot be added at run time; README "HTTPS for domains"), seamlessly."""
+    ports = (free_port(), free_port())
+    shop = _spec(
+        "joinshop", ports, "join-shop.example.com", _pem(ca, tmp_path, "join-shop.example.com"),
+        releases["a1"],
+    )  # fmt: skip
+    blog = _spec(
+        "joinblog", ports, "join-blog.example.com", _pem(ca, tmp_path, "join-blog.example.com"),
+        releases["b1"],
+    )  # fmt: skip
+    loop.run(router.apply(shop))
+    try:
+        wait_for(lambda: _answer(ca, ports[1], "join-shop.example.com") == "200 a1", timeout=15)
+        load = LoadGenerator(
+            f"https://127.0.0.1:{ports[1]}/",
+            clients=4,
+            rate=25,
+            host="join-shop.example.com",
+            tls=_client(ca),
+        )
+        reloads = _reloads(loop, router)
+        with load:
+            load.wait_requests(20)
+            loop.run(router.apply(blog))
+            wait_for(lambda: _answer(ca, ports[1], "join-blog.example.com") == "200 b1", timeout=15)
+            load.wait_requests(40)
+        result = load.result
+        assert not result.errors and result.ok == result.sent, (result.errors[:3], result.statuses)
+        assert result.releases.keys() == {"a1"}
+        if reloads is not None:  # HAProxy: the new app's backend came with a reload
+            after = _reloads(loop, router)
+            assert after is not None and after > reloads, (reloads, after)
+    finally:
+        loop.run(router.remove("joinshop"))
+        loop.run(router.remove("joinblog"))

@@ -14,102 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from acme import challenges, client, crypto_util, errors, messages
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from josepy.jwk import JWKRSA
-
-from conveyor.agent.certs import CertError, check_pair, renewal_due
+from conveyor.acmeorder import account_key, order_pair, write_private
+from conveyor.certs import CertError, check_pair, renewal_due
 from conveyor.protocol import TlsSpec
 
 __all__ = ["AcmeCertificates"]
 
 log = logging.getLogger("conveyor.agent")
 
-# the longest an order may take, challenges and finalization included
-ORDER_TIMEOUT = 90.0
 # a failed renewal is tried again after this long (the certificate keeps serving)
 RETRY_AFTER = 30.0
-
-Publish = Callable[[dict[str, str]], None]
-
-
-def obtain(
-    directory: str,
-    email: str | None,
-    account_key: JWKRSA,
-    domains: Sequence[str],
-    key_pem: bytes,
-    publish: Publish,
-    verify: str | bool = True,
-    timeout: float = ORDER_TIMEOUT,
-) -> bytes:
-    """One ACME order (blocking): the certificate chain for `domains` and `key_pem`.
-
-    `publish` makes the router answer the HTTP-01 tokens (and, with {}, stop)."""
-    net = client.ClientNetwork(account_key, user_agent="conveyor", verify_ssl=verify)  # type: ignore[arg-type]
-    acme = client.ClientV2(client.ClientV2.get_directory(directory, net), net=net)
-    registration = messages.NewRegistration.from_data(email=email, terms_of_service_agreed=True)
-    try:
-        acme.new_account(registration)
-    except errors.ConflictError as exc:  # this key already has an account: use it
-        net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
-    order = acme.new_order(crypto_util.make_csr(key_pem, list(domains)))
-    answers: dict[str, str] = {}
-    todo: list[tuple[messages.ChallengeBody, challenges.ChallengeResponse]] = []
-    for authz in order.authorizations:
-        if authz.body.status == messages.STATUS_VALID:
-            continue
-        http01 = [c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)]
-        if not http01:
-            raise CertError(
-                f"ACME at {directory} offers no HTTP-01 challenge for {authz.body.identifier.value}"
-            )
-        response, validation = http01[0].response_and_validation(account_key)
-        answers[http01[0].chall.encode("token")] = validation
-        todo.append((http01[0], response))
-    publish(answers)
-    try:
-        for challenge, response in todo:
-            acme.answer_challenge(challenge, response)
-        deadline = dt.datetime.now() + dt.timedelta(seconds=timeout)
-        done = acme.poll_and_finalize(order, deadline)
-    finally:
-        publish({})
-    return str(done.fullchain_pem).encode()
-
-
-def describe(exc: Exception, directory: str, domains: Sequence[str]) -> str:
-    """What went wrong with an order, for the deployment and `conveyor status`."""
-    names = ", ".join(domains)
-    if isinstance(exc, errors.ValidationError):
-        details = [
-            f"{a.body.identifier.value}: {c.error.detail if c.error else c.status}"
-            for a in exc.failed_authzrs
-            for c in a.body.challenges
-            if isinstance(c.chall, challenges.HTTP01)
-        ]
-        return (
-            f"ACME at {directory} refused the certificate for {names}: HTTP-01 failed ("
-            + "; ".join(details)
-            + "); the CA must reach this host's shared HTTP port by these names"
-        )
-    if isinstance(exc, errors.TimeoutError | TimeoutError):
-        return f"ACME at {directory}: no certificate for {names} in {ORDER_TIMEOUT:g} s"
-    if isinstance(exc, messages.Error):
-        return f"ACME at {directory} refused the order for {names}: {exc.detail or exc}"
-    if isinstance(exc, CertError):
-        return str(exc)
-    return f"ACME at {directory} failed for {names}: {type(exc).__name__}: {exc}"
 
 
 class AcmeCertificates:
@@ -199,67 +119,28 @@ class AcmeCertificates:
     async def _order(self, app: str, domains: Sequence[str], tls: TlsSpec) -> None:
         assert tls.acme_directory is not None
         loop = asyncio.get_running_loop()
-        account = await asyncio.to_thread(self._account_key, tls.acme_directory)
-        key = ec.generate_private_key(ec.SECP256R1())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        account = await asyncio.to_thread(account_key, self.dir, tls.acme_directory)
 
         def publish(answers: dict[str, str]) -> None:
             asyncio.run_coroutine_threadsafe(self.challenges(answers), loop).result(30)
 
         log.info("ACME order", extra={"app": app, "domains": list(domains)})
         try:
-            chain = await asyncio.to_thread(
-                obtain,
+            chain, key_pem = await asyncio.to_thread(
+                order_pair,
                 tls.acme_directory,
                 tls.acme_email,
                 account,
                 domains,
-                key_pem,
                 publish,
                 self.verify,
             )
-            check_pair(
-                chain, key_pem, domains, dt.datetime.now(dt.UTC), cert_from="the ACME certificate"
-            )
-        except Exception as exc:
-            message = describe(exc, tls.acme_directory, domains)
-            self.errors[app] = message
-            raise CertError(message) from None
+        except CertError as exc:
+            self.errors[app] = str(exc)
+            raise
         self.errors.pop(app, None)
         self._store(app, domains, tls, chain, key_pem)
         log.info("ACME certificate obtained", extra={"app": app, "domains": list(domains)})
 
-    def _account_key(self, directory: str) -> JWKRSA:
-        """This host's account key at a directory (made once, kept 0600)."""
-        path = self.dir / f"account-{hashlib.sha256(directory.encode()).hexdigest()[:16]}.pem"
-        try:
-            loaded: Any = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            return JWKRSA(key=loaded)
-        except FileNotFoundError:
-            pass
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write(
-            path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-        return JWKRSA(key=key)
 
-
-def _write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_write = write_private

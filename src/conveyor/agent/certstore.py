@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conveyor.agent.certs import CertError, CertInfo, check_pair, served_pem
+from conveyor.certs import CertError, CertInfo, check_pair, served_pem
 from conveyor.protocol import TlsSpec
 from conveyor.routespec import RouteSpec, TlsRoute
 

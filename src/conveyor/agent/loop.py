@@ -21,6 +21,7 @@ from pathlib import Path
 
 import conveyor
 from conveyor.agent.acme import AcmeCertificates
+from conveyor.agent.answers import ChallengeAnswers
 from conveyor.agent.bringup import BringUp
 from conveyor.agent.certstore import CertError, CertStore
 from conveyor.agent.infrachecks import InfraChecks
@@ -42,6 +43,7 @@ from conveyor.protocol import (
     MigrationResult,
     ObservedState,
     ServiceSpec,
+    TlsSpec,
 )
 from conveyor.sealing import InvalidToken, KeyFileError
 
@@ -78,11 +80,10 @@ class Reconciler:
         self.installer = installer
         self.supervisor = supervisor
         self.migrations = Migrations(installer)
-        self.acme = AcmeCertificates(
-            data,
-            lambda answers: router.challenges(bind, http_port, answers),
-            verify=acme_ca or True,
+        self.answers = ChallengeAnswers(
+            lambda answers: router.challenges(bind, http_port, answers), self._changed
         )
+        self.acme = AcmeCertificates(data, self.answers.from_own_order, verify=acme_ca or True)
         self.certs = CertStore(data, https_port, acme_pair=self.acme.pair)
         self.infra = InfraChecks(installer.shared_dir, self._changed)
         self.bring_up = BringUp(
@@ -207,6 +208,7 @@ class Reconciler:
         if desired is None:
             return
         self.infra.want(desired.checks)
+        await self.answers.from_desired(desired.challenges)
         wanted: set[tuple[str, str]] = set()
         for app in desired.apps:
             for spec in app.releases:
@@ -271,11 +273,12 @@ class Reconciler:
         self.keep_warm_releases[app.app] = top.service.keep_warm_releases
         served = self.applied.get(app.app)
         tls = top.service.tls
-        if tls is not None and tls.acme_directory and plan.spec.domains:
+        if tls is not None and _orders_itself(tls) and plan.spec.domains:
             self.acme.keep_fresh(app.app, plan.spec.domains, tls)
         spec, tls_error = self.certs.with_tls(plan.spec, tls, served)
-        if tls_error is None and tls is not None and app.app in self.acme.errors:
-            tls_error = f"TLS: {self.acme.errors[app.app]}; the current certificate keeps serving"
+        why = (self.acme.errors.get(app.app) or tls.acme_error) if tls is not None else None
+        if tls_error is None and why:
+            tls_error = f"TLS: {why}; the current certificate keeps serving"
         if spec is None:
             self.routed[app.app] = False
             self.app_errors[app.app] = tls_error
@@ -314,7 +317,7 @@ class Reconciler:
         """Before a release is brought up: its certificate can serve its domains."""
         assert service.tls is not None
         try:
-            if service.tls.acme_directory:
+            if _orders_itself(service.tls):
                 await self.acme.ensure(app, service.domains, service.tls)
             self.certs.route(app, service.domains, service.tls)
         except CertError as exc:
@@ -484,7 +487,13 @@ class Reconciler:
             metrics=self.metrics,
             checks=self.infra.results(),
             agent_version=conveyor.__version__,
+            challenges=self.answers.answering(),
         )
+
+
+def _orders_itself(tls: TlsSpec) -> bool:
+    """`tls: acme` with no certificate from the server (an older one): the agent orders."""
+    return bool(tls.acme_directory) and tls.cert_pem is None
 
 
 def _empty(app: str) -> RouteSpec:

@@ -7,7 +7,8 @@ agent's `--https-port`, default 443) with one of:
 - `tls: {cert_secret: SHOP_TLS_CERT, key_secret: SHOP_TLS_KEY}`: PEM values in the
   server's secret store (`conveyor secret set`);
 - `tls: acme` (or `tls: {acme: {directory: URL, email: ops@example.com}}`): certificates
-  obtained and renewed by each host's agent over ACME (HTTP-01, Let's Encrypt by default).
+  obtained and renewed by the server over ACME, once per environment, every host of it
+  answering the HTTP-01 challenges (Let's Encrypt by default; deploy/certificates.py).
 
 `redirect_http` (default true when tls is set) sends plain HTTP to HTTPS. Like domains,
 both keys may be under `service:` or under an environment (which wins).
@@ -43,7 +44,7 @@ HostPath = Annotated[str, AfterValidator(_absolute)]
 
 
 class Acme(Section):
-    """Where the hosts' agents get certificates over ACME (HTTP-01 on the shared HTTP port)."""
+    """Where the server gets certificates over ACME (HTTP-01 on the hosts' shared HTTP port)."""
 
     directory: Annotated[str, AfterValidator(_directory)] = Field(
         default=LETS_ENCRYPT, description="the ACME directory URL (Let's Encrypt by default)"

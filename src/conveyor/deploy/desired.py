@@ -7,12 +7,13 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from sqlalchemy.orm import Session
 
 from conveyor.config.migrations import pg_options
 from conveyor.config.tls import Tls
+from conveyor.deploy.certificates import challenges_for, stored_for
 from conveyor.deploy.claims import domain_clash, release_claims
 from conveyor.deploy.configs import release_config
 from conveyor.deploy.contracting import CONTRACT_PREFIX
@@ -134,21 +135,34 @@ def service_spec(session: Session, release: Release, environment: str | None) ->
         domains=list(routing.domains),
         path_prefix=routing.path_prefix,
         strip_prefix=routing.strip_prefix,
-        tls=tls_spec(routing.tls, routing.redirect_http, secrets),
+        tls=tls_spec(routing.tls, routing.redirect_http, secrets, routing.domains),
     )
 
 
-def tls_spec(tls: Tls | None, redirect_http: bool, secrets: Mapping[str, str]) -> TlsSpec | None:
-    """`tls:` as the host gets it: file paths, the secrets' PEM values, or ACME's settings."""
+def tls_spec(
+    tls: Tls | None,
+    redirect_http: bool,
+    secrets: Mapping[str, str],
+    domains: Sequence[str] = (),
+) -> TlsSpec | None:
+    """`tls:` as the host gets it: file paths, the secrets' PEM values, or ACME's settings
+    with the certificate the server ordered for the environment's domains, once it has one
+    (deploy/certificates.py)."""
     if tls is None:
         return None
+    cert_pem = secrets[tls.cert_secret] if tls.cert_secret else None
+    key_pem = secrets[tls.key_secret] if tls.key_secret else None
+    ordered = stored_for(secrets, domains, tls.acme.directory) if tls.acme else None
+    if ordered is not None:
+        cert_pem, key_pem = ordered.cert, ordered.key
     return TlsSpec(
         cert_file=tls.cert,
         key_file=tls.key,
-        cert_pem=secrets[tls.cert_secret] if tls.cert_secret else None,
-        key_pem=secrets[tls.key_secret] if tls.key_secret else None,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
         acme_directory=tls.acme.directory if tls.acme else None,
         acme_email=tls.acme.email if tls.acme else None,
+        acme_error=ordered.error if ordered is not None else None,
         redirect_http=redirect_http,
     )
 
@@ -262,7 +276,13 @@ def desired_state(session: Session, host: Host) -> DesiredState:
         flags = host_flags(session, row.app, row.environment)
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
     checks = [ChecksRequest.model_validate(c) for c in json.loads(host.checks or "[]")]
-    return DesiredState(host=host.name, generation=host.generation, apps=apps, checks=checks)
+    return DesiredState(
+        host=host.name,
+        generation=host.generation,
+        apps=apps,
+        checks=checks,
+        challenges=challenges_for(session, host.name),
+    )
 
 
 def _desired_releases(session: Session, row: HostApp, host_name: str) -> list[DesiredRelease]:

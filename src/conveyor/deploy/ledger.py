@@ -25,6 +25,7 @@ from conveyor.analysis.prometheus import PrometheusSource
 from conveyor.analysis.sources import MetricSource, RouterSource
 from conveyor.config import Analysis, Prometheus
 from conveyor.deploy import checks
+from conveyor.deploy.certificates import Certificates
 from conveyor.deploy.desired import Notifier
 from conveyor.deploy.detail import StepDetail, read_detail, write_detail
 from conveyor.deploy.plan import Targets, rollback_targets
@@ -61,6 +62,8 @@ class Ledger:
         self.announcer = announcer
         self.data = data_dir
         self.notifier = notifier
+        # `tls: acme` ordered once per app and environment, and renewed
+        self.certificates = Certificates(sessions, data_dir, notifier)
         self.store = store
         self.mirror = mirror
         self._wake = Wakeup()  # set from request threads and the engines' threads

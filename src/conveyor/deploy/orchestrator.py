@@ -88,7 +88,9 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
             if not mine:
                 continue
             with fenced(lease):
-                if await in_thread(self._provisions, deployment_id):
+                if await in_thread(self._provisions, deployment_id) or await in_thread(
+                    self._orders_certificate, deployment_id
+                ):
                     # minutes, maybe: the others are scheduled meanwhile (its task keeps
                     # the fence: deploy/provisioning.py)
                     self._start_aside(deployment_id)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conveyor.certs import CertError
 from conveyor.config import Config, Environment
 from conveyor.config.environment import HostsCommand
 from conveyor.deploy import bluegreen, canary, checks, contracting, rolling, secretcommands
@@ -112,11 +113,45 @@ class Starter(Provisioner):
         try:
             names = await self._inventory(env, release, deployment_id)
             resolved = await secretcommands.resolve(commands, release.app.name, env_name)
+            acme = _acme(config, env_name)
+            if acme is not None:  # one order for the environment, answered by its hosts
+                await in_thread(self._ordering, deployment_id, acme)
+                await self.certificates.ensure(app_id, env_name, *acme, hosts=names)
         except GateError as exc:
             names, problem = [], str(exc)
         except SecretCommandError as exc:
             names, problem = [], f"{exc}; nothing changed"
+        except CertError as exc:
+            names, problem = [], f"TLS: {exc}; nothing changed"
         await in_thread(self._plan, deployment_id, app_id, names, problem, config, env, resolved)
+
+    def _ordering(self, deployment_id: int, acme: tuple[list[str], str, str | None]) -> None:
+        """Say why a deployment waits while its certificate is ordered."""
+        domains, directory, _ = acme
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            app_id, env_name = d.app_id, d.environment
+        if not self.certificates.needs_order(app_id, env_name, domains, directory):
+            return
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            if d.state in PENDING:
+                d.reason = f"ordering the TLS certificate of {', '.join(domains)} from {directory}"
+                session.commit()
+
+    def _orders_certificate(self, deployment_id: int) -> bool:
+        """Whether starting it orders a certificate (seconds: started aside)."""
+        with self.sessions() as session:
+            d = session.get_one(Deployment, deployment_id)
+            try:
+                config, _ = environment(d.release, d.environment)
+            except GateError:
+                return False
+            app_id, env_name = d.app_id, d.environment
+        acme = _acme(config, env_name)
+        return acme is not None and self.certificates.needs_order(
+            app_id, env_name, acme[0], acme[1]
+        )
 
     def _plan(
         self,
@@ -317,3 +352,11 @@ def _context(
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,
     )
+
+
+def _acme(config: Config, environment: str) -> tuple[list[str], str, str | None] | None:
+    """The domains, directory and email of the environment's `tls: acme` (None: no ACME)."""
+    routing = config.routing(environment)
+    if routing.tls is None or routing.tls.acme is None or not routing.domains:
+        return None
+    return list(routing.domains), routing.tls.acme.directory, routing.tls.acme.email

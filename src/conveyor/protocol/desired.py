@@ -29,6 +29,11 @@ class TlsSpec(Wire):
     key_pem: str | None = Field(default=None, description="PEM key from a secret")
     acme_directory: str | None = Field(default=None, description="ACME directory URL")
     acme_email: str | None = None
+    acme_error: str | None = Field(
+        default=None,
+        description="why the server's last renewal of the ACME certificate failed (it keeps "
+        "serving; the host shows this as the app's error)",
+    )
     redirect_http: bool = True
 
 
@@ -118,6 +123,12 @@ class DesiredState(Wire):
     apps: list[DesiredApp] = []
     # infrastructure checks a deployment waits for before it moves traffic (checks.py)
     checks: list[ChecksRequest] = []
+    challenges: dict[str, str] = Field(
+        default={},
+        description="ACME HTTP-01 answers (token -> key authorization) the host's router "
+        "serves on its shared HTTP port while the server orders a certificate for an "
+        "environment of this host (deploy/certificates.py)",
+    )
 
 
 class HostAppSet(Wire):

@@ -66,3 +66,8 @@ class ObservedState(Wire):
     agent_version: str | None = Field(
         default=None, max_length=64, description="the agent's conveyor version (None: 0.1.0)"
     )
+    challenges: list[str] = Field(
+        default=[],
+        max_length=1000,
+        description="the ACME HTTP-01 tokens of the desired state its router answers now",
+    )

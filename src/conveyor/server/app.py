@@ -154,12 +154,14 @@ def create_app(
             asyncio.create_task(courier.serve(), name="courier"),
             asyncio.create_task(guard.serve(), name="flag-rollouts"),
             asyncio.create_task(reporter.serve(), name="reporter"),
+            asyncio.create_task(deployer.certificates.serve(), name="acme-renewals"),
         ]
         try:
             yield
         finally:
             if api.access is not None:
                 api.access.flush()
+            deployer.certificates.stop()
             await deployer.stop()
             await engine.stop()
             await courier.stop()
