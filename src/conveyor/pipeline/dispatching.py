@@ -3,6 +3,7 @@ of runners that stopped answering (the records: pipeline/handoff.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -29,6 +30,26 @@ class RunnerDispatch(RunRecords):
 
     _wake: Wakeup
     store: ArtifactStore
+    _handoff_waiters: set[asyncio.Future[None]]
+
+    def handed_off(self) -> None:
+        """Wake the claims waiting on this server (on the event loop): a run was handed off."""
+        for waiter in self._handoff_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._handoff_waiters.clear()
+
+    async def next_handoff(self, timeout: float) -> None:
+        """Wait until this server hands a run off, or `timeout` seconds (another server's
+        hand-off is seen by the claim's next look, after the timeout)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._handoff_waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._handoff_waiters.discard(waiter)
 
     def _sweep_runners(self) -> None:
         """Retry once, or fail, the runs of runners that stopped answering."""

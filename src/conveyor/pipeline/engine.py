@@ -87,6 +87,7 @@ class Engine(RunnerDispatch):
         self._polling: set[int] = set()
         self._stopping = False
         self.cluster: Cluster | None = None  # several servers on one database
+        self._handoff_waiters: set[asyncio.Future[None]] = set()  # claims (dispatching.py)
 
     # -- scheduling ---------------------------------------------------------
 
@@ -279,6 +280,7 @@ class Engine(RunnerDispatch):
         # or the runners run them (pipeline/handoff.py)
         handed = [(i, *step) for i, step in zip(step_ids, planned, strict=True)]
         if await in_thread(self._hand_off, ctx, config, handed, artifact_step):
+            self.handed_off()
             return
         wanted = set(config.service.secret_names) if config.service else set()
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}

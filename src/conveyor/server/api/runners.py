@@ -3,7 +3,6 @@ report its steps, upload its artifact (protocol/runners.py, pipeline/handoff.py)
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
@@ -39,7 +38,7 @@ from conveyor.store.models import Run, Runner, utcnow
 from conveyor.threads import in_thread
 
 router = APIRouter(prefix="/api", tags=["runners"])
-CLAIM_POLL = 0.5  # seconds between two looks for a run while a claim waits
+CLAIM_POLL = 1.0  # seconds between two looks for a run while a claim waits (at most)
 MAX_LOG_POST = 1 << 20
 
 
@@ -100,7 +99,7 @@ async def claim_run(body: RunnerClaim, request: Request, caller: RunnerCaller) -
             return job
         if time.monotonic() >= deadline or await request.is_disconnected():
             return Response(status_code=204)
-        await asyncio.sleep(CLAIM_POLL)
+        await engine.next_handoff(min(CLAIM_POLL, max(deadline - time.monotonic(), 0)))
 
 
 @router.get("/runners")
