@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Config
 from conveyor.deploy.migrationgate import command_files
 from conveyor.pipeline.runs import INTERRUPTED, MAX_ATTEMPTS, end_unfinished_steps
-from conveyor.store.models import Run, Runner, Step, utcnow
+from conveyor.store.models import PullRequestRun, Run, Runner, Step, utcnow
 
 HEARTBEAT_TTL = 20.0  # seconds a claimed run stays its runner's without a heartbeat
 RUNNER_LIVE = 30.0  # a runner seen this recently is up (its claims long-poll 10 s)
@@ -234,6 +234,13 @@ def lost_runs(session: Session, now: datetime | None = None) -> list[Run]:
         else:
             run.finished_at = now
     return list(lost)
+
+
+def source_sha(session: Session, run: Run) -> str:
+    """The commit a runner checks out: the run's, or what its pull request's checkout
+    tested (the forge's merge result when that was current)."""
+    pull = session.get(PullRequestRun, run.id)
+    return pull.tested_sha if pull is not None and pull.tested_sha else run.sha
 
 
 def step_of(session: Session, step_id: int, runner: str, attempt: int) -> Step | None:

@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 
 from conveyor.pipeline import git, handoff
 from conveyor.pipeline.dispatching import RunnerDispatch
+from conveyor.pipeline.records import RunContext
 from conveyor.protocol.runners import (
     ARTIFACT_HEADER,
     CLAIM_HEADER,
@@ -160,25 +161,26 @@ async def heartbeat(run_id: RecordId, request: Request, _: RunnerCaller, claim: 
 @router.get("/runner/runs/{run_id}/source", responses=responses(409))
 async def source(run_id: RecordId, request: Request, _: RunnerCaller, claim: Claimed) -> Any:
     """The run's commit as a .tar.gz (`git archive` of the server's mirror of the app)."""
-    run = await _held(request, run_id, claim)
+    await _held(request, run_id, claim)
     engine = _engine(request)
-    ctx = await in_thread(_context, engine, run_id)
+    ctx, sha = await in_thread(_source, engine, run_id)
     mirror = engine.paths.mirror(ctx.app)
     out = engine.paths.artifacts / "tmp" / f"source-{run_id}-{secrets.token_hex(4)}.tar.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        await git.git("archive", "--format=tar.gz", "-o", str(out), run.sha, cwd=mirror)
+        await git.git("archive", "--format=tar.gz", "-o", str(out), sha, cwd=mirror)
     except (git.GitError, OSError):  # this server's mirror lacks it: fetch, once
         await git.update_mirror(mirror, ctx.repo_url)
-        await git.git("archive", "--format=tar.gz", "-o", str(out), run.sha, cwd=mirror)
+        await git.git("archive", "--format=tar.gz", "-o", str(out), sha, cwd=mirror)
     return FileResponse(
         out, media_type="application/gzip", background=BackgroundTask(out.unlink, missing_ok=True)
     )
 
 
-def _context(engine: RunnerDispatch, run_id: int) -> Any:
+def _source(engine: RunnerDispatch, run_id: int) -> tuple[RunContext, str]:
     with engine.sessions() as session:
-        return engine.context_in(session, run_id)
+        run = session.get_one(Run, run_id)
+        return engine.context_in(session, run_id), handoff.source_sha(session, run)
 
 
 @router.post("/runner/steps/{step_id}/start", status_code=204, responses=responses(409))
