@@ -93,6 +93,7 @@ def log_of(server: ServerProcess, run_id: int) -> str:
     return "".join(chunk["text"] for chunk in server.get(f"/api/runs/{run_id}/logs"))
 
 
+@pytest.mark.slow
 def test_a_runner_runs_the_steps_and_its_release_deploys(
     server: ServerProcess, runners: Any, tmp_path: Path
 ) -> None:

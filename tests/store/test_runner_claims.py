@@ -55,6 +55,12 @@ def test_claims_heartbeats_and_lost_runners(sessions: sessionmaker[Session]) -> 
         assert handoff.heartbeat(session, run_id, "big-1", 1)
         assert not handoff.heartbeat(session, run_id, "big-2", 1)
         assert handoff.lost_runs(session) == []  # its heartbeat holds it
+        # a server that was down gives it a whole heartbeat period again as it starts
+        session.get_one(Run, run_id).runner_expires_at = utcnow() - timedelta(seconds=60)
+        session.commit()
+        assert handoff.grace(session) == 1
+        session.commit()
+        assert handoff.lost_runs(session) == []
         later = utcnow() + timedelta(seconds=handoff.HEARTBEAT_TTL + 1)
         lost = handoff.lost_runs(session, later)
         session.commit()

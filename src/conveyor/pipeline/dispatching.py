@@ -51,6 +51,11 @@ class RunnerDispatch(RunRecords):
         finally:
             self._handoff_waiters.discard(waiter)
 
+    def _grace_runners(self) -> None:
+        with self.sessions() as session:
+            handoff.grace(session)
+            session.commit()
+
     def _sweep_runners(self) -> None:
         """Retry once, or fail, the runs of runners that stopped answering."""
         with self.sessions() as session:

@@ -130,6 +130,7 @@ class Engine(RunnerDispatch):
         self._loop = asyncio.get_running_loop()
         self._wake.bind()
         await in_thread(self.recover)
+        await in_thread(self._grace_runners)  # their heartbeats failed while it was down
         recovered = swept = time.monotonic()
         while not self._stopping:
             try:

@@ -201,6 +201,18 @@ def heartbeat(session: Session, run_id: int, runner: str, attempt: int) -> bool:
     return bool(getattr(done, "rowcount", 0))
 
 
+def grace(session: Session) -> int:
+    """A server starting gives the runners' runs a full heartbeat period (not committed):
+    their runners' heartbeats failed while it was down, which says nothing of them."""
+    done = session.execute(
+        update(Run)
+        .where(Run.state == "running", Run.handoff.is_not(None), Run.runner.is_not(None))
+        .values(runner_expires_at=utcnow() + timedelta(seconds=HEARTBEAT_TTL))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(done, "rowcount", 0) or 0)
+
+
 def lost_runs(session: Session, now: datetime | None = None) -> list[Run]:
     """Runs whose runner stopped answering: each retried once (queued again, to be checked
     out afresh and handed to a runner or run by the server), or failed. Not committed."""

@@ -13,6 +13,7 @@ import httpx
 log = logging.getLogger("conveyor.runner")
 
 RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # seconds between tries while no server answers
+UNAVAILABLE = (502, 503, 504)  # a server restarting, or behind a proxy that lost it: the next
 
 
 class Unreachable(Exception):
@@ -53,7 +54,10 @@ class Link:
         while True:
             url = self.servers[self.current] + path
             try:
-                return await self.http.request(method, url, **kw)
+                response = await self.http.request(method, url, **kw)
+                if response.status_code not in UNAVAILABLE:
+                    return response
+                raise httpx.TransportError(f"{response.status_code} from {url}")
             except httpx.TransportError as exc:
                 log.warning(
                     "server did not answer", extra={"url": url, "error": str(exc) or repr(exc)}
