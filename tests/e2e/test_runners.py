@@ -220,3 +220,25 @@ def test_a_runner_killed_mid_step_has_its_run_retried_by_another(
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.killpg(int(pid.read_text()), signal.SIGKILL)
+
+
+def test_a_failing_step_on_a_runner_fails_the_run_as_on_the_server(
+    server: ServerProcess, runners: Any, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    steps = ["echo checking", "echo broken >&2; exit 3"]
+    make_repo(repo, {"conveyor.yml": config("shop", steps, ["echo never"], "runs_on: [linux]\n")})
+    server.add_app("shop", repo)
+    runners("r1", labels="linux")
+    run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"], 120)
+    assert run["state"] == "failed" and run["runner"] == "r1"
+    assert run["reason"] == "test step 'echo broken >&2; exit 3' failed (exit 3)"
+    states = [(s["kind"], s["state"], s["exit_code"]) for s in run["steps"]]
+    assert states == [
+        ("checkout", "succeeded", None),
+        ("test", "succeeded", 0),
+        ("test", "failed", 3),
+        ("build", "skipped", None),
+        ("artifact", "skipped", None),
+    ]
+    assert "broken" in log_of(server, run["id"])

@@ -171,7 +171,8 @@ class Job:
         if self.lost.is_set():
             raise Lost(f"run {job.run} was taken away during step {step.name!r}")
         if result.ok:
-            await self._post(f"/api/runner/steps/{step.id}/end", json={"state": "succeeded"})
+            end = {"state": "succeeded", "exit_code": 0}
+            await self._post(f"/api/runner/steps/{step.id}/end", json=end)
             return True
         state, reason = step_outcome(result, step.kind, step.name, step.timeout)
         end = {"state": state, "reason": reason, "exit_code": result.exit_code}
