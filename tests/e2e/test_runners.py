@@ -242,3 +242,27 @@ def test_a_failing_step_on_a_runner_fails_the_run_as_on_the_server(
         ("artifact", "skipped", None),
     ]
     assert "broken" in log_of(server, run["id"])
+
+
+def test_an_aborted_run_stops_its_runner_s_step(
+    server: ServerProcess, runners: Any, tmp_path: Path
+) -> None:
+    pid = tmp_path / "step.pid"
+    repo = tmp_path / "repo"
+    step = f"echo $$ > {pid}; sleep 300"
+    make_repo(repo, {"conveyor.yml": config("shop", [step], [], "runs_on: [linux]\n")})
+    server.add_app("shop", repo)
+    runner = runners("r1", labels="linux")
+    run_id = server.post("/api/apps/shop/runs", {})["id"]
+    try:
+        wait_for(pid.exists, timeout=120)
+        aborted = server.post(f"/api/runs/{run_id}/abort")
+        assert aborted["state"] == "cancelled", aborted
+        # the runner hears it at its next heartbeat and stops the step's processes
+        step_pid = int(pid.read_text())
+        wait_for(lambda: not os.path.exists(f"/proc/{step_pid}"), timeout=60)
+        assert runner.proc is not None and runner.proc.poll() is None  # it goes on
+        assert server.get(f"/api/runs/{run_id}")["state"] == "cancelled"
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pid.read_text()), signal.SIGKILL)
