@@ -20,7 +20,14 @@ import httpx
 import pytest
 
 from testbed.fleet import Fleet
-from tests.helpers import ManagedProcess, ServerProcess, config, make_repo, wait_for
+from tests.helpers import (
+    ManagedProcess,
+    ServerProcess,
+    config,
+    free_port,
+    make_repo,
+    wait_for,
+)
 
 SERVER = "127.0.71.1"
 RUNNERS = ("127.0.71.2", "127.0.71.3")
@@ -33,12 +40,13 @@ class RunnerProcess(ManagedProcess):
     def __init__(self, server: ServerProcess, token: str, name: str, tmp: Path, **kw: Any) -> None:
         self.server, self.token, self.name = server, token, name
         self.labels: str = kw.get("labels", "")
+        self.urls: str = kw.get("urls", server.url)
         self.bind: str = kw.get("bind", RUNNERS[0])
         self.work = tmp / f"runner-{name}"
         self.log_path = tmp / f"runner-{name}.log"
 
     def start(self) -> RunnerProcess:
-        args = [sys.executable, "-m", "conveyor", "runner", "--server", self.server.url]
+        args = [sys.executable, "-m", "conveyor", "runner", "--server", self.urls]
         args += ["--name", self.name, "--labels", self.labels, "--work", str(self.work)]
         args += ["--bind", self.bind]
         self.spawn(args, {**os.environ, "CONVEYOR_TOKEN": self.token})
@@ -63,8 +71,8 @@ def runners(server: ServerProcess, tmp_path: Path) -> Iterator[Any]:
     token = json.loads(made.stdout)["token"]
     started: list[RunnerProcess] = []
 
-    def start(name: str, labels: str = "", bind: str = RUNNERS[0]) -> RunnerProcess:
-        runner = RunnerProcess(server, token, name, tmp_path, labels=labels, bind=bind)
+    def start(name: str, labels: str = "", bind: str = RUNNERS[0], **kw: Any) -> RunnerProcess:
+        runner = RunnerProcess(server, token, name, tmp_path, labels=labels, bind=bind, **kw)
         started.append(runner.start())
         return runner
 
@@ -222,14 +230,16 @@ def test_a_runner_killed_mid_step_has_its_run_retried_by_another(
             os.killpg(int(pid.read_text()), signal.SIGKILL)
 
 
-def test_a_failing_step_on_a_runner_fails_the_run_as_on_the_server(
+def test_a_failing_step_on_a_runner_fails_the_run_as_on_the_server_it_reaches(
     server: ServerProcess, runners: Any, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
     steps = ["echo checking", "echo broken >&2; exit 3"]
     make_repo(repo, {"conveyor.yml": config("shop", steps, ["echo never"], "runs_on: [linux]\n")})
     server.add_app("shop", repo)
-    runners("r1", labels="linux")
+    # its first server does not answer (nothing listens there): it moves to the next
+    dead = f"http://{SERVER}:{free_port(SERVER)}"
+    runners("r1", labels="linux", urls=f"{dead},{server.url}")
     run = server.wait_run(server.post("/api/apps/shop/runs", {})["id"], 120)
     assert run["state"] == "failed" and run["runner"] == "r1"
     assert run["reason"] == "test step 'echo broken >&2; exit 3' failed (exit 3)"
