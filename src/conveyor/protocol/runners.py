@@ -9,7 +9,7 @@ aborted) gets 409 and stops instead of writing over another's work.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -35,9 +35,12 @@ def parse_claim(value: str) -> tuple[str, int] | None:
 RunnerName = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+Label = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)]
+
+
 class RunnerClaim(Wire):
     name: str = RunnerName
-    labels: list[str] = Field(default_factory=list, max_length=50)
+    labels: list[Label] = Field(default_factory=list, max_length=50)
     wait: float = Field(default=CLAIM_WAIT, ge=0, le=60)
 
 

@@ -77,7 +77,11 @@ def _lost(what: str, claim: tuple[str, int]) -> HTTPException:
     )
 
 
-@router.post("/runner/claim", responses={204: {"description": "no run for this runner yet"}})
+@router.post(
+    "/runner/claim",
+    response_model=RunnerJob,
+    responses={204: {"description": "no run for this runner yet"}},
+)
 async def claim_run(body: RunnerClaim, request: Request, caller: RunnerCaller) -> Any:
     """Wait up to `wait` seconds for a handed-off run this runner's labels fit; take it."""
     engine = _engine(request)
