@@ -1,7 +1,7 @@
 """`conveyor`: the command line's entry point.
 
 The client commands (thin clients of the HTTP API) live in conveyor.cli; the process
-launchers are here: `server`, `agent`, `router` and `demo`. Each imports its process
+launchers are here: `server`, `agent`, `runner`, `router` and `demo`. Each imports its process
 only when it runs, so that an agent host (installed without the server's extra) can run
 `conveyor agent` and the client commands.
 """
@@ -300,6 +300,79 @@ def _read_token_file(path: Path) -> str:
     if not lines or not lines[0].strip():
         fail(f"--token-file {path}: the file is empty; put the token of `conveyor host add`", 2)
     return lines[0].strip()
+
+
+@_launcher(after="agent", name="runner")
+def runner_cmd(
+    server: Annotated[
+        list[str],
+        typer.Option(
+            envvar="CONVEYOR_SERVER",
+            help="Server URL; several servers sharing one database: repeat it or separate "
+            "the URLs with commas (the runner moves to the next when one does not answer).",
+        ),
+    ],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_TOKEN",
+            help="An API token with the runner role (seen in `ps`: prefer CONVEYOR_TOKEN or "
+            "--token-file).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="CONVEYOR_TOKEN_FILE", help="Read the token from this file."),
+    ] = None,
+    labels: Annotated[
+        str, typer.Option(help="What this runner offers, comma-separated (linux,big).")
+    ] = "",
+    name: Annotated[
+        str | None, typer.Option(help="This runner's name (default: the host name).")
+    ] = None,
+    work: Annotated[Path, typer.Option(help="Where runs are checked out and built.")] = Path(
+        "/var/lib/conveyor-runner"
+    ),
+    bind: Annotated[
+        str | None, typer.Option(help="The local address to connect to the server from.")
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_CA",
+            help="Trust only this CA (PEM) for the https:// server, not the system's CAs.",
+        ),
+    ] = None,
+) -> None:
+    """Run the test and build steps of runs on this machine (claimed from the server)."""
+    import socket
+
+    from conveyor.config.values import APP_NAME_PATTERN
+    from conveyor.runner.main import run_runner
+    from conveyor.tls import ServerTrust, TrustError
+
+    if token_file is not None:
+        token = _read_token_file(token_file)
+    if not token:
+        fail("no token: pass --token-file F (or CONVEYOR_TOKEN) with a runner token", 2)
+    wanted = sorted({label.strip() for label in labels.split(",") if label.strip()})
+    for label in wanted:
+        if not re.fullmatch(APP_NAME_PATTERN, label):
+            fail(f"--labels: {label!r} is not a label (lowercase letters, digits, dashes)", 2)
+    runner_name = name or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", runner_name):
+        fail(f"--name {runner_name!r}: letters, digits, '.', '_' and '-' only", 2)
+    try:
+        trust = ServerTrust.of(ca, None)
+        servers = [url.strip() for value in server for url in value.split(",") if url.strip()]
+        if not servers:
+            fail("--server: give the URL of at least one server", 2)
+        for url in servers:
+            trust.check_url(url)
+    except TrustError as exc:
+        fail(escape(str(exc)), 2)
+    verify: Any = trust.context() if trust.private else True
+    raise typer.Exit(run_runner(servers, token, runner_name, wanted, work, verify, bind))
 
 
 @_launcher(after="agent", name="router")

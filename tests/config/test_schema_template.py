@@ -33,6 +33,7 @@ def test_schema_is_json_with_the_top_level_keys() -> None:
         "environments",
         "notify",
         "flags",
+        "runs_on",
     }
 
 

@@ -9,6 +9,7 @@ import httpx
 from tests.helpers import ServerProcess
 
 ROLES = ("viewer", "deployer", "admin")
+RUNNER = "runner"  # beside the ladder: its routes take it alone, the others refuse it
 
 
 def _token(server: ServerProcess, role: str) -> str:
@@ -33,7 +34,7 @@ def _concrete(path: str) -> str:
 def test_every_api_route_checks_its_token_and_role(server: ServerProcess) -> None:
     routes = _routes(server)
     assert len(routes) >= 15
-    tokens = {role: _token(server, role) for role in ROLES}
+    tokens = {role: _token(server, role) for role in (*ROLES, RUNNER)}
     with httpx.Client(base_url=server.url) as http:  # one client: each costs a TLS context
         for method, path, needed in routes:
             url = _concrete(path)
@@ -50,11 +51,15 @@ def test_every_api_route_checks_its_token_and_role(server: ServerProcess) -> Non
             assert missing.status_code == 401, (method, path, missing.text)
             bad = http.request(method, url, json={}, headers={"Authorization": "Bearer cvy_nope"})
             assert bad.status_code == 401, (method, path)
-            for role in ROLES:
+            for role in (*ROLES, RUNNER):
                 r = http.request(
                     method, url, json={}, headers={"Authorization": f"Bearer {tokens[role]}"}
                 )
-                if needed == "agent" or ROLES.index(role) < ROLES.index(needed):
+                if RUNNER in (role, needed):
+                    refused = role != needed
+                else:
+                    refused = needed == "agent" or ROLES.index(role) < ROLES.index(needed)
+                if refused:
                     assert r.status_code == 403, (method, path, role, r.text)
                     assert needed in r.json()["detail"], r.text
                 else:

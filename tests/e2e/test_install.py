@@ -90,6 +90,10 @@ def test_an_agent_install_from_the_wheel_runs_and_has_no_server_libraries(
     version = _run(str(bin_dir / "conveyor"), "--version")
     assert version.stdout == f"conveyor {conveyor.__version__}\n"
     _run(str(bin_dir / "conveyor"), "agent", "--help")
+    _run(str(bin_dir / "conveyor"), "runner", "--help")
+    # a runner machine needs no more than an agent host: its modules import there
+    python = next((tools / "conveyor").glob("bin/python3*"))
+    _run(str(python), "-c", "import conveyor.runner.main")
 
     (site,) = (tools / "conveyor").glob("lib/python3*/site-packages")
     installed = {p.name.lower() for p in site.iterdir()}

@@ -55,13 +55,14 @@ def test_0007_ends_duplicates_left_by_older_servers_then_holds_one_per_environme
             )
         )
     with Session(engine) as session:  # runs and releases are as they were in 0006
-        run = Run(app_id=1, sha="abc", trigger="manual")
-        session.add(run)
-        session.flush()
-        # the columns a release had then (later ones, as migration_hash, did not exist)
+        # the columns a run and a release had then (later ones, as migration_hash or a
+        # run's runner, did not exist)
+        run_id = session.execute(
+            insert(Run.__table__).values(app_id=1, sha="abc", trigger="manual").returning(Run.id)
+        ).scalar_one()
         session.execute(
             insert(Release.__table__).values(
-                id="r1", app_id=1, sha="abc", run_id=run.id, sha256="f", size=1
+                id="r1", app_id=1, sha="abc", run_id=run_id, sha256="f", size=1
             )
         )
         session.commit()

@@ -39,7 +39,8 @@ app = typer.Typer(
 )
 apps_cli = typer.Typer(help="Register and list apps.", no_args_is_help=True)
 tokens_cli = typer.Typer(
-    help="API tokens with a role (viewer, deployer, admin).", no_args_is_help=True
+    help="API tokens with a role (viewer, deployer, admin; runner for `conveyor runner`).",
+    no_args_is_help=True,
 )
 hosts_cli = typer.Typer(help="Hosts running `conveyor agent`.", no_args_is_help=True)
 app.add_typer(apps_cli, name="app")
@@ -309,7 +310,9 @@ def host_remove(
 @tokens_cli.command("create")
 def token_create(
     name: str,
-    role: Annotated[str, typer.Option(help="viewer, deployer or admin.")] = "viewer",
+    role: Annotated[
+        str, typer.Option(help="viewer, deployer, admin, or runner (a `conveyor runner`).")
+    ] = "viewer",
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
     ca: CaOpt = None,

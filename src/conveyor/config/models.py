@@ -39,6 +39,7 @@ from conveyor.config.values import (
     EnvMap,
     NonEmptyStr,
     Port,
+    RunnerLabel,
     StepName,
 )
 
@@ -257,6 +258,9 @@ class Config(Section):
     environments: dict[EnvironmentName, Environment] = Field(default_factory=dict)
     notify: list[Notify] = Field(default_factory=list)
     flags: Flags = Flags()
+    # the test and build steps (the whole run: one checkout) go to a `conveyor runner`
+    # holding every one of these labels; none: a runner if one is up, else the server
+    runs_on: list[RunnerLabel] = Field(default_factory=list, max_length=20)
 
     @property
     def expand_command(self) -> str | None:

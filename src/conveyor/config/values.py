@@ -85,6 +85,13 @@ NonEmptyStr = Annotated[
     str, AfterValidator(_non_empty), WithJsonSchema({"type": "string", "minLength": 1})
 ]
 
+RunnerLabel = Annotated[
+    str,
+    _matching(
+        APP_NAME_PATTERN,
+        "a runner label of lowercase letters, digits and dashes (like linux or big)",
+    ),
+]
 AppName = Annotated[
     str,
     _matching(

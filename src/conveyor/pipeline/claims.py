@@ -45,7 +45,7 @@ def orphaned_runs(session: Session, mine: Collection[int]) -> list[int]:
     running = session.execute(
         select(Run.id, Lease.server)
         .outerjoin(Lease, (Lease.kind == KIND) & (Lease.key == Run.id))
-        .where(Run.state == "running")
+        .where(Run.state == "running", Run.handoff.is_(None))  # a runner's: handoff.py
     ).all()
     servers = {server for _, server in running if server is not None}
     living = alive(session, servers)

@@ -11,9 +11,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -27,17 +25,20 @@ from conveyor.config import Config, ConfigError, load_config
 from conveyor.deploy.migrationgate import SQL_DIGEST_ENV, command_files, migration_hash
 from conveyor.pipeline import git
 from conveyor.pipeline.claims import hold_run, orphaned_runs
+from conveyor.pipeline.dispatching import RunnerDispatch
 from conveyor.pipeline.masking import Masker
 from conveyor.pipeline.process import (
+    SHELL,
     StepResult,
     find_step_processes,
-    format_duration,
     kill_processes,
+    lint_command,
     run_step,
     step_marker,
+    step_outcome,
 )
 from conveyor.pipeline.pulls import checkout_pull
-from conveyor.pipeline.records import Paths, RunContext, RunRecords
+from conveyor.pipeline.records import Paths, RunContext
 from conveyor.pipeline.runs import (
     enqueue_run,
     interrupted_steps,
@@ -52,13 +53,13 @@ from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
 log = logging.getLogger("conveyor.engine")
 
-SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 CONFIG_FILE = "conveyor.yml"
 LINT_TIMEOUT = 600.0  # the migrations lint, its `migrations.sql` command included
 RECOVER_EVERY = 5.0  # seconds between two looks for runs of a dead server (several servers)
+SWEEP_EVERY = 2.0  # seconds between two looks for runs of a runner that stopped answering
 
 
-class Engine(RunRecords):
+class Engine(RunnerDispatch):
     """Schedules queued runs (one per app at a time) and polls repositories."""
 
     def __init__(
@@ -86,6 +87,7 @@ class Engine(RunRecords):
         self._polling: set[int] = set()
         self._stopping = False
         self.cluster: Cluster | None = None  # several servers on one database
+        self._handoff_waiters: set[asyncio.Future[None]] = set()  # claims (dispatching.py)
 
     # -- scheduling ---------------------------------------------------------
 
@@ -128,12 +130,16 @@ class Engine(RunRecords):
         self._loop = asyncio.get_running_loop()
         self._wake.bind()
         await in_thread(self.recover)
-        recovered = time.monotonic()
+        await in_thread(self._grace_runners)  # their heartbeats failed while it was down
+        recovered = swept = time.monotonic()
         while not self._stopping:
             try:
                 if self.cluster is not None and time.monotonic() - recovered >= RECOVER_EVERY:
                     recovered = time.monotonic()
                     await in_thread(self.recover)  # runs of a server that died meanwhile
+                if time.monotonic() - swept >= SWEEP_EVERY:
+                    swept = time.monotonic()
+                    await in_thread(self._sweep_runners)
                 await self._start_runnable()
                 await self._poll_due()
             except Exception:
@@ -272,6 +278,11 @@ class Engine(RunRecords):
             if ctx.pull is None
             else None
         )
+        # or the runners run them (pipeline/handoff.py)
+        handed = [(i, *step) for i, step in zip(step_ids, planned, strict=True)]
+        if await in_thread(self._hand_off, ctx, config, handed, artifact_step):
+            self.handed_off()
+            return
         wanted = set(config.service.secret_names) if config.service else set()
         secret_env = {k: v for k, v in ctx.secrets.items() if k in wanted}
         for index, (sid, step) in enumerate(zip(step_ids, planned, strict=True)):
@@ -285,7 +296,7 @@ class Engine(RunRecords):
             if result.cancelled and self._stopping:
                 # a graceful stop: leave the records as they are, the next start retries
                 return
-            state, reason = _step_outcome(result, step)
+            state, reason = step_outcome(result, step.kind, step.name, step.timeout)
             await self._end_step(sid, state, reason, exit_code=result.exit_code)
             for later in [*step_ids[index + 1 :], artifact_step]:
                 if later is not None:
@@ -468,19 +479,6 @@ def _plan(config: Config, *, tests_only: bool = False) -> list[_PlannedStep]:
     if config.migrations.sql is not None and not tests_only:
         # the lint runs as `conveyor migrations lint` does on a laptop, from this server's
         # own install, in the checkout (after the build: `alembic ... --sql` may need it)
-        command = f"{shlex.quote(sys.executable)} -m conveyor migrations lint"
+        command = lint_command()
         planned.append(_PlannedStep("lint", "migrations", command, LINT_TIMEOUT, {}))
     return planned
-
-
-def _step_outcome(result: StepResult, step: _PlannedStep) -> tuple[str, str]:
-    """The state and reason of a step (and its run) that did not succeed."""
-    if result.cancelled:
-        return "cancelled", f"{step.kind} step '{step.name}' aborted"
-    if step.kind == "lint" and result.exit_code == 1:
-        return "failed", "migrations lint: findings, or SQL that does not parse (see its log)"
-    if result.timed_out:
-        return "failed", (
-            f"{step.kind} step '{step.name}' timed out after {format_duration(step.timeout)}"
-        )
-    return "failed", f"{step.kind} step '{step.name}' failed (exit {result.exit_code})"

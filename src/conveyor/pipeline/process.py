@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shlex
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from conveyor.pipeline.masking import Masker
 
+SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
 KILL_GRACE = 5.0
 STEP_MARKER = "CONVEYOR_STEP_ID"
 
@@ -177,3 +180,20 @@ def kill_processes(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def lint_command() -> str:
+    """The migrations lint as `conveyor migrations lint` runs it on a laptop, from this
+    process's own install (a server's, or a runner's)."""
+    return f"{shlex.quote(sys.executable)} -m conveyor migrations lint"
+
+
+def step_outcome(result: StepResult, kind: str, name: str, timeout: float) -> tuple[str, str]:
+    """The state and reason of a step (and its run) that did not succeed."""
+    if result.cancelled:
+        return "cancelled", f"{kind} step '{name}' aborted"
+    if kind == "lint" and result.exit_code == 1:
+        return "failed", "migrations lint: findings, or SQL that does not parse (see its log)"
+    if result.timed_out:
+        return "failed", f"{kind} step '{name}' timed out after {format_duration(timeout)}"
+    return "failed", f"{kind} step '{name}' failed (exit {result.exit_code})"

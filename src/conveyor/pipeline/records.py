@@ -66,8 +66,11 @@ class RunContext:
     def environment(self, step_id: int) -> dict[str, str]:
         # the server's own CONVEYOR_* settings (its admin token) never reach a step
         base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        if self.pull is not None:
-            base["CONVEYOR_PULL_REQUEST"] = str(self.pull.number)
+        return base | self.variables() | {STEP_MARKER: step_marker(self.data, step_id)}
+
+    def variables(self) -> dict[str, str]:
+        """What a step learns of its run (a runner's steps too)."""
+        base = {} if self.pull is None else {"CONVEYOR_PULL_REQUEST": str(self.pull.number)}
         return base | {
             "CI": "true",
             "CONVEYOR": "true",
@@ -77,7 +80,6 @@ class RunContext:
             "CONVEYOR_BRANCH": self.branch,
             "CONVEYOR_REF": self.ref,
             "CONVEYOR_RUN": str(self.run_id),
-            STEP_MARKER: step_marker(self.data, step_id),
         }
 
 
@@ -92,28 +94,32 @@ class RunRecords:
     @offloaded
     def _context(self, run_id: int) -> RunContext:
         with self.sessions() as session:
-            run = session.get_one(Run, run_id)
-            app = run.app
-            row = session.get(PullRequestRun, run_id)
-            pull = (
-                PullCheckout(row.number, row.head_sha, row.head_ref, row.merge_ref)
-                if row is not None
-                else None
-            )
-            return RunContext(
-                run_id=run.id,
-                attempt=run.attempt,
-                app=app.name,
-                repo_url=app.repo_url,
-                branch=app.branch,
-                sha=run.sha,
-                ref=run.ref or "",
-                # a pull request's code is not trusted with the app's secrets (a fork's
-                # could print them): its steps get none
-                secrets={} if pull else secret_values(session, app, None),
-                data=self.paths.data,
-                pull=pull,
-            )
+            return self.context_in(session, run_id)
+
+    def context_in(self, session: Session, run_id: int) -> RunContext:
+        """A run's context, read in this session."""
+        run = session.get_one(Run, run_id)
+        app = run.app
+        row = session.get(PullRequestRun, run_id)
+        pull = (
+            PullCheckout(row.number, row.head_sha, row.head_ref, row.merge_ref)
+            if row is not None
+            else None
+        )
+        return RunContext(
+            run_id=run.id,
+            attempt=run.attempt,
+            app=app.name,
+            repo_url=app.repo_url,
+            branch=app.branch,
+            sha=run.sha,
+            ref=run.ref or "",
+            # a pull request's code is not trusted with the app's secrets (a fork's
+            # could print them): its steps get none
+            secrets={} if pull else secret_values(session, app, None),
+            data=self.paths.data,
+            pull=pull,
+        )
 
     @offloaded
     def _record_release(

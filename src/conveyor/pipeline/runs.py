@@ -77,7 +77,12 @@ def next_runnable(session: Session, limit: int) -> list[Run]:
 
 def interrupted_steps(session: Session, only: Collection[int] | None = None) -> list[Step]:
     """Steps that a previous server process left in state running (of these runs only)."""
-    query = select(Step).join(Run).where(Run.state == "running", Step.state == "running")
+    # a run handed to a runner is not this server's: its heartbeat tells (handoff.py)
+    query = (
+        select(Step)
+        .join(Run)
+        .where(Run.state == "running", Run.handoff.is_(None), Step.state == "running")
+    )
     if only is not None:
         query = query.where(Run.id.in_(only))
     return list(session.scalars(query).all())
@@ -113,7 +118,7 @@ def recover_runs(session: Session, only: Collection[int] | None = None) -> list[
     """
     recovered: list[Run] = []
     now = utcnow()
-    query = select(Run).where(Run.state == "running")
+    query = select(Run).where(Run.state == "running", Run.handoff.is_(None))
     if only is not None:
         query = query.where(Run.id.in_(only))
     for run in session.scalars(query.with_for_update()).all():

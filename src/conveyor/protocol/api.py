@@ -195,6 +195,8 @@ class RunOut(Wire):
     commit_message: str | None = None
     # a pull request's run: tests only, no release (none for runs of the branch)
     pull_request: PullRequestOut | None = None
+    # the `conveyor runner` that ran its steps (none: the server did)
+    runner: str | None = None
 
 
 class LogChunk(Wire):

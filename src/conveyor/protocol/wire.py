@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer
 
-Role = Literal["viewer", "deployer", "admin"]
+Role = Literal["viewer", "deployer", "admin", "runner"]
 RunState = Literal["queued", "running", "succeeded", "failed", "superseded", "cancelled"]
 StepState = Literal[
     "pending", "running", "succeeded", "failed", "skipped", "cancelled", "interrupted"

@@ -1,4 +1,5 @@
-"""API tokens and roles: viewer < deployer < admin, checked on every /api route."""
+"""API tokens and roles: viewer < deployer < admin, checked on every /api route; runner
+beside that ladder (a `conveyor runner`: the runner routes only, nothing else)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from conveyor.store import changes
 from conveyor.store.models import Token
 
 ROLES = ("viewer", "deployer", "admin")
+RUNNER = "runner"  # not on the ladder: reads nothing, deploys nothing
 TOKEN_PREFIX = "cvy_"
 # how long a verified token is taken on trust without a query; a revocation through this
 # server ends that at once (the tokens table changed), one through another server sharing
@@ -36,6 +38,8 @@ def hash_token(token: str) -> str:
 
 
 def role_at_least(role: str, needed: str) -> bool:
+    if RUNNER in (role, needed):
+        return role == needed  # an admin's token is no runner's: it would claim runs
     return ROLES.index(role) >= ROLES.index(needed)
 
 
@@ -119,7 +123,7 @@ def verified_caller(header: str) -> Caller | None:
 
 def require(role: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency that lets the request through only with a token of at least `role`."""
-    if role not in ROLES:
+    if role not in (*ROLES, RUNNER):
         raise ValueError(role)
 
     async def check(request: Request) -> Caller:
@@ -168,3 +172,4 @@ def role_extra(role: str) -> dict[str, Any]:
 Viewer = Annotated[Caller, Depends(require("viewer"))]
 Deployer = Annotated[Caller, Depends(require("deployer"))]
 Admin = Annotated[Caller, Depends(require("admin"))]
+RunnerCaller = Annotated[Caller, Depends(require(RUNNER))]

@@ -7,6 +7,14 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 25 * 1024 * 1024
+MAX_ARTIFACT = 4 * 1024 * 1024 * 1024  # a runner's artifact upload (streamed to disk)
+
+
+def limit_for(path: str, default: int) -> int:
+    """The body limit of a request path: a runner's artifact upload may be larger."""
+    if path.startswith("/api/runner/runs/") and path.endswith("/artifact"):
+        return MAX_ARTIFACT
+    return default
 
 
 class BodyLimit:
@@ -20,11 +28,12 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = limit_for(str(scope.get("path", "")), self.limit)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = int(declared) > limit
             except ValueError:
                 await self._refuse(send, 400, "Content-Length is not a number")
                 return
@@ -42,7 +51,7 @@ class BodyLimit:
                 break
             body = message.get("body", b"")
             size += len(body)
-            if size > self.limit:
+            if size > limit:
                 await self._refuse(send, 413, self._message())
                 return
             chunks.append(body)

@@ -73,6 +73,7 @@ def run_out(run: Run, *, steps: bool = False, statuses: bool | None = None) -> R
         commit_author=run.commit_author,
         commit_message=run.commit_message,
         pull_request=pull_request_out(run, statuses=steps if statuses is None else statuses),
+        runner=run.runner,
     )
 
 

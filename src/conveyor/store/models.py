@@ -150,6 +150,11 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # handed to runners (pipeline/handoff.py): the plan of its steps (JSON), the runner
+    # that claimed it and until when its heartbeat keeps it; none while a server runs it
+    handoff: Mapped[str | None] = mapped_column(Text, default=None)
+    runner: Mapped[str | None] = mapped_column(String(100), default=None)
+    runner_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
     app: Mapped[App] = relationship()
     steps: Mapped[list[Step]] = relationship(
@@ -419,3 +424,4 @@ from conveyor.store.stage_models import CommitStatus as CommitStatus  # noqa: E4
 from conveyor.store.stage_models import LoadRecord as LoadRecord  # noqa: E402
 from conveyor.store.stage_models import Provisioned as Provisioned  # noqa: E402
 from conveyor.store.stage_models import PullRequestRun as PullRequestRun  # noqa: E402
+from conveyor.store.stage_models import Runner as Runner  # noqa: E402

@@ -102,3 +102,17 @@ class Provisioned(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     torn_down_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Runner(Base):
+    """A `conveyor runner` seen by the server: its name, labels and last request."""
+
+    __tablename__ = "runners"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    labels: Mapped[str] = mapped_column(Text, default="")  # comma-separated, sorted
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tokens.id", ondelete="SET NULL"), default=None
+    )
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
+from conveyor.pipeline import handoff
 from conveyor.pipeline.runs import ACTIVE, enqueue_run
 from conveyor.protocol import MAX_INT, LogChunk, RunCreate, RunOut
 from conveyor.server.api.deployments import abort, run_deployments
@@ -145,6 +146,12 @@ def abort_run(run_id: RecordId, request: Request, caller: Deployer, session: Ses
         run.state = "cancelled"
         run.reason = f"aborted by {caller.name} before it started"
         run.finished_at = utcnow()
+        session.commit()
+    elif run.handoff is not None:  # a runner's: it stops at its next report
+        handoff.cancel(session, run, f"aborted by {caller.name}")
+        engine = request.app.state.engine
+        if engine.on_end is not None:
+            engine.on_end(session, run)
         session.commit()
     else:
         request.app.state.engine.cancel(run_id)
