@@ -20,10 +20,14 @@ from conveyor.store import flags as store
 from conveyor.store.models import App, Host, HostApp, Release
 
 
-def newest_config(session: Session, app: App) -> Config | None:
-    release = session.scalar(
+def newest_release(session: Session, app: App) -> Release | None:
+    return session.scalar(
         select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
     )
+
+
+def newest_config(session: Session, app: App) -> Config | None:
+    release = newest_release(session, app)
     if release is None or not release.config:
         return None
     return release_config(release)
@@ -53,14 +57,34 @@ def document(
     return to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
 
 
+# (app id, environment) -> (what it was made from, the hosts' document): the hosts of an
+# environment woken by one flag change (a kill switch) share one document, not one each
+_documents: dict[tuple[int, str], tuple[tuple[str, int | None], ClientFeatures]] = {}
+
+
 def host_flags(session: Session, app: App, environment: str | None) -> HostFlags | None:
     """What a host's router evaluates for the app, if its conveyor.yml asks for it."""
-    config = newest_config(session, app)
-    if environment is None or config is None or config.flags.stickiness is None:
+    release = newest_release(session, app)
+    config = release_config(release) if release is not None and release.config else None
+    if environment is None or release is None or config is None:
         return None
+    if config.flags.stickiness is None:
+        return None
+    # every change of a flag adds a line of history: the newest line and the newest
+    # release (its declared flags) say whether the document is still the one made before
+    made_from = (release.id, store.last_change(session, app.id, environment))
+    key = (app.id, environment)
+    cached = _documents.get(key)
+    if cached is not None and cached[0] == made_from:
+        made = cached[1]
+    else:
+        made = document(session, app, environment, config)
+        if len(_documents) > 1000:
+            _documents.clear()
+        _documents[key] = (made_from, made)
     return HostFlags(
         stickiness=config.flags.stickiness,
-        document=document(session, app, environment, config),
+        document=made,
         guarded=store.guarded_names(session, app.id, environment),
     )
 
