@@ -7,7 +7,7 @@ with the request field the routers read the user from (`flags.stickiness`).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.config.models import Config
@@ -17,7 +17,7 @@ from conveyor.protocol.desired import HostFlags
 from conveyor.protocol.flags import FlagVariant
 from conveyor.protocol.unleash import ClientFeatures
 from conveyor.store import flags as store
-from conveyor.store.models import App, Host, HostApp, Release
+from conveyor.store.models import App, Flag, FlagChange, FlagRollout, Host, HostApp, Release
 
 
 def newest_release(session: Session, app: App) -> Release | None:
@@ -57,34 +57,57 @@ def document(
     return to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
 
 
-# (app id, environment) -> (what it was made from, the hosts' document): the hosts of an
-# environment woken by one flag change (a kill switch) share one document, not one each
-_documents: dict[tuple[int, str], tuple[tuple[str, int | None], ClientFeatures]] = {}
+# What the hosts' flags of an app in an environment are made of, read in one statement:
+# the newest release (its conveyor.yml declares flags and says `stickiness`), the newest
+# line of the flags' history (every change adds one) and the running guarded rollouts (a
+# new one has a higher id than any before; one that ends lowers their count).
+MadeFrom = tuple[str | None, int | None, int, int | None]
+
+# (app id, environment) -> (what they were made from, the hosts' flags): the hosts of an
+# environment woken by one flag change (a kill switch) share them, read once
+_served: dict[tuple[int, str], tuple[MadeFrom, HostFlags | None]] = {}
+
+
+def made_from(session: Session, app_id: int, environment: str) -> MadeFrom:
+    newest = (
+        select(Release.id)
+        .where(Release.app_id == app_id)
+        .order_by(Release.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    of_env = (Flag.app_id == app_id, Flag.environment == environment)
+    last_change = select(func.max(FlagChange.id)).join(Flag).where(*of_env).scalar_subquery()
+    running = (FlagRollout.state == store.RUNNING, *of_env)
+    count = select(func.count(FlagRollout.id)).join(Flag).where(*running).scalar_subquery()
+    top = select(func.max(FlagRollout.id)).join(Flag).where(*running).scalar_subquery()
+    row = session.execute(select(newest, last_change, count, top)).one()
+    return (row[0], row[1], int(row[2] or 0), row[3])
 
 
 def host_flags(session: Session, app: App, environment: str | None) -> HostFlags | None:
     """What a host's router evaluates for the app, if its conveyor.yml asks for it."""
-    release = newest_release(session, app)
-    config = release_config(release) if release is not None and release.config else None
-    if environment is None or release is None or config is None:
+    if environment is None:
         return None
-    if config.flags.stickiness is None:
-        return None
-    # every change of a flag adds a line of history: the newest line and the newest
-    # release (its declared flags) say whether the document is still the one made before
-    made_from = (release.id, store.last_change(session, app.id, environment))
+    made = made_from(session, app.id, environment)
     key = (app.id, environment)
-    cached = _documents.get(key)
-    if cached is not None and cached[0] == made_from:
-        made = cached[1]
-    else:
-        made = document(session, app, environment, config)
-        if len(_documents) > 1000:
-            _documents.clear()
-        _documents[key] = (made_from, made)
+    cached = _served.get(key)
+    if cached is not None and cached[0] == made:
+        return cached[1]
+    flags = _host_flags(session, app, environment)
+    if len(_served) > 1000:
+        _served.clear()
+    _served[key] = (made, flags)
+    return flags
+
+
+def _host_flags(session: Session, app: App, environment: str) -> HostFlags | None:
+    config = newest_config(session, app)
+    if config is None or config.flags.stickiness is None:
+        return None
     return HostFlags(
         stickiness=config.flags.stickiness,
-        document=made,
+        document=document(session, app, environment, config),
         guarded=store.guarded_names(session, app.id, environment),
     )
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.protocol.deployments import Judgement
@@ -66,15 +66,6 @@ def rows_of(session: Session, app_id: int, environment: str) -> list[Flag]:
         session.scalars(
             select(Flag).where(Flag.app_id == app_id, Flag.environment == environment)
         ).all()
-    )
-
-
-def last_change(session: Session, app_id: int, environment: str) -> int | None:
-    """The id of the newest line of history of the environment's flags (None: none yet)."""
-    return session.scalar(
-        select(func.max(FlagChange.id))
-        .join(Flag)
-        .where(Flag.app_id == app_id, Flag.environment == environment)
     )
 
 
