@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import ServerProcess, make_repo, running_server, wait_for
@@ -79,8 +80,16 @@ def test_a_step_without_enough_traffic_gives_up_and_turns_the_flag_off(
 
     shown = server.cli("flag", "show", "quiet", "production", "lonely")
     assert shown.returncode == 0, shown.stderr
-    assert "guarded rollout gave_up: step 1 of 3" in shown.stdout, shown.stdout
+    assert "guarded rollout gave up: step 1 of 3" in shown.stdout, shown.stdout
     assert "flags.give_up: 2s" in shown.stdout
+
+    # the dashboard's Flags page says it too
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        signed = http.post("/login", data={"token": server.token, "next": "/"})
+        assert signed.status_code == 303, signed.text
+        html = http.get("/apps/quiet/environments/production/flags").text
+    assert 'data-rollout="gave_up"' in html and "Guarded rollout gave up" in html
+    assert "gave up at 5%" in html
 
     def about_the_flag() -> list[dict[str, Any]]:
         # the release's deployment, waiting for a host that never comes, says its own
