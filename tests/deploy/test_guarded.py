@@ -45,14 +45,35 @@ STEPS = [5, 25, 50, 100]
         ([5, 25], 1, 1.0, "pass", Act.WAIT),  # a last step below 100 is judged too
         ([5, 25], 1, 10.0, "pass", Act.COMPLETE),
         ([5, 25], 1, 10.0, "fail", Act.STOP),
+        # give_up 60 s after the 5 s pause
+        (STEPS, 0, 64.0, "inconclusive", Act.WAIT),
+        (STEPS, 0, 65.0, "inconclusive", Act.GIVE_UP),
+        (STEPS, 1, 999.0, "inconclusive", Act.GIVE_UP),
+        ([5, 25], 1, 999.0, "inconclusive", Act.GIVE_UP),  # a last step below 100 too
+        (STEPS, 0, 999.0, "pass", Act.ADVANCE),  # a late pass still advances
+        (STEPS, 0, 999.0, "fail", Act.STOP),
+        (STEPS, 3, 999.0, "inconclusive", Act.COMPLETE),  # 100% is never given up
     ],
 )
 def test_next_move(steps: list[int], step: int, elapsed: float, verdict: str, act: Act) -> None:
-    look = StepLook(steps, step, 1000.0, 5.0, 1000.0 + elapsed, _judged(verdict, ["5xx up"]))
+    judged = _judged(verdict, ["5xx up"])
+    look = StepLook(steps, step, 1000.0, 5.0, 1000.0 + elapsed, judged, give_up=60.0)
     move = next_move(look)
     assert move.act == act
     if act == Act.STOP:
         assert move.why == "5xx up"
+
+
+def test_giving_up_says_what_was_seen_what_was_needed_and_what_to_do() -> None:
+    look = StepLook(
+        [5, 25], 0, 0.0, 600.0, 4210.0, _judged("inconclusive"), give_up=3600.0, min_requests=200
+    )
+    move = next_move(look)
+    assert move.act == Act.GIVE_UP
+    assert move.why.startswith("gave up at 5%: in 1h10m10s the judge saw 120 requests")
+    assert "it needs 200 (analysis.min_requests)" in move.why
+    assert "flags.give_up: 1h after the step's pause" in move.why
+    assert "start the rollout again" in move.why
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ compares on against off at each step, and a regression turns the flag off everyw
 Two flags go through the same steps side by side under paced load: `bad-path`, whose
 "on" path answers 5% 5xx (the app reads X-Conveyor-Flags), is turned off before 100%
 with the judge's evidence in its history; `good-path`, whose "on" path is identical,
-reaches 100%. No connection error meanwhile.
+reaches 100%. No connection error meanwhile. The same stop on an HAProxy host, whose
+answers are counted from its request log.
 """
 
 from __future__ import annotations
@@ -142,3 +143,33 @@ def test_a_regressing_flag_is_turned_off_and_an_identical_one_reaches_100(fleet:
     assert "flag bad-path failed at" in sent["title"], sent
     for label in ("What:", "Where:", "Release:", "Why:", "Done:", "Link:"):
         assert label in sent["message"], sent
+
+
+@pytest.mark.slow  # a deployment and a guarded rollout under load through HAProxy: some 40 s
+def test_a_regressing_flag_is_turned_off_on_an_haproxy_host(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """HAProxy counts the answers from its request log: the same judge, the same stop."""
+    with (
+        running_fleet(server, tmp_path, {"web-1": "127.0.73.21"}, router="haproxy") as fleet,
+        Receiver() as receiver,
+    ):
+        config = CONFIG.format(port=fleet.port, receiver=receiver.url("/flags"))
+        commit(fleet.repo, {"flagapp.py": FLAGAPP_PY, "conveyor.yml": config})
+        run = server.wait_run(server.post("/api/apps/sample/runs", {})["id"])
+        assert run["state"] == "succeeded", run
+        assert _deployed(server, run["id"])["state"] == "succeeded"
+        with LoadGenerator(fleet.urls(), clients=4, max_seconds=300, rate=25) as load:
+            server.post(f"{FLAGS}/bad-path/rollout", {"steps": STEPS, "step_pause": 2})
+            bad = wait_for(lambda: _ended(server, "bad-path"), timeout=240, interval=0.5)
+            result = load.stop()
+        metrics = fleet.agents["web-1"].observed()["metrics"]
+    assert metrics["backend"] == "haproxy"
+    counted = metrics["apps"]["sample"]["flags"]
+    assert counted["bad-path=on"]["errors_5xx"] > 0, counted
+    assert counted["bad-path=off"]["requests"] > 0, counted
+    assert result.errors == [], result.errors[:5]
+    assert bad["rollout"]["state"] == "stopped", bad["rollout"]
+    assert bad["rollout"]["steps"][bad["rollout"]["step"]] < 100
+    assert bad["rollout"]["judgement"]["verdict"] == "fail"
+    assert not bad["state"]["enabled"]

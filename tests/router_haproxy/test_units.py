@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.agent.routing.haproxy_config import PIN_SPREAD, Paths, runtime_commands
+from conveyor.agent.routing.haproxy_counting import Sinks, count_sample
 from conveyor.agent.routing.haproxy_logs import bucket_index, parse_line
 from conveyor.agent.routing.haproxy_runtime import parse_proc, parse_stat
 from conveyor.agent.routing.haproxy_state import (
@@ -222,6 +223,26 @@ def test_credit_survives_new_workers_and_slot_reuse() -> None:
     assert list(state.seen) == ["11"]
 
 
+def test_the_answers_of_guarded_flags_are_counted_per_answer() -> None:
+    app = AppState(app="shop", bind="0.0.0.0", port=8000, slots=new_slots(1), guarded=["a", "c"])
+    app.slots[0].release, app.slots[0].state = "r1", "ready"
+    state = RouterState(apps={"shop": app})
+    sinks: Sinks = {}
+    count_sample(state, sinks, ("be_shop", "s1", 200, 0.002, "a=on; b=on; c=blue"))
+    count_sample(state, sinks, ("be_shop", "s1", 503, 0.004, "a=on; b=off; c=off"))
+    count_sample(state, sinks, ("be_shop", "s1", 200, 0.003, ""))  # a line without answers
+    counted = state.flag_totals["shop"]
+    assert {k: (t.requests, t.errors_5xx) for k, t in counted.items()} == {
+        "a=on": (2, 1),
+        "c=blue": (1, 0),
+        "c=off": (1, 1),
+    }  # b is not under a guarded rollout
+    assert counted["a=on"].latency_sum == pytest.approx(0.006)
+    assert state.totals["shop"]["r1"].requests == 3
+    state.reset_counters(None, 0.0)  # a new HAProxy master counts from zero
+    assert state.flag_totals == {}
+
+
 def test_parse_proc() -> None:
     text = (
         "#<PID>          <type>          <reloads>       <uptime>        <version>\n"
@@ -256,14 +277,20 @@ def test_parse_stat() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        (b"cvy1 t0k be_shop s2 200 3 2871\n", ("be_shop", "s2", 200, 0.002871)),
-        (b"cvy1 t0k be_shop s1 503 12 -\n", ("be_shop", "s1", 503, 0.012)),
+        (b"cvy1 t0k be_shop s2 200 3 2871\n", ("be_shop", "s2", 200, 0.002871, "")),
+        (b"cvy1 t0k be_shop s1 503 12 -\n", ("be_shop", "s1", 503, 0.012, "")),
         (b"cvy1 t0k fe_shop <NOSRV> 503 -1 -\n", None),
         (b"cvy1 forged be_shop s2 200 3 2871\n", None),
         (b"something else entirely", None),
+        # the flags' answers, spaces and all, are the rest of the line
+        (b"cvy1 t0k be_shop s2 200 3 2871 -\n", ("be_shop", "s2", 200, 0.002871, "")),
+        (
+            b"cvy1 t0k be_shop s2 500 3 2871 a=on; b=off; c=blue\n",
+            ("be_shop", "s2", 500, 0.002871, "a=on; b=off; c=blue"),
+        ),
     ],
 )
-def test_parse_line(line: bytes, expected: tuple[str, str, int, float] | None) -> None:
+def test_parse_line(line: bytes, expected: tuple[str, str, int, float, str] | None) -> None:
     assert parse_line(line, b"t0k") == expected
 
 

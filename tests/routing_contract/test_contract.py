@@ -304,3 +304,66 @@ def test_the_flags_header_is_the_same_for_each_user(
         loop.run(router.apply(spec.model_copy(update={"flags": None})))
         wait_for(lambda: seen("u-1") is None, timeout=10, interval=0.1)
     loop.run(router.remove(spec.app))
+
+
+def test_the_answers_of_a_guarded_flag_are_counted(
+    loop: LoopThread, router: Router, releases: dict[str, Backend]
+) -> None:
+    """What a guarded rollout's judge reads: requests, 5xx and latency per answer of the
+    flags under a guarded rollout, and nothing for the others."""
+    from conveyor.flags import Context, FlagSet
+    from conveyor.flags.definition import NamedFlag, to_document
+    from conveyor.flags.header import answers
+    from conveyor.protocol.desired import HostFlags
+    from conveyor.protocol.flags import FlagState
+
+    cases = [("guarded", {"enabled": True, "rollout": 50}), *FLAGS_CASES]
+    document = to_document([NamedFlag(n, "", FlagState.model_validate(s)) for n, s in cases])
+    spec = serve(loop, router, "guarded", a=(releases["a"], 100))
+    flags = HostFlags(stickiness="cookie:uid", document=document, guarded=["guarded", "search"])
+    spec = spec.model_copy(update={"flags": flags})
+    loop.run(router.apply(spec))
+    ours = FlagSet(document)
+    expected: dict[str, tuple[int, int]] = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{spec.port}", timeout=10) as http:
+        # the flags reach the router (HAProxy: through its Runtime API) before counting
+        wait_for(
+            lambda: (
+                "x-conveyor-flags" in http.get("/headers", headers={"Cookie": "uid=w"}).text.lower()
+            ),
+            timeout=10,
+            interval=0.1,
+        )
+        for i in range(40):
+            uid = f"u-{i}"
+            for path in ("/", "/status/503"):
+                assert http.get(path, headers={"Cookie": f"uid={uid}"}).status_code in (200, 503)
+            for answer in answers(ours, Context(user_id=uid)):
+                if answer.partition("=")[0] in ("guarded", "search"):
+                    requests, errors = expected.get(answer, (0, 0))
+                    expected[answer] = (requests + 2, errors + 1)
+    assert {a.partition("=")[2] for a in expected if a.startswith("guarded=")} == {"on", "off"}
+
+    def counted() -> dict[str, tuple[int, int]]:
+        found = loop.run(router.metrics()).apps.get(spec.app)
+        flagged = found.flags if found is not None else {}
+        # the wait's request for uid "w" counted too: only the 40 users' are compared
+        return {k: (c.requests, c.errors_5xx) for k, c in flagged.items()}
+
+    def settled() -> bool:
+        got = counted()
+        return set(got) >= set(expected) and all(
+            got[k][0] >= want[0] and got[k][1] >= want[1] for k, want in expected.items()
+        )
+
+    wait_for(settled, timeout=15, interval=0.2)
+    got = counted()
+    # besides the 40 users' 80 requests, only the waits' requests (200s) for user "w"
+    extra = {k: (got[k][0] - v[0], got[k][1] - v[1]) for k, v in expected.items()}
+    assert all(errors == 0 for _, errors in extra.values()), got
+    assert sum(r for r, _ in extra.values()) <= 2 * 200, got
+    assert not [k for k in got if k.partition("=")[0] not in ("guarded", "search")], got
+    found = loop.run(router.metrics()).apps[spec.app].flags
+    on = found["guarded=on"]
+    assert on.latency_buckets[-1] == on.requests  # the histogram's +Inf is every request
+    loop.run(router.remove(spec.app))

@@ -144,10 +144,10 @@ class Reconciler:
         atomic_write(self._desired_path, sealer.seal(desired.model_dump_json()).encode())
 
     def _save_routes(self) -> None:
-        atomic_write(
-            self._routes_path,
-            json.dumps({k: v.model_dump() for k, v in self.applied.items()}).encode(),
-        )
+        atomic_write(self._routes_path, self._routes())
+
+    def _routes(self) -> bytes:
+        return json.dumps({k: v.model_dump() for k, v in self.applied.items()}).encode()
 
     async def adopt(self) -> None:
         """Re-attach to instances left running by a previous agent process."""
@@ -303,7 +303,9 @@ class Reconciler:
             self.app_errors[app] = message
             return False
         self.applied[app] = spec
-        self._save_routes()
+        # its fsyncs off the loop: they took up to a second on a busy disk, meanwhile the
+        # long-poll's next answer (a kill switch) waited
+        await asyncio.to_thread(atomic_write, self._routes_path, self._routes())
         self.installer.switch_current(app, top.release)
         self._prune_due = True
         log.info(

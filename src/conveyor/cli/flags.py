@@ -81,7 +81,7 @@ def flag_show(
     if r is not None:
         steps = ",".join(map(str, r.steps))
         out.print(
-            f"  guarded rollout {r.state}: step {r.step + 1} of {len(r.steps)} "
+            f"  guarded rollout {r.state.replace('_', ' ')}: step {r.step + 1} of {len(r.steps)} "
             f"({r.steps[r.step]}%; steps {steps}%, {r.step_pause:g} s each)"
             + (f": {r.reason}" if r.reason else "")
         )

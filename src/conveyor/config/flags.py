@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, field_validator
 
 from conveyor.config.base import Section
+from conveyor.config.durations import PositiveDuration
 from conveyor.flags.header import parse_source
 from conveyor.protocol.flags import FLAG_NAME_PATTERN, VARIANT_TOTAL
 
@@ -47,6 +48,10 @@ class Flags(Section):
     # each host's router evaluates the flags for each request and passes the answers to
     # the app in X-Conveyor-Flags; who the request is for comes from this cookie or header
     stickiness: str | None = None
+    # a guarded rollout's step whose pause is over but whose judge has still not seen
+    # enough requests with the flag on (analysis.min_requests) this long after: the
+    # rollout gives up and turns the flag off (nothing vouches for it)
+    give_up: PositiveDuration = 3600.0
 
     @field_validator("stickiness")
     @classmethod

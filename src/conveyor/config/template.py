@@ -175,6 +175,7 @@ environments:                   # promotion order = this order
 
 # flags:                        # feature flags: off in every environment until switched
 #   stickiness: cookie:uid      # routers pass each request's answers in X-Conveyor-Flags
+#   give_up: 1h                 # a guarded rollout's step unjudged this long after its pause
 #   declare:                    # `conveyor flag on|rollout|target APP ENV NAME`
 #     - name: new-checkout
 #       description: the one-page checkout

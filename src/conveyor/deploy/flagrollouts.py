@@ -163,18 +163,33 @@ class FlagRollouts:
             judgement = decide(state, settings, now)
             steps: list[int] = json.loads(rollout.steps)
             started = rollout.step_started_at.replace(tzinfo=UTC).timestamp()
+            give_up = config.flags.give_up if config else guarded.DEFAULT_GIVE_UP
             move = guarded.next_move(
-                guarded.StepLook(steps, rollout.step, started, rollout.step_pause, now, judgement)
+                guarded.StepLook(
+                    steps,
+                    rollout.step,
+                    started,
+                    rollout.step_pause,
+                    now,
+                    judgement,
+                    give_up=give_up,
+                    min_requests=settings.min_requests,
+                )
             )
             rollout.judgement = judgement.model_dump_json()
             woken: list[str] = []
             entry = store.Entry(flag.name, flag.description, False, store.state_of(flag), flag)
             evidence = guarded.evidence_text(judgement)
-            if move.act == guarded.Act.STOP:
+            if move.act in (guarded.Act.STOP, guarded.Act.GIVE_UP):
+                gave_up = move.act == guarded.Act.GIVE_UP
                 after = entry.state.model_copy(update={"enabled": False})
-                note = f"turned off by the judge at {steps[rollout.step]}%: {move.why}\n{evidence}"
+                by_whom = (
+                    "turned off: the guarded rollout" if gave_up else "turned off by the judge"
+                )
+                note = f"{by_whom} at {steps[rollout.step]}%: {move.why}\n{evidence}"
                 store.save(session, app.id, flag.environment, entry, after, BY, note=note)
-                rollout.state, rollout.reason, rollout.ended_at = "stopped", move.why, utcnow()
+                rollout.state = store.GAVE_UP if gave_up else "stopped"
+                rollout.reason, rollout.ended_at = move.why, utcnow()
                 woken = hosts_woken(session, app, flag.environment)
                 if self.announcer is not None:
                     facts = FlagStopFacts(
@@ -188,6 +203,7 @@ class FlagRollouts:
                         reason=move.why,
                         link="",
                         started_by=rollout.started_by,
+                        gave_up=gave_up,
                     )
                     self.announcer.flag_stopped(session, app, rollout.id, facts)
             elif move.act == guarded.Act.ADVANCE:

@@ -7,7 +7,7 @@ with the request field the routers read the user from (`flags.stickiness`).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.config.models import Config
@@ -17,13 +17,17 @@ from conveyor.protocol.desired import HostFlags
 from conveyor.protocol.flags import FlagVariant
 from conveyor.protocol.unleash import ClientFeatures
 from conveyor.store import flags as store
-from conveyor.store.models import App, Host, HostApp, Release
+from conveyor.store.models import App, Flag, FlagChange, FlagRollout, Host, HostApp, Release
+
+
+def newest_release(session: Session, app: App) -> Release | None:
+    return session.scalar(
+        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
+    )
 
 
 def newest_config(session: Session, app: App) -> Config | None:
-    release = session.scalar(
-        select(Release).where(Release.app_id == app.id).order_by(Release.created_at.desc()).limit(1)
-    )
+    release = newest_release(session, app)
     if release is None or not release.config:
         return None
     return release_config(release)
@@ -53,10 +57,53 @@ def document(
     return to_document(NamedFlag(e.name, e.description, e.state) for e in entries)
 
 
+# What the hosts' flags of an app in an environment are made of, read in one statement:
+# the newest release (its conveyor.yml declares flags and says `stickiness`), the newest
+# line of the flags' history (every change adds one) and the running guarded rollouts (a
+# new one has a higher id than any before; one that ends lowers their count).
+MadeFrom = tuple[str | None, int | None, int, int | None]
+
+# (app id, environment) -> (what they were made from, the hosts' flags): the hosts of an
+# environment woken by one flag change (a kill switch) share them, read once
+_served: dict[tuple[int, str], tuple[MadeFrom, HostFlags | None]] = {}
+
+
+def made_from(session: Session, app_id: int, environment: str) -> MadeFrom:
+    newest = (
+        select(Release.id)
+        .where(Release.app_id == app_id)
+        .order_by(Release.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    of_env = (Flag.app_id == app_id, Flag.environment == environment)
+    last_change = select(func.max(FlagChange.id)).join(Flag).where(*of_env).scalar_subquery()
+    running = (FlagRollout.state == store.RUNNING, *of_env)
+    count = select(func.count(FlagRollout.id)).join(Flag).where(*running).scalar_subquery()
+    top = select(func.max(FlagRollout.id)).join(Flag).where(*running).scalar_subquery()
+    row = session.execute(select(newest, last_change, count, top)).one()
+    return (row[0], row[1], int(row[2] or 0), row[3])
+
+
 def host_flags(session: Session, app: App, environment: str | None) -> HostFlags | None:
     """What a host's router evaluates for the app, if its conveyor.yml asks for it."""
+    if environment is None:
+        return None
+    made = made_from(session, app.id, environment)
+    key = (app.id, environment)
+    cached = _served.get(key)
+    if cached is not None and cached[0] == made:
+        return cached[1]
+    flags = _host_flags(session, app, environment)
+    if len(_served) > 1000:
+        _served.clear()
+    _served[key] = (made, flags)
+    return flags
+
+
+def _host_flags(session: Session, app: App, environment: str) -> HostFlags | None:
     config = newest_config(session, app)
-    if environment is None or config is None or config.flags.stickiness is None:
+    if config is None or config.flags.stickiness is None:
         return None
     return HostFlags(
         stickiness=config.flags.stickiness,

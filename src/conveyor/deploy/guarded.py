@@ -21,6 +21,7 @@ from conveyor.protocol import Judgement, ReleaseCounters, RouterMetrics
 from conveyor.protocol.metrics import AppMetrics
 
 OFF = "off"
+DEFAULT_GIVE_UP = 3600.0  # conveyor.yml flags.give_up
 
 
 class Act(StrEnum):
@@ -28,6 +29,7 @@ class Act(StrEnum):
     ADVANCE = "advance"  # to the next step's percentage
     COMPLETE = "complete"  # the last step is reached (100%) or judged (below 100%)
     STOP = "stop"  # a regression: the flag goes off everywhere
+    GIVE_UP = "give_up"  # too few requests with the flag on to judge: off everywhere
 
 
 @dataclass(frozen=True)
@@ -46,22 +48,49 @@ class StepLook:
     pause: float  # seconds
     now: float
     judgement: Judgement
+    give_up: float = DEFAULT_GIVE_UP  # seconds after the pause a step may wait for the judge's pass
+    min_requests: int = 0  # what the judge needs with the flag on (for the give-up's why)
 
 
 def next_move(look: StepLook) -> Move:
     """Stop on a failed verdict; advance after the pause once the judge passed the step;
-    complete at 100% (nobody is left to compare with) or after the last step's pause."""
+    complete at 100% (nobody is left to compare with) or after the last step's pause;
+    give up once a step waited `give_up` past its pause without the judge's pass."""
     steps, j = look.steps, look.judgement
     if j.verdict == "fail":
         return Move(Act.STOP, "; ".join(j.reasons) or "the judge saw a regression")
     last = look.step >= len(steps) - 1
     if last and steps[look.step] >= 100:
         return Move(Act.COMPLETE, "on for everyone")
-    if look.now - look.started < look.pause or j.verdict != "pass":
+    waited = look.now - look.started
+    if waited < look.pause:
         return Move(Act.WAIT)
+    if j.verdict != "pass":
+        if waited < look.pause + look.give_up:
+            return Move(Act.WAIT)
+        return Move(Act.GIVE_UP, _gave_up(look))
     if last:
         return Move(Act.COMPLETE, f"the last step, {steps[look.step]}%, passed")
     return Move(Act.ADVANCE, f"step {look.step + 1} of {len(steps)} passed")
+
+
+def _gave_up(look: StepLook) -> str:
+    j = look.judgement
+    needs = f", it needs {look.min_requests}" if look.min_requests else ""
+    return (
+        f"gave up at {look.steps[look.step]}%: in {_duration(look.now - look.started)} the "
+        f"judge saw {j.requests} requests with the flag on{needs} (analysis.min_requests) "
+        f"and could not pass the step (flags.give_up: {_duration(look.give_up)} after the "
+        "step's pause); raise the traffic the flag is on for (a larger first step) or "
+        "flags.give_up, then start the rollout again"
+    )
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
 
 
 def answer_keys(name: str, variants: list[str]) -> tuple[list[str], str]:

@@ -238,9 +238,10 @@ class FlagStopFacts:
     hosts: Sequence[str]
     release: str | None  # what the environment serves
     sha: str | None
-    reason: str  # the judge's failed checks
+    reason: str  # the judge's failed checks, or why it gave up
     link: str
     started_by: str
+    gave_up: bool = False  # too few requests with the flag on to judge, not a regression
 
 
 def flag_stopped(f: FlagStopFacts) -> Message:
@@ -249,8 +250,9 @@ def flag_stopped(f: FlagStopFacts) -> Message:
     release = "none serving" if f.release is None else f.release
     if f.release is not None and f.sha:
         release = _release(f.release, f.sha)
+    failed = "gave up for want of traffic" if f.gave_up else "failed"
     lines = {
-        "What": f"guarded rollout of flag {f.flag} failed at {f.percent}% and the flag was "
+        "What": f"guarded rollout of flag {f.flag} {failed} at {f.percent}% and the flag was "
         f"turned off (started by {f.started_by})",
         "Where": f"app {f.app}, environment {f.environment}, hosts {hosts}",
         "Release": release,
@@ -258,7 +260,7 @@ def flag_stopped(f: FlagStopFacts) -> Message:
         "Done": f"turned {f.flag} off for everyone on {hosts}",
         "Link": f.link,
     }
-    title = f"{f.app} {f.environment}: flag {f.flag} failed at {f.percent}% and was turned off"
+    title = f"{f.app} {f.environment}: flag {f.flag} {failed} at {f.percent}% and was turned off"
     return Message(frozenset({"failure", "rollback"}), title, _body(lines))
 
 

@@ -177,7 +177,7 @@ class GuardedRolloutOut(Wire):
     step_pause: float
     step: int = Field(description="index of the current step in `steps`")
     step_started_at: Timestamp
-    state: str = Field(description="running | completed | stopped | cancelled")
+    state: str = Field(description="running | completed | stopped | gave_up | cancelled")
     judgement: Judgement | None = None
     reason: str | None = None
     started_by: str

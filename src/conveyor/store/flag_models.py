@@ -75,7 +75,8 @@ class FlagRollout(Base):
     step_pause: Mapped[float] = mapped_column()  # seconds each step lasts at least
     step: Mapped[int] = mapped_column(Integer, default=0)  # index into steps
     step_started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # running | completed | stopped (the judge: a regression) | cancelled (a person)
+    # running | completed | stopped (the judge: a regression) | gave_up (too few requests
+    # with the flag on to judge, flags.give_up) | cancelled (a person)
     state: Mapped[str] = mapped_column(String(20), default="running", index=True)
     judge: Mapped[str | None] = mapped_column(Text, default=None)  # JudgeState as JSON
     judgement: Mapped[str | None] = mapped_column(Text, default=None)  # the judge's last word

@@ -18,6 +18,7 @@ from conveyor.protocol.flags import FlagChangeOut, FlagState, FlagVariant, Guard
 from conveyor.store.models import Flag, FlagChange, FlagRollout, FlagToken, utcnow
 
 RUNNING = "running"
+GAVE_UP = "gave_up"  # a step never saw enough requests with the flag on to be judged
 
 
 @dataclass(frozen=True)

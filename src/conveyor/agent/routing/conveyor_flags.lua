@@ -36,8 +36,9 @@ local function murmur3(s, seed)
   return h ~ (h >> 16)
 end
 
-local function bucket(value, group, n, seed)
-  return murmur3(group .. ":" .. value, seed) % n + 1
+-- prefix: "groupId:" (made once per flag, not per request)
+local function bucket(value, prefix, n, seed)
+  return murmur3(prefix .. value, seed) % n + 1
 end
 
 local function unquote(s)
@@ -77,9 +78,13 @@ local function parse(text)
     end
     for _, v in ipairs(split(f[9], ",")) do
       local name, weight = v:match("^(.*):(%d+)$")
-      flag.variants[#flag.variants + 1] = { name = unquote(name), weight = tonumber(weight) }
+      flag.variants[#flag.variants + 1] = { name = unquote(name), weight = tonumber(weight),
+                                            answer = flag.name .. "=" .. unquote(name) }
       flag.total = flag.total + tonumber(weight)
     end
+    -- what each request would otherwise build again: its answers, the hashes' prefixes
+    flag.off, flag.on = flag.name .. "=off", flag.name .. "=on"
+    flag.prefix, flag.variant_prefix = flag.group .. ":", flag.name .. ":"
     prog.flags[#prog.flags + 1] = flag
   end
   return prog
@@ -122,23 +127,23 @@ local function on(flag, user)
     value = tostring(math.random(1, 100))
   end
   if not value then return false end
-  return bucket(value, flag.group, 100, 0) <= flag.rollout
+  return bucket(value, flag.prefix, 100, 0) <= flag.rollout
 end
 
 local function answer(flag, user)
-  if not flag.enabled or not on(flag, user) then return flag.name .. "=off" end
-  if #flag.variants == 0 or flag.total <= 0 then return flag.name .. "=on" end
+  if not flag.enabled or not on(flag, user) then return flag.off end
+  if #flag.variants == 0 or flag.total <= 0 then return flag.on end
   local value = user
   if not (user and flag.variant_by_user) then value = tostring(math.random(1, 100)) end
-  local target = bucket(value, flag.name, flag.total, 86028157)
+  local target = bucket(value, flag.variant_prefix, flag.total, 86028157)
   local counter = 0
   for _, v in ipairs(flag.variants) do
     if v.weight > 0 then
       counter = counter + v.weight
-      if counter >= target then return flag.name .. "=" .. v.name end
+      if counter >= target then return v.answer end
     end
   end
-  return flag.name .. "=on"
+  return flag.on
 end
 
 local function line(prog, user)
@@ -151,10 +156,11 @@ local function user_of(txn, prog)
   local value
   if prog.cookie then
     value = txn.f:req_cook(prog.source)
-    if value then value = value:gsub("^%s+", ""):gsub("%s+$", ""):gsub('^"+', ""):gsub('"+$', "") end
+    -- trimmed of spaces, then of quotes (one match, not four substitutions per request)
+    if value then value = value:match('^%s*"*(.-)"*%s*$') end
   else
     value = txn.f:req_fhdr(prog.source, 1)
-    if value then value = value:gsub("^%s+", ""):gsub("%s+$", "") end
+    if value then value = value:match("^%s*(.-)%s*$") end
   end
   if value == nil or value == "" then return nil end
   return value

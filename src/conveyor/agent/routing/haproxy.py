@@ -65,6 +65,7 @@ from conveyor.agent.routing.haproxy_runtime import (
 from conveyor.agent.routing.haproxy_state import (
     AppState,
     RouterState,
+    counters_of,
     credit,
     load_state,
     new_slots,
@@ -282,6 +283,7 @@ class HAProxyRouter:
                 tls_cert=cert_digest(pem) if pem is not None else "",
                 redirect_http=spec.tls.redirect_http if spec.tls else True,
                 flags=haproxy_flags.program(spec),
+                guarded=sorted(spec.flags.guarded) if spec.flags is not None else [],
             )
             if app.domains:
                 check_claims(app, self.state.apps)
@@ -443,6 +445,9 @@ class HAProxyRouter:
                     releases=release_counters(
                         app, self.state.totals.get(name, {}), busy.get(name, {})
                     ),
+                    flags={
+                        k: counters_of(t) for k, t in self.state.flag_totals.get(name, {}).items()
+                    },
                 )
                 for name, app in self.state.apps.items()
             }

@@ -38,8 +38,10 @@ from conveyor.agent.routing.spec import PREVIEW_HEADER, RouterError
 COOKIE = "conveyor_release"
 LOG_TAG = "cvy1"
 # Backend, server slot, status, %Ta (whole milliseconds) and the same in microseconds
-# from two `date(0,us)` readings (the frontend notes the first one).
-LOG_FIELDS = "%b %s %ST %Ta %[date(0,us),sub(txn.t0)]"
+# from two `date(0,us)` readings (the frontend notes the first one); last, the request's
+# X-Conveyor-Flags answers ("-" without flags; spaces inside: it is the rest of the line),
+# counted per answer of a flag under a guarded rollout (haproxy_counting).
+LOG_FIELDS = "%b %s %ST %Ta %[date(0,us),sub(txn.t0)] %[var(txn.cvyans)]"
 PIN_SPREAD = 12
 # sockaddr_un.sun_path is 108 bytes with its NUL, but HAProxy binds "<path>.<pid>.tmp" first
 # and refuses paths over 97 characters: keep under that, with room for the longest socket name.
@@ -162,7 +164,7 @@ def render_config(
         "global",
         f"    stats socket {paths.admin_sock} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
-        f"    log 127.0.0.1:{log_port} len 1024 format raw local0 info",
+        f"    log 127.0.0.1:{log_port} len 8192 format raw local0 info",
         *haproxy_flags.global_lines(),
         # An old worker after a reload lives until its requests end, at most this long.
         f"    hard-stop-after {int(max(longest_drain, 30.0)) + 30}s",

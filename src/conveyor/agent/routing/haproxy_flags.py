@@ -5,7 +5,9 @@ The agent compiles an app's flags (conveyor.flags.compiled) into one line, kept 
 reload). Each backend drops a client's own header, reads the line and, when there is
 one, sets the header to the `conveyor_flags` sample fetch (conveyor_flags.lua, loaded
 once per thread), which evaluates the flags for the request's user as the embedded
-router does. Requests of apps without flags pay one map lookup and no Lua.
+router does. Requests of apps without flags pay one map lookup and no Lua. The answers
+are also the last field of the request's log line: the driver counts those of the flags
+under a guarded rollout per answer (haproxy_counting), as the embedded router does.
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ def global_lines() -> list[str]:
 
 
 def backend_lines(maps: Path, app: str) -> list[str]:
+    """The answers go to the header and, kept in txn.cvyans, to the request's log line
+    (haproxy_config.LOG_FIELDS), where the driver counts those of guarded flags."""
     header = FLAGS_HEADER.lower()
+    flagged = "if { var(txn.cvyflags) -m found }"
     return [
         f"    http-request del-header {header}",
         f"    http-request set-var(txn.cvyflags) str({KEY}),map({flags_map(maps, app)})",
-        f"    http-request set-header {header} %[lua.conveyor_flags]"
-        " if { var(txn.cvyflags) -m found }",
+        f"    http-request set-var(txn.cvyans) lua.conveyor_flags {flagged}",
+        f"    http-request set-header {header} %[var(txn.cvyans)] {flagged}",
     ]

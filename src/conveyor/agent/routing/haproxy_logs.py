@@ -22,16 +22,23 @@ from collections.abc import Callable
 from conveyor.agent.routing.haproxy_config import LOG_TAG
 from conveyor.agent.routing.spec import LATENCY_BUCKETS
 
-# (app backend, server slot, HTTP status, latency in seconds)
-Sample = tuple[str, str, int, float]
+# (app backend, server slot, HTTP status, latency in seconds, X-Conveyor-Flags answers
+# or "" without flags)
+Sample = tuple[str, str, int, float, str]
 RCVBUF = 4 << 20
+DATAGRAM = 8192  # haproxy_config's `log … len`
 
 
 def parse_line(line: bytes, token: bytes) -> Sample | None:
-    """`cvy1 <token> be_shop s2 200 3 2871` -> ("be_shop", "s2", 200, 0.002871)."""
-    fields = line.split()
-    if len(fields) != 7 or fields[0] != LOG_TAG.encode() or fields[1] != token:
+    """`cvy1 <token> be_shop s2 200 3 2871 a=on; b=off` ->
+    ("be_shop", "s2", 200, 0.002871, "a=on; b=off"); a line of a HAProxy configured before
+    the answers were logged has 7 fields (no answers)."""
+    fields = line.split(None, 7)
+    if len(fields) < 7 or fields[0] != LOG_TAG.encode() or fields[1] != token:
         return None
+    answers = fields[7].strip().decode("latin-1") if len(fields) == 8 else ""
+    if answers == "-":
+        answers = ""
     try:
         status = int(fields[4])
     except ValueError:
@@ -41,12 +48,14 @@ def parse_line(line: bytes, token: bytes) -> Sample | None:
     except ValueError:
         micros = -1
     if micros >= 0:
-        return fields[2].decode(), fields[3].decode(), status, micros / 1e6
+        return fields[2].decode(), fields[3].decode(), status, micros / 1e6, answers
     try:
         millis = int(fields[5])
     except ValueError:
         return None
-    return (fields[2].decode(), fields[3].decode(), status, millis / 1e3) if millis >= 0 else None
+    if millis < 0:
+        return None
+    return fields[2].decode(), fields[3].decode(), status, millis / 1e3, answers
 
 
 def bucket_index(latency: float) -> int:
@@ -96,7 +105,7 @@ class LogReceiver:
             return
         for _ in range(10_000):
             try:
-                data = sock.recv(2048)
+                data = sock.recv(DATAGRAM)
             except OSError:
                 return  # BlockingIOError: all read
             sample = parse_line(data, self.token)

@@ -71,6 +71,7 @@ class AppState(_Model):
     tls_cert: str = ""
     redirect_http: bool = True
     flags: str = ""  # the compiled flags the Lua action reads (agent.routing.haproxy_flags)
+    guarded: list[str] = []  # flags under a guarded rollout: their answers are counted
 
     def slot(self, name: str) -> Slot | None:
         return next((s for s in self.slots if s.name == name), None)
@@ -130,6 +131,8 @@ class RouterState(_Model):
     seen: dict[str, dict[str, dict[str, int]]] = {}
     # app -> release -> totals since `started_at`.
     totals: dict[str, dict[str, Totals]] = {}
+    # app -> a guarded flag's answer ("new-checkout=on") -> totals since `started_at`
+    flag_totals: dict[str, dict[str, Totals]] = {}
 
     def reset_counters(self, master_pid: int | None, started_at: float) -> None:
         """A new HAProxy master: its workers count from zero, so do we."""
@@ -137,6 +140,7 @@ class RouterState(_Model):
         self.started_at = started_at
         self.seen = {}
         self.totals = {}
+        self.flag_totals = {}
 
 
 def load_state(path: Path) -> RouterState:
@@ -336,6 +340,8 @@ def credit(state: RouterState, rows: Mapping[int, list[tuple[str, str, int]]]) -
 
 def prune_totals(state: RouterState) -> None:
     """Forget removed apps, and the oldest retired releases beyond KEEP_RETIRED per app."""
+    for app_name in [a for a in state.flag_totals if a not in state.apps]:
+        del state.flag_totals[app_name]
     for app_name in list(state.totals):
         app = state.apps.get(app_name)
         if app is None:
@@ -346,6 +352,16 @@ def prune_totals(state: RouterState) -> None:
         retired = [r for r in releases if r not in carried]
         for release in retired[: max(0, len(retired) - KEEP_RETIRED)]:
             del releases[release]
+
+
+def counters_of(t: Totals) -> ReleaseCounters:
+    return ReleaseCounters(
+        requests=t.requests,
+        errors_5xx=t.errors_5xx,
+        connect_failures=t.connect_failures,
+        latency_buckets=t.cumulative(),
+        latency_sum=t.latency_sum,
+    )
 
 
 def release_counters(
@@ -360,12 +376,6 @@ def release_counters(
         counters = out.get(slot.release)
         if counters is None:
             t = totals.get(slot.release, Totals())
-            counters = out[slot.release] = ReleaseCounters(
-                requests=t.requests,
-                errors_5xx=t.errors_5xx,
-                connect_failures=t.connect_failures,
-                latency_buckets=t.cumulative(),
-                latency_sum=t.latency_sum,
-            )
+            counters = out[slot.release] = counters_of(t)
         counters.in_flight += busy.get(slot.name, 0)
     return out

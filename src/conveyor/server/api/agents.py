@@ -6,6 +6,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, TypeVar
 
 from anyio import CapacityLimiter, to_thread
@@ -52,8 +53,15 @@ router = APIRouter(
 )
 MAX_WAIT = 60.0
 REREAD = 5.0
+# a long-poll notes its host seen (a write) only if it was not seen this recently: the
+# reports (every 2 s) keep it fresh, and a wave of long-polls asking again after a change
+# must not queue twenty writes ahead of the answers (hosts go offline after 15 s)
+SEEN_FRESH = timedelta(seconds=5)
 T = TypeVar("T")
 _lane = CapacityLimiter(AGENT_THREADS)
+# reports (writes, each waiting its turn for the database's write lock) take at most half
+# the agents' threads: the other half answer long-polls, a kill switch's wave among them
+_report_lane = CapacityLimiter(max(1, AGENT_THREADS // 2))
 
 
 async def in_agent_thread(fn: Callable[..., T], *args: object) -> T:
@@ -125,9 +133,10 @@ async def get_desired(
             host = session.scalar(select(Host).where(Host.name == host_name))
             if host is None or host.state != "enrolled":
                 raise HTTPException(401, "agent credential revoked")
-            if first:
+            now = utcnow()
+            if first and (host.last_seen is None or now - host.last_seen > SEEN_FRESH):
                 # seen when it asks, not while its poll waits: a cut-off host goes offline
-                host.last_seen = utcnow()
+                host.last_seen = now
                 session.commit()
             left = deadline - time.monotonic()
             if host.generation > after or left <= 0 or notifier.closed:
@@ -155,7 +164,8 @@ async def report(body: ObservedState, request: Request, host_name: AgentHost) ->
         )
     if body.address is None and request.client is not None:
         body.address = request.client.host
-    await in_agent_thread(_record, request.app.state.sessions, host_name, body)
+    async with _report_lane:
+        await in_agent_thread(_record, request.app.state.sessions, host_name, body)
 
 
 def _record(sessions: sessionmaker[Session], host_name: str, body: ObservedState) -> None:
