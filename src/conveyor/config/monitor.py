@@ -49,7 +49,8 @@ class Monitor(Section):
     holdback_max: Percent = Field(
         default=HOLDBACK_SIZED_MAX,
         description="The most the holdback is raised to from the traffic measured when the "
-        "window starts (whole percents, 0% to 50%; at most `holdback`: never raised).",
+        "window starts (whole percents, 0% to 50%); one at most `holdback` keeps the "
+        "holdback as written.",
     )
 
     @field_validator("holdback", "holdback_max")
