@@ -135,6 +135,7 @@ def test_a_shared_blip_is_not_blamed_on_the_new_release_and_the_holdback_shows(
         d = judged_window(fleet, run_id)
         # the previous release keeps 20% on every host, in the API, the CLI and the page
         assert "20% held back on the previous release" in window(d)["name"], window(d)
+        assert "holdback raised from 5% to 20% (no traffic measured" in window(d)["log"]
         for host in HOSTS:
             assert fleet.routed(host) == {d["release"]: 80, v1["release"]: 20}
         shown = holdback(fleet)
