@@ -10,8 +10,10 @@ its first seconds (a cache or JIT warming up) is no worse; a bad release is wors
 start (in the tail alone, for one), or turns bad in the middle of the watch window.
 
 Judges, on streams from the same seed:
-  conveyor 5%   conveyor's judge, the window with `holdback: 5%` (the default)
-  conveyor 20%  the same with `holdback: 20%`: what a larger holdback buys in the window
+  conveyor      conveyor's judge with the defaults (`holdback: 5%, holdback_max: 20%`): the
+                window's holdback sized from the last canary step's traffic (deploy/sizing.py:
+                60 req/s on the previous release, 5% to 20%; 20% at 200 req/s)
+  conveyor 5%   the same with the holdback kept at 5% (`holdback_max: 5%`)
   conveyor 0%   the same with `holdback: 0%`: the window against the reference window
   Flagger 1m    the canary's last-minute error rate and p99 every minute against
                 ceilings from the reference (its rate + 0.5 pp, its p99 × 1.1), through
@@ -49,6 +51,7 @@ from bench.judge import (
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, observe, start_window
 from conveyor.config.environment import WARMUP
+from conveyor.deploy.sizing import sized_holdback
 from conveyor.protocol import ReleaseCounters
 
 LOOK = 2  # seconds between two looks (agents report every 2 s)
@@ -143,6 +146,11 @@ SCENARIOS = [
     ),
     Scenario("turns bad in the window: 5xx +5 pp", fault=Fault(errors=0.05, start=TURNS_BAD)),
     Scenario("turns bad in the window: 5xx +2 pp", fault=Fault(errors=0.02, start=TURNS_BAD)),
+    Scenario(
+        "turns bad in the window: 5xx +2 pp, 400 req/s",
+        W(rps=400.0),
+        Fault(errors=0.02, start=TURNS_BAD),
+    ),
     Scenario("turns bad in the window: latency x2", fault=Fault(slower=2.0, start=TURNS_BAD)),
 ]
 
@@ -326,11 +334,21 @@ def kayenta(d: Deployment) -> Outcome:
     return Outcome(None)
 
 
-JUDGES = ["conveyor 5%", "conveyor 20%", "conveyor 0%", "Flagger 1m", "Kayenta"]
+JUDGES = ["conveyor", "conveyor 5%", "conveyor 0%", "Flagger 1m", "Kayenta"]
+HOLDBACK, HOLDBACK_MAX = 5, 20  # monitor's defaults, in percent
 # +2 pp of 5xx gives at most ~5 nats a minute against a 5% holdback's 10 req/s, and the
 # threshold needs ~11 with the late epoch's share of the budget: caught, in minutes. Even
 # the best fixed-sample test, told the minute and given the whole 1%, catches only ~81%
-# in that minute (bench/judge_deploy.py's oracle below); a 20% holdback's 40 req/s do.
+# in that minute (bench/judge_deploy.py's oracle below); the sequential test, not told the
+# minute, needs some 60 req/s of control (deploy/sizing.py's CONTROL).
+
+
+def measured(d: Deployment) -> float:
+    """Requests a second of both releases over the last canary step, as the engine measures
+    them from that step's chart when the window begins."""
+    last = slice(REFERENCE + WINDOW_START - STEPS[-1][1], REFERENCE + WINDOW_START)
+    served = d.canary.requests[last].sum() + d.baseline.requests[last].sum()
+    return float(served) / STEPS[-1][1]
 
 
 def run(task: tuple[int, int, int]) -> tuple[int, dict[str, Outcome], int | None, int]:
@@ -339,14 +357,16 @@ def run(task: tuple[int, int, int]) -> tuple[int, dict[str, Outcome], int | None
     sequence = np.random.SeedSequence([seed, index, replicate])
     held = generate(scenario, sequence, 0.05)
     alone = generate(scenario, sequence, 0.0)
+    share = sized_holdback(measured(held), HOLDBACK, HOLDBACK_MAX)
+    sized = held if share == HOLDBACK else generate(scenario, sequence, share / 100)
     outcomes = {
+        "conveyor": conveyor(sized),
         "conveyor 5%": conveyor(held),
-        "conveyor 20%": conveyor(generate(scenario, sequence, 0.20)),
         "conveyor 0%": conveyor(alone),
         "Flagger 1m": flagger(alone),
         "Kayenta": kayenta(held),
     }
-    return index, outcomes, held.fault_at, int(held.canary.requests.sum())
+    return index, outcomes, held.fault_at, int(sized.canary.requests.sum())
 
 
 # -- reporting -------------------------------------------------------------------------
@@ -375,18 +395,23 @@ def _cell(outcomes: list[Outcome]) -> str:
 Row = tuple[dict[str, Outcome], int | None]
 
 
+def _ran(results: dict[int, list[Row]]) -> list[tuple[int, Scenario]]:
+    """The scenarios run (all but with --only), in their order."""
+    return [(i, SCENARIOS[i]) for i in sorted(results)]
+
+
 def report(results: dict[int, list[Row]], served: dict[int, list[int]]) -> None:
-    width = max(len(s.name) for s in SCENARIOS)
+    width = max(len(s.name) for _, s in _ran(results))
     head = f"{'scenario':<{width}}  {'seeds':>5}  {'canary req':>10}  " + "  ".join(
         f"{n:>14}" for n in JUDGES
     )
     print(head)
     print("-" * len(head))
-    for i, s in enumerate(SCENARIOS):
+    for i, s in _ran(results):
         rows = results[i]
         cells = "  ".join(f"{_cell([r[n] for r, _ in rows]):>14}" for n in JUDGES)
         print(f"{s.name:<{width}}  {len(rows):>5}  {statistics.mean(served[i]):>10,.0f}  {cells}")
-    identical = [i for i, s in enumerate(SCENARIOS) if not s.bad]
+    identical = [i for i, s in _ran(results) if not s.bad]
     together = []
     for name in JUDGES:
         outs = [r[name] for i in identical for r, _ in results[i]]
@@ -397,13 +422,13 @@ def report(results: dict[int, list[Row]], served: dict[int, list[int]]) -> None:
         "\ncells: share of seeds rolled back over the whole deployment (a false rollback on "
         "an identical release,\n       detection on a bad one) and the median canary "
         "requests served at the rollback;\n       'canary req': served in a whole deployment "
-        "(holdback 5%)"
+        "(the sized holdback)"
     )
     print(
         "\nturning bad in the window: the share caught within 60 s of the fault, and the "
         "median time to the rollback of those caught after it began:"
     )
-    for i, s in enumerate(SCENARIOS):
+    for i, s in _ran(results):
         if not s.turns_bad and not (s.fault and s.fault.random_in_window):
             continue
         cells = []
@@ -420,7 +445,7 @@ def report(results: dict[int, list[Row]], served: dict[int, list[int]]) -> None:
 
 
 def goals(results: dict[int, list[Row]]) -> None:
-    judge = "conveyor 5%"
+    judge = "conveyor"
 
     def count(i: int) -> tuple[int, int]:
         rows = results[i]
@@ -430,7 +455,7 @@ def goals(results: dict[int, list[Row]]) -> None:
         f"\ngoals, for {judge} (the default); 95% Clopper-Pearson bounds in brackets (PASS*: "
         "over 1% in this sample, not significantly)"
     )
-    for i, s in enumerate(SCENARIOS):
+    for i, s in _ran(results):
         k, n = count(i)
         if not s.bad:
             # above 1% in this sample but not significantly so (its 95% lower bound is
@@ -447,8 +472,8 @@ def goals(results: dict[int, list[Row]]) -> None:
                 f"  {'PASS' if ok else 'MISS'}  ≥ 99% detected, {s.name}: "
                 f"{100 * k / n:.1f}% ({k}/{n}) [≥ {100 * lower(k, n):.1f}%]"
             )
-    for name in (judge, "conveyor 20%"):
-        for i, s in enumerate(SCENARIOS):
+    for name in (judge, "conveyor 5%"):
+        for i, s in _ran(results):
             if not s.turns_bad or not s.normal_traffic:
                 continue
             rows = results[i]
@@ -464,7 +489,7 @@ def goals(results: dict[int, list[Row]]) -> None:
                 f"[≥ {100 * lower(quick, len(rows)):.1f}%]"
             )
     oracle()
-    identical = [i for i, s in enumerate(SCENARIOS) if not s.bad]
+    identical = [i for i, s in _ran(results) if not s.bad]
     k = sum(count(i)[0] for i in identical)
     n = sum(count(i)[1] for i in identical)
     print(
@@ -481,7 +506,7 @@ def oracle(rps: float = 200.0, before: float = 0.01, after: float = 0.03) -> Non
     from scipy.stats import binom, poisson
 
     cells = []
-    for holdback in (0.05, 0.10, 0.20):
+    for holdback in (0.05, 0.10, 0.20, 0.30):
         n_old, n_new = rps * holdback * 60, rps * (1 - holdback) * 60
         mean = n_old * before + n_new * after
         share = n_old * before / mean  # the holdback's share of the 5xx, turned bad
@@ -489,7 +514,7 @@ def oracle(rps: float = 200.0, before: float = 0.01, after: float = 0.03) -> Non
         cut = binom.ppf(0.01, events, holdback)
         cut = np.where(binom.cdf(cut, events, holdback) <= 0.01, cut, cut - 1)
         power = float((poisson.pmf(events, mean) * binom.cdf(cut, events, share)).sum())
-        cells.append(f"holdback {holdback:.0%} {100 * power:.0f}%")
+        cells.append(f"holdback {holdback:.0%} ({rps * holdback:.0f} req/s) {100 * power:.0f}%")
     print(
         f"  bound: 5xx {100 * before:g}% -> {100 * after:g}% at {rps:g} req/s, the best "
         "fixed-sample test of the holdback's\n         share of the minute's 5xx at 1% "
@@ -503,6 +528,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100, help="seeds per scenario")
     parser.add_argument("--quick", action="store_true", help="20 seeds per scenario: a smoke")
     parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--only", default="", help="the scenarios whose names contain this")
     args = parser.parse_args()
     seeds = 20 if args.quick else args.seeds
     print(
@@ -513,9 +539,10 @@ def main() -> None:
         f"latencies (median {MEDIAN_LATENCY * 1000:g} ms, sigma 0.75; heavy-tailed: 1 or 1.3); "
         f"blips last {BLIP} s; warm-up {WARMUP:g} s. {seeds} seeds a scenario.\n"
     )
-    tasks = [(args.seed, i, r) for i in range(len(SCENARIOS)) for r in range(seeds)]
-    results: dict[int, list[Row]] = {i: [] for i in range(len(SCENARIOS))}
-    served: dict[int, list[int]] = {i: [] for i in range(len(SCENARIOS))}
+    chosen = [i for i, s in enumerate(SCENARIOS) if args.only in s.name]
+    tasks = [(args.seed, i, r) for i in chosen for r in range(seeds)]
+    results: dict[int, list[Row]] = {i: [] for i in chosen}
+    served: dict[int, list[int]] = {i: [] for i in chosen}
     started = time.perf_counter()
     if args.workers == 1:
         found = map(run, tasks)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from bench.judge import Release, prom_quantile
 from bench.judge_deploy import (
+    HOLDBACK,
+    HOLDBACK_MAX,
     REFERENCE,
     SCENARIOS,
     SLOW_START,
@@ -16,7 +18,10 @@ from bench.judge_deploy import (
     T,
     conveyor,
     generate,
+    measured,
 )
+
+from conveyor.deploy.sizing import sized_holdback
 
 
 def by_name(name: str) -> Scenario:
@@ -100,3 +105,11 @@ def test_a_ramp_goes_where_it_says() -> None:
     start = total[REFERENCE : REFERENCE + 30].mean()
     end = total[-30:].mean()
     assert start == pytest.approx(400, rel=0.1) and end == pytest.approx(50, rel=0.15)
+
+
+def test_the_default_holdback_is_sized_from_the_last_canary_steps_traffic() -> None:
+    d = generate(by_name("identical, steady 1% 5xx"), seed(4), 0.05)
+    assert measured(d) == pytest.approx(200, rel=0.05)
+    assert sized_holdback(measured(d), HOLDBACK, HOLDBACK_MAX) == 20  # 60 req/s: 30%, at most 20
+    fast = generate(by_name("turns bad in the window: 5xx +2 pp, 400 req/s"), seed(5), 0.05)
+    assert sized_holdback(measured(fast), HOLDBACK, HOLDBACK_MAX) in (15, 16)  # 60 of ~400

@@ -516,8 +516,24 @@ def test_monitor_is_a_duration_or_a_duration_with_its_holdback(
 
 
 @pytest.mark.parametrize(
+    ("written", "most"),
+    [
+        ("15m", 20),  # 5%, raised up to 20% as the traffic when the window starts asks
+        ("{duration: 15m, holdback: 5%, holdback_max: 30%}", 30),
+        ("{duration: 15m, holdback: 30%}", 30),  # never below what is written
+        ("{duration: 15m, holdback_max: 5%}", 5),  # 5%, as written
+        ("{duration: 15m, holdback: 0%}", 0),  # none: nothing to raise
+    ],
+)
+def test_the_holdback_is_raised_at_most_to_holdback_max(written: str, most: int) -> None:
+    env = parse_config(BASE + f"    monitor: {written}\n").environments["production"]
+    assert env.monitor.holdback_max_weight == most
+
+
+@pytest.mark.parametrize(
     ("written", "message"),
     [
+        ("{duration: 15m, holdback_max: 60%}", "expected a whole percent of traffic from 0%"),
         ("{duration: 15m, holdback: 2.5%}", "expected a whole percent of traffic from 0% to 50%"),
         ("{duration: 15m, holdback: 60%}", "expected a whole percent of traffic from 0% to 50%"),
         ("{duration: 15m, holdback: 5}", "expected a percentage with a % sign"),

@@ -122,6 +122,17 @@ def test_the_watch_window_holds_back_a_share_on_the_previous_release_then_ends_i
         assert steps[1].targets["web-1"] == rw(new=100) and steps[1].pause == 0
 
 
+@pytest.mark.parametrize(
+    ("holdback", "most", "option"),
+    [(5, 20, 20), (20, 5, 20), (0, 20, 0)],  # at least the holdback; none without one
+)
+def test_the_window_carries_the_most_its_holdback_may_be_raised_to(
+    holdback: int, most: int, option: int
+) -> None:
+    c = ctx(2, monitor=900.0, holdback=holdback, holdback_max=most, analyse=True)
+    assert c.monitor_steps()[0].options()["holdback_max"] == option
+
+
 def test_a_first_deployment_has_nothing_to_hold_back() -> None:
     steps = ctx(2, first=True, monitor=60.0, holdback=5).monitor_steps()
     assert [(s.kind, s.weight) for s in steps] == [("monitor", 100)]

@@ -5,6 +5,12 @@ window the previous release, still warm, keeps `holdback` of the traffic on ever
 host, so that the judge compares the new release with what the previous one serves
 at the same time on the same hosts (trouble shared by both cancels out); at the end
 of the window the holdback goes to 0.
+
+The share is sized when the window starts (deploy/sizing.py): raised from `holdback`
+toward `holdback_max` (20% by default) so that the previous release serves 60 requests
+a second of the traffic measured then, what the judge needs to catch a release turning
+2 points of 5xx worse within about a minute (`make bench-judge`). `holdback_max: 5%`
+(or any share at most `holdback`) keeps the share as written.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from conveyor.config.durations import (
 
 HOLDBACK = 0.05  # the default share of traffic the previous release keeps during the window
 HOLDBACK_MAX = 0.5  # beyond half, the "new" release would not be the one serving
+# the default ceiling of a holdback sized from the traffic when the window starts
+HOLDBACK_SIZED_MAX = 0.2
 
 
 class Monitor(Section):
@@ -34,10 +42,18 @@ class Monitor(Section):
     holdback: Percent = Field(
         default=HOLDBACK,
         description="The previous release's share of traffic during the window (whole "
-        "percents, 0% to 50%); 0% compares with a window measured before the deployment.",
+        "percents, 0% to 50%); 0% compares with a window measured before the deployment. "
+        "When the window starts it is raised, up to holdback_max, so that the previous "
+        "release serves enough requests for the judge to catch trouble within a minute.",
+    )
+    holdback_max: Percent = Field(
+        default=HOLDBACK_SIZED_MAX,
+        description="The most the holdback is raised to from the traffic measured when the "
+        "window starts (whole percents, 0% to 50%); one at most `holdback` keeps the "
+        "holdback as written.",
     )
 
-    @field_validator("holdback")
+    @field_validator("holdback", "holdback_max")
     @classmethod
     def _whole_percent(cls, holdback: float) -> float:
         percent = round(holdback * 100)
@@ -52,6 +68,13 @@ class Monitor(Section):
     def holdback_weight(self) -> int:
         """The previous release's router weight during the window (percent of traffic)."""
         return round(self.holdback * 100) if self.duration > 0 else 0
+
+    @property
+    def holdback_max_weight(self) -> int:
+        """The most the holdback's weight is raised to when the window starts (0: none)."""
+        if self.holdback_weight == 0:
+            return 0
+        return max(self.holdback_weight, round(self.holdback_max * 100))
 
     def __bool__(self) -> bool:
         return self.duration > 0
@@ -76,14 +99,16 @@ MonitorSetting = Annotated[
                     "properties": {
                         "duration": _DURATION_SCHEMA,
                         "holdback": {"type": "string", "pattern": PERCENT_PATTERN},
+                        "holdback_max": {"type": "string", "pattern": PERCENT_PATTERN},
                     },
                     "additionalProperties": False,
                 },
             ],
             "description": "The watch window after a deployment: a duration (15m), or "
-            "{duration: 15m, holdback: 5%} where holdback is the previous release's share "
-            "of traffic meanwhile (default 5%, 0% for none).",
-            "examples": ["15m", {"duration": "15m", "holdback": "5%"}],
+            "{duration: 15m, holdback: 5%, holdback_max: 20%} where holdback is the previous "
+            "release's share of traffic meanwhile (default 5%, 0% for none), raised when the "
+            "window starts up to holdback_max (default 20%) for 60 req/s of the traffic then.",
+            "examples": ["15m", {"duration": "15m", "holdback": "5%", "holdback_max": "20%"}],
         },
         mode="validation",
     ),

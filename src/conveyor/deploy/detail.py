@@ -28,6 +28,7 @@ class StepOptions(BaseModel):
     preview: bool = False  # ... through the preview header (blue-green)
     pause: float = 0.0  # seconds watched once converged (a canary step, the watch window)
     analyse: bool = False  # the judge looks at the release's counters during the pause
+    holdback_max: int = 0  # a watch window: the most its holdback is raised to as it begins
 
 
 class SeriesStart(BaseModel):

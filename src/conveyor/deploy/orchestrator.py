@@ -31,6 +31,7 @@ from conveyor.deploy.gates import environment
 from conveyor.deploy.infrachecking import InfraChecking
 from conveyor.deploy.ledger import CRASH_ENV, load_targets
 from conveyor.deploy.records import ACTING, PENDING, create_contracts
+from conveyor.deploy.sizing import size_window
 from conveyor.deploy.starting import Starter
 from conveyor.deploy.verifying import Verifier
 from conveyor.deploy.watching import Watcher
@@ -38,6 +39,7 @@ from conveyor.store import leases
 from conveyor.store.cluster import alive
 from conveyor.store.leases import Held, fenced
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, utcnow
+from conveyor.store.steps import append_log
 from conveyor.threads import in_thread
 
 log = logging.getLogger("conveyor.deploy")
@@ -265,6 +267,10 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
             return step.kind, step.id, env
 
     def _begin_step(self, session: Session, d: Deployment, step: DeploymentStep) -> bool:
+        # a watch window's holdback, sized from the traffic now, goes with the same commit
+        sized = size_window(d, step)
+        if sized is not None:
+            append_log(session, step.id, [sized])
         targets = load_targets(step.targets)
         generations: dict[str, int] = {}
         app = session.get_one(App, d.app_id)

@@ -31,6 +31,7 @@ class PlannedStep:
     preview: bool = False  # ... addressed to the new release through the preview header
     pause: float = 0.0  # canary: watch this long once converged
     analyse: bool = False  # canary: judge the new release's counters during the pause
+    holdback_max: int = 0  # monitor: the most its holdback is raised to when it begins
 
     def options(self) -> dict[str, object]:
         return {
@@ -38,6 +39,7 @@ class PlannedStep:
             "preview": self.preview,
             "pause": self.pause,
             "analyse": self.analyse,
+            "holdback_max": self.holdback_max,
         }
 
 
@@ -58,6 +60,7 @@ class Context:
     verify_previous: bool = False  # the environment has verify checks to run on the old release
     monitor: float = 0.0  # the watch window after 100%
     holdback: int = 0  # percent of traffic the previous release keeps during the window
+    holdback_max: int = 0  # ... at most, once sized from the traffic when the window begins
 
     def serving(self, host: str) -> str | None:
         """The release taking most traffic on a host before the deployment, if any."""
@@ -144,7 +147,7 @@ class Context:
         held = self.holdback > 0 and any(
             (old := self.serving(h)) is not None and old != self.release for h in self.hosts
         )
-        share = f", {self.holdback}% held back on the previous release" if held else ""
+        share = held_back(self.holdback) if held else ""
         steps = [
             PlannedStep(
                 "monitor",
@@ -153,6 +156,7 @@ class Context:
                 weight=100 - self.holdback if held else 100,
                 pause=self.monitor,
                 analyse=self.analyse,
+                holdback_max=max(self.holdback, self.holdback_max) if held else 0,
             )
         ]
         if held:
@@ -165,6 +169,12 @@ class Context:
                 )
             )
         return steps
+
+
+def held_back(share: int, rps: float | None = None) -> str:
+    """The end of a watch window step's name: its holdback (and the traffic it was sized to)."""
+    sized = f", sized to {rps:.0f} req/s" if rps is not None else ""
+    return f", {share}% held back on the previous release{sized}"
 
 
 def rollback_targets(previous: Targets, touched: list[str]) -> Targets:

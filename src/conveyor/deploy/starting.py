@@ -351,6 +351,7 @@ def _context(
         monitor=env.monitor.duration,
         # the holdback is what the comparison compares with: none without one
         holdback=env.monitor.holdback_weight if compares else 0,
+        holdback_max=env.monitor.holdback_max_weight if compares else 0,
     )
 
 
