@@ -66,7 +66,10 @@ class Zygote:
     """One per test process (xdist worker), started at its first use."""
 
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in IMPORT_TIME_ENV}
+        # without COLUMNS and LINES: rich's consoles, made at import, then read them at
+        # each use (given at import, they keep that width for good)
+        dropped = (*IMPORT_TIME_ENV, "COLUMNS", "LINES")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "testbed.zygote"],

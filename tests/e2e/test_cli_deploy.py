@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,8 +134,19 @@ def test_deploy_approve_rollback_status_and_history(fleet: Fleet) -> None:
     follow = background(server, "deploy", "sample", "production", "--follow")
     held = deployment(server, "production", states=("waiting",), trigger="api")
     assert held["release"] == v1
+    # approved once the follower has shown the wait (it looks twice a second)
+    printed: list[str] = []
+    assert follow.stdout is not None
+    reader = threading.Thread(target=printed.extend, args=(follow.stdout,), daemon=True)
+    reader.start()
+    wait_for(lambda: any("waiting for approval" in line for line in printed), timeout=30)
     assert server.cli("approve", str(run)).returncode == 0
-    stdout, stderr = follow.communicate(timeout=120)
+    follow.wait(timeout=120)
+    reader.join(timeout=10)
+    assert follow.stderr is not None
+    stdout, stderr = "".join(printed), follow.stderr.read()
+    follow.stdout.close()
+    follow.stderr.close()
     assert follow.returncode == 0, stdout + stderr
     assert f"waiting for approval: conveyor approve {run}" in stdout
     for line in ("step 1/3 batch 1/2: web-1", "step 2/3 batch 2/2: web-2", "step 3/3 verify"):

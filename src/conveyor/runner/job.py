@@ -89,7 +89,7 @@ class Job:
         return response
 
     def _check(self, response: httpx.Response) -> None:
-        if response.status_code == 409:
+        if response.status_code in (404, 409):  # gone (its app removed) or no longer ours
             self.lost.set()
             raise Lost(_detail(response))
         if response.status_code >= 400:

@@ -35,7 +35,7 @@ from conveyor.releases.artifact import BuiltArtifact
 from conveyor.server.auth import RunnerCaller, Viewer
 from conveyor.server.deps import RecordId, SessionDep
 from conveyor.server.edge import responses
-from conveyor.store.models import Run, Runner, utcnow
+from conveyor.store.models import Run, Runner, Step, utcnow
 from conveyor.threads import in_thread
 
 router = APIRouter(prefix="/api", tags=["runners"])
@@ -75,6 +75,23 @@ def _lost(what: str, claim: tuple[str, int]) -> HTTPException:
         f"{what} is no longer runner {runner}'s at attempt {attempt} (it ended, was aborted "
         "or was retried after the runner stopped answering): stop working on it",
     )
+
+
+async def _refused(
+    request: Request, model: type[Run] | type[Step], record_id: int, claim: tuple[str, int]
+) -> HTTPException:
+    """Why a claim's request is refused: 404 for a run or step that does not exist, 409
+    for one that is no longer this runner's."""
+    engine = _engine(request)
+    what = f"{'run' if model is Run else 'step'} {record_id}"
+
+    def exists() -> bool:
+        with engine.sessions() as session:
+            return session.get(model, record_id) is not None
+
+    if not await in_thread(exists):
+        return HTTPException(404, f"no {what}")
+    return _lost(what, claim)
 
 
 @router.post(
@@ -134,7 +151,7 @@ async def _held(request: Request, run_id: int, claim: tuple[str, int]) -> Run:
 
     run = await in_thread(read)
     if run is None:
-        raise _lost(f"run {run_id}", claim)
+        raise await _refused(request, Run, run_id, claim)
     return run
 
 
@@ -146,10 +163,10 @@ async def _step(request: Request, step_id: int, claim: tuple[str, int]) -> None:
             return handoff.step_of(session, step_id, *claim) is not None
 
     if not await in_thread(read):
-        raise _lost(f"step {step_id}", claim)
+        raise await _refused(request, Step, step_id, claim)
 
 
-@router.post("/runner/runs/{run_id}/heartbeat", status_code=204, responses=responses(409))
+@router.post("/runner/runs/{run_id}/heartbeat", status_code=204, responses=responses(404, 409))
 async def heartbeat(run_id: RecordId, request: Request, _: RunnerCaller, claim: Claimed) -> None:
     """Keep the run this runner's; 409 once it is not (aborted, retried elsewhere)."""
     engine = _engine(request)
@@ -159,10 +176,10 @@ async def heartbeat(run_id: RecordId, request: Request, _: RunnerCaller, claim: 
             return handoff.heartbeat(session, run_id, *claim)
 
     if not await in_thread(beat):
-        raise _lost(f"run {run_id}", claim)
+        raise await _refused(request, Run, run_id, claim)
 
 
-@router.get("/runner/runs/{run_id}/source", responses=responses(409))
+@router.get("/runner/runs/{run_id}/source", responses=responses(404, 409))
 async def source(run_id: RecordId, request: Request, _: RunnerCaller, claim: Claimed) -> Any:
     """The run's commit as a .tar.gz (`git archive` of the server's mirror of the app)."""
     await _held(request, run_id, claim)
@@ -187,13 +204,13 @@ def _source(engine: RunnerDispatch, run_id: int) -> tuple[RunContext, str]:
         return engine.context_in(session, run_id), handoff.source_sha(session, run)
 
 
-@router.post("/runner/steps/{step_id}/start", status_code=204, responses=responses(409))
+@router.post("/runner/steps/{step_id}/start", status_code=204, responses=responses(404, 409))
 async def step_start(step_id: RecordId, request: Request, _: RunnerCaller, claim: Claimed) -> None:
     await _step(request, step_id, claim)
     await _engine(request).step_started(step_id, claim[0])
 
 
-@router.post("/runner/steps/{step_id}/log", status_code=204, responses=responses(409, 413))
+@router.post("/runner/steps/{step_id}/log", status_code=204, responses=responses(404, 409, 413))
 async def step_log(step_id: RecordId, request: Request, _: RunnerCaller, claim: Claimed) -> None:
     """Append masked text (the body, UTF-8) to the step's log."""
     body = await request.body()
@@ -203,7 +220,7 @@ async def step_log(step_id: RecordId, request: Request, _: RunnerCaller, claim: 
     await _engine(request).step_log(step_id, body.decode("utf-8", errors="replace"))
 
 
-@router.post("/runner/steps/{step_id}/end", status_code=204, responses=responses(409))
+@router.post("/runner/steps/{step_id}/end", status_code=204, responses=responses(404, 409))
 async def step_end(
     step_id: RecordId, body: StepEnd, request: Request, _: RunnerCaller, claim: Claimed
 ) -> None:
@@ -211,7 +228,7 @@ async def step_end(
     await _engine(request).step_ended(step_id, body)
 
 
-@router.post("/runner/runs/{run_id}/end", status_code=204, responses=responses(409))
+@router.post("/runner/runs/{run_id}/end", status_code=204, responses=responses(404, 409))
 async def run_end(
     run_id: RecordId, body: RunEnd, request: Request, _: RunnerCaller, claim: Claimed
 ) -> None:
@@ -220,7 +237,7 @@ async def run_end(
     await _engine(request).run_ended(run_id, body)
 
 
-@router.put("/runner/runs/{run_id}/artifact", status_code=201, responses=responses(409, 422))
+@router.put("/runner/runs/{run_id}/artifact", status_code=201, responses=responses(404, 409, 422))
 async def upload_artifact(
     run_id: RecordId, request: Request, caller: RunnerCaller, claim: Claimed
 ) -> ArtifactAccepted:
