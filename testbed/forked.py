@@ -84,7 +84,8 @@ class Zygote:
         self.answers: dict[int, dict[str, Any]] = {}
         self.cpu = 0.0  # seconds of CPU of the children that ended
         self.ids = itertools.count()
-        threading.Thread(target=self._read, name="zygote", daemon=True).start()
+        self.reader = threading.Thread(target=self._read, name="zygote", daemon=True)
+        self.reader.start()
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -96,6 +97,9 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(timeout=10)  # it reads to the end, then the pipe is closed
+        if self.proc.stdout is not None and not self.reader.is_alive():
+            self.proc.stdout.close()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
