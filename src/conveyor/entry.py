@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -22,6 +22,9 @@ from rich.markup import escape
 from conveyor.cli.client import fail
 from conveyor.cli.main import app
 from conveyor.systemd.command import service_cli
+
+if TYPE_CHECKING:
+    from conveyor.tls import ServerTrust
 
 __all__ = ["app", "main"]
 
@@ -257,22 +260,13 @@ def agent(
         token = _read_token_file(token_file)
     from conveyor.agent.exporter import ExporterError, parse_address
     from conveyor.agent.main import run_agent
-    from conveyor.tls import ServerTrust, TrustError
 
     if metrics is not None:
         try:
             parse_address(metrics)
         except ExporterError as exc:
             fail(str(exc), 2)
-    try:
-        trust = ServerTrust.of(ca, server_fingerprint)
-        servers = [url.strip() for value in server for url in value.split(",") if url.strip()]
-        if not servers:
-            fail("--server: give the URL of at least one server", 2)
-        for url in servers:
-            trust.check_url(url)
-    except TrustError as exc:
-        fail(escape(str(exc)), 2)
+    trust, servers = _servers(server, ca, server_fingerprint)
     raise typer.Exit(
         run_agent(
             server=servers,
@@ -289,6 +283,24 @@ def agent(
             acme_ca=str(acme_ca) if acme_ca else None,
         )
     )
+
+
+def _servers(
+    server: list[str], ca: Path | None, fingerprint: str | None
+) -> tuple[ServerTrust, list[str]]:
+    """--server (repeated or comma-separated URLs) and the trust they are reached with."""
+    from conveyor.tls import ServerTrust, TrustError
+
+    try:
+        trust = ServerTrust.of(ca, fingerprint)
+        servers = [url.strip() for value in server for url in value.split(",") if url.strip()]
+        if not servers:
+            fail("--server: give the URL of at least one server", 2)
+        for url in servers:
+            trust.check_url(url)
+    except TrustError as exc:
+        fail(escape(str(exc)), 2)
+    return trust, servers
 
 
 def _read_token_file(path: Path) -> str:
@@ -349,7 +361,6 @@ def runner_cmd(
 
     from conveyor.config.values import APP_NAME_PATTERN
     from conveyor.runner.main import run_runner
-    from conveyor.tls import ServerTrust, TrustError
 
     if token_file is not None:
         token = _read_token_file(token_file)
@@ -362,15 +373,7 @@ def runner_cmd(
     runner_name = name or socket.gethostname()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", runner_name):
         fail(f"--name {runner_name!r}: letters, digits, '.', '_' and '-' only", 2)
-    try:
-        trust = ServerTrust.of(ca, None)
-        servers = [url.strip() for value in server for url in value.split(",") if url.strip()]
-        if not servers:
-            fail("--server: give the URL of at least one server", 2)
-        for url in servers:
-            trust.check_url(url)
-    except TrustError as exc:
-        fail(escape(str(exc)), 2)
+    trust, servers = _servers(server, ca, None)
     verify: Any = trust.context() if trust.private else True
     raise typer.Exit(run_runner(servers, token, runner_name, wanted, work, verify, bind))
 

@@ -162,6 +162,11 @@ def find_step_processes(markers: set[str]) -> list[int]:
     stop them even when it died before recording their pid.
     """
     wanted = {f"{STEP_MARKER}={m}".encode() for m in markers}
+    return processes_whose_env(lambda env: bool(wanted.intersection(env)))
+
+
+def processes_whose_env(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of the processes whose environment (/proc/PID/environ's items) `match`es."""
     found: list[int] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -171,7 +176,7 @@ def find_step_processes(markers: set[str]) -> list[int]:
                 env = fh.read().split(b"\0")
         except OSError:
             continue
-        if wanted.intersection(env):
+        if match(env):
             found.append(int(entry.name))
     return found
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from conveyor.logs import setup_logging
-from conveyor.pipeline.process import STEP_MARKER, kill_processes
+from conveyor.pipeline.process import (
+    STEP_MARKER,
+    kill_processes,
+    processes_whose_env,
+    step_marker,
+)
 from conveyor.protocol.runners import CLAIM_WAIT, RunnerJob
 from conveyor.runner.job import Job
 from conveyor.runner.link import Link, Unreachable
@@ -95,25 +98,14 @@ class Runner:
 def stop_leftovers(work: Path) -> None:
     """Kill the step processes a killed runner on this work directory left running."""
     prefix = f"{STEP_MARKER}={_marker_key(work)}-".encode()
-    found: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if any(item.startswith(prefix) for item in env):
-            found.append(int(entry.name))
+    found = processes_whose_env(lambda env: any(item.startswith(prefix) for item in env))
     if found:
         log.warning("stopping steps a previous runner left running", extra={"pids": found})
         kill_processes(found)
 
 
 def _marker_key(work: Path) -> str:
-    # as pipeline/process.step_marker makes it
-    return hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
+    return step_marker(work, 0).rsplit("-", 1)[0]  # the work directory's part of the marker
 
 
 def run_runner(
