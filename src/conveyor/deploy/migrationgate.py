@@ -15,69 +15,21 @@ the old release went cold, are not deployments the artifact gate sees.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shlex
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.config import Config
+from conveyor.config.migrationhash import command_files as command_files
+from conveyor.config.migrationhash import commands as commands
+from conveyor.config.migrationhash import migration_hash as migration_hash
 from conveyor.sqllint.sources import SQL_DIGEST_ENV as SQL_DIGEST_ENV
 from conveyor.store.models import Deployment, DeploymentStep
 
 Phase = Literal["expand", "contract"]
 # the deployment step kind that runs each phase
 STEP_KIND: dict[Phase, str] = {"expand": "migrate", "contract": "contract"}
-
-
-def commands(config: Config) -> dict[str, str]:
-    """The migration commands of a config, by what runs them."""
-    m = config.migrations
-    found = {"expand": config.expand_command, "contract": m.contract, "backup": m.backup}
-    return {k: v for k, v in found.items() if v}
-
-
-def command_files(config: Config) -> list[str]:
-    """The files of the tree the commands run, as written (`./bin/migrate`, `bin/x.sh`):
-    each command's first word when it is a relative path."""
-    out = []
-    for command in commands(config).values():
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            continue
-        first = words[0] if words else ""
-        if "/" in first and not first.startswith(("/", "~", "$")):
-            out.append(first)
-    return sorted(set(out))
-
-
-def migration_hash(
-    config: Config, *, sql: str | None, files: Mapping[str, str | None], artifact: str
-) -> str | None:
-    """The content hash of a release's migrations (None: it has none).
-
-    `sql`: sources_digest of what `migrations.sql` prints or lists (None without it);
-    `files`: command_files -> sha256 of each (None: not in the tree); `artifact`: the
-    release's sha256, which stands for what the commands read when there is no `sql`.
-    """
-    run = commands(config)
-    if "expand" not in run and "contract" not in run:
-        return None
-    m = config.migrations
-    content = {
-        "commands": run,
-        "lock_timeout": m.lock_timeout,
-        "statement_timeout": m.statement_timeout,
-        "files": dict(sorted(files.items())),
-        "sql": sql if m.sql is not None else None,
-        "artifact": artifact if m.sql is None or sql is None else None,
-    }
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def short(digest: str) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
-from conveyor.deploy.migrationgate import migration_hash
+from conveyor.config.migrationhash import migration_hash
 from conveyor.pipeline import handoff
 from conveyor.pipeline.records import RunContext, RunRecords
 from conveyor.protocol.runners import ArtifactFacts, JobStep, RunEnd, RunnerJob, StepEnd

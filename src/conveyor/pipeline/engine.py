@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import Config, ConfigError, load_config
-from conveyor.deploy.migrationgate import SQL_DIGEST_ENV, command_files, migration_hash
+from conveyor.config.migrationhash import command_files, migration_hash
 from conveyor.pipeline import git
 from conveyor.pipeline.claims import hold_run, orphaned_runs
 from conveyor.pipeline.dispatching import RunnerDispatch
@@ -47,6 +47,7 @@ from conveyor.pipeline.runs import (
 )
 from conveyor.releases.artifact import ArtifactError, build_artifact
 from conveyor.releases.store import ArtifactStore
+from conveyor.sqllint.sources import SQL_DIGEST_ENV
 from conveyor.store.cluster import Cluster
 from conveyor.store.models import App, Run, utcnow
 from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded

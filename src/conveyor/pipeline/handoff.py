@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
-from conveyor.deploy.migrationgate import command_files
+from conveyor.config.migrationhash import command_files
 from conveyor.pipeline.runs import INTERRUPTED, MAX_ATTEMPTS, end_unfinished_steps
 from conveyor.store.models import PullRequestRun, Run, Runner, Step, utcnow
 
