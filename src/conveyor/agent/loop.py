@@ -459,8 +459,6 @@ class Reconciler:
         self.changed.set()
         self.wake.set()
 
-    # -- what is reported ------------------------------------------------------
-
     def _migration(self, app: str, release: str) -> MigrationResult | None:
         """The migration the desired state asks of a release; None when it asks for none."""
         spec = self._desired_release(app, release)
