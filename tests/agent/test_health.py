@@ -26,7 +26,8 @@ async def test_500_forever_times_out_with_the_last_status(http_server: HttpServe
     assert not result.ok
     assert 0.8 <= elapsed < 1.5
     assert result.status == 500 and result.aborted is None
-    assert 5 <= result.attempts <= 10
+    # retried at its interval until the timeout: never faster; a busy machine may fit fewer
+    assert 2 <= result.attempts <= 10
     assert result.detail.endswith("last check: HTTP 500")
 
 
