@@ -10,9 +10,10 @@ its first seconds (a cache or JIT warming up) is no worse; a bad release is wors
 start (in the tail alone, for one), or turns bad in the middle of the watch window.
 
 Judges, on streams from the same seed:
-  conveyor      conveyor's judge with the defaults (`holdback: 5%, holdback_max: 20%`): the
+  conveyor      conveyor's judge with the defaults (`holdback: 5%, holdback_max: 30%`): the
                 window's holdback sized from the last canary step's traffic (deploy/sizing.py:
-                60 req/s on the previous release, 5% to 20%; 20% at 200 req/s)
+                60 req/s on the previous release, 5% to 30%; 30% at 200 req/s), its tests'
+                epochs spread over the deployment's planned minutes (14)
   conveyor 5%   the same with the holdback kept at 5% (`holdback_max: 5%`)
   conveyor 0%   the same with `holdback: 0%`: the window against the reference window
   Flagger 1m    the canary's last-minute error rate and p99 every minute against
@@ -50,7 +51,10 @@ from bench.judge import (
 )
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, observe, start_window
+from conveyor.analysis.judge_state import planned_epochs
 from conveyor.config.environment import WARMUP
+from conveyor.config.monitor import HOLDBACK as MONITOR_HOLDBACK
+from conveyor.config.monitor import HOLDBACK_SIZED_MAX
 from conveyor.deploy.sizing import sized_holdback
 from conveyor.protocol import ReleaseCounters
 
@@ -62,7 +66,13 @@ WINDOW_START = sum(s for _, s in STEPS)
 T = WINDOW_START + WINDOW
 TURNS_BAD = WINDOW_START + 330  # a release turning bad does so 5½ minutes into the window
 BLIP = 5  # seconds a shared blip lasts
-SETTINGS = Settings(compare=True, margin=MARGIN, warmup=WARMUP)
+# the engine plans the epochs from the deployment's judged steps: 2 + 2 + 10 here
+SETTINGS = Settings(
+    compare=True,
+    margin=MARGIN,
+    warmup=WARMUP,
+    planned=planned_epochs([*(seconds for _, seconds in STEPS), WINDOW]),
+)
 SLOW_START = 5  # seconds a release warming up is slow for, from its first request
 KAYENTA_EVERY = 300  # seconds of the window per Kayenta judgement
 
@@ -335,7 +345,8 @@ def kayenta(d: Deployment) -> Outcome:
 
 
 JUDGES = ["conveyor", "conveyor 5%", "conveyor 0%", "Flagger 1m", "Kayenta"]
-HOLDBACK, HOLDBACK_MAX = 5, 20  # monitor's defaults, in percent
+# monitor's defaults, in percent
+HOLDBACK, HOLDBACK_MAX = round(MONITOR_HOLDBACK * 100), round(HOLDBACK_SIZED_MAX * 100)
 # +2 pp of 5xx gives at most ~5 nats a minute against a 5% holdback's 10 req/s, and the
 # threshold needs ~11 with the late epoch's share of the budget: caught, in minutes. Even
 # the best fixed-sample test, told the minute and given the whole 1%, catches only ~81%
@@ -412,12 +423,15 @@ def report(results: dict[int, list[Row]], served: dict[int, list[int]]) -> None:
         cells = "  ".join(f"{_cell([r[n] for r, _ in rows]):>14}" for n in JUDGES)
         print(f"{s.name:<{width}}  {len(rows):>5}  {statistics.mean(served[i]):>10,.0f}  {cells}")
     identical = [i for i, s in _ran(results) if not s.bad]
-    together = []
-    for name in JUDGES:
-        outs = [r[name] for i in identical for r, _ in results[i]]
-        together.append(f"{_cell(outs):>14}")
-    n = sum(len(results[i]) for i in identical)
-    print(f"{'identical scenarios together':<{width}}  {n:>5}  {'':>10}  " + "  ".join(together))
+    if identical:  # none when --only chose bad scenarios alone
+        together = []
+        for name in JUDGES:
+            outs = [r[name] for i in identical for r, _ in results[i]]
+            together.append(f"{_cell(outs):>14}")
+        n = sum(len(results[i]) for i in identical)
+        print(
+            f"{'identical scenarios together':<{width}}  {n:>5}  {'':>10}  " + "  ".join(together)
+        )
     print(
         "\ncells: share of seeds rolled back over the whole deployment (a false rollback on "
         "an identical release,\n       detection on a bad one) and the median canary "
@@ -490,6 +504,8 @@ def goals(results: dict[int, list[Row]]) -> None:
             )
     oracle()
     identical = [i for i, s in _ran(results) if not s.bad]
+    if not identical:
+        return
     k = sum(count(i)[0] for i in identical)
     n = sum(count(i)[1] for i in identical)
     print(

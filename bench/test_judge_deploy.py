@@ -110,6 +110,6 @@ def test_a_ramp_goes_where_it_says() -> None:
 def test_the_default_holdback_is_sized_from_the_last_canary_steps_traffic() -> None:
     d = generate(by_name("identical, steady 1% 5xx"), seed(4), 0.05)
     assert measured(d) == pytest.approx(200, rel=0.05)
-    assert sized_holdback(measured(d), HOLDBACK, HOLDBACK_MAX) == 20  # 60 req/s: 30%, at most 20
+    assert sized_holdback(measured(d), HOLDBACK, HOLDBACK_MAX) == 30  # 60 req/s of 200: 30%
     fast = generate(by_name("turns bad in the window: 5xx +2 pp, 400 req/s"), seed(5), 0.05)
     assert sized_holdback(measured(fast), HOLDBACK, HOLDBACK_MAX) in (15, 16)  # 60 of ~400

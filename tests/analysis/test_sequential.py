@@ -19,7 +19,8 @@ from conveyor.analysis.judge import (
     replay,
     slow_bound,
 )
-from conveyor.analysis.sequential import ALPHA, EProcess, Tally
+from conveyor.analysis.judge_state import planned_epochs
+from conveyor.analysis.sequential import ALPHA, EProcess, Tally, epoch_weight
 from conveyor.protocol import LATENCY_BUCKETS, LEGACY_LATENCY_BUCKETS, ReleaseCounters
 
 BOUNDS = np.array(LATENCY_BUCKETS)
@@ -279,3 +280,53 @@ def test_observe_leaves_the_state_it_was_given_as_it_was() -> None:
         assert state.model_dump() == before
         state = following
     assert state.errors.batches > 0 and state.latency_p95.batches > 0
+
+
+@pytest.mark.parametrize(
+    ("k", "planned", "weight"),
+    [
+        (0, 0, 0.75),
+        (1, 0, 0.125),  # 1/(4·1·2)
+        (9, 0, 1 / 360),  # 1/(4·9·10): a late epoch, unplanned
+        (0, 14, 0.75),  # planned or not, the first epoch weighs as much
+        (1, 14, 0.25 * 0.8 / 13),
+        (13, 14, 0.25 * 0.8 / 13),  # the plan's last epoch: as much as its second
+        (14, 14, 0.25 * 0.2 / 2),  # beyond the plan: the remainder, decaying
+        (15, 14, 0.25 * 0.2 / 6),
+        (1, 1, 0.125),  # a plan of one epoch spreads nothing
+    ],
+)
+def test_an_epochs_weight(k: int, planned: int, weight: float) -> None:
+    assert epoch_weight(k, planned) == pytest.approx(weight)
+
+
+@pytest.mark.parametrize("planned", [0, 2, 3, 14, 100])
+def test_the_epochs_weights_add_up_to_one_at_most(planned: int) -> None:
+    # what keeps the mixture an e-process: Ville's bound holds for the whole deployment
+    total = sum(epoch_weight(k, planned) for k in range(100_000))
+    assert 0.999 < total <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("pauses", "epochs"),
+    [
+        ([], 0),
+        ([120, 120, 600], 14),  # two 2-minute canary steps and a 10-minute window
+        ([25], 1),
+        ([60, 61], 3),
+        ([0, 300], 5),  # a step with no pause is not judged
+    ],
+)
+def test_the_epochs_a_deployment_plans(pauses: list[float], epochs: int) -> None:
+    assert planned_epochs(pauses) == epochs
+
+
+def test_a_regression_late_in_a_planned_window_needs_less_evidence() -> None:
+    def log_threshold_gap(planned: int) -> float:
+        e = EProcess(alpha=0.01, planned=planned)
+        for _ in range(10):  # ten epochs of a healthy release: the mixture sank
+            e = e._with(-50.0).begin_epoch()
+        assert e.log_e is not None
+        return math.log(e.threshold) - e.log_e
+
+    assert log_threshold_gap(14) < log_threshold_gap(0) - 1.0  # over a nat less to find

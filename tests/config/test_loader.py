@@ -518,8 +518,8 @@ def test_monitor_is_a_duration_or_a_duration_with_its_holdback(
 @pytest.mark.parametrize(
     ("written", "most"),
     [
-        ("15m", 20),  # 5%, raised up to 20% as the traffic when the window starts asks
-        ("{duration: 15m, holdback: 5%, holdback_max: 30%}", 30),
+        ("15m", 30),  # 5%, raised up to 30% as the traffic when the window starts asks
+        ("{duration: 15m, holdback: 5%, holdback_max: 20%}", 20),
         ("{duration: 15m, holdback: 30%}", 30),  # never below what is written
         ("{duration: 15m, holdback_max: 5%}", 5),  # 5%, as written
         ("{duration: 15m, holdback: 0%}", 0),  # none: nothing to raise

@@ -89,7 +89,7 @@ def observe(state: JudgeState, look: Look, settings: Settings) -> JudgeState:
     # one in place (it builds new counters and tests), so old and new may share them
     s = state.model_copy()
     if s.looks == 0:
-        s = with_budget(s, settings.false_alarms)
+        s = with_budget(s, settings.false_alarms, settings.planned)
     s.looks += 1
     canary, baseline = look.canary, look.baseline
     if s.looks == 1 and look.reference is not None:

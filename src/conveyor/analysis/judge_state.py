@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,9 @@ class Settings:
     # the chance the comparisons ever fail an identical release over a whole deployment
     false_alarms: float = ALPHA
     warmup: float = 0.0  # seconds from the canary's first traffic that are not compared
+    # epochs of comparison the deployment plans (its judged steps' pauses and watch
+    # window, `planned_epochs`): the tests spread their later epochs' mass over them
+    planned: int = 0
 
     @classmethod
     def of(cls, analysis: Analysis) -> Settings:
@@ -142,14 +146,21 @@ class JudgeState(BaseModel):
         return data
 
 
-def with_budget(state: JudgeState, alpha: float) -> JudgeState:
+def planned_epochs(pauses: Iterable[float]) -> int:
+    """The epochs a deployment's judged steps take: one at each step's start and one a
+    minute (EPOCH) after within it."""
+    return sum(max(1, math.ceil(p / EPOCH - 1e-9)) for p in pauses if p > 0)
+
+
+def with_budget(state: JudgeState, alpha: float, planned: int = 0) -> JudgeState:
     """A judge that has not looked yet, its tests sharing `alpha` as the default 1% is
-    shared (errors ¾, each latency test ⅛; the baseline's bound a fifteenth of each)."""
-    if alpha == ALPHA:
+    shared (errors ¾, each latency test ⅛; the baseline's bound a fifteenth of each), and
+    the deployment's `planned` epochs."""
+    if alpha == ALPHA and planned == 0:
         return state
 
     def test(share: float) -> EProcess:
-        return EProcess(alpha=alpha * share, history=ALPHA_HISTORY * alpha / ALPHA)
+        return EProcess(alpha=alpha * share, history=ALPHA_HISTORY * alpha / ALPHA, planned=planned)
 
     latency = LATENCY_ALPHA / ALPHA
     return state.model_copy(

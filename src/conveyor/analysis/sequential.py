@@ -41,6 +41,30 @@ from pydantic import BaseModel
 ALPHA = 0.01  # the false-alarm budget of the judge's comparisons over a whole deployment
 ALPHA_HISTORY = 0.0005  # of each test's share, what the baseline's upper bound may be wrong by
 FIRST_EPOCH = 0.75  # the weight of the first epoch; later ones share the rest
+# with the deployment's epochs planned, the share of the rest spread evenly over them (the
+# remainder for epochs beyond the plan, decaying): a release can turn bad in any minute of
+# a watch window, and the tenth epoch then costs log(4·13/0.8) nats, not log(4·10·11)
+PLANNED_SHARE = 0.8
+
+
+def epoch_weight(k: int, planned: int = 0) -> float:
+    """The mass added at the start of epoch k (0-based); over all k they add up to 1.
+
+    Unplanned: 3/4 for the first, 1/(4·k·(k+1)) for epoch k ≥ 1. With `planned` epochs
+    (≥ 2): 3/4 for the first, the rest's PLANNED_SHARE evenly over epochs 1 to planned-1,
+    and what is left over the epochs after, decaying as 1/(j·(j+1)).
+    """
+    rest = 1 - FIRST_EPOCH
+    if k == 0:
+        return FIRST_EPOCH
+    if planned < 2:
+        return rest / (k * (k + 1))
+    if k < planned:
+        return rest * PLANNED_SHARE / (planned - 1)
+    j = k - planned + 1
+    return rest * (1 - PLANNED_SHARE) / (j * (j + 1))
+
+
 _CAP = 0.999  # rates are kept below 1: one event must never make a ratio infinite
 
 
@@ -81,10 +105,12 @@ class EProcess(BaseModel):
     A single product started at the first look would sink while the canary is
     healthy and then take long to climb when it turns bad late in a watch window.
     So mass is added at the start of each epoch (each step, and each minute of a
-    long one): the first epoch with weight 3/4, epoch k ≥ 1 with 1/(4·k·(k+1)).
-    The weights add up to at most 1, so the mixture is still an e-process and
-    Ville's bound holds for the whole deployment; a regression starting in epoch
-    k costs only log(4·k·(k+1)) more evidence than one present from the start.
+    long one): the first epoch with weight 3/4, epoch k ≥ 1 with 1/(4·k·(k+1)), or,
+    when the deployment's judged minutes are known (`planned` epochs), the rest
+    spread evenly over them (`epoch_weight`). The weights add up to at most 1, so the
+    mixture is still an e-process and Ville's bound holds for the whole deployment;
+    a regression starting in epoch k costs only log(1/weight) more evidence than one
+    present from the start.
     """
 
     alpha: float = ALPHA / 2  # this test's share of the false-alarm budget
@@ -92,6 +118,7 @@ class EProcess(BaseModel):
     log_e: float | None = None  # log of the mixture; None until the first epoch starts
     peak: float | None = None
     epochs: int = 0
+    planned: int = 0  # epochs the deployment plans (0: not known)
     batches: int = 0
 
     @property
@@ -106,7 +133,7 @@ class EProcess(BaseModel):
 
     def begin_epoch(self) -> EProcess:
         k = self.epochs
-        w = FIRST_EPOCH if k == 0 else (1 - FIRST_EPOCH) / (k * (k + 1))
+        w = epoch_weight(k, self.planned)
         log_e = math.log(w) if self.log_e is None else _logaddexp(self.log_e, math.log(w))
         peak = log_e if self.peak is None else max(self.peak, log_e)
         return self.model_copy(update={"log_e": log_e, "peak": peak, "epochs": k + 1})

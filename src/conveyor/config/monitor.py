@@ -7,7 +7,7 @@ at the same time on the same hosts (trouble shared by both cancels out); at the 
 of the window the holdback goes to 0.
 
 The share is sized when the window starts (deploy/sizing.py): raised from `holdback`
-toward `holdback_max` (20% by default) so that the previous release serves 60 requests
+toward `holdback_max` (30% by default) so that the previous release serves 60 requests
 a second of the traffic measured then, what the judge needs to catch a release turning
 2 points of 5xx worse within about a minute (`make bench-judge`). `holdback_max: 5%`
 (or any share at most `holdback`) keeps the share as written.
@@ -32,7 +32,7 @@ from conveyor.config.durations import (
 HOLDBACK = 0.05  # the default share of traffic the previous release keeps during the window
 HOLDBACK_MAX = 0.5  # beyond half, the "new" release would not be the one serving
 # the default ceiling of a holdback sized from the traffic when the window starts
-HOLDBACK_SIZED_MAX = 0.2
+HOLDBACK_SIZED_MAX = 0.3
 
 
 class Monitor(Section):
@@ -105,10 +105,10 @@ MonitorSetting = Annotated[
                 },
             ],
             "description": "The watch window after a deployment: a duration (15m), or "
-            "{duration: 15m, holdback: 5%, holdback_max: 20%} where holdback is the previous "
+            "{duration: 15m, holdback: 5%, holdback_max: 30%} where holdback is the previous "
             "release's share of traffic meanwhile (default 5%, 0% for none), raised when the "
-            "window starts up to holdback_max (default 20%) for 60 req/s of the traffic then.",
-            "examples": ["15m", {"duration": "15m", "holdback": "5%", "holdback_max": "20%"}],
+            "window starts up to holdback_max (default 30%) for 60 req/s of the traffic then.",
+            "examples": ["15m", {"duration": "15m", "holdback": "5%", "holdback_max": "30%"}],
         },
         mode="validation",
     ),

@@ -156,8 +156,8 @@ environments:                   # promotion order = this order
     # steps: [10, 50, 100]      # percent of traffic on the new release per step
     # step_pause: 2m
     monitor: 10m                # once deployed, the judge watches this long: a breach rolls back
-    #   (meanwhile 5% of traffic, up to 20% at low traffic, stays on the previous release
-    #   to compare with at the same time; {{duration: 10m, holdback: 5%, holdback_max: 20%}}
+    #   (meanwhile 5% of traffic, up to 30% at low traffic, stays on the previous release
+    #   to compare with at the same time; {{duration: 10m, holdback: 5%, holdback_max: 30%}}
     #   says so, holdback: 0% for none)
     analysis:                   # what the judge checks (the canary's steps and the monitor)
       error_rate: 1%            # ceiling for the new release

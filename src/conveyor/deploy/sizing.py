@@ -23,7 +23,7 @@ from conveyor.store.models import Deployment, DeploymentStep
 
 # requests a second of the previous release that let the judge catch a release turning
 # +2 points of 5xx worse in the window (1% -> 3%) within about a minute (bench/judge_deploy.py:
-# 99% at 60 req/s of control, 96% at 40)
+# 99.8-100% at 60 req/s of control, 91-96% at 40)
 CONTROL = 60.0
 # seconds of a step's chart a measure of its traffic needs: fewer are a guess
 MEASURED_FOR = 10.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy.orm import Session
 
 from conveyor.analysis.judge import JudgeState, Look, Settings, decide, observe, start_window
+from conveyor.analysis.judge_state import planned_epochs
 from conveyor.analysis.sources import SourceError
 from conveyor.config import Analysis, Config, Environment
 from conveyor.deploy import checks
@@ -79,6 +80,7 @@ class _Paused:
     baseline: str | None
     carried: JudgeState | None
     reference: ReleaseCounters | None  # the baseline's counters when the deployment began
+    planned: int = 0  # the epochs of comparison the deployment's judged steps plan
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,9 @@ class Watcher(Ledger):
                     baseline,
                     carried_judge(d, step),
                     deployment_reference(d),
+                    planned_epochs(
+                        o.pause for o in (read_detail(x).options for x in d.steps) if o.analyse
+                    ),
                 )
 
         p = await in_thread(read)
@@ -259,7 +264,7 @@ class Watcher(Ledger):
 
     async def _judge(self, j: _Judged, now: float) -> bool:
         """The judge's look at the step's counters; True once the step may end."""
-        settings = Settings.of(j.analysis)
+        settings = replace(Settings.of(j.analysis), planned=j.paused.planned)
         detail, baseline, step_id = j.paused.detail, j.paused.baseline, j.step_id
         # the judge's statistics need scipy, seconds to import: in a thread, not on the
         # event loop, and only in servers that judge something (a no-op once loaded)
