@@ -2,7 +2,13 @@
 through the embedded router, with the same load tool (wrk) in the same run.
 
     uv run python bench/router_cost.py [--seconds 5] [--connections 16 50] [--rounds 3]
-        [--workers 1 2]
+        [--workers 1 2] [--rate 4000]
+
+wrk is closed-loop: each connection sends its next request as soon as the last is
+answered, so the load saturates the target and its p99 is the queue behind a core's worth
+of requests (it follows CPU per request). `--rate R` adds, in each round, hey (Debian's
+`hey`) at a fixed R requests a second over 16 keep-alive connections (R/16 each) against
+every target: below saturation, the latency a router adds to a request.
 
 Beside wrk's figures, the CPU each target's processes spent per request during its run
 (/proc: user + system), which the machine's other load does not inflate the way it does
@@ -92,6 +98,35 @@ def wrk(
     }
 
 
+def hey(url: str, seconds: int, rate: int, connections: int = 16) -> dict[str, float]:
+    """hey at a fixed `rate` requests a second over `connections` keep-alive connections:
+    p50/p99 in ms from every request's own time (its CSV, 0.1 ms resolution)."""
+    out = subprocess.run(
+        [
+            *("hey", "-z", f"{seconds}s", "-c", str(connections)),
+            *("-q", f"{rate / connections:g}", "-o", "csv", url),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    times, bad = [], 0
+    for line in out.splitlines()[1:]:
+        fields = line.split(",")
+        if len(fields) < 7:
+            continue
+        times.append(float(fields[0]) * 1000)
+        bad += fields[6] != "200"
+    times.sort()
+    assert times, out[:500]
+    return {
+        "rps": len(times) / seconds,
+        "p50": times[len(times) // 2],
+        "p99": times[min(len(times) - 1, int(len(times) * 0.99))],
+        "non2xx": float(bad),
+    }
+
+
 async def through(router: Router, backend_port: int) -> int:
     await router.start()
     port = free_port()
@@ -121,13 +156,19 @@ def main() -> None:
         default=[1, 2],
         help="embedded router worker counts, each its own router (0 = one per core)",
     )
+    parser.add_argument(
+        "--rate", type=int, default=0, help="also hey at this fixed req/s over 16 connections"
+    )
     args = parser.parse_args()
+    if args.rate and not shutil.which("hey"):
+        sys.exit("--rate needs hey: apt-get install hey")
     if not shutil.which("wrk") or not shutil.which("haproxy"):
         sys.exit("wrk and haproxy are needed: run scripts/setup.sh")
     backend = Backend("r1", "bench").spawn().wait_ready()
     backend_port = backend.port
     # name -> round -> connections -> wrk figures
     runs: dict[str, dict[int, dict[int, dict[str, float]]]] = {}
+    fixed: dict[str, list[dict[str, float]]] = {}  # name -> hey's figures, per round
     loads: list[str] = []
     with tempfile.TemporaryDirectory(prefix="conveyor-router-cost-") as tmp:
         root = Path(tmp)
@@ -159,12 +200,40 @@ def main() -> None:
                         figures = wrk(url, args.seconds, connections, pids=owners[name])
                         runs.setdefault(name, {}).setdefault(rnd, {})[connections] = figures
                         time.sleep(0.3)
+                for name in order if args.rate else []:
+                    url = f"http://127.0.0.1:{ports[name]}/"
+                    hey(url, 1, args.rate)  # warm up
+                    fixed.setdefault(name, []).append(hey(url, args.seconds, args.rate))
+                    time.sleep(0.3)
         finally:
             for router in embedded.values():
                 asyncio.run(router.stop())
             asyncio.run(haproxy.stop())
             backend.stop()
     report(runs, args.connections, args.rounds, args.seconds, loads)
+    if fixed:
+        report_fixed(fixed, args.rate, args.seconds)
+
+
+def report_fixed(fixed: dict[str, list[dict[str, float]]], rate: int, seconds: int) -> None:
+    print(
+        f"\nfixed rate (hey -z {seconds}s -c 16 -q {rate / 16:g}: {rate} req/s): median p50, "
+        "p99 ms (per round)"
+    )
+    for name, rounds in fixed.items():
+        p50 = [f["p50"] for f in rounds]
+        p99 = [f["p99"] for f in rounds]
+        bad = sum(int(f["non2xx"]) for f in rounds)
+        print(
+            f"  {name:13} {statistics.median([f['rps'] for f in rounds]):8.0f} req/s   "
+            f"p50 {statistics.median(p50):5.2f}   p99 {statistics.median(p99):5.2f} ms "
+            f"[{', '.join(f'{v:.2f}' for v in p99)}]   non-2xx {bad}"
+        )
+    for name, rounds in fixed.items():
+        if name == "direct":
+            continue
+        added = [f["p99"] - d["p99"] for f, d in zip(rounds, fixed["direct"], strict=True)]
+        print(f"  {name} added p99 over direct: {_median_spread(added)} ms (goal < 1 ms)")
 
 
 def _median_spread(values: list[float]) -> str:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian 12); no service of its own is needed (tests/conftest.py, testbed/postgres.py).
 # pebble: Let's Encrypt's ACME test server and its mock DNS, started by the `tls: acme`
 # tests (testbed/pebble.py)
-apt_packages=(git haproxy wrk iproute2 prometheus chromium postgresql pebble)
+apt_packages=(git haproxy wrk hey iproute2 prometheus chromium postgresql pebble)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
