@@ -31,7 +31,7 @@ from testbed.fleet import Fleet, LoadGenerator
 from testbed.helpers import ServerProcess, wait_for
 from testbed.postgres import Cluster
 
-HOSTS = {"web-1": "127.0.65.21", "web-2": "127.0.65.22"}
+NET = "127.0.65"  # servers on .1-2, hosts on .21-22 (--net: another /24 of loopback)
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pause", type=float, default=5.0, help="canary step pause (s)")
+    parser.add_argument("--net", default=NET, help=f"the loopback /24's first three bytes ({NET})")
     args = parser.parse_args()
     pg = Cluster().start()
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-failover-"))
@@ -111,10 +112,11 @@ def main() -> None:
     try:
         db = pg.url(pg.create_database())
         for i in range(2):
-            server = ServerProcess(tmp / "data", host=f"127.0.65.{i + 1}", args=("--db", db))
+            server = ServerProcess(tmp / "data", host=f"{args.net}.{i + 1}", args=("--db", db))
             server.log_path = tmp / f"server-{i + 1}.log"
             servers.append(server.start())
-        fleet = Fleet(servers[0], tmp, HOSTS)
+        hosts = {"web-1": f"{args.net}.21", "web-2": f"{args.net}.22"}
+        fleet = Fleet(servers[0], tmp, hosts)
         for agent in fleet.agents.values():
             agent.args = ["--server", servers[1].url]
         fleet.start()

@@ -50,6 +50,7 @@ from conveyor.releases.store import ArtifactStore
 from conveyor.sqllint.sources import SQL_DIGEST_ENV
 from conveyor.store.cluster import Cluster
 from conveyor.store.models import App, Run, utcnow
+from conveyor.store.outage import OUTAGE
 from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
 log = logging.getLogger("conveyor.engine")
@@ -134,6 +135,7 @@ class Engine(RunnerDispatch):
         await in_thread(self._grace_runners)  # their heartbeats failed while it was down
         recovered = swept = time.monotonic()
         while not self._stopping:
+            away = None
             try:
                 if self.cluster is not None and time.monotonic() - recovered >= RECOVER_EVERY:
                     recovered = time.monotonic()
@@ -143,11 +145,14 @@ class Engine(RunnerDispatch):
                     await in_thread(self._sweep_runners)
                 await self._start_runnable()
                 await self._poll_due()
-            except Exception:
-                log.exception("engine loop error")
+                OUTAGE.answered()
+            except Exception as exc:
+                away = OUTAGE.turn_failed(exc, "run engine")
+                if away is None:
+                    log.exception("engine loop error")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=away or 1.0)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,221 @@
+"""PostgreSQL lost under a running server, during a canary it drives (README: PostgreSQL).
+
+Real processes: a throwaway PostgreSQL cluster of this test's own (it is stopped and
+started again, which the worker's shared cluster must not be), one `conveyor server`
+on 127.0.76.1, two hosts on 127.0.76.11-12 (agents, embedded routers, the sample app)
+with paced load on them. During the canary's first pause PostgreSQL is stopped with
+`pg_ctl stop -m immediate` (every connection cut, as a crash would) for longer than
+a deployment lease (10 s, so that the lease path is taken too), then started again on
+the same socket. Meanwhile:
+
+- no request to the server is answered 500: those that need the database get 503
+  `database unavailable` with Retry-After, `/healthz` says the database is unavailable;
+- the engine's loops neither die nor spin: the outage is logged once, its end once,
+  and no loop error or traceback is logged;
+- the deployment pauses, then ends as it would have (succeeded), no step started twice,
+  no step left running, and the hosts served all along (0 failed requests).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from testbed.fleet import Fleet, LoadGenerator, running_fleet
+from testbed.helpers import ServerProcess, wait_for
+from testbed.postgres import Cluster
+from tests.e2e.test_kill_anywhere import ENDED, consistent
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
+
+SERVER = "127.0.76.1"
+HOSTS = {"web-1": "127.0.76.11", "web-2": "127.0.76.12"}
+DOWN = 12.0  # seconds PostgreSQL stays stopped: longer than a lease (leases.TTL, 10 s)
+
+
+def environments(step_pause: str) -> str:
+    return f"""
+environments:
+  production:
+    hosts: [web-1, web-2]
+    strategy: canary
+    steps: [50, 100]
+    step_pause: {step_pause}
+    analysis: {{error_rate: 5%, min_requests: 10}}
+    verify:
+      - http: GET /healthz
+"""
+
+
+@pytest.fixture
+def pg() -> Iterator[Cluster]:
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Prober:
+    """Asks the server for reads and writes all along (a client that retries nothing):
+    every answer's status, and the 503s' Retry-After and detail."""
+
+    def __init__(self, server: ServerProcess, deployment: int) -> None:
+        self.server = server
+        self.paths = [
+            "/api/status",
+            f"/api/deployments/{deployment}",
+            "/api/deployments?app=sample",
+            "/api/hosts",
+            "/api/runs?app=sample",
+            "/api/apps",
+        ]
+        self.statuses: Counter[int] = Counter()
+        self.unavailable: list[tuple[str, str | None, str]] = []  # path, Retry-After, detail
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        with httpx.Client(
+            base_url=self.server.url, headers=dict(self.server.http.headers), timeout=30
+        ) as http:
+            while not self._stop.wait(0.2):
+                for path in self.paths:
+                    try:
+                        r = http.get(path)
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{path}: {exc!r}")
+                        continue
+                    self.statuses[r.status_code] += 1
+                    if r.status_code >= 500:
+                        detail = r.text[:300]
+                        self.unavailable.append((path, r.headers.get("retry-after"), detail))
+
+
+def log_entries(server: ServerProcess) -> list[dict[str, Any]]:
+    entries = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return entries
+
+
+@pytest.mark.timeout(420)
+def test_postgresql_lost_during_a_canary_pauses_it_and_it_resumes(
+    pg: Cluster, tmp_path: Path
+) -> None:
+    db = pg.url(pg.create_database())
+    server = ServerProcess(tmp_path / "data", host=SERVER, args=("--db", db)).start()
+    try:
+        with running_fleet(server, tmp_path, HOSTS) as fleet:
+            run_through(fleet, server, pg)
+    finally:
+        server.stop()
+        server.http.close()
+
+
+def build(fleet: Fleet, label: str, pause: str) -> dict[str, Any]:
+    fleet.commit(label, environments(pause))
+    run = fleet.server.wait_run(fleet.server.post("/api/apps/sample/runs", {})["id"], 120)
+    assert run["state"] == "succeeded", run
+    return dict(run)
+
+
+def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
+    build(fleet, "v1", "1s")
+    wait_for(
+        lambda: all(d["state"] in ENDED for d in server.get("/api/deployments?app=sample")),
+        timeout=120,
+    )
+    with LoadGenerator(fleet.urls(), clients=2, max_seconds=400, rate=25) as load:
+        # a pause long enough to hold the outage: the canary is at 50% when it begins
+        run = build(fleet, "v2", "20s")
+
+        def running() -> int | None:
+            for d in server.get("/api/deployments?app=sample"):
+                if d["release"] == run["release"] and d["state"] == "running":
+                    return int(d["id"])
+            return None
+
+        deployment = wait_for(running, timeout=60)
+        wait_for(
+            lambda: any(
+                s["state"] == "running" and s["kind"] == "weight"
+                for s in server.get(f"/api/deployments/{deployment}")["steps"]
+            ),
+            timeout=60,
+        )
+        with Prober(server, deployment) as prober:
+            wait_for(lambda: prober.statuses[200] >= len(prober.paths), timeout=30)
+            pg.halt()
+            stopped = time.monotonic()
+            try:
+                health = wait_for(
+                    lambda: (h := server.http.get("/healthz").json()).get("database") and h,
+                    timeout=30,
+                )
+                wait_for(lambda: len(prober.unavailable) >= len(prober.paths), timeout=30)
+                # the server lives through it, as do the hosts' routers
+                wait_for(lambda: time.monotonic() - stopped >= DOWN, timeout=DOWN + 5)
+                assert server.proc is not None and server.proc.poll() is None
+            finally:
+                pg.resume()
+            wait_for(lambda: "database" not in server.http.get("/healthz").json(), timeout=60)
+            record = wait_for(
+                lambda: (d := server.get(f"/api/deployments/{deployment}"))["state"] in ENDED and d,
+                timeout=180,
+            )
+        assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+
+    # /healthz: still 200, saying the database is away and since when
+    assert health["status"] == "degraded" and health["database"] == "unavailable", health
+    assert "has not answered since" in health["detail"], health
+    # no 500: a clear 503 with Retry-After wherever the database was needed
+    assert not prober.failures, prober.failures[:5]
+    assert set(prober.statuses) <= {200, 503}, prober.statuses
+    for path, retry_after, detail in prober.unavailable:
+        assert retry_after is not None and int(retry_after) >= 1, (path, retry_after)
+        assert "database unavailable" in detail, (path, detail)
+
+    # the deployment paused and resumed to its normal end, nothing half-written
+    assert record["state"] == "succeeded", (record["reason"], record["steps"])
+    assert all(s["state"] == "succeeded" for s in record["steps"]), record["steps"]
+    consistent(fleet, record)
+    entries = log_entries(server)
+    started = Counter(
+        (e["deployment"], e["step"]) for e in entries if e.get("msg") == "step started"
+    )
+    assert started and max(started.values()) == 1, started
+
+    # the loops waited and retried: the outage logged once, its end once, no loop error
+    messages = Counter(str(e.get("msg")) for e in entries)
+    assert messages["database unavailable"] == 1, messages
+    assert messages["database back"] == 1, messages
+    noisy = [
+        m
+        for m in messages
+        if m.endswith(("loop error", "scheduler error", "crashed", "courier error"))
+        or m in ("lease not renewed", "cluster connection lost")
+    ]
+    assert not noisy, {m: messages[m] for m in noisy}
+    assert "Traceback" not in server.log(), server.log()[-3000:]
