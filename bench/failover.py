@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,9 +57,16 @@ def lease(db: str, deployment: int) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
-def steps(server: ServerProcess, deployment: int) -> list[tuple[str, str]]:
+def steps(server: ServerProcess, deployment: int) -> list[tuple[str, str, str]]:
     d = server.get(f"/api/deployments/{deployment}")
-    return [(s["name"], s["state"]) for s in d["steps"]]
+    return [(s["kind"], s["name"], s["state"]) for s in d["steps"]]
+
+
+def serves(fleet: Fleet, host: str) -> bool:
+    try:
+        return bool(fleet.serving(host))
+    except httpx.HTTPError:
+        return False
 
 
 def one_round(
@@ -81,8 +89,11 @@ def one_round(
     fleet.server = other
     for agent in fleet.agents.values():
         agent.server = other
-    # during a pause: the canary's first step is running
-    wait_for(lambda: any(state == "running" for _, state in steps(other, deployment)), 60)
+    # during the first pause: the canary's 50% step is running
+    wait_for(
+        lambda: any(k == "weight" and st == "running" for k, _, st in steps(other, deployment)),
+        60,
+    )
     before = steps(other, deployment)
     killed = time.monotonic()
     victim.kill()
@@ -123,6 +134,13 @@ def main() -> None:
         print(f"load before: {os.getloadavg()[0]:.1f}", flush=True)
         fleet.commit("v0", environments(1))
         fleet.server.wait_run(fleet.server.post("/api/apps/sample/runs", {})["id"], 180)
+        # the load starts once v0 serves on every host (its first deployment ended)
+        wait_for(
+            lambda: all(d["state"] in ENDED for d in fleet.server.get("/api/deployments")),
+            timeout=180,
+        )
+        for host in hosts:
+            wait_for(lambda h=host: serves(fleet, h), timeout=60)
         results = []
         with LoadGenerator(fleet.urls(), clients=4, max_seconds=1800, rate=25) as load:
             for i in range(args.rounds):
@@ -136,6 +154,8 @@ def main() -> None:
                 )
         worst = max(r["taken"] for r in results)
         failures = load.result.failures
+        if failures:
+            print(f"failed: {dict(load.result.statuses)} {load.result.errors[:3]}")
         print(
             f"worst takeover {worst:.1f} s; requests {load.result.sent}, failed {failures}; "
             f"goal (< 15 s, 0 failed): {'PASS' if worst < 15 and failures == 0 else 'MISS'}"

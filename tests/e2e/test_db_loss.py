@@ -8,8 +8,9 @@ with paced load on them. During the canary's first pause PostgreSQL is stopped w
 a deployment lease (10 s, so that the lease path is taken too), then started again on
 the same socket. Meanwhile:
 
-- no request to the server is answered 500: those that need the database get 503
-  `database unavailable` with Retry-After, `/healthz` says the database is unavailable;
+- no request to the server is answered 500: the reads it keeps (status, runs) are
+  answered as last read, saying so; those that need the database get 503 `database
+  unavailable` with Retry-After; `/healthz` says the database is unavailable;
 - the engine's loops neither die nor spin: the outage is logged once, its end once,
   and no loop error or traceback is logged;
 - the deployment pauses, then ends as it would have (succeeded), no step started twice,
@@ -81,6 +82,7 @@ class Prober:
         self.statuses: Counter[int] = Counter()
         self.unavailable: list[tuple[str, str | None, str]] = []  # path, Retry-After, detail
         self.failures: list[str] = []
+        self.stale: Counter[str] = Counter()  # answers kept from before the outage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -104,6 +106,9 @@ class Prober:
                         self.failures.append(f"{path}: {exc!r}")
                         continue
                     self.statuses[r.status_code] += 1
+                    if r.status_code == 200 and r.headers.get("x-conveyor-database"):
+                        self.stale[path] += 1  # kept from before, its age said
+                        assert r.headers["age"].isdigit(), r.headers
                     if r.status_code >= 500:
                         detail = r.text[:300]
                         self.unavailable.append((path, r.headers.get("retry-after"), detail))
@@ -193,6 +198,9 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
     # no 500: a clear 503 with Retry-After wherever the database was needed
     assert not prober.failures, prober.failures[:5]
     assert set(prober.statuses) <= {200, 503}, prober.statuses
+    # the reads it can: the status and the runs, as last read, saying so (no 503 for them)
+    assert set(prober.stale) == {"/api/status", "/api/runs?app=sample"}, prober.stale
+    assert not [p for p, *_ in prober.unavailable if p in prober.stale], prober.unavailable
     for path, retry_after, detail in prober.unavailable:
         assert retry_after is not None and int(retry_after) >= 1, (path, retry_after)
         assert "database unavailable" in detail, (path, detail)

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.store import changes
 from conveyor.store.models import Token
+from conveyor.store.outage import is_unavailable
 
 ROLES = ("viewer", "deployer", "admin")
 RUNNER = "runner"  # not on the ladder: reads nothing, deploys nothing
@@ -68,6 +69,12 @@ class Verified:
         if generation != changes.generation("tokens") or time.monotonic() - at > self.ttl:
             return None
         return caller
+
+    def last(self, digest: str) -> Caller | None:
+        """The caller this token was last verified as, however long ago: taken on trust only
+        while the database is away (no revocation can be committed anywhere meanwhile)."""
+        found = self._seen.get(digest)
+        return None if found is None else found[2]
 
     def put(self, digest: str, generation: int, caller: Caller) -> None:
         with self._lock:
@@ -139,7 +146,14 @@ def require(role: str) -> Callable[..., Awaitable[Caller]]:
         digest = hash_token(token)
         caller = _verified.get(digest)
         if caller is None:
-            caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
+            try:
+                caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
+            except Exception as exc:
+                # the database away: a token verified before serves the reads that can be
+                # answered without it (recent.py); the rest answer 503 (busy.py)
+                caller = _verified.last(digest) if is_unavailable(exc) else None
+                if caller is None:
+                    raise
         if not role_at_least(caller.role, role):
             raise HTTPException(
                 403, f"this needs the {role} role; your token '{caller.name}' has {caller.role}"
