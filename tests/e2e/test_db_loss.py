@@ -14,7 +14,9 @@ the same socket. Meanwhile:
 - the engine's loops neither die nor spin: the outage is logged once, its end once,
   and no loop error or traceback is logged;
 - the deployment pauses, then ends as it would have (succeeded), no step started twice,
-  no step left running, and the hosts served all along (0 failed requests).
+  no step left running, and the hosts served all along (0 failed requests);
+- a run whose step ended while the database was away is retried once from a clean
+  checkout when it is back (as after a server crash: the step's end was never recorded).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import httpx
 import pytest
 
 from testbed.fleet import Fleet, LoadGenerator, running_fleet
-from testbed.helpers import ServerProcess, wait_for
+from testbed.helpers import ServerProcess, config, make_repo, wait_for
 from testbed.postgres import Cluster
 from tests.e2e.test_kill_anywhere import ENDED, consistent
 
@@ -133,7 +135,7 @@ def test_postgresql_lost_during_a_canary_pauses_it_and_it_resumes(
     server = ServerProcess(tmp_path / "data", host=SERVER, args=("--db", db)).start()
     try:
         with running_fleet(server, tmp_path, HOSTS) as fleet:
-            run_through(fleet, server, pg)
+            run_through(fleet, server, pg, tmp_path)
     finally:
         server.stop()
         server.http.close()
@@ -146,7 +148,10 @@ def build(fleet: Fleet, label: str, pause: str) -> dict[str, Any]:
     return dict(run)
 
 
-def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
+def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> None:
+    step = f"for i in $(seq 1200); do [ -e {tmp / 'go'} ] && break; sleep 0.1; done"
+    make_repo(tmp / "shop", {"conveyor.yml": config("shop", [step], [])})
+    server.add_app("shop", tmp / "shop")
     build(fleet, "v1", "1s")
     wait_for(
         lambda: all(d["state"] in ENDED for d in server.get("/api/deployments?app=sample")),
@@ -170,6 +175,16 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
             ),
             timeout=60,
         )
+        # and a run of another app whose test step waits for the outage to end
+        go = tmp / "go"
+        shop = server.post("/api/apps/shop/runs", {})["id"]
+        wait_for(
+            lambda: any(
+                s["state"] == "running" and s["kind"] == "test"
+                for s in server.get(f"/api/runs/{shop}")["steps"]
+            ),
+            timeout=60,
+        )
         with Prober(server, deployment) as prober:
             wait_for(lambda: prober.statuses[200] >= len(prober.paths), timeout=30)
             pg.halt()
@@ -180,6 +195,7 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
                     timeout=30,
                 )
                 wait_for(lambda: len(prober.unavailable) >= len(prober.paths), timeout=30)
+                go.touch()  # the run's step ends while the database is away
                 # the server lives through it, as do the hosts' routers
                 wait_for(lambda: time.monotonic() - stopped >= DOWN, timeout=DOWN + 5)
                 assert server.proc is not None and server.proc.poll() is None
@@ -190,7 +206,15 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster) -> None:
                 lambda: (d := server.get(f"/api/deployments/{deployment}"))["state"] in ENDED and d,
                 timeout=180,
             )
+            retried = server.wait_run(shop, 120)
         assert load.result.failures == 0, (load.result.errors[:5], load.result.statuses)
+
+    # the run lost the database as its step ended: retried once from a clean checkout, as
+    # after a server crash (a step's effects are not trusted half-recorded)
+    assert (retried["state"], retried["attempt"]) == ("succeeded", 2), retried
+    interrupted = [s for s in retried["steps"] if s["state"] == "interrupted"]
+    assert [(s["attempt"], s["kind"]) for s in interrupted] == [(1, "test")], retried["steps"]
+    assert interrupted[0]["reason"] == "interrupted: the database went away while this step ran"
 
     # /healthz: still 200, saying the database is away and since when
     assert health["status"] == "degraded" and health["database"] == "unavailable", health
