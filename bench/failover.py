@@ -2,14 +2,17 @@
 
 PostgreSQL 15 (a throwaway cluster, testbed/postgres.py), two real servers sharing it
 (and a data directory) on 127.0.65.1-2, two real hosts (agents, embedded routers, the
-sample app) on 127.0.65.21-22 whose agents know both servers, and paced load on the
-hosts the whole time. A release goes out by canary (steps 50, 100; a pause of
+sample app) on 127.0.65.21-22 (`--net`: another /24) whose agents know both servers,
+and paced load on the hosts the whole time. A release goes out by canary (steps 50, 100; a pause of
 `--pause` seconds each); during its first pause the server holding its lease is
 killed with SIGKILL. Printed, per round: the time from the kill to the other server
 holding the lease (it continues the deployment), to its next step change, the
 deployment's end, and the failed requests the hosts' clients saw (goal: < 15 s, 0).
 
-    uv run python bench/failover.py [--rounds 3] [--pause 5]
+    uv run python bench/failover.py [--rounds 3] [--pause 5] [--net 127.0.65]
+
+The load starts once the first release serves on both hosts, and each kill comes
+during the 50% step (its pause).
 """
 
 from __future__ import annotations
