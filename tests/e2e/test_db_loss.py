@@ -22,6 +22,7 @@ the same socket. Meanwhile:
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -222,6 +223,9 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
     # no 500: a clear 503 with Retry-After wherever the database was needed
     assert not prober.failures, prober.failures[:5]
     assert set(prober.statuses) <= {200, 503}, prober.statuses
+    # nor to the agents (their long-polls and reports): the server's access log
+    served = Counter(re.findall(r'HTTP/1\.1\\" (\d{3})', server.log()))
+    assert served["503"] and not [c for c in served if c >= "500" and c != "503"], served
     # the reads it can: the status and the runs, as last read, saying so (no 503 for them)
     assert set(prober.stale) == {"/api/status", "/api/runs?app=sample"}, prober.stale
     assert not [p for p, *_ in prober.unavailable if p in prober.stale], prober.unavailable
