@@ -158,9 +158,19 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
         lambda: all(d["state"] in ENDED for d in server.get("/api/deployments?app=sample")),
         timeout=120,
     )
+    # a run of another app whose test step waits for the outage (parallel to the next)
+    go = tmp / "go"
+    shop = server.post("/api/apps/shop/runs", {})["id"]
+    wait_for(
+        lambda: any(
+            s["state"] == "running" and s["kind"] == "test"
+            for s in server.get(f"/api/runs/{shop}")["steps"]
+        ),
+        timeout=60,
+    )
     with LoadGenerator(fleet.urls(), clients=2, max_seconds=400, rate=25) as load:
         # a pause long enough to hold the outage: the canary is at 50% when it begins
-        run = build(fleet, "v2", "20s")
+        run = build(fleet, "v2", "30s")
 
         def running() -> int | None:
             for d in server.get("/api/deployments?app=sample"):
@@ -176,18 +186,10 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
             ),
             timeout=60,
         )
-        # and a run of another app whose test step waits for the outage to end
-        go = tmp / "go"
-        shop = server.post("/api/apps/shop/runs", {})["id"]
-        wait_for(
-            lambda: any(
-                s["state"] == "running" and s["kind"] == "test"
-                for s in server.get(f"/api/runs/{shop}")["steps"]
-            ),
-            timeout=60,
-        )
         with Prober(server, deployment) as prober:
             wait_for(lambda: prober.statuses[200] >= len(prober.paths), timeout=30)
+            steps = server.get(f"/api/deployments/{deployment}")["steps"]
+            assert [s["weight"] for s in steps if s["state"] == "running"] == [50], steps
             pg.halt()
             stopped = time.monotonic()
             try:
