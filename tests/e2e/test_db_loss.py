@@ -1,14 +1,14 @@
-"""PostgreSQL lost under a running server, during a canary it drives (README: PostgreSQL).
+"""PostgreSQL lost under running servers, during a canary one drives (README: PostgreSQL).
 
 Real processes: a throwaway PostgreSQL cluster of this test's own (it is stopped and
-started again, which the worker's shared cluster must not be), one `conveyor server`
-on 127.0.76.1, two hosts on 127.0.76.11-12 (agents, embedded routers, the sample app)
-with paced load on them. During the canary's first pause PostgreSQL is stopped with
-`pg_ctl stop -m immediate` (every connection cut, as a crash would) for longer than
-a deployment lease (10 s, so that the lease path is taken too), then started again on
-the same socket. Meanwhile:
+started again, which the worker's shared cluster must not be), two `conveyor server`s
+sharing it on 127.0.76.1-2, two hosts on 127.0.76.11-12 (agents given both servers,
+embedded routers, the sample app) with paced load on them. During the canary's first
+pause PostgreSQL is stopped with `pg_ctl stop -m immediate` (every connection cut, as
+a crash would) for longer than a deployment lease (10 s, so that the lease path is
+taken too), then started again on the same socket. Meanwhile:
 
-- no request to the server is answered 500: the reads it keeps (status, runs) are
+- no request to either server is answered 500: the reads it keeps (status, runs) are
   answered as last read, saying so; those that need the database get 503 `database
   unavailable` with Retry-After; `/healthz` says the database is unavailable;
 - the engine's loops neither die nor spin: the outage is logged once, its end once,
@@ -33,14 +33,14 @@ from typing import Any
 import httpx
 import pytest
 
-from testbed.fleet import Fleet, LoadGenerator, running_fleet
+from testbed.fleet import Fleet, LoadGenerator
 from testbed.helpers import ServerProcess, config, make_repo, wait_for
 from testbed.postgres import Cluster
 from tests.e2e.test_kill_anywhere import ENDED, consistent
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
 
-SERVER = "127.0.76.1"
+SERVERS = ("127.0.76.1", "127.0.76.2")
 HOSTS = {"web-1": "127.0.76.11", "web-2": "127.0.76.12"}
 DOWN = 12.0  # seconds PostgreSQL stays stopped: longer than a lease (leases.TTL, 10 s)
 
@@ -133,13 +133,24 @@ def test_postgresql_lost_during_a_canary_pauses_it_and_it_resumes(
     pg: Cluster, tmp_path: Path
 ) -> None:
     db = pg.url(pg.create_database())
-    server = ServerProcess(tmp_path / "data", host=SERVER, args=("--db", db)).start()
+    servers: list[ServerProcess] = []
+    fleet = None
     try:
-        with running_fleet(server, tmp_path, HOSTS) as fleet:
-            run_through(fleet, server, pg, tmp_path)
+        for i, address in enumerate(SERVERS):
+            server = ServerProcess(tmp_path / "data", host=address, args=("--db", db))
+            server.log_path = tmp_path / f"server-{i + 1}.log"
+            servers.append(server.start())
+        fleet = Fleet(servers[0], tmp_path, HOSTS)
+        for agent in fleet.agents.values():  # every agent knows both servers
+            agent.args = ["--server", servers[1].url]
+        fleet.start()
+        run_through(fleet, servers, pg, tmp_path)
     finally:
-        server.stop()
-        server.http.close()
+        if fleet is not None:
+            fleet.stop_everything()
+        for server in servers:
+            server.stop()
+            server.http.close()
 
 
 def build(fleet: Fleet, label: str, pause: str) -> dict[str, Any]:
@@ -149,7 +160,8 @@ def build(fleet: Fleet, label: str, pause: str) -> dict[str, Any]:
     return dict(run)
 
 
-def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> None:
+def run_through(fleet: Fleet, servers: list[ServerProcess], pg: Cluster, tmp: Path) -> None:
+    server = servers[0]  # the test's reads and the prober's; either may drive
     step = f"for i in $(seq 1200); do [ -e {tmp / 'go'} ] && break; sleep 0.1; done"
     make_repo(tmp / "shop", {"conveyor.yml": config("shop", [step], [])})
     server.add_app("shop", tmp / "shop")
@@ -199,12 +211,15 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
                 )
                 wait_for(lambda: len(prober.unavailable) >= len(prober.paths), timeout=30)
                 go.touch()  # the run's step ends while the database is away
-                # the server lives through it, as do the hosts' routers
+                # the servers live through it, as do the hosts' routers
                 wait_for(lambda: time.monotonic() - stopped >= DOWN, timeout=DOWN + 5)
-                assert server.proc is not None and server.proc.poll() is None
+                for s in servers:
+                    assert s.proc is not None and s.proc.poll() is None
+                    assert s.http.get("/healthz").json()["database"] == "unavailable"
             finally:
                 pg.resume()
-            wait_for(lambda: "database" not in server.http.get("/healthz").json(), timeout=60)
+            for s in servers:
+                wait_for(lambda s=s: "database" not in s.http.get("/healthz").json(), 60)
             record = wait_for(
                 lambda: (d := server.get(f"/api/deployments/{deployment}"))["state"] in ENDED and d,
                 timeout=180,
@@ -225,9 +240,10 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
     # no 500: a clear 503 with Retry-After wherever the database was needed
     assert not prober.failures, prober.failures[:5]
     assert set(prober.statuses) <= {200, 503}, prober.statuses
-    # nor to the agents (their long-polls and reports): the server's access log
-    served = Counter(re.findall(r'HTTP/1\.1\\" (\d{3})', server.log()))
-    assert served["503"] and not [c for c in served if c >= "500" and c != "503"], served
+    # nor to the agents (their long-polls and reports): the servers' access logs
+    for s in servers:
+        served = Counter(re.findall(r'HTTP/1\.1\\" (\d{3})', s.log()))
+        assert not [c for c in served if c >= "500" and c != "503"], (s.url, served)
     # the reads it can: the status and the runs, as last read, saying so (no 503 for them)
     assert set(prober.stale) == {"/api/status", "/api/runs?app=sample"}, prober.stale
     assert not [p for p, *_ in prober.unavailable if p in prober.stale], prober.unavailable
@@ -239,21 +255,25 @@ def run_through(fleet: Fleet, server: ServerProcess, pg: Cluster, tmp: Path) -> 
     assert record["state"] == "succeeded", (record["reason"], record["steps"])
     assert all(s["state"] == "succeeded" for s in record["steps"]), record["steps"]
     consistent(fleet, record)
-    entries = log_entries(server)
+    entries = {s.url: log_entries(s) for s in servers}
     started = Counter(
-        (e["deployment"], e["step"]) for e in entries if e.get("msg") == "step started"
+        (e["deployment"], e["step"])
+        for found in entries.values()
+        for e in found
+        if e.get("msg") == "step started"
     )
-    assert started and max(started.values()) == 1, started
+    assert started and max(started.values()) == 1, started  # over both servers
 
     # the loops waited and retried: the outage logged once, its end once, no loop error
-    messages = Counter(str(e.get("msg")) for e in entries)
-    assert messages["database unavailable"] == 1, messages
-    assert messages["database back"] == 1, messages
-    noisy = [
-        m
-        for m in messages
-        if m.endswith(("loop error", "scheduler error", "crashed", "courier error"))
-        or m in ("lease not renewed", "cluster connection lost")
-    ]
-    assert not noisy, {m: messages[m] for m in noisy}
-    assert "Traceback" not in server.log(), server.log()[-3000:]
+    for s in servers:
+        messages = Counter(str(e.get("msg")) for e in entries[s.url])
+        assert messages["database unavailable"] == 1, (s.url, messages)
+        assert messages["database back"] == 1, (s.url, messages)
+        noisy = [
+            m
+            for m in messages
+            if m.endswith(("loop error", "scheduler error", "crashed", "courier error"))
+            or m in ("lease not renewed", "cluster connection lost")
+        ]
+        assert not noisy, (s.url, {m: messages[m] for m in noisy})
+        assert "Traceback" not in s.log(), s.log()[-3000:]

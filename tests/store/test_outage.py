@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from conveyor.store.db import make_engine
-from conveyor.store.outage import Outage, backoff, is_busy, is_unavailable
+from conveyor.store.outage import SETTLE, Outage, backoff, is_busy, is_unavailable
 
 
 @pytest.mark.parametrize(
@@ -75,4 +75,7 @@ def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixt
     assert health["status"] == "degraded" and health["database"] == "unavailable"
     assert "(12 s;" in health["detail"], health
     assert not outage.down and outage.health() == {}
+    assert outage.settling()  # the others' liveness locks may not be back yet
+    now[0] += SETTLE
+    assert not outage.settling()
     assert outage.turn_failed(away, "scheduler") == 0.5  # a new outage starts over

@@ -55,9 +55,12 @@ def parse(text_: str) -> tuple[int | None, list[str] | None]:
 
 
 def alive(session: Session, servers: Collection[int]) -> set[int]:
-    """Which of these servers hold their liveness lock now (their process lives)."""
+    """Which of these servers hold their liveness lock now (their process lives); all of
+    them just after the database came back, before each could take its lock again."""
     if not servers:
         return set()
+    if OUTAGE.settling():
+        return set(servers)
     found = session.execute(
         text(
             "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "

@@ -34,6 +34,10 @@ log = logging.getLogger("conveyor.store")
 
 FIRST_WAIT = 0.5  # seconds a loop waits after its first failed turn
 MOST_WAIT = 5.0  # and at most, however long the database stays away
+# seconds after the database came back during which no other server is judged dead: a
+# restarted PostgreSQL lost every server's liveness lock, which each takes again once
+# its listening connection is back (store/cluster.py: within MOST_WAIT)
+SETTLE = 2 * MOST_WAIT
 
 # a lock waited out or a deadlock broken: the database answers, it is busy (server/busy.py)
 LOCKED = (
@@ -90,6 +94,7 @@ class Outage:
         self.since: float | None = None  # monotonic time it was first found away
         self.since_wall: float | None = None
         self.why = ""
+        self.back_at: float | None = None  # monotonic time it was last found back
         self._attempts: dict[str, int] = {}
 
     @property
@@ -124,8 +129,16 @@ class Outage:
         with self._lock:
             since, self.since, self.since_wall = self.since, None, None
             self._attempts.clear()
+            if since is not None:
+                self.back_at = self._clock()
         if since is not None:
             log.warning("database back", extra={"down_for": round(self._clock() - since, 1)})
+
+    def settling(self) -> bool:
+        """Whether the database came back less than SETTLE seconds ago (or is away): the
+        other servers' liveness locks say nothing yet."""
+        back = self.back_at
+        return self.since is not None or (back is not None and self._clock() - back < SETTLE)
 
     def health(self) -> dict[str, str]:
         """What `/healthz` adds while the database is away (nothing when it answers)."""
@@ -145,4 +158,4 @@ class Outage:
 
 OUTAGE = Outage()
 
-__all__ = ["OUTAGE", "Outage", "backoff", "is_busy", "is_unavailable", "reason"]
+__all__ = ["OUTAGE", "SETTLE", "Outage", "backoff", "is_busy", "is_unavailable", "reason"]
