@@ -144,6 +144,8 @@ class Engine(RunnerDispatch):
         while not self._stopping:
             away = None
             try:
+                if self.regrace:
+                    await in_thread(self._grace_runners)
                 if self.cluster is not None and time.monotonic() - recovered >= RECOVER_EVERY:
                     recovered = time.monotonic()
                     await in_thread(self.recover)  # runs of a server that died meanwhile
@@ -155,6 +157,7 @@ class Engine(RunnerDispatch):
                 OUTAGE.answered()
             except Exception as exc:
                 away = OUTAGE.turn_failed(exc, "run engine")
+                self.regrace = self.regrace or away is not None
                 if away is None:
                     log.exception("engine loop error")
             self._wake.clear()
