@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.store import changes
 from conveyor.store.models import Token
-from conveyor.store.outage import is_unavailable
+from conveyor.store.outage import OUTAGE, is_unavailable
 
 ROLES = ("viewer", "deployer", "admin")
 RUNNER = "runner"  # not on the ladder: reads nothing, deploys nothing
@@ -70,11 +70,18 @@ class Verified:
             return None
         return caller
 
-    def last(self, digest: str) -> Caller | None:
-        """The caller this token was last verified as, however long ago: taken on trust only
-        while the database is away (no revocation can be committed anywhere meanwhile)."""
+    def last(self, digest: str, away_since: float) -> Caller | None:
+        """While the database is away (since `away_since`, monotonic): the caller this token
+        was verified as within `ttl` before that, and not revoked through this server since.
+        No revocation can be committed anywhere while the database is away, so this trusts
+        a token exactly as far as `get` did when it went."""
         found = self._seen.get(digest)
-        return None if found is None else found[2]
+        if found is None:
+            return None
+        generation, at, caller = found
+        if generation != changes.generation("tokens") or at < away_since - self.ttl:
+            return None
+        return caller
 
     def put(self, digest: str, generation: int, caller: Caller) -> None:
         with self._lock:
@@ -149,9 +156,12 @@ def require(role: str) -> Callable[..., Awaitable[Caller]]:
             try:
                 caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
             except Exception as exc:
-                # the database away: a token verified before serves the reads that can be
-                # answered without it (recent.py); the rest answer 503 (busy.py)
-                caller = _verified.last(digest) if is_unavailable(exc) else None
+                # the database away: a token verified just before serves the reads that can
+                # be answered without it (recent.py); the rest answer 503 (busy.py)
+                caller = None
+                if is_unavailable(exc):
+                    OUTAGE.failed(exc, "request")
+                    caller = _verified.last(digest, OUTAGE.since or time.monotonic())
                 if caller is None:
                     raise
         if not role_at_least(caller.role, role):
