@@ -127,7 +127,7 @@ class Cluster:
                                 self._on_change(hosts)
             except psycopg.Error as exc:
                 # the database away: noted once for the whole outage (store/outage.py), and
-                # tried again 0.5 s doubling up to 5 s rather than every second
+                # tried again after 1 s doubling up to 5 s rather than every second
                 failures += 1
                 if is_unavailable(exc):
                     OUTAGE.failed(exc, "cluster connection")
