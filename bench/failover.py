@@ -2,14 +2,17 @@
 
 PostgreSQL 15 (a throwaway cluster, testbed/postgres.py), two real servers sharing it
 (and a data directory) on 127.0.65.1-2, two real hosts (agents, embedded routers, the
-sample app) on 127.0.65.21-22 whose agents know both servers, and paced load on the
-hosts the whole time. A release goes out by canary (steps 50, 100; a pause of
+sample app) on 127.0.65.21-22 (`--net`: another /24) whose agents know both servers,
+and paced load on the hosts the whole time. A release goes out by canary (steps 50, 100; a pause of
 `--pause` seconds each); during its first pause the server holding its lease is
 killed with SIGKILL. Printed, per round: the time from the kill to the other server
 holding the lease (it continues the deployment), to its next step change, the
 deployment's end, and the failed requests the hosts' clients saw (goal: < 15 s, 0).
 
-    uv run python bench/failover.py [--rounds 3] [--pause 5]
+    uv run python bench/failover.py [--rounds 3] [--pause 5] [--net 127.0.65]
+
+The load starts once the first release serves on both hosts, and each kill comes
+during the 50% step (its pause).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +35,7 @@ from testbed.fleet import Fleet, LoadGenerator
 from testbed.helpers import ServerProcess, wait_for
 from testbed.postgres import Cluster
 
-HOSTS = {"web-1": "127.0.65.21", "web-2": "127.0.65.22"}
+NET = "127.0.65"  # servers on .1-2, hosts on .21-22 (--net: another /24 of loopback)
 ENDED = ("succeeded", "failed", "cancelled", "superseded")
 
 
@@ -56,9 +60,16 @@ def lease(db: str, deployment: int) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
-def steps(server: ServerProcess, deployment: int) -> list[tuple[str, str]]:
+def steps(server: ServerProcess, deployment: int) -> list[tuple[str, str, str]]:
     d = server.get(f"/api/deployments/{deployment}")
-    return [(s["name"], s["state"]) for s in d["steps"]]
+    return [(s["kind"], s["name"], s["state"]) for s in d["steps"]]
+
+
+def serves(fleet: Fleet, host: str) -> bool:
+    try:
+        return bool(fleet.serving(host))
+    except httpx.HTTPError:
+        return False
 
 
 def one_round(
@@ -81,8 +92,11 @@ def one_round(
     fleet.server = other
     for agent in fleet.agents.values():
         agent.server = other
-    # during a pause: the canary's first step is running
-    wait_for(lambda: any(state == "running" for _, state in steps(other, deployment)), 60)
+    # during the first pause: the canary's 50% step is running
+    wait_for(
+        lambda: any(k == "weight" and st == "running" for k, _, st in steps(other, deployment)),
+        60,
+    )
     before = steps(other, deployment)
     killed = time.monotonic()
     victim.kill()
@@ -103,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pause", type=float, default=5.0, help="canary step pause (s)")
+    parser.add_argument("--net", default=NET, help=f"the loopback /24's first three bytes ({NET})")
     args = parser.parse_args()
     pg = Cluster().start()
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-failover-"))
@@ -111,16 +126,24 @@ def main() -> None:
     try:
         db = pg.url(pg.create_database())
         for i in range(2):
-            server = ServerProcess(tmp / "data", host=f"127.0.65.{i + 1}", args=("--db", db))
+            server = ServerProcess(tmp / "data", host=f"{args.net}.{i + 1}", args=("--db", db))
             server.log_path = tmp / f"server-{i + 1}.log"
             servers.append(server.start())
-        fleet = Fleet(servers[0], tmp, HOSTS)
+        hosts = {"web-1": f"{args.net}.21", "web-2": f"{args.net}.22"}
+        fleet = Fleet(servers[0], tmp, hosts)
         for agent in fleet.agents.values():
             agent.args = ["--server", servers[1].url]
         fleet.start()
         print(f"load before: {os.getloadavg()[0]:.1f}", flush=True)
         fleet.commit("v0", environments(1))
         fleet.server.wait_run(fleet.server.post("/api/apps/sample/runs", {})["id"], 180)
+        # the load starts once v0 serves on every host (its first deployment ended)
+        wait_for(
+            lambda: all(d["state"] in ENDED for d in fleet.server.get("/api/deployments")),
+            timeout=180,
+        )
+        for host in hosts:
+            wait_for(lambda h=host: serves(fleet, h), timeout=60)
         results = []
         with LoadGenerator(fleet.urls(), clients=4, max_seconds=1800, rate=25) as load:
             for i in range(args.rounds):
@@ -134,6 +157,8 @@ def main() -> None:
                 )
         worst = max(r["taken"] for r in results)
         failures = load.result.failures
+        if failures:
+            print(f"failed: {dict(load.result.statuses)} {load.result.errors[:3]}")
         print(
             f"worst takeover {worst:.1f} s; requests {load.result.sent}, failed {failures}; "
             f"goal (< 15 s, 0 failed): {'PASS' if worst < 15 and failures == 0 else 'MISS'}"

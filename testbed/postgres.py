@@ -103,6 +103,10 @@ class Cluster:
             "--locale=C",
             "--no-sync",
         )
+        return self.resume()
+
+    def resume(self) -> Cluster:
+        """Start PostgreSQL on this cluster's data (again, after `halt`), same socket."""
         options = " ".join(f"-c {k}={v}" for k, v in SETTINGS.items())
         options += f" -c unix_socket_directories={self.socket_dir} -c port=5432"
         self._run(
@@ -119,6 +123,11 @@ class Cluster:
             "start",
         )
         return self
+
+    def halt(self) -> None:
+        """Stop PostgreSQL at once (`pg_ctl stop -m immediate`: every connection cut, as a
+        crash would), keeping its data for `resume`."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
 
     def stop(self) -> None:
         try:

@@ -6,12 +6,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.server.recent import Recent
+from conveyor.server.recent import STALE_HEADER, Recent
 from conveyor.store.db import make_engine, migrate, session_factory
 from conveyor.store.models import App
 from tests.helpers import wait_for_async
@@ -163,3 +165,35 @@ def test_a_write_is_never_hidden_by_a_read_ahead(sessions: sessionmaker[Session]
         assert (await recent.answer("", lambda: names(sessions))).body == b"a,b"
 
     asyncio.run(main())
+
+
+def test_the_database_away_the_last_answer_is_given_saying_so(tmp_path: Path) -> None:
+    recent = Recent(("apps",), fresh_for=0.01)
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    sessions = session_factory(engine)
+    add(sessions, "a")
+    gone = make_engine(f"sqlite:///{tmp_path}/gone/c.db")  # its directory does not exist
+
+    def away() -> bytes:
+        with gone.connect() as conn:
+            conn.execute(select(1))
+        return b""
+
+    def broken() -> bytes:
+        raise ValueError("a bug")
+
+    async def main() -> None:
+        assert (await recent.answer("", lambda: names(sessions))).body == b"a"
+        await asyncio.sleep(0.02)  # no longer fresh: read again, which fails
+        stale = await recent.answer("", away)
+        assert stale.body == b"a" and stale.headers[STALE_HEADER] == "unavailable"
+        assert stale.headers["age"] == "0"
+        with pytest.raises(ValueError):  # any other error is not the database's absence
+            await recent.answer("", broken)
+        with pytest.raises(OperationalError):  # nothing kept for that key
+            await recent.answer("other", away)
+
+    asyncio.run(main())
+    engine.dispose()
+    gone.dispose()

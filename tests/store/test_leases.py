@@ -32,7 +32,7 @@ EARLIER = NOW - timedelta(seconds=1)
     [
         (None, None, False, "take"),  # nobody holds it
         ("me", LATER, True, "keep"),  # mine: renew
-        ("me", EARLIER, True, "keep"),  # mine though expired: nobody took it, go on
+        ("me", EARLIER, True, "take"),  # mine but expired: a new generation fences the old
         ("other", LATER, True, "wait"),  # a live holder within its lease
         ("other", EARLIER, True, "take"),  # expired: a frozen or cut-off holder
         ("other", LATER, False, "take"),  # its process is gone: no need to wait

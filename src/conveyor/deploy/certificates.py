@@ -40,6 +40,7 @@ from conveyor.certs import CertError, check_pair, renewal_due
 from conveyor.protocol import ObservedState
 from conveyor.store import changes
 from conveyor.store.models import App, Host, HostApp, Secret
+from conveyor.store.outage import OUTAGE
 from conveyor.store.secrets import delete_secret, sealer_of, secret_values, set_secret
 from conveyor.threads import in_thread
 
@@ -299,8 +300,9 @@ class Certificates:
             self._wake.clear()  # before the look: an order stored meanwhile wakes the next
             try:
                 wait = await self._renew_due()
-            except Exception:
-                log.exception("ACME renewal check failed")
+            except Exception as exc:
+                if OUTAGE.turn_failed(exc, "ACME renewals") is None:
+                    log.exception("ACME renewal check failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(CHECK_AT_MOST, wait))
 

@@ -34,6 +34,7 @@ from conveyor.protocol import ReleaseCounters, RouterMetrics
 from conveyor.protocol.flags import GuardedRolloutStart
 from conveyor.store import flags as store
 from conveyor.store.models import App, Flag, FlagRollout, utcnow
+from conveyor.store.outage import OUTAGE
 from conveyor.threads import Wakeup, in_thread
 
 log = logging.getLogger("conveyor.flags")
@@ -100,13 +101,16 @@ class FlagRollouts:
     async def serve(self) -> None:
         self._wake.bind()
         while not self._stopping:
+            away = None
             try:
                 await self.look()
-            except Exception:
-                log.exception("guarded rollouts: a look failed")
+            except Exception as exc:
+                away = OUTAGE.turn_failed(exc, "guarded rollouts")
+                if away is None:
+                    log.exception("guarded rollouts: a look failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=LOOK_EVERY)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(away or 0, LOOK_EVERY))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -39,6 +39,7 @@ from conveyor.store import leases
 from conveyor.store.cluster import alive
 from conveyor.store.leases import Held, fenced
 from conveyor.store.models import App, Deployment, DeploymentStep, Host, utcnow
+from conveyor.store.outage import OUTAGE
 from conveyor.store.steps import append_log
 from conveyor.threads import in_thread
 
@@ -58,13 +59,17 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
     async def serve(self) -> None:
         self._wake.bind()
         while not self._stopping:
+            away = None
             try:
                 await self._schedule()
-            except Exception:
-                log.exception("deployment scheduler error")
+                OUTAGE.answered()
+            except Exception as exc:
+                away = OUTAGE.turn_failed(exc, "deployment scheduler")
+                if away is None:
+                    log.exception("deployment scheduler error")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=away or 1.0)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -154,7 +159,8 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
                 why = str(exc)
             except Exception as exc:  # the database is away: keep trying until the TTL
                 if time.monotonic() - renewed < leases.TTL:
-                    log.warning("lease not renewed", extra={"error": str(exc)})
+                    if OUTAGE.turn_failed(exc, f"lease of deployment {lease.key}") is None:
+                        log.warning("lease not renewed", extra={"error": str(exc)})
                     continue
                 why = f"not renewed for {leases.TTL:.0f} s: {exc}"
             log.warning("lease lost", extra={"deployment": lease.key, "why": why})
@@ -201,7 +207,16 @@ class DeployEngine(Starter, Watcher, Verifier, Announcing, InfraChecking):
     async def _steps(self, deployment_id: int) -> None:
         try:
             while not self._stopping:
-                done = await self._advance(deployment_id)
+                try:
+                    done = await self._advance(deployment_id)
+                except Exception as exc:
+                    # the database away: the look or its action rolled back whole (nothing
+                    # half-written); the deployment waits for it, then looks again
+                    away = OUTAGE.turn_failed(exc, f"deployment {deployment_id}")
+                    if away is None:
+                        raise
+                    await asyncio.sleep(away)
+                    continue
                 if done:
                     await self._checks_ended(deployment_id)
                     await self._announce_after(deployment_id)

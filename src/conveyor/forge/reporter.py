@@ -31,6 +31,7 @@ from conveyor.forge.statuses import (
     verdict,
 )
 from conveyor.store.models import CommitStatus, PullRequestRun, Run, utcnow
+from conveyor.store.outage import OUTAGE
 from conveyor.store.secrets import SecretStoreError, secret_values
 from conveyor.threads import in_thread
 
@@ -101,11 +102,14 @@ class Reporter:
                         if self._stopping:
                             break
                         await self._post(client, job)
-                except Exception:
-                    log.exception("commit status reporter error")
+                    away = None
+                except Exception as exc:
+                    away = OUTAGE.turn_failed(exc, "commit status reporter")
+                    if away is None:
+                        log.exception("commit status reporter error")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=POLL)
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(away or 0, POLL))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.pipeline.masking import Masker
 from conveyor.store.models import Notification, utcnow
+from conveyor.store.outage import OUTAGE
 from conveyor.threads import in_thread
 
 log = logging.getLogger("conveyor.notify")
@@ -120,13 +121,16 @@ class Courier:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         while not self._stopping:
+            away = None
             try:
                 await self._start_due()
-            except Exception:
-                log.exception("notification courier error")
+            except Exception as exc:
+                away = OUTAGE.turn_failed(exc, "notification courier")
+                if away is None:
+                    log.exception("notification courier error")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(away or 0, POLL))
 
     async def stop(self) -> None:
         self._stopping = True

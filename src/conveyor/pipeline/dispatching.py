@@ -55,6 +55,11 @@ class RunnerDispatch(RunRecords):
         with self.sessions() as session:
             handoff.grace(session)
             session.commit()
+        self.regrace = False
+
+    # the database was away (store/outage.py): the runners' heartbeats failed meanwhile,
+    # which says nothing of them; they get a whole period again before any sweep
+    regrace = False
 
     def _sweep_runners(self) -> None:
         """Retry once, or fail, the runs of runners that stopped answering."""

@@ -50,6 +50,7 @@ from conveyor.releases.store import ArtifactStore
 from conveyor.sqllint.sources import SQL_DIGEST_ENV
 from conveyor.store.cluster import Cluster
 from conveyor.store.models import App, Run, utcnow
+from conveyor.store.outage import OUTAGE, is_unavailable
 from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
 
 log = logging.getLogger("conveyor.engine")
@@ -103,14 +104,16 @@ class Engine(RunnerDispatch):
         call_on_loop(self._loop, event.set)
         return True
 
-    def recover(self) -> None:
+    def recover(self, only: list[int] | None = None, cause: str = "the server stopped") -> None:
         """Stop what a killed server left running, and requeue or fail its runs.
 
         With several servers on one database: only the runs whose server died (its
-        liveness lock is gone, store/cluster.py), whenever that is seen.
+        liveness lock is gone, store/cluster.py), whenever that is seen. `only`: these
+        runs (of this server, which lost the database while they ran).
         """
         with self.sessions() as session:
-            only = None if self.cluster is None else orphaned_runs(session, set(self._tasks))
+            if only is None and self.cluster is not None:
+                only = orphaned_runs(session, set(self._tasks))
             if only == []:
                 return
             steps = interrupted_steps(session, only)
@@ -118,10 +121,15 @@ class Engine(RunnerDispatch):
             if leftovers:
                 log.warning("stopping processes of interrupted steps", extra={"pids": leftovers})
                 kill_processes(leftovers)
-            for run in recover_runs(session, only):
+            for run in recover_runs(session, only, cause):
                 log.warning(
-                    "run interrupted by a server stop",
-                    extra={"run": run.id, "state": run.state, "attempt": run.attempt},
+                    "run interrupted",
+                    extra={
+                        "run": run.id,
+                        "state": run.state,
+                        "attempt": run.attempt,
+                        "cause": cause,
+                    },
                 )
                 if run.state == "failed" and self.on_end is not None:
                     self.on_end(session, run)
@@ -134,7 +142,10 @@ class Engine(RunnerDispatch):
         await in_thread(self._grace_runners)  # their heartbeats failed while it was down
         recovered = swept = time.monotonic()
         while not self._stopping:
+            away = None
             try:
+                if self.regrace:
+                    await in_thread(self._grace_runners)
                 if self.cluster is not None and time.monotonic() - recovered >= RECOVER_EVERY:
                     recovered = time.monotonic()
                     await in_thread(self.recover)  # runs of a server that died meanwhile
@@ -143,11 +154,15 @@ class Engine(RunnerDispatch):
                     await in_thread(self._sweep_runners)
                 await self._start_runnable()
                 await self._poll_due()
-            except Exception:
-                log.exception("engine loop error")
+                OUTAGE.answered()
+            except Exception as exc:
+                away = OUTAGE.turn_failed(exc, "run engine")
+                self.regrace = self.regrace or away is not None
+                if away is None:
+                    log.exception("engine loop error")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=away or 1.0)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -179,9 +194,10 @@ class Engine(RunnerDispatch):
             session.commit()
             return [r.id for r in runs]
 
-    def _finished(self, run_id: int, _task: object = None) -> None:
-        self._tasks.pop(run_id, None)
-        self._cancels.pop(run_id, None)
+    def _finished(self, run_id: int, task: object = None) -> None:
+        if task is None or self._tasks.get(run_id) is task:  # not a retry started meanwhile
+            self._tasks.pop(run_id, None)
+            self._cancels.pop(run_id, None)
         self._wake.set()
 
     # -- polling fallback ---------------------------------------------------
@@ -248,14 +264,33 @@ class Engine(RunnerDispatch):
     # -- one run ------------------------------------------------------------
 
     async def _execute(self, run_id: int) -> None:
+        outage = None
         try:
             await self._execute_run(run_id)
         except Exception as exc:  # an engine bug must not leave a run running forever
-            log.exception("run crashed", extra={"run": run_id})
-            await self._end_run(run_id, "failed", f"internal error: {exc}")
+            if is_unavailable(exc):
+                outage = exc
+            else:
+                log.exception("run crashed", extra={"run": run_id})
+                await self._end_run(run_id, "failed", f"internal error: {exc}")
         finally:
             await in_thread(shutil.rmtree, self.paths.workspace(run_id), ignore_errors=True)
             await in_thread(self._sql_digest_file(run_id).unlink, missing_ok=True)
+        if outage is not None:  # its workspace gone first: a retry starts from a clean one
+            await self._after_outage(run_id, outage)
+
+    async def _after_outage(self, run_id: int, exc: Exception) -> None:
+        """The database went away mid-run (nothing half-written: each record is one
+        transaction): once it is back, the run is recovered as a killed server's is,
+        retried once from a clean checkout or failed (a stopping server's next start does)."""
+        while not self._stopping:
+            await asyncio.sleep(OUTAGE.turn_failed(exc, f"run {run_id}") or 1.0)
+            try:
+                return await in_thread(self.recover, [run_id], "the database went away")
+            except Exception as again:
+                if not is_unavailable(again):
+                    raise
+                exc = again
 
     async def _execute_run(self, run_id: int) -> None:
         cancel = self._cancels[run_id]

@@ -110,7 +110,9 @@ def end_unfinished_steps(
     return broken
 
 
-def recover_runs(session: Session, only: Collection[int] | None = None) -> list[Run]:
+def recover_runs(
+    session: Session, only: Collection[int] | None = None, cause: str = "the server stopped"
+) -> list[Run]:
     """After a crash: mark interrupted steps, then retry each run once or fail it.
 
     Called with the leftover processes already stopped. A retry starts again
@@ -127,7 +129,7 @@ def recover_runs(session: Session, only: Collection[int] | None = None) -> list[
                 continue
             if step.state == "running":
                 step.state = INTERRUPTED
-                step.reason = "interrupted: the server stopped while this step ran"
+                step.reason = f"interrupted: {cause} while this step ran"
                 step.finished_at = now
             elif step.state == "pending":
                 step.state = "skipped"

@@ -44,7 +44,7 @@ from conveyor.server.api import (
     tokens,
     unleash,
 )
-from conveyor.server.fastpath import HEALTH, FastPath
+from conveyor.server.fastpath import FastPath, health
 from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
 from conveyor.server.limits import BodyLimit
@@ -220,7 +220,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         # on the event loop, no database, no thread: it answers while both are busy (the
         # fast path answers a GET before FastAPI; this route is its schema and fallback)
-        return HEALTH
+        return health()
 
     web.install(api)
     busy.install(api, settings.retry_after)

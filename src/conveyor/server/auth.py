@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.store import changes
 from conveyor.store.models import Token
+from conveyor.store.outage import OUTAGE, is_unavailable
 
 ROLES = ("viewer", "deployer", "admin")
 RUNNER = "runner"  # not on the ladder: reads nothing, deploys nothing
@@ -66,6 +67,19 @@ class Verified:
             return None
         generation, at, caller = found
         if generation != changes.generation("tokens") or time.monotonic() - at > self.ttl:
+            return None
+        return caller
+
+    def last(self, digest: str, away_since: float) -> Caller | None:
+        """While the database is away (since `away_since`, monotonic): the caller this token
+        was verified as within `ttl` before that, and not revoked through this server since.
+        No revocation can be committed anywhere while the database is away, so this trusts
+        a token exactly as far as `get` did when it went."""
+        found = self._seen.get(digest)
+        if found is None:
+            return None
+        generation, at, caller = found
+        if generation != changes.generation("tokens") or at < away_since - self.ttl:
             return None
         return caller
 
@@ -139,7 +153,17 @@ def require(role: str) -> Callable[..., Awaitable[Caller]]:
         digest = hash_token(token)
         caller = _verified.get(digest)
         if caller is None:
-            caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
+            try:
+                caller = await run_in_threadpool(_verify, request.app.state.sessions, digest)
+            except Exception as exc:
+                # the database away: a token verified just before serves the reads that can
+                # be answered without it (recent.py); the rest answer 503 (busy.py)
+                caller = None
+                if is_unavailable(exc):
+                    OUTAGE.failed(exc, "request")
+                    caller = _verified.last(digest, OUTAGE.since or time.monotonic())
+                if caller is None:
+                    raise
         if not role_at_least(caller.role, role):
             raise HTTPException(
                 403, f"this needs the {role} role; your token '{caller.name}' has {caller.role}"

@@ -29,11 +29,19 @@ from conveyor import __version__
 from conveyor.server.auth import role_at_least, verified_caller
 from conveyor.server.headers import SECURITY_HEADERS
 from conveyor.server.recent import Recent
+from conveyor.store.outage import OUTAGE
 
 # query values this module parses the way FastAPI would: anything else goes through it
 APP_NAME = re.compile(r"[a-z0-9-]{1,100}")
 LIMIT = re.compile(r"[1-9][0-9]{0,3}")
 HEALTH = {"status": "ok", "version": __version__}
+
+
+def health() -> dict[str, str]:
+    """`/healthz`'s answer: HEALTH, or while the database is away, degraded and since when
+    (store/outage.py; still 200: the process serves what it can without it)."""
+    away = OUTAGE.health()
+    return {**HEALTH, **away} if away else HEALTH
 
 
 def app_name(value: str) -> bool:
@@ -102,7 +110,11 @@ class FastPath:
             return False
         path = scope["path"]
         if path == "/healthz":
-            await self._send(send, self.health, self._health_headers)
+            if OUTAGE.down:
+                body = json.dumps(health(), separators=(",", ":")).encode()
+                await self._send(send, body, json_headers(body))
+            else:
+                await self._send(send, self.health, self._health_headers)
             return True
         read = self.reads.get(path)
         if read is None:
@@ -137,4 +149,12 @@ class FastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["CachedRead", "FastPath", "app_name", "at_most", "json_headers", "query"]
+__all__ = [
+    "CachedRead",
+    "FastPath",
+    "app_name",
+    "at_most",
+    "health",
+    "json_headers",
+    "query",
+]

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 import uvicorn
 
-from conveyor.server.fastpath import HEALTH, json_headers
+from conveyor.server.fastpath import HEALTH, health, json_headers
 
 log = logging.getLogger("conveyor.server")
 
@@ -93,7 +93,7 @@ def keeps_alive(request: bytes) -> bool:
 def answer(defaults: Headers, stalled: float | None, keep_alive: bool) -> bytes:
     """The whole response: the fast path's, or 503 when the loop stalled for `stalled` s."""
     if stalled is None:
-        status, body = b"HTTP/1.1 200 OK\r\n", json.dumps(HEALTH, separators=(",", ":"))
+        status, body = b"HTTP/1.1 200 OK\r\n", json.dumps(health(), separators=(",", ":"))
     else:
         status = b"HTTP/1.1 503 Service Unavailable\r\n"
         body = json.dumps(

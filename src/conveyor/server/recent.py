@@ -11,6 +11,10 @@ on one key at once, one reads and the others wait for its answer.
 
 Each answer has an ETag (a digest of its bytes): a client that sends it back in
 `If-None-Match` gets `304 Not Modified` and no body while the answer is the same.
+
+While the database is away (store/outage.py), a read that fails for it is answered
+with the last kept answer, however old, with its `Age` and `X-Conveyor-Database:
+unavailable`: the server keeps serving the reads it can.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from fastapi import Response
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.store import changes
+from conveyor.store.outage import is_unavailable
 
+# on an answer kept from before the database went away (with its `Age` in seconds)
+STALE_HEADER = "x-conveyor-database"
 MAX_KEYS = 1000  # kept answers (an app and a limit make a key): beyond, start over
 # OpenAPI `responses=` of a route answered from here
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
@@ -140,7 +147,17 @@ class Recent:
             if underway is None or underway[0] < arrived:
                 underway = self._start(key, arrived, read)
             # a caller that goes away does not cancel the read the others wait for
-            answer = await asyncio.shield(underway[1])
+            try:
+                answer = await asyncio.shield(underway[1])
+            except Exception as exc:
+                kept = self._kept.get(key)
+                if kept is None or not is_unavailable(exc):
+                    raise
+                # the database away: the last answer, however old, saying so and its age
+                response = kept[2].response(if_none_match)
+                response.headers["age"] = str(int(time.monotonic() - kept[1]))
+                response.headers[STALE_HEADER] = "unavailable"
+                return response
         return answer.response(if_none_match)
 
     def _start(
@@ -177,4 +194,4 @@ def _retrieved(task: asyncio.Task[Answer]) -> None:
         task.exception()
 
 
-__all__ = ["NOT_MODIFIED", "Answer", "Recent"]
+__all__ = ["NOT_MODIFIED", "STALE_HEADER", "Answer", "Recent"]

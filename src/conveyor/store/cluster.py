@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from conveyor.store.leases import Holder
+from conveyor.store.outage import OUTAGE, backoff, is_unavailable
 
 log = logging.getLogger("conveyor.cluster")
 
@@ -35,7 +36,6 @@ CHANNEL = "conveyor_desired"
 SERVERS = 0x434F4E57  # the first key of the liveness locks ("CONW"); the second: the id
 MAX_PAYLOAD = 7900  # NOTIFY takes at most 8000 bytes; more hosts than fit: "*" (all)
 ALL = "*"
-RECONNECT = 1.0  # seconds between two attempts to get the listening connection back
 
 OnChange = Callable[[list[str] | None], None]  # hosts whose desired state changed; None: all
 
@@ -55,9 +55,12 @@ def parse(text_: str) -> tuple[int | None, list[str] | None]:
 
 
 def alive(session: Session, servers: Collection[int]) -> set[int]:
-    """Which of these servers hold their liveness lock now (their process lives)."""
+    """Which of these servers hold their liveness lock now (their process lives); all of
+    them just after the database came back, before each could take its lock again."""
     if not servers:
         return set()
+    if OUTAGE.settling():
+        return set(servers)
     found = session.execute(
         text(
             "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -105,6 +108,7 @@ class Cluster:
 
     def _listen(self) -> None:
         first = True
+        failures = 0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -113,7 +117,8 @@ class Cluster:
                     self.ready.set()
                     if not first:  # what was sent while we were away: re-read it all
                         self._on_change(None)
-                    first = False
+                        OUTAGE.answered()
+                    first, failures = False, 0
                     log.info("listening", extra={"server": self.server})
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
@@ -121,8 +126,14 @@ class Cluster:
                             if sender != self.server:
                                 self._on_change(hosts)
             except psycopg.Error as exc:
-                log.warning("cluster connection lost", extra={"error": str(exc)})
-                self._stop.wait(RECONNECT)
+                # the database away: noted once for the whole outage (store/outage.py), and
+                # tried again after 1 s doubling up to 5 s rather than every second
+                failures += 1
+                if is_unavailable(exc):
+                    OUTAGE.failed(exc, "cluster connection")
+                else:
+                    log.warning("cluster connection lost", extra={"error": str(exc)})
+                self._stop.wait(backoff(failures + 1))  # 1 s, 2, 4, then every 5
 
     def _send(self) -> None:
         conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -138,9 +149,7 @@ class Cluster:
                     break
                 batch |= set(more)
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.conninfo, autocommit=True)
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(self.server, batch)))
+                conn = self._notify(conn, payload(self.server, batch))
             except psycopg.Error as exc:
                 # the others' long-polls re-read within a few seconds anyway
                 log.warning("wake-up not sent", extra={"error": str(exc), "hosts": len(batch)})
@@ -151,6 +160,21 @@ class Cluster:
                 break
         if conn is not None:
             conn.close()
+
+    def _notify(
+        self, conn: psycopg.Connection[tuple[object, ...]] | None, text_: str
+    ) -> psycopg.Connection[tuple[object, ...]]:
+        """Send one NOTIFY; a kept connection found dead (the database restarted since it
+        was last used) is replaced once."""
+        if conn is not None and not conn.closed:
+            try:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, text_))
+                return conn
+            except psycopg.OperationalError:
+                conn.close()
+        conn = psycopg.connect(self.conninfo, autocommit=True)
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, text_))
+        return conn
 
 
 __all__ = ["ALL", "CHANNEL", "Cluster", "alive", "parse", "payload"]

@@ -64,13 +64,18 @@ def decide(
     me: str,
     now: datetime,
 ) -> Move:
-    """What a server does about a lease it would like: keep it (its own), take it (free,
-    expired, or its holder is dead), or wait (another live server holds it)."""
+    """What a server does about a lease it would like: keep it (its own, unexpired), take
+    it (free, expired, or its holder is dead), or wait (another live server holds it).
+
+    Its own lease expired is taken anew too (the generation goes up): its driver stopped
+    when it could not renew it (the database away for the whole TTL), and whatever that
+    driver still had under way must be fenced off from the one that starts now."""
+    expired = expires_at is not None and expires_at <= now
     if row_holder is None:
         return "take"
     if row_holder == me:
-        return "keep"
-    if not holder_alive or (expires_at is not None and expires_at <= now):
+        return "take" if expired else "keep"
+    if not holder_alive or expired:
         return "take"
     return "wait"
 

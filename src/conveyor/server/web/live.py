@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.busy import is_busy
+from conveyor.store.outage import is_unavailable
 
 EVERY = 0.25  # seconds between two renders: a change is on screen within about this
 LIFETIME = 300.0  # seconds a connection lives before the browser is asked to reconnect
@@ -57,9 +58,9 @@ def stream(request: Request, render: Render, every: float = EVERY) -> StreamingR
             try:
                 fragments = await run_in_threadpool(render)
             except Exception as exc:
-                if not is_busy(exc):
+                if not (is_busy(exc) or is_unavailable(exc)):
                     raise
-                fragments = {}  # the database is busy: the page keeps what it shows
+                fragments = {}  # the database is busy or away: the page keeps what it shows
             for name, html in fragments.items():
                 if sent.get(name) != html:
                     sent[name] = html
@@ -121,9 +122,9 @@ def appender(request: Request, feed: Feed, start: str, every: float = EVERY) -> 
             try:
                 batch = await run_in_threadpool(feed, cursor)
             except Exception as exc:
-                if not is_busy(exc):
+                if not (is_busy(exc) or is_unavailable(exc)):
                     raise
-                batch = Batch()  # the database is busy: try again at the next tick
+                batch = Batch()  # the database is busy or away: try again at the next tick
             for message in batch.messages:
                 if message.cursor is not None:
                     cursor = message.cursor
