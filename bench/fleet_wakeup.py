@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -32,6 +33,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -56,6 +58,54 @@ def environments(hosts: list[str]) -> str:
     )
 
 
+class Connection:
+    """One kept-alive HTTP/1.1 connection of a simulated agent, as cheap as a request can
+    be: httpx costs this process about a millisecond a request (its pool, anyio, sniffio;
+    py-spy), which for a thousand answers at once was a second of the delivery measured."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.address, self.port = parts.hostname or "", parts.port or 80
+        self.head = f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """The status and body; once more on a new connection if the kept-alive one was
+        closed by the server meanwhile (both requests here may be sent twice)."""
+        head = f"{method} {path} HTTP/1.1\r\n{self.head}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        message = (head + "\r\n").encode() + body
+        for attempt in (1, 2):
+            if self.streams is None:
+                self.streams = await asyncio.open_connection(self.address, self.port)
+            reader, writer = self.streams
+            try:
+                writer.write(message)
+                status = int((await reader.readuntil(b"\r\n")).split()[1])
+                length, close = 0, False
+                for line in (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                    elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                found = await reader.readexactly(length) if length else b""
+                if close:
+                    self.close()
+                return status, found
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 class Fleet:
     """N simulated agents on this process's event loop."""
 
@@ -65,61 +115,57 @@ class Fleet:
         self.got: dict[str, float] = {}  # host -> when (time.time()) it got an app
         self.errors: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._connections: list[Connection] = []
         self.polling = 0
 
     async def start(self) -> None:
-        # a client (a connection pool) per agent, as real agents have: httpx's pool looks
-        # at each of its connections for every request, so one pool of 2,000 connections
-        # spent most of this process's time there (py-spy: 92 samples in 151 in
-        # _assign_requests_to_connections at rest), and the answers waited on it
-        self.clients = []
+        # two connections per agent (its long-poll, its reports), as real agents have: one
+        # httpx pool of 2,000 connections looked at each of them for every request and
+        # took most of this process's time (py-spy: 92 samples in 151 at rest)
         for i, (name, token) in enumerate(sorted(self.credentials.items())):
-            http = httpx.AsyncClient(base_url=self.urls[i % len(self.urls)], timeout=90)
-            self.clients.append(http)
-            self._tasks.append(asyncio.create_task(self._poll(http, name, token)))
-            self._tasks.append(asyncio.create_task(self._report(http, name, token)))
+            url = self.urls[i % len(self.urls)]
+            poll, report = Connection(url, token), Connection(url, token)
+            self._connections += [poll, report]
+            self._tasks.append(asyncio.create_task(self._poll(poll, name)))
+            self._tasks.append(asyncio.create_task(self._report(report, name)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for client in self.clients:
-            await client.aclose()
+        for connection in self._connections:
+            connection.close()
 
-    async def _poll(self, http: httpx.AsyncClient, name: str, token: str) -> None:
-        after, headers = -1, {"Authorization": f"Bearer {token}"}
-        counted = False
+    async def _poll(self, http: Connection, name: str) -> None:
+        after, counted = -1, False
         while True:
             try:
-                r = await http.get(
-                    "/api/agent/desired", params={"after": after, "wait": 25}, headers=headers
+                status, found = await http.request(
+                    "GET", f"/api/agent/desired?after={after}&wait=25"
                 )
-                if r.status_code != 200:
-                    self.errors.append(f"desired: HTTP {r.status_code}")
+                if status != 200:
+                    self.errors.append(f"desired: HTTP {status}")
                     await asyncio.sleep(1)
                     continue
-                body = r.json()
+                body = json.loads(found)
                 if body["apps"] and name not in self.got:
                     self.got[name] = time.time()
                 after = int(body["generation"])
                 if not counted:
                     counted, self.polling = True, self.polling + 1
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                continue
-            except httpx.HTTPError as exc:
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
                 self.errors.append(f"desired: {type(exc).__name__}")
                 await asyncio.sleep(1)
 
-    async def _report(self, http: httpx.AsyncClient, name: str, token: str) -> None:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        body = ObservedState(host=name, generation=0, converged=True).model_dump_json()
+    async def _report(self, http: Connection, name: str) -> None:
+        body = ObservedState(host=name, generation=0, converged=True).model_dump_json().encode()
         await asyncio.sleep(self.report_every * (hash(name) % 1000) / 1000)
         while True:
             try:
-                r = await http.post("/api/agent/report", content=body, headers=headers)
-                if r.status_code != 204:
-                    self.errors.append(f"report: HTTP {r.status_code} {r.text[:200]}")
-            except httpx.HTTPError as exc:
+                status, found = await http.request("POST", "/api/agent/report", body)
+                if status != 204:
+                    self.errors.append(f"report: HTTP {status} {found[:200]!r}")
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
                 self.errors.append(f"report: {type(exc).__name__}")
             await asyncio.sleep(self.report_every)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config.loader import parse_config
@@ -22,6 +22,7 @@ from conveyor.server.fanout import (
     Answer,
     Batcher,
     DesiredAsk,
+    Later,
     Report,
     RevokedAgent,
     read_desired,
@@ -201,6 +202,39 @@ def test_a_batcher_answers_each_item_fails_one_alone_and_a_failed_batch_with_503
         for exc in failed:
             assert isinstance(exc, HTTPException) and exc.status_code == 503
         assert await batcher.submit(7) == 14  # the next batch is fine again
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_report_whose_host_row_another_transaction_holds_waits_for_a_later_batch(
+    store: tuple[Engine, sessionmaker[Session]], sessions: sessionmaker[Session]
+) -> None:
+    engine = store[0]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite locks the whole database, not rows")
+    with engine.connect() as other:  # a deployment step's transaction, writing p-1
+        other.execute(text("UPDATE hosts SET generation = generation + 1 WHERE name = 'p-1'"))
+        reports = [Report("p-1", None), Report("p-2", None)]
+        with sessions() as s:
+            held, written = write_reports(s, reports)  # at once: no lock waited for
+        assert isinstance(held, Later) and written is None
+        other.rollback()
+    with sessions() as s:
+        assert write_reports(s, reports) == [None, None]
+
+
+def test_a_batcher_hands_an_item_left_for_later_to_its_next_batch() -> None:
+    batches: list[list[int]] = []
+
+    def handle(items: Sequence[int]) -> list[int | Exception | Later]:
+        batches.append(list(items))
+        return [Later() if i == 1 and len(batches) == 1 else i for i in items]
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher("test", handle, run_inline, size=10)
+        assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
+        assert batches == [[1, 2], [1]]
         await batcher.stop()
 
     asyncio.run(main())

@@ -22,9 +22,9 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from fastapi import HTTPException
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, load_only, selectinload, sessionmaker
 
 from conveyor.deploy.desired import FlagsRead, desired_state
 from conveyor.protocol import ObservedState
@@ -38,6 +38,7 @@ SEEN_FRESH = timedelta(seconds=5)
 READ_BATCH = 250  # hosts read in one transaction (their answers go out as it ends)
 REPORT_INTERVAL = 0.5  # seconds between two report transactions, at most two a second
 REPORT_BATCH = 1000  # reports written in one transaction (more waiting: at once)
+YIELD_FOR = 2.0  # seconds reports wait for the long-polls' reads to be answered, at most
 IN_CLAUSE = 500  # names in one IN (…) (SQLite's older builds allow 999 parameters)
 RETRIED_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
@@ -93,7 +94,11 @@ def read_desired(session: Session, asks: Sequence[DesiredAsk]) -> list[Answer | 
         rows = session.scalars(
             select(Host)
             .where(Host.name.in_(chunk))
-            .options(selectinload(Host.apps).joinedload(HostApp.app))
+            .options(
+                # not what the agents report (observed: kilobytes a host, read for nothing)
+                load_only(Host.name, Host.state, Host.generation, Host.checks, Host.last_seen),
+                selectinload(Host.apps).joinedload(HostApp.app),
+            )
         ).all()
         hosts.update((h.name, h) for h in rows)
     now = utcnow()
@@ -121,32 +126,50 @@ def read_desired(session: Session, asks: Sequence[DesiredAsk]) -> list[Answer | 
     return found
 
 
-def write_reports(session: Session, reports: Sequence[Report]) -> list[Exception | None]:
-    """Record the reports (one transaction): each host's observed state, seen now, and
-    its applied generation when it converged. A host gone meanwhile: RevokedAgent.
+class Later:
+    """An item to handle in a later batch (its host's row is locked by another writer)."""
 
-    The hosts' rows are locked first, in the order of their ids (another server's batch,
-    a deployment step writing the same rows lock them in that order too: no deadlock)."""
+
+def write_reports(session: Session, reports: Sequence[Report]) -> list[Exception | Later | None]:
+    """Record the reports (one transaction): each host's observed state (its last
+    report's), seen now, and its applied generation when it converged. A host gone
+    meanwhile: RevokedAgent.
+
+    A host whose row another transaction holds (a deployment step writing its desired
+    state, another server's batch) is left for a later batch (Later), not waited for:
+    this batch waits for no lock while it holds others, so it is in no deadlock."""
     names = sorted({r.host for r in reports})
-    hosts: dict[str, Host] = {}
+    ids: dict[str, int] = {}
     for chunk in _chunks(names):
-        rows = session.scalars(
-            select(Host).where(Host.name.in_(chunk)).order_by(Host.id).with_for_update()
+        locks = session.execute(
+            select(Host.id, Host.name)
+            .where(Host.name.in_(chunk))
+            .order_by(Host.id)
+            .with_for_update(skip_locked=True)
         )
-        hosts.update((h.name, h) for h in rows)
+        ids.update((name, id_) for id_, name in locks)
+    locked: set[str] = set()  # skipped (held by another transaction), not gone
+    for chunk in _chunks([n for n in names if n not in ids]):
+        locked.update(session.scalars(select(Host.name).where(Host.name.in_(chunk))))
     now = utcnow()
-    found: list[Exception | None] = []
+    values: dict[str, dict[str, object]] = {}
+    found: list[Exception | Later | None] = []
     for report in reports:  # in arrival order: a host's later report wins
-        host = hosts.get(report.host)
-        if host is None:
-            found.append(RevokedAgent())
+        if report.host not in ids:
+            found.append(Later() if report.host in locked else RevokedAgent())
             continue
-        host.last_seen = now
+        row = values.setdefault(report.host, {"id": ids[report.host], "last_seen": now})
         if report.body is not None:
-            host.observed = report.body.model_dump_json()
+            row["observed"] = report.body.model_dump_json()
             if report.body.converged:
-                host.applied_generation = report.body.generation
+                row["applied_generation"] = report.body.generation
         found.append(None)
+    # an executemany per set of columns, by primary key (rows already locked: any order)
+    shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in values.values():
+        shapes.setdefault(tuple(sorted(row)), []).append(row)
+    for shaped in shapes.values():
+        session.execute(update(Host), shaped)
     session.commit()
     return found
 
@@ -176,11 +199,15 @@ class Batcher(Generic[A, R]):
     request; an exception for the batch fails them all with `failed` (503)."""
 
     name: str
-    handle: Callable[[Sequence[A]], Sequence[R | Exception]]
+    handle: Callable[[Sequence[A]], Sequence[R | Exception | Later]]
     run: Runner  # how `handle` runs off the loop (the agents' threads)
     size: int
     interval: float = 0.0  # seconds from one batch's start to the next one's, at least
     failed: str = "the server could not handle the request now; try again"
+    # another batcher whose batches go first: this one waits while that one has work
+    # (up to YIELD_FOR seconds), e.g. reports while woken long-polls are being answered
+    yield_to: Batcher[Any, Any] | None = None
+    _busy: bool = False
     _queue: list[_Pending[A, R]] = field(default_factory=list)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
@@ -197,6 +224,10 @@ class Batcher(Generic[A, R]):
         assert self._wake is not None
         self._wake.set()
         return await pending.future
+
+    @property
+    def busy(self) -> bool:
+        return self._busy or bool(self._queue)
 
     def post(self, item: A) -> None:
         """Queue an item whose outcome nobody waits for (a failure is logged, not raised)."""
@@ -222,8 +253,16 @@ class Batcher(Generic[A, R]):
             wake.clear()
             while self._queue:
                 started = time.monotonic()
+                while self.yield_to is not None and self.yield_to.busy:
+                    if time.monotonic() - started > YIELD_FOR:
+                        break
+                    await asyncio.sleep(0.01)
                 batch, self._queue = self._queue[: self.size], self._queue[self.size :]
-                await self._handle(batch)
+                self._busy = True
+                try:
+                    await self._handle(batch)
+                finally:
+                    self._busy = False
                 rest = self.interval - (time.monotonic() - started)
                 if rest > 0 and len(self._queue) < self.size:
                     await asyncio.sleep(rest)
@@ -233,7 +272,10 @@ class Batcher(Generic[A, R]):
         if not live:
             return
         try:
+            started = time.monotonic()
             results = await self.run(self.handle, [p.item for p in live])
+            took = (time.monotonic() - started) * 1000
+            log.debug("%s: a batch of %d in %.0f ms", self.name, len(live), took)
         except asyncio.CancelledError:
             for pending in live:
                 pending.future.cancel()
@@ -241,13 +283,17 @@ class Batcher(Generic[A, R]):
         except Exception as exc:
             log.warning("%s: a batch of %d failed: %s", self.name, len(live), exc, exc_info=exc)
             results = [HTTPException(503, self.failed) for _ in live]
+        later = []
         for pending, result in zip(live, results, strict=True):
             if pending.future.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, Later):
+                later.append(pending)
+            elif isinstance(result, Exception):
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+        self._queue[:0] = later  # first in the next batch
 
 
 def _consumed(task: asyncio.Future[Any]) -> None:
@@ -263,8 +309,8 @@ class AgentDesk:
             with sessions() as session:
                 return read_desired(session, asks)
 
-        def write(reports: Sequence[Report]) -> list[Exception | None]:
-            def once() -> list[Exception | None]:
+        def write(reports: Sequence[Report]) -> list[Exception | Later | None]:
+            def once() -> list[Exception | Later | None]:
                 with sessions() as session:
                     return write_reports(session, reports)
 
@@ -278,6 +324,7 @@ class AgentDesk:
             REPORT_BATCH,
             REPORT_INTERVAL,
             failed="the report was not recorded (the database failed): send it again",
+            yield_to=self.reads,
         )
 
     async def stop(self) -> None:
