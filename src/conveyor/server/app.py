@@ -197,7 +197,10 @@ def create_app(
     api.state.courier = courier
     api.state.flag_rollouts = guard
     api.state.reporter = reporter
+    # routes are matched in this order, one after the other: the agents' first (a
+    # thousand long-polls answered at once, each asking again, pay no walk past the rest)
     for module in (
+        agents,
         apps,
         runs,
         releases,
@@ -213,7 +216,6 @@ def create_app(
         unleash,
         keys,
         hosts,
-        agents,
         github,
         gitlab,
         gitea,
