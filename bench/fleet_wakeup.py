@@ -217,7 +217,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cluster) -> None:
+async def measure(
+    n: int, servers: int, rest: float, report_every: float, pg: Cluster, profile: str | None
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-wakeup-"))
     db = pg.url(pg.create_database())
     procs: list[subprocess.Popen[bytes]] = []
@@ -253,6 +255,10 @@ async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cl
                 await api.post("/api/apps", json={"name": "sample", "repo": str(repo)})
             ).raise_for_status()
             (await api.post("/api/apps/sample/runs", json={})).raise_for_status()
+            if profile:  # the first server, from the run's start, past the step's delivery
+                spy = ["py-spy", "record", "-p", str(procs[0].pid), "-d", "12", "-r", "100"]
+                spy += ["--nonblocking", "-f", "raw", "-o", profile]
+                subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             step_start = None
             deadline = time.monotonic() + 120
             while step_start is None and time.monotonic() < deadline:
@@ -310,13 +316,18 @@ def main() -> None:
     parser.add_argument("--servers", default="1,2", help="servers sharing the database")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds measured at rest")
     parser.add_argument("--report-every", type=float, default=5.0, help="agents' reports")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy's samples of the first server during the run and the step (raw format)",
+    )
     args = parser.parse_args()
     pg = Cluster().start()
     try:
         print(f"load before: {os.getloadavg()[0]:.1f}", flush=True)
         for servers in (int(s) for s in args.servers.split(",")):
             for n in (int(a) for a in args.agents.split(",")):
-                asyncio.run(measure(n, servers, args.rest, args.report_every, pg))
+                asyncio.run(measure(n, servers, args.rest, args.report_every, pg, args.profile))
     finally:
         pg.stop()
 
