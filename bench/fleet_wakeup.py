@@ -277,7 +277,10 @@ async def measure(
                         step_start = min(started)
                     elif d["state"] in ("failed", "cancelled"):
                         raise SystemExit(f"the deployment ended at once: {d['reason']}")
-        assert step_start is not None, f"no deployment step started within 120 s: {found}"
+        assert step_start is not None, "no deployment step started within 120 s: " + ", ".join(
+            f"deployment {d['id']} {d['state']} ({d.get('reason')}), {len(d['steps'])} steps"
+            for d in found
+        )
         at = datetime.fromisoformat(step_start.replace("Z", "+00:00"))
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
         deadline = time.monotonic() + 30
