@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -236,5 +237,32 @@ def test_a_batcher_hands_an_item_left_for_later_to_its_next_batch() -> None:
         assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
         assert batches == [[1, 2], [1]]
         await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_reports_wait_while_a_wave_of_reads_is_queued() -> None:
+    order: list[str] = []
+
+    def read(items: Sequence[int]) -> list[int | Exception | Later]:
+        order.append(f"read {items[0]}")
+        time.sleep(0.05)
+        return list(items)
+
+    def write(items: Sequence[int]) -> list[int | Exception | Later]:
+        order.append("write")
+        return list(items)
+
+    async def main() -> None:
+        reads: Batcher[int, int] = Batcher("reads", read, run_inline, size=1)
+        writes: Batcher[int, int] = Batcher("writes", write, run_inline, size=10, yield_to=reads)
+        wave = [asyncio.ensure_future(reads.submit(i)) for i in range(4)]
+        await asyncio.sleep(0)  # the wave is queued before the report comes
+        assert await writes.submit(9) == 9
+        await asyncio.gather(*wave)
+        # the report went once no whole batch of reads was waiting any more
+        assert order.index("write") >= 3, order
+        await reads.stop()
+        await writes.stop()
 
     asyncio.run(main())

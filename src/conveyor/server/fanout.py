@@ -38,7 +38,7 @@ SEEN_FRESH = timedelta(seconds=5)
 READ_BATCH = 250  # hosts read in one transaction (their answers go out as it ends)
 REPORT_INTERVAL = 0.5  # seconds between two report transactions, at most two a second
 REPORT_BATCH = 1000  # reports written in one transaction (more waiting: at once)
-YIELD_FOR = 2.0  # seconds reports wait for the long-polls' reads to be answered, at most
+YIELD_FOR = 2.0  # seconds reports wait for a wave of long-polls' reads, at most
 IN_CLAUSE = 500  # names in one IN (…) (SQLite's older builds allow 999 parameters)
 RETRIED_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
@@ -204,10 +204,10 @@ class Batcher(Generic[A, R]):
     size: int
     interval: float = 0.0  # seconds from one batch's start to the next one's, at least
     failed: str = "the server could not handle the request now; try again"
-    # another batcher whose batches go first: this one waits while that one has work
-    # (up to YIELD_FOR seconds), e.g. reports while woken long-polls are being answered
+    # another batcher whose waves go first: this one waits while that one has a whole
+    # batch waiting (up to YIELD_FOR seconds), e.g. reports while a thousand woken
+    # long-polls are being answered (at rest, the polls' few reads do not hold them up)
     yield_to: Batcher[Any, Any] | None = None
-    _busy: bool = False
     _queue: list[_Pending[A, R]] = field(default_factory=list)
     _wake: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
@@ -226,8 +226,9 @@ class Batcher(Generic[A, R]):
         return await pending.future
 
     @property
-    def busy(self) -> bool:
-        return self._busy or bool(self._queue)
+    def swamped(self) -> bool:
+        """A batch or more waits."""
+        return len(self._queue) >= self.size
 
     def post(self, item: A) -> None:
         """Queue an item whose outcome nobody waits for (a failure is logged, not raised)."""
@@ -253,16 +254,12 @@ class Batcher(Generic[A, R]):
             wake.clear()
             while self._queue:
                 started = time.monotonic()
-                while self.yield_to is not None and self.yield_to.busy:
+                while self.yield_to is not None and self.yield_to.swamped:
                     if time.monotonic() - started > YIELD_FOR:
                         break
                     await asyncio.sleep(0.01)
                 batch, self._queue = self._queue[: self.size], self._queue[self.size :]
-                self._busy = True
-                try:
-                    await self._handle(batch)
-                finally:
-                    self._busy = False
+                await self._handle(batch)
                 rest = self.interval - (time.monotonic() - started)
                 if rest > 0 and len(self._queue) < self.size:
                     await asyncio.sleep(rest)
