@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -32,6 +33,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,7 +47,7 @@ from testbed.helpers import free_port, wait_for
 from testbed.postgres import Cluster
 
 TOKEN = "bench-admin-token-" + "x" * 20
-ADDRESS = "127.0.65.{}"  # the servers: .1, .2
+ADDRESS = "127.0.65.{}"  # the servers: .1, .2 (--address)
 
 
 def environments(hosts: list[str]) -> str:
@@ -54,6 +56,54 @@ def environments(hosts: list[str]) -> str:
         f"    hosts: [{', '.join(hosts)}]\n"
         "    strategy: rolling\n    batch: 100%\n"
     )
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection of a simulated agent, as cheap as a request can
+    be: httpx costs this process about a millisecond a request (its pool, anyio, sniffio;
+    py-spy), which for a thousand answers at once was a second of the delivery measured."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.address, self.port = parts.hostname or "", parts.port or 80
+        self.head = f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """The status and body; once more on a new connection if the kept-alive one was
+        closed by the server meanwhile (both requests here may be sent twice)."""
+        head = f"{method} {path} HTTP/1.1\r\n{self.head}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        message = (head + "\r\n").encode() + body
+        for attempt in (1, 2):
+            if self.streams is None:
+                self.streams = await asyncio.open_connection(self.address, self.port)
+            reader, writer = self.streams
+            try:
+                writer.write(message)
+                status = int((await reader.readuntil(b"\r\n")).split()[1])
+                length, close = 0, False
+                for line in (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                    elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                found = await reader.readexactly(length) if length else b""
+                if close:
+                    self.close()
+                return status, found
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
 class Fleet:
@@ -65,63 +115,63 @@ class Fleet:
         self.got: dict[str, float] = {}  # host -> when (time.time()) it got an app
         self.errors: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._connections: list[Connection] = []
         self.polling = 0
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self.clients = [httpx.AsyncClient(base_url=u, timeout=90, limits=limits) for u in self.urls]
+        # two connections per agent (its long-poll, its reports), as real agents have: one
+        # httpx pool of 2,000 connections looked at each of them for every request and
+        # took most of this process's time (py-spy: 92 samples in 151 at rest)
         for i, (name, token) in enumerate(sorted(self.credentials.items())):
-            http = self.clients[i % len(self.clients)]
-            self._tasks.append(asyncio.create_task(self._poll(http, name, token)))
-            self._tasks.append(asyncio.create_task(self._report(http, name, token)))
+            url = self.urls[i % len(self.urls)]
+            poll, report = Connection(url, token), Connection(url, token)
+            self._connections += [poll, report]
+            self._tasks.append(asyncio.create_task(self._poll(poll, name)))
+            self._tasks.append(asyncio.create_task(self._report(report, name)))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for client in self.clients:
-            await client.aclose()
+        for connection in self._connections:
+            connection.close()
 
-    async def _poll(self, http: httpx.AsyncClient, name: str, token: str) -> None:
-        after, headers = -1, {"Authorization": f"Bearer {token}"}
-        counted = False
+    async def _poll(self, http: Connection, name: str) -> None:
+        after, counted = -1, False
         while True:
             try:
-                r = await http.get(
-                    "/api/agent/desired", params={"after": after, "wait": 25}, headers=headers
+                status, found = await http.request(
+                    "GET", f"/api/agent/desired?after={after}&wait=25"
                 )
-                if r.status_code != 200:
-                    self.errors.append(f"desired: HTTP {r.status_code}")
+                if status != 200:
+                    self.errors.append(f"desired: HTTP {status}")
                     await asyncio.sleep(1)
                     continue
-                body = r.json()
+                body = json.loads(found)
                 if body["apps"] and name not in self.got:
                     self.got[name] = time.time()
                 after = int(body["generation"])
                 if not counted:
                     counted, self.polling = True, self.polling + 1
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                continue
-            except httpx.HTTPError as exc:
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
                 self.errors.append(f"desired: {type(exc).__name__}")
                 await asyncio.sleep(1)
 
-    async def _report(self, http: httpx.AsyncClient, name: str, token: str) -> None:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        body = ObservedState(host=name, generation=0, converged=True).model_dump_json()
+    async def _report(self, http: Connection, name: str) -> None:
+        body = ObservedState(host=name, generation=0, converged=True).model_dump_json().encode()
         await asyncio.sleep(self.report_every * (hash(name) % 1000) / 1000)
         while True:
             try:
-                r = await http.post("/api/agent/report", content=body, headers=headers)
-                if r.status_code != 204:
-                    self.errors.append(f"report: HTTP {r.status_code} {r.text[:200]}")
-            except httpx.HTTPError as exc:
+                status, found = await http.request("POST", "/api/agent/report", body)
+                if status != 204:
+                    self.errors.append(f"report: HTTP {status} {found[:200]!r}")
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
                 self.errors.append(f"report: {type(exc).__name__}")
             await asyncio.sleep(self.report_every)
 
 
 def start_server(tmp: Path, db: str, index: int) -> tuple[subprocess.Popen[bytes], str]:
-    address = ADDRESS.format(index + 1)
+    address = os.environ.get("BENCH_ADDRESS", ADDRESS).format(index + 1)
     port = free_port(address)
     env = {**os.environ, "CONVEYOR_ADMIN_TOKEN": TOKEN, "CONVEYOR_LOG_LEVEL": "warning"}
     argv = [sys.executable, "-m", "conveyor", "server", "--data", str(tmp / "data")]
@@ -167,7 +217,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cluster) -> None:
+async def measure(
+    n: int, servers: int, rest: float, report_every: float, pg: Cluster, profile: str | None
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-wakeup-"))
     db = pg.url(pg.create_database())
     procs: list[subprocess.Popen[bytes]] = []
@@ -203,19 +255,32 @@ async def measure(n: int, servers: int, rest: float, report_every: float, pg: Cl
                 await api.post("/api/apps", json={"name": "sample", "repo": str(repo)})
             ).raise_for_status()
             (await api.post("/api/apps/sample/runs", json={})).raise_for_status()
+            if profile:  # the first server, from the run's start, past the step's delivery
+                spy = ["py-spy", "record", "-p", str(procs[0].pid), "-d", "12", "-r", "100"]
+                spy += ["--nonblocking", "-f", "raw", "-o", profile]
+                subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             step_start = None
             deadline = time.monotonic() + 120
             while step_start is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-                found = (await api.get("/api/deployments?app=sample")).json()
-                for listed in found:
-                    d = (await api.get(f"/api/deployments/{listed['id']}")).json()
+                try:
+                    found = (await api.get("/api/deployments?app=sample")).json()
+                    details = [
+                        (await api.get(f"/api/deployments/{listed['id']}")).json()
+                        for listed in found
+                    ]
+                except httpx.HTTPError:
+                    continue  # a kept-alive connection the server closed meanwhile
+                for d in details:
                     started = [s["started_at"] for s in d["steps"] if s.get("started_at")]
                     if started:
                         step_start = min(started)
                     elif d["state"] in ("failed", "cancelled"):
                         raise SystemExit(f"the deployment ended at once: {d['reason']}")
-        assert step_start is not None, f"no deployment step started within 120 s: {found}"
+        assert step_start is not None, "no deployment step started within 120 s: " + ", ".join(
+            f"deployment {d['id']} {d['state']} ({d.get('reason')}), {len(d['steps'])} steps"
+            for d in found
+        )
         at = datetime.fromisoformat(step_start.replace("Z", "+00:00"))
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
         deadline = time.monotonic() + 30
@@ -254,13 +319,18 @@ def main() -> None:
     parser.add_argument("--servers", default="1,2", help="servers sharing the database")
     parser.add_argument("--rest", type=float, default=10.0, help="seconds measured at rest")
     parser.add_argument("--report-every", type=float, default=5.0, help="agents' reports")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy's samples of the first server during the run and the step (raw format)",
+    )
     args = parser.parse_args()
     pg = Cluster().start()
     try:
         print(f"load before: {os.getloadavg()[0]:.1f}", flush=True)
         for servers in (int(s) for s in args.servers.split(",")):
             for n in (int(a) for a in args.agents.split(",")):
-                asyncio.run(measure(n, servers, args.rest, args.report_every, pg))
+                asyncio.run(measure(n, servers, args.rest, args.report_every, pg, args.profile))
     finally:
         pg.stop()
 

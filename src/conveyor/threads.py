@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from anyio import CapacityLimiter, to_thread
+
 BACKGROUND_THREADS = 8  # the engines' database blocks running at once (a connection each)
 # the agents' requests (long-polls, reports) have threads of their own: readers of the API,
 # however many, cannot delay a host's report until it looks offline and fails a deployment
@@ -34,6 +36,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _executor: ThreadPoolExecutor | None = None
+_agent_lane = CapacityLimiter(AGENT_THREADS)
 _lock = threading.Lock()
 
 
@@ -52,6 +55,11 @@ async def in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) ->
     context = contextvars.copy_context()
     call = functools.partial(context.run, fn, *args, **kwargs)
     return await loop.run_in_executor(_background(), call)
+
+
+async def in_agent_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking database block in one of the agents' own threads."""
+    return await to_thread.run_sync(fn, *args, limiter=_agent_lane)
 
 
 def offloaded(fn: Callable[P, T]) -> Callable[P, Awaitable[T]]:
@@ -110,6 +118,7 @@ __all__ = [
     "BACKGROUND_THREADS",
     "Wakeup",
     "call_on_loop",
+    "in_agent_thread",
     "in_thread",
     "offloaded",
 ]

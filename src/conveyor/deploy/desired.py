@@ -29,6 +29,7 @@ from conveyor.protocol import (
     ServiceSpec,
     TlsSpec,
 )
+from conveyor.protocol.desired import HostFlags
 from conveyor.store import changes
 from conveyor.store.models import App, Host, HostApp, Release
 from conveyor.store.secrets import secret_values
@@ -269,11 +270,25 @@ _served: dict[tuple[int, str, str, int], tuple[float, list[DesiredRelease]]] = {
 _served_lock = threading.Lock()
 
 
-def desired_state(session: Session, host: Host) -> DesiredState:
+# one read's flags by (app id, environment): the hosts of one batch share them
+FlagsRead = dict[tuple[int, str | None], HostFlags | None]
+
+
+def desired_state(
+    session: Session, host: Host, flags_read: FlagsRead | None = None
+) -> DesiredState:
+    """What the host's agent should run now; `flags_read`: the flags this transaction
+    read already for other hosts (desired_states), filled as they are read."""
     apps = []
     for row in host.apps:
         releases = _desired_releases(session, row, host.name)
-        flags = host_flags(session, row.app, row.environment)
+        if flags_read is None:
+            flags = host_flags(session, row.app, row.environment)
+        else:
+            key = (row.app_id, row.environment)
+            if key not in flags_read:
+                flags_read[key] = host_flags(session, row.app, row.environment)
+            flags = flags_read[key]
         apps.append(DesiredApp(app=row.app.name, releases=releases, sticky=row.sticky, flags=flags))
     checks = [ChecksRequest.model_validate(c) for c in json.loads(host.checks or "[]")]
     return DesiredState(

@@ -44,6 +44,8 @@ from conveyor.server.api import (
     tokens,
     unleash,
 )
+from conveyor.server.credentials import AgentCredentials
+from conveyor.server.fanout import AgentDesk
 from conveyor.server.fastpath import FastPath, health
 from conveyor.server.headers import SecurityHeaders
 from conveyor.server.hooks import gitea, github, gitlab
@@ -51,6 +53,7 @@ from conveyor.server.limits import BodyLimit
 from conveyor.server.web import pages as web
 from conveyor.store.cluster import Cluster
 from conveyor.store.models import Run
+from conveyor.threads import in_agent_thread
 
 
 class _ConveyorAPI(FastAPI):
@@ -127,6 +130,7 @@ def create_app(
         background, settings.data_dir, notifier, engine.store, engine.paths.mirror, announcer
     )
     guard = FlagRollouts(background, notifier, announcer)
+    desk = AgentDesk(sessions, in_agent_thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -168,6 +172,7 @@ def create_app(
             await courier.stop()
             await guard.stop()
             await reporter.stop()
+            await desk.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -187,10 +192,15 @@ def create_app(
     api.state.engine = engine
     api.state.deployer = deployer
     api.state.notifier = notifier
+    api.state.agent_desk = desk
+    api.state.agent_credentials = AgentCredentials(sessions, in_agent_thread)
     api.state.courier = courier
     api.state.flag_rollouts = guard
     api.state.reporter = reporter
+    # routes are matched in this order, one after the other: the agents' first (a
+    # thousand long-polls answered at once, each asking again, pay no walk past the rest)
     for module in (
+        agents,
         apps,
         runs,
         releases,
@@ -206,7 +216,6 @@ def create_app(
         unleash,
         keys,
         hosts,
-        agents,
         github,
         gitlab,
         gitea,

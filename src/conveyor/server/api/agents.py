@@ -5,25 +5,21 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 import conveyor
-from conveyor.deploy.desired import desired_state
 from conveyor.protocol import MAX_INT, DesiredState, Enrol, Enrolled, ObservedState
 from conveyor.protocol.versions import AGENT_VERSION_HEADER, REFUSED_STATUS, agent_refusal
 from conveyor.server.auth import _bearer, hash_token, new_token
+from conveyor.server.credentials import AgentCredentials
 from conveyor.server.deps import ReleaseId, SessionDep, get_release_or_404
 from conveyor.server.edge import responses
-from conveyor.store.models import Host, Token, utcnow
-from conveyor.threads import AGENT_THREADS
+from conveyor.server.fanout import AgentDesk, DesiredAsk, Report
+from conveyor.store.models import Host, utcnow
 
 log = logging.getLogger("conveyor.server")
 
@@ -53,20 +49,6 @@ router = APIRouter(
 )
 MAX_WAIT = 60.0
 REREAD = 5.0
-# a long-poll notes its host seen (a write) only if it was not seen this recently: the
-# reports (every 2 s) keep it fresh, and a wave of long-polls asking again after a change
-# must not queue twenty writes ahead of the answers (hosts go offline after 15 s)
-SEEN_FRESH = timedelta(seconds=5)
-T = TypeVar("T")
-_lane = CapacityLimiter(AGENT_THREADS)
-# reports (writes, each waiting its turn for the database's write lock) take at most half
-# the agents' threads: the other half answer long-polls, a kill switch's wave among them
-_report_lane = CapacityLimiter(max(1, AGENT_THREADS // 2))
-
-
-async def in_agent_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run a blocking database block in one of the agents' own threads."""
-    return await to_thread.run_sync(fn, *args, limiter=_lane)
 
 
 async def require_agent(request: Request) -> str:
@@ -74,19 +56,8 @@ async def require_agent(request: Request) -> str:
     token = _bearer(request)
     if token is None:
         raise HTTPException(401, "missing agent credential", headers={"WWW-Authenticate": "Bearer"})
-    return await in_agent_thread(_agent_host, request.app.state.sessions, hash_token(token))
-
-
-def _agent_host(sessions: sessionmaker[Session], digest: str) -> str:
-    with sessions() as session:
-        host = session.scalar(select(Host).where(Host.agent_token_hash == digest))
-        if host is not None and host.state == "enrolled":
-            return str(host.name)
-        if session.scalar(select(Token).where(Token.token_hash == digest)) is not None:
-            raise HTTPException(403, "this route is for agents; user tokens cannot call it")
-    raise HTTPException(
-        401, "agent credential unknown or revoked: re-enrol with `conveyor host add`"
-    )
+    credentials: AgentCredentials = request.app.state.agent_credentials
+    return await credentials.host_of(hash_token(token))
 
 
 AgentHost = Annotated[str, Depends(require_agent)]
@@ -115,7 +86,7 @@ def enrol(body: Enrol, session: SessionDep) -> Enrolled:
     return Enrolled(agent_token=credential)
 
 
-@router.get("/desired")
+@router.get("/desired", response_model=DesiredState)
 async def get_desired(
     request: Request,
     host_name: AgentHost,
@@ -123,32 +94,20 @@ async def get_desired(
         -1, ge=-1, le=MAX_INT, description="return at once if the generation is newer than this"
     ),
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="long-poll up to this many seconds"),
-) -> DesiredState:
+) -> Response:
     notifier = request.app.state.notifier
+    desk: AgentDesk = request.app.state.agent_desk
     deadline = time.monotonic() + wait
-
-    def look(first: bool) -> DesiredState | None:
-        """The desired state if it is newer than `after` or the wait is over, else None."""
-        with request.app.state.sessions() as session:
-            host = session.scalar(select(Host).where(Host.name == host_name))
-            if host is None or host.state != "enrolled":
-                raise HTTPException(401, "agent credential revoked")
-            now = utcnow()
-            if first and (host.last_seen is None or now - host.last_seen > SEEN_FRESH):
-                # seen when it asks, not while its poll waits: a cut-off host goes offline
-                host.last_seen = now
-                session.commit()
-            left = deadline - time.monotonic()
-            if host.generation > after or left <= 0 or notifier.closed:
-                return desired_state(session, host)
-        return None
-
     first = True
     while True:
-        # in a thread: the long-poll waits on the loop, it reads off it
-        found = await in_agent_thread(look, first)
-        if found is not None:
-            return found
+        # read with the other polls woken at the same time (server/fanout.py): the answer's
+        # JSON when the host's generation is newer than `after` or the wait is over
+        final = deadline - time.monotonic() <= 0 or notifier.closed
+        found = await desk.reads.submit(DesiredAsk(host_name, after, final, first))
+        if found.seen:
+            desk.reports.post(Report(host_name, None))  # with the next reports' write
+        if found.body is not None:
+            return Response(found.body, media_type="application/json")
         first = False
         # this process's writes wake the waiter at once; re-reading the database now and
         # then only catches another server's writes, so it need not be often
@@ -158,25 +117,16 @@ async def get_desired(
 
 @router.post("/report", status_code=204)
 async def report(body: ObservedState, request: Request, host_name: AgentHost) -> None:
+    """Record the host's observed state; answered once its batch is committed (503: it
+    was not, send it again)."""
     if body.host != host_name:
         raise HTTPException(
             422, f"report for {body.host!r} sent with the credential of {host_name!r}"
         )
     if body.address is None and request.client is not None:
         body.address = request.client.host
-    async with _report_lane:
-        await in_agent_thread(_record, request.app.state.sessions, host_name, body)
-
-
-def _record(sessions: sessionmaker[Session], host_name: str, body: ObservedState) -> None:
-    with sessions() as session:
-        host = session.scalar(select(Host).where(Host.name == host_name))
-        assert host is not None
-        host.observed = body.model_dump_json()
-        host.last_seen = utcnow()
-        if body.converged:
-            host.applied_generation = body.generation
-        session.commit()
+    desk: AgentDesk = request.app.state.agent_desk
+    await desk.reports.submit(Report(host_name, body))
 
 
 @router.get("/artifacts/{release_id}", response_class=FileResponse, responses=responses(404))
