@@ -9,7 +9,9 @@ directory, agents given every server's URL, routers and the sample app on 127.0.
 - a driver frozen with SIGSTOP: the other server takes its lease over once it expired,
   and the frozen one, resumed, writes nothing more (fencing by the lease's generation);
 - three servers, the driver killed one at a time while a 3-host canary goes on: it ends
-  as its record says, no step started twice, the agents moved and stayed online.
+  as its record says, no step started twice, the agents moved and stayed online; 50
+  simulated agents (testbed/simagents.py) poll and report all along, none of them
+  without a server for longer than its retry interval, none answered but 2xx or 503.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 
 from conveyor.deploy.orchestrator import CRASH_ENV
 from testbed.postgres import Cluster
+from testbed.simagents import REPORT_EVERY, RETRY_MAX, SimulatedFleet, enrol
 from tests.e2e.test_kill_anywhere import ENDED, consistent
 from tests.fleet import Fleet, LoadGenerator
 from tests.helpers import ServerProcess, wait_for
@@ -243,11 +246,25 @@ def test_a_frozen_driver_resumed_after_a_takeover_acts_no_more(db: str, tmp_path
         assert alive(frozen)
 
 
+# An agent is never without a server for longer than this: between two exchanges it waits
+# REPORT_EVERY (2 s); a server killed with kill -9 is noticed at once (its connections
+# are reset, a new one refused) and the next one tried at once; a round of servers
+# without an answer waits RETRY_MAX (5 s) at most. Plus 3 s for a loaded 2-core machine.
+NO_SERVER_MAX = REPORT_EVERY + RETRY_MAX + 3.0
+
+
 @pytest.mark.timeout(600)
 def test_three_servers_killed_one_at_a_time_during_a_canary(db: str, tmp_path: Path) -> None:
     with servers_on(db, tmp_path, 3) as servers, fleet_on(servers, tmp_path, HOSTS) as fleet:
         build(fleet, "v1", environments(list(HOSTS), "1s"))
-        with LoadGenerator(fleet.urls(), clients=3, max_seconds=500, rate=25) as load:
+        # 50 simulated agents on every server's URL (hosts in no environment: they poll
+        # and report, nothing is deployed to them), from before the canary to its end
+        tokens = enrol(servers[0], [f"sim-{i:02d}" for i in range(50)])
+        with (
+            SimulatedFleet([s.url for s in servers], tokens) as simulated,
+            LoadGenerator(fleet.urls(), clients=3, max_seconds=500, rate=25) as load,
+        ):
+            wait_for(simulated.online, timeout=60)
             # pauses long enough for two kills, each with a takeover, a restart and every
             # agent back online (on a loaded machine the canary may end after one)
             fleet.commit("v2", environments(list(HOSTS), "12s"))
@@ -286,6 +303,17 @@ def test_three_servers_killed_one_at_a_time_during_a_canary(db: str, tmp_path: P
                 for agent in fleet.agents.values():
                     wait_for(agent._online, timeout=20)
             assert kills >= 1  # two when the machine is quick enough: the loop tries
+        gaps = sorted(a.longest_gap for a in simulated.agents)
+        print(
+            f"simulated agents: longest gap without a server {gaps[-1]:.1f} s, median "
+            f"{gaps[len(gaps) // 2]:.1f} s, moves {sum(a.moves for a in simulated.agents)}"
+        )
+        assert gaps[-1] <= NO_SERVER_MAX, [
+            (a.name, round(a.longest_gap, 1))
+            for a in simulated.agents
+            if a.longest_gap > NO_SERVER_MAX
+        ]
+        assert simulated.bad == [], simulated.bad[:5]  # nothing but 2xx and 503
         assert record["state"] == "succeeded", (record["reason"], record.get("steps"), kills)
         use(fleet, servers[0])
         consistent(fleet, record)

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
+
 from conveyor.agent.errors import MigrationFailed
 from conveyor.agent.health import wait_healthy
 from conveyor.agent.installer import Installer, InstallError
@@ -149,13 +151,25 @@ class BringUp:
         archive = self.data / app / "downloads" / f"{spec.release}.tar.gz"
         archive.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self.installer.download(
-                self.link.artifact_url(spec.artifact),
-                self.link.headers,
-                archive,
-                spec.sha256,
-                client=self.link.http,
-            )
+            for tried in range(1, len(self.link.servers) + 1):
+                server = self.link.server
+                try:
+                    await self.installer.download(
+                        self.link.artifact_url(spec.artifact),
+                        self.link.headers,
+                        archive,
+                        spec.sha256,
+                        client=self.link.http,
+                    )
+                    break
+                except InstallError as exc:
+                    # that server went away (several share one database): the next one
+                    # has the same artifact; False once each was tried without an answer
+                    if not isinstance(exc.__cause__, httpx.TransportError):
+                        raise
+                    if not self.link.fail_over(server) or tried == len(self.link.servers):
+                        raise
+                    log.warning("download moved to another server", extra={"error": str(exc)})
             release_dir = await asyncio.to_thread(self.installer.unpack, app, spec.release, archive)
         finally:
             archive.unlink(missing_ok=True)
