@@ -8,6 +8,10 @@ wrk sends each request with a `uid` cookie drawn from --users distinct ids (the 
 keeps the answers of 65,536 users: fewer users measure the kept answers, more the
 evaluation). Rounds alternate the two routers; the figures are medians over the rounds.
 With --router haproxy, the same through HAProxy (its Lua action, conveyor_flags.lua).
+
+wrk, the router and the stand-in app share the machine's cores, so requests/s also pays
+for the app reading a longer request (the header's answers); the CPU each spent per
+request during the runs (/proc: user + system) tells the router's part from the app's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.router_cost import cpu_seconds
+
+from conveyor.agent.procfs import pids_under
 from conveyor.agent.routing.embedded import EmbeddedRouter
 from conveyor.agent.routing.haproxy import HAProxyRouter
 from conveyor.agent.routing.spec import Router, RouteSpec, Target
@@ -44,17 +51,24 @@ end
 """
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path) -> tuple[float, float]:
+def wrk(
+    url: str, seconds: int, connections: int, script: Path, pids: tuple[list[int], list[int]]
+) -> tuple[float, float, float, float]:
+    """req/s, p99 ms, and the CPU µs per request of the router's and of the app's processes."""
+    before = cpu_seconds(pids[0]), cpu_seconds(pids[1])
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    router, app = (cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", out)
-    assert m, out
-    return rps, float(m.group(1)) * UNITS[m.group(2)]
+    total = re.search(r"(\d+) requests in", out)
+    assert m and total, out
+    n = int(total.group(1))
+    return rps, float(m.group(1)) * UNITS[m.group(2)], router * 1e6 / n, app * 1e6 / n
 
 
 def flags(count: int) -> HostFlags:
@@ -96,7 +110,10 @@ def main() -> None:
     parser.add_argument("--router", choices=["embedded", "haproxy"], default="embedded")
     args = parser.parse_args()
     backend = Backend("r1", "bench").spawn().wait_ready()
-    seen: dict[str, list[tuple[float, float]]] = {"none": [], f"{args.flags} flags": []}
+    seen: dict[str, list[tuple[float, float, float, float]]] = {
+        "none": [],
+        f"{args.flags} flags": [],
+    }
     loads = []
     with tempfile.TemporaryDirectory(prefix="conveyor-flags-bench-") as tmp:
         root = Path(tmp)
@@ -118,12 +135,24 @@ def main() -> None:
                 for name, router in routers.items()
             }
             names = list(ports)
+            app = [backend.proc.pid] if backend.proc else []
+            owners = {
+                name: (
+                    pids_under(str(root / f"haproxy-{i}"))
+                    if args.router == "haproxy"
+                    else pids_under(str(root / f"{i}.sock")),
+                    app,
+                )
+                for i, name in enumerate(names)
+            }
             for rnd in range(args.rounds):
                 loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
                 for name in names[rnd % 2 :] + names[: rnd % 2]:
                     url = f"http://127.0.0.1:{ports[name]}/"
-                    wrk(url, 1, args.connections, script)  # warm up
-                    seen[name].append(wrk(url, args.seconds, args.connections, script))
+                    wrk(url, 1, args.connections, script, owners[name])  # warm up
+                    seen[name].append(
+                        wrk(url, args.seconds, args.connections, script, owners[name])
+                    )
                     time.sleep(0.3)
         finally:
             for router in routers.values():
@@ -137,14 +166,19 @@ def main() -> None:
     for name, figures in seen.items():
         rps = statistics.median(f[0] for f in figures)
         p99 = statistics.median(f[1] for f in figures)
-        print(f"  {name:10} {rps:8.0f} req/s   p99 {p99:6.2f} ms")
-    (none_rps, none_p99), (flag_rps, flag_p99) = (
-        (statistics.median(f[0] for f in v), statistics.median(f[1] for f in v))
-        for v in seen.values()
+        router = statistics.median(f[2] for f in figures)
+        app = statistics.median(f[3] for f in figures)
+        print(
+            f"  {name:10} {rps:8.0f} req/s   p99 {p99:6.2f} ms   CPU per request: router "
+            f"{router:5.1f} us, app {app:5.1f} us"
+        )
+    (none_rps, none_p99, none_router, none_app), (flag_rps, flag_p99, flag_router, flag_app) = (
+        tuple(statistics.median(f[i] for f in v) for i in range(4)) for v in seen.values()
     )
     print(
         f"  with flags / none: req/s {flag_rps / none_rps:.3f}x, p99 {flag_p99 / none_p99:.3f}x"
-        " (goal: within 5%)"
+        f" (goal: within 5%); CPU per request: router {flag_router / none_router:.3f}x, "
+        f"app {flag_app / none_app:.3f}x"
     )
 
 

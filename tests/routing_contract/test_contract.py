@@ -300,6 +300,31 @@ def test_the_flags_header_is_the_same_for_each_user(
         )
         everything_off = "; ".join(f"{n}=off" for n in sorted(n for n, _ in FLAGS_CASES))
         wait_for(lambda: seen("u-1") == everything_off, timeout=10, interval=0.1)
+        # users read from a header now (HAProxy: a reload, its backend then keeping each
+        # user's answers natively): asked twice, a kept answer is the same; new flags on the
+        # same header change every kept user's answer at once
+        by_header = spec.model_copy(
+            update={"flags": HostFlags(stickiness="header:X-User", document=document)}
+        )
+        loop.run(router.apply(by_header))
+
+        def told(uid: str) -> str | None:
+            got: dict[str, str] = http.get(url, headers={"X-User": uid}).json()
+            return {k.lower(): v for k, v in got.items()}.get("x-conveyor-flags")
+
+        wait_for(lambda: told("h-0") == header_value(ours, Context(user_id="h-0")), timeout=10)
+        for _ in range(2):
+            for i in range(100):
+                assert told(f"h-{i}") == header_value(ours, Context(user_id=f"h-{i}")), i
+        loop.run(
+            router.apply(
+                by_header.model_copy(
+                    update={"flags": HostFlags(stickiness="header:X-User", document=off)}
+                )
+            )
+        )
+        wait_for(lambda: told("h-0") == everything_off, timeout=10, interval=0.1)
+        assert all(told(f"h-{i}") == everything_off for i in range(100))
         # no flags any more: no header
         loop.run(router.apply(spec.model_copy(update={"flags": None})))
         wait_for(lambda: seen("u-1") is None, timeout=10, interval=0.1)
