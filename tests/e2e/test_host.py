@@ -7,6 +7,7 @@ concurrent keep-alive load lose no request, with both router backends.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,18 @@ def test_only_the_last_previous_release_stays_warm(server: ServerProcess, tmp_pa
         assert back is not None and back["pid"] == warm["pid"], (warm, back)
 
 
+def _logged(agent: AgentProcess, msg: str, release: str) -> bool:
+    """Whether the agent's log has this message about this release."""
+    for line in agent.log().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == msg and entry.get("release") == release:
+            return True
+    return False
+
+
 def test_agent_killed_mid_deploy_adopts_its_instances(world: World) -> None:
     v1 = world.build("v1")
     v2 = world.build("v2")
@@ -151,10 +164,11 @@ def test_agent_killed_mid_deploy_adopts_its_instances(world: World) -> None:
 
     with LoadGenerator(world.url, clients=8, rate=25) as load:
         agent.set("sample", {v2: 100})
-        wait_for(
-            lambda: (agent.release("sample", v2) or {}).get("phase") in ("starting", "healthy")
-        )
-        agent.kill()  # mid-deploy
+        # mid-deploy: v2 unpacked, its instance starting, v1 still current. Read from the
+        # agent's own log, not from its reports (written by the server in batches, half a
+        # second late: the switch could be done by then)
+        wait_for(lambda: _logged(agent, "unpacked", v2), interval=0.02)
+        agent.kill()
         agent.start()
         agent.wait_routed("sample", {v2: 100})
         wait_for(lambda: world.serving() == v2)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, load_only, selectinload, sessionmaker
 from conveyor.deploy.desired import FlagsRead, desired_state
 from conveyor.protocol import ObservedState
 from conveyor.store.models import Host, HostApp, utcnow
+from conveyor.store.outage import OUTAGE, is_unavailable
 
 log = logging.getLogger("conveyor.server")
 
@@ -278,8 +279,14 @@ class Batcher(Generic[A, R]):
                 pending.future.cancel()
             raise
         except Exception as exc:
-            log.warning("%s: a batch of %d failed: %s", self.name, len(live), exc, exc_info=exc)
-            results = [HTTPException(503, self.failed) for _ in live]
+            if is_unavailable(exc):
+                # the database away: each request answered as any other then is (busy.py:
+                # 503, Retry-After), the outage logged once for all, not once a batch
+                OUTAGE.failed(exc, self.name)
+                results = [exc for _ in live]
+            else:
+                log.warning("%s: a batch of %d failed: %s", self.name, len(live), exc, exc_info=exc)
+                results = [HTTPException(503, self.failed) for _ in live]
         later = []
         for pending, result in zip(live, results, strict=True):
             if pending.future.done():
