@@ -14,11 +14,9 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import Config, ConfigError, load_config
@@ -27,6 +25,7 @@ from conveyor.pipeline import git
 from conveyor.pipeline.claims import hold_run, orphaned_runs
 from conveyor.pipeline.dispatching import RunnerDispatch
 from conveyor.pipeline.masking import Masker
+from conveyor.pipeline.polling import RepositoryPoller
 from conveyor.pipeline.process import (
     SHELL,
     StepResult,
@@ -39,19 +38,14 @@ from conveyor.pipeline.process import (
 )
 from conveyor.pipeline.pulls import checkout_pull
 from conveyor.pipeline.records import Paths, RunContext
-from conveyor.pipeline.runs import (
-    enqueue_run,
-    interrupted_steps,
-    next_runnable,
-    recover_runs,
-)
+from conveyor.pipeline.runs import interrupted_steps, next_runnable, recover_runs
 from conveyor.releases.artifact import ArtifactError, build_artifact
 from conveyor.releases.store import ArtifactStore
 from conveyor.sqllint.sources import SQL_DIGEST_ENV
 from conveyor.store.cluster import Cluster
-from conveyor.store.models import App, Run, utcnow
+from conveyor.store.models import Run, utcnow
 from conveyor.store.outage import OUTAGE, is_unavailable
-from conveyor.threads import Wakeup, call_on_loop, in_thread, offloaded
+from conveyor.threads import Wakeup, call_on_loop, in_thread
 
 log = logging.getLogger("conveyor.engine")
 
@@ -61,7 +55,7 @@ RECOVER_EVERY = 5.0  # seconds between two looks for runs of a dead server (seve
 SWEEP_EVERY = 2.0  # seconds between two looks for runs of a runner that stopped answering
 
 
-class Engine(RunnerDispatch):
+class Engine(RunnerDispatch, RepositoryPoller):
     """Schedules queued runs (one per app at a time) and polls repositories."""
 
     def __init__(
@@ -199,67 +193,6 @@ class Engine(RunnerDispatch):
             self._tasks.pop(run_id, None)
             self._cancels.pop(run_id, None)
         self._wake.set()
-
-    # -- polling fallback ---------------------------------------------------
-
-    async def _poll_due(self) -> None:
-        for app_id, name, url, branch in await in_thread(self._due_polls, set(self._polling)):
-            self._polling.add(app_id)
-            task = asyncio.create_task(self._poll(app_id, name, url, branch))
-            task.add_done_callback(functools.partial(_discard, self._polling, app_id))
-
-    def _due_polls(self, polling: set[int]) -> list[tuple[int, str, str, str]]:
-        now = utcnow()
-        with self.sessions() as session:
-            apps = session.scalars(select(App).where(App.poll_interval.is_not(None))).all()
-            return [
-                (a.id, a.name, a.repo_url, a.branch)
-                for a in apps
-                if a.poll_interval
-                and a.id not in polling
-                and (
-                    a.last_polled_at is None
-                    or a.last_polled_at + timedelta(seconds=a.poll_interval) <= now
-                )
-            ]
-
-    async def _poll(self, app_id: int, name: str, url: str, branch: str) -> None:
-        try:
-            head: str | None = await git.remote_head(url, branch)
-        except git.GitError as exc:
-            log.warning("poll failed", extra={"app": name, "error": str(exc)})
-            head = None
-        await self._polled(app_id, name, branch, head)
-        self._wake.set()
-
-    @offloaded
-    def _polled(self, app_id: int, name: str, branch: str, head: str | None) -> None:
-        """Record a poll, and queue a run for a new head."""
-        with self.sessions() as session:
-            app = session.get(App, app_id)
-            if app is None:
-                return
-            app.last_polled_at = utcnow()
-            if head and head != app.last_polled_sha:
-                known = session.scalar(
-                    select(func.count())
-                    .select_from(Run)
-                    .where(Run.app_id == app_id, Run.sha == head)
-                )
-                if not known:
-                    run = enqueue_run(
-                        session,
-                        app,
-                        head,
-                        ref=f"refs/heads/{branch}",
-                        trigger="poll",
-                        triggered_by="poller",
-                    )
-                    log.info(
-                        "poll found a new commit", extra={"app": name, "sha": head, "run": run.id}
-                    )
-                app.last_polled_sha = head
-            session.commit()
 
     # -- one run ------------------------------------------------------------
 
@@ -479,10 +412,6 @@ def release_migration_hash(
         except OSError:
             files[name] = None
     return migration_hash(config, sql=sql, files=files, artifact=artifact)
-
-
-def _discard(items: set[int], item: int, _task: object) -> None:
-    items.discard(item)
 
 
 def _short(command: str) -> str:
