@@ -61,17 +61,30 @@ class RunnerDispatch(RunRecords):
     # which says nothing of them; they get a whole period again before any sweep
     regrace = False
 
+    def _interrupted(
+        self, session: Session, runs: Sequence[Run], message: str, **extra: str
+    ) -> None:
+        """Say each run a lost server or runner left (requeued, or failed), and end those
+        that failed (their notifications), in the caller's transaction."""
+        for run in runs:
+            log.warning(
+                message,
+                extra={
+                    "run": run.id,
+                    "state": run.state,
+                    "attempt": run.attempt,
+                    "reason": run.reason,
+                    **extra,
+                },
+            )
+            if run.state == "failed" and self.on_end is not None:
+                self.on_end(session, run)
+
     def _sweep_runners(self) -> None:
         """Retry once, or fail, the runs of runners that stopped answering."""
         with self.sessions() as session:
             lost = handoff.lost_runs(session)
-            for run in lost:
-                log.warning(
-                    "runner stopped answering",
-                    extra={"run": run.id, "state": run.state, "reason": run.reason},
-                )
-                if run.state == "failed" and self.on_end is not None:
-                    self.on_end(session, run)
+            self._interrupted(session, lost, "runner stopped answering")
             session.commit()
         if lost:
             self._wake.set()

@@ -115,18 +115,9 @@ class Engine(RunnerDispatch, RepositoryPoller):
             if leftovers:
                 log.warning("stopping processes of interrupted steps", extra={"pids": leftovers})
                 kill_processes(leftovers)
-            for run in recover_runs(session, only, cause):
-                log.warning(
-                    "run interrupted",
-                    extra={
-                        "run": run.id,
-                        "state": run.state,
-                        "attempt": run.attempt,
-                        "cause": cause,
-                    },
-                )
-                if run.state == "failed" and self.on_end is not None:
-                    self.on_end(session, run)
+            self._interrupted(
+                session, recover_runs(session, only, cause), "run interrupted", cause=cause
+            )
             session.commit()
 
     async def serve(self) -> None:
