@@ -234,15 +234,24 @@ class Watcher(Ledger):
                 step = session.get_one(DeploymentStep, step_id)
                 d = session.get_one(Deployment, deployment_id)
                 baseline = d.previous_release if d.previous_release != release else None
-                return _Paused(
-                    read_detail(step),
-                    step.kind == "monitor",
-                    baseline,
-                    carried_judge(d, step),
-                    deployment_reference(d),
+                detail, carried = read_detail(step), carried_judge(d, step)
+                # the plan matters to the judge's first look only (judge_state.with_budget):
+                # every step's detail is not read again at each look
+                first = detail.judge is None and carried is None
+                planned = (
                     planned_epochs(
                         o.pause for o in (read_detail(x).options for x in d.steps) if o.analyse
-                    ),
+                    )
+                    if first
+                    else 0
+                )
+                return _Paused(
+                    detail,
+                    step.kind == "monitor",
+                    baseline,
+                    carried,
+                    deployment_reference(d),
+                    planned,
                 )
 
         p = await in_thread(read)
