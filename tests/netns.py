@@ -158,7 +158,12 @@ class NetNamespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def popen(self, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[Any]:
-        return subprocess.Popen(self.command(argv), **popen_kw)
+        """Started, and inside the namespace when this returns: `ip netns exec` joins it
+        before it execs, and a close() that listed the namespace's processes before the
+        join would leave this one running."""
+        proc = subprocess.Popen(self.command(argv), **popen_kw)
+        wait_for(lambda: proc.poll() is not None or proc.pid in self.pids(), timeout=10)
+        return proc
 
     def run(self, argv: Sequence[str], **run_kw: Any) -> subprocess.CompletedProcess[Any]:
         run_kw.setdefault("timeout", 60)
