@@ -9,7 +9,15 @@ import pytest
 import trustme
 
 from conveyor.config.tls import Acme, Tls
-from conveyor.deploy.certificates import CERT_SECRET, Stored, due_in, parse_stored, stored_for
+from conveyor.deploy.certificates import (
+    CERT_SECRET,
+    Stored,
+    due_in,
+    lifetime_of,
+    parse_stored,
+    retry_in,
+    stored_for,
+)
 from conveyor.deploy.desired import tls_spec
 from conveyor.protocol import TlsSpec
 
@@ -66,6 +74,30 @@ def test_a_later_server_renews_closer_to_the_expiry() -> None:
     assert due_in(stored, ["shop.example.com"], NOW, later=0.1) - first == pytest.approx(
         170 / 3 * 0.1 * 86400, rel=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    ("failures", "lifetime", "wait"),
+    [
+        (1, 90 * 86400, 30.0),  # a 90-day certificate: 30 s after the first failure
+        (2, 90 * 86400, 60.0),  # doubled with each failure in a row
+        (5, 90 * 86400, 480.0),
+        (8, 90 * 86400, 3600.0),  # at most an hour
+        (400, 90 * 86400, 3600.0),  # no overflow however many
+        (0, None, 30.0),  # unknown lifetime: the plain schedule
+        (3, None, 120.0),
+        (1, 30.0, 1.0),  # a 30-second one: a thirtieth of its life, never under a second
+        (1, 600.0, 20.0),
+        (9, 600.0, 20.0),
+    ],
+)
+def test_retry_in(failures: int, lifetime: float | None, wait: float) -> None:
+    assert retry_in(failures, lifetime) == wait
+
+
+def test_lifetime_of_reads_the_leaf() -> None:
+    assert lifetime_of(_stored(90)) == pytest.approx(170 * 86400, abs=2)
+    assert lifetime_of(_stored()._replace(cert="garbage")) is None
 
 
 def test_tls_spec_carries_the_servers_certificate() -> None:

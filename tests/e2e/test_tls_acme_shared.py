@@ -6,7 +6,7 @@ mock DNS resolving the name to one host only (web-2). The server orders; every h
 answers the challenge tokens it puts in their desired state, so the CA's validation
 against web-2 succeeds whichever host asked. All three hosts then serve the same
 certificate (one order, not three), and no agent ordered or cached one of its own.
-Pebble's certificates live 30 s: with the name now resolving to web-3, the server
+Pebble's certificates live 45 s (renewed with 15 s left): with the name now resolving to web-3, the server
 renews once, under paced HTTPS load on all three hosts, without one failed request. Then
 the CA cannot reach the name at all: the next renewal fails, every host shows why in
 `conveyor status`, and the certificate it has keeps serving.
@@ -61,7 +61,7 @@ def served_serial(root: str, address: str, port: int) -> int:
 def test_one_order_for_three_hosts_renewed_under_load(tmp_path: Path) -> None:
     addresses = list(HOSTS.values())
     http_port, https_port = _port_free_on(addresses), _port_free_on(addresses)
-    pebble = Pebble(tmp_path / "pebble", PEBBLE_ADDRESS, HOSTS["web-2"], http_port, validity=30)
+    pebble = Pebble(tmp_path / "pebble", PEBBLE_ADDRESS, HOSTS["web-2"], http_port, validity=45)
     pebble.start()
     env = {"CONVEYOR_ACME_CA": str(pebble.ca_file)}
     with running_server(tmp_path / "data", env) as server:

@@ -32,6 +32,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,10 +64,12 @@ CERT_SECRET = "conveyor.acme"
 CHALLENGE_SECRET = "conveyor.acme-challenges"
 # how long an order waits for every host to answer its tokens before asking the CA anyway
 ANSWER_WAIT = 30.0
-# renewals: looked at least this often, at most this often, and a failed one retried after
+# renewals: looked at least this often, at most this often; a failed one retried after
+# RETRY_AFTER seconds, doubled with each failure in a row up to RETRY_MAX (see retry_in)
 CHECK_AT_LEAST = 300.0
 CHECK_AT_MOST = 1.0
 RETRY_AFTER = 30.0
+RETRY_MAX = 3600.0
 
 
 class Stored(NamedTuple):
@@ -127,6 +130,29 @@ def due_in(
     return max(left, 0.0)
 
 
+def retry_in(failures: int, lifetime: float | None) -> float:
+    """Seconds before a renewal that failed `failures` times in a row is tried again.
+
+    30 s doubled with each failure, at most an hour (a CA limits failed validations per
+    name and hour: Let's Encrypt allows 5), and at most a thirtieth of the certificate's
+    lifetime (`lifetime` seconds, None when unknown), so that a short-lived certificate
+    gets several tries before it expires: a 90-day one is never held back by that."""
+    wait = min(RETRY_AFTER * 2.0 ** min(max(failures, 1) - 1, 16), RETRY_MAX)
+    if lifetime is not None:
+        wait = min(wait, lifetime / 30)
+    return max(wait, CHECK_AT_MOST)
+
+
+def lifetime_of(stored: Stored) -> float | None:
+    """The stored certificate's lifetime in seconds, None when it cannot be read."""
+    try:
+        chain = x509.load_pem_x509_certificates(stored.cert.encode())
+    except ValueError:
+        return None
+    leaf = chain[0]
+    return (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds()
+
+
 # the answers per host, made once per commit of the secret store in this process (and
 # for a second at most: another server's orders are seen that late)
 _answers_cache: tuple[int, float, dict[str, dict[str, str]]] | None = None
@@ -161,7 +187,8 @@ class Certificates:
         self.notifier = notifier
         self.verify: str | bool = os.environ.get(ACME_CA_ENV) or True
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
-        self._failed_at: dict[tuple[int, str], float] = {}
+        # failed renewals: when the last one failed, and how many failed in a row
+        self._failed_at: dict[tuple[int, str], tuple[float, int]] = {}
         self._stopping = False
         self._wake = asyncio.Event()
         self._later = random.uniform(0.0, 0.1)  # this server's renewals: due_in(later=)
@@ -317,12 +344,13 @@ class Certificates:
         for app_id, environment, stored, hosts in await in_thread(self._stored):
             key = (app_id, environment)
             left = due_in(stored, stored.domains, now, self._later)
-            failed = self._failed_at.get(key)
+            failed_at, failures = self._failed_at.get(key, (0.0, 0))
             if left > 0 or not hosts:
                 wait = min(wait, left or CHECK_AT_LEAST)
                 continue
-            if failed is not None and time.monotonic() - failed < RETRY_AFTER:
-                wait = min(wait, RETRY_AFTER - (time.monotonic() - failed))
+            retry = retry_in(failures, lifetime_of(stored))
+            if failures and time.monotonic() - failed_at < retry:
+                wait = min(wait, retry - (time.monotonic() - failed_at))
                 continue
             try:
                 await self.ensure(
@@ -332,8 +360,8 @@ class Certificates:
                 wait = CHECK_AT_MOST  # the next look reads the new one's renewal time
                 log.info("ACME certificate renewed", extra={"environment": environment})
             except CertError as exc:
-                self._failed_at[key] = time.monotonic()
-                wait = min(wait, RETRY_AFTER)
+                self._failed_at[key] = (time.monotonic(), failures + 1)
+                wait = min(wait, retry_in(failures + 1, lifetime_of(stored)))
                 # the hosts show it (conveyor status) while the certificate keeps serving
                 await in_thread(self._store, app_id, environment, stored._replace(error=str(exc)))
                 log.error(
