@@ -6,8 +6,9 @@ mock DNS resolving the name to one host only (web-2). The server orders; every h
 answers the challenge tokens it puts in their desired state, so the CA's validation
 against web-2 succeeds whichever host asked. All three hosts then serve the same
 certificate (one order, not three), and no agent ordered or cached one of its own.
-Pebble's certificates live 45 s (renewed with 15 s left): with the name now resolving to web-3, the server
-renews once, under paced HTTPS load on all three hosts, without one failed request. Then
+Pebble's certificates live 45 s (renewed with 15 s left): with the name now resolving to
+web-3, the server renews once, under paced HTTPS load on all three hosts, without one
+failed request. Then
 the CA cannot reach the name at all: the next renewal fails, every host shows why in
 `conveyor status`, and the certificate it has keeps serving.
 """
