@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from conveyor.flags import Context, FlagSet
-from conveyor.flags.compiled import FastLine, Unsupported, compile_document, encode
+from conveyor.flags.compiled import Unsupported, compile_document, encode
 from conveyor.flags.definition import NamedFlag, to_document
+from conveyor.flags.fastline import FastLine
 from conveyor.flags.header import header_value
 from conveyor.protocol.flags import FlagState
 
@@ -46,6 +47,28 @@ STATES: dict[str, dict[str, Any]] = {
         "constraints": [{"context_name": "plan", "operator": "NOT_IN", "values": ["pro"]}],
     },
     "by-session": {"enabled": True, "rollout": 50, "stickiness": "sessionId"},
+    "four-variants": {
+        "enabled": True,
+        "rollout": 80,
+        "variants": [
+            {"name": "a", "weight": 10},
+            {"name": "never", "weight": 0},
+            {"name": "b", "weight": 20},
+            {"name": "c", "weight": 70},
+        ],
+    },
+    "variants-for-all": {
+        "enabled": True,
+        "variants": [{"name": "p", "weight": 50}, {"name": "q", "weight": 50}],
+    },
+    "ids-only": {"enabled": True, "user_ids": ["u-3", "ü-9"]},
+    "suffix-rollout": {
+        "enabled": True,
+        "rollout": 40,
+        "constraints": [
+            {"context_name": "userId", "operator": "STR_STARTS_WITH", "values": ["u-1"]}
+        ],
+    },
 }
 
 
@@ -58,10 +81,14 @@ def test_the_compiled_flags_answer_as_the_evaluator_for_every_user() -> None:
     full, compiled = FlagSet(document), compile_document(document)
     fast = FastLine(compiled)
     for i in range(3000):
-        user = f"u-{i}"
+        user = f"u-{i}" if i % 7 else f"ü-{i} ✓"
         expected = header_value(full, Context(user_id=user))
         assert "; ".join(f.answer(user) for f in compiled) == expected
         assert fast.line(user).decode() == expected
+
+
+def test_no_flags_make_an_empty_line() -> None:
+    assert FastLine([]).line("u-1") == b""
 
 
 def test_encode_keeps_separators_out_of_the_values() -> None:

@@ -18,17 +18,13 @@ entry, no spaces): `SOURCE_KIND|SOURCE_NAME!FLAG!FLAG…`, each flag's fields jo
 from __future__ import annotations
 
 import random
-from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
-
-import mmh3
 
 from ..protocol.unleash import ClientFeatures, Constraint, Feature
 from .constraints import all_satisfied
 from .context import Context
-from .hashing import VARIANT_SEED, normalized_hash, normalized_variant_hash
+from .hashing import normalized_hash, normalized_variant_hash
 
 # operators on the user id the Lua action implements, exactly as constraints.py does
 USER_OPERATORS = frozenset({"IN", "NOT_IN", "STR_CONTAINS", "STR_STARTS_WITH", "STR_ENDS_WITH"})
@@ -227,81 +223,3 @@ def encode(source_kind: str, source_name: str, flags: list[CompiledFlag]) -> str
         ]
         parts.append("|".join(fields))
     return "!".join(parts)
-
-
-_MASK = 0xFFFFFFFF
-
-
-class FastLine:
-    """The header value of compiled flags for a user id, evaluated with bytes and
-    precomputed hash prefixes (a few microseconds for 20 flags): the router's fast path.
-
-    For a user id only; a request without one is answered by CompiledFlag.answer."""
-
-    def __init__(self, flags: list[CompiledFlag]) -> None:
-        self.flags = flags
-        # per flag: its constant answer, or a tuple of what its evaluation needs
-        self._plan: list[Any] = [self._step(f) for f in flags]
-
-    @staticmethod
-    def _step(f: CompiledFlag) -> Any:
-        name = f.name.encode()
-        off, on = name + b"=off", name + b"=on"
-        weighted = [(n, w) for n, w in f.variants if w > 0]
-        if not f.enabled or (not f.always and not f.users and f.rollout <= 0):
-            return off
-        if f.rollout_by == "random" or (weighted and not f.variant_by_user):
-            return f  # answered at random: CompiledFlag.answer
-        vprefix: bytes | None = None
-        cumulative: tuple[int, ...] = ()
-        answers: tuple[bytes, ...] = ()
-        total = 0
-        if weighted:
-            running, bounds = 0, []
-            for _, w in weighted:
-                running += w
-                bounds.append(running)
-            vprefix, cumulative, total = name + b":", tuple(bounds), running
-            answers = tuple(name + b"=" + n.encode("latin-1", "replace") for n, _ in weighted)
-        if f.always and vprefix is None:
-            return on
-        return (
-            f.always,
-            f.users or None,
-            f.constraints or None,
-            f.group.encode() + b":",
-            f.rollout,
-            off,
-            on,
-            vprefix,
-            total,
-            cumulative,
-            answers,
-        )
-
-    def line(self, user: str) -> bytes:
-        """`a=on; b=off; c=x` for this user id (a non-empty string)."""
-        raw = user.encode()
-        out: list[bytes] = []
-        append = out.append
-        hash32 = mmh3.hash
-        for step in self._plan:
-            if type(step) is bytes:
-                append(step)
-                continue
-            if type(step) is CompiledFlag:
-                append(step.answer(user).encode("latin-1", "replace"))
-                continue
-            always, users, constraints, prefix, rollout, off, on, vprefix = step[:8]
-            if not (always or (users is not None and user in users)) and (
-                rollout <= 0
-                or (constraints is not None and not all(c.satisfied(user) for c in constraints))
-                or (hash32(prefix + raw, 0) & _MASK) % 100 >= rollout
-            ):
-                append(off)
-            elif vprefix is None:
-                append(on)
-            else:
-                target = (hash32(vprefix + raw, VARIANT_SEED) & _MASK) % step[8] + 1
-                append(step[10][bisect_left(step[9], target)])
-        return b"; ".join(out)

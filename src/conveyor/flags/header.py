@@ -12,9 +12,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from .compiled import FastLine, Unsupported, compile_document
+from .compiled import Unsupported, compile_document
 from .context import Context
 from .evaluate import FlagSet
+from .fastline import FastLine
 
 FLAGS_HEADER = "X-Conveyor-Flags"
 _PREFIX = FLAGS_HEADER.encode() + b": "
@@ -71,7 +72,7 @@ def _cookie_value(cookie: bytes, key: bytes) -> bytes | None:
         start = i + 1
 
 
-# users whose header line a router keeps (a dict of short bytes: a few MiB at most)
+# users whose answers a router keeps (with 20 flags about 480 bytes a user: 32 MB at most)
 CACHED_USERS = 65_536
 
 
@@ -106,19 +107,25 @@ class RequestFlags:
         )
         self.guarded = frozenset(guarded) if counters is not None else frozenset()
         self._counters = counters
-        # users' answers, the oldest dropped first once CACHED_USERS are kept
-        self._lines: OrderedDict[str, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
+        # users' answers by their id as sent, the oldest dropped first once CACHED_USERS
+        # are kept (an OrderedDict: dropping a plain dict's first key again and again
+        # walks over the holes the earlier ones left)
+        self._lines: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
         try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
             self._fast: FastLine | None = FastLine(compile_document(flags.document))
         except Unsupported:
             self._fast = None
 
     def user(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> str | None:
-        if self.from_cookie:
-            found = None if cookie is None else _cookie_value(cookie, self.key)
-        else:
-            found = next((v.strip() for n, v in headers if n.lower() == self.header), None)
+        found = self._raw_user(headers, cookie)
         return found.decode("latin-1") if found else None
+
+    def _raw_user(
+        self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None
+    ) -> bytes | None:
+        if self.from_cookie:
+            return None if cookie is None else _cookie_value(cookie, self.key)
+        return next((v.strip() for n, v in headers if n.lower() == self.header), None) or None
 
     def _answer(self, user: str | None) -> tuple[bytes, tuple[Observer, ...]]:
         fast = self._fast
@@ -141,15 +148,16 @@ class RequestFlags:
     ) -> tuple[bytes, tuple[Observer, ...]]:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers, and the counters
         of its guarded flags' answers."""
-        user = self.user(headers, cookie)
-        if user is None or not self.cacheable:
-            return self._answer(user)  # no user: the SDKs' random stickiness, never kept
+        raw = self._raw_user(headers, cookie)
+        if raw is None or not self.cacheable:
+            # no user: the SDKs' random stickiness, never kept
+            return self._answer(None if raw is None else raw.decode("latin-1"))
         lines = self._lines
-        found = lines.get(user)
+        found = lines.get(raw)
         if found is None:
             if len(lines) >= CACHED_USERS:
                 lines.popitem(last=False)
-            found = lines[user] = self._answer(user)
+            found = lines[raw] = self._answer(raw.decode("latin-1"))
         return found
 
     def line(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> bytes:

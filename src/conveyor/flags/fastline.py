@@ -1,0 +1,94 @@
+"""The router's fast path: a user's header value from compiled flags, as one generated
+Python expression.
+
+A router evaluates every flag for each user it has not answered yet (flags.header keeps
+the answers of the users it has). Looping over 20 flags' plans costs more than the hashes
+themselves, so FastLine writes the evaluation out once per set of flags: one expression
+per flag, the constants (answers, hash prefixes, percentages) bound by position, never
+written into the source, so a flag's name or value cannot change the code. The same
+answers as CompiledFlag.answer, byte for byte (tests/flags/test_compiled.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mmh3
+
+from .compiled import CompiledFlag
+from .hashing import VARIANT_SEED
+
+__all__ = ["FastLine"]
+
+
+class _Source:
+    """The expression's constants, named by position (k0, k1 …: the generated function's
+    closure, quicker to read than a global or an index)."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def ref(self, value: Any) -> str:
+        self.values.append(value)
+        return f"k{len(self.values) - 1}"
+
+
+def _flag(f: CompiledFlag, k: _Source) -> str:
+    """One flag's answer as an expression of `user` (str) and `raw` (its UTF-8 bytes)."""
+    name = f.name.encode()
+    off, on = name + b"=off", name + b"=on"
+    weighted = [(n, w) for n, w in f.variants if w > 0]
+    if not f.enabled or (not f.always and not f.users and f.rollout <= 0):
+        return k.ref(off)
+    if f.rollout_by == "random" or (weighted and not f.variant_by_user):
+        return f"{k.ref(f.answer)}(user).encode('latin-1', 'replace')"  # at random
+    if weighted:
+        # the first variant whose running weight reaches the bucket 1..total
+        bucket = (
+            f"(x := h({k.ref(name + b':')} + raw, {VARIANT_SEED}) % {sum(w for _, w in weighted)})"
+        )
+        running, choices = 0, []
+        for i, (variant, weight) in enumerate(weighted):
+            running += weight
+            answer = k.ref(name + b"=" + variant.encode("latin-1", "replace"))
+            if i == len(weighted) - 1:
+                choices.append(answer)
+            else:
+                test = bucket if i == 0 else "x"
+                choices.append(f"{answer} if {test} < {running} else ")
+        chosen = "(" + "".join(choices) + ")"
+    else:
+        chosen = k.ref(on)
+    if f.always:
+        return chosen
+    taken: list[str] = []
+    if f.users:
+        taken.append(f"user in {k.ref(f.users)}")
+    if f.rollout > 0:
+        rolled = [f"h({k.ref(f.group.encode() + b':')} + raw, 0) % 100 < {f.rollout}"]
+        if f.constraints:
+            rolled.insert(0, f"all(c.satisfied(user) for c in {k.ref(f.constraints)})")
+        taken.append("(" + " and ".join(rolled) + ")")
+    return f"({chosen} if {' or '.join(taken)} else {k.ref(off)})"
+
+
+class FastLine:
+    """The header value of compiled flags for a user id (a non-empty string), about
+    2.5 µs for 20 flags here; a request without one is answered by CompiledFlag.answer."""
+
+    def __init__(self, flags: list[CompiledFlag]) -> None:
+        self.flags = flags
+        k = _Source()
+        items = "".join(f"{_flag(f, k)}, " for f in flags)
+        names = "".join(f"k{i}, " for i in range(len(k.values)))
+        unpack = f"    {names}= K\n" if names else ""
+        body = f"    return lambda user, raw: sep.join(({items}))\n"
+        source = f"def make(K, h, sep):\n{unpack}{body}"
+        scope: dict[str, Any] = {}
+        exec(compile(source, "<conveyor flags>", "exec"), scope)
+        self._line = scope["make"](tuple(k.values), mmh3.mmh3_32_uintdigest, b"; ")
+
+    def line(self, user: str) -> bytes:
+        """`a=on; b=off; c=x` for this user id."""
+        line: bytes = self._line(user, user.encode())
+        return line
