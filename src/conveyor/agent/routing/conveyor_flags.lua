@@ -1,10 +1,13 @@
 -- conveyor's flags in HAProxy: the X-Conveyor-Flags header of a request, as the embedded
 -- router gives it. The agent compiles an app's flags (conveyor.flags.compiled.encode) into
--- one line, the value of key "p" of the app's flags map; the backend puts that line in
--- txn.cvyflags and sets the header to this fetch's answer. A user's line is kept until the flags change.
+-- one line, led by its version (VERSION!LINE), the value of key "p" of the app's flags map;
+-- the version alone is key "v". The backend puts the version in txn.cvyflags and the line
+-- in txn.cvyprog, and sets the header to this fetch's answer. The fetch reads the line only
+-- for a version it has not parsed (once per thread and change). A user's answers are kept
+-- until the flags change.
 
 local CACHED_USERS = 65536
-local programs = {}   -- encoded line -> parsed program
+local programs = {}   -- version -> parsed program
 local nprograms = 0
 
 local function mul32(a, b) return (a * b) & 0xffffffff end
@@ -59,10 +62,10 @@ end
 
 local function parse(text)
   local parts = split(text, "!")
-  local head = split(parts[1], "|")
-  local prog = { cookie = head[1] == "cookie", source = unquote(head[2]), flags = {},
-                 cache = {}, cached = 0 }
-  for i = 2, #parts do
+  local head = split(parts[2], "|")
+  local prog = { version = parts[1], cookie = head[1] == "cookie", source = unquote(head[2]),
+                 flags = {}, cache = {}, cached = 0 }
+  for i = 3, #parts do
     local f = split(parts[i], "|")
     local flag = { name = unquote(f[1]), enabled = f[2] == "1", users = {},
                    always = f[4] == "1", rollout = tonumber(f[5]), by = f[6],
@@ -166,18 +169,7 @@ local function user_of(txn, prog)
   return value
 end
 
--- a sample fetch (set-header %[lua.conveyor_flags]): lighter than an action per request
-core.register_fetches("conveyor_flags", function(txn)
-  local text = txn:get_var("txn.cvyflags")
-  if text == nil or text == "" then return "" end
-  local prog = programs[text]
-  if prog == nil then
-    if nprograms >= 64 then programs, nprograms = {}, 0 end
-    prog = parse(text)
-    programs[text], nprograms = prog, nprograms + 1
-  end
-  local user = user_of(txn, prog)
-  if not user then return line(prog, nil) end
+local function kept(prog, user)
   local value = prog.cache[user]
   if value == nil then
     if prog.cached >= CACHED_USERS then prog.cache, prog.cached = {}, 0 end
@@ -185,4 +177,36 @@ core.register_fetches("conveyor_flags", function(txn)
     prog.cache[user], prog.cached = value, prog.cached + 1
   end
   return value
+end
+
+-- a converter of "USER@VERSION" (the user's cookie or header, then txn.cvyflags): the
+-- answers of a user, "" when this thread has not parsed that version yet (the fetch below
+-- then answers). It calls nothing back into HAProxy: a third of the fetch's cost.
+core.register_converters("conveyor_flags_of", function(input)
+  local prog = programs[input:sub(-16)]
+  if prog == nil then return "" end
+  local user = input:sub(1, -18)
+  if prog.cookie then user = user:match('^%s*"*(.-)"*%s*$') else user = user:match("^%s*(.-)%s*$") end
+  if user == "" then return "" end
+  return kept(prog, user)
+end)
+
+-- a sample fetch (set-header %[lua.conveyor_flags]): lighter than an action per request
+core.register_fetches("conveyor_flags", function(txn)
+  local version = txn:get_var("txn.cvyflags")
+  if version == nil or version == "" then return "" end
+  local prog = programs[version]
+  if prog == nil then
+    local text = txn:get_var("txn.cvyprog")
+    if text == nil or text == "" then return "" end
+    prog = programs[text:match("^[^!]*")]  -- the line of another version (a change between)
+    if prog == nil then
+      if nprograms >= 64 then programs, nprograms = {}, 0 end
+      prog = parse(text)
+      programs[prog.version], nprograms = prog, nprograms + 1
+    end
+  end
+  local user = user_of(txn, prog)
+  if not user then return line(prog, nil) end
+  return kept(prog, user)
 end)

@@ -296,6 +296,10 @@ class HAProxyRouter:
                 )
                 # joining or leaving the HTTPS port, or redirecting: by a reload too
                 moved = moved or tls_moved(current, app)
+                # users read from another cookie or header: backend rules, by a reload
+                moved = moved or haproxy_flags.user_fetch(
+                    current.flags
+                ) != haproxy_flags.user_fetch(app.flags)
             cert = cert_file(self.paths.certs, spec.app)
             if moved:
                 with certificate_file(cert, pem):

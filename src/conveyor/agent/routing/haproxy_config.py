@@ -243,7 +243,7 @@ def _backend(app: AppState, paths: Paths) -> list[str]:
         f"backend {backend_name(app.app)}",
         "    balance roundrobin",
         *strip_lines(app),
-        *haproxy_flags.backend_lines(paths.maps, app.app),
+        *haproxy_flags.backend_lines(paths.maps, app.app, app.flags),
         # METH_GET is GET and HEAD; other methods may not be idempotent.
         "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS",
         # Previews: the named release's slot whatever its weight, else a 503. Never another
