@@ -1,16 +1,19 @@
 """Flags without an SDK on the HAProxy driver: the X-Conveyor-Flags header from Lua.
 
 The agent compiles an app's flags (conveyor.flags.compiled) into one line, kept as key
-`p` of the app's flags map, under its version (key `v`, a digest of the line, which also
-leads the line), and changed through the Runtime API like the other maps (no reload).
-Each backend drops a client's own header, reads the version and the line and, when there
-is one, sets the header to the `conveyor_flags` sample fetch (conveyor_flags.lua, loaded
-once per thread), which evaluates the flags for the request's user as the embedded
-router does. The fetch reads the short version on each request and the long line only
-for a version it has not parsed yet: reading a few kilobytes into Lua per request cost
-more than evaluating the flags. Requests of apps without flags pay one map lookup and no Lua. The answers
-are also the last field of the request's log line: the driver counts those of the flags
-under a guarded rollout per answer (haproxy_counting), as the embedded router does.
+`p` of the app's flags map under its version (key `v`, a digest of the line, which also
+leads the line), changed through the Runtime API like the other maps (no reload). Each
+backend drops a client's own header and reads the version. A request naming its user
+(the cookie or header of `stickiness`) is answered by the `conveyor_flags_of` Lua
+converter from `USER@VERSION`; the others, and the first request of a version on each
+thread, by the `conveyor_flags` sample fetch, which reads the line (conveyor_flags.lua,
+loaded once per thread). Both evaluate the flags for the user as the embedded router
+does and keep each user's answers until the flags change. A converter is given a string
+and calls nothing back into HAProxy: each call of the fetch into HAProxy (a variable, a
+cookie) cost about as much as evaluating the flags for a user kept. Requests of apps
+without flags pay one map lookup and no Lua. The answers are also the last field of the
+request's log line: the driver counts those of the flags under a guarded rollout per
+answer (haproxy_counting), as the embedded router does.
 """
 
 from __future__ import annotations
