@@ -253,6 +253,21 @@ FLAGS_CASES = [
             "constraints": [{"context_name": "plan", "operator": "IN", "values": ["pro"]}],
         },
     ),
+    # hash prefixes of every length modulo 4 (HAProxy's Lua mixes a prefix's whole blocks
+    # once): "half:" 1, "gamma:" 2, "search:" 3, "pay:" 0
+    (
+        "gamma",
+        {
+            "enabled": True,
+            "rollout": 35,
+            "variants": [
+                {"name": "x", "weight": 20},
+                {"name": "y", "weight": 30},
+                {"name": "z", "weight": 50},
+            ],
+        },
+    ),
+    ("pay", {"enabled": True, "rollout": 60}),
 ]
 
 
@@ -280,7 +295,7 @@ def test_the_flags_header_is_the_same_for_each_user(
     with httpx.Client(timeout=10) as http:
         wait_for(lambda: seen("u-0") is not None, timeout=10, interval=0.1)
         for i in range(300):
-            uid = f"u-{i}"
+            uid = f"u-{i}" if i % 3 else f"customer-{i}@example.com"
             assert seen(uid) == header_value(ours, Context(user_id=uid)), uid
         # a client's own header never reaches the app
         assert seen("vip-1", {"X-Conveyor-Flags": "dark=on"}) == header_value(

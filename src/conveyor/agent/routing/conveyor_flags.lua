@@ -10,38 +10,54 @@ local CACHED_USERS = 65536
 local programs = {}   -- version -> parsed program
 local nprograms = 0
 
-local function mul32(a, b) return (a * b) & 0xffffffff end
-local function rotl(x, r) return ((x << r) | (x >> (32 - r))) & 0xffffffff end
+local unpack = string.unpack
 
--- murmur3 x86 32 bits, as mmh3.hash(..., signed=False)
-local function murmur3(s, seed)
-  local c1, c2 = 0xcc9e2d51, 0x1b873593
-  local h = seed & 0xffffffff
-  local len = #s
-  local nblocks = len // 4
-  for i = 0, nblocks - 1 do
-    local b1, b2, b3, b4 = s:byte(i * 4 + 1, i * 4 + 4)
-    local k = b1 | (b2 << 8) | (b3 << 16) | (b4 << 24)
-    k = mul32(rotl(mul32(k, c1), 15), c2)
-    h = rotl(h ~ k, 13)
-    h = (mul32(h, 5) + 0xe6546b64) & 0xffffffff
+-- murmur3 x86 32 bits, as mmh3.hash(..., signed=False), in two halves: `mix` takes whole
+-- 4-byte blocks from `pos`, `finish` the last (len % 4) bytes and the length
+local function mix(h, s, pos, nblocks)
+  for _ = 1, nblocks do
+    local k
+    k, pos = unpack("<I4", s, pos)
+    k = (k * 0xcc9e2d51) & 0xffffffff
+    k = ((k << 15) | (k >> 17)) & 0xffffffff
+    k = (k * 0x1b873593) & 0xffffffff
+    h = h ~ k
+    h = ((h << 13) | (h >> 19)) & 0xffffffff
+    h = (h * 5 + 0xe6546b64) & 0xffffffff
   end
-  local tail, rem, k = nblocks * 4, len & 3, 0
-  if rem == 3 then k = k ~ (s:byte(tail + 3) << 16) end
-  if rem >= 2 then k = k ~ (s:byte(tail + 2) << 8) end
-  if rem >= 1 then
-    k = k ~ s:byte(tail + 1)
-    h = h ~ mul32(rotl(mul32(k, c1), 15), c2)
+  return h
+end
+
+local function finish(h, rest, len)
+  local n = #rest
+  if n > 0 then
+    local k = 0
+    if n == 3 then k = k ~ (rest:byte(3) << 16) end
+    if n >= 2 then k = k ~ (rest:byte(2) << 8) end
+    k = k ~ rest:byte(1)
+    k = (k * 0xcc9e2d51) & 0xffffffff
+    k = ((k << 15) | (k >> 17)) & 0xffffffff
+    k = (k * 0x1b873593) & 0xffffffff
+    h = h ~ k
   end
   h = h ~ len
-  h = mul32(h ~ (h >> 16), 0x85ebca6b)
-  h = mul32(h ~ (h >> 13), 0xc2b2ae35)
+  h = ((h ~ (h >> 16)) * 0x85ebca6b) & 0xffffffff
+  h = ((h ~ (h >> 13)) * 0xc2b2ae35) & 0xffffffff
   return h ~ (h >> 16)
 end
 
--- prefix: "groupId:" (made once per flag, not per request)
-local function bucket(value, prefix, n, seed)
-  return murmur3(prefix .. value, seed) % n + 1
+-- a hash prefix ("groupId:") made once per flag: its whole blocks mixed, its tail kept
+local function prepare(prefix, seed)
+  local n = #prefix // 4
+  return { h = mix(seed & 0xffffffff, prefix, 1, n), tail = prefix:sub(n * 4 + 1),
+           len = #prefix }
+end
+
+-- the bucket 1..n of a value after a prepared prefix
+local function bucket(value, prefix, n)
+  local s = prefix.tail .. value
+  local blocks = #s // 4
+  return finish(mix(prefix.h, s, 1, blocks), s:sub(blocks * 4 + 1), prefix.len + #value) % n + 1
 end
 
 local function unquote(s)
@@ -64,7 +80,7 @@ local function parse(text)
   local parts = split(text, "!")
   local head = split(parts[2], "|")
   local prog = { version = parts[1], cookie = head[1] == "cookie", source = unquote(head[2]),
-                 flags = {}, cache = {}, cached = 0 }
+                 flags = {}, cache = {}, old = {}, cached = 0 }
   for i = 3, #parts do
     local f = split(parts[i], "|")
     local flag = { name = unquote(f[1]), enabled = f[2] == "1", users = {},
@@ -87,7 +103,8 @@ local function parse(text)
     end
     -- what each request would otherwise build again: its answers, the hashes' prefixes
     flag.off, flag.on = flag.name .. "=off", flag.name .. "=on"
-    flag.prefix, flag.variant_prefix = flag.group .. ":", flag.name .. ":"
+    flag.prefix = prepare(flag.group .. ":", 0)
+    flag.variant_prefix = prepare(flag.name .. ":", 86028157)
     prog.flags[#prog.flags + 1] = flag
   end
   return prog
@@ -130,7 +147,7 @@ local function on(flag, user)
     value = tostring(math.random(1, 100))
   end
   if not value then return false end
-  return bucket(value, flag.prefix, 100, 0) <= flag.rollout
+  return bucket(value, flag.prefix, 100) <= flag.rollout
 end
 
 local function answer(flag, user)
@@ -138,7 +155,7 @@ local function answer(flag, user)
   if #flag.variants == 0 or flag.total <= 0 then return flag.on end
   local value = user
   if not (user and flag.variant_by_user) then value = tostring(math.random(1, 100)) end
-  local target = bucket(value, flag.variant_prefix, flag.total, 86028157)
+  local target = bucket(value, flag.variant_prefix, flag.total)
   local counter = 0
   for _, v in ipairs(flag.variants) do
     if v.weight > 0 then
@@ -169,11 +186,16 @@ local function user_of(txn, prog)
   return value
 end
 
+-- users' answers in two generations of CACHED_USERS / 2: new ones go to the young one,
+-- which becomes the old one once full (the old one dropped); a user found in the old one
+-- moves back to the young one. So the users seen lately stay, with no order kept.
 local function kept(prog, user)
   local value = prog.cache[user]
   if value == nil then
-    if prog.cached >= CACHED_USERS then prog.cache, prog.cached = {}, 0 end
-    value = line(prog, user)
+    value = prog.old[user] or line(prog, user)
+    if prog.cached >= CACHED_USERS // 2 then
+      prog.old, prog.cache, prog.cached = prog.cache, {}, 0
+    end
     prog.cache[user], prog.cached = value, prog.cached + 1
   end
   return value
