@@ -84,6 +84,22 @@ def test_a_users_line_is_kept_unless_a_constraint_reads_the_clock() -> None:
     assert clocked.line([], b"uid=1") == b"X-Conveyor-Flags: a=on\r\n"
 
 
+def test_a_cookie_header_kept_answers_for_its_own_user_only() -> None:
+    half = FlagState(enabled=True, rollout=50)
+    flags = RequestFlags("cookie:uid", FlagSet(to_document([NamedFlag("half", "", half)])))
+    full = FlagSet(to_document([NamedFlag("half", "", half)]))
+    for _ in range(3):  # seen once, then kept by user, then by the whole Cookie header
+        for i in range(200):
+            for cookie in (f"uid=u-{i}".encode(), f"theme=dark; uid=u-{i}; x={i % 7}".encode()):
+                expected = f"X-Conveyor-Flags: {header_value(full, Context(user_id=f'u-{i}'))}"
+                assert flags.line([], cookie) == f"{expected}\r\n".encode(), cookie
+    assert 0 < len(flags._cookies) <= 400
+    # a Cookie header without the user is never kept (the SDKs' random stickiness)
+    flags.line([], b"theme=dark")
+    flags.line([], b"theme=dark")
+    assert b"theme=dark" not in flags._cookies
+
+
 class _Seen:
     def __init__(self) -> None:
         self.statuses: list[int] = []

@@ -72,6 +72,10 @@ def _cookie_value(cookie: bytes, key: bytes) -> bytes | None:
         start = i + 1
 
 
+# Cookie headers whose user's answers a router also keeps, as they are (a user's browser
+# sends the same one request after request: no parsing), up to this long
+CACHED_COOKIES = 16_384
+COOKIE_KEY_MAX = 256
 # users whose answers a router keeps (with 20 flags about 480 bytes a user: 32 MB at most)
 CACHED_USERS = 65_536
 
@@ -111,6 +115,7 @@ class RequestFlags:
         # are kept (an OrderedDict: dropping a plain dict's first key again and again
         # walks over the holes the earlier ones left)
         self._lines: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
+        self._cookies: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
         try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
             self._fast: FastLine | None = FastLine(compile_document(flags.document))
         except Unsupported:
@@ -148,6 +153,10 @@ class RequestFlags:
     ) -> tuple[bytes, tuple[Observer, ...]]:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers, and the counters
         of its guarded flags' answers."""
+        if cookie is not None and self.from_cookie:
+            found = self._cookies.get(cookie)
+            if found is not None:
+                return found  # this Cookie header seen: no parsing
         raw = self._raw_user(headers, cookie)
         if raw is None or not self.cacheable:
             # no user: the SDKs' random stickiness, never kept
@@ -158,6 +167,12 @@ class RequestFlags:
             if len(lines) >= CACHED_USERS:
                 lines.popitem(last=False)
             found = lines[raw] = self._answer(raw.decode("latin-1"))
+        elif cookie is not None and self.from_cookie and len(cookie) <= COOKIE_KEY_MAX:
+            # a user seen before: their Cookie header too (one seen once never is)
+            cookies = self._cookies
+            if len(cookies) >= CACHED_COOKIES:
+                cookies.popitem(last=False)
+            cookies[cookie] = found
         return found
 
     def line(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> bytes:
