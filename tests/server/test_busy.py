@@ -85,6 +85,47 @@ def test_tiny_pool_sheds_load_with_503_and_recovers(tmp_path: Path) -> None:
         assert client.get("/api/status").json()[0]["app"]["name"] == "shop"
 
 
+def test_a_dashboard_page_is_told_to_come_back_as_a_page(tmp_path: Path) -> None:
+    """A browser asking for a page while the database is busy gets a page saying so,
+    reloading itself after Retry-After; an htmx action gets the words where its answer
+    goes; the API keeps its JSON."""
+    env = {"CONVEYOR_DB_POOL": "2", "CONVEYOR_DB_WAIT": "1"}
+    with running_server(tmp_path / "data", env) as server:
+        server.add_app("shop", tmp_path / "none.git")
+        browser = httpx.Client(base_url=server.url, timeout=30, headers={"Accept": "text/html"})
+        signed_in = browser.post("/login", data={"token": server.token, "next": "/"})
+        assert signed_in.status_code == 303, signed_in.text
+
+        def write(i: int) -> httpx.Response:
+            body = {"name": f"t{i}", "role": "viewer"}
+            return server.http.post("/api/tokens", json=body, timeout=30)
+
+        with write_lock(tmp_path / "data" / "conveyor.db"), ThreadPoolExecutor(24) as pool:
+            writes = [pool.submit(write, i) for i in range(12)]
+            pages = [pool.submit(browser.get, "/?environment=production") for _ in range(6)]
+            actions = [
+                pool.submit(browser.get, "/", headers={"HX-Request": "true"}) for _ in range(6)
+            ]
+            answers = [f.result() for f in writes + pages + actions]
+        assert {r.status_code for r in answers} <= {200, 201, 503}, answers
+        shown = [r for r in (f.result() for f in pages) if r.status_code == 503]
+        assert shown, [r.status_code for r in answers]
+        for r in shown:
+            assert r.headers["content-type"].startswith("text/html"), r.headers
+            assert r.headers["retry-after"] == "1"
+            assert '<meta http-equiv="refresh" content="1">' in r.text
+            assert "the server is busy" in r.text and "<h1>Busy</h1>" in r.text
+            assert 'href="/?environment=production"' in r.text  # try again: the same page
+        told = [r for r in (f.result() for f in actions) if r.status_code == 503]
+        for r in told:
+            assert r.headers["content-type"].startswith("text/html")
+            assert "<html" not in r.text and "the server is busy" in r.text
+        api = [r for r in (f.result() for f in writes) if r.status_code == 503]
+        assert api and all(r.headers["content-type"] == "application/json" for r in api)
+        assert browser.get("/").status_code == 200  # nothing wedged
+        browser.close()
+
+
 def test_engines_wait_for_the_database_off_the_loop(tmp_path: Path) -> None:
     """The poller and the courier write while the lock is held: only their threads wait."""
     with running_server(tmp_path / "data") as server:

@@ -7,18 +7,22 @@ store/db.py) or loses a deadlock PostgreSQL broke, is told to come back: the
 server is busy, nothing is wrong with the request, and nothing was written (its
 transaction is rolled back). So is one that found the database unreachable (stopped,
 restarting, the network cut: store/outage.py): 503 `database unavailable`, and the
-outage is noted for `/healthz` and logged once.
+outage is noted for `/healthz` and logged once. A dashboard page asked for by a browser
+gets the same words as a page (503, Retry-After, reloading itself after that long), and an
+htmx action the same words where its answer goes, not the API's JSON.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from conveyor.server.web.render import fragment, page
 from conveyor.store.outage import OUTAGE, is_busy, is_unavailable
 
 log = logging.getLogger("conveyor.server")
@@ -44,6 +48,33 @@ def unavailable_response(retry_after: int) -> Response:
     )
 
 
+def _for_people(request: Request, answer: Response, title: str) -> Response:
+    """The API's 503 as a page (or an htmx fragment) when a browser asked for a page."""
+    htmx = bool(request.headers.get("hx-request"))
+    if request.url.path.startswith("/api/") or not (
+        htmx or "text/html" in request.headers.get("accept", "")
+    ):
+        return answer
+    detail = json.loads(bytes(answer.body))["detail"]
+    retry = answer.headers["Retry-After"]
+    if htmx:
+        html = fragment("_flash.html", ok=False, message=detail)
+        return HTMLResponse(html, status_code=503, headers={"Retry-After": retry})
+    shown = page(
+        request,
+        "message.html",
+        status_code=503,
+        caller=None,
+        title=title,
+        message=detail,
+        back=str(request.url.replace(scheme="", netloc="")) if request.method == "GET" else "/",
+        back_label="Try again",
+        refresh=retry if request.method == "GET" else None,
+    )
+    shown.headers["Retry-After"] = retry
+    return shown
+
+
 def install(api: FastAPI, retry_after: int) -> None:
     """Answer 503 + Retry-After for a pool timeout, a database lock waited out, or the
     database unreachable."""
@@ -51,14 +82,14 @@ def install(api: FastAPI, retry_after: int) -> None:
     async def busy(request: Request, exc: Exception) -> Response:
         if is_unavailable(exc):
             OUTAGE.failed(exc, "request")  # logged once for the outage, not per request
-            return unavailable_response(retry_after)
+            return _for_people(request, unavailable_response(retry_after), "Database unavailable")
         if not is_busy(exc):
             raise exc  # another database error: a real fault, a 500 and its traceback
         log.warning(
             "database busy: answered 503",
             extra={"path": request.url.path, "error": type(exc).__name__},
         )
-        return busy_response(retry_after)
+        return _for_people(request, busy_response(retry_after), "Busy")
 
     api.add_exception_handler(PoolTimeout, busy)
     api.add_exception_handler(DBAPIError, busy)
