@@ -192,3 +192,25 @@ def test_a_real_server_answers_health_and_hands_the_rest_to_uvicorn(server: Serv
             assert r.status_code == 200, (path, r.text)
         assert r.headers["x-frame-options"]
     wait_for(lambda: server.get("/api/status") is not None)
+
+
+def test_a_kept_alive_connection_outlives_the_clients_idle_time(server: ServerProcess) -> None:
+    """The server keeps an idle connection longer than httpx does (5 s): a client always
+    drops it first, never sends a request just as the server closes it (a reset)."""
+    client_idle = httpx.Limits().keepalive_expiry
+    assert client_idle is not None and healthlane.IDLE > client_idle * 2
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    token = f"Authorization: Bearer {server.token}\r\n".encode()
+    status = b"GET /api/status HTTP/1.1\r\nHost: x\r\n" + token + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        assert exchange(conn, status, b"\r\n\r\n[]").startswith(b"HTTP/1.1 200 OK")
+        conn.setblocking(False)
+        deadline = time.monotonic() + client_idle + 1  # idle past the client's expiry
+        while time.monotonic() < deadline:
+            try:
+                assert conn.recv(1, socket.MSG_PEEK) != b"", "the server closed it"
+            except BlockingIOError:
+                pass  # open, nothing to read: as it should be
+            time.sleep(0.2)
+        conn.setblocking(True)
+        assert exchange(conn, status, b"\r\n\r\n[]").startswith(b"HTTP/1.1 200 OK")

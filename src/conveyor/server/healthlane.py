@@ -45,7 +45,11 @@ PEEK = 8192  # bytes looked at: a health request is far shorter
 REQUESTS = (b"GET /healthz HTTP/1.1\r\n", b"GET /healthz HTTP/1.0\r\n")
 AGAIN = 0.005  # seconds before looking again at a connection whose request is incomplete
 PATIENCE = 0.5  # seconds an incomplete request may take here before uvicorn gets it
-IDLE = 5.0  # seconds a kept-alive health connection may idle (uvicorn's keep-alive timeout)
+# seconds a kept-alive connection may idle, here and in uvicorn (serve.py): longer than
+# the clients' own (httpx, so the agents and the CLI: 5 s), so that a client always drops
+# an idle connection first. Equal, a request sent on one just as the server closed it met
+# a reset (seen once in a test: `Connection reset by peer` after 5 s idle).
+IDLE = 75.0
 
 Headers = Sequence[tuple[bytes, bytes]]
 Protocols = Callable[[], asyncio.Protocol]

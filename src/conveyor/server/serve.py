@@ -144,6 +144,7 @@ def serve(
         log_config=log_config,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=int(healthlane.IDLE),
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         # X-Forwarded-Proto/-For from these proxies only (uvicorn's default: loopback)
