@@ -288,18 +288,13 @@ class HAProxyRouter:
             if app.domains:
                 check_claims(app, self.state.apps)
             if current is not None:
-                # names or prefix changed: a new route map and backend rules, by a reload
-                moved = moved or routing != (
-                    current.domains,
-                    current.path_prefix,
-                    current.strip_prefix,
-                )
-                # joining or leaving the HTTPS port, or redirecting: by a reload too
-                moved = moved or tls_moved(current, app)
-                # users read from another cookie or header: backend rules, by a reload
-                moved = moved or haproxy_flags.user_fetch(
-                    current.flags
-                ) != haproxy_flags.user_fetch(app.flags)
+                was = (current.domains, current.path_prefix, current.strip_prefix)
+                # by a reload: names or prefix changed (a new route map and backend rules),
+                # joining or leaving the HTTPS port or redirecting, users read from another
+                # cookie or header (the backend's flags rules)
+                users = haproxy_flags.user_fetch
+                moved = moved or routing != was or tls_moved(current, app)
+                moved = moved or users(current.flags) != users(app.flags)
             cert = cert_file(self.paths.certs, spec.app)
             if moved:
                 with certificate_file(cert, pem):
