@@ -348,7 +348,8 @@ class Certificates:
             if left > 0 or not hosts:
                 wait = min(wait, left or CHECK_AT_LEAST)
                 continue
-            retry = retry_in(failures, lifetime_of(stored))
+            lifetime = lifetime_of(stored)
+            retry = retry_in(failures, lifetime)
             if failures and time.monotonic() - failed_at < retry:
                 wait = min(wait, retry - (time.monotonic() - failed_at))
                 continue
@@ -361,7 +362,7 @@ class Certificates:
                 log.info("ACME certificate renewed", extra={"environment": environment})
             except CertError as exc:
                 self._failed_at[key] = (time.monotonic(), failures + 1)
-                wait = min(wait, retry_in(failures + 1, lifetime_of(stored)))
+                wait = min(wait, retry_in(failures + 1, lifetime))
                 # the hosts show it (conveyor status) while the certificate keeps serving
                 await in_thread(self._store, app_id, environment, stored._replace(error=str(exc)))
                 log.error(

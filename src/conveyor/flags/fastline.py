@@ -77,7 +77,6 @@ class FastLine:
     2.5 µs for 20 flags here; a request without one is answered by CompiledFlag.answer."""
 
     def __init__(self, flags: list[CompiledFlag]) -> None:
-        self.flags = flags
         k = _Source()
         items = "".join(f"{_flag(f, k)}, " for f in flags)
         names = "".join(f"k{i}, " for i in range(len(k.values)))

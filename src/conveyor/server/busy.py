@@ -14,7 +14,6 @@ htmx action the same words where its answer goes, not the API's JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -28,38 +27,35 @@ from conveyor.store.outage import OUTAGE, is_busy, is_unavailable
 log = logging.getLogger("conveyor.server")
 
 
-def busy_response(retry_after: int) -> Response:
-    return JSONResponse(
-        {"detail": f"the server is busy (database): retry in {retry_after} s"},
-        status_code=503,
-        headers={"Retry-After": str(retry_after)},
-    )
+def busy_detail(retry_after: int) -> str:
+    return f"the server is busy (database): retry in {retry_after} s"
 
 
-def unavailable_response(retry_after: int) -> Response:
+def unavailable_detail(retry_after: int) -> str:
     # libpq's reason (a host, a socket path) is for the server's log, not for any caller
-    return JSONResponse(
-        {
-            "detail": "database unavailable: the server cannot reach its database (its log "
-            f"says why); nothing was done, retry in {retry_after} s"
-        },
-        status_code=503,
-        headers={"Retry-After": str(retry_after)},
+    return (
+        "database unavailable: the server cannot reach its database (its log says why); "
+        f"nothing was done, retry in {retry_after} s"
     )
 
 
-def _for_people(request: Request, answer: Response, title: str) -> Response:
-    """The API's 503 as a page (or an htmx fragment) when a browser asked for a page."""
+def _json(detail: str, retry_after: int) -> Response:
+    headers = {"Retry-After": str(retry_after)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
+def _answer(request: Request, detail: str, retry_after: int, title: str) -> Response:
+    """The 503: the API's JSON, or a page (an htmx fragment) when a browser asked for one."""
     htmx = bool(request.headers.get("hx-request"))
     if request.url.path.startswith("/api/") or not (
         htmx or "text/html" in request.headers.get("accept", "")
     ):
-        return answer
-    detail = json.loads(bytes(answer.body))["detail"]
-    retry = answer.headers["Retry-After"]
+        return _json(detail, retry_after)
+    headers = {"Retry-After": str(retry_after)}
     if htmx:
         html = fragment("_flash.html", ok=False, message=detail)
-        return HTMLResponse(html, status_code=503, headers={"Retry-After": retry})
+        return HTMLResponse(html, status_code=503, headers=headers)
+    again = request.method == "GET"  # the same page, reloaded after Retry-After
     shown = page(
         request,
         "message.html",
@@ -67,11 +63,11 @@ def _for_people(request: Request, answer: Response, title: str) -> Response:
         caller=None,
         title=title,
         message=detail,
-        back=str(request.url.replace(scheme="", netloc="")) if request.method == "GET" else "/",
+        back=str(request.url.replace(scheme="", netloc="")) if again else "/",
         back_label="Try again",
-        refresh=retry if request.method == "GET" else None,
+        refresh=retry_after if again else None,
     )
-    shown.headers["Retry-After"] = retry
+    shown.headers.update(headers)
     return shown
 
 
@@ -82,17 +78,18 @@ def install(api: FastAPI, retry_after: int) -> None:
     async def busy(request: Request, exc: Exception) -> Response:
         if is_unavailable(exc):
             OUTAGE.failed(exc, "request")  # logged once for the outage, not per request
-            return _for_people(request, unavailable_response(retry_after), "Database unavailable")
+            detail = unavailable_detail(retry_after)
+            return _answer(request, detail, retry_after, "Database unavailable")
         if not is_busy(exc):
             raise exc  # another database error: a real fault, a 500 and its traceback
         log.warning(
             "database busy: answered 503",
             extra={"path": request.url.path, "error": type(exc).__name__},
         )
-        return _for_people(request, busy_response(retry_after), "Busy")
+        return _answer(request, busy_detail(retry_after), retry_after, "Busy")
 
     api.add_exception_handler(PoolTimeout, busy)
     api.add_exception_handler(DBAPIError, busy)
 
 
-__all__ = ["busy_response", "install", "is_busy", "unavailable_response"]
+__all__ = ["busy_detail", "install", "is_busy", "unavailable_detail"]
