@@ -100,6 +100,18 @@ def test_a_cookie_header_kept_answers_for_its_own_user_only() -> None:
     assert b"theme=dark" not in flags._cookies
 
 
+def test_a_huge_user_id_is_answered_but_never_kept() -> None:
+    half = FlagState(enabled=True, rollout=50)
+    flags = RequestFlags("cookie:uid", FlagSet(to_document([NamedFlag("half", "", half)])))
+    full = FlagSet(to_document([NamedFlag("half", "", half)]))
+    for i in range(3):
+        uid = f"u-{i}-" + "x" * 300
+        expected = f"X-Conveyor-Flags: {header_value(full, Context(user_id=uid))}\r\n"
+        assert flags.line([], f"uid={uid}".encode()) == expected.encode()
+        assert flags.line([], f"uid={uid}".encode()) == expected.encode()
+    assert not flags._lines and not flags._cookies
+
+
 class _Seen:
     def __init__(self) -> None:
         self.statuses: list[int] = []

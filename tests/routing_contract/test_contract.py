@@ -297,6 +297,9 @@ def test_the_flags_header_is_the_same_for_each_user(
         for i in range(300):
             uid = f"u-{i}" if i % 3 else f"customer-{i}@example.com"
             assert seen(uid) == header_value(ours, Context(user_id=uid)), uid
+        # an id longer than any kept: answered all the same, twice
+        for uid in ("L" * 300, "L" * 300):
+            assert seen(uid) == header_value(ours, Context(user_id=uid))
         # a client's own header never reaches the app
         assert seen("vip-1", {"X-Conveyor-Flags": "dark=on"}) == header_value(
             ours, Context(user_id="vip-1")

@@ -76,8 +76,10 @@ def _cookie_value(cookie: bytes, key: bytes) -> bytes | None:
 # sends the same one request after request: no parsing), up to this long
 CACHED_COOKIES = 16_384
 COOKIE_KEY_MAX = 256
-# users whose answers a router keeps (with 20 flags about 480 bytes a user: 32 MB at most)
+# users whose answers a router keeps (with 20 flags about 480 bytes a user: 32 MB at most),
+# their ids up to this long
 CACHED_USERS = 65_536
+USER_KEY_MAX = 256
 
 
 class RequestFlags:
@@ -158,8 +160,9 @@ class RequestFlags:
             if found is not None:
                 return found  # this Cookie header seen: no parsing
         raw = self._raw_user(headers, cookie)
-        if raw is None or not self.cacheable:
-            # no user: the SDKs' random stickiness, never kept
+        if raw is None or not self.cacheable or len(raw) > USER_KEY_MAX:
+            # no user (the SDKs' random stickiness), or an id longer than any real one:
+            # answered, never kept (unique huge ids must not fill the router's memory)
             return self._answer(None if raw is None else raw.decode("latin-1"))
         lines = self._lines
         found = lines.get(raw)

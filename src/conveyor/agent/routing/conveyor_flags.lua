@@ -7,6 +7,7 @@
 -- until the flags change.
 
 local CACHED_USERS = 65536
+local USER_KEY_MAX = 256  -- longer ids are answered, never kept (unique huge ids: memory)
 local programs = {}   -- version -> parsed program
 local nprograms = 0
 
@@ -190,6 +191,7 @@ end
 -- which becomes the old one once full (the old one dropped); a user found in the old one
 -- moves back to the young one. So the users seen lately stay, with no order kept.
 local function kept(prog, user)
+  if #user > USER_KEY_MAX then return line(prog, user) end  -- answered, never kept
   local value = prog.cache[user]
   if value == nil then
     value = prog.old[user] or line(prog, user)
