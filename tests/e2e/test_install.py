@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,8 @@ def test_an_agent_install_from_the_wheel_runs_and_has_no_server_libraries(
     # a runner machine needs no more than an agent host: its modules import there
     python = next((tools / "conveyor").glob("bin/python3*"))
     _run(str(python), "-c", "import conveyor.runner.main")
+    # the router's flags in C came with the wheel (hatch_build.py)
+    _run(str(python), "-c", "from conveyor.flags.fastline import Line; assert Line is not None")
 
     (site,) = (tools / "conveyor").glob("lib/python3*/site-packages")
     installed = {p.name.lower() for p in site.iterdir()}
@@ -108,3 +111,24 @@ def test_an_agent_install_from_the_wheel_runs_and_has_no_server_libraries(
     )
     assert refused.returncode == 2
     assert "install the server with" in " ".join(refused.stdout.split() + refused.stderr.split())
+
+
+def test_without_a_c_compiler_the_wheel_is_built_in_pure_python(
+    tmp_path: Path,
+) -> None:
+    assert UV is not None
+    out = tmp_path / "dist"
+    done = _run(
+        UV,
+        "build",
+        "--wheel",
+        "--out-dir",
+        str(out),
+        str(ROOT),
+        env={"LDSHARED": str(tmp_path / "no-compiler")},
+    )
+    assert "the router's flags in C were not built" in done.stderr
+    (built,) = out.glob("conveyor-*.whl")
+    assert built.name.endswith("-py3-none-any.whl")  # pure Python, for any platform
+    with zipfile.ZipFile(built) as wheel:
+        assert not [n for n in wheel.namelist() if n.endswith((".so", ".pyd"))]

@@ -7,6 +7,11 @@ themselves, so FastLine writes the evaluation out once per set of flags: one exp
 per flag, the constants (answers, hash prefixes, percentages) bound by position, never
 written into the source, so a flag's name or value cannot change the code. The same
 answers as CompiledFlag.answer, byte for byte (tests/flags/test_compiled.py).
+
+Where the package was built with its C part (flags/_line.c, compiled by hatch_build.py
+when a C compiler is there), flags that a user id alone decides by hashes and lists (no
+answer at random, no constraint on the id) are answered by it instead, from the same
+constants: about ten times quicker; else by the generated expression.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import mmh3
+
+try:
+    from ._line import Line
+except ImportError:  # installed from source without a C compiler: the expression alone
+    Line = None  # type: ignore[assignment,misc]
 
 from .compiled import CompiledFlag
 from .hashing import VARIANT_SEED
@@ -72,11 +82,47 @@ def _flag(f: CompiledFlag, k: _Source) -> str:
     return f"({chosen} if {' or '.join(taken)} else {k.ref(off)})"
 
 
+Plan = tuple[bytes, frozenset[bytes] | None, bool, int, bytes, bytes, int, tuple[Any, ...]]
+
+
+def plan(f: CompiledFlag) -> Plan | None:
+    """One flag as the C part's constants: (off, ids always taken, taken by everyone,
+    rollout percent, `group:`, `name:`, the variants' total weight, ((running weight,
+    answer) …)); None if its answer needs Python (random, constraints on the id)."""
+    name = f.name.encode()
+    off, on = name + b"=off", name + b"=on"
+    weighted = [(n, w) for n, w in f.variants if w > 0]
+    if not f.enabled or (not f.always and not f.users and f.rollout <= 0):
+        return (off, None, True, 0, b"", b"", 0, ((0, off),))
+    if f.rollout_by == "random" or (weighted and not f.variant_by_user):
+        return None
+    if not f.always and f.rollout > 0 and f.constraints:
+        return None
+    running, choices = 0, []
+    for variant, weight in weighted:
+        running += weight
+        choices.append((running, name + b"=" + variant.encode("latin-1", "replace")))
+    users = frozenset(u.encode() for u in f.users) or None
+    group = f.group.encode() + b":"
+    return (
+        off,
+        users,
+        f.always,
+        f.rollout,
+        group,
+        name + b":",
+        running,
+        tuple(choices) or ((0, on),),
+    )
+
+
 class FastLine:
     """The header value of compiled flags for a user id (a non-empty string), about
-    2.5 µs for 20 flags here; a request without one is answered by CompiledFlag.answer."""
+    2.5 µs for 20 flags here (0.3 µs in C); a request without one is answered by
+    CompiledFlag.answer. `native`, when the C part answers these flags: its `header(id)`
+    and `cookie_header(cookie, b"uid=")` give the whole line, `head` + answers + `tail`."""
 
-    def __init__(self, flags: list[CompiledFlag]) -> None:
+    def __init__(self, flags: list[CompiledFlag], head: bytes = b"", tail: bytes = b"") -> None:
         k = _Source()
         items = "".join(f"{_flag(f, k)}, " for f in flags)
         names = "".join(f"k{i}, " for i in range(len(k.values)))
@@ -86,8 +132,16 @@ class FastLine:
         scope: dict[str, Any] = {}
         exec(compile(source, "<conveyor flags>", "exec"), scope)
         self._line = scope["make"](tuple(k.values), mmh3.mmh3_32_uintdigest, b"; ")
+        plans = [plan(f) for f in flags]
+        self.native = (
+            Line(tuple(plans), VARIANT_SEED, head, tail)
+            if Line is not None and None not in plans
+            else None
+        )
 
     def line(self, user: str) -> bytes:
         """`a=on; b=off; c=x` for this user id."""
+        if self.native is not None:
+            return self.native(user.encode())
         line: bytes = self._line(user, user.encode())
         return line

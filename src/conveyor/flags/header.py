@@ -119,9 +119,14 @@ class RequestFlags:
         self._lines: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
         self._cookies: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
         try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
-            self._fast: FastLine | None = FastLine(compile_document(flags.document))
+            self._fast: FastLine | None = FastLine(
+                compile_document(flags.document), _PREFIX, b"\r\n"
+            )
         except Unsupported:
             self._fast = None
+        # in C (flags/_line.c) each request is evaluated (but the answers of guarded flags
+        # are kept, with their counters)
+        self._native = None if self._fast is None or self.guarded else self._fast.native
 
     def user(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> str | None:
         found = self._raw_user(headers, cookie)
@@ -155,6 +160,14 @@ class RequestFlags:
     ) -> tuple[bytes, tuple[Observer, ...]]:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers, and the counters
         of its guarded flags' answers."""
+        native = self._native
+        if native is not None:  # in C, quicker than keeping answers: nothing is kept
+            if self.from_cookie:
+                line = None if cookie is None else native.cookie_header(cookie, self.key)
+            else:
+                raw = self._raw_user(headers, cookie)
+                line = None if raw is None else native.header(raw)
+            return self._answer(None) if line is None else (line, NO_OBSERVERS)
         if cookie is not None and self.from_cookie:
             found = self._cookies.get(cookie)
             if found is not None:
