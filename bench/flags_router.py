@@ -4,10 +4,12 @@ evaluated per request (X-Conveyor-Flags) against the same router with none.
     uv run python bench/flags_router.py [--seconds 5] [--connections 16] [--rounds 3]
         [--flags 20] [--users 100000] [--router embedded|haproxy]
 
-wrk sends each request with a `uid` cookie drawn from --users distinct ids (the router
-keeps the answers of 65,536 users: fewer users measure the kept answers, more the
-evaluation). Rounds alternate the two routers; the figures are medians over the rounds.
-With --router haproxy, the same through HAProxy (its Lua action, conveyor_flags.lua).
+wrk sends each request with a `uid` cookie drawn from --users distinct ids. The embedded
+router evaluates each request (in C, flags/_line.c, when the package was built with it;
+else in Python, keeping the answers of 65,536 users); HAProxy keeps each thread's users'
+answers (conveyor_flags.lua): fewer users measure the kept answers, more the evaluation.
+Rounds alternate the two routers; the figures are medians over the rounds, with the
+spread of each round's own ratio. With --router haproxy, the same through HAProxy.
 
 wrk, the router and the stand-in app share the machine's cores, so requests/s also pays
 for the app reading a longer request (the header's answers); the CPU each spent per
@@ -52,12 +54,32 @@ end
 
 
 def wrk(
-    url: str, seconds: int, connections: int, script: Path, pids: tuple[list[int], list[int]]
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path,
+    pids: tuple[list[int], list[int]],
+    pin: bool,
 ) -> tuple[float, float, float, float]:
     """req/s, p99 ms, and the CPU µs per request of the router's and of the app's processes."""
     before = cpu_seconds(pids[0]), cpu_seconds(pids[1])
+    if pin:  # the router on core 0 alone; the app and wrk on core 1
+        for pid in pids[0]:
+            os.sched_setaffinity(pid, {0})
+        for pid in pids[1]:
+            os.sched_setaffinity(pid, {1})
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            *(["taskset", "-c", "1"] if pin else []),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -108,6 +130,13 @@ def main() -> None:
     parser.add_argument("--flags", type=int, default=20)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--router", choices=["embedded", "haproxy"], default="embedded")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the scheduler place the router, the app and wrk (default: the router on "
+        "core 0 alone, the app and wrk on core 1, so the router's cost sets requests/s)",
+    )
     args = parser.parse_args()
     backend = Backend("r1", "bench").spawn().wait_ready()
     seen: dict[str, list[tuple[float, float, float, float]]] = {
@@ -149,9 +178,9 @@ def main() -> None:
                 loads.append("/".join(f"{v:.1f}" for v in os.getloadavg()))
                 for name in names[rnd % 2 :] + names[: rnd % 2]:
                     url = f"http://127.0.0.1:{ports[name]}/"
-                    wrk(url, 1, args.connections, script, owners[name])  # warm up
+                    wrk(url, 1, args.connections, script, owners[name], args.pin)  # warm up
                     seen[name].append(
-                        wrk(url, args.seconds, args.connections, script, owners[name])
+                        wrk(url, args.seconds, args.connections, script, owners[name], args.pin)
                     )
                     time.sleep(0.3)
         finally:
@@ -159,7 +188,7 @@ def main() -> None:
                 asyncio.run(router.stop())
             backend.stop()
     print(
-        f"{args.router} router; "
+        f"{args.router} router{', pinned to core 0 (app and wrk: core 1)' if args.pin else ''}; "
         f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.users} distinct users, "
         f"{args.rounds} alternating rounds; load average: {'; '.join(loads)}"
     )
@@ -175,10 +204,14 @@ def main() -> None:
     (none_rps, none_p99, none_router, none_app), (flag_rps, flag_p99, flag_router, flag_app) = (
         tuple(statistics.median(f[i] for f in v) for i in range(4)) for v in seen.values()
     )
+    none, flagged = seen.values()
+    # each round's own ratio (its two runs back to back): the spread of the medians above
+    rounds = [[f[i] / n[i] for n, f in zip(none, flagged, strict=True)] for i in range(2)]
     print(
-        f"  with flags / none: req/s {flag_rps / none_rps:.3f}x, p99 {flag_p99 / none_p99:.3f}x"
-        f" (goal: within 5%); CPU per request: router {flag_router / none_router:.3f}x, "
-        f"app {flag_app / none_app:.3f}x"
+        f"  with flags / none: req/s {flag_rps / none_rps:.3f}x "
+        f"(rounds {min(rounds[0]):.3f}-{max(rounds[0]):.3f}), p99 {flag_p99 / none_p99:.3f}x "
+        f"(rounds {min(rounds[1]):.3f}-{max(rounds[1]):.3f}) (goal: within 5%); "
+        f"CPU per request: router {flag_router / none_router:.3f}x, app {flag_app / none_app:.3f}x"
     )
 
 

@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # postgresql: the server binaries the tests' throwaway clusters run (initdb, pg_ctl; 15 on
 # Debian 12); no service of its own is needed (tests/conftest.py, testbed/postgres.py).
+# gcc: builds the router's flags in C with the package (hatch_build.py; without it: Python)
 # pebble: Let's Encrypt's ACME test server and its mock DNS, started by the `tls: acme`
 # tests (testbed/pebble.py)
-apt_packages=(git haproxy wrk hey iproute2 prometheus chromium postgresql pebble)
+apt_packages=(gcc git haproxy wrk hey iproute2 prometheus chromium postgresql pebble)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -68,9 +68,7 @@ IN_PYTHON = FlagState.model_validate(
     {
         "enabled": True,
         "rollout": 50,
-        "constraints": [
-            {"context_name": "userId", "operator": "STR_STARTS_WITH", "values": ["u"]}
-        ],
+        "constraints": [{"context_name": "userId", "operator": "STR_STARTS_WITH", "values": ["u"]}],
     }
 )
 

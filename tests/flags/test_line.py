@@ -135,3 +135,36 @@ def test_without_it_a_router_answers_the_same_in_python(monkeypatch: pytest.Monk
     for i in range(300):
         cookie = f"uid=u-{i}".encode()
         assert without.line([], cookie) == with_c.line([], cookie)
+
+
+def test_a_long_list_of_ids_answers_as_a_short_one() -> None:
+    # up to 16 ids are compared in place, more are looked up in a set
+    for count in (3, 16, 17, 40):
+        ids = [f"u-{i * 7}" for i in range(count)] + ["ü-1"]
+        state = {"enabled": True, "rollout": 10, "user_ids": ids}
+        document = _flags({"listed": state, "rollout": STATES["rollout"]})
+        full, fast = FlagSet(document), FastLine(compile_document(document), HEAD, TAIL)
+        assert fast.native is not None
+        for raw in [f"u-{i}".encode() for i in range(300)] + [b"\xfc-1", b"\xfc-2"]:
+            expected = header_value(full, Context(user_id=raw.decode("latin-1"))).encode()
+            assert fast.native.header(raw) == HEAD + expected + TAIL, (count, raw)
+
+
+def test_a_request_head_gets_the_line_as_its_last_header() -> None:
+    document = _flags(NATIVE)
+    flags = RequestFlags("cookie:uid", FlagSet(document))
+    guarded = RequestFlags("cookie:uid", FlagSet(document), ["rollout"], lambda a: _Counter())
+    assert flags._native is not None and guarded._native is None
+    head = b"GET / HTTP/1.1\r\nHost: shop\r\nCookie: uid=u-5\r\n\r\n"
+    line = flags.line([], b"uid=u-5")
+    for router in (flags, guarded):
+        added, _ = router.added_to(head, [], b"uid=u-5")
+        assert added == head[:-2] + line + b"\r\n"
+    # no user: the SDKs' random stickiness, still the last header
+    added, _ = flags.added_to(head, [], b"theme=dark")
+    assert added.startswith(head[:-2] + HEAD) and added.endswith(b"\r\n\r\n")
+
+
+class _Counter:
+    def observe(self, status: int, latency: float) -> None:
+        pass

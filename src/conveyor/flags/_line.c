@@ -81,104 +81,178 @@ static Prefix prefix_of(PyObject *bytes, uint32_t seed) {
     return out;
 }
 
+/* a piece of the arena: `len` bytes from `at` */
 typedef struct {
-    PyObject *off;        /* the answer when the flag does not take the user (bytes) */
-    PyObject *users;      /* frozenset of the ids it always takes (UTF-8 bytes), or NULL */
+    uint32_t at, len;
+} Span;
+
+/* the ids a flag always takes are compared in place up to this many; more, in a set */
+#define FEW_IDS 16
+
+typedef struct {
+    Span off;             /* the answer when the flag does not take the user */
     int always;           /* it takes everyone */
     int rollout;          /* the percent of users it takes by their hash (0: none) */
     Prefix group;         /* `groupId:`, the rollout hash's prefix (seed 0) */
     Prefix name;          /* `flagName:`, the variant hash's (the variant seed) */
     uint32_t total;       /* the variants' weights added */
-    Py_ssize_t n_choices; /* 1: no variant to pick, the answer is choices[0] */
-    uint32_t *running;    /* each choice's running weight */
-    PyObject **choices;   /* `name=on` or `name=VARIANT` (bytes) */
+    uint32_t n_choices;   /* 1: no variant to pick */
+    uint32_t choice;      /* its first choice in Line.choices */
+    uint32_t n_ids, id;   /* its ids (UTF-8) in Line.ids, if FEW_IDS or fewer */
+    PyObject *id_set;     /* else: a frozenset of them (bytes) */
 } Plan;
+
+typedef struct {
+    uint32_t running; /* the running weight up to this variant */
+    Span answer;      /* `name=on` or `name=VARIANT` */
+} Choice;
 
 typedef struct {
     PyObject_HEAD
     Py_ssize_t n;
     Plan *plans;
-    PyObject *head;     /* what comes before the answers in a header line */
-    PyObject *tail;     /* and after them */
+    Choice *choices;
+    Span *ids;
+    char *arena;        /* every answer and id, one after another */
+    Span head, tail;    /* what comes before the answers in a header line, and after */
 } Line;
 
-static void plans_free(Plan *plans, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Plan *p = &plans[i];
-        Py_XDECREF(p->off);
-        Py_XDECREF(p->users);
-        for (Py_ssize_t j = 0; j < p->n_choices; j++) Py_XDECREF(p->choices[j]);
-        PyMem_Free(p->choices);
-        PyMem_Free(p->running);
-    }
-    PyMem_Free(plans);
+/* what Line_init builds before it replaces a Line's */
+typedef struct {
+    Plan *plans;
+    Py_ssize_t n;
+    Choice *choices;
+    Py_ssize_t n_choices, cap_choices;
+    Span *ids;
+    Py_ssize_t n_ids, cap_ids;
+    char *arena;
+    Py_ssize_t used, cap;
+} Build;
+
+static void build_free(Build *b) {
+    for (Py_ssize_t i = 0; i < b->n; i++) Py_XDECREF(b->plans[i].id_set);
+    PyMem_Free(b->plans);
+    PyMem_Free(b->choices);
+    PyMem_Free(b->ids);
+    PyMem_Free(b->arena);
+}
+
+static int grow(void **items, Py_ssize_t *cap, Py_ssize_t need, size_t size) {
+    if (need <= *cap) return 0;
+    Py_ssize_t cap2 = Py_MAX(need, *cap * 2 + 16);
+    if (cap2 > UINT32_MAX / 2) return PyErr_SetString(PyExc_ValueError, "flags too large"), -1;
+    void *more = PyMem_Realloc(*items, cap2 * size);
+    if (!more) return PyErr_NoMemory(), -1;
+    *items = more;
+    *cap = cap2;
+    return 0;
+}
+
+/* bytes into the arena; -1 on an error */
+static int keep(Build *b, PyObject *bytes, Span *out) {
+    Py_ssize_t n = PyBytes_GET_SIZE(bytes);
+    if (grow((void **)&b->arena, &b->cap, b->used + n, 1) < 0) return -1;
+    memcpy(b->arena + b->used, PyBytes_AS_STRING(bytes), n);
+    *out = (Span){(uint32_t)b->used, (uint32_t)n};
+    b->used += n;
+    return 0;
 }
 
 static void Line_dealloc(Line *self) {
-    plans_free(self->plans, self->n);
-    Py_XDECREF(self->head);
-    Py_XDECREF(self->tail);
+    Build old = {.plans = self->plans, .n = self->n, .choices = self->choices,
+                 .ids = self->ids, .arena = self->arena};
+    build_free(&old);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int plan_of(Build *b, PyObject *item, uint32_t seed, Plan *p) {
+    PyObject *off, *users, *group, *name, *choices;
+    int always, rollout;
+    unsigned long total;
+    if (!PyArg_ParseTuple(item, "SOpiSSkO!", &off, &users, &always, &rollout, &group, &name,
+                          &total, &PyTuple_Type, &choices))
+        return -1;
+    Py_ssize_t k = PyTuple_GET_SIZE(choices);
+    if (users != Py_None && !PyFrozenSet_Check(users))
+        return PyErr_SetString(PyExc_TypeError, "users: a frozenset of bytes, or None"), -1;
+    if (k < 1 || (k > 1 && total == 0))
+        return PyErr_SetString(PyExc_ValueError, "a plan needs an answer, its variants a total"),
+               -1;
+    if (keep(b, off, &p->off) < 0) return -1;
+    p->always = always;
+    p->rollout = rollout;
+    p->group = prefix_of(group, 0);
+    p->name = prefix_of(name, seed);
+    p->total = (uint32_t)total;
+    p->choice = (uint32_t)b->n_choices;
+    p->n_choices = (uint32_t)k;
+    if (grow((void **)&b->choices, &b->cap_choices, b->n_choices + k, sizeof(Choice)) < 0)
+        return -1;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        unsigned long running;
+        PyObject *answer;
+        Choice *c = &b->choices[b->n_choices + j];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(choices, j), "kS", &running, &answer) ||
+            keep(b, answer, &c->answer) < 0)
+            return -1;
+        c->running = (uint32_t)running;
+    }
+    b->n_choices += k;
+    Py_ssize_t n_ids = users == Py_None ? 0 : PySet_GET_SIZE(users);
+    p->id = (uint32_t)b->n_ids;
+    if (n_ids > FEW_IDS) {
+        p->id_set = Py_NewRef(users);
+        return 0;
+    }
+    if (grow((void **)&b->ids, &b->cap_ids, b->n_ids + n_ids, sizeof(Span)) < 0) return -1;
+    PyObject *it = n_ids ? PyObject_GetIter(users) : NULL, *id;
+    if (n_ids && !it) return -1;
+    while (it && (id = PyIter_Next(it))) {
+        int bad = !PyBytes_Check(id) || keep(b, id, &b->ids[b->n_ids + p->n_ids]) < 0;
+        if (!PyBytes_Check(id)) PyErr_SetString(PyExc_TypeError, "users: a frozenset of bytes");
+        Py_DECREF(id);
+        if (bad) {
+            Py_DECREF(it);
+            return -1;
+        }
+        p->n_ids++;
+    }
+    Py_XDECREF(it);
+    if (PyErr_Occurred()) return -1;
+    b->n_ids += p->n_ids;
+    return 0;
 }
 
 /* Line(plans, variant_seed, head, tail): each plan (off, users|None, always, rollout,
  * group, name, total, ((running, answer), ...)), as flags/fastline.py's plan() */
 static int Line_init(Line *self, PyObject *args, PyObject *kwds) {
     PyObject *plans, *head, *tail;
-    unsigned long seed;  /* the variant hash's */
+    unsigned long seed; /* the variant hash's */
     if (!PyArg_ParseTuple(args, "O!kSS", &PyTuple_Type, &plans, &seed, &head, &tail))
         return -1;
-    Py_ssize_t n = PyTuple_GET_SIZE(plans);
-    Plan *out = PyMem_Calloc(n ? n : 1, sizeof(Plan));
-    if (!out) return PyErr_NoMemory(), -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Plan *p = &out[i];
-        PyObject *off, *users, *group, *name, *choices;
-        int always, rollout;
-        unsigned long total;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(plans, i), "SOpiSSkO!", &off, &users, &always,
-                              &rollout, &group, &name, &total, &PyTuple_Type, &choices))
+    Build b = {0};
+    Span head_at, tail_at;
+    b.plans = PyMem_Calloc(PyTuple_GET_SIZE(plans) + 1, sizeof(Plan));
+    if (!b.plans) return PyErr_NoMemory(), -1;
+    if (keep(&b, head, &head_at) < 0 || keep(&b, tail, &tail_at) < 0) goto fail;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(plans); i++) {
+        b.n = i + 1;
+        if (plan_of(&b, PyTuple_GET_ITEM(plans, i), (uint32_t)seed, &b.plans[i]) < 0)
             goto fail;
-        Py_ssize_t k = PyTuple_GET_SIZE(choices);
-        if (users != Py_None && !PyFrozenSet_Check(users)) {
-            PyErr_SetString(PyExc_TypeError, "users: a frozenset of bytes, or None");
-            goto fail;
-        }
-        if (k < 1 || (k > 1 && total == 0)) {
-            PyErr_SetString(PyExc_ValueError, "a plan needs an answer, its variants a total");
-            goto fail;
-        }
-        p->off = Py_NewRef(off);
-        p->users = users == Py_None ? NULL : Py_NewRef(users);
-        p->always = always;
-        p->rollout = rollout;
-        p->group = prefix_of(group, 0);
-        p->name = prefix_of(name, (uint32_t)seed);
-        p->total = (uint32_t)total;
-        p->choices = PyMem_Calloc(k, sizeof(PyObject *));
-        p->running = PyMem_Calloc(k, sizeof(uint32_t));
-        if (!p->choices || !p->running) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-        for (Py_ssize_t j = 0; j < k; j++) {
-            unsigned long running;
-            PyObject *answer;
-            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(choices, j), "kS", &running, &answer))
-                goto fail;
-            p->running[j] = (uint32_t)running;
-            p->choices[j] = Py_NewRef(answer);
-            p->n_choices = j + 1;
-        }
     }
-    plans_free(self->plans, self->n);
-    self->plans = out;
-    self->n = n;
-    Py_XSETREF(self->head, Py_NewRef(head));
-    Py_XSETREF(self->tail, Py_NewRef(tail));
+    Build old = {.plans = self->plans, .n = self->n, .choices = self->choices,
+                 .ids = self->ids, .arena = self->arena};
+    build_free(&old);
+    self->plans = b.plans;
+    self->n = b.n;
+    self->choices = b.choices;
+    self->ids = b.ids;
+    self->arena = b.arena;
+    self->head = head_at;
+    self->tail = tail_at;
     return 0;
 fail:
-    plans_free(out, n);
+    build_free(&b);
     return -1;
 }
 
@@ -188,48 +262,54 @@ fail:
 /* the hash of a prefix and the user id (n bytes at buf + ROOM) */
 static inline uint32_t hash_of(const Prefix *prefix, unsigned char *buf, Py_ssize_t n) {
     unsigned char *start = buf + ROOM - prefix->n_rest;
-    memcpy(start, prefix->rest, prefix->n_rest);
+    for (Py_ssize_t i = 0; i < prefix->n_rest; i++) start[i] = prefix->rest[i];
     return murmur3_from(prefix->h, start, prefix->n_rest + n, prefix->len + n);
 }
 
-/* one flag's answer (a borrowed reference), NULL on an error; *id: the UTF-8 id as bytes,
- * made the first time a flag's list of ids needs it */
-static PyObject *answer_of(Plan *p, unsigned char *buf, Py_ssize_t n,
-                           PyObject **id) {
+/* whether a flag always takes this id (n bytes at buf + ROOM): -1 on an error; *id: the
+ * id as bytes, made the first time a set of ids needs it */
+static int listed(Line *self, Plan *p, unsigned char *buf, Py_ssize_t n, PyObject **id) {
+    if (p->id_set) {
+        if (!*id && !(*id = PyBytes_FromStringAndSize((char *)buf + ROOM, n))) return -1;
+        return PySet_Contains(p->id_set, *id);
+    }
+    for (uint32_t i = 0; i < p->n_ids; i++) {
+        Span s = self->ids[p->id + i];
+        if (s.len == n && memcmp(self->arena + s.at, buf + ROOM, n) == 0) return 1;
+    }
+    return 0;
+}
+
+/* one flag's answer; its length 0 (none is) on an error */
+static Span answer_of(Line *self, Plan *p, unsigned char *buf, Py_ssize_t n, PyObject **id) {
     if (!p->always) {
-        int taken = 0;
-        if (p->users) {
-            if (!*id) {
-                *id = PyBytes_FromStringAndSize((char *)buf + ROOM, n);
-                if (!*id) return NULL;
-            }
-            taken = PySet_Contains(p->users, *id);
-            if (taken < 0) return NULL;
-        }
+        int taken = p->n_ids || p->id_set ? listed(self, p, buf, n, id) : 0;
+        if (taken < 0) return (Span){0, 0};
         if (!taken && p->rollout > 0)
             taken = hash_of(&p->group, buf, n) % 100 < (uint32_t)p->rollout;
         if (!taken) return p->off;
     }
-    if (p->n_choices == 1) return p->choices[0];
-    uint32_t bucket = hash_of(&p->name, buf, n) % p->total;
-    Py_ssize_t j = 0;
-    while (j < p->n_choices - 1 && bucket >= p->running[j]) j++;
-    return p->choices[j];
+    Choice *c = &self->choices[p->choice];
+    if (p->n_choices == 1) return c->answer;
+    uint32_t bucket = hash_of(&p->name, buf, n) % p->total, j = 0;
+    while (j < p->n_choices - 1 && bucket >= c[j].running) j++;
+    return c[j].answer;
 }
 
 /* the answers for the user id in `user` (n bytes, `latin1`: to be read as Latin-1),
- * joined by "; " between head and tail */
+ * joined by "; ", after `before` (b bytes) and head, before tail and `after` (a bytes) */
 static PyObject *line_of(Line *self, const unsigned char *user, Py_ssize_t n, int latin1,
-                         PyObject *head, PyObject *tail) {
+                         int framed, const char *before, Py_ssize_t b, const char *after,
+                         Py_ssize_t a) {
     unsigned char stack_buf[1024];
-    PyObject *stack_answers[64], *id = NULL, *result = NULL;
+    Span stack_answers[64], *answers = stack_answers;
+    PyObject *id = NULL, *result = NULL;
     Py_ssize_t wide = n;
     if (latin1)
         for (Py_ssize_t i = 0; i < n; i++) wide += user[i] >> 7;
     Py_ssize_t need = ROOM + wide;
     unsigned char *buf = need <= (Py_ssize_t)sizeof stack_buf ? stack_buf : PyMem_Malloc(need);
-    PyObject **answers =
-        self->n <= 64 ? stack_answers : PyMem_Calloc(self->n, sizeof(PyObject *));
+    if (self->n > 64) answers = PyMem_Calloc(self->n, sizeof(Span));
     if (!buf || !answers) {
         PyErr_NoMemory();
         goto done;
@@ -247,27 +327,31 @@ static PyObject *line_of(Line *self, const unsigned char *user, Py_ssize_t n, in
     } else {
         memcpy(w, user, n);
     }
-    Py_ssize_t size = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(tail);
+    Span head = framed ? self->head : (Span){0, 0}, tail = framed ? self->tail : (Span){0, 0};
+    Py_ssize_t size = b + head.len + tail.len + a;
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        PyObject *a = answer_of(&self->plans[i], buf, wide, &id);
-        if (!a) goto done;
-        answers[i] = a;
-        size += PyBytes_GET_SIZE(a) + (i ? 2 : 0);
+        Span s = answer_of(self, &self->plans[i], buf, wide, &id);
+        if (s.len == 0) goto done;
+        answers[i] = s;
+        size += s.len + (i ? 2 : 0);
     }
     result = PyBytes_FromStringAndSize(NULL, size);
     if (!result) goto done;
     char *out = PyBytes_AS_STRING(result);
-    memcpy(out, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
-    out += PyBytes_GET_SIZE(head);
+    memcpy(out, before, b);
+    out += b;
+    memcpy(out, self->arena + head.at, head.len);
+    out += head.len;
     for (Py_ssize_t i = 0; i < self->n; i++) {
         if (i) {
             memcpy(out, "; ", 2);
             out += 2;
         }
-        memcpy(out, PyBytes_AS_STRING(answers[i]), PyBytes_GET_SIZE(answers[i]));
-        out += PyBytes_GET_SIZE(answers[i]);
+        memcpy(out, self->arena + answers[i].at, answers[i].len);
+        out += answers[i].len;
     }
-    memcpy(out, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+    memcpy(out, self->arena + tail.at, tail.len);
+    memcpy(out + tail.len, after, a);
 done:
     Py_XDECREF(id);
     if (buf && buf != stack_buf) PyMem_Free(buf);
@@ -280,11 +364,7 @@ static PyObject *Line_call(Line *self, PyObject *args, PyObject *kwds) {
     const char *user;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "y#", &user, &n)) return NULL;
-    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-    if (!empty) return NULL;
-    PyObject *line = line_of(self, (const unsigned char *)user, n, 0, empty, empty);
-    Py_DECREF(empty);
-    return line;
+    return line_of(self, (const unsigned char *)user, n, 0, 0, "", 0, "", 0);
 }
 
 /* header(raw_id) -> head + answers + tail, the id as the request sent it (Latin-1) */
@@ -294,7 +374,7 @@ static PyObject *Line_header(Line *self, PyObject *arg) {
         return NULL;
     }
     return line_of(self, (const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
-                   1, self->head, self->tail);
+                   1, 1, "", 0, "", 0);
 }
 
 static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
@@ -321,18 +401,21 @@ static const unsigned char *cookie_value(const unsigned char *c, Py_ssize_t n,
 }
 
 /* cookie_header(cookie, key) -> the header line for the user its cookie `key` names
- * (b"uid="), or None when it names nobody */
+ * (b"uid="), or None when it names nobody; cookie_header(cookie, key, head): a request's
+ * head (ending in its blank line) with that line added last, or None */
 static PyObject *Line_cookie_header(Line *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "cookie_header(cookie, key): two bytes");
+    if (nargs < 2 || nargs > 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        (nargs == 3 && (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) < 2))) {
+        PyErr_SetString(PyExc_TypeError, "cookie_header(cookie, key[, head]): bytes");
         return NULL;
     }
-    Py_ssize_t len = 0;
+    Py_ssize_t len = 0, b = nargs == 3 ? PyBytes_GET_SIZE(args[2]) - 2 : 0;
+    const char *before = nargs == 3 ? PyBytes_AS_STRING(args[2]) : "";
     const unsigned char *user = cookie_value(
         (const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
         (const unsigned char *)PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), &len);
     if (!user) Py_RETURN_NONE;
-    return line_of(self, user, len, 1, self->head, self->tail);
+    return line_of(self, user, len, 1, 1, before, b, before + b, nargs == 3 ? 2 : 0);
 }
 
 /* murmur3(data, seed=0): as mmh3.hash(data, seed, signed=False), for the tests */

@@ -191,6 +191,19 @@ class RequestFlags:
             cookies[cookie] = found
         return found
 
+    def added_to(
+        self, head: bytes, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None
+    ) -> tuple[bytes, tuple[Observer, ...]]:
+        """A request's head (ending in its blank line) with `X-Conveyor-Flags: …` as its
+        last header, and the counters of its guarded flags' answers."""
+        native = self._native
+        if native is not None and self.from_cookie and cookie is not None:
+            added = native.cookie_header(cookie, self.key, head)  # one copy, in C
+            if added is not None:
+                return added, NO_OBSERVERS
+        line, observers = self.answer(headers, cookie)
+        return head[:-2] + line + b"\r\n", observers
+
     def line(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> bytes:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers."""
         return self.answer(headers, cookie)[0]

@@ -322,8 +322,7 @@ class ClientConnection(asyncio.Protocol):
         flagged = NO_OBSERVERS
         if app.flags is not None:
             # the flags' answers for this request's user, as the head's last header
-            line, flagged = app.flags.answer(self.headers, req.cookie)
-            head = head[:-2] + line + b"\r\n"
+            head, flagged = app.flags.added_to(head, self.headers, req.cookie)
         ex = Exchange(
             self,
             method,
