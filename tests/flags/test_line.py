@@ -154,7 +154,7 @@ def test_a_request_head_gets_the_line_as_its_last_header() -> None:
     document = _flags(NATIVE)
     flags = RequestFlags("cookie:uid", FlagSet(document))
     guarded = RequestFlags("cookie:uid", FlagSet(document), ["rollout"], lambda a: _Counter())
-    assert flags._native is not None and guarded._native is None
+    assert flags._native is not None
     head = b"GET / HTTP/1.1\r\nHost: shop\r\nCookie: uid=u-5\r\n\r\n"
     line = flags.line([], b"uid=u-5")
     for router in (flags, guarded):
@@ -168,3 +168,35 @@ def test_a_request_head_gets_the_line_as_its_last_header() -> None:
 class _Counter:
     def observe(self, status: int, latency: float) -> None:
         pass
+
+
+def test_the_answers_of_guarded_flags_are_counted_as_in_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    document = _flags(NATIVE)
+    guarded = ["four-variants", "ids-and-variants", "rollout"]
+
+    def router() -> tuple[RequestFlags, list[str]]:
+        counted: list[str] = []
+
+        class Counter:
+            def __init__(self, answer: str) -> None:
+                self.answer = answer
+
+            def observe(self, status: int, latency: float) -> None:
+                counted.append(self.answer)
+
+        return RequestFlags("cookie:uid", FlagSet(document), guarded, Counter), counted
+
+    (with_c, in_c), _ = router(), monkeypatch.setattr(fastline, "Line", None)
+    without, in_python = router()
+    assert with_c._native is not None and without._native is None
+    for i in range(300):
+        cookie = f"theme=dark; uid=u-{i}".encode()
+        for flags in (with_c, without):
+            line, observers = flags.answer([], cookie)
+            assert line == without.line([], cookie)
+            assert len(observers) == len(guarded)
+            for observer in observers:
+                observer.observe(200, 0.01)
+    assert in_c == in_python and len(set(in_c)) > len(guarded) * 2

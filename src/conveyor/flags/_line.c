@@ -100,6 +100,7 @@ typedef struct {
     uint32_t choice;      /* its first choice in Line.choices */
     uint32_t n_ids, id;   /* its ids (UTF-8) in Line.ids, if FEW_IDS or fewer */
     PyObject *id_set;     /* else: a frozenset of them (bytes) */
+    int guarded;          /* under a guarded rollout: its answer is counted */
 } Plan;
 
 typedef struct {
@@ -109,7 +110,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    Py_ssize_t n;
+    Py_ssize_t n, n_guarded;
     Plan *plans;
     Choice *choices;
     Span *ids;
@@ -223,12 +224,14 @@ static int plan_of(Build *b, PyObject *item, uint32_t seed, Plan *p) {
     return 0;
 }
 
-/* Line(plans, variant_seed, head, tail): each plan (off, users|None, always, rollout,
- * group, name, total, ((running, answer), ...)), as flags/fastline.py's plan() */
+/* Line(plans, variant_seed, head, tail, guarded=()): each plan (off, users|None, always,
+ * rollout, group, name, total, ((running, answer), ...)), as flags/fastline.py's plan();
+ * guarded: the positions of the plans whose answers are counted */
 static int Line_init(Line *self, PyObject *args, PyObject *kwds) {
-    PyObject *plans, *head, *tail;
+    PyObject *plans, *head, *tail, *guarded = NULL;
     unsigned long seed; /* the variant hash's */
-    if (!PyArg_ParseTuple(args, "O!kSS", &PyTuple_Type, &plans, &seed, &head, &tail))
+    if (!PyArg_ParseTuple(args, "O!kSS|O!", &PyTuple_Type, &plans, &seed, &head, &tail,
+                          &PyTuple_Type, &guarded))
         return -1;
     Build b = {0};
     Span head_at, tail_at;
@@ -240,11 +243,22 @@ static int Line_init(Line *self, PyObject *args, PyObject *kwds) {
         if (plan_of(&b, PyTuple_GET_ITEM(plans, i), (uint32_t)seed, &b.plans[i]) < 0)
             goto fail;
     }
+    Py_ssize_t n_guarded = 0;
+    for (Py_ssize_t i = 0; guarded && i < PyTuple_GET_SIZE(guarded); i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(guarded, i));
+        if (at < 0 || at >= b.n) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "guarded: no such plan");
+            goto fail;
+        }
+        n_guarded += !b.plans[at].guarded;
+        b.plans[at].guarded = 1;
+    }
     Build old = {.plans = self->plans, .n = self->n, .choices = self->choices,
                  .ids = self->ids, .arena = self->arena};
     build_free(&old);
     self->plans = b.plans;
     self->n = b.n;
+    self->n_guarded = n_guarded;
     self->choices = b.choices;
     self->ids = b.ids;
     self->arena = b.arena;
@@ -297,10 +311,11 @@ static Span answer_of(Line *self, Plan *p, unsigned char *buf, Py_ssize_t n, PyO
 }
 
 /* the answers for the user id in `user` (n bytes, `latin1`: to be read as Latin-1),
- * joined by "; ", after `before` (b bytes) and head, before tail and `after` (a bytes) */
+ * joined by "; ", after `before` (b bytes) and head, before tail and `after` (a bytes);
+ * with `counted`, returned as (line, (the answer of each guarded plan, ...)) */
 static PyObject *line_of(Line *self, const unsigned char *user, Py_ssize_t n, int latin1,
                          int framed, const char *before, Py_ssize_t b, const char *after,
-                         Py_ssize_t a) {
+                         Py_ssize_t a, int counted) {
     unsigned char stack_buf[1024];
     Span stack_answers[64], *answers = stack_answers;
     PyObject *id = NULL, *result = NULL;
@@ -352,6 +367,19 @@ static PyObject *line_of(Line *self, const unsigned char *user, Py_ssize_t n, in
     }
     memcpy(out, self->arena + tail.at, tail.len);
     memcpy(out + tail.len, after, a);
+    if (counted) {
+        PyObject *answered = PyTuple_New(self->n_guarded);
+        for (Py_ssize_t i = 0, k = 0; answered && i < self->n; i++) {
+            if (!self->plans[i].guarded) continue;
+            PyObject *one =
+                PyBytes_FromStringAndSize(self->arena + answers[i].at, answers[i].len);
+            if (!one) Py_CLEAR(answered);
+            else PyTuple_SET_ITEM(answered, k++, one);
+        }
+        PyObject *pair = answered ? PyTuple_Pack(2, result, answered) : NULL;
+        Py_XDECREF(answered);
+        Py_SETREF(result, pair);
+    }
 done:
     Py_XDECREF(id);
     if (buf && buf != stack_buf) PyMem_Free(buf);
@@ -364,7 +392,7 @@ static PyObject *Line_call(Line *self, PyObject *args, PyObject *kwds) {
     const char *user;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "y#", &user, &n)) return NULL;
-    return line_of(self, (const unsigned char *)user, n, 0, 0, "", 0, "", 0);
+    return line_of(self, (const unsigned char *)user, n, 0, 0, "", 0, "", 0, 0);
 }
 
 /* header(raw_id) -> head + answers + tail, the id as the request sent it (Latin-1) */
@@ -374,7 +402,17 @@ static PyObject *Line_header(Line *self, PyObject *arg) {
         return NULL;
     }
     return line_of(self, (const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
-                   1, 1, "", 0, "", 0);
+                   1, 1, "", 0, "", 0, 0);
+}
+
+/* counted(raw_id) -> (header(raw_id), (the answer of each guarded plan, ...)) */
+static PyObject *Line_counted(Line *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "counted(): a user id as bytes");
+        return NULL;
+    }
+    return line_of(self, (const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
+                   1, 1, "", 0, "", 0, 1);
 }
 
 static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
@@ -415,7 +453,7 @@ static PyObject *Line_cookie_header(Line *self, PyObject *const *args, Py_ssize_
         (const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
         (const unsigned char *)PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), &len);
     if (!user) Py_RETURN_NONE;
-    return line_of(self, user, len, 1, 1, before, b, before + b, nargs == 3 ? 2 : 0);
+    return line_of(self, user, len, 1, 1, before, b, before + b, nargs == 3 ? 2 : 0, 0);
 }
 
 /* murmur3(data, seed=0): as mmh3.hash(data, seed, signed=False), for the tests */
@@ -431,6 +469,8 @@ static PyObject *murmur3_py(PyObject *module, PyObject *args) {
 static PyMethodDef Line_methods[] = {
     {"header", (PyCFunction)Line_header, METH_O,
      "header(raw_id) -> head + the answers + tail, for an id as a request sent it"},
+    {"counted", (PyCFunction)Line_counted, METH_O,
+     "counted(raw_id) -> (header(raw_id), (the answer of each guarded plan, ...))"},
     {"cookie_header", (PyCFunction)(void (*)(void))Line_cookie_header, METH_FASTCALL,
      "cookie_header(cookie, key) -> the header line for the user the cookie names, or None"},
     {NULL, NULL, 0, NULL},

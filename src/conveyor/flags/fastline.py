@@ -120,9 +120,16 @@ class FastLine:
     """The header value of compiled flags for a user id (a non-empty string), about
     2.5 µs for 20 flags here (0.3 µs in C); a request without one is answered by
     CompiledFlag.answer. `native`, when the C part answers these flags: its `header(id)`
-    and `cookie_header(cookie, b"uid=")` give the whole line, `head` + answers + `tail`."""
+    and `cookie_header(cookie, b"uid=")` give the whole line, `head` + answers + `tail`;
+    `counted(id)` that line and the answers of the `guarded` flags."""
 
-    def __init__(self, flags: list[CompiledFlag], head: bytes = b"", tail: bytes = b"") -> None:
+    def __init__(
+        self,
+        flags: list[CompiledFlag],
+        head: bytes = b"",
+        tail: bytes = b"",
+        guarded: frozenset[str] = frozenset(),
+    ) -> None:
         k = _Source()
         items = "".join(f"{_flag(f, k)}, " for f in flags)
         names = "".join(f"k{i}, " for i in range(len(k.values)))
@@ -134,7 +141,13 @@ class FastLine:
         self._line = scope["make"](tuple(k.values), mmh3.mmh3_32_uintdigest, b"; ")
         plans = [plan(f) for f in flags]
         self.native = (
-            Line(tuple(plans), VARIANT_SEED, head, tail)
+            Line(
+                tuple(plans),
+                VARIANT_SEED,
+                head,
+                tail,
+                tuple(i for i, f in enumerate(flags) if f.name in guarded),
+            )
             if Line is not None and None not in plans
             else None
         )

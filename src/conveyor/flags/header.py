@@ -120,13 +120,13 @@ class RequestFlags:
         self._cookies: OrderedDict[bytes, tuple[bytes, tuple[Observer, ...]]] = OrderedDict()
         try:  # the fast path: what a user id alone decides, precompiled (flags.compiled)
             self._fast: FastLine | None = FastLine(
-                compile_document(flags.document), _PREFIX, b"\r\n"
+                compile_document(flags.document), _PREFIX, b"\r\n", self.guarded
             )
         except Unsupported:
             self._fast = None
-        # in C (flags/_line.c) each request is evaluated (but the answers of guarded flags
-        # are kept, with their counters)
-        self._native = None if self._fast is None or self.guarded else self._fast.native
+        # in C (flags/_line.c), each request is evaluated and nothing is kept
+        self._native = None if self._fast is None else self._fast.native
+        self._observers: dict[bytes, Observer] = {}  # of guarded flags' answers (name=on)
 
     def user(self, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None) -> str | None:
         found = self._raw_user(headers, cookie)
@@ -161,13 +161,19 @@ class RequestFlags:
         """`X-Conveyor-Flags: …\\r\\n` for a request with these headers, and the counters
         of its guarded flags' answers."""
         native = self._native
+        if native is not None and self.guarded:  # in C, then each answer's counters
+            raw = self._raw_user(headers, cookie)
+            if raw is None:
+                return self._answer(None)
+            counted, answered = native.counted(raw)
+            return counted, tuple(self._observer(a) for a in answered)
         if native is not None:  # in C, quicker than keeping answers: nothing is kept
             if self.from_cookie:
-                line = None if cookie is None else native.cookie_header(cookie, self.key)
+                found_line = None if cookie is None else native.cookie_header(cookie, self.key)
             else:
                 raw = self._raw_user(headers, cookie)
-                line = None if raw is None else native.header(raw)
-            return self._answer(None) if line is None else (line, NO_OBSERVERS)
+                found_line = None if raw is None else native.header(raw)
+            return self._answer(None) if found_line is None else (found_line, NO_OBSERVERS)
         if cookie is not None and self.from_cookie:
             found = self._cookies.get(cookie)
             if found is not None:
@@ -191,13 +197,21 @@ class RequestFlags:
             cookies[cookie] = found
         return found
 
+    def _observer(self, answer: bytes) -> Observer:
+        """The counters of one answer of a guarded flag (`new-checkout=on`)."""
+        found = self._observers.get(answer)
+        if found is None:
+            assert self._counters is not None
+            found = self._observers[answer] = self._counters(answer.decode("latin-1"))
+        return found
+
     def added_to(
         self, head: bytes, headers: Iterable[tuple[bytes, bytes]], cookie: bytes | None
     ) -> tuple[bytes, tuple[Observer, ...]]:
         """A request's head (ending in its blank line) with `X-Conveyor-Flags: …` as its
         last header, and the counters of its guarded flags' answers."""
         native = self._native
-        if native is not None and self.from_cookie and cookie is not None:
+        if native is not None and not self.guarded and self.from_cookie and cookie is not None:
             added = native.cookie_header(cookie, self.key, head)  # one copy, in C
             if added is not None:
                 return added, NO_OBSERVERS
