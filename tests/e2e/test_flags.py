@@ -3,6 +3,7 @@ and the CLI with a recorded history, viewers read only, bad input refused by nam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -10,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,15 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from UnleashClient import UnleashClient
 
+from conveyor.agent.routing.embedded import EmbeddedRouter
+from conveyor.agent.routing.spec import RouteSpec, Target
 from conveyor.flags import Context, FlagSet
+from conveyor.flags.header import header_value
 from conveyor.flags.provider import ConveyorProvider
+from conveyor.protocol.desired import HostFlags
 from conveyor.protocol.unleash import ClientFeatures
-from tests.helpers import ServerProcess, make_repo, running_server, wait_for
+from tests.helpers import ServerProcess, free_port, make_repo, running_server, wait_for
+from tests.router.backend import Backend
 
 CONFIG = """\
 app: shop
@@ -290,6 +297,56 @@ def _counted(db: Path, flag: str) -> bool:
         name == "shop-web" and json.loads(counts).get(flag, {}).get("yes", 0) > 0
         for name, counts in rows
     )
+
+
+def test_the_router_header_gives_the_evaluators_answer_for_the_same_10000_users(
+    shop: ServerProcess, tmp_path: Path
+) -> None:
+    """The router knows a request's user id alone (its cookie): for the ids the SDKs were
+    asked about, its header is the evaluator's answer for that id, and the same variant
+    as theirs wherever the rest of their context changes nothing (not plan "blocked")."""
+    token, ours = _search_in_production(shop)
+    document = shop.http.get("/api/client/features", headers={"Authorization": token})
+    features = ClientFeatures.model_validate_json(document.content)
+    backend = Backend("r1").start()
+    router = EmbeddedRouter(tmp_path / "r.sock", tmp_path / "r.log", workers=1)
+    port = free_port()
+    try:
+        asyncio.run(router.start())
+        spec = RouteSpec(
+            app="shop",
+            port=port,
+            bind="127.0.0.1",
+            targets=[Target(release="r1", port=backend.port, weight=100)],
+            flags=HostFlags(stickiness="cookie:uid", document=features),
+        )
+        asyncio.run(router.apply(spec))
+        # http.client: a third of httpx's time a request, 10,000 of them
+        with contextlib.closing(HTTPConnection("127.0.0.1", port, timeout=10)) as conn:
+
+            def header(uid: str) -> str | None:
+                conn.request("GET", "/headers", headers={"Cookie": f"uid={uid}"})
+                got = json.loads(conn.getresponse().read())
+                return {k.lower(): v for k, v in got.items()}.get("x-conveyor-flags")
+
+            wait_for(lambda: header("user-1") is not None, timeout=10, interval=0.1)
+            differ, same_as_sdks = [], 0
+            for i in range(USERS):
+                context = _user(i)
+                uid = context["userId"]
+                line = header(uid)
+                if line != header_value(ours, Context(user_id=uid)):
+                    differ.append((uid, line))
+                elif i % 50:
+                    variant = ours.variant("search", Context.from_mapping(context))
+                    said = variant.name if variant.enabled else "off"
+                    assert f"search={said}" in (line or "").split("; "), (uid, line, said)
+                    same_as_sdks += 1
+        assert differ == []
+        assert same_as_sdks == USERS - USERS // 50
+    finally:
+        asyncio.run(router.stop())
+        backend.stop()
 
 
 NODE_SDK = Path(__file__).resolve().parents[2] / "testbed" / "node_sdk"
