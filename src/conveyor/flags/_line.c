@@ -395,25 +395,21 @@ static PyObject *Line_call(Line *self, PyObject *args, PyObject *kwds) {
     return line_of(self, (const unsigned char *)user, n, 0, 0, "", 0, "", 0, 0);
 }
 
-/* header(raw_id) -> head + answers + tail, the id as the request sent it (Latin-1) */
-static PyObject *Line_header(Line *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "header(): a user id as bytes");
+/* the header line for an id as a request sent it (Latin-1); `counted`: as line_of's */
+static PyObject *line_of_raw(Line *self, PyObject *raw, int counted) {
+    if (!PyBytes_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "a user id as bytes");
         return NULL;
     }
-    return line_of(self, (const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
-                   1, 1, "", 0, "", 0, 0);
+    return line_of(self, (const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw),
+                   1, 1, "", 0, "", 0, counted);
 }
 
+/* header(raw_id) -> head + answers + tail */
+static PyObject *Line_header(Line *self, PyObject *raw) { return line_of_raw(self, raw, 0); }
+
 /* counted(raw_id) -> (header(raw_id), (the answer of each guarded plan, ...)) */
-static PyObject *Line_counted(Line *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "counted(): a user id as bytes");
-        return NULL;
-    }
-    return line_of(self, (const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
-                   1, 1, "", 0, "", 0, 1);
-}
+static PyObject *Line_counted(Line *self, PyObject *raw) { return line_of_raw(self, raw, 1); }
 
 static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
