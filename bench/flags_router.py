@@ -2,14 +2,16 @@
 evaluated per request (X-Conveyor-Flags) against the same router with none.
 
     uv run python bench/flags_router.py [--seconds 5] [--connections 16] [--rounds 3]
-        [--flags 20] [--users 100000] [--router embedded|haproxy]
+        [--flags 20] [--users 100000] [--router embedded|haproxy] [--pause MS]
 
 wrk sends each request with a `uid` cookie drawn from --users distinct ids. The embedded
 router evaluates each request (in C, flags/_line.c, when the package was built with it;
 else in Python, keeping the answers of 65,536 users); HAProxy keeps each thread's users'
 answers (conveyor_flags.lua): fewer users measure the kept answers, more the evaluation.
-Rounds alternate the two routers; the figures are medians over the rounds, with the
-spread of each round's own ratio. With --router haproxy, the same through HAProxy.
+With --pause, each connection waits MS ms after each answer before its next request (wrk's
+`delay()`): below what the router can serve, p99 is a request's latency rather than the
+queue's. Rounds alternate the two routers; the figures are medians over the rounds, with
+the spread of each round's own ratio. With --router haproxy, the same through HAProxy.
 
 wrk, the router and the stand-in app share the machine's cores, so requests/s also pays
 for the app reading a longer request (the header's answers); the CPU each spent per
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flags", type=int, default=20)
     parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument(
+        "--pause", type=float, default=0, help="ms each connection waits after each answer"
+    )
     parser.add_argument("--router", choices=["embedded", "haproxy"], default="embedded")
     parser.add_argument(
         "--no-pin",
@@ -147,7 +152,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="conveyor-flags-bench-") as tmp:
         root = Path(tmp)
         script = root / "users.lua"
-        script.write_text(SCRIPT.format(users=args.users))
+        paced = f"\ndelay = function()\n  return {args.pause}\nend\n" if args.pause else ""
+        script.write_text(SCRIPT.format(users=args.users) + paced)
         routers: dict[str, Router] = {
             name: (
                 HAProxyRouter(root / f"haproxy-{i}")
@@ -189,7 +195,9 @@ def main() -> None:
             backend.stop()
     print(
         f"{args.router} router{', pinned to core 0 (app and wrk: core 1)' if args.pin else ''}; "
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.users} distinct users, "
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s"
+        f"{f', {args.pause} ms between requests' if args.pause else ''}, "
+        f"{args.users} distinct users, "
         f"{args.rounds} alternating rounds; load average: {'; '.join(loads)}"
     )
     for name, figures in seen.items():
