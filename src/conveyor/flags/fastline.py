@@ -82,6 +82,19 @@ def _flag(f: CompiledFlag, k: _Source) -> str:
     return f"({chosen} if {' or '.join(taken)} else {k.ref(off)})"
 
 
+def _expression(flags: list[CompiledFlag]) -> Any:
+    """The flags' answers as one generated function of (user, raw)."""
+    k = _Source()
+    items = "".join(f"{_flag(f, k)}, " for f in flags)
+    names = "".join(f"k{i}, " for i in range(len(k.values)))
+    unpack = f"    {names}= K\n" if names else ""
+    body = f"    return lambda user, raw: sep.join(({items}))\n"
+    source = f"def make(K, h, sep):\n{unpack}{body}"
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<conveyor flags>", "exec"), scope)
+    return scope["make"](tuple(k.values), mmh3.mmh3_32_uintdigest, b"; ")
+
+
 Plan = tuple[bytes, frozenset[bytes] | None, bool, int, bytes, bytes, int, tuple[Any, ...]]
 
 
@@ -130,15 +143,6 @@ class FastLine:
         tail: bytes = b"",
         guarded: frozenset[str] = frozenset(),
     ) -> None:
-        k = _Source()
-        items = "".join(f"{_flag(f, k)}, " for f in flags)
-        names = "".join(f"k{i}, " for i in range(len(k.values)))
-        unpack = f"    {names}= K\n" if names else ""
-        body = f"    return lambda user, raw: sep.join(({items}))\n"
-        source = f"def make(K, h, sep):\n{unpack}{body}"
-        scope: dict[str, Any] = {}
-        exec(compile(source, "<conveyor flags>", "exec"), scope)
-        self._line = scope["make"](tuple(k.values), mmh3.mmh3_32_uintdigest, b"; ")
         plans = [plan(f) for f in flags]
         self.native = (
             Line(
@@ -151,10 +155,12 @@ class FastLine:
             if Line is not None and None not in plans
             else None
         )
+        self._line = None if self.native is not None else _expression(flags)
 
     def line(self, user: str) -> bytes:
         """`a=on; b=off; c=x` for this user id."""
-        if self.native is not None:
+        if self._line is None:
+            assert self.native is not None
             return self.native(user.encode())
         line: bytes = self._line(user, user.encode())
         return line
